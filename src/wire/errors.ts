@@ -1,0 +1,87 @@
+/**
+ * Errors raised while reading or writing a migration stream.
+ *
+ * Every error about bad input carries the byte offset in the stream where the
+ * problem was found and, when known, the section it belongs to, so that a user
+ * can locate it with `livemig analyze` or a hex dump.
+ */
+
+/** Where in a stream something happened. */
+export interface StreamLocation {
+  /** Byte offset from the start of the stream. */
+  offset: number;
+  /** The section being read, when inside one: idstr (if known) and stream section id. */
+  section?: { idstr?: string; sectionId?: number; instanceId?: number };
+}
+
+export type StreamErrorCode =
+  | 'unexpected-end' // the stream ended inside a structure
+  | 'bad-magic'
+  | 'bad-version'
+  | 'bad-configuration'
+  | 'machine-mismatch'
+  | 'unknown-section-type'
+  | 'unknown-section'
+  | 'version-too-new'
+  | 'version-too-old'
+  | 'bad-footer'
+  | 'unsupported-command'
+  | 'bad-command'
+  | 'bad-ram-record'
+  | 'bad-xbzrle'
+  | 'bad-vmstate'
+  | 'bad-vmdesc'
+  | 'too-large' // a length in the stream exceeds a bound we enforce
+  | 'handler-failed';
+
+function describeLocation(loc: StreamLocation): string {
+  const parts = [`offset ${loc.offset} (0x${loc.offset.toString(16)})`];
+  const s = loc.section;
+  if (s) {
+    const name = s.idstr !== undefined ? `'${s.idstr}'` : 'section';
+    const inst = s.instanceId !== undefined ? ` instance ${s.instanceId}` : '';
+    const id = s.sectionId !== undefined ? ` (id ${s.sectionId})` : '';
+    parts.unshift(`in ${name}${inst}${id}`);
+  }
+  return parts.join(' at ');
+}
+
+/** Bad or unsupported input in a migration stream. */
+export class StreamError extends Error {
+  readonly code: StreamErrorCode;
+  readonly offset: number;
+  section: StreamLocation['section'];
+  /** The message without the location suffix. */
+  readonly reason: string;
+
+  constructor(code: StreamErrorCode, reason: string, location: StreamLocation, options?: { cause?: unknown }) {
+    super(`${reason} ${describeLocation(location)}`, options);
+    this.name = 'StreamError';
+    this.code = code;
+    this.reason = reason;
+    this.offset = location.offset;
+    this.section = location.section;
+  }
+
+  /** Attach the enclosing section to an error raised deeper down (keeps the innermost one). */
+  withSection(section: NonNullable<StreamLocation['section']>): StreamError {
+    if (this.section) return this;
+    return new StreamError(this.code, this.reason, { offset: this.offset, section }, { cause: this.cause });
+  }
+}
+
+/** The stream ended before a structure was complete. */
+export class UnexpectedEndError extends StreamError {
+  constructor(wanted: number, available: number, offset: number) {
+    super('unexpected-end', `stream ended: wanted ${wanted} more byte(s), ${available} available`, { offset });
+    this.name = 'UnexpectedEndError';
+  }
+}
+
+/** Failure of the channel underneath (socket reset, file error). */
+export class ChannelError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'ChannelError';
+  }
+}

@@ -1,0 +1,5 @@
+export * from './channel.js';
+export * from './constants.js';
+export * from './errors.js';
+export * from './reader.js';
+export * from './writer.js';

@@ -1,0 +1,173 @@
+/**
+ * A buffered big-endian reader over a ByteSource.
+ *
+ * Every read names how many bytes it needs; the reader pulls chunks until it
+ * has them or the source ends, which raises UnexpectedEndError with the offset.
+ * Lengths taken from the stream are always checked against an explicit bound
+ * before anything is allocated for them.
+ */
+import type { ByteSource } from './channel.js';
+import { StreamError, UnexpectedEndError } from './errors.js';
+
+const EMPTY = new Uint8Array(0);
+const textDecoder = new TextDecoder('utf-8');
+
+export class StreamReader {
+  private buffer: Uint8Array = EMPTY;
+  private view: DataView = new DataView(EMPTY.buffer);
+  private position = 0; // next unread byte in buffer
+  private consumedBefore = 0; // stream offset of buffer[0]
+  private ended = false;
+
+  constructor(private readonly source: ByteSource) {}
+
+  /** Bytes consumed from the stream so far (the offset of the next byte). */
+  get offset(): number {
+    return this.consumedBefore + this.position;
+  }
+
+  /** Bytes buffered and readable without waiting. */
+  get buffered(): number {
+    return this.buffer.length - this.position;
+  }
+
+  /** Make at least `n` bytes available; false if the stream ends first. */
+  async tryEnsure(n: number): Promise<boolean> {
+    while (this.buffer.length - this.position < n) {
+      if (this.ended) return false;
+      const chunk = await this.source.read();
+      if (chunk === null) {
+        this.ended = true;
+        return false;
+      }
+      if (chunk.length === 0) continue;
+      this.append(chunk);
+    }
+    return true;
+  }
+
+  /** Make at least `n` bytes available or throw UnexpectedEndError. */
+  async ensure(n: number): Promise<void> {
+    if (this.buffer.length - this.position >= n) return;
+    if (!(await this.tryEnsure(n))) throw new UnexpectedEndError(n, this.buffered, this.offset);
+  }
+
+  private append(chunk: Uint8Array): void {
+    const rest = this.buffer.length - this.position;
+    if (rest === 0) {
+      this.consumedBefore += this.buffer.length;
+      this.buffer = chunk;
+    } else {
+      // Copy the unread tail and the new chunk together. Views handed out
+      // earlier keep pointing at the old buffer, which is never written again.
+      const joined = new Uint8Array(rest + chunk.length);
+      joined.set(this.buffer.subarray(this.position), 0);
+      joined.set(chunk, rest);
+      this.consumedBefore += this.position;
+      this.buffer = joined;
+    }
+    this.position = 0;
+    this.view = new DataView(this.buffer.buffer, this.buffer.byteOffset, this.buffer.byteLength);
+  }
+
+  /** True when no byte is left in the stream. */
+  async atEnd(): Promise<boolean> {
+    return !(await this.tryEnsure(1));
+  }
+
+  /** Up to `n` next bytes without consuming them (fewer only at end of stream). */
+  async peek(n: number): Promise<Uint8Array> {
+    await this.tryEnsure(n);
+    return this.buffer.subarray(this.position, Math.min(this.position + n, this.buffer.length));
+  }
+
+  /** The next byte without consuming it, or -1 at end of stream. */
+  async peekU8(): Promise<number> {
+    if (!(await this.tryEnsure(1))) return -1;
+    return this.buffer[this.position]!;
+  }
+
+  async u8(): Promise<number> {
+    if (this.position >= this.buffer.length) await this.ensure(1);
+    return this.buffer[this.position++]!;
+  }
+
+  async be16(): Promise<number> {
+    if (this.buffer.length - this.position < 2) await this.ensure(2);
+    const v = this.view.getUint16(this.position);
+    this.position += 2;
+    return v;
+  }
+
+  async be32(): Promise<number> {
+    if (this.buffer.length - this.position < 4) await this.ensure(4);
+    const v = this.view.getUint32(this.position);
+    this.position += 4;
+    return v;
+  }
+
+  async be64(): Promise<bigint> {
+    if (this.buffer.length - this.position < 8) await this.ensure(8);
+    const v = this.view.getBigUint64(this.position);
+    this.position += 8;
+    return v;
+  }
+
+  /**
+   * A be64 as a JS number. Values above 2^53 cannot be represented exactly and
+   * are rejected (RAM offsets and sizes never come near that).
+   */
+  async be64Number(what = 'value'): Promise<number> {
+    const at = this.offset;
+    if (this.buffer.length - this.position < 8) await this.ensure(8);
+    const high = this.view.getUint32(this.position);
+    const low = this.view.getUint32(this.position + 4);
+    if (high > 0x1fffff) {
+      throw new StreamError('too-large', `${what} 0x${high.toString(16)}${low.toString(16).padStart(8, '0')} exceeds 2^53`, { offset: at });
+    }
+    this.position += 8;
+    return high * 0x100000000 + low;
+  }
+
+  /**
+   * `n` bytes as a view (no copy). `maxBytes` bounds lengths that come from the
+   * stream: a larger `n` is rejected before anything is allocated.
+   */
+  async bytes(n: number, maxBytes: number, what = 'field'): Promise<Uint8Array> {
+    if (!Number.isInteger(n) || n < 0 || n > maxBytes) {
+      throw new StreamError('too-large', `${what} length ${n} exceeds the limit of ${maxBytes} bytes`, { offset: this.offset });
+    }
+    if (this.buffer.length - this.position < n) await this.ensure(n);
+    const out = this.buffer.subarray(this.position, this.position + n);
+    this.position += n;
+    return out;
+  }
+
+  /** Copy `n` bytes into `target` at `targetOffset`. */
+  async readInto(target: Uint8Array, targetOffset: number, n: number): Promise<void> {
+    if (this.buffer.length - this.position < n) await this.ensure(n);
+    target.set(this.buffer.subarray(this.position, this.position + n), targetOffset);
+    this.position += n;
+  }
+
+  /** Skip `n` bytes without keeping them (bounded memory whatever `n` is). */
+  async skip(n: number): Promise<void> {
+    let left = n;
+    while (left > 0) {
+      if (this.position >= this.buffer.length) await this.ensure(1);
+      const step = Math.min(left, this.buffer.length - this.position);
+      this.position += step;
+      left -= step;
+    }
+  }
+
+  /** A counted string: u8 length then that many bytes (QEMU's idstr encoding). */
+  async countedString(): Promise<string> {
+    const n = await this.u8();
+    return textDecoder.decode(await this.bytes(n, 255, 'string'));
+  }
+
+  async close(): Promise<void> {
+    await this.source.close();
+  }
+}
