@@ -3,3 +3,4 @@ export * from './constants.js';
 export * from './errors.js';
 export * from './reader.js';
 export * from './writer.js';
+export * from './framing.js';

@@ -1,0 +1,184 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createServer, connect, type Socket } from 'node:net';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import {
+  FileSink,
+  FileSource,
+  MemorySink,
+  MemorySource,
+  ReadableSource,
+  StreamError,
+  StreamReader,
+  StreamWriter,
+  UnexpectedEndError,
+  WritableSink,
+} from '../src/wire/index.js';
+import { Prng } from './helpers/prng.js';
+
+function sample(w: StreamWriter): void {
+  w.u8(0xab).be16(0xbeef).be32(0xdeadbeef).be64(0x0123456789abcdefn).be64(2 ** 53 - 1).countedString('pc.ram');
+  w.bytes(new Uint8Array(5000).fill(7));
+  w.be64(-1n);
+}
+
+async function readSample(r: StreamReader): Promise<void> {
+  assert.equal(await r.u8(), 0xab);
+  assert.equal(await r.be16(), 0xbeef);
+  assert.equal(await r.be32(), 0xdeadbeef);
+  assert.equal(await r.be64(), 0x0123456789abcdefn);
+  assert.equal(await r.be64Number(), 2 ** 53 - 1);
+  assert.equal(await r.countedString(), 'pc.ram');
+  const block = await r.bytes(5000, 5000);
+  assert.equal(block.length, 5000);
+  assert.ok(block.every((b) => b === 7));
+  assert.equal(await r.be64(), 0xffffffffffffffffn);
+  assert.equal(await r.atEnd(), true);
+}
+
+test('writer and reader round trip at every chunk size', async () => {
+  const sink = new MemorySink();
+  const w = new StreamWriter(sink, 64); // tiny buffer: values straddle buffer rotations
+  sample(w);
+  await w.flush();
+  const data = sink.bytes();
+  assert.equal(w.bytesWritten, data.length);
+  assert.equal(data.length, 1 + 2 + 4 + 8 + 8 + 7 + 5000 + 8);
+  for (const chunk of [1, 2, 3, 7, 8, 63, 4096, 1 << 20]) {
+    const r = new StreamReader(new MemorySource(data, chunk));
+    await readSample(r);
+    assert.equal(r.offset, data.length);
+  }
+});
+
+test('big-endian byte order', async () => {
+  const sink = new MemorySink();
+  const w = new StreamWriter(sink);
+  w.be16(0x0102).be32(0x03040506).be64(0x0708090a0b0c0d0en);
+  await w.flush();
+  assert.deepEqual([...sink.bytes()], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]);
+});
+
+test('end of stream: a typed error with the offset, at every truncation point', async () => {
+  const sink = new MemorySink();
+  const w = new StreamWriter(sink);
+  sample(w);
+  await w.flush();
+  const data = sink.bytes();
+  for (let cut = 0; cut < data.length; cut += cut < 64 ? 1 : 97) {
+    const r = new StreamReader(new MemorySource(data.subarray(0, cut), 5));
+    await assert.rejects(readSample(r), (err: unknown) => {
+      assert.ok(err instanceof UnexpectedEndError, `cut ${cut}: ${String(err)}`);
+      assert.equal(err.code, 'unexpected-end');
+      assert.ok(err.offset <= cut && err.offset >= 0);
+      assert.match(err.message, /offset \d+/);
+      return true;
+    });
+  }
+});
+
+test('lengths from the stream are bounded before allocation', async () => {
+  const r = new StreamReader(new MemorySource(new Uint8Array(16)));
+  await assert.rejects(r.bytes(1 << 30, 4096, 'page'), (err: unknown) => err instanceof StreamError && err.code === 'too-large' && /page length/.test(err.message));
+  await assert.rejects(r.bytes(-1, 4096), StreamError);
+  await assert.rejects(r.bytes(1.5, 4096), StreamError);
+  const big = new StreamReader(new MemorySource(new Uint8Array([0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0])));
+  await assert.rejects(big.be64Number('RAM offset'), (err: unknown) => err instanceof StreamError && err.code === 'too-large' && /RAM offset/.test(err.message));
+});
+
+test('peek does not consume; skip consumes without keeping', async () => {
+  const data = new Prng(1).bytes(10000);
+  const r = new StreamReader(new MemorySource(data, 3));
+  assert.deepEqual([...(await r.peek(5))], [...data.subarray(0, 5)]);
+  assert.equal(await r.peekU8(), data[0]);
+  assert.equal(r.offset, 0);
+  await r.skip(9990);
+  assert.equal(r.offset, 9990);
+  assert.equal((await r.peek(100)).length, 10, 'peek returns fewer bytes at the end');
+  await assert.rejects(r.skip(11), UnexpectedEndError);
+  const empty = new StreamReader(new MemorySource(new Uint8Array(0)));
+  assert.equal(await empty.peekU8(), -1);
+});
+
+test('views handed out stay valid after later reads', async () => {
+  const data = new Prng(2).bytes(300);
+  const r = new StreamReader(new MemorySource(data, 7));
+  const first = await r.bytes(10, 10);
+  const copy = [...first];
+  await r.bytes(290, 290);
+  assert.deepEqual([...first], copy);
+});
+
+test('counted strings: UTF-8, at most 255 bytes', async () => {
+  const sink = new MemorySink();
+  const w = new StreamWriter(sink);
+  w.countedString('0000:00:01.1/ide').countedString('').countedString('x'.repeat(255));
+  assert.throws(() => w.countedString('x'.repeat(256)), RangeError);
+  await w.flush();
+  const r = new StreamReader(new MemorySource(sink.bytes()));
+  assert.equal(await r.countedString(), '0000:00:01.1/ide');
+  assert.equal(await r.countedString(), '');
+  assert.equal((await r.countedString()).length, 255);
+});
+
+test('writer validates 64-bit numbers', () => {
+  const w = new StreamWriter(new MemorySink());
+  assert.throws(() => w.be64(-1), RangeError);
+  assert.throws(() => w.be64(2 ** 53), RangeError);
+  assert.throws(() => w.be64(0.5), RangeError);
+});
+
+test('writer queues full buffers until drained', async () => {
+  const sink = new MemorySink();
+  const w = new StreamWriter(sink, 100);
+  w.bytes(new Uint8Array(250));
+  assert.equal(w.pendingBytes, 250);
+  assert.equal(sink.byteLength, 0);
+  await w.drain();
+  assert.equal(sink.byteLength, 200, 'drain hands over only full buffers');
+  await w.flush();
+  assert.equal(sink.byteLength, 250);
+  assert.equal(w.pendingBytes, 0);
+});
+
+test('file channel round trip', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'livemig-wire-'));
+  try {
+    const path = join(dir, 'stream.bin');
+    const w = new StreamWriter(await FileSink.create(path));
+    sample(w);
+    await w.close();
+    const r = new StreamReader(await FileSource.open(path, 1000));
+    await readSample(r);
+    await r.close();
+    await assert.rejects(FileSource.open(join(dir, 'missing')), /cannot open .*missing/);
+  } finally {
+    await rm(dir, { recursive: true });
+  }
+});
+
+test('socket channel round trip over loopback TCP, and a dropped peer', async () => {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as { port: number }).port;
+  const accepted = new Promise<Socket>((resolve) => server.once('connection', resolve));
+  const client = connect(port, '127.0.0.1');
+  await new Promise<void>((resolve) => client.once('connect', resolve));
+  const serverSide = await accepted;
+  const w = new StreamWriter(new WritableSink(client));
+  const r = new StreamReader(new ReadableSource(serverSide));
+  sample(w);
+  await w.close();
+  await readSample(r);
+
+  // A peer that disconnects mid-structure gives a clean end-of-stream error.
+  const accepted2 = new Promise<Socket>((resolve) => server.once('connection', resolve));
+  const client2 = connect(port, '127.0.0.1');
+  await new Promise<void>((resolve) => client2.once('connect', resolve));
+  const r2 = new StreamReader(new ReadableSource(await accepted2));
+  client2.end(Buffer.from([0, 0, 0]));
+  await assert.rejects(r2.be64(), (err: unknown) => err instanceof UnexpectedEndError && err.offset === 0);
+  server.close();
+});
