@@ -18,6 +18,8 @@ export interface LoadSectionContext {
   idstr: string;
   instanceId: number;
   sectionId: number;
+  /** Stream offset of the section's type byte. */
+  offset: number;
 }
 
 export interface SaveVMHandlers {

@@ -1,0 +1,60 @@
+/** `livemig analyze FILE [--json] [--dump-ram DIR]`: what a migration stream holds. */
+import { analyzeFile, dumpRamBlocks, type StreamAnalysis } from '../analyze/analyze-stream.js';
+import { formatBytes, hex } from './format.js';
+
+export interface AnalyzeCommandOptions {
+  json?: boolean;
+  dumpRam?: string;
+}
+
+function render(a: StreamAnalysis, file: string): string {
+  const lines: string[] = [];
+  const c = a.configuration;
+  lines.push(`${file}: ${a.sizeBytes} bytes, machine '${c.machineName}'` + (c.capabilities ? `, capabilities ${c.capabilities.join(',')}` : '') + (c.uuid ? `, uuid ${c.uuid}` : ''));
+  lines.push('');
+  lines.push('offset       type    id  idstr                           inst  ver        size');
+  for (const s of a.sections) {
+    lines.push(`${hex(s.offset)}   ${s.type.padEnd(5)} ${String(s.sectionId).padStart(4)}  ${s.idstr.padEnd(30)} ${String(s.instanceId).padStart(5)} ${String(s.versionId).padStart(4)} ${String(s.sizeBytes).padStart(11)}`);
+  }
+  for (const cmd of a.commands) lines.push(`${hex(cmd.offset)}   COMMAND ${cmd.name} (${cmd.payloadBytes} bytes)`);
+  if (a.eofOffset !== null) lines.push(`${hex(a.eofOffset)}   EOF`);
+  if (a.vmdesc) lines.push(`${hex(a.vmdesc.offset)}   VMDESC  JSON trailer, ${a.vmdesc.lengthBytes} bytes, ${a.vmdesc.devices} device(s)`);
+  if (a.ram) {
+    lines.push('');
+    const announced = a.ram.announcedTotalBytes === null ? 'no block list' : `${formatBytes(a.ram.announcedTotalBytes)} announced`;
+    lines.push(`RAM: ${a.ram.blocks.length} block(s), ${announced}, ${a.ram.sections} section(s), ${formatBytes(a.ram.totals.bytes)} of page records`);
+    for (const b of a.ram.blocks) {
+      const len = b.lengthBytes === null ? '?' : formatBytes(b.lengthBytes);
+      lines.push(`  ${b.idstr} (${len}): normal ${b.normalPages}, zero ${b.zeroPages}, xbzrle ${b.xbzrlePages} page(s); bytes normal ${b.normalBytes}, zero ${b.zeroBytes}, xbzrle ${b.xbzrleBytes}`);
+    }
+  }
+  if (a.devices.length > 0) {
+    lines.push('');
+    lines.push('Devices (decoded through the JSON trailer):');
+    for (const d of a.devices) {
+      lines.push(`  ${d.name} instance ${d.instanceId} (vmsd ${d.vmsdName ?? '-'}, version ${d.version}) at ${hex(d.offset)}:`);
+      lines.push(`    ${JSON.stringify(d.state)}`);
+    }
+  }
+  if (a.error) {
+    lines.push('');
+    lines.push(`error: ${a.error.message}`);
+  }
+  return lines.join('\n');
+}
+
+/** Returns the process exit code: 0 when the whole stream was read, 1 otherwise. */
+export async function analyzeCommand(file: string, options: AnalyzeCommandOptions): Promise<number> {
+  const { analysis, ramBlocks } = await analyzeFile(file, { keepRam: options.dumpRam !== undefined });
+  if (options.json) process.stdout.write(JSON.stringify(analysis, null, 2) + '\n');
+  else process.stdout.write(render(analysis, file) + '\n');
+  if (options.dumpRam !== undefined) {
+    const paths = await dumpRamBlocks(ramBlocks, options.dumpRam);
+    if (!options.json) for (const p of paths) process.stdout.write(`wrote ${p}\n`);
+  }
+  if (analysis.error) {
+    if (options.json) process.stderr.write(`error: ${analysis.error.message}\n`);
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,224 @@
+/**
+ * RAM blocks: named, page-granular guest memory regions (QEMU's RAMBlock).
+ *
+ * Two implementations:
+ * - DenseRamBlock over a caller-supplied Uint8Array (a machine's RAM);
+ * - SparseRamBlock storing only the pages a stream actually wrote, so that
+ *   analysing a stream that claims terabytes of RAM allocates nothing for them.
+ */
+import { TARGET_PAGE_SIZE } from '../wire/index.js';
+
+const ZERO_PAGE = new Uint8Array(TARGET_PAGE_SIZE);
+
+/** True when every byte is zero (word-at-a-time when aligned). */
+export function isZeroBytes(data: Uint8Array): boolean {
+  let i = 0;
+  if (((data.byteOffset | data.length) & 3) === 0) {
+    const words = new Uint32Array(data.buffer, data.byteOffset, data.length >>> 2);
+    for (let w = 0; w < words.length; w++) if (words[w] !== 0) return false;
+    return true;
+  }
+  for (; i < data.length; i++) if (data[i] !== 0) return false;
+  return true;
+}
+
+export interface RamBlock {
+  readonly idstr: string;
+  /** Used length in bytes, a multiple of TARGET_PAGE_SIZE. */
+  readonly lengthBytes: number;
+  /** lengthBytes / TARGET_PAGE_SIZE. */
+  readonly pageCount: number;
+  /**
+   * The page's current contents. Dense blocks return a view into RAM (no
+   * copy); sparse blocks return the stored page or a shared zero page. Treat
+   * it as read-only and do not keep it across writes.
+   */
+  pageView(pageIndex: number): Uint8Array;
+  /** Copy the page into `out` at `outOffset`. */
+  readPage(pageIndex: number, out: Uint8Array, outOffset?: number): void;
+  writePage(pageIndex: number, data: Uint8Array): void;
+  /** Fill the page with one byte value (QEMU skips the write for 0 on a zero page). */
+  fillPage(pageIndex: number, byte: number): void;
+  isPageZero(pageIndex: number): boolean;
+  /**
+   * A writable view of the page for decoding in place (XBZRLE, raw reads);
+   * call pageUpdated() after changing it.
+   */
+  pageForUpdate(pageIndex: number): Uint8Array;
+  /** Tell the block a pageForUpdate() view was changed. */
+  pageUpdated(pageIndex: number): void;
+  /**
+   * Change the used length (QEMU's resizeable blocks). Absent or returning an
+   * error message when the block cannot take that length.
+   */
+  resize?(lengthBytes: number): string | undefined;
+}
+
+function checkLength(what: string, lengthBytes: number): void {
+  if (!Number.isSafeInteger(lengthBytes) || lengthBytes < 0 || lengthBytes % TARGET_PAGE_SIZE !== 0) {
+    throw new RangeError(`${what}: length ${lengthBytes} is not a non-negative multiple of ${TARGET_PAGE_SIZE}`);
+  }
+}
+
+function checkIdstr(idstr: string): void {
+  const bytes = new TextEncoder().encode(idstr);
+  if (bytes.length === 0 || bytes.length > 255) throw new RangeError(`RAM block name must be 1..255 bytes: '${idstr}'`);
+}
+
+export interface DenseRamBlockOptions {
+  /** Used length (default: the whole memory). */
+  lengthBytes?: number;
+  /** Allow the incoming block list to change the used length, up to memory.length. */
+  resizeable?: boolean;
+}
+
+/** A block over caller-owned memory; page views are windows into it. */
+export class DenseRamBlock implements RamBlock {
+  private usedBytes: number;
+  private readonly words: Uint32Array | undefined;
+
+  constructor(readonly idstr: string, readonly memory: Uint8Array, private readonly options: DenseRamBlockOptions = {}) {
+    checkIdstr(idstr);
+    checkLength(`RAM block '${idstr}' memory`, memory.length);
+    this.usedBytes = options.lengthBytes ?? memory.length;
+    checkLength(`RAM block '${idstr}'`, this.usedBytes);
+    if (this.usedBytes > memory.length) throw new RangeError(`RAM block '${idstr}': length ${this.usedBytes} exceeds its memory (${memory.length})`);
+    // A whole-RAM word view makes zero checks cheap without per-page allocation.
+    this.words = memory.byteOffset & 3 ? undefined : new Uint32Array(memory.buffer, memory.byteOffset, memory.length >>> 2);
+  }
+
+  get lengthBytes(): number {
+    return this.usedBytes;
+  }
+
+  get pageCount(): number {
+    return this.usedBytes / TARGET_PAGE_SIZE;
+  }
+
+  pageView(pageIndex: number): Uint8Array {
+    const at = pageIndex * TARGET_PAGE_SIZE;
+    return this.memory.subarray(at, at + TARGET_PAGE_SIZE);
+  }
+
+  readPage(pageIndex: number, out: Uint8Array, outOffset = 0): void {
+    out.set(this.pageView(pageIndex), outOffset);
+  }
+
+  writePage(pageIndex: number, data: Uint8Array): void {
+    this.memory.set(data.subarray(0, TARGET_PAGE_SIZE), pageIndex * TARGET_PAGE_SIZE);
+  }
+
+  fillPage(pageIndex: number, byte: number): void {
+    // As QEMU's ram_handle_compressed: leave an already-zero page alone (no write fault).
+    if (byte === 0 && this.isPageZero(pageIndex)) return;
+    const at = pageIndex * TARGET_PAGE_SIZE;
+    this.memory.fill(byte, at, at + TARGET_PAGE_SIZE);
+  }
+
+  isPageZero(pageIndex: number): boolean {
+    if (!this.words) return isZeroBytes(this.pageView(pageIndex));
+    const words = this.words;
+    const first = pageIndex * (TARGET_PAGE_SIZE >>> 2);
+    const end = first + (TARGET_PAGE_SIZE >>> 2);
+    for (let w = first; w < end; w++) if (words[w] !== 0) return false;
+    return true;
+  }
+
+  pageForUpdate(pageIndex: number): Uint8Array {
+    return this.pageView(pageIndex);
+  }
+
+  pageUpdated(_pageIndex: number): void {}
+
+  resize(lengthBytes: number): string | undefined {
+    if (!this.options.resizeable) return `Size mismatch: ${this.idstr}: 0x${lengthBytes.toString(16)} != 0x${this.usedBytes.toString(16)}`;
+    if (lengthBytes % TARGET_PAGE_SIZE !== 0 || lengthBytes > this.memory.length) {
+      return `Length 0x${lengthBytes.toString(16)} exceeds the maximum 0x${this.memory.length.toString(16)} of resizeable block ${this.idstr} (or is not page aligned)`;
+    }
+    this.usedBytes = lengthBytes;
+    return undefined;
+  }
+}
+
+export interface SparseRamBlockOptions {
+  /**
+   * Keep page contents (default true). Without it the block only absorbs
+   * writes: an analyzer that needs record statistics but not memory uses
+   * constant space whatever the stream holds.
+   */
+  storeContents?: boolean;
+}
+
+/** A block that stores only non-zero pages that were written. */
+export class SparseRamBlock implements RamBlock {
+  private readonly pages = new Map<number, Uint8Array>();
+  private readonly scratch: Uint8Array | undefined;
+  readonly pageCount: number;
+
+  constructor(readonly idstr: string, readonly lengthBytes: number, options: SparseRamBlockOptions = {}) {
+    checkIdstr(idstr);
+    checkLength(`RAM block '${idstr}'`, lengthBytes);
+    this.pageCount = lengthBytes / TARGET_PAGE_SIZE;
+    this.scratch = options.storeContents === false ? new Uint8Array(TARGET_PAGE_SIZE) : undefined;
+  }
+
+  /** Number of pages held in memory (non-zero pages written so far). */
+  get storedPageCount(): number {
+    return this.pages.size;
+  }
+
+  /** Indices of stored pages, ascending. */
+  storedPageIndices(): number[] {
+    return [...this.pages.keys()].sort((a, b) => a - b);
+  }
+
+  pageView(pageIndex: number): Uint8Array {
+    return this.pages.get(pageIndex) ?? ZERO_PAGE;
+  }
+
+  readPage(pageIndex: number, out: Uint8Array, outOffset = 0): void {
+    out.set(this.pageView(pageIndex), outOffset);
+  }
+
+  writePage(pageIndex: number, data: Uint8Array): void {
+    const page = data.subarray(0, TARGET_PAGE_SIZE);
+    if (this.scratch || isZeroBytes(page)) {
+      this.pages.delete(pageIndex);
+      return;
+    }
+    const stored = this.pages.get(pageIndex);
+    if (stored) stored.set(page);
+    else this.pages.set(pageIndex, page.slice());
+  }
+
+  fillPage(pageIndex: number, byte: number): void {
+    if (this.scratch || byte === 0) {
+      this.pages.delete(pageIndex);
+      return;
+    }
+    const stored = this.pages.get(pageIndex);
+    if (stored) stored.fill(byte);
+    else this.pages.set(pageIndex, new Uint8Array(TARGET_PAGE_SIZE).fill(byte));
+  }
+
+  isPageZero(pageIndex: number): boolean {
+    const stored = this.pages.get(pageIndex);
+    return stored === undefined || isZeroBytes(stored);
+  }
+
+  pageForUpdate(pageIndex: number): Uint8Array {
+    if (this.scratch) return this.scratch;
+    let page = this.pages.get(pageIndex);
+    if (!page) {
+      page = new Uint8Array(TARGET_PAGE_SIZE);
+      this.pages.set(pageIndex, page);
+    }
+    return page;
+  }
+
+  pageUpdated(pageIndex: number): void {
+    // Drop pages that ended up all zero so memory tracks real content only.
+    const page = this.pages.get(pageIndex);
+    if (page && isZeroBytes(page)) this.pages.delete(pageIndex);
+  }
+}

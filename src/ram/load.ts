@@ -1,0 +1,253 @@
+/**
+ * The destination side of the `ram` entry (QEMU 7.2 ram_load_precopy).
+ *
+ * Reads records until EOS. The "last block" used by CONTINUE is kept across
+ * sections (the sender relies on it: 3.2) and reset only by loadSetup().
+ * Every error carries the stream offset of the record or field at fault.
+ */
+import type { LoadSectionContext, SaveVMHandlers } from '../savevm/handlers.js';
+import { StreamError, TARGET_PAGE_SIZE, type StreamErrorCode, type StreamLocation, type StreamReader } from '../wire/index.js';
+import type { RamBlock } from './block.js';
+import type { RamBlockTable } from './block-table.js';
+import {
+  RAM_FLAG_COMPRESS_PAGE,
+  RAM_FLAG_CONTINUE,
+  RAM_FLAG_EOS,
+  RAM_FLAG_HOOK,
+  RAM_FLAG_MASK,
+  RAM_FLAG_MEM_SIZE,
+  RAM_FLAG_PAGE,
+  RAM_FLAG_XBZRLE,
+  RAM_FLAG_ZERO,
+  RAM_PAGE_RECORD_FLAGS,
+  RAM_SECTION_VERSION,
+  XBZRLE_ENCODING_FLAG,
+  describeRamFlags,
+} from './flags.js';
+import { xbzrleDecode } from './xbzrle.js';
+
+/** QEMU's loader yields to the main loop every 32768 records; so do we (event loop). */
+const YIELD_EVERY_RECORDS = 32768;
+
+export interface RamLoadOptions {
+  /**
+   * Capability `x-ignore-shared` is on: each block-list entry carries a be64
+   * guest physical address after its length.
+   */
+  ignoreShared?: boolean;
+}
+
+export interface RamLoadBlockStats {
+  idstr: string;
+  /** Length given by the block list, if the block was listed. */
+  listedLengthBytes?: number;
+  /** Guest physical address from the block list (x-ignore-shared only). */
+  guestPhysicalAddress?: number;
+  zeroPages: number;
+  /** ZERO records with a fill byte other than 0 (accepted: L8). */
+  nonZeroFillPages: number;
+  normalPages: number;
+  xbzrlePages: number;
+  /** Stream bytes of the records of each kind, headers and block names included. */
+  zeroBytes: number;
+  normalBytes: number;
+  xbzrleBytes: number;
+  /** XBZRLE payload bytes only (after the 3-byte sub-header). */
+  xbzrleEncodedBytes: number;
+}
+
+export interface RamLoadStats {
+  sections: number;
+  /** All records, EOS and block lists included. */
+  records: number;
+  eosRecords: number;
+  blockListRecords: number;
+  /** Total of the last block list (the offset field of MEM_SIZE). */
+  announcedTotalBytes?: number;
+  /** Per block, in the order first seen. */
+  blocks: RamLoadBlockStats[];
+  /** Stream offset of the first record of each kind. */
+  firstOffsets: { blockList?: number; zero?: number; page?: number; xbzrle?: number; eos?: number };
+}
+
+function freshStats(): RamLoadStats {
+  return { sections: 0, records: 0, eosRecords: 0, blockListRecords: 0, blocks: [], firstOffsets: {} };
+}
+
+export class RamLoadHandler implements SaveVMHandlers {
+  private lastBlock: RamBlock | undefined;
+  private counters = freshStats();
+  private readonly blockStats = new Map<string, RamLoadBlockStats>();
+
+  constructor(readonly table: RamBlockTable, private readonly options: RamLoadOptions = {}) {}
+
+  /** Counters so far (a live object; copy it if you keep it). */
+  get stats(): RamLoadStats {
+    return this.counters;
+  }
+
+  loadSetup(): void {
+    this.lastBlock = undefined;
+    this.counters = freshStats();
+    this.blockStats.clear();
+  }
+
+  private statsFor(idstr: string): RamLoadBlockStats {
+    let s = this.blockStats.get(idstr);
+    if (!s) {
+      s = { idstr, zeroPages: 0, nonZeroFillPages: 0, normalPages: 0, xbzrlePages: 0, zeroBytes: 0, normalBytes: 0, xbzrleBytes: 0, xbzrleEncodedBytes: 0 };
+      this.blockStats.set(idstr, s);
+      this.counters.blocks.push(s);
+    }
+    return s;
+  }
+
+  async loadState(input: StreamReader, context: LoadSectionContext): Promise<void> {
+    const section = { idstr: context.idstr, sectionId: context.sectionId, instanceId: context.instanceId };
+    const fail = (code: StreamErrorCode, reason: string, offset: number): StreamError =>
+      new StreamError(code, reason, { offset, section });
+
+    if (context.versionId !== RAM_SECTION_VERSION) {
+      const code = context.versionId > RAM_SECTION_VERSION ? 'version-too-new' : 'version-too-old';
+      throw fail(code, `RAM section version ${context.versionId} is not supported (only ${RAM_SECTION_VERSION})`, input.offset);
+    }
+    const c = this.counters;
+    c.sections++;
+
+    for (;;) {
+      const at = input.offset;
+      if (++c.records % YIELD_EVERY_RECORDS === 0) await new Promise<void>((resolve) => setImmediate(resolve));
+      // Read the be64 as two halves: offsets stay exact numbers without BigInt.
+      const high = await input.be32();
+      const low = await input.be32();
+      const flags = low & RAM_FLAG_MASK;
+      const offsetBytes = high * 0x100000000 + ((low & ~RAM_FLAG_MASK) >>> 0);
+
+      if (flags & RAM_FLAG_COMPRESS_PAGE) {
+        throw fail('bad-ram-record', 'Received an unexpected compressed page (COMPRESS_PAGE records of capability `compress` are not supported)', at);
+      }
+      let block: RamBlock | undefined;
+      let pageIndex = 0;
+      if (flags & RAM_PAGE_RECORD_FLAGS) {
+        block = await this.resolveBlock(input, flags, at, section);
+        if (offsetBytes >= block.lengthBytes) {
+          throw fail('bad-ram-record', `Illegal RAM offset 0x${offsetBytes.toString(16)} in block ${block.idstr} (length 0x${block.lengthBytes.toString(16)})`, at);
+        }
+        pageIndex = offsetBytes / TARGET_PAGE_SIZE;
+      }
+
+      switch (flags & ~RAM_FLAG_CONTINUE) {
+        case RAM_FLAG_MEM_SIZE:
+          c.blockListRecords++;
+          c.firstOffsets.blockList ??= at;
+          if (high > 0x1fffff) throw fail('too-large', 'RAM block list total exceeds 2^53 bytes', at);
+          await this.readBlockList(input, offsetBytes, section);
+          break;
+        case RAM_FLAG_ZERO: {
+          const fill = await input.u8();
+          block!.fillPage(pageIndex, fill);
+          const s = this.statsFor(block!.idstr);
+          s.zeroPages++;
+          if (fill !== 0) s.nonZeroFillPages++;
+          s.zeroBytes += input.offset - at;
+          c.firstOffsets.zero ??= at;
+          break;
+        }
+        case RAM_FLAG_PAGE: {
+          const page = block!.pageForUpdate(pageIndex);
+          try {
+            await input.readInto(page, 0, TARGET_PAGE_SIZE);
+          } finally {
+            block!.pageUpdated(pageIndex);
+          }
+          const s = this.statsFor(block!.idstr);
+          s.normalPages++;
+          s.normalBytes += input.offset - at;
+          c.firstOffsets.page ??= at;
+          break;
+        }
+        case RAM_FLAG_XBZRLE: {
+          const encodedBytes = await this.loadXbzrle(input, block!, pageIndex, section);
+          const s = this.statsFor(block!.idstr);
+          s.xbzrlePages++;
+          s.xbzrleBytes += input.offset - at;
+          s.xbzrleEncodedBytes += encodedBytes;
+          c.firstOffsets.xbzrle ??= at;
+          break;
+        }
+        case RAM_FLAG_EOS:
+          c.eosRecords++;
+          c.firstOffsets.eos ??= at;
+          return;
+        default:
+          if (flags & RAM_FLAG_HOOK) {
+            throw fail('bad-ram-record', 'RAM_SAVE_FLAG_HOOK record (RDMA control) is not supported', at);
+          }
+          throw fail('bad-ram-record', `Unknown combination of migration flags: 0x${flags.toString(16)} (${describeRamFlags(flags)})`, at);
+      }
+    }
+  }
+
+  /** The block of a page record: named after the header, or the last one for CONTINUE. */
+  private async resolveBlock(input: StreamReader, flags: number, at: number, section: StreamLocation['section']): Promise<RamBlock> {
+    if (flags & RAM_FLAG_CONTINUE) {
+      if (!this.lastBlock) {
+        throw new StreamError('bad-ram-record', 'Ack, bad migration stream! (CONTINUE flag with no previous block)', { offset: at, section });
+      }
+      return this.lastBlock;
+    }
+    const nameAt = input.offset;
+    const idstr = await input.countedString();
+    const found = this.table.lookup(idstr);
+    if (!found.block) throw new StreamError('bad-ram-record', found.error, { offset: nameAt, section });
+    this.lastBlock = found.block;
+    return found.block;
+  }
+
+  /** MEM_SIZE: entries until the announced total is used up (L3: the list may omit blocks). */
+  private async readBlockList(input: StreamReader, totalBytes: number, section: StreamLocation['section']): Promise<void> {
+    this.counters.announcedTotalBytes = totalBytes;
+    let remaining = totalBytes;
+    while (remaining > 0) {
+      const entryAt = input.offset;
+      const idstr = await input.countedString();
+      const lengthBytes = await input.be64Number('RAM block length');
+      const result = this.table.announce(idstr, lengthBytes);
+      if (!result.block) throw new StreamError('bad-ram-record', result.error, { offset: entryAt, section });
+      const s = this.statsFor(idstr);
+      s.listedLengthBytes = lengthBytes;
+      if (this.options.ignoreShared) s.guestPhysicalAddress = await input.be64Number('guest physical address');
+      if (lengthBytes > remaining) {
+        // QEMU's unsigned total would wrap and read garbage; say what happened instead.
+        throw new StreamError('bad-ram-record', `RAM block list: ${idstr} (0x${lengthBytes.toString(16)} bytes) exceeds the 0x${remaining.toString(16)} bytes left of the announced total`, { offset: entryAt, section });
+      }
+      remaining -= lengthBytes;
+      // An analysis table may replace a block it had created for early page records.
+      if (this.lastBlock?.idstr === idstr) this.lastBlock = result.block;
+    }
+  }
+
+  /** XBZRLE: u8 0x01, be16 length ≤ 4096, data decoded over the current page. Returns the data length. */
+  private async loadXbzrle(input: StreamReader, block: RamBlock, pageIndex: number, section: StreamLocation['section']): Promise<number> {
+    const headerAt = input.offset;
+    const encoding = await input.u8();
+    const length = await input.be16();
+    if (encoding !== XBZRLE_ENCODING_FLAG) {
+      throw new StreamError('bad-xbzrle', `Failed to load XBZRLE page - wrong compression! (encoding byte 0x${encoding.toString(16)}, expected 0x01)`, { offset: headerAt, section });
+    }
+    if (length > TARGET_PAGE_SIZE) {
+      throw new StreamError('bad-xbzrle', `Failed to load XBZRLE page - len overflow! (${length} > ${TARGET_PAGE_SIZE})`, { offset: headerAt + 1, section });
+    }
+    const dataAt = input.offset;
+    const data = await input.bytes(length, TARGET_PAGE_SIZE, 'XBZRLE data');
+    const page = block.pageForUpdate(pageIndex);
+    try {
+      xbzrleDecode(data, page, dataAt);
+    } catch (err) {
+      throw err instanceof StreamError ? err.withSection(section!) : err;
+    } finally {
+      block.pageUpdated(pageIndex);
+    }
+    return length;
+  }
+}

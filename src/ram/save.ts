@@ -1,0 +1,346 @@
+/**
+ * The source side of the `ram` entry (QEMU 7.2 migration/ram.c, precopy).
+ *
+ * setup: block list + EOS, every page dirty.
+ * iterate: send dirty pages from where the last section stopped until the
+ *   rate limit (shouldStop) or the time budget says stop, then EOS.
+ * complete: sync the dirty log, send everything left, EOS.
+ *
+ * Per page, as QEMU: all-zero → ZERO record; else, once XBZRLE is active
+ * (after the first complete pass), cache hit → XBZRLE record (or nothing if
+ * unchanged, or PAGE on overflow); cache miss → insert + PAGE.
+ *
+ * Not produced: postcopy page sizes and x-ignore-shared addresses in the
+ * block list, multifd, compression (none of them are needed for a 7.2
+ * destination in plain precopy).
+ */
+import { performance } from 'node:perf_hooks';
+import type { LoadSectionContext, SaveVMHandlers } from '../savevm/handlers.js';
+import { TARGET_PAGE_SIZE, type StreamReader, type StreamWriter } from '../wire/index.js';
+import type { RamBlock } from './block.js';
+import { FixedRamBlockTable } from './block-table.js';
+import { DirtyBitmap } from './dirty-bitmap.js';
+import { RAM_RECORD_HEADER_BYTES } from './flags.js';
+import { RamLoadHandler } from './load.js';
+import { DEFAULT_XBZRLE_CACHE_BYTES, XbzrlePageCache, xbzrleCacheSlots } from './page-cache.js';
+import { RamRecordWriter } from './record-writer.js';
+import { xbzrleEncode } from './xbzrle.js';
+
+/** QEMU's MAX_WAIT: an iterate call stops after this many ms (checked every 64 pages). */
+export const RAM_ITERATE_MAX_WAIT_MS = 50;
+/** Hand buffered output to the sink once this much is queued, so END sections stay bounded in memory. */
+const DRAIN_THRESHOLD_BYTES = 1 << 20;
+
+const ZERO_PAGE = new Uint8Array(TARGET_PAGE_SIZE);
+
+export interface RamSaveOptions {
+  /** Capability `xbzrle`. */
+  xbzrle?: boolean;
+  /** Parameter `xbzrle-cache-size` (default 64 MiB; a power-of-two number of pages). */
+  xbzrleCacheBytes?: number;
+  /**
+   * Called at each dirty-bitmap sync (setup, exact pending, completion): the
+   * machine reports pages written since the last sync through markDirty /
+   * mergeDirty. Without it, only explicit markDirty calls make pages dirty.
+   */
+  syncDirtyLog?: (handler: RamSaveHandler) => void | Promise<void>;
+  /** Time budget per iterate call (default 50 ms as QEMU; Infinity disables). */
+  maxIterateMs?: number;
+  /** Name the block in every record instead of using CONTINUE (L7). */
+  alwaysSendBlockName?: boolean;
+}
+
+/** Counters as QEMU's query-migrate `ram` and `xbzrle-cache` objects. */
+export interface RamSaveStats {
+  /** Page records + iterate EOS markers (QEMU's `transferred`; setup/END framing not counted). */
+  transferredBytes: number;
+  /** Part of transferredBytes sent while the guest ran (iterate). */
+  precopyBytes: number;
+  /** Part of transferredBytes sent with the guest stopped (complete). */
+  downtimeBytes: number;
+  totalBytes: number;
+  remainingBytes: number;
+  /** Zero pages (`duplicate`). */
+  duplicatePages: number;
+  /** Pages sent raw (`normal`), including XBZRLE misses and overflows. */
+  normalPages: number;
+  normalBytes: number;
+  dirtySyncCount: number;
+  /**
+   * Times the page scan wrapped to the first block to send more pages (the
+   * end of a pass over RAM; XBZRLE is used from then on).
+   */
+  completedRounds: number;
+  xbzrle: {
+    cacheSizeBytes: number;
+    /** Encoded bytes + 3-byte sub-header + block name; 4096 per overflow (QEMU's accounting). */
+    bytes: number;
+    /** Cache hits, including pages skipped as unchanged and overflows. */
+    pages: number;
+    cacheMiss: number;
+    overflow: number;
+    /** Hits that needed no record at all. */
+    unchangedPages: number;
+  };
+}
+
+interface BlockState {
+  block: RamBlock;
+  dirty: DirtyBitmap;
+  /** Global page number of page 0 (blocks laid out back to back, like ram_addr). */
+  basePage: number;
+}
+
+export class RamSaveHandler implements SaveVMHandlers {
+  private readonly states: BlockState[];
+  private readonly byName = new Map<string, BlockState>();
+  private readonly records: RamRecordWriter;
+  private cache: XbzrlePageCache | undefined;
+  private readonly current = new Uint8Array(TARGET_PAGE_SIZE);
+  private readonly encoded = new Uint8Array(TARGET_PAGE_SIZE);
+  // Scan position: next page to look at.
+  private cursorBlock = 0;
+  private cursorPage = 0;
+  private xbzrleActive = false;
+  private lastStage = false;
+  private loader: RamLoadHandler | undefined;
+  private counters: RamSaveStats;
+
+  constructor(blocks: readonly RamBlock[], private readonly options: RamSaveOptions = {}) {
+    let basePage = 0;
+    this.states = blocks.map((block) => {
+      if (this.byName.has(block.idstr)) throw new RangeError(`duplicate RAM block name '${block.idstr}'`);
+      const state = { block, dirty: new DirtyBitmap(block.pageCount), basePage };
+      basePage += block.pageCount;
+      this.byName.set(block.idstr, state);
+      return state;
+    });
+    this.records = new RamRecordWriter({ useContinue: !options.alwaysSendBlockName });
+    this.counters = this.freshCounters();
+    // Validate the cache size early, as QEMU validates the parameter when it is set.
+    if (options.xbzrle) xbzrleCacheSlots(options.xbzrleCacheBytes ?? DEFAULT_XBZRLE_CACHE_BYTES, TARGET_PAGE_SIZE);
+  }
+
+  private freshCounters(): RamSaveStats {
+    return {
+      transferredBytes: 0,
+      precopyBytes: 0,
+      downtimeBytes: 0,
+      totalBytes: this.states.reduce((sum, s) => sum + s.block.lengthBytes, 0),
+      remainingBytes: 0,
+      duplicatePages: 0,
+      normalPages: 0,
+      normalBytes: 0,
+      dirtySyncCount: 0,
+      completedRounds: 0,
+      xbzrle: {
+        cacheSizeBytes: this.options.xbzrle ? (this.options.xbzrleCacheBytes ?? DEFAULT_XBZRLE_CACHE_BYTES) : 0,
+        bytes: 0,
+        pages: 0,
+        cacheMiss: 0,
+        overflow: 0,
+        unchangedPages: 0,
+      },
+    };
+  }
+
+  /** A snapshot of the counters. */
+  get stats(): RamSaveStats {
+    const c = this.counters;
+    return { ...c, remainingBytes: this.dirtyPageCount * TARGET_PAGE_SIZE, xbzrle: { ...c.xbzrle } };
+  }
+
+  /** Dirty pages over all blocks. */
+  get dirtyPageCount(): number {
+    let n = 0;
+    for (const s of this.states) n += s.dirty.count;
+    return n;
+  }
+
+  /** The block's dirty bitmap (for inspection and bulk merges). */
+  dirtyBitmap(idstr: string): DirtyBitmap {
+    return this.stateOf(idstr).dirty;
+  }
+
+  private stateOf(idstr: string): BlockState {
+    const state = this.byName.get(idstr);
+    if (!state) throw new RangeError(`unknown RAM block '${idstr}'`);
+    return state;
+  }
+
+  /** Mark one page for (re)sending. */
+  markDirty(idstr: string, pageIndex: number): void {
+    this.stateOf(idstr).dirty.set(pageIndex);
+  }
+
+  /** Mark `count` pages from `firstPage`. */
+  markDirtyRange(idstr: string, firstPage: number, count: number): void {
+    this.stateOf(idstr).dirty.setRange(firstPage, count);
+  }
+
+  /** OR a dirty log (bit i = page i, LSB first) into the block's bitmap; returns newly dirty pages. */
+  mergeDirty(idstr: string, log: Uint32Array | DirtyBitmap): number {
+    return this.stateOf(idstr).dirty.merge(log);
+  }
+
+  /** A dirty-bitmap sync: pull the machine's dirty log and start a new cache generation. */
+  async syncDirty(): Promise<void> {
+    this.counters.dirtySyncCount++;
+    await this.options.syncDirtyLog?.(this);
+  }
+
+  async saveSetup(out: StreamWriter): Promise<void> {
+    this.records.reset();
+    this.counters = this.freshCounters();
+    this.cursorBlock = 0;
+    this.cursorPage = 0;
+    this.xbzrleActive = false;
+    this.lastStage = false;
+    this.cache = this.options.xbzrle
+      ? new XbzrlePageCache(this.options.xbzrleCacheBytes ?? DEFAULT_XBZRLE_CACHE_BYTES, TARGET_PAGE_SIZE)
+      : undefined;
+    for (const s of this.states) s.dirty.setAll();
+    // QEMU syncs once at setup (dirty-sync-count 1); it also resets the machine's log.
+    await this.syncDirty();
+    this.records.writeBlockList(out, this.states.map((s) => s.block));
+    // Setup framing is not counted in `transferred` (QEMU does not count it).
+    this.records.writeEos(out);
+  }
+
+  async statePending(exact: boolean): Promise<number> {
+    if (exact) await this.syncDirty();
+    return this.dirtyPageCount * TARGET_PAGE_SIZE;
+  }
+
+  async saveIterate(out: StreamWriter, shouldStop: () => boolean): Promise<boolean> {
+    const maxMs = this.options.maxIterateMs ?? RAM_ITERATE_MAX_WAIT_MS;
+    const started = performance.now();
+    let done = false;
+    // As QEMU, the rate limit is consulted before every page, the first included.
+    for (let sent = 0; !shouldStop(); sent++) {
+      const bytes = this.sendNextDirtyPage(out);
+      if (bytes < 0) {
+        done = true;
+        break;
+      }
+      this.counters.precopyBytes += bytes;
+      if ((sent & 63) === 0 && performance.now() - started > maxMs) break;
+      if (out.pendingBytes >= DRAIN_THRESHOLD_BYTES) await out.drain();
+    }
+    // The iterate EOS counts in `transferred` (QEMU: ram_transferred_add(8)).
+    const eos = this.records.writeEos(out);
+    this.counters.transferredBytes += eos;
+    this.counters.precopyBytes += eos;
+    return done;
+  }
+
+  async saveCompletePrecopy(out: StreamWriter): Promise<void> {
+    this.lastStage = true;
+    await this.syncDirty();
+    for (;;) {
+      const bytes = this.sendNextDirtyPage(out);
+      if (bytes < 0) break;
+      this.counters.downtimeBytes += bytes;
+      if (out.pendingBytes >= DRAIN_THRESHOLD_BYTES) await out.drain();
+    }
+    // QEMU does not count the END section's EOS.
+    this.records.writeEos(out);
+  }
+
+  saveCleanup(): void {
+    this.cache = undefined;
+  }
+
+  /** Loading into the same blocks (a handler registered on both sides). */
+  loadState(input: StreamReader, context: LoadSectionContext): Promise<void> {
+    this.loader ??= new RamLoadHandler(new FixedRamBlockTable(this.states.map((s) => s.block)));
+    return this.loader.loadState(input, context);
+  }
+
+  /**
+   * Find the next dirty page from the cursor (wrapping once), clear its bit
+   * and send it. Pages that XBZRLE finds unchanged send nothing and the search
+   * goes on. Returns the bytes written, or -1 when no dirty page is left.
+   */
+  private sendNextDirtyPage(out: StreamWriter): number {
+    const blockCount = this.states.length;
+    while (this.dirtyPageCount > 0) {
+      const state = this.states[this.cursorBlock]!;
+      const page = state.dirty.nextSetBit(this.cursorPage);
+      if (page >= state.block.pageCount) {
+        this.cursorPage = 0;
+        if (++this.cursorBlock >= blockCount) {
+          // Wrapped: a full round is complete and XBZRLE may start (QEMU's find_dirty_block).
+          this.cursorBlock = 0;
+          this.counters.completedRounds++;
+          if (this.options.xbzrle) this.xbzrleActive = true;
+        }
+        continue;
+      }
+      state.dirty.clear(page);
+      this.cursorPage = page + 1;
+      const bytes = this.sendPage(out, state, page);
+      if (bytes > 0) return bytes;
+    }
+    return -1;
+  }
+
+  /** Send one page; 0 when XBZRLE found it unchanged. */
+  private sendPage(out: StreamWriter, state: BlockState, page: number): number {
+    const c = this.counters;
+    const block = state.block;
+    const offsetBytes = page * TARGET_PAGE_SIZE;
+    const globalPage = state.basePage + page;
+    const generation = c.dirtySyncCount;
+
+    if (block.isPageZero(page)) {
+      const n = this.records.writeZero(out, block.idstr, offsetBytes, 0);
+      c.duplicatePages++;
+      c.transferredBytes += n;
+      // Replace a stale cached copy so a later small write is encoded against zeros.
+      if (this.xbzrleActive && this.cache) this.cache.insert(globalPage, ZERO_PAGE, generation);
+      return n;
+    }
+
+    let data = block.pageView(page);
+    if (this.xbzrleActive && this.cache) {
+      const cached = this.cache.lookup(globalPage, generation);
+      if (!cached) {
+        c.xbzrle.cacheMiss++;
+        if (!this.lastStage) {
+          // Send what went into the cache, so cache and destination agree.
+          const stored = this.cache.insert(globalPage, data, generation);
+          if (stored) data = stored;
+        }
+      } else {
+        c.xbzrle.pages++;
+        // Snapshot: the guest may write the page while we encode it.
+        this.current.set(data);
+        const length = xbzrleEncode(cached, this.current, this.encoded, TARGET_PAGE_SIZE);
+        if (!this.lastStage && length !== 0) {
+          cached.set(this.current);
+          data = cached;
+        }
+        if (length === 0) {
+          c.xbzrle.unchangedPages++;
+          return 0;
+        }
+        if (length < 0) {
+          c.xbzrle.overflow++;
+          c.xbzrle.bytes += TARGET_PAGE_SIZE;
+        } else {
+          const n = this.records.writeXbzrle(out, block.idstr, offsetBytes, this.encoded.subarray(0, length));
+          c.xbzrle.bytes += n - RAM_RECORD_HEADER_BYTES;
+          c.transferredBytes += n;
+          return n;
+        }
+      }
+    }
+
+    const n = this.records.writePage(out, block.idstr, offsetBytes, data);
+    c.normalPages++;
+    c.normalBytes += TARGET_PAGE_SIZE;
+    c.transferredBytes += n;
+    return n;
+  }
+}

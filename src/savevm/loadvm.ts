@@ -1,0 +1,189 @@
+/**
+ * The load side of the registry: QEMU's qemu_loadvm_state.
+ *
+ * Reads the header and configuration, then dispatches each section to its
+ * entry — START/FULL by (idstr, instance), PART/END by the section id the
+ * stream introduced — with QEMU 7.2's checks: magic and version, machine name,
+ * unknown sections, versions too new or too old, footers.
+ */
+import { vmstateLoad } from '../vmstate/index.js';
+import {
+  DEFAULT_TARGET_PAGE_BITS,
+  readConfiguration,
+  readFileHeader,
+  readSectionFooter,
+  readTopLevel,
+  readVmdescTrailer,
+  StreamError,
+  type StreamConfiguration,
+  type StreamReader,
+  type TopLevelRecord,
+} from '../wire/index.js';
+import type { LoadSectionContext, SaveVMHandlers, SectionKind } from './handlers.js';
+import type { SaveStateEntry, SaveStateRegistry } from './registry.js';
+
+export interface LoadOptions {
+  /** The local machine type; the stream's must equal it. Undefined accepts any (analysis). */
+  machineName?: string;
+  /** Capabilities validated through the configuration (7.2: `x-ignore-shared`) that are on locally. */
+  validatedCapabilities?: string[];
+  /**
+   * Called for a START/FULL section no registered entry matches; return a
+   * handler to load it (stream analysis), or undefined to fail as QEMU does.
+   */
+  resolveUnknown?: (record: { idstr: string; instanceId: number; versionId: number; kind: SectionKind }) => SaveVMHandlers | undefined;
+  /** Called once the configuration section has been read, before it is checked. */
+  onConfiguration?: (configuration: StreamConfiguration) => void;
+  /** Called for every section after its footer was checked (for listings). */
+  onSection?: (section: LoadedSection) => void;
+  /** Called for every COMMAND record; without it any command fails as unsupported. */
+  onCommand?: (command: { offset: number; command: number; name: string; payload: Uint8Array }) => void | Promise<void>;
+}
+
+/** What a section looked like on the wire. */
+export interface LoadedSection {
+  kind: SectionKind;
+  /** Offset of the type byte. */
+  offset: number;
+  /** Bytes from the type byte to the end of the footer. */
+  sizeBytes: number;
+  sectionId: number;
+  idstr: string;
+  instanceId: number;
+  versionId: number;
+}
+
+export interface LoadResult {
+  configuration: StreamConfiguration;
+  /** Offset of the EOF byte. */
+  eofOffset: number;
+  /** The JSON trailer, if the stream had one. */
+  vmdesc: { offset: number; json: string } | null;
+  /** Bytes read in all. */
+  totalBytes: number;
+}
+
+interface LoadingEntry {
+  handlers: SaveVMHandlers;
+  idstr: string;
+  instanceId: number;
+  versionId: number;
+}
+
+/** A vmsd entry seen through the handler interface, so the loop has one path. */
+function vmstateLoader(entry: SaveStateEntry): SaveVMHandlers {
+  return {
+    loadState: (input, context) => vmstateLoad(input, entry.vmsd!, entry.opaque!, context.versionId),
+  };
+}
+
+/** Load a whole stream into the registry's entries. Any problem throws a StreamError. */
+export async function loadVmState(input: StreamReader, registry: SaveStateRegistry, options: LoadOptions = {}): Promise<LoadResult> {
+  await readFileHeader(input);
+  const configuration = await readConfiguration(input);
+  options.onConfiguration?.(configuration);
+  checkConfiguration(configuration, options, input.offset);
+
+  const started = new Set<SaveVMHandlers>();
+  const byStreamId = new Map<number, LoadingEntry>();
+  try {
+    for (const entry of registry.entries()) {
+      if (entry.handlers?.loadSetup) {
+        await entry.handlers.loadSetup();
+        started.add(entry.handlers);
+      }
+    }
+    for (;;) {
+      const record = await readTopLevel(input);
+      if (record.type === 'eof') {
+        const vmdesc = await readVmdescTrailer(input);
+        return { configuration, eofOffset: record.offset, vmdesc, totalBytes: input.offset };
+      }
+      if (record.type === 'command') {
+        if (!options.onCommand) {
+          throw new StreamError('unsupported-command', `command ${record.name} (${record.command}) is not supported yet`, { offset: record.offset });
+        }
+        await options.onCommand(record);
+        continue;
+      }
+      const loading = resolveSection(record, registry, options, byStreamId);
+      if (!started.has(loading.handlers) && loading.handlers.loadSetup) {
+        await loading.handlers.loadSetup();
+        started.add(loading.handlers);
+      }
+      const context: LoadSectionContext = {
+        kind: record.type,
+        versionId: loading.versionId,
+        idstr: loading.idstr,
+        instanceId: loading.instanceId,
+        sectionId: record.sectionId,
+        offset: record.offset,
+      };
+      const section = { idstr: loading.idstr, instanceId: loading.instanceId, sectionId: record.sectionId };
+      try {
+        await loading.handlers.loadState(input, context);
+      } catch (err) {
+        if (err instanceof StreamError) throw err.withSection(section);
+        // A handler bug or a value it could not take: still a clean, located error.
+        throw new StreamError('handler-failed', `loading failed: ${(err as Error).message}`, { offset: input.offset, section }, { cause: err });
+      }
+      await readSectionFooter(input, record.sectionId, loading.idstr);
+      options.onSection?.({ ...context, sizeBytes: input.offset - record.offset });
+    }
+  } finally {
+    for (const handlers of started) await handlers.loadCleanup?.();
+  }
+}
+
+function checkConfiguration(config: StreamConfiguration, options: LoadOptions, offset: number): void {
+  const section = { idstr: 'configuration' };
+  if (options.machineName !== undefined && config.machineName !== options.machineName) {
+    throw new StreamError('machine-mismatch', `machine type received is '${config.machineName}' and local is '${options.machineName}'`, { offset, section });
+  }
+  const pageBits = config.targetPageBits ?? DEFAULT_TARGET_PAGE_BITS;
+  if (pageBits !== DEFAULT_TARGET_PAGE_BITS) {
+    throw new StreamError('bad-configuration', `received target page bits ${pageBits}, but local is ${DEFAULT_TARGET_PAGE_BITS}`, { offset, section });
+  }
+  if (options.machineName !== undefined) {
+    const local = new Set(options.validatedCapabilities ?? []);
+    const remote = new Set(config.capabilities ?? []);
+    for (const cap of new Set([...local, ...remote])) {
+      if (local.has(cap) !== remote.has(cap)) {
+        throw new StreamError('bad-configuration', `capability ${cap} is ${local.has(cap) ? 'on' : 'off'}, but received capability is ${remote.has(cap) ? 'on' : 'off'}`, { offset, section });
+      }
+    }
+  }
+}
+
+function resolveSection(
+  record: Exclude<TopLevelRecord, { type: 'eof' | 'command' }>,
+  registry: SaveStateRegistry,
+  options: LoadOptions,
+  byStreamId: Map<number, LoadingEntry>,
+): LoadingEntry {
+  if (!('idstr' in record)) {
+    const loading = byStreamId.get(record.sectionId);
+    if (!loading) {
+      throw new StreamError('unknown-section', `unknown savevm section ${record.sectionId}: no START introduced it`, { offset: record.offset, section: { sectionId: record.sectionId } });
+    }
+    return loading;
+  }
+  const { idstr, instanceId, versionId, sectionId } = record;
+  const section = { idstr, instanceId, sectionId };
+  const entry = registry.find(idstr, instanceId);
+  let handlers: SaveVMHandlers | undefined;
+  if (entry) {
+    if (versionId > entry.version) {
+      throw new StreamError('version-too-new', `savevm: unsupported version ${versionId} for '${idstr}' v${entry.version}`, { offset: record.offset, section });
+    }
+    handlers = entry.vmsd ? vmstateLoader(entry) : entry.handlers!;
+  } else {
+    handlers = options.resolveUnknown?.({ idstr, instanceId, versionId, kind: record.type });
+    if (!handlers) {
+      throw new StreamError('unknown-section', `unknown savevm section or instance '${idstr}' ${instanceId}`, { offset: record.offset, section });
+    }
+  }
+  const loading = { handlers, idstr, instanceId, versionId };
+  byStreamId.set(sectionId, loading);
+  return loading;
+}

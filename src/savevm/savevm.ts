@@ -1,0 +1,151 @@
+/**
+ * The save side of the registry: QEMU's qemu_savevm_state_setup,
+ * qemu_savevm_state_iterate and qemu_savevm_state_complete_precopy.
+ *
+ * It walks the registry in save order and frames each entry's output as QEMU
+ * does (START / PART / END for iterative entries, FULL for the rest, footers,
+ * EOF and the JSON trailer). When to call each phase is the migration loop's
+ * business, not this module's.
+ */
+import { formatVmdescJson, vmdescDevice, vmstateSave, vmstateSectionNeeded, type VmdescDevice } from '../vmstate/index.js';
+import {
+  SectionType,
+  TARGET_PAGE_SIZE,
+  writeConfiguration,
+  writeEof,
+  writeFileHeader,
+  writeFullSectionHeader,
+  writeSectionFooter,
+  writeShortSectionHeader,
+  writeVmdesc,
+  type StreamConfiguration,
+  type StreamWriter,
+} from '../wire/index.js';
+import type { SaveStateEntry, SaveStateRegistry } from './registry.js';
+
+export interface SaveOptions {
+  /** What the configuration section announces; `machineName` must match the destination's exactly. */
+  configuration: StreamConfiguration;
+  /** Write the JSON trailer after EOF (QEMU does, except for very old machine types). Default true. */
+  sendVmdesc?: boolean;
+}
+
+export class SaveVmState {
+  private readonly sendVmdesc: boolean;
+  private setupDone = false;
+
+  constructor(
+    private readonly registry: SaveStateRegistry,
+    private readonly out: StreamWriter,
+    private readonly options: SaveOptions,
+  ) {
+    this.sendVmdesc = options.sendVmdesc ?? true;
+  }
+
+  private active(entry: SaveStateEntry): boolean {
+    return entry.handlers?.isActive?.() ?? true;
+  }
+
+  private iterativeEntries(): SaveStateEntry[] {
+    return this.registry.entries().filter((e) => e.isIterative && this.active(e));
+  }
+
+  /** File header and configuration section. */
+  async writeHeader(): Promise<void> {
+    writeFileHeader(this.out);
+    writeConfiguration(this.out, this.options.configuration);
+    await this.out.flush();
+  }
+
+  /** Phase 1, setup: a START section from every active iterative entry. */
+  async setup(): Promise<void> {
+    for (const entry of this.iterativeEntries()) {
+      writeFullSectionHeader(this.out, SectionType.Start, entry.sectionId, entry.idstr, entry.instanceId, entry.version);
+      await entry.handlers!.saveSetup!(this.out);
+      writeSectionFooter(this.out, entry.sectionId);
+    }
+    this.setupDone = true;
+    await this.out.flush();
+  }
+
+  /** Bytes the iterative entries still have to send (`exact` may sync dirty logs). */
+  async pendingBytes(exact: boolean): Promise<number> {
+    let total = 0;
+    for (const entry of this.iterativeEntries()) total += (await entry.handlers!.statePending?.(exact)) ?? 0;
+    return total;
+  }
+
+  /**
+   * Phase 2, one iteration: a PART section per entry, in order, until the rate
+   * limit stops us. As QEMU, an entry that is not finished with its current
+   * pass ends the round, so a fast-changing entry is not resent over and over
+   * while later ones wait. Resolves true when every entry is done for now.
+   */
+  async iterate(shouldStop: () => boolean): Promise<boolean> {
+    if (!this.setupDone) throw new Error('iterate before setup');
+    let allDone = true;
+    for (const entry of this.iterativeEntries()) {
+      const handlers = entry.handlers!;
+      if (!handlers.saveIterate) continue;
+      if (shouldStop()) return false;
+      writeShortSectionHeader(this.out, SectionType.Part, entry.sectionId);
+      const done = await handlers.saveIterate(this.out, shouldStop);
+      writeSectionFooter(this.out, entry.sectionId);
+      if (!done) {
+        allDone = false;
+        break;
+      }
+    }
+    await this.out.flush();
+    return allDone;
+  }
+
+  /**
+   * Phase 3, completion with the guest stopped: END for every iterative entry,
+   * FULL for every other entry (vmsd `needed` permitting), EOF, vmdesc.
+   */
+  async completePrecopy(): Promise<void> {
+    if (!this.setupDone) throw new Error('complete before setup');
+    for (const entry of this.iterativeEntries()) {
+      writeShortSectionHeader(this.out, SectionType.End, entry.sectionId);
+      await entry.handlers!.saveCompletePrecopy?.(this.out);
+      writeSectionFooter(this.out, entry.sectionId);
+      await this.out.drain();
+    }
+    const devices: VmdescDevice[] = [];
+    for (const entry of this.registry.entries()) {
+      if (entry.isIterative) continue;
+      const device = await this.saveFull(entry);
+      if (device) devices.push(device);
+      await this.out.drain();
+    }
+    writeEof(this.out);
+    if (this.sendVmdesc) writeVmdesc(this.out, formatVmdescJson({ page_size: TARGET_PAGE_SIZE, devices }));
+    await this.out.flush();
+  }
+
+  /** One FULL section and its vmdesc entry; null when the entry sends nothing. */
+  private async saveFull(entry: SaveStateEntry): Promise<VmdescDevice | null> {
+    if (entry.vmsd) {
+      if (!vmstateSectionNeeded(entry.vmsd, entry.opaque!)) return null;
+      writeFullSectionHeader(this.out, SectionType.Full, entry.sectionId, entry.idstr, entry.instanceId, entry.version);
+      const description = vmstateSave(this.out, entry.vmsd, entry.opaque!);
+      writeSectionFooter(this.out, entry.sectionId);
+      return vmdescDevice(entry.idstr, entry.instanceId, description);
+    }
+    const handlers = entry.handlers!;
+    if (!handlers.saveState || !this.active(entry)) return null;
+    writeFullSectionHeader(this.out, SectionType.Full, entry.sectionId, entry.idstr, entry.instanceId, entry.version);
+    const before = this.out.bytesWritten;
+    await handlers.saveState(this.out);
+    const size = this.out.bytesWritten - before;
+    writeSectionFooter(this.out, entry.sectionId);
+    // QEMU describes a legacy body as one opaque buffer (vmstate_save_old_style).
+    return { name: entry.idstr, instance_id: entry.instanceId, size, fields: [{ name: 'data', size, type: 'buffer' }] };
+  }
+
+  /** After the migration, successful or not: every entry's save cleanup. */
+  async cleanup(): Promise<void> {
+    for (const entry of this.registry.entries()) await entry.handlers?.saveCleanup?.();
+  }
+}
