@@ -150,7 +150,8 @@ export async function analyzeStream(
         loadState: async (r, ctx) => {
           const device = described.get(`${idstr}\0${instanceId}`)?.shift();
           if (!device) {
-            throw new StreamError('bad-vmdesc', `no description of '${idstr}' instance ${instanceId} in the JSON trailer; cannot decode its section`, { offset: r.offset });
+            const why = trailer ? `the JSON trailer has no description of '${idstr}' instance ${instanceId}` : 'the stream has no JSON trailer (truncated, or written without one)';
+            throw new StreamError('bad-vmdesc', `${why}: cannot decode device section '${idstr}'`, { offset: r.offset });
           }
           const state = await decodeWithVmdesc(r, device);
           const entry: AnalyzedDevice = { name: idstr, instanceId, offset: ctx.offset, version: ctx.versionId, state };

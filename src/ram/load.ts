@@ -118,8 +118,15 @@ export class RamLoadHandler implements SaveVMHandlers {
       const at = input.offset;
       if (++c.records % YIELD_EVERY_RECORDS === 0) await new Promise<void>((resolve) => setImmediate(resolve));
       // Read the be64 as two halves: offsets stay exact numbers without BigInt.
-      const high = await input.be32();
-      const low = await input.be32();
+      let high: number;
+      let low: number;
+      if (input.buffered >= 8) {
+        high = input.be32Sync();
+        low = input.be32Sync();
+      } else {
+        high = await input.be32();
+        low = await input.be32();
+      }
       const flags = low & RAM_FLAG_MASK;
       const offsetBytes = high * 0x100000000 + ((low & ~RAM_FLAG_MASK) >>> 0);
 
@@ -129,7 +136,8 @@ export class RamLoadHandler implements SaveVMHandlers {
       let block: RamBlock | undefined;
       let pageIndex = 0;
       if (flags & RAM_PAGE_RECORD_FLAGS) {
-        block = await this.resolveBlock(input, flags, at, section);
+        const resolved = this.resolveBlock(input, flags, at, section);
+        block = resolved instanceof Promise ? await resolved : resolved;
         if (offsetBytes >= block.lengthBytes) {
           throw fail('bad-ram-record', `Illegal RAM offset 0x${offsetBytes.toString(16)} in block ${block.idstr} (length 0x${block.lengthBytes.toString(16)})`, at);
         }
@@ -144,7 +152,7 @@ export class RamLoadHandler implements SaveVMHandlers {
           await this.readBlockList(input, offsetBytes, section);
           break;
         case RAM_FLAG_ZERO: {
-          const fill = await input.u8();
+          const fill = input.buffered >= 1 ? input.u8Sync() : await input.u8();
           block!.fillPage(pageIndex, fill);
           const s = this.statsFor(block!.idstr);
           s.zeroPages++;
@@ -189,13 +197,17 @@ export class RamLoadHandler implements SaveVMHandlers {
   }
 
   /** The block of a page record: named after the header, or the last one for CONTINUE. */
-  private async resolveBlock(input: StreamReader, flags: number, at: number, section: StreamLocation['section']): Promise<RamBlock> {
+  private resolveBlock(input: StreamReader, flags: number, at: number, section: StreamLocation['section']): RamBlock | Promise<RamBlock> {
     if (flags & RAM_FLAG_CONTINUE) {
       if (!this.lastBlock) {
         throw new StreamError('bad-ram-record', 'Ack, bad migration stream! (CONTINUE flag with no previous block)', { offset: at, section });
       }
       return this.lastBlock;
     }
+    return this.resolveNamedBlock(input, section);
+  }
+
+  private async resolveNamedBlock(input: StreamReader, section: StreamLocation['section']): Promise<RamBlock> {
     const nameAt = input.offset;
     const idstr = await input.countedString();
     const found = this.table.lookup(idstr);

@@ -122,12 +122,12 @@ export async function loadVmState(input: StreamReader, registry: SaveStateRegist
       const section = { idstr: loading.idstr, instanceId: loading.instanceId, sectionId: record.sectionId };
       try {
         await loading.handlers.loadState(input, context);
+        await readSectionFooter(input, record.sectionId, loading.idstr);
       } catch (err) {
         if (err instanceof StreamError) throw err.withSection(section);
         // A handler bug or a value it could not take: still a clean, located error.
         throw new StreamError('handler-failed', `loading failed: ${(err as Error).message}`, { offset: input.offset, section }, { cause: err });
       }
-      await readSectionFooter(input, record.sectionId, loading.idstr);
       options.onSection?.({ ...context, sizeBytes: input.offset - record.offset });
     }
   } finally {

@@ -35,15 +35,13 @@ export type StreamErrorCode =
   | 'handler-failed';
 
 function describeLocation(loc: StreamLocation): string {
-  const parts = [`offset ${loc.offset} (0x${loc.offset.toString(16)})`];
+  const at = `at offset ${loc.offset} (0x${loc.offset.toString(16)})`;
   const s = loc.section;
-  if (s) {
-    const name = s.idstr !== undefined ? `'${s.idstr}'` : 'section';
-    const inst = s.instanceId !== undefined ? ` instance ${s.instanceId}` : '';
-    const id = s.sectionId !== undefined ? ` (id ${s.sectionId})` : '';
-    parts.unshift(`in ${name}${inst}${id}`);
-  }
-  return parts.join(' at ');
+  if (!s) return at;
+  const name = s.idstr !== undefined ? `section '${s.idstr}'` : 'section';
+  const inst = s.instanceId !== undefined ? ` instance ${s.instanceId}` : '';
+  const id = s.sectionId !== undefined ? ` (id ${s.sectionId})` : '';
+  return `in ${name}${inst}${id} ${at}`;
 }
 
 /** Bad or unsupported input in a migration stream. */

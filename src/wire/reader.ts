@@ -87,6 +87,23 @@ export class StreamReader {
     return this.buffer[this.position]!;
   }
 
+  /*
+   * Synchronous reads for hot loops: valid only when `buffered` covers them
+   * (check it first, or call ensure()). They skip the promise machinery that
+   * dominates the cost of small records such as ZERO pages.
+   */
+  u8Sync(): number {
+    if (this.position >= this.buffer.length) throw new RangeError('u8Sync past the buffered bytes');
+    return this.buffer[this.position++]!;
+  }
+
+  be32Sync(): number {
+    if (this.buffer.length - this.position < 4) throw new RangeError('be32Sync past the buffered bytes');
+    const v = this.view.getUint32(this.position);
+    this.position += 4;
+    return v;
+  }
+
   async u8(): Promise<number> {
     if (this.position >= this.buffer.length) await this.ensure(1);
     return this.buffer[this.position++]!;

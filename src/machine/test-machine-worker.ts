@@ -1,0 +1,313 @@
+/**
+ * The test machine's vCPU: QEMU's migration-test guest (facts 8.1) as a loop
+ * in a worker thread. For each page of [rangeStart, rangeEnd) it increments
+ * the page's first byte; a full range is a *pass*; every `serialEveryPasses`
+ * passes it writes `B` to the serial port (and `A` once at boot).
+ *
+ * Everything the main thread shares with it lives in three SharedArrayBuffers:
+ * RAM (Uint8Array), the dirty log (Int32Array, one bit per page) and the
+ * control block (Int32Array, layout below: run state, knobs, published
+ * counters, the CPU registers and the serial registers).
+ *
+ * Ordering rules (the JS memory model gives happens-before only through
+ * atomics, so every hand-over goes through one):
+ * - RAM write, *then* Atomics.or of the page's dirty bit (see syncDirtyLog in
+ *   test-machine.ts for why this makes the dirty log exact);
+ * - registers are plain stores, published by the atomic store of the
+ *   `Stopped` state; they are read back after the atomic CAS that takes a
+ *   `RunRequested` (which the main thread stored after writing them), so a
+ *   destination that loaded state while stopped is seen whole.
+ *
+ * This module is also imported by the main thread for its layout constants;
+ * the vCPU only runs when loaded as the worker (see the guard at the end).
+ */
+import { isMainThread, parentPort, workerData } from 'node:worker_threads';
+
+export const PAGE_SIZE_BYTES = 4096;
+export const WORKER_KIND = 'livemig-test-cpu';
+
+/** Values of the control block's `State` word. Main requests, the vCPU acknowledges. */
+export const VcpuState = {
+  /** Worker not up yet. */
+  Starting: 0,
+  /** Main asked to run; the vCPU turns it into Running when it picks it up. */
+  RunRequested: 1,
+  Running: 2,
+  /** Main asked to stop; the vCPU turns it into Stopped at the next page boundary. */
+  StopRequested: 3,
+  /** The vCPU is stopped: no RAM write happens until the next RunRequested. */
+  Stopped: 4,
+  /** Leave the loop and end the thread. */
+  Exit: 5,
+} as const;
+
+export const Pattern = { Sequential: 0, Random: 1 } as const;
+
+/** Word indices in the control block (Int32Array; u32 values read back with `>>> 0`). */
+export const Ctrl = {
+  State: 0,
+  ThrottlePercent: 1,
+  DirtyRatePagesPerSecond: 2,
+  /** Non-zero when a run should stop by itself after this many pages (step()). */
+  StepPages: 3,
+  // Counters the vCPU publishes while running (every chunk) and when it stops.
+  StatPasses: 4,
+  StatPagesLo: 5,
+  StatPagesHi: 6,
+  // CPU registers: valid while the vCPU is stopped.
+  PassCount: 8,
+  PositionPages: 9,
+  Pattern: 10,
+  PrngState: 11,
+  RangeStartPage: 12,
+  RangeEndPage: 13,
+  SerialEveryPasses: 14,
+  PagesWrittenLo: 15,
+  PagesWrittenHi: 16,
+  Booted: 17,
+  LastValue: 18,
+  // Serial registers (the vCPU updates them as it transmits).
+  SerialTxLo: 24,
+  SerialTxHi: 25,
+  SerialLcr: 26,
+  SerialMcr: 27,
+  SerialScr: 28,
+  SerialThr: 29,
+} as const;
+export const CTRL_WORDS = 32;
+
+export interface VcpuWorkerData {
+  kind: typeof WORKER_KIND;
+  ram: SharedArrayBuffer;
+  dirty: SharedArrayBuffer;
+  ctrl: SharedArrayBuffer;
+}
+
+const TWO_POW_32 = 4294967296;
+/** Pages written between checks of the clock, knobs and published counters. */
+const CHUNK_PAGES = 64;
+/** QEMU's CPU throttle time slice. */
+const THROTTLE_SLICE_MS = 10;
+/** Serial bytes are batched into one message at most this often (a tiny range can pass very fast). */
+const SERIAL_FLUSH_MS = 2;
+
+/** Why a run ended. */
+const enum RunEnd {
+  StopRequested,
+  StepDone,
+  Exit,
+}
+
+function runVcpu(data: VcpuWorkerData): void {
+  const port = parentPort!;
+  const ram = new Uint8Array(data.ram);
+  const dirty = new Int32Array(data.dirty);
+  const ctrl = new Int32Array(data.ctrl);
+
+  // The register file lives in locals while running (fast), in ctrl while stopped.
+  let passes = 0;
+  let position = 0;
+  let pattern = 0;
+  let prng = 0;
+  let startPage = 0;
+  let rangePages = 0;
+  let serialEvery = 0;
+  let pagesWritten = 0;
+  let lastValue = 0;
+
+  let serialPending: number[] = [];
+  let lastSerialFlushMs = 0;
+
+  const loadRegs = (): void => {
+    passes = ctrl[Ctrl.PassCount]! >>> 0;
+    position = ctrl[Ctrl.PositionPages]! >>> 0;
+    pattern = ctrl[Ctrl.Pattern]!;
+    prng = ctrl[Ctrl.PrngState]! >>> 0;
+    startPage = ctrl[Ctrl.RangeStartPage]! >>> 0;
+    rangePages = (ctrl[Ctrl.RangeEndPage]! >>> 0) - startPage;
+    serialEvery = ctrl[Ctrl.SerialEveryPasses]! >>> 0;
+    pagesWritten = (ctrl[Ctrl.PagesWrittenHi]! >>> 0) * TWO_POW_32 + (ctrl[Ctrl.PagesWrittenLo]! >>> 0);
+    lastValue = ctrl[Ctrl.LastValue]! & 0xff;
+  };
+
+  const publishStats = (): void => {
+    Atomics.store(ctrl, Ctrl.StatPasses, passes | 0);
+    Atomics.store(ctrl, Ctrl.StatPagesHi, Math.floor(pagesWritten / TWO_POW_32) | 0);
+    Atomics.store(ctrl, Ctrl.StatPagesLo, pagesWritten % TWO_POW_32 | 0);
+  };
+
+  const storeRegs = (): void => {
+    ctrl[Ctrl.PassCount] = passes | 0;
+    ctrl[Ctrl.PositionPages] = position | 0;
+    ctrl[Ctrl.PrngState] = prng | 0;
+    ctrl[Ctrl.PagesWrittenLo] = pagesWritten % TWO_POW_32 | 0;
+    ctrl[Ctrl.PagesWrittenHi] = Math.floor(pagesWritten / TWO_POW_32) | 0;
+    ctrl[Ctrl.LastValue] = lastValue;
+    publishStats();
+  };
+
+  const flushSerial = (): void => {
+    if (serialPending.length === 0) return;
+    port.postMessage(Uint8Array.from(serialPending));
+    serialPending = [];
+    lastSerialFlushMs = performance.now();
+  };
+
+  /** The guest's `outb` to COM1: the serial registers change now, the byte reaches the host stream in the next flush. */
+  const serialTx = (byte: number): void => {
+    const lo = (ctrl[Ctrl.SerialTxLo]! >>> 0) + 1;
+    ctrl[Ctrl.SerialTxLo] = lo | 0;
+    if (lo === TWO_POW_32) ctrl[Ctrl.SerialTxHi] = ((ctrl[Ctrl.SerialTxHi]! >>> 0) + 1) | 0;
+    ctrl[Ctrl.SerialThr] = byte;
+    serialPending.push(byte);
+  };
+
+  /** The boot code before the loop: program the UART (8N1, DTR|RTS|OUT2, probe the scratch register) and say `A`. */
+  const boot = (): void => {
+    ctrl[Ctrl.SerialLcr] = 0x03;
+    ctrl[Ctrl.SerialMcr] = 0x0b;
+    ctrl[Ctrl.SerialScr] = 0x5a;
+    serialTx(0x41);
+    ctrl[Ctrl.Booted] = 1;
+  };
+
+  /** Sleep, but wake at once when the main thread changes the run state (pause stays fast when throttled). */
+  const nap = (ms: number): void => {
+    if (ms > 0) Atomics.wait(ctrl, Ctrl.State, VcpuState.Running, ms);
+  };
+
+  /** Called when State is not Running: true to go on running, else why to stop. */
+  const control = (): true | RunEnd => {
+    for (;;) {
+      const s = Atomics.load(ctrl, Ctrl.State);
+      if (s === VcpuState.Running) return true;
+      if (s === VcpuState.RunRequested) {
+        // A resume() that cancelled a pause before we saw it: acknowledge and go on.
+        if (Atomics.compareExchange(ctrl, Ctrl.State, s, VcpuState.Running) === s) {
+          Atomics.notify(ctrl, Ctrl.State);
+          return true;
+        }
+        continue;
+      }
+      return s === VcpuState.Exit ? RunEnd.Exit : RunEnd.StopRequested;
+    }
+  };
+
+  /** The guest loop, until a stop request, the end of a step, or exit. */
+  const run = (): RunEnd => {
+    const stepPages = Atomics.load(ctrl, Ctrl.StepPages);
+    let stepLeft = stepPages > 0 ? stepPages : Infinity;
+    let tokens = 0;
+    let lastRefillMs = performance.now();
+    let sliceStartMs = lastRefillMs;
+    for (;;) {
+      if (Atomics.load(ctrl, Ctrl.State) !== VcpuState.Running) {
+        const go = control();
+        if (go !== true) return go;
+      }
+      const throttlePercent = Atomics.load(ctrl, Ctrl.ThrottlePercent);
+      const ratePagesPerSecond = Atomics.load(ctrl, Ctrl.DirtyRatePagesPerSecond);
+      let n = CHUNK_PAGES;
+      if (ratePagesPerSecond > 0) {
+        // Token bucket with at most 20 ms worth of burst.
+        const now = performance.now();
+        tokens = Math.min(tokens + ((now - lastRefillMs) * ratePagesPerSecond) / 1000, Math.max(1, ratePagesPerSecond / 50));
+        lastRefillMs = now;
+        if (tokens < 1) {
+          nap(Math.min(THROTTLE_SLICE_MS, ((1 - tokens) * 1000) / ratePagesPerSecond));
+          continue;
+        }
+        n = Math.min(n, Math.floor(tokens));
+      }
+      if (throttlePercent > 0) {
+        // Within each 10 ms slice run (100 - p) % of it and sleep p % (QEMU's cpu throttle ratio).
+        const now = performance.now();
+        if (now - sliceStartMs >= (THROTTLE_SLICE_MS * (100 - throttlePercent)) / 100) {
+          nap((THROTTLE_SLICE_MS * throttlePercent) / 100);
+          sliceStartMs = performance.now();
+          lastRefillMs = Math.max(lastRefillMs, sliceStartMs - THROTTLE_SLICE_MS);
+          continue;
+        }
+      }
+      for (let i = 0; i < n; i++) {
+        // The safe point: one atomic load per page, so a pause takes effect within one page write.
+        if (Atomics.load(ctrl, Ctrl.State) !== VcpuState.Running) {
+          const go = control();
+          if (go !== true) return go;
+        }
+        let index: number;
+        if (pattern === Pattern.Random) {
+          // mulberry32 (as test/helpers/prng.ts), inlined: no allocation per page.
+          prng = (prng + 0x6d2b79f5) >>> 0;
+          let t = prng;
+          t = Math.imul(t ^ (t >>> 15), t | 1);
+          t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+          index = Math.floor((((t ^ (t >>> 14)) >>> 0) * rangePages) / TWO_POW_32);
+        } else {
+          index = position;
+        }
+        const page = startPage + index;
+        const at = page * PAGE_SIZE_BYTES;
+        const value = (ram[at]! + 1) & 0xff;
+        ram[at] = value;
+        // After the write: whoever clears this bit and then reads the page sees the value.
+        Atomics.or(dirty, page >>> 5, 1 << (page & 31));
+        lastValue = value;
+        pagesWritten++;
+        tokens--;
+        if (++position >= rangePages) {
+          position = 0;
+          passes = (passes + 1) >>> 0;
+          if (serialEvery > 0 && passes % serialEvery === 0) serialTx(0x42);
+        }
+        if (--stepLeft === 0) return RunEnd.StepDone;
+      }
+      publishStats();
+      if (serialPending.length > 0 && (serialPending.length >= 4096 || performance.now() - lastSerialFlushMs >= SERIAL_FLUSH_MS)) flushSerial();
+    }
+  };
+
+  /** Store Stopped unless the state is Exit; `from` limits which state may be replaced. Returns false on Exit. */
+  const ackStopped = (onlyFrom?: number): boolean => {
+    for (;;) {
+      const s = Atomics.load(ctrl, Ctrl.State);
+      if (s === VcpuState.Exit) return false;
+      if (onlyFrom !== undefined && s !== onlyFrom) return true; // someone resumed meanwhile: the outer loop runs again
+      if (Atomics.compareExchange(ctrl, Ctrl.State, s, VcpuState.Stopped) === s) {
+        Atomics.notify(ctrl, Ctrl.State);
+        return true;
+      }
+    }
+  };
+
+  if (!ackStopped()) return;
+  for (;;) {
+    const s = Atomics.load(ctrl, Ctrl.State);
+    if (s === VcpuState.Exit) return;
+    if (s === VcpuState.Stopped) {
+      Atomics.wait(ctrl, Ctrl.State, VcpuState.Stopped);
+      continue;
+    }
+    if (s === VcpuState.StopRequested) {
+      if (!ackStopped(VcpuState.StopRequested)) return;
+      continue;
+    }
+    if (s === VcpuState.RunRequested && Atomics.compareExchange(ctrl, Ctrl.State, s, VcpuState.Running) !== s) continue;
+    Atomics.notify(ctrl, Ctrl.State);
+    loadRegs();
+    if (ctrl[Ctrl.Booted] === 0) boot();
+    const end = run();
+    Atomics.store(ctrl, Ctrl.StepPages, 0); // a step interrupted by pause() must not limit the next run
+    storeRegs();
+    flushSerial();
+    if (end === RunEnd.Exit) return;
+    if (end === RunEnd.StepDone) {
+      if (!ackStopped()) return;
+    } else if (!ackStopped(VcpuState.StopRequested)) {
+      return;
+    }
+  }
+}
+
+const data = workerData as Partial<VcpuWorkerData> | null | undefined;
+if (!isMainThread && data?.kind === WORKER_KIND) runVcpu(data as VcpuWorkerData);

@@ -1,0 +1,505 @@
+/**
+ * The built-in test machine (`--machine test`): RAM in a SharedArrayBuffer, a
+ * vCPU in a worker thread running QEMU's migration-test workload
+ * (test-machine-worker.ts), an exact dirty log, a pause at page boundaries,
+ * CPU and serial state as VMState sections, serial output as a stream.
+ */
+import { Readable } from 'node:stream';
+import { Worker } from 'node:worker_threads';
+import { DenseRamBlock, type RamBlock } from '../ram/index.js';
+import type { SaveStateRegistry } from '../savevm/index.js';
+import { defineVmsd, field } from '../vmstate/index.js';
+import type { DirtyLogSink, Machine } from './machine.js';
+import { checkMemory, ramSha256, type MemoryCheckResult } from './memory-check.js';
+import { CTRL_WORDS, Ctrl, PAGE_SIZE_BYTES, Pattern, VcpuState, WORKER_KIND, type VcpuWorkerData } from './test-machine-worker.js';
+
+export const TEST_MACHINE_NAME = 'livemig-test';
+export const TEST_RAM_BLOCK = 'pc.ram';
+const MiB = 1024 * 1024;
+const TWO_POW_32 = 4294967296;
+
+export type TestPattern = 'sequential' | 'random';
+
+export interface TestMachineOptions {
+  /** Guest RAM, a multiple of 4096 (default 128 MiB). */
+  ramSizeBytes?: number;
+  /** First page of the workload (default 1 MiB, as QEMU's 0x100000). */
+  rangeStartBytes?: number;
+  /** End of the workload, exclusive (default min(RAM, 100 MiB), as QEMU's 0x6400000). */
+  rangeEndBytes?: number;
+  /** `sequential` as QEMU's guest (the memory check applies), or `random` pages from a seeded PRNG. */
+  pattern?: TestPattern;
+  /** PRNG seed for the random pattern (default 1). */
+  seed?: number;
+  /** Cap on pages written per second, 0 = flat out (default 0). */
+  dirtyRatePagesPerSecond?: number;
+  /** Write `B` to the serial port every this many passes, 0 = never (default 16; QEMU's guest uses 64). */
+  serialEveryPasses?: number;
+  /** Start paused with zeroed RAM and wait for state to be loaded; resume() then continues from it. */
+  incoming?: boolean;
+  /** Do not start the vCPU (a non-incoming machine otherwise runs at once). */
+  startPaused?: boolean;
+}
+
+/** The vCPU's registers (exact while it is stopped). */
+export interface TestCpuState {
+  passCount: number;
+  /** Index of the next page to write within the range (sequential), or of writes done in this pass (random). */
+  positionPages: number;
+  pattern: TestPattern;
+  prngState: number;
+  rangeStartBytes: number;
+  rangeEndBytes: number;
+  serialEveryPasses: number;
+  pagesWritten: number;
+  /** The boot code ran (it wrote `A`); a migrated guest does not boot again. */
+  booted: boolean;
+  /** The byte value written last. */
+  lastValue: number;
+}
+
+export interface TestMachineStats {
+  /** Passes over the range so far (u32, wraps). Up to one 64-page chunk behind while running, exact when paused. */
+  passes: number;
+  pagesWritten: number;
+}
+
+/** The section bodies, named as on the wire; hooks move them between shared memory and these objects. */
+interface CpuSection {
+  readonly machine: TestMachine;
+  pass_count: number;
+  position: number;
+  pattern: number;
+  prng_state: number;
+  range_start: bigint;
+  range_end: bigint;
+  serial_every_passes: number;
+  pages_written: bigint;
+  booted: boolean;
+  last_value: number;
+}
+
+interface SerialSection {
+  readonly machine: TestMachine;
+  tx_bytes: bigint;
+  lcr: number;
+  mcr: number;
+  scr: number;
+  thr: number;
+}
+
+function requireStopped(machine: TestMachine, what: string): Int32Array {
+  if (!machine.isStopped) throw new Error(`${what}: the vCPU must be paused first`);
+  return machine.controlBlock;
+}
+
+/** CPU state: QEMU saves CPUs while stopped, so saving a running vCPU is an error, not a stale snapshot. */
+export const testCpuVmsd = defineVmsd<CpuSection>({
+  name: 'test-cpu',
+  version: 1,
+  minimumVersion: 1,
+  fields: [
+    field.uint32('pass_count'),
+    field.uint32('position'),
+    field.uint8('pattern'),
+    field.uint32('prng_state'),
+    field.uint64('range_start'),
+    field.uint64('range_end'),
+    field.uint32('serial_every_passes'),
+    field.uint64('pages_written'),
+    field.bool('booted'),
+    field.uint8('last_value'),
+  ],
+  preSave(s) {
+    const c = requireStopped(s.machine, 'test-cpu save');
+    s.pass_count = c[Ctrl.PassCount]! >>> 0;
+    s.position = c[Ctrl.PositionPages]! >>> 0;
+    s.pattern = c[Ctrl.Pattern]!;
+    s.prng_state = c[Ctrl.PrngState]! >>> 0;
+    s.range_start = BigInt(c[Ctrl.RangeStartPage]! >>> 0) * BigInt(PAGE_SIZE_BYTES);
+    s.range_end = BigInt(c[Ctrl.RangeEndPage]! >>> 0) * BigInt(PAGE_SIZE_BYTES);
+    s.serial_every_passes = c[Ctrl.SerialEveryPasses]! >>> 0;
+    s.pages_written = (BigInt(c[Ctrl.PagesWrittenHi]! >>> 0) << 32n) | BigInt(c[Ctrl.PagesWrittenLo]! >>> 0);
+    s.booted = c[Ctrl.Booted] !== 0;
+    s.last_value = c[Ctrl.LastValue]! & 0xff;
+  },
+  postLoad(s) {
+    const c = requireStopped(s.machine, 'test-cpu load');
+    const ramBytes = BigInt(s.machine.memory.length);
+    const page = BigInt(PAGE_SIZE_BYTES);
+    // The range is the guest's code, so it comes from the source; it must still fit this RAM.
+    if (s.range_start % page !== 0n || s.range_end % page !== 0n || s.range_start >= s.range_end || s.range_end > ramBytes) {
+      throw new RangeError(`range 0x${s.range_start.toString(16)}..0x${s.range_end.toString(16)} is not a page-aligned range inside ${ramBytes} bytes of RAM`);
+    }
+    const rangePages = Number((s.range_end - s.range_start) / page);
+    if (s.position >= rangePages) throw new RangeError(`position ${s.position} is outside the ${rangePages}-page range`);
+    if (s.pattern !== Pattern.Sequential && s.pattern !== Pattern.Random) throw new RangeError(`unknown pattern ${s.pattern}`);
+    if (s.pages_written >= 1n << 53n) throw new RangeError(`pages_written ${s.pages_written} is beyond 2^53`);
+    const pages = Number(s.pages_written);
+    c[Ctrl.PassCount] = s.pass_count | 0;
+    c[Ctrl.PositionPages] = s.position | 0;
+    c[Ctrl.Pattern] = s.pattern;
+    c[Ctrl.PrngState] = s.prng_state | 0;
+    c[Ctrl.RangeStartPage] = Number(s.range_start / page) | 0;
+    c[Ctrl.RangeEndPage] = Number(s.range_end / page) | 0;
+    c[Ctrl.SerialEveryPasses] = s.serial_every_passes | 0;
+    c[Ctrl.PagesWrittenLo] = pages % TWO_POW_32 | 0;
+    c[Ctrl.PagesWrittenHi] = Math.floor(pages / TWO_POW_32) | 0;
+    c[Ctrl.Booted] = s.booted ? 1 : 0;
+    c[Ctrl.LastValue] = s.last_value;
+    Atomics.store(c, Ctrl.StatPasses, s.pass_count | 0);
+    Atomics.store(c, Ctrl.StatPagesHi, c[Ctrl.PagesWrittenHi]!);
+    Atomics.store(c, Ctrl.StatPagesLo, c[Ctrl.PagesWrittenLo]!);
+  },
+});
+
+/** A 16550-like COM1, only what the guest touches: transmit count, LCR, MCR, scratch, last byte sent. */
+export const testSerialVmsd = defineVmsd<SerialSection>({
+  name: 'test-serial',
+  version: 1,
+  minimumVersion: 1,
+  fields: [field.uint64('tx_bytes'), field.uint8('lcr'), field.uint8('mcr'), field.uint8('scr'), field.uint8('thr')],
+  preSave(s) {
+    const c = requireStopped(s.machine, 'test-serial save');
+    s.tx_bytes = (BigInt(c[Ctrl.SerialTxHi]! >>> 0) << 32n) | BigInt(c[Ctrl.SerialTxLo]! >>> 0);
+    s.lcr = c[Ctrl.SerialLcr]! & 0xff;
+    s.mcr = c[Ctrl.SerialMcr]! & 0xff;
+    s.scr = c[Ctrl.SerialScr]! & 0xff;
+    s.thr = c[Ctrl.SerialThr]! & 0xff;
+  },
+  postLoad(s) {
+    const c = requireStopped(s.machine, 'test-serial load');
+    c[Ctrl.SerialTxLo] = Number(s.tx_bytes & 0xffffffffn) | 0;
+    c[Ctrl.SerialTxHi] = Number((s.tx_bytes >> 32n) & 0xffffffffn) | 0;
+    c[Ctrl.SerialLcr] = s.lcr;
+    c[Ctrl.SerialMcr] = s.mcr;
+    c[Ctrl.SerialScr] = s.scr;
+    c[Ctrl.SerialThr] = s.thr;
+  },
+});
+
+/** Atomics.waitAsync is in Node 20 but not in the ES2022 lib typings. */
+type WaitAsyncResult = { async: false; value: 'not-equal' | 'timed-out' } | { async: true; value: Promise<'ok' | 'timed-out'> };
+const waitAsync = (Atomics as unknown as { waitAsync(ta: Int32Array, index: number, value: number, timeoutMs?: number): WaitAsyncResult }).waitAsync;
+
+/**
+ * How long pause() blocks the event loop waiting for the vCPU before waiting
+ * asynchronously: the vCPU answers within one page write unless the OS has
+ * descheduled it, and a stop is on the migration's downtime path.
+ */
+const PAUSE_BLOCK_MS = 2;
+/** Wait slices, so a dead worker is noticed. */
+const WAIT_SLICE_MS = 50;
+
+export class TestMachine implements Machine {
+  readonly kind = 'test';
+  readonly machineName = TEST_MACHINE_NAME;
+  /** Guest RAM (a view over a SharedArrayBuffer the vCPU writes). */
+  readonly memory: Uint8Array;
+  readonly serial: Readable;
+  /** Duration of the last pause(), from request to the vCPU's acknowledgement, in ms. */
+  lastPauseLatencyMs = 0;
+
+  private readonly ctrl: Int32Array;
+  private readonly dirty: Int32Array;
+  private readonly block: DenseRamBlock;
+  private readonly worker: Worker;
+  private failure: Error | undefined;
+  private destroyed = false;
+  private readonly cpuSection: CpuSection;
+  private readonly serialSection: SerialSection;
+
+  /** Use createTestMachine(). */
+  constructor(options: TestMachineOptions = {}) {
+    const ramSizeBytes = options.ramSizeBytes ?? 128 * MiB;
+    const rangeStartBytes = options.rangeStartBytes ?? MiB;
+    const rangeEndBytes = options.rangeEndBytes ?? Math.min(ramSizeBytes, 100 * MiB);
+    const serialEveryPasses = options.serialEveryPasses ?? 16;
+    const pattern = options.pattern ?? 'sequential';
+    checkPositiveMultiple('ramSizeBytes', ramSizeBytes);
+    if (ramSizeBytes / PAGE_SIZE_BYTES > 0x7fffffff) throw new RangeError(`ramSizeBytes ${ramSizeBytes} is too large`);
+    checkPositiveMultiple('rangeStartBytes', rangeStartBytes, true);
+    checkPositiveMultiple('rangeEndBytes', rangeEndBytes);
+    if (rangeStartBytes >= rangeEndBytes || rangeEndBytes > ramSizeBytes) {
+      throw new RangeError(`range ${rangeStartBytes}..${rangeEndBytes} must be non-empty and inside ${ramSizeBytes} bytes of RAM`);
+    }
+    if (pattern !== 'sequential' && pattern !== 'random') throw new RangeError(`unknown pattern '${String(pattern)}'`);
+    checkU32('serialEveryPasses', serialEveryPasses);
+    checkU32('seed', options.seed ?? 1);
+
+    const ramBuffer = new SharedArrayBuffer(ramSizeBytes);
+    const pageCount = ramSizeBytes / PAGE_SIZE_BYTES;
+    const dirtyBuffer = new SharedArrayBuffer(Math.ceil(pageCount / 32) * 4);
+    const ctrlBuffer = new SharedArrayBuffer(CTRL_WORDS * 4);
+    this.memory = new Uint8Array(ramBuffer);
+    this.dirty = new Int32Array(dirtyBuffer);
+    this.ctrl = new Int32Array(ctrlBuffer);
+    this.block = new DenseRamBlock(TEST_RAM_BLOCK, this.memory);
+
+    const c = this.ctrl;
+    c[Ctrl.Pattern] = pattern === 'random' ? Pattern.Random : Pattern.Sequential;
+    c[Ctrl.PrngState] = (options.seed ?? 1) | 0;
+    c[Ctrl.RangeStartPage] = rangeStartBytes / PAGE_SIZE_BYTES;
+    c[Ctrl.RangeEndPage] = rangeEndBytes / PAGE_SIZE_BYTES;
+    c[Ctrl.SerialEveryPasses] = serialEveryPasses | 0;
+    this.setDirtyRateLimit(options.dirtyRatePagesPerSecond ?? 0);
+
+    this.cpuSection = {
+      machine: this,
+      pass_count: 0,
+      position: 0,
+      pattern: 0,
+      prng_state: 0,
+      range_start: 0n,
+      range_end: 0n,
+      serial_every_passes: 0,
+      pages_written: 0n,
+      booted: false,
+      last_value: 0,
+    };
+    this.serialSection = { machine: this, tx_bytes: 0n, lcr: 0, mcr: 0, scr: 0, thr: 0 };
+
+    this.serial = new Readable({ read() {} });
+    const workerData: VcpuWorkerData = { kind: WORKER_KIND, ram: ramBuffer, dirty: dirtyBuffer, ctrl: ctrlBuffer };
+    this.worker = new Worker(new URL('./test-machine-worker.js', import.meta.url), { workerData });
+    this.worker.on('message', (bytes: Uint8Array) => {
+      if (!this.serial.destroyed) this.serial.push(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length));
+    });
+    this.worker.on('error', (err) => {
+      this.failure ??= err;
+    });
+    this.worker.on('exit', (code) => {
+      if (!this.destroyed) this.failure ??= new Error(`test machine vCPU exited unexpectedly (code ${code})`);
+    });
+  }
+
+  /** Resolves once the worker is up and stopped. */
+  async started(): Promise<void> {
+    while (Atomics.load(this.ctrl, Ctrl.State) === VcpuState.Starting) {
+      this.checkAlive();
+      const r = waitAsync(this.ctrl, Ctrl.State, VcpuState.Starting, WAIT_SLICE_MS);
+      if (r.async) await r.value;
+    }
+  }
+
+  /** @internal The shared control block, for this module's VMState hooks. */
+  get controlBlock(): Int32Array {
+    return this.ctrl;
+  }
+
+  /** The vCPU has acknowledged a stop (and the registers in shared memory are current). */
+  get isStopped(): boolean {
+    return Atomics.load(this.ctrl, Ctrl.State) === VcpuState.Stopped;
+  }
+
+  get running(): boolean {
+    const s = Atomics.load(this.ctrl, Ctrl.State);
+    return s === VcpuState.Running || s === VcpuState.RunRequested;
+  }
+
+  ramBlocks(): RamBlock[] {
+    return [this.block];
+  }
+
+  /**
+   * Why this never loses a write: the vCPU stores the RAM byte and *then*
+   * Atomics.or's the page's bit; we Atomics.exchange the word to 0 and only
+   * then does the caller read the page. Atomics are sequentially consistent,
+   * so for each write W with its bit-set S either
+   *  - S precedes our exchange X: X reads S's value, so W happens-before X,
+   *    and the page the caller reads afterwards already holds W; or
+   *  - S follows X: the bit is set again after we cleared it, so the page is
+   *    reported by the next sync (the copy made now may or may not hold W —
+   *    either is fine, it will be sent again).
+   * After pause() resolves, every write happens-before our read of the Stopped
+   * state, so the sync after it reports everything that is left: the last
+   * copy equals RAM. The first sync reports all pages written since start.
+   */
+  async syncDirtyLog(sink: DirtyLogSink): Promise<void> {
+    this.checkAlive();
+    const words = this.dirty;
+    const out = new Uint32Array(words.length);
+    for (let w = 0; w < words.length; w++) {
+      // Plain atomic load first: skipping clean words keeps us off the vCPU's cache lines.
+      if (Atomics.load(words, w) !== 0) out[w] = Atomics.exchange(words, w, 0) >>> 0;
+    }
+    sink(TEST_RAM_BLOCK, out);
+  }
+
+  /**
+   * Stop the vCPU at a page boundary; resolves once it has acknowledged, after
+   * which no RAM write happens until resume(). Rejects if resume() is called
+   * before the vCPU stopped.
+   */
+  async pause(): Promise<void> {
+    this.checkAlive();
+    const c = this.ctrl;
+    const t0 = performance.now();
+    let requested = false;
+    for (;;) {
+      const s = Atomics.load(c, Ctrl.State);
+      if (s === VcpuState.Stopped) break;
+      if (s === VcpuState.Running || s === VcpuState.RunRequested) {
+        // Only a resume() during our wait can bring it back to running: do not override it.
+        if (requested) throw new Error('test machine: resume() was called before the vCPU stopped');
+        if (Atomics.compareExchange(c, Ctrl.State, s, VcpuState.StopRequested) === s) {
+          Atomics.notify(c, Ctrl.State);
+          requested = true;
+        }
+        continue;
+      }
+      if (s !== VcpuState.StopRequested) throw new Error(`test machine: cannot pause in vCPU state ${s}`);
+      requested = true;
+      const blockedMs = performance.now() - t0;
+      if (blockedMs < PAUSE_BLOCK_MS) {
+        // Node lets the main thread block in Atomics.wait: a futex sleep woken by the vCPU's notify,
+        // faster than an event-loop hop and, unlike spinning, it leaves the core to the vCPU.
+        Atomics.wait(c, Ctrl.State, VcpuState.StopRequested, PAUSE_BLOCK_MS - blockedMs);
+        continue;
+      }
+      this.checkAlive();
+      const r = waitAsync(c, Ctrl.State, VcpuState.StopRequested, WAIT_SLICE_MS);
+      if (r.async) await r.value;
+    }
+    this.lastPauseLatencyMs = performance.now() - t0;
+  }
+
+  resume(): void {
+    this.checkAlive();
+    const c = this.ctrl;
+    for (;;) {
+      const s = Atomics.load(c, Ctrl.State);
+      if (s === VcpuState.Running || s === VcpuState.RunRequested) return;
+      if (s !== VcpuState.Stopped && s !== VcpuState.StopRequested) throw new Error(`test machine: cannot resume in vCPU state ${s}`);
+      if (Atomics.compareExchange(c, Ctrl.State, s, VcpuState.RunRequested) === s) {
+        Atomics.notify(c, Ctrl.State);
+        return;
+      }
+    }
+  }
+
+  /**
+   * Run exactly `pages` page writes from a stopped vCPU, then stop (for
+   * deterministic tests: two machines with equal state and RAM end up equal).
+   */
+  async step(pages: number): Promise<void> {
+    if (!Number.isInteger(pages) || pages < 1 || pages > 0x7fffffff) throw new RangeError(`step: bad page count ${pages}`);
+    if (!this.isStopped) throw new Error('step: the vCPU must be paused first');
+    Atomics.store(this.ctrl, Ctrl.StepPages, pages);
+    this.resume();
+    // The vCPU stops by itself; wait for Stopped without requesting it.
+    for (;;) {
+      const s = Atomics.load(this.ctrl, Ctrl.State);
+      if (s === VcpuState.Stopped) return;
+      this.checkAlive();
+      const r = waitAsync(this.ctrl, Ctrl.State, s, WAIT_SLICE_MS);
+      if (r.async) await r.value;
+    }
+  }
+
+  /** Keep the vCPU off the CPU for `percent` % of every 10 ms slice (0–99). */
+  setThrottle(percent: number): void {
+    if (!Number.isFinite(percent)) throw new RangeError(`throttle ${percent} is not a number`);
+    Atomics.store(this.ctrl, Ctrl.ThrottlePercent, Math.max(0, Math.min(99, Math.round(percent))));
+    Atomics.notify(this.ctrl, Ctrl.State); // cut a long throttle sleep short
+  }
+
+  get throttlePercent(): number {
+    return Atomics.load(this.ctrl, Ctrl.ThrottlePercent);
+  }
+
+  /** Cap the guest's dirty rate in pages per second; 0 = unlimited. */
+  setDirtyRateLimit(pagesPerSecond: number): void {
+    if (!Number.isFinite(pagesPerSecond) || pagesPerSecond < 0) throw new RangeError(`dirty rate ${pagesPerSecond} pages/s must be >= 0`);
+    Atomics.store(this.ctrl, Ctrl.DirtyRatePagesPerSecond, Math.min(0x7fffffff, Math.round(pagesPerSecond)));
+    Atomics.notify(this.ctrl, Ctrl.State);
+  }
+
+  registerDevices(registry: SaveStateRegistry): void {
+    registry.register({ idstr: 'test-cpu', instanceId: 0, vmsd: testCpuVmsd, opaque: this.cpuSection });
+    registry.register({ idstr: 'test-serial', instanceId: 0, vmsd: testSerialVmsd, opaque: this.serialSection });
+  }
+
+  /** Counters published by the vCPU (exact when paused). */
+  stats(): TestMachineStats {
+    const c = this.ctrl;
+    let hi: number;
+    let lo: number;
+    // hi, lo, hi again: retry if the low word wrapped between the reads.
+    do {
+      hi = Atomics.load(c, Ctrl.StatPagesHi) >>> 0;
+      lo = Atomics.load(c, Ctrl.StatPagesLo) >>> 0;
+    } while (hi !== Atomics.load(c, Ctrl.StatPagesHi) >>> 0);
+    return { passes: Atomics.load(c, Ctrl.StatPasses) >>> 0, pagesWritten: hi * TWO_POW_32 + lo };
+  }
+
+  /** The vCPU registers; paused only. */
+  cpuState(): TestCpuState {
+    const c = requireStopped(this, 'cpuState');
+    return {
+      passCount: c[Ctrl.PassCount]! >>> 0,
+      positionPages: c[Ctrl.PositionPages]! >>> 0,
+      pattern: c[Ctrl.Pattern] === Pattern.Random ? 'random' : 'sequential',
+      prngState: c[Ctrl.PrngState]! >>> 0,
+      rangeStartBytes: (c[Ctrl.RangeStartPage]! >>> 0) * PAGE_SIZE_BYTES,
+      rangeEndBytes: (c[Ctrl.RangeEndPage]! >>> 0) * PAGE_SIZE_BYTES,
+      serialEveryPasses: c[Ctrl.SerialEveryPasses]! >>> 0,
+      pagesWritten: (c[Ctrl.PagesWrittenHi]! >>> 0) * TWO_POW_32 + (c[Ctrl.PagesWrittenLo]! >>> 0),
+      booted: c[Ctrl.Booted] !== 0,
+      lastValue: c[Ctrl.LastValue]! & 0xff,
+    };
+  }
+
+  /** QEMU's memory check over the vCPU's range (meaningful for the sequential pattern, with the vCPU paused). */
+  checkMemory(): MemoryCheckResult {
+    const c = this.ctrl;
+    return checkMemory(this.memory, (c[Ctrl.RangeStartPage]! >>> 0) * PAGE_SIZE_BYTES, (c[Ctrl.RangeEndPage]! >>> 0) * PAGE_SIZE_BYTES);
+  }
+
+  /** SHA-256 of all of RAM (hex). */
+  ramHash(): string {
+    return ramSha256(this.memory);
+  }
+
+  async destroy(): Promise<void> {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    Atomics.store(this.ctrl, Ctrl.State, VcpuState.Exit);
+    Atomics.notify(this.ctrl, Ctrl.State);
+    // The vCPU leaves its loop at the next page; terminate() covers a wedged one.
+    await this.worker.terminate();
+    this.serial.push(null);
+  }
+
+  private checkAlive(): void {
+    if (this.failure) throw this.failure;
+    if (this.destroyed) throw new Error('test machine: destroyed');
+  }
+}
+
+function checkPositiveMultiple(name: string, bytes: number, zeroOk = false): void {
+  if (!Number.isSafeInteger(bytes) || bytes < (zeroOk ? 0 : 1) || bytes % PAGE_SIZE_BYTES !== 0) {
+    throw new RangeError(`${name} ${bytes} must be a ${zeroOk ? 'non-negative' : 'positive'} multiple of ${PAGE_SIZE_BYTES}`);
+  }
+}
+
+function checkU32(name: string, value: number): void {
+  if (!Number.isInteger(value) || value < 0 || value > 0xffffffff) throw new RangeError(`${name} ${value} must be a u32`);
+}
+
+/**
+ * Create a test machine and wait for its vCPU thread. A normal machine runs
+ * at once (unless `startPaused`); an `incoming` one stays paused with zeroed
+ * RAM until state is loaded and resume() is called.
+ */
+export async function createTestMachine(options: TestMachineOptions = {}): Promise<TestMachine> {
+  const machine = new TestMachine(options);
+  try {
+    await machine.started();
+  } catch (err) {
+    await machine.destroy();
+    throw err;
+  }
+  if (!options.incoming && !options.startPaused) machine.resume();
+  return machine;
+}

@@ -1,0 +1,192 @@
+/**
+ * MigrationChannel: one migration connection, as the migration code sees it.
+ *
+ *             input (bytes from the peer)        output (bytes to the peer)
+ * source      return path (tcp/unix), else null  the migration stream
+ * destination the migration stream               return path (tcp/unix), else null
+ *
+ * Normal end: close the output (StreamWriter.close(): flush + half-close; for
+ * exec it also waits for the command's exit status), read what is left, then
+ * close() the channel. On failure or cancel: abort(), which never throws and
+ * makes pending reads and writes reject at once.
+ */
+import type { Socket } from 'node:net';
+import { ChannelError, type ByteSink, type ByteSource } from '../wire/index.js';
+import { asChannelError } from './errors.js';
+import { GuardedSink, GuardedSource, NodeReadableSource, NodeWritableSink } from './stream-io.js';
+import type { TransportKind } from './uri.js';
+
+export interface MigrationChannel {
+  /** The URI this channel was opened with (for a listener: its actual address). */
+  readonly uri: string;
+  readonly kind: TransportKind;
+  /** Bytes from the peer: the return path on the source, the stream on the destination. */
+  readonly input: ByteSource | null;
+  /** Bytes to the peer: the stream on the source, the return path on the destination. */
+  readonly output: ByteSink | null;
+  /** True on tcp and unix, where one socket carries both directions. */
+  readonly supportsReturnPath: boolean;
+  /**
+   * Settles when the channel's resources are released: rejects with the first
+   * failure (socket error, exec command's non-zero exit or signal, abort).
+   * Already has a handler attached, so leaving it unobserved is fine.
+   */
+  readonly closed: Promise<void>;
+  /**
+   * Finish and release: flush and close the output, close the input, release
+   * the socket / process / file. Idempotent (same promise). Rejects if the output
+   * could not be finished (also when output.close() already reported it).
+   * Waits for the peer to take the remaining bytes; use abort() to give up.
+   */
+  close(): Promise<void>;
+  /** Immediate teardown (cancel, or after a failure): destroys the socket, kills an exec child. Never throws. */
+  abort(reason?: unknown): void;
+}
+
+export interface ChannelParts {
+  uri: string;
+  kind: TransportKind;
+  input: ByteSource | null;
+  output: ByteSink | null;
+  supportsReturnPath: boolean;
+  /** Aborted by abort(); the input and output watch its signal. */
+  controller: AbortController;
+  closed: Promise<void>;
+  /** Release what is left after close() closed input and output; never throws. */
+  release(): Promise<void>;
+  /** Immediate teardown, after the controller was aborted. */
+  destroy(): void;
+}
+
+export class Channel implements MigrationChannel {
+  readonly uri: string;
+  readonly kind: TransportKind;
+  readonly input: ByteSource | null;
+  readonly output: ByteSink | null;
+  readonly supportsReturnPath: boolean;
+  readonly closed: Promise<void>;
+  private closing: Promise<void> | undefined;
+
+  constructor(private readonly parts: ChannelParts) {
+    ({ uri: this.uri, kind: this.kind, input: this.input, output: this.output } = parts);
+    this.supportsReturnPath = parts.supportsReturnPath;
+    this.closed = parts.closed;
+    this.closed.catch(() => {});
+  }
+
+  close(): Promise<void> {
+    this.closing ??= this.finish();
+    return this.closing;
+  }
+
+  private async finish(): Promise<void> {
+    let failure: unknown;
+    if (!this.parts.controller.signal.aborted) {
+      try {
+        await this.output?.close();
+      } catch (err) {
+        failure = err;
+      }
+      await this.input?.close().catch(() => {});
+    }
+    await this.parts.release();
+    // After abort() the caller already knows; closing is then only cleanup.
+    if (failure !== undefined && !this.parts.controller.signal.aborted) throw failure;
+  }
+
+  abort(reason?: unknown): void {
+    const { controller, uri } = this.parts;
+    if (!controller.signal.aborted) {
+      const why = reason === undefined ? 'aborted' : asChannelError(reason, 'aborted').message;
+      controller.abort(reason instanceof ChannelError ? reason : new ChannelError(`${uri}: ${why}`, { cause: reason }));
+    }
+    this.parts.destroy();
+  }
+}
+
+/** A tcp or unix socket: the stream one way, the return path the other. */
+export function socketChannel(socket: Socket, uri: string, kind: 'tcp' | 'unix'): MigrationChannel {
+  const controller = new AbortController();
+  const signal = controller.signal;
+  // Latency matters more than packet count (return-path requests, small final sections).
+  if (kind === 'tcp') socket.setNoDelay(true);
+  let socketError: ChannelError | undefined;
+  socket.on('error', (err: Error) => {
+    socketError ??= new ChannelError(`${uri}: ${err.message}`, { cause: err });
+  });
+  const closed = new Promise<void>((resolve, reject) => {
+    const settle = (): void => {
+      if (signal.aborted) reject(asChannelError(signal.reason, uri));
+      else if (socketError) reject(socketError);
+      else resolve();
+    };
+    if (socket.destroyed) settle();
+    else socket.once('close', settle);
+  });
+
+  // The socket is released when both directions are closed, so closing the stream
+  // side does not cut the return path (and vice versa).
+  let inputClosed = false;
+  let outputClosed = false;
+  const releaseIfDone = (): void => {
+    if (inputClosed && outputClosed) socket.destroy();
+  };
+  const input = new NodeReadableSource(socket, {
+    what: uri,
+    signal,
+    onClose: () => {
+      inputClosed = true;
+      releaseIfDone();
+    },
+  });
+  const output = new NodeWritableSink(socket, {
+    what: uri,
+    signal,
+    afterEnd: async () => {
+      outputClosed = true;
+      releaseIfDone();
+    },
+  });
+  return new Channel({
+    uri,
+    kind,
+    input,
+    output,
+    supportsReturnPath: true,
+    controller,
+    closed,
+    release: async () => {
+      socket.destroy();
+      await closed.catch(() => {});
+    },
+    destroy: () => socket.destroy(),
+  });
+}
+
+/** A file: written by the source, read by the destination; no return path. */
+export function fileChannel(uri: string, inner: { input: ByteSource } | { output: ByteSink }): MigrationChannel {
+  const controller = new AbortController();
+  const signal = controller.signal;
+  const input = 'input' in inner ? new GuardedSource(inner.input, uri, signal) : null;
+  const output = 'output' in inner ? new GuardedSink(inner.output, uri, signal) : null;
+  let settle!: () => void;
+  const closed = new Promise<void>((resolve, reject) => {
+    settle = () => (signal.aborted ? reject(asChannelError(signal.reason, uri)) : resolve());
+  });
+  // Closing the file handle is all there is to release; a FileHandle waits for in-flight operations.
+  const closeInner = async (): Promise<void> => {
+    await ('input' in inner ? inner.input.close() : inner.output.close()).catch(() => {});
+    settle();
+  };
+  return new Channel({
+    uri,
+    kind: 'file',
+    input,
+    output,
+    supportsReturnPath: false,
+    controller,
+    closed,
+    release: closeInner,
+    destroy: () => void closeInner(),
+  });
+}

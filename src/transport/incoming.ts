@@ -1,0 +1,191 @@
+/**
+ * The destination side: wait for the channel the migration stream comes in on.
+ *
+ * tcp/unix listen until the first connection arrives, then stop listening
+ * (one channel per migration; multifd is not supported). exec/file start the
+ * command or open the file right away, like QEMU's `-incoming`, so a bad
+ * command or missing file fails early; accept() then hands that channel out.
+ */
+import { createServer, type Server, type Socket } from 'node:net';
+import { lstat, unlink } from 'node:fs/promises';
+import { FileSource } from '../wire/index.js';
+import { fileChannel, socketChannel, type MigrationChannel } from './channel.js';
+import { TransportError } from './errors.js';
+import { ExecChild, execIncomingChannel } from './exec.js';
+import { formatTcpUri, parseMigrationUri } from './uri.js';
+
+export interface AcceptOptions {
+  signal?: AbortSignal;
+}
+
+export interface IncomingListener {
+  /** The URI as given. */
+  readonly uri: string;
+  /** Where peers connect: the bound `tcp:HOST:PORT` (the real port when 0 was given), else the URI. */
+  readonly address: string;
+  /** The first (only) connection; a second call rejects. */
+  accept(options?: AcceptOptions): Promise<MigrationChannel>;
+  /** Stop listening (removes a unix socket file); aborts a channel not yet accepted. Idempotent. */
+  close(): Promise<void>;
+}
+
+export async function listenIncoming(uri: string): Promise<IncomingListener> {
+  const address = parseMigrationUri(uri);
+  switch (address.kind) {
+    case 'tcp':
+      // An empty host listens on every address, like QEMU.
+      return SocketListener.listen(uri, 'tcp', { port: address.port, ...(address.host ? { host: address.host } : {}) });
+    case 'unix':
+      await removeStaleSocket(uri, address.path);
+      return SocketListener.listen(uri, 'unix', { path: address.path });
+    case 'exec':
+      return new ReadyListener(uri, execIncomingChannel(await ExecChild.spawn(uri, address.command, 'incoming')));
+    case 'file': {
+      let source: FileSource;
+      try {
+        source = await FileSource.open(address.path);
+      } catch (err) {
+        throw new TransportError('open-failed', uri, `${uri}: ${(err as Error).message}`, { cause: err });
+      }
+      return new ReadyListener(uri, fileChannel(uri, { input: source }));
+    }
+  }
+}
+
+/**
+ * A socket file left by a process that died cannot be listened on (EADDRINUSE).
+ * QEMU unlinks whatever is there; we only remove sockets, never a regular file.
+ */
+async function removeStaleSocket(uri: string, path: string): Promise<void> {
+  let isSocket: boolean;
+  try {
+    isSocket = (await lstat(path)).isSocket();
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw new TransportError('listen-failed', uri, `${uri}: ${(err as Error).message}`, { cause: err });
+  }
+  if (!isSocket) throw new TransportError('listen-failed', uri, `${uri}: ${path} exists and is not a socket`);
+  await unlink(path).catch((err: NodeJS.ErrnoException) => {
+    if (err.code !== 'ENOENT') throw new TransportError('listen-failed', uri, `${uri}: cannot remove stale socket: ${err.message}`, { cause: err });
+  });
+}
+
+type Waiter = { resolve(channel: MigrationChannel): void; reject(err: Error): void };
+
+class SocketListener implements IncomingListener {
+  readonly address: string;
+  private arrived: MigrationChannel | undefined; // connected, not yet accepted
+  private taken = false;
+  private closed = false;
+  private failure: TransportError | undefined;
+  private waiter: Waiter | undefined;
+
+  private constructor(readonly uri: string, private readonly kind: 'tcp' | 'unix', private readonly server: Server) {
+    const bound = server.address();
+    this.address = typeof bound === 'object' && bound !== null ? formatTcpUri(bound.address, bound.port) : uri;
+    server.on('connection', (socket) => this.onConnection(socket));
+    server.on('error', (err) => {
+      this.failure ??= new TransportError('listen-failed', uri, `${uri}: ${err.message}`, { cause: err });
+      this.settle();
+    });
+  }
+
+  static async listen(uri: string, kind: 'tcp' | 'unix', target: { host?: string; port: number } | { path: string }): Promise<SocketListener> {
+    const server = createServer({ allowHalfOpen: true });
+    await new Promise<void>((resolve, reject) => {
+      const onError = (err: Error): void =>
+        reject(new TransportError('listen-failed', uri, `cannot listen on ${uri}: ${err.message}`, { cause: err }));
+      server.once('error', onError);
+      server.listen(target, () => {
+        server.off('error', onError);
+        resolve();
+      });
+    });
+    return new SocketListener(uri, kind, server);
+  }
+
+  private onConnection(socket: Socket): void {
+    if (this.arrived || this.taken || this.closed) {
+      socket.destroy(); // connections racing the first one, before the listener closed
+      return;
+    }
+    this.arrived = socketChannel(socket, this.kind === 'tcp' ? this.address : this.uri, this.kind);
+    this.stopListening();
+    this.settle();
+  }
+
+  /** Closes the listening socket (libuv unlinks a unix socket's file); the accepted connection stays. */
+  private stopListening(): void {
+    if (this.server.listening) this.server.close();
+  }
+
+  private settle(): void {
+    const waiter = this.waiter;
+    if (!waiter) return;
+    if (this.arrived) {
+      this.waiter = undefined;
+      this.taken = true;
+      const channel = this.arrived;
+      this.arrived = undefined;
+      waiter.resolve(channel);
+    } else if (this.closed || this.failure) {
+      this.waiter = undefined;
+      waiter.reject(this.failure ?? new TransportError('closed', this.uri, `${this.uri}: listener closed`));
+    }
+  }
+
+  accept(options: AcceptOptions = {}): Promise<MigrationChannel> {
+    const { signal } = options;
+    if (this.taken) return Promise.reject(new TransportError('closed', this.uri, `${this.uri}: the connection was already accepted`));
+    if (this.waiter) return Promise.reject(new TransportError('closed', this.uri, `${this.uri}: accept() is already waiting`));
+    if (signal?.aborted) return Promise.reject(new TransportError('aborted', this.uri, `${this.uri}: accept aborted`, { cause: signal.reason }));
+    return new Promise<MigrationChannel>((resolve, reject) => {
+      const onAbort = (): void => {
+        this.waiter = undefined;
+        reject(new TransportError('aborted', this.uri, `${this.uri}: accept aborted`, { cause: signal!.reason }));
+      };
+      signal?.addEventListener('abort', onAbort, { once: true });
+      this.waiter = {
+        resolve: (channel) => {
+          signal?.removeEventListener('abort', onAbort);
+          resolve(channel);
+        },
+        reject: (err) => {
+          signal?.removeEventListener('abort', onAbort);
+          reject(err);
+        },
+      };
+      this.settle();
+    });
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.stopListening();
+    this.arrived?.abort('listener closed before the connection was accepted');
+    this.arrived = undefined;
+    this.settle();
+  }
+}
+
+/** exec/file: the channel exists from the start; accept() hands it out once. */
+class ReadyListener implements IncomingListener {
+  readonly address: string;
+  private channel: MigrationChannel | undefined;
+  constructor(readonly uri: string, channel: MigrationChannel) {
+    this.address = uri;
+    this.channel = channel;
+  }
+  async accept(options: AcceptOptions = {}): Promise<MigrationChannel> {
+    if (options.signal?.aborted) throw new TransportError('aborted', this.uri, `${this.uri}: accept aborted`, { cause: options.signal.reason });
+    const channel = this.channel;
+    if (!channel) throw new TransportError('closed', this.uri, `${this.uri}: listener closed or channel already accepted`);
+    this.channel = undefined;
+    return channel;
+  }
+  async close(): Promise<void> {
+    this.channel?.abort('listener closed before the channel was accepted');
+    this.channel = undefined;
+  }
+}

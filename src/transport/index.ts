@@ -1,0 +1,14 @@
+/** Transports: QEMU 7.2 migration URIs (tcp, unix, exec, file), outgoing and incoming. */
+export { TransportError, ExecExitError, type TransportErrorCode } from './errors.js';
+export {
+  parseMigrationUri,
+  formatMigrationUri,
+  formatTcpUri,
+  UNIX_PATH_MAX_BYTES,
+  type MigrationAddress,
+  type TransportKind,
+} from './uri.js';
+export type { MigrationChannel } from './channel.js';
+export { EXEC_EXIT_TIMEOUT_MS, type ExitStatus } from './exec.js';
+export { connectOutgoing, type ConnectOptions } from './outgoing.js';
+export { listenIncoming, type IncomingListener, type AcceptOptions } from './incoming.js';

@@ -1,0 +1,255 @@
+/**
+ * ByteSource / ByteSink over Node streams (sockets, pipes) and guards for
+ * other channels (files), with the guarantees the transports promise:
+ *
+ * - every stream error becomes a ChannelError from read()/write()/close(),
+ *   never an unhandled 'error' event (listeners are attached at construction);
+ * - an abort signal makes pending and later calls reject at once;
+ * - closing the source of a socket does not close its sink (and vice versa),
+ *   because the two directions of one socket are the stream and the return path.
+ *
+ * The wire layer's ReadableSource/WritableSink are not used for sockets: the
+ * async iterator destroys the whole socket when the read side ends, and a write
+ * after the stream closed waits for a 'close' event that already happened.
+ */
+import type { Readable, Writable } from 'node:stream';
+import { ChannelError, type ByteSink, type ByteSource } from '../wire/index.js';
+import { asChannelError } from './errors.js';
+
+/** Wakes every waiter on the next notify(): one set of stream listeners instead of one per call. */
+class Wakeup {
+  private waiters: Array<() => void> = [];
+  wait(): Promise<void> {
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+  readonly notify = (): void => {
+    const waiters = this.waiters;
+    this.waiters = [];
+    for (const wake of waiters) wake();
+  };
+}
+
+/** `promise`, or a rejection with the abort reason as soon as `signal` fires. */
+export function abortable<T>(promise: Promise<T>, signal: AbortSignal, context: string): Promise<T> {
+  if (signal.aborted) {
+    promise.catch(() => {}); // its outcome no longer matters; keep it from being an unhandled rejection
+    return Promise.reject(asChannelError(signal.reason, context));
+  }
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => {
+      promise.catch(() => {});
+      reject(asChannelError(signal.reason, context));
+    };
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(
+      (value) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(value);
+      },
+      (err: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(err);
+      },
+    );
+  });
+}
+
+/** A promise that resolves after `ms`, and a way to cancel its timer (so tests and processes can exit). */
+export function delay(ms: number): { promise: Promise<void>; cancel(): void } {
+  let timer: NodeJS.Timeout | undefined;
+  const promise = new Promise<void>((resolve) => {
+    timer = setTimeout(resolve, ms);
+  });
+  return { promise, cancel: () => clearTimeout(timer) };
+}
+
+/** `promise`'s value, or undefined if it takes longer than `ms`. */
+export async function withinMs<T>(promise: Promise<T>, ms: number): Promise<T | undefined> {
+  const timer = delay(ms);
+  try {
+    return await Promise.race([promise, timer.promise.then(() => undefined)]);
+  } finally {
+    timer.cancel();
+  }
+}
+
+export interface NodeSourceOptions {
+  /** Names the channel in error messages (the URI). */
+  what: string;
+  signal: AbortSignal;
+  /** Runs at the clean end of the stream; may throw to turn the end into a failure (an exec child's exit status). */
+  atEnd?: () => Promise<void>;
+  /** Runs once when the consumer closes this source. */
+  onClose?: () => void;
+}
+
+export class NodeReadableSource implements ByteSource {
+  private ended = false;
+  private closedByUser = false;
+  private failure: ChannelError | undefined;
+  private endCheck: Promise<void> | undefined;
+  private readonly wake = new Wakeup();
+
+  constructor(private readonly stream: Readable, private readonly options: NodeSourceOptions) {
+    // A 'readable' listener puts the stream in paused mode: data is pulled by read(),
+    // so the kernel's window (TCP) or the pipe applies backpressure to the peer.
+    stream.on('readable', this.wake.notify);
+    stream.on('end', () => {
+      this.ended = true;
+      this.wake.notify();
+    });
+    stream.on('error', (err: Error) => {
+      this.failure ??= new ChannelError(`${options.what}: read failed: ${err.message}`, { cause: err });
+      this.wake.notify();
+    });
+    stream.on('close', () => {
+      if (!this.ended) this.failure ??= new ChannelError(`${options.what}: connection closed before the end of the stream`);
+      this.wake.notify();
+    });
+    options.signal.addEventListener('abort', this.wake.notify, { once: true });
+  }
+
+  async read(): Promise<Uint8Array | null> {
+    const { signal, what } = this.options;
+    for (;;) {
+      if (signal.aborted) throw asChannelError(signal.reason, what);
+      if (this.closedByUser) return null;
+      // Data that arrived before a failure is still delivered: it brings the reader
+      // up to the real point where the stream broke.
+      const chunk = this.stream.read() as Buffer | null;
+      if (chunk !== null) return chunk;
+      if (this.ended) {
+        if (this.options.atEnd) {
+          this.endCheck ??= this.options.atEnd();
+          await abortable(this.endCheck, signal, what);
+        }
+        return null;
+      }
+      if (this.failure) throw this.failure;
+      await this.wake.wait();
+    }
+  }
+
+  /** Stop reading. Does not touch the other direction of the channel. */
+  async close(): Promise<void> {
+    if (this.closedByUser) return;
+    this.closedByUser = true;
+    this.stream.off('readable', this.wake.notify);
+    this.wake.notify();
+    this.options.onClose?.();
+  }
+}
+
+export interface NodeSinkOptions {
+  what: string;
+  signal: AbortSignal;
+  /** Runs after close() flushed everything; may throw (an exec child's exit status). */
+  afterEnd?: () => Promise<void>;
+  /** Turns a write failure into a better one (an exec child's exit explains its EPIPE). */
+  explain?: (failure: ChannelError) => Promise<ChannelError>;
+}
+
+export class NodeWritableSink implements ByteSink {
+  private failure: ChannelError | undefined;
+  private explained: Promise<ChannelError> | undefined;
+  private closing: Promise<void> | undefined;
+  private readonly wake = new Wakeup();
+
+  constructor(private readonly stream: Writable, private readonly options: NodeSinkOptions) {
+    stream.on('drain', this.wake.notify);
+    stream.on('finish', this.wake.notify);
+    stream.on('close', this.wake.notify);
+    stream.on('error', (err: Error) => {
+      this.failure ??= new ChannelError(`${options.what}: write failed: ${err.message}`, { cause: err });
+      this.wake.notify();
+    });
+    options.signal.addEventListener('abort', this.wake.notify, { once: true });
+  }
+
+  /** Throws if aborted or failed. Synchronous when all is well (no await per chunk). */
+  private check(): Promise<never> | undefined {
+    const { signal, what, explain } = this.options;
+    if (signal.aborted) return Promise.reject(asChannelError(signal.reason, what));
+    if (this.failure) {
+      const failure = this.failure;
+      this.explained ??= explain ? explain(failure).catch(() => failure) : Promise.resolve(failure);
+      return this.explained.then((err) => Promise.reject(err));
+    }
+    return undefined;
+  }
+
+  async write(chunk: Uint8Array): Promise<void> {
+    await this.check();
+    if (this.closing) throw new ChannelError(`${this.options.what}: write after close`);
+    if (this.stream.destroyed) throw new ChannelError(`${this.options.what}: channel is closed`);
+    this.stream.write(chunk);
+    // Returning once Node has buffered the chunk below its high-water mark is the backpressure.
+    while (this.stream.writableNeedDrain) {
+      await this.wake.wait();
+      await this.check();
+      if (this.stream.destroyed) throw new ChannelError(`${this.options.what}: channel closed while writing`);
+    }
+  }
+
+  /** Flush, end this direction (half-close on a socket), then run afterEnd. Same promise on every call. */
+  close(): Promise<void> {
+    this.closing ??= this.finish();
+    return this.closing;
+  }
+
+  private async finish(): Promise<void> {
+    await this.check();
+    if (!this.stream.writableEnded) this.stream.end();
+    while (!this.stream.writableFinished) {
+      await this.check();
+      if (this.stream.destroyed) throw new ChannelError(`${this.options.what}: closed before all data was written`);
+      await this.wake.wait();
+    }
+    await this.options.afterEnd?.();
+  }
+}
+
+/** Guards a source that has no abort of its own (a file): abort, closed state, ChannelError for every failure. */
+export class GuardedSource implements ByteSource {
+  private closed = false;
+  constructor(private readonly inner: ByteSource, private readonly what: string, private readonly signal: AbortSignal) {}
+  async read(): Promise<Uint8Array | null> {
+    if (this.signal.aborted) throw asChannelError(this.signal.reason, this.what);
+    if (this.closed) return null;
+    try {
+      return await abortable(this.inner.read(), this.signal, this.what);
+    } catch (err) {
+      throw asChannelError(err, `${this.what}: read failed`);
+    }
+  }
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.inner.close().catch(() => {}); // nothing is lost by a failed close of a read-only channel
+  }
+}
+
+export class GuardedSink implements ByteSink {
+  private closing: Promise<void> | undefined;
+  constructor(private readonly inner: ByteSink, private readonly what: string, private readonly signal: AbortSignal) {}
+  async write(chunk: Uint8Array): Promise<void> {
+    if (this.signal.aborted) throw asChannelError(this.signal.reason, this.what);
+    if (this.closing) throw new ChannelError(`${this.what}: write after close`);
+    try {
+      await abortable(this.inner.write(chunk), this.signal, this.what);
+    } catch (err) {
+      throw asChannelError(err, `${this.what}: write failed`);
+    }
+  }
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      if (this.signal.aborted) throw asChannelError(this.signal.reason, this.what);
+      try {
+        await this.inner.close();
+      } catch (err) {
+        throw asChannelError(err, `${this.what}: close failed`);
+      }
+    })();
+    return this.closing;
+  }
+}

@@ -1,0 +1,354 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtempSync, rmSync, writeFileSync, existsSync, readFileSync, lstatSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import {
+  connectOutgoing,
+  ExecExitError,
+  formatMigrationUri,
+  listenIncoming,
+  parseMigrationUri,
+  TransportError,
+  UNIX_PATH_MAX_BYTES,
+  type MigrationChannel,
+} from '../src/transport/index.js';
+import { ChannelError, StreamError, StreamReader, StreamWriter } from '../src/wire/index.js';
+
+const STREAM_BYTES = 4 << 20;
+const dir = mkdtempSync(join(tmpdir(), 'livemig-transport-'));
+process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
+
+/** Write `data` through a StreamWriter on one channel and read it back with a StreamReader on the other. */
+async function sendAndCompare(source: MigrationChannel, destination: MigrationChannel, data: Uint8Array): Promise<void> {
+  const writer = new StreamWriter(source.output!);
+  const sending = (async () => {
+    writer.bytes(data);
+    await writer.close(); // flush + half-close: the destination sees the end of the stream
+  })();
+  const reader = new StreamReader(destination.input!);
+  const got = new Uint8Array(data.length);
+  await reader.readInto(got, 0, data.length);
+  assert.equal(await reader.atEnd(), true);
+  await sending;
+  assert.ok(Buffer.from(got).equals(data), 'bytes differ');
+}
+
+/** A tcp port nobody listens on (bound, then released). */
+async function closedPort(): Promise<number> {
+  const server = createServer().listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const port = (server.address() as { port: number }).port;
+  server.close();
+  await once(server, 'close');
+  return port;
+}
+
+test('parseMigrationUri: accepted forms', () => {
+  assert.deepEqual(parseMigrationUri('tcp:127.0.0.1:4444'), { kind: 'tcp', uri: 'tcp:127.0.0.1:4444', host: '127.0.0.1', port: 4444 });
+  assert.deepEqual(parseMigrationUri('tcp:localhost:0'), { kind: 'tcp', uri: 'tcp:localhost:0', host: 'localhost', port: 0 });
+  assert.deepEqual(parseMigrationUri('tcp:[::1]:65535'), { kind: 'tcp', uri: 'tcp:[::1]:65535', host: '::1', port: 65535 });
+  assert.deepEqual(parseMigrationUri('tcp::4444'), { kind: 'tcp', uri: 'tcp::4444', host: '', port: 4444 });
+  assert.deepEqual(parseMigrationUri('unix:/run/mig.sock'), { kind: 'unix', uri: 'unix:/run/mig.sock', path: '/run/mig.sock' });
+  // Everything after exec: is the shell command, colons and spaces included.
+  assert.deepEqual(parseMigrationUri('exec:cat > a:b'), { kind: 'exec', uri: 'exec:cat > a:b', command: 'cat > a:b' });
+  assert.deepEqual(parseMigrationUri('file:/tmp/a,b'), { kind: 'file', uri: 'file:/tmp/a,b', path: '/tmp/a,b' });
+  for (const uri of ['tcp:[::1]:4444', 'tcp:host.example:1', 'unix:x', 'exec:true', 'file:f']) {
+    assert.equal(formatMigrationUri(parseMigrationUri(uri)), uri);
+  }
+});
+
+test('parseMigrationUri: rejected forms name the URI', () => {
+  const cases: Array<[string, RegExp]> = [
+    ['', /unknown migration protocol/],
+    ['/tmp/file', /unknown migration protocol/],
+    ['http://x', /unknown migration protocol/],
+    ['TCP:127.0.0.1:1', /unknown migration protocol/],
+    ['fd:3', /unsupported migration protocol/],
+    ['vsock:3:4444', /unsupported/],
+    ['tcp:127.0.0.1', /missing port/],
+    ['tcp:127.0.0.1:', /bad port/],
+    ['tcp:127.0.0.1:65536', /bad port/],
+    ['tcp:127.0.0.1:-1', /bad port/],
+    ['tcp:127.0.0.1:http', /bad port/],
+    ['tcp:::1:4444', /brackets/],
+    ['tcp:[::1]4444', /missing port/],
+    ['tcp:[::1:4444', /missing '\]'/],
+    ['tcp:[1.2.3.4]:1', /not an IPv6/],
+    ['tcp:bad host:1', /bad host/],
+    ['tcp:127.0.0.1:1,ipv4', /not supported/],
+    ['unix:', /empty socket path/],
+    ['unix:/' + 'x'.repeat(UNIX_PATH_MAX_BYTES), /at most 107/],
+    ['exec:', /empty command/],
+    ['exec:   ', /empty command/],
+    ['file:', /empty file path/],
+    ['file:/tmp/x,offset=0x1000', /offset option is not supported/],
+  ];
+  for (const [uri, message] of cases) {
+    assert.throws(
+      () => parseMigrationUri(uri),
+      (err: unknown) => err instanceof TransportError && message.test(err.message) && err.message.includes(uri) && err.uri === uri,
+      uri,
+    );
+  }
+});
+
+test('connectOutgoing refuses listen-only tcp forms', async () => {
+  await assert.rejects(connectOutgoing('tcp:127.0.0.1:0'), /port 0 is only for listening/);
+  await assert.rejects(connectOutgoing('tcp::4444'), /a host is needed/);
+});
+
+test('tcp: port 0 gives the real address; stream one way, return path the other', async () => {
+  const listener = await listenIncoming('tcp:127.0.0.1:0');
+  assert.match(listener.address, /^tcp:127\.0\.0\.1:[1-9][0-9]*$/);
+  const [source, destination] = await Promise.all([connectOutgoing(listener.address), listener.accept()]);
+  assert.equal(source.supportsReturnPath, true);
+  assert.equal(destination.supportsReturnPath, true);
+  await sendAndCompare(source, destination, randomBytes(STREAM_BYTES));
+
+  // The source half-closed its stream; the destination can still answer (PONG 1, SHUT 0, then data).
+  const back = randomBytes(256 << 10);
+  const returnWriter = new StreamWriter(destination.output!);
+  returnWriter.be16(2).be16(4).be32(1).be16(1).be16(4).be32(0).bytes(back);
+  const answering = returnWriter.close();
+  const returnReader = new StreamReader(source.input!);
+  assert.deepEqual([await returnReader.be16(), await returnReader.be16(), await returnReader.be32()], [2, 4, 1]);
+  assert.deepEqual([await returnReader.be16(), await returnReader.be16(), await returnReader.be32()], [1, 4, 0]);
+  const got = new Uint8Array(back.length);
+  await returnReader.readInto(got, 0, back.length);
+  assert.ok(Buffer.from(got).equals(back));
+  assert.equal(await returnReader.atEnd(), true);
+  await answering;
+
+  await Promise.all([source.close(), destination.close()]);
+  await source.close(); // idempotent
+  await Promise.all([source.closed, destination.closed]);
+  await assert.rejects(listener.accept(), (err: unknown) => err instanceof TransportError && err.code === 'closed');
+  await listener.close();
+});
+
+test('tcp over IPv6 loopback', async (t) => {
+  let listener;
+  try {
+    listener = await listenIncoming('tcp:[::1]:0');
+  } catch (err) {
+    t.skip(`no IPv6 loopback: ${(err as Error).message}`);
+    return;
+  }
+  assert.match(listener.address, /^tcp:\[::1\]:[1-9][0-9]*$/);
+  const [source, destination] = await Promise.all([connectOutgoing(listener.address), listener.accept()]);
+  await sendAndCompare(source, destination, randomBytes(64 << 10));
+  await Promise.all([source.close(), destination.close()]);
+});
+
+test('unix: stream and return path; the socket file is removed when the listener stops', async () => {
+  const path = join(dir, 'mig.sock');
+  const listener = await listenIncoming(`unix:${path}`);
+  assert.equal(listener.address, `unix:${path}`);
+  assert.ok(lstatSync(path).isSocket());
+  const [source, destination] = await Promise.all([connectOutgoing(`unix:${path}`), listener.accept()]);
+  assert.equal(existsSync(path), false, 'listener closes after the first connection');
+  await sendAndCompare(source, destination, randomBytes(STREAM_BYTES));
+  await sendAndCompare(destination, source, randomBytes(100_000)); // return path
+  await Promise.all([source.close(), destination.close()]);
+  await listener.close();
+
+  // A listener closed before anyone connects removes its file too, and fails a waiting accept().
+  const idle = await listenIncoming(`unix:${path}`);
+  const waiting = idle.accept();
+  await idle.close();
+  await assert.rejects(waiting, (err: unknown) => err instanceof TransportError && err.code === 'closed');
+  assert.equal(existsSync(path), false);
+});
+
+test('unix: a stale socket file is replaced; a regular file is not touched', async () => {
+  const path = join(dir, 'stale.sock');
+  // A process killed while listening leaves its socket file behind.
+  const child = spawn(process.execPath, [
+    '-e',
+    `require('net').createServer().listen(${JSON.stringify(path)}, () => process.kill(process.pid, 'SIGKILL'))`,
+  ]);
+  await once(child, 'exit');
+  assert.ok(lstatSync(path).isSocket(), 'stale socket left behind');
+  const listener = await listenIncoming(`unix:${path}`);
+  const [source, destination] = await Promise.all([connectOutgoing(`unix:${path}`), listener.accept()]);
+  await sendAndCompare(source, destination, randomBytes(1000));
+  await Promise.all([source.close(), destination.close(), listener.close()]);
+
+  const regular = join(dir, 'not-a-socket');
+  writeFileSync(regular, 'keep me');
+  await assert.rejects(listenIncoming(`unix:${regular}`), /exists and is not a socket/);
+  assert.equal(readFileSync(regular, 'utf8'), 'keep me');
+});
+
+test('exec: `cat > FILE` out, `cat FILE` in', async () => {
+  const path = join(dir, 'exec.mig');
+  const data = randomBytes(STREAM_BYTES);
+  const source = await connectOutgoing(`exec:cat > '${path}'`);
+  assert.equal(source.input, null);
+  assert.equal(source.supportsReturnPath, false);
+  const writer = new StreamWriter(source.output!);
+  writer.bytes(data);
+  await writer.close(); // returns after cat exited 0
+  await source.close();
+  await source.closed;
+  assert.ok(readFileSync(path).equals(data));
+
+  const listener = await listenIncoming(`exec:cat '${path}'`);
+  assert.equal(listener.address, `exec:cat '${path}'`);
+  const destination = await listener.accept();
+  assert.equal(destination.output, null);
+  const reader = new StreamReader(destination.input!);
+  const got = new Uint8Array(data.length);
+  await reader.readInto(got, 0, data.length);
+  assert.equal(await reader.atEnd(), true);
+  assert.ok(Buffer.from(got).equals(data));
+  await destination.close();
+  await listener.close();
+});
+
+const exitCode = (code: number) => (err: unknown) => err instanceof ExecExitError && err.exitCode === code && err.message.includes(`code ${code}`);
+
+test('exec: a command that fails is reported with its exit status', async () => {
+  // Exits at once: the writes hit a closed pipe, and the error says why.
+  const early = await connectOutgoing('exec:exit 3');
+  const writer = new StreamWriter(early.output!);
+  writer.bytes(randomBytes(1 << 20));
+  await assert.rejects(writer.close(), exitCode(3));
+  await assert.rejects(early.closed, exitCode(3));
+  early.abort();
+
+  // Takes the whole stream, then fails.
+  const late = await connectOutgoing('exec:cat > /dev/null; exit 4');
+  const lateWriter = new StreamWriter(late.output!);
+  lateWriter.bytes(randomBytes(100_000));
+  await assert.rejects(lateWriter.close(), exitCode(4));
+  await assert.rejects(late.close(), exitCode(4));
+
+  // Destination: a short stream from a failed command is an error, not a clean end.
+  const incoming = await (await listenIncoming('exec:printf abc; exit 5')).accept();
+  const reader = new StreamReader(incoming.input!);
+  await assert.rejects(reader.readInto(new Uint8Array(10), 0, 10), exitCode(5));
+  await incoming.close();
+
+  const killed = await (await listenIncoming('exec:kill -TERM $$')).accept();
+  await assert.rejects(killed.input!.read(), (err: unknown) => err instanceof ExecExitError && err.signal === 'SIGTERM');
+  await killed.close();
+});
+
+test('file: write, then read back', async () => {
+  const path = join(dir, 'stream.mig');
+  writeFileSync(path, 'old contents, longer than nothing');
+  const source = await connectOutgoing(`file:${path}`);
+  const data = randomBytes(STREAM_BYTES);
+  const writer = new StreamWriter(source.output!);
+  writer.bytes(data);
+  await writer.close();
+  await source.close();
+  assert.ok(readFileSync(path).equals(data), 'file truncated and rewritten');
+
+  const listener = await listenIncoming(`file:${path}`);
+  const destination = await listener.accept();
+  const reader = new StreamReader(destination.input!);
+  const got = new Uint8Array(data.length);
+  await reader.readInto(got, 0, data.length);
+  assert.equal(await reader.atEnd(), true);
+  assert.ok(Buffer.from(got).equals(data));
+  assert.equal(destination.output, null);
+  await destination.close();
+  assert.equal(await destination.input!.read(), null); // closed: nothing more
+  await destination.closed;
+
+  await assert.rejects(connectOutgoing(`file:${join(dir, 'no-such-dir', 'x')}`), (err: unknown) => err instanceof TransportError && err.code === 'open-failed');
+  await assert.rejects(listenIncoming(`file:${join(dir, 'missing')}`), (err: unknown) => err instanceof TransportError && err.code === 'open-failed');
+});
+
+test('tcp: the source dies mid-stream -> the destination gets an end or a ChannelError', async () => {
+  const listener = await listenIncoming('tcp:127.0.0.1:0');
+  const [source, destination] = await Promise.all([connectOutgoing(listener.address), listener.accept()]);
+  const writer = new StreamWriter(source.output!);
+  writer.bytes(randomBytes(1 << 20));
+  await writer.flush();
+  source.abort(new Error('source crashed'));
+  const reader = new StreamReader(destination.input!);
+  await assert.rejects(reader.readInto(new Uint8Array(STREAM_BYTES), 0, STREAM_BYTES), (err: unknown) => err instanceof StreamError || err instanceof ChannelError);
+  destination.abort();
+  await assert.rejects(source.closed, /source crashed/);
+});
+
+test('tcp: the destination dies while the source writes -> ChannelError on write', async () => {
+  const listener = await listenIncoming('tcp:127.0.0.1:0');
+  const [source, destination] = await Promise.all([connectOutgoing(listener.address), listener.accept()]);
+  const writer = new StreamWriter(source.output!);
+  const sending = (async () => {
+    for (let i = 0; i < 256; i++) {
+      writer.bytes(randomBytes(1 << 20));
+      await writer.drain();
+    }
+  })();
+  await new Promise((resolve) => setTimeout(resolve, 30));
+  destination.abort(); // unread data in its buffer: the kernel answers with a reset
+  await assert.rejects(sending, ChannelError);
+  await assert.rejects(source.input!.read(), ChannelError);
+  source.abort();
+});
+
+test('connect failures and cancel', async () => {
+  const port = await closedPort();
+  await assert.rejects(
+    connectOutgoing(`tcp:127.0.0.1:${port}`),
+    (err: unknown) => err instanceof TransportError && err.code === 'connect-failed' && /ECONNREFUSED/.test(err.message),
+  );
+  await assert.rejects(connectOutgoing(`unix:${join(dir, 'nobody.sock')}`), (err: unknown) => err instanceof TransportError && err.code === 'connect-failed');
+
+  // Aborted before, and during, the connect.
+  const listener = await listenIncoming('tcp:127.0.0.1:0');
+  await assert.rejects(connectOutgoing(listener.address, { signal: AbortSignal.abort() }), (err: unknown) => err instanceof TransportError && err.code === 'aborted');
+  const controller = new AbortController();
+  const connecting = connectOutgoing(listener.address, { signal: controller.signal });
+  controller.abort();
+  await assert.rejects(connecting, (err: unknown) => err instanceof TransportError && err.code === 'aborted');
+  await assert.rejects(connectOutgoing('exec:cat > /dev/null', { signal: AbortSignal.abort() }), /aborted/);
+
+  // accept() can be cancelled too, and a later accept() still works.
+  const acceptController = new AbortController();
+  const accepting = listener.accept({ signal: acceptController.signal });
+  acceptController.abort();
+  await assert.rejects(accepting, (err: unknown) => err instanceof TransportError && err.code === 'aborted');
+  await listener.close();
+});
+
+test('abort() makes a pending read and write reject at once', async () => {
+  const listener = await listenIncoming('tcp:127.0.0.1:0');
+  const [source, destination] = await Promise.all([connectOutgoing(listener.address), listener.accept()]);
+  const pendingRead = source.input!.read(); // the return path: nothing comes
+  // Fill the socket until a write has to wait for the destination, which never reads.
+  let pendingWrite: Promise<void> | undefined;
+  for (let i = 0; i < 1024 && !pendingWrite; i++) {
+    const write = source.output!.write(new Uint8Array(1 << 20));
+    const done = await Promise.race([write.then(() => true), new Promise((resolve) => setTimeout(resolve, 5, false))]);
+    if (!done) pendingWrite = write;
+  }
+  assert.ok(pendingWrite, 'a write should block');
+  const started = Date.now();
+  source.abort('cancelled by user');
+  await assert.rejects(pendingRead, (err: unknown) => err instanceof ChannelError && /cancelled by user/.test(err.message));
+  await assert.rejects(pendingWrite, ChannelError);
+  await assert.rejects(source.output!.write(new Uint8Array(1)), ChannelError);
+  assert.ok(Date.now() - started < 200);
+  await source.close(); // cleanup after abort does not throw
+  // The destination sees the end of the data that arrived, then an end or an error, never a hang.
+  const reader = destination.input!;
+  await assert.rejects(
+    (async () => {
+      for (;;) if ((await reader.read()) === null) throw new ChannelError('clean end');
+    })(),
+    ChannelError,
+  );
+  await destination.close().catch(() => {});
+  await listener.close();
+});
