@@ -3,6 +3,7 @@
 import { Command } from 'commander';
 import { analyzeCommand } from './analyze-command.js';
 import { demoCommand } from './demo-command.js';
+import { runCommand } from './run-command.js';
 
 const program = new Command();
 program.name('livemig').description('Live migration of virtual machines, wire-compatible with QEMU 7.2').version('0.1.0');
@@ -24,6 +25,26 @@ program
   .option('--keep <file>', 'keep the stream in FILE')
   .action(async (options: { ramMib: string; keep?: string }) => {
     process.exitCode = await demoCommand(options);
+  });
+
+const collect = (value: string, previous: string[]): string[] => [...previous, value];
+program
+  .command('run')
+  .description('run a machine; with --incoming wait for a migration into it, with --migrate-to migrate it away')
+  .option('--machine <kind>', 'guest type: test', 'test')
+  .option('--ram <size>', 'guest RAM (e.g. 128M, 1G)', '128M')
+  .option('--incoming <uri>', 'wait for a migration on URI (tcp:HOST:PORT, unix:PATH, exec:CMD, file:PATH)')
+  .option('--migrate-to <uri>', 'migrate the running guest to URI')
+  .option('--migrate-after-ms <ms>', 'let the guest run this long before migrating', '1000')
+  .option('--dirty-rate <pages>', 'test machine: cap on pages written per second (0 = unlimited)', '0')
+  .option('--pattern <pattern>', 'test machine: sequential or random page order', 'sequential')
+  .option('--param <name=value>', 'migration parameter, e.g. downtime-limit=300 (repeatable)', collect, [])
+  .option('--cap <name[=on|off]>', 'migration capability, e.g. xbzrle (repeatable)', collect, [])
+  .option('--json', 'print JSON events, one per line')
+  .option('--exit-after-ms <ms>', 'exit this long after the guest runs (default: run until SIGINT/SIGTERM)')
+  .action(async (options) => {
+    process.exitCode = await runCommand(options);
+    process.exit();
   });
 
 program.parseAsync().catch((err: unknown) => {

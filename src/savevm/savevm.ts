@@ -7,7 +7,7 @@
  * EOF and the JSON trailer). When to call each phase is the migration loop's
  * business, not this module's.
  */
-import { formatVmdescJson, vmdescDevice, vmstateSave, vmstateSectionNeeded, type VmdescDevice } from '../vmstate/index.js';
+import { formatVmdescJson, vmdescDevice, vmstateFixedSizeBytes, vmstateSave, vmstateSectionNeeded, type VmdescDevice } from '../vmstate/index.js';
 import {
   SectionType,
   TARGET_PAGE_SIZE,
@@ -48,6 +48,22 @@ export class SaveVmState {
 
   private iterativeEntries(): SaveStateEntry[] {
     return this.registry.entries().filter((e) => e.isIterative && this.active(e));
+  }
+
+  /**
+   * Bytes the FULL sections will take at completion, estimated from the
+   * descriptions (values may be unreadable while the guest runs): what the
+   * guest's pause must also carry besides the remaining RAM.
+   */
+  deviceStateBytesEstimate(): number {
+    let bytes = 1 + (this.sendVmdesc ? 5 + 1024 : 0); // EOF, trailer header and a typical trailer
+    for (const entry of this.registry.entries()) {
+      if (entry.isIterative) continue;
+      const header = 1 + 4 + 1 + new TextEncoder().encode(entry.idstr).length + 4 + 4 + 5;
+      if (entry.vmsd) bytes += header + vmstateFixedSizeBytes(entry.vmsd);
+      else if (entry.handlers?.saveState) bytes += header;
+    }
+    return bytes;
   }
 
   /** File header and configuration section. */

@@ -36,3 +36,4 @@ export {
   type AnalyzedValue,
   type VmdescDecodeOptions,
 } from './vmdesc-decoder.js';
+export { vmstateFixedSizeBytes } from './size.js';

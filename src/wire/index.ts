@@ -4,3 +4,4 @@ export * from './errors.js';
 export * from './reader.js';
 export * from './writer.js';
 export * from './framing.js';
+export * from './return-path.js';

@@ -1,0 +1,128 @@
+/**
+ * `livemig run --machine test`: run a guest; with `--incoming URI` wait for a
+ * migration into it; with `--migrate-to URI` migrate it away once it runs.
+ *
+ * With `--json` every line on stdout is one JSON event (for scripts and the
+ * demo); otherwise lines are for people.
+ */
+import { createTestMachine, type TestMachine, type TestPattern } from '../machine/index.js';
+import { IncomingMigration, OutgoingMigration } from '../migration/index.js';
+import { formatBytes } from './format.js';
+import { parseSize } from './size.js';
+
+export interface RunOptions {
+  machine: string;
+  ram: string;
+  incoming?: string;
+  migrateTo?: string;
+  migrateAfterMs: string;
+  dirtyRate: string;
+  pattern: string;
+  param: string[];
+  cap: string[];
+  json?: boolean;
+  exitAfterMs?: string;
+}
+
+function parseParam(text: string): [string, number] {
+  const m = /^([a-z-]+)=(\d+)$/.exec(text);
+  if (!m) throw new Error(`--param expects NAME=INTEGER, got '${text}'`);
+  return [m[1]!, Number(m[2])];
+}
+
+function parseCap(text: string): [string, boolean] {
+  const m = /^([a-z-]+)(?:=(on|off|true|false))?$/.exec(text);
+  if (!m) throw new Error(`--cap expects NAME or NAME=on|off, got '${text}'`);
+  return [m[1]!, m[2] === undefined || m[2] === 'on' || m[2] === 'true'];
+}
+
+export async function runCommand(options: RunOptions): Promise<number> {
+  if (options.machine !== 'test') throw new Error(`unknown machine '${options.machine}' (available: test)`);
+  if (options.incoming && options.migrateTo) throw new Error('--incoming and --migrate-to exclude each other');
+  const pattern = options.pattern as TestPattern;
+  if (pattern !== 'sequential' && pattern !== 'random') throw new Error(`--pattern: sequential or random, got '${options.pattern}'`);
+  const emit = (event: string, data: Record<string, unknown>, human: string): void => {
+    process.stdout.write(options.json ? JSON.stringify({ event, ...data }) + '\n' : human + '\n');
+  };
+  const machine = await createTestMachine({
+    ramSizeBytes: parseSize(options.ram, '--ram'),
+    pattern,
+    dirtyRatePagesPerSecond: Number(options.dirtyRate),
+    incoming: options.incoming !== undefined,
+  });
+  let serialBytes = 0;
+  machine.serial.on('data', (chunk: Buffer) => {
+    serialBytes += chunk.length;
+    if (!options.json) process.stdout.write(chunk.toString('latin1'));
+  });
+  const stop = new Promise<number>((resolve) => {
+    process.once('SIGINT', () => resolve(130));
+    process.once('SIGTERM', () => resolve(0));
+    if (options.exitAfterMs !== undefined) setTimeout(() => resolve(0), Number(options.exitAfterMs)).unref();
+  });
+  const guestTicker = setInterval(() => {
+    const s = machine.stats();
+    emit('guest', { running: machine.running, passes: s.passes, pagesWritten: s.pagesWritten, serialBytes }, `[guest] ${machine.running ? 'running' : 'paused'}, ${s.passes} passes, ${serialBytes} serial bytes`);
+  }, 500);
+  try {
+    if (options.incoming) return await runIncoming(machine, options.incoming, emit, stop);
+    if (options.migrateTo) return await runOutgoing(machine, options, emit, () => serialBytes);
+    emit('running', { machine: machine.machineName, ramBytes: machine.memory.length }, `guest running: ${formatBytes(machine.memory.length)} of RAM; Ctrl-C stops it`);
+    return await stop;
+  } finally {
+    clearInterval(guestTicker);
+    await machine.destroy();
+  }
+}
+
+type Emit = (event: string, data: Record<string, unknown>, human: string) => void;
+
+async function runIncoming(machine: TestMachine, uri: string, emit: Emit, stop: Promise<number>): Promise<number> {
+  const incoming = new IncomingMigration(machine);
+  const address = await incoming.listen(uri);
+  emit('listening', { address }, `waiting for a migration on ${address}`);
+  incoming.on('loaded', () => {
+    const check = machine.checkMemory();
+    emit('loaded', { ramHash: machine.ramHash(), memoryCheck: check, cpu: { ...machine.cpuState() } }, `state loaded; memory check ${check.ok ? 'passed' : `FAILED: ${check.reason}`}`);
+  });
+  const result = await incoming.run();
+  if (result.status === 'failed') {
+    emit('failed', { error: result.error?.message }, `incoming migration failed: ${result.error?.message}`);
+    process.stderr.write(`livemig: incoming migration failed: ${result.error?.message}\n`);
+    return 1;
+  }
+  emit('resumed', { started: result.started, loadTimeMs: Math.round(result.loadTimeMs), bytes: result.bytes }, `migration completed: ${formatBytes(result.bytes)} received; guest ${result.started ? 'running' : 'left paused'}`);
+  return stop;
+}
+
+async function runOutgoing(machine: TestMachine, options: RunOptions, emit: Emit, serialBytes: () => number): Promise<number> {
+  const migration = new OutgoingMigration(machine);
+  migration.setParameters(Object.fromEntries(options.param.map(parseParam)));
+  migration.setCapabilities(Object.fromEntries(options.cap.map(parseCap)));
+  await new Promise((r) => setTimeout(r, Number(options.migrateAfterMs)));
+  migration.on('status', (status) => emit('status', { status }, `migration: ${status}`));
+  migration.on('pass', (pass) => emit('pass', { pass }, `migration: pass ${pass}`));
+  migration.start(options.migrateTo!);
+  const progress = setInterval(() => emit('progress', { info: migration.query() }, progressLine(migration)), 200);
+  const status = await migration.finished;
+  clearInterval(progress);
+  const info = migration.query();
+  if (status !== 'completed') {
+    emit(status, { info }, `migration ${status}: ${info['error-desc'] ?? ''}`);
+    return 1;
+  }
+  emit('completed', { info, switchover: migration.switchover, ramHash: machine.ramHash(), serialBytes: serialBytes(), passes: machine.stats().passes }, summary(info));
+  return 0;
+}
+
+function progressLine(m: OutgoingMigration): string {
+  const q = m.query();
+  const r = q.ram;
+  if (!r) return `migration: ${q.status}`;
+  return `migration: ${q.status}, pass ${r['dirty-sync-count']}, ${formatBytes(r.transferred)} sent, ${formatBytes(r.remaining)} remaining, ${r.mbps.toFixed(0)} Mbit/s, dirty ${r['dirty-pages-rate']} pages/s`;
+}
+
+function summary(q: ReturnType<OutgoingMigration['query']>): string {
+  const r = q.ram!;
+  return `migration completed in ${q['total-time']} ms: downtime ${q.downtime} ms, ${r['dirty-sync-count']} passes, ${formatBytes(r.transferred)} sent, ${r.mbps.toFixed(0)} Mbit/s`;
+}

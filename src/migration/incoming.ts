@@ -1,0 +1,112 @@
+/**
+ * The destination side: QEMU's process_incoming_migration. Accept a channel,
+ * load the stream into a paused machine, and start the guest only when the
+ * whole stream loaded; then confirm to the source over the return path
+ * (SHUT 0). On any failure the guest is never started and the source is told
+ * (SHUT 1) when it can be.
+ */
+import { EventEmitter } from 'node:events';
+import type { Machine } from '../machine/machine.js';
+import { FixedRamBlockTable, RAM_IDSTR, RAM_SECTION_VERSION, RamLoadHandler } from '../ram/index.js';
+import { createGlobalState, globalStateVmsd, loadVmState, SaveStateRegistry } from '../savevm/index.js';
+import { listenIncoming, type IncomingListener, type MigrationChannel } from '../transport/index.js';
+import { MigCommand, StreamError, StreamReader, StreamWriter, writePong, writeShut } from '../wire/index.js';
+
+export type IncomingStatus = 'none' | 'setup' | 'active' | 'completed' | 'failed';
+
+export interface IncomingResult {
+  status: 'completed' | 'failed';
+  error?: Error;
+  /** Whether the guest was started (false when the source had it paused, or on failure). */
+  started: boolean;
+  /** ms from the first byte to the guest running. */
+  loadTimeMs: number;
+  bytes: number;
+}
+
+export class IncomingMigration extends EventEmitter<{ status: [IncomingStatus]; loaded: []; resume: [] }> {
+  status: IncomingStatus = 'none';
+  private listener: IncomingListener | undefined;
+
+  constructor(private readonly machine: Machine) {
+    super();
+  }
+
+  private setStatus(status: IncomingStatus): void {
+    this.status = status;
+    this.emit('status', status);
+  }
+
+  /** Listen on `uri`; resolves with the actual address (tcp port 0 becomes a real port). */
+  async listen(uri: string): Promise<string> {
+    if (this.status !== 'none') throw new Error('migrate-incoming can only be used once');
+    this.listener = await listenIncoming(uri);
+    this.setStatus('setup');
+    return this.listener.address;
+  }
+
+  /** Accept the source, load, start the guest. Never throws: the result says how it went. */
+  async run(): Promise<IncomingResult> {
+    if (!this.listener) throw new Error('listen() first');
+    const started = performance.now();
+    let channel: MigrationChannel | undefined;
+    let reader: StreamReader | undefined;
+    let returnPath: StreamWriter | undefined;
+    try {
+      channel = await this.listener.accept();
+      this.setStatus('active');
+      reader = new StreamReader(channel.input!);
+      const registry = new SaveStateRegistry();
+      const ram = new RamLoadHandler(new FixedRamBlockTable(this.machine.ramBlocks()));
+      registry.register({ idstr: RAM_IDSTR, version: RAM_SECTION_VERSION, handlers: ram });
+      this.machine.registerDevices(registry);
+      const globalState = createGlobalState();
+      registry.register({ idstr: 'globalstate', vmsd: globalStateVmsd, opaque: globalState });
+      const output = channel.output;
+      await loadVmState(reader, registry, {
+        machineName: this.machine.machineName,
+        onCommand: async (command) => {
+          if (command.command === MigCommand.OpenReturnPath) {
+            if (!output) throw new StreamError('unsupported-command', 'OPEN_RETURN_PATH on a one-way channel', { offset: command.offset });
+            returnPath ??= new StreamWriter(output, 512);
+          } else if (command.command === MigCommand.Ping) {
+            if (!returnPath) throw new StreamError('bad-command', 'PING without a return path', { offset: command.offset });
+            writePong(returnPath, new DataView(command.payload.buffer, command.payload.byteOffset, 4).getUint32(0));
+            await returnPath.flush();
+          } else {
+            throw new StreamError('unsupported-command', `command ${command.name} is not supported`, { offset: command.offset });
+          }
+        },
+      });
+      // The whole stream is in: start the guest unless the source had it paused (L11).
+      const start = !globalState.received || globalState.state === 'running';
+      this.emit('loaded'); // synchronous: listeners see the RAM exactly as loaded
+      if (start) {
+        this.machine.resume();
+        this.emit('resume');
+      }
+      const loadTimeMs = performance.now() - started;
+      if (returnPath) {
+        writeShut(returnPath, 0);
+        await returnPath.close().catch(() => {});
+      }
+      await channel.close().catch(() => {});
+      this.setStatus('completed');
+      return { status: 'completed', started: start, loadTimeMs, bytes: reader.offset };
+    } catch (err) {
+      if (returnPath) {
+        try {
+          writeShut(returnPath, 1);
+          await returnPath.flush();
+        } catch {
+          /* the source may be gone already */
+        }
+      }
+      channel?.abort(err);
+      this.setStatus('failed');
+      return { status: 'failed', error: err as Error, started: false, loadTimeMs: performance.now() - started, bytes: reader?.offset ?? 0 };
+    } finally {
+      await this.listener.close().catch(() => {});
+    }
+  }
+}

@@ -1,0 +1,5 @@
+export * from './incoming.js';
+export * from './outgoing.js';
+export * from './parameters.js';
+export * from './rate-window.js';
+export * from './state.js';

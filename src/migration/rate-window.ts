@@ -1,0 +1,44 @@
+/**
+ * Bandwidth measured over ~100 ms windows and the per-window rate limit,
+ * as QEMU's migration thread (BUFFER_DELAY, XFER_LIMIT_RATIO).
+ */
+export const WINDOW_MS = 100;
+
+export class RateWindow {
+  private startMs: number;
+  private startBytes: number;
+  private startPages: number;
+  /** Throughput of the last closed window, bytes per ms (0 until one closes, as QEMU). */
+  bandwidthBytesPerMs = 0;
+  mbps = 0;
+  pagesPerSecond = 0;
+
+  constructor(nowMs: number, bytes: number, pages: number) {
+    this.startMs = nowMs;
+    this.startBytes = bytes;
+    this.startPages = pages;
+  }
+
+  /** Bytes the window may still carry under `maxBandwidth` (bytes/s, 0 = unlimited). */
+  overBudget(bytesNow: number, maxBandwidthBytesPerSecond: number): boolean {
+    return maxBandwidthBytesPerSecond > 0 && bytesNow - this.startBytes >= maxBandwidthBytesPerSecond / (1000 / WINDOW_MS);
+  }
+
+  msUntilEnd(nowMs: number): number {
+    return Math.max(0, this.startMs + WINDOW_MS - nowMs);
+  }
+
+  /** Close the window if 100 ms passed; returns true when it did. */
+  maybeClose(nowMs: number, bytesNow: number, pagesNow: number): boolean {
+    const elapsedMs = nowMs - this.startMs;
+    if (elapsedMs < WINDOW_MS) return false;
+    const bytes = bytesNow - this.startBytes;
+    this.bandwidthBytesPerMs = bytes / elapsedMs;
+    this.mbps = (bytes * 8) / (elapsedMs / 1000) / 1e6;
+    this.pagesPerSecond = (pagesNow - this.startPages) / (elapsedMs / 1000);
+    this.startMs = nowMs;
+    this.startBytes = bytesNow;
+    this.startPages = pagesNow;
+    return true;
+  }
+}
