@@ -97,7 +97,15 @@ export class IncomingMigration extends EventEmitter<{ status: [IncomingStatus]; 
       if (returnPath) {
         try {
           writeShut(returnPath, 1);
-          await returnPath.flush();
+          await returnPath.close();
+          // Keep reading (and dropping) what the source still sends for a moment:
+          // closing with unread data would reset the connection and could lose
+          // the SHUT before the source reads it.
+          const input = channel!.input!;
+          const drain = (async () => {
+            while ((await input.read()) !== null);
+          })().catch(() => {});
+          await Promise.race([drain, new Promise((r) => setTimeout(r, 1000).unref())]);
         } catch {
           /* the source may be gone already */
         }

@@ -312,7 +312,14 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
       await returnPath;
       this.transition('completed');
       return 'completed';
-    } catch (err) {
+    } catch (caught) {
+      let err = caught;
+      if (returnPath && !(err instanceof Cancelled) && !this.cancelRequested) {
+        // A destination that rejects the stream says so (SHUT 1) and closes; our
+        // write may fail first. Give its message a moment to arrive: it is the reason.
+        await Promise.race([returnPath, new Promise((r) => setTimeout(r, 500).unref())]);
+        if (this.returnPathFailure && /SHUT/.test(this.returnPathFailure.message)) err = this.returnPathFailure;
+      }
       this.channel?.abort(err);
       await returnPath?.catch(() => {});
       const cancelled = err instanceof Cancelled || this.cancelRequested;
@@ -344,7 +351,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
           if (message === null) throw new Error('the destination closed the connection before confirming');
           if (message.type === 'shut') {
             resolveShut(message.value);
-            if (message.value !== 0) throw new Error(`the destination failed to load the state (SHUT ${message.value})`);
+            if (message.value !== 0) throw new Error(`the destination rejected the stream or failed to load it (SHUT ${message.value}); see its log for the reason`);
             return;
           }
           // PONG: liveness only, as in QEMU 7.2.
@@ -355,7 +362,12 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
         resolveShut(-1);
       }
     })();
-    return { returnPath, shut: shut.then((v) => { if (v === -1) throw this.returnPathFailure!; return v; }) };
+    const checkedShut = shut.then((v) => {
+      if (v === -1) throw this.returnPathFailure!;
+      return v;
+    });
+    checkedShut.catch(() => {}); // awaited only on the success path; failures surface through returnPathFailure
+    return { returnPath, shut: checkedShut };
   }
 
   /** `query-migrate`. */
