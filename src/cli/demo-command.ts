@@ -1,124 +1,116 @@
 /**
- * `livemig demo`: the three phases end to end on a synthetic VM.
+ * `livemig demo` (also `npm start`): a live migration between two processes.
  *
- * The source is a RAM block with mixed content (random, zero and text pages)
- * plus the `globalstate` device. Between iterations the demo writes to guest
- * pages the way a running guest would, so later passes resend them (as
- * XBZRLE deltas). The stream goes through a real file; the destination loads
- * it into its own RAM and the demo checks both sides byte for byte, then
- * prints what `livemig analyze` sees in the stream.
- * (A guest that really runs during the copy is the test machine, issue 3.)
+ * Starts a destination (`livemig run --incoming tcp:127.0.0.1:0`) and a source
+ * (`livemig run --migrate-to ...`) as child processes, migrates the running
+ * test machine over loopback TCP with a live progress line, prints the summary
+ * and the memory-consistency verdict, and shows the destination's guest still
+ * running afterwards.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { randomFillSync } from 'node:crypto';
-import { analyzeFile } from '../analyze/analyze-stream.js';
-import { DenseRamBlock, FixedRamBlockTable, RAM_IDSTR, RAM_SECTION_VERSION, RamLoadHandler, RamSaveHandler } from '../ram/index.js';
-import { createGlobalState, globalStateVmsd, loadVmState, SaveStateRegistry, SaveVmState, storeGlobalState } from '../savevm/index.js';
-import { FileSink, FileSource, StreamReader, StreamWriter, TARGET_PAGE_SIZE } from '../wire/index.js';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
 import { formatBytes } from './format.js';
 
-const MACHINE_NAME = 'none';
-const BYTES_PER_ITERATION = 8 << 20;
+type Event = { event: string } & Record<string, any>;
 
-function fillGuestRam(ram: Uint8Array): void {
-  const pages = ram.length / TARGET_PAGE_SIZE;
-  for (let page = 0; page < pages; page++) {
-    const at = page * TARGET_PAGE_SIZE;
-    const kind = page % 8;
-    if (kind < 3) randomFillSync(ram, at, TARGET_PAGE_SIZE);
-    else if (kind < 5) ram.fill(0, at, at + TARGET_PAGE_SIZE);
-    else ram.set(new TextEncoder().encode(`page ${page} of the livemig demo guest `.repeat(60).slice(0, TARGET_PAGE_SIZE)), at);
-  }
-}
+const cliPath = fileURLToPath(new URL('./main.js', import.meta.url));
 
-/** What a running guest does between passes: bump a counter in every 16th page (its working set). */
-function guestWrites(ram: Uint8Array, save: RamSaveHandler): number {
-  const pages = ram.length / TARGET_PAGE_SIZE;
-  let written = 0;
-  for (let page = 0; page < pages; page += 16) {
-    ram[page * TARGET_PAGE_SIZE + 64] = (ram[page * TARGET_PAGE_SIZE + 64]! + 1) & 0xff;
-    save.markDirty(RAM_IDSTR, page);
-    written++;
-  }
-  return written;
-}
-
-export async function demoCommand(options: { ramMib: string; keep?: string }): Promise<number> {
-  const ramMib = Number(options.ramMib);
-  if (!Number.isInteger(ramMib) || ramMib < 1 || ramMib > 4096) throw new Error(`--ram-mib must be an integer from 1 to 4096, got '${options.ramMib}'`);
-  const dir = await mkdtemp(join(tmpdir(), 'livemig-demo-'));
-  const streamPath = options.keep ?? join(dir, 'demo.mig');
-  try {
-    const log = (s: string): boolean => process.stdout.write(s + '\n');
-    log(`livemig demo: ${ramMib} MiB guest, machine '${MACHINE_NAME}', stream ${streamPath}`);
-
-    // Source.
-    const sourceRam = new Uint8Array(ramMib << 20);
-    fillGuestRam(sourceRam);
-    const ramSave = new RamSaveHandler([new DenseRamBlock(RAM_IDSTR, sourceRam)], { xbzrle: true, maxIterateMs: Infinity });
-    const source = new SaveStateRegistry();
-    source.register({ idstr: RAM_IDSTR, version: RAM_SECTION_VERSION, handlers: ramSave });
-    const sourceGlobal = createGlobalState();
-    source.register({ idstr: 'globalstate', vmsd: globalStateVmsd, opaque: sourceGlobal });
-
-    const started = performance.now();
-    const out = new StreamWriter(await FileSink.create(streamPath));
-    const save = new SaveVmState(source, out, { configuration: { machineName: MACHINE_NAME } });
-    await save.writeHeader();
-    await save.setup();
-    log(`setup:    ${formatBytes(await save.pendingBytes(true))} pending (every page dirty)`);
-    let passes = 0;
-    for (let round = 0; round < 40; round++) {
-      const budgetEnd = out.bytesWritten + BYTES_PER_ITERATION;
-      const done = await save.iterate(() => out.bytesWritten >= budgetEnd);
-      const pending = await save.pendingBytes(true);
-      if (done) {
-        passes++;
-        if (passes >= 3) break;
-        const written = guestWrites(sourceRam, ramSave);
-        log(`iterate:  pass ${passes} done; the guest wrote ${written} page(s) meanwhile`);
-      } else {
-        log(`iterate:  ${formatBytes(out.bytesWritten)} sent, ${formatBytes(pending)} pending`);
-      }
-    }
-    storeGlobalState(sourceGlobal, 'running');
-    log(`complete: guest stopped, ${formatBytes(await save.pendingBytes(true))} left to send`);
-    await save.completePrecopy();
-    await save.cleanup();
-    await out.close();
-    const stats = ramSave.stats;
-    log(`stream:   ${formatBytes(out.bytesWritten)} in ${(performance.now() - started).toFixed(0)} ms; ` +
-      `${stats.normalPages} normal, ${stats.duplicatePages} zero, ${stats.xbzrle.pages} xbzrle page(s)`);
-
-    // Destination.
-    const destinationRam = new Uint8Array(ramMib << 20);
-    const destination = new SaveStateRegistry();
-    destination.register({ idstr: RAM_IDSTR, version: RAM_SECTION_VERSION, handlers: new RamLoadHandler(new FixedRamBlockTable([new DenseRamBlock(RAM_IDSTR, destinationRam)])) });
-    const destinationGlobal = createGlobalState();
-    destination.register({ idstr: 'globalstate', vmsd: globalStateVmsd, opaque: destinationGlobal });
-    const loadStarted = performance.now();
-    const input = new StreamReader(await FileSource.open(streamPath));
+function startChild(args: string[], onEvent: (e: Event) => void): { child: ChildProcess; exited: Promise<number | null>; stderr: () => string } {
+  const child = spawn(process.execPath, [cliPath, 'run', '--json', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  child.stderr!.setEncoding('utf8').on('data', (s: string) => (stderr += s));
+  createInterface({ input: child.stdout! }).on('line', (line) => {
     try {
-      await loadVmState(input, destination, { machineName: MACHINE_NAME });
-    } finally {
-      await input.close();
+      onEvent(JSON.parse(line) as Event);
+    } catch {
+      /* not an event */
     }
-    const same = Buffer.compare(Buffer.from(sourceRam.buffer), Buffer.from(destinationRam.buffer)) === 0;
-    log(`load:     ${(performance.now() - loadStarted).toFixed(0)} ms; destination run state '${destinationGlobal.state}'; RAM ${same ? 'identical to the source' : 'DIFFERS from the source'}`);
+  });
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  return { child, exited, stderr: () => stderr };
+}
 
-    const { analysis } = await analyzeFile(streamPath, { keepRam: false });
-    const counts = new Map<string, number>();
-    for (const s of analysis.sections) counts.set(s.type, (counts.get(s.type) ?? 0) + 1);
-    log(`analyze:  ${[...counts].map(([t, n]) => `${n} ${t}`).join(', ')}; devices ${analysis.devices.map((d) => d.name).join(', ')}`);
-    if (!same || analysis.error) {
-      log(`demo FAILED${analysis.error ? `: ${analysis.error.message}` : ''}`);
+export async function demoCommand(options: { ram: string; dirtyRate: string }): Promise<number> {
+  const log = (s: string): void => void process.stdout.write(s + '\n');
+  const tty = process.stdout.isTTY === true;
+  const common = ['--machine', 'test', '--ram', options.ram];
+  log(`livemig demo: a ${options.ram} test machine writing ${options.dirtyRate} pages/s, migrated live over loopback TCP`);
+
+  let destinationEvents: Event[] = [];
+  let wake: () => void = () => {};
+  const destination = startChild([...common, '--incoming', 'tcp:127.0.0.1:0'], (e) => {
+    destinationEvents.push(e);
+    wake();
+  });
+  const next = async (test: (e: Event) => boolean, timeoutMs = 120_000): Promise<Event> => {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const found = destinationEvents.find(test);
+      if (found) return found;
+      if (destination.child.exitCode !== null) throw new Error(`the destination exited: ${destination.stderr().trim()}`);
+      if (Date.now() > deadline) throw new Error('the destination did not answer in time');
+      await new Promise<void>((resolve) => {
+        wake = resolve;
+        setTimeout(resolve, 250).unref();
+      });
+    }
+  };
+  let sourceChild: ChildProcess | undefined;
+  try {
+    const { address } = await next((e) => e.event === 'listening');
+    log(`destination: pid ${destination.child.pid}, waiting on ${address}`);
+
+    let completed: Event | undefined;
+    let failure: Event | undefined;
+    const source = startChild([...common, '--dirty-rate', options.dirtyRate, '--migrate-to', address, '--migrate-after-ms', '1500'], (e) => {
+      if (e.event === 'running' || e.event === 'status') return;
+      if (e.event === 'progress') {
+        const q = e.info;
+        const r = q.ram;
+        const line = r
+          ? `  ${q.status.padEnd(8)} pass ${r['dirty-sync-count']}  sent ${formatBytes(r.transferred).padStart(9)}  remaining ${formatBytes(r.remaining).padStart(9)}  ${r.mbps.toFixed(0).padStart(5)} Mbit/s  dirty ${r['dirty-pages-rate']} pages/s  expected downtime ${q['expected-downtime'] ?? '-'} ms`
+          : `  ${q.status}`;
+        process.stdout.write(tty ? `\r${line}\x1b[K` : line + '\n');
+      } else if (e.event === 'completed') completed = e;
+      else if (e.event === 'failed' || e.event === 'cancelled') failure = e;
+    });
+    sourceChild = source.child;
+    log(`source:      pid ${source.child.pid}, guest running; migrating in 1.5 s`);
+    const sourceExit = await source.exited;
+    if (tty) process.stdout.write('\n');
+    if (!completed) {
+      log(`migration failed: ${failure?.info?.['error-desc'] ?? source.stderr().trim() ?? `source exited ${sourceExit}`}`);
       return 1;
     }
-    log('demo OK');
-    return 0;
+    const q = completed.info;
+    const r = q.ram;
+    log('');
+    log(`migration completed`);
+    log(`  total time   ${q['total-time']} ms (setup ${q['setup-time']} ms)`);
+    log(`  downtime     ${q.downtime} ms (limit ${completed.switchover?.downtimeLimitMs} ms; measured until the destination confirmed its guest runs)`);
+    log(`  passes       ${r['dirty-sync-count']}`);
+    log(`  sent         ${formatBytes(r.transferred)}: ${r.normal} normal pages, ${r.duplicate} zero pages`);
+    log(`  throughput   ${r.mbps.toFixed(0)} Mbit/s average`);
+
+    const loaded = await next((e) => e.event === 'loaded');
+    const sameRam = loaded.ramHash === completed.ramHash;
+    const check = loaded.memoryCheck;
+    log('');
+    log(`memory check (QEMU's: first byte of every page equal, one drop by 1 at the vCPU position): ${check.ok ? 'PASSED' : `FAILED: ${check.reason}`}`);
+    log(`destination RAM at resume ${sameRam ? 'equals' : 'DIFFERS FROM'} source RAM at stop (sha256 ${String(loaded.ramHash).slice(0, 16)}...)`);
+
+    await next((e) => e.event === 'resumed');
+    const firstTick = await next((e) => e.event === 'guest' && e.running === true);
+    destinationEvents = destinationEvents.slice(destinationEvents.indexOf(firstTick) + 1);
+    const laterTick = await next((e) => e.event === 'guest' && e.passes > firstTick.passes + 2);
+    log(`destination guest still running: pass ${firstTick.passes} -> ${laterTick.passes}, serial output ${firstTick.serialBytes} -> ${laterTick.serialBytes} bytes`);
+    const ok = check.ok && sameRam;
+    log(ok ? 'demo OK' : 'demo FAILED');
+    return ok ? 0 : 1;
   } finally {
-    await rm(dir, { recursive: true, force: true });
+    sourceChild?.kill('SIGTERM');
+    destination.child.kill('SIGTERM');
+    await destination.exited;
   }
 }

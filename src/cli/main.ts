@@ -20,10 +20,10 @@ program
 
 program
   .command('demo')
-  .description('migrate a synthetic VM through a stream file and check the destination, then analyze the stream')
-  .option('--ram-mib <n>', 'guest RAM in MiB', '64')
-  .option('--keep <file>', 'keep the stream in FILE')
-  .action(async (options: { ramMib: string; keep?: string }) => {
+  .description('migrate a running test machine between two processes over loopback TCP, with live progress')
+  .option('--ram <size>', 'guest RAM', '256M')
+  .option('--dirty-rate <pages>', 'pages the guest writes per second', '50000')
+  .action(async (options: { ram: string; dirtyRate: string }) => {
     process.exitCode = await demoCommand(options);
   });
 
