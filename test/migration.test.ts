@@ -118,6 +118,8 @@ test('convergence: a dirty rate above max-bandwidth stays active until the limit
     assert.equal(migration.status, 'active', 'does not converge: the guest dirties faster than 40 MiB/s');
     const q = migration.query();
     assert.ok(q.ram!.remaining > 10 << 20, `much remains: ${q.ram!.remaining}`);
+    // The rate limit holds: 40 MiB/s is 335 Mbit/s (allow for window rounding).
+    assert.ok(q.ram!.mbps > 0 && q.ram!.mbps < 335 * 1.3, `throughput ${q.ram!.mbps} Mbit/s under max-bandwidth`);
     // What QEMU's tests do: raise the limits so that it can converge.
     migration.setParameters({ 'max-bandwidth': 0, 'downtime-limit': 20_000 });
     assert.equal(await migration.finished, 'completed', migration.query()['error-desc']);
@@ -288,6 +290,27 @@ test('file: snapshot of a running machine, analyzed, then restored in a new proc
     const resumed = await restored.waitFor('resumed');
     assert.equal(resumed.started, true);
     await restored.waitFor('guest', (e) => e.passes > cpuAtStop.passCount);
+  } finally {
+    await restored?.stop();
+    await machine.destroy();
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('exec: migrate through a shell pipeline into a compressed file, and back', { timeout: 120_000 }, async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'livemig-exec-'));
+  const machine = await sourceMachine();
+  let restored: LivemigProcess | undefined;
+  try {
+    const path = join(dir, 'vm.mig.gz');
+    const migration = new OutgoingMigration(machine);
+    migration.start(`exec:gzip -1 > ${path}`);
+    assert.equal(await migration.finished, 'completed', migration.query()['error-desc']);
+    restored = LivemigProcess.start(['--machine', 'test', '--ram', RAM, '--incoming', `exec:gzip -dc ${path}`]);
+    const loaded = await restored.waitFor('loaded');
+    assert.equal(loaded.ramHash, machine.ramHash());
+    assert.equal(loaded.memoryCheck.ok, true);
+    await restored.waitFor('resumed');
   } finally {
     await restored?.stop();
     await machine.destroy();
