@@ -17,18 +17,14 @@ import {
   type RamSaveOptions,
 } from '../src/ram/index.js';
 import { MemorySink, MemorySource, StreamError, StreamReader, StreamWriter } from '../src/wire/index.js';
+import { Prng } from './helpers/prng.js';
 
 const PAGE = 4096;
 
+/** Uniform [0, 1) numbers from the suite's seeded PRNG. */
 function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const prng = new Prng(seed);
+  return () => prng.next();
 }
 
 function context(kind: SectionKind): LoadSectionContext {

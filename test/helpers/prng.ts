@@ -16,6 +16,19 @@ export class Prng {
   int(n: number): number {
     return Math.floor(this.next() * n);
   }
+  /** Integer in [lo, hi]. */
+  range(lo: number, hi: number): number {
+    return lo + this.int(hi - lo + 1);
+  }
+  chance(p: number): boolean {
+    return this.next() < p;
+  }
+  /** A random unsigned integer of `bits` bits. */
+  bigBits(bits: number): bigint {
+    let v = 0n;
+    for (let i = 0; i < bits; i += 16) v = (v << 16n) | BigInt(this.int(0x10000));
+    return BigInt.asUintN(bits, v);
+  }
   bytes(n: number): Uint8Array {
     const out = new Uint8Array(n);
     for (let i = 0; i < n; i++) out[i] = this.int(256);
