@@ -6,7 +6,8 @@
  * demo); otherwise lines are for people.
  */
 import { createTestMachine, type TestMachine, type TestPattern } from '../machine/index.js';
-import { IncomingMigration, OutgoingMigration } from '../migration/index.js';
+import { OutgoingMigration } from '../migration/index.js';
+import { MachineMonitor } from '../monitor/machine-monitor.js';
 import { formatBytes } from './format.js';
 import { parseSize } from './size.js';
 
@@ -22,6 +23,7 @@ export interface RunOptions {
   cap: string[];
   json?: boolean;
   exitAfterMs?: string;
+  qmp?: string;
 }
 
 function parseParam(text: string): [string, number] {
@@ -55,9 +57,11 @@ export async function runCommand(options: RunOptions): Promise<number> {
     serialBytes += chunk.length;
     if (!options.json) process.stdout.write(chunk.toString('latin1'));
   });
+  const monitor = new MachineMonitor(machine, options.incoming !== undefined ? { incoming: options.incoming } : {});
   const stop = new Promise<number>((resolve) => {
     process.once('SIGINT', () => resolve(130));
     process.once('SIGTERM', () => resolve(0));
+    monitor.once('quit', () => resolve(0));
     if (options.exitAfterMs !== undefined) setTimeout(() => resolve(0), Number(options.exitAfterMs)).unref();
   });
   const guestTicker = setInterval(() => {
@@ -65,38 +69,48 @@ export async function runCommand(options: RunOptions): Promise<number> {
     emit('guest', { running: machine.running, passes: s.passes, pagesWritten: s.pagesWritten, serialBytes }, `[guest] ${machine.running ? 'running' : 'paused'}, ${s.passes} passes, ${serialBytes} serial bytes`);
   }, 500);
   try {
-    if (options.incoming) return await runIncoming(machine, options.incoming, emit, stop);
-    if (options.migrateTo) return await runOutgoing(machine, options, emit, () => serialBytes);
+    if (options.qmp) {
+      const address = await monitor.server.listen(options.qmp);
+      emit('qmp', { address }, `QMP monitor on ${address}`);
+    }
+    if (options.incoming) return await runIncoming(machine, monitor, options.incoming, emit, stop);
+    if (options.migrateTo) return await runOutgoing(machine, monitor.migration, options, emit, () => serialBytes);
     emit('running', { machine: machine.machineName, ramBytes: machine.memory.length }, `guest running: ${formatBytes(machine.memory.length)} of RAM; Ctrl-C stops it`);
     return await stop;
   } finally {
     clearInterval(guestTicker);
+    await monitor.server.close();
     await machine.destroy();
   }
 }
 
 type Emit = (event: string, data: Record<string, unknown>, human: string) => void;
 
-async function runIncoming(machine: TestMachine, uri: string, emit: Emit, stop: Promise<number>): Promise<number> {
-  const incoming = new IncomingMigration(machine);
-  const address = await incoming.listen(uri);
-  emit('listening', { address }, `waiting for a migration on ${address}`);
-  incoming.on('loaded', () => {
+async function runIncoming(machine: TestMachine, monitor: MachineMonitor, uri: string, emit: Emit, stop: Promise<number>): Promise<number> {
+  monitor.on('loaded', () => {
     const check = machine.checkMemory();
     emit('loaded', { ramHash: machine.ramHash(), memoryCheck: check, cpu: { ...machine.cpuState() } }, `state loaded; memory check ${check.ok ? 'passed' : `FAILED: ${check.reason}`}`);
   });
-  const result = await incoming.run();
-  if (result.status === 'failed') {
-    emit('failed', { error: result.error?.message }, `incoming migration failed: ${result.error?.message}`);
-    process.stderr.write(`livemig: incoming migration failed: ${result.error?.message}\n`);
-    return 1;
-  }
-  emit('resumed', { started: result.started, loadTimeMs: Math.round(result.loadTimeMs), bytes: result.bytes }, `migration completed: ${formatBytes(result.bytes)} received; guest ${result.started ? 'running' : 'left paused'}`);
-  return stop;
+  monitor.on('listening', (address) => emit('listening', { address }, `waiting for a migration on ${address}`));
+  const result = new Promise<number>((resolve) => {
+    monitor.once('incoming', (r) => {
+      if (r.status === 'failed') {
+        emit('failed', { error: r.error?.message }, `incoming migration failed: ${r.error?.message}`);
+        process.stderr.write(`livemig: incoming migration failed: ${r.error?.message}\n`);
+        resolve(1);
+        return;
+      }
+      emit('resumed', { started: r.started, loadTimeMs: Math.round(r.loadTimeMs), bytes: r.bytes }, `migration completed: ${formatBytes(r.bytes)} received; guest ${r.started ? 'running' : 'left paused'}`);
+      resolve(stop);
+    });
+  });
+  if (uri !== 'defer') await monitor.startIncoming(uri);
+  else emit('waiting', {}, 'waiting for migrate-incoming on the QMP monitor');
+  // QEMU 7.2 exits when an incoming migration fails; so do we. A quit or signal ends it too.
+  return Promise.race([result, stop]);
 }
 
-async function runOutgoing(machine: TestMachine, options: RunOptions, emit: Emit, serialBytes: () => number): Promise<number> {
-  const migration = new OutgoingMigration(machine);
+async function runOutgoing(machine: TestMachine, migration: OutgoingMigration, options: RunOptions, emit: Emit, serialBytes: () => number): Promise<number> {
   migration.setParameters(Object.fromEntries(options.param.map(parseParam)));
   migration.setCapabilities(Object.fromEntries(options.cap.map(parseCap)));
   await new Promise((r) => setTimeout(r, Number(options.migrateAfterMs)));

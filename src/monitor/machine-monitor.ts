@@ -1,0 +1,185 @@
+/**
+ * The QMP commands of a livemig machine, with QEMU's names, arguments, result
+ * fields and refusals, and its events (MIGRATION and MIGRATION_PASS with the
+ * `events` capability, STOP, RESUME).
+ */
+import { EventEmitter } from 'node:events';
+import type { Machine } from '../machine/machine.js';
+import {
+  ACTIVE_STATES,
+  DEFAULT_CAPABILITIES,
+  IncomingMigration,
+  OutgoingMigration,
+  type IncomingResult,
+  type MigrationCapabilities,
+} from '../migration/index.js';
+import { checkArguments } from './arguments.js';
+import { QmpCommandError, QmpServer, type QmpCommand } from './qmp-server.js';
+
+export type RunState = 'running' | 'paused' | 'inmigrate' | 'finish-migrate' | 'postmigrate';
+
+/** The QEMU version whose protocol we speak; the package names livemig. */
+export const QMP_VERSION = { qemu: { major: 7, minor: 2, micro: 0 }, package: 'livemig 0.1.0' };
+
+export interface MachineMonitorOptions {
+  /** `defer` to wait for `migrate-incoming`, a URI to listen at once, or undefined for a running machine. */
+  incoming?: string;
+}
+
+/** QEMU's SocketAddress for `query-migrate` `socket-address` on the destination. */
+function socketAddress(uri: string): Record<string, unknown> {
+  const tcp = /^tcp:\[?([^\]]*)\]?:(\d+)$/.exec(uri);
+  if (tcp) return { type: 'inet', host: tcp[1], port: tcp[2] };
+  if (uri.startsWith('unix:')) return { type: 'unix', path: uri.slice(5) };
+  return { type: 'other', uri };
+}
+
+export class MachineMonitor extends EventEmitter<{ quit: []; loaded: []; incoming: [IncomingResult]; listening: [string] }> {
+  readonly migration: OutgoingMigration;
+  readonly server: QmpServer;
+  runState: RunState;
+  private incoming: IncomingMigration | undefined;
+  private incomingStarted = false;
+  private incomingAddress: string | undefined;
+
+  constructor(private readonly machine: Machine, private readonly options: MachineMonitorOptions = {}) {
+    super();
+    this.runState = options.incoming !== undefined ? 'inmigrate' : machine.running ? 'running' : 'paused';
+    this.migration = new OutgoingMigration(machine);
+    this.server = new QmpServer({ version: QMP_VERSION, commands: this.commands() });
+    this.wireOutgoingEvents();
+  }
+
+  private get events(): boolean {
+    return this.migration.capabilities.events;
+  }
+
+  private wireOutgoingEvents(): void {
+    const m = this.migration;
+    m.on('status', (status) => {
+      if (this.events) this.server.emitEvent('MIGRATION', { status });
+      if (status === 'completed') this.runState = 'postmigrate';
+      if ((status === 'failed' || status === 'cancelled') && this.runState === 'finish-migrate') {
+        // The loop resumed the guest if it had stopped it.
+        this.setRunState(this.machine.running ? 'running' : 'paused');
+      }
+    });
+    m.on('pass', (pass) => {
+      if (this.events) this.server.emitEvent('MIGRATION_PASS', { pass });
+    });
+    m.on('stop', () => {
+      this.runState = 'finish-migrate';
+      this.server.emitEvent('STOP');
+    });
+  }
+
+  private setRunState(state: RunState): void {
+    const wasRunning = this.runState === 'running';
+    this.runState = state;
+    if (state === 'running' && !wasRunning) this.server.emitEvent('RESUME');
+    if (state !== 'running' && wasRunning) this.server.emitEvent('STOP');
+  }
+
+  /** Listen for the incoming migration and load it in the background. */
+  async startIncoming(uri: string): Promise<string> {
+    if (this.incomingStarted) throw new QmpCommandError('GenericError', 'The incoming migration has already been started');
+    this.incomingStarted = true;
+    const incoming = new IncomingMigration(this.machine);
+    this.incoming = incoming;
+    incoming.on('status', (status) => {
+      if (this.events) this.server.emitEvent('MIGRATION', { status });
+    });
+    incoming.on('loaded', () => this.emit('loaded'));
+    incoming.on('resume', () => this.setRunState('running'));
+    const address = await incoming.listen(uri);
+    this.incomingAddress = address;
+    this.emit('listening', address);
+    void incoming.run().then((result) => {
+      if (result.status === 'completed' && !result.started) this.runState = 'paused';
+      this.emit('incoming', result);
+    });
+    return address;
+  }
+
+  private commands(): Record<string, QmpCommand> {
+    const caps = (): MigrationCapabilities => this.migration.capabilities;
+    return {
+      migrate: async (args) => {
+        const a = checkArguments(args, { uri: 'string', blk: 'bool?', inc: 'bool?', detach: 'bool?', resume: 'bool?' });
+        if (this.runState === 'inmigrate') throw new QmpCommandError('GenericError', 'Guest is waiting for an incoming migration');
+        if (ACTIVE_STATES.has(this.migration.status)) throw new QmpCommandError('GenericError', "There's a migration process in progress");
+        if (this.runState === 'postmigrate') throw new QmpCommandError('GenericError', "Can't migrate the vm that was paused due to previous migration");
+        if (a.blk || a.inc) throw new QmpCommandError('GenericError', 'block migration is not supported yet');
+        if (a.resume) throw new QmpCommandError('GenericError', 'postcopy is not supported; there is nothing to resume');
+        this.migration.start(a.uri as string);
+        return {};
+      },
+      'migrate-incoming': async (args) => {
+        const a = checkArguments(args, { uri: 'string' });
+        if (this.options.incoming === undefined) throw new QmpCommandError('GenericError', "'-incoming' was not specified on the command line");
+        await this.startIncoming(a.uri as string);
+        return {};
+      },
+      'query-migrate': () => {
+        if (this.incoming) {
+          if (this.incoming.status === 'none') return {};
+          const info: Record<string, unknown> = { status: this.incoming.status };
+          if (this.incomingAddress) info['socket-address'] = [socketAddress(this.incomingAddress)];
+          return info;
+        }
+        return this.migration.query();
+      },
+      'migrate-set-capabilities': (args) => {
+        const a = checkArguments(args, { capabilities: 'array' });
+        const update: Record<string, boolean> = {};
+        for (const item of a.capabilities as unknown[]) {
+          const c = checkArguments((item ?? {}) as Record<string, unknown>, { capability: 'string', state: 'bool' });
+          if (!((c.capability as string) in DEFAULT_CAPABILITIES)) {
+            throw new QmpCommandError('GenericError', `Parameter 'capability' does not accept value '${c.capability}'`);
+          }
+          update[c.capability as string] = c.state as boolean;
+        }
+        this.migration.setCapabilities(update);
+        return {};
+      },
+      'query-migrate-capabilities': () => Object.entries(caps()).map(([capability, state]) => ({ capability, state })),
+      'migrate-set-parameters': (args) => {
+        this.migration.setParameters(args);
+        return {};
+      },
+      'query-migrate-parameters': () => ({ ...this.migration.parameters }),
+      migrate_cancel: () => {
+        this.migration.cancel();
+        return {};
+      },
+      'migrate-continue': (args) => {
+        const a = checkArguments(args, { state: 'string' });
+        if (this.migration.status !== a.state) throw new QmpCommandError('GenericError', `Migration not in expected state: ${this.migration.status}`);
+        this.migration.continue(this.migration.status);
+        return {};
+      },
+      'query-status': () => ({ status: this.runState, singlestep: false, running: this.runState === 'running' }),
+      stop: async (args) => {
+        checkArguments(args, {});
+        if (this.runState === 'inmigrate') throw new QmpCommandError('GenericError', 'Guest is waiting for an incoming migration');
+        if (this.machine.running) await this.machine.pause();
+        if (this.runState === 'running') this.setRunState('paused');
+        return {};
+      },
+      cont: (args) => {
+        checkArguments(args, {});
+        if (this.runState === 'inmigrate') throw new QmpCommandError('GenericError', 'Guest is waiting for an incoming migration; it starts when the migration completes');
+        if (this.runState === 'finish-migrate') throw new QmpCommandError('GenericError', 'Migration is in its final stage');
+        this.machine.resume();
+        this.setRunState('running');
+        return {};
+      },
+      quit: () => {
+        setTimeout(() => this.emit('quit'), 20);
+        return {};
+      },
+      'query-version': () => QMP_VERSION,
+      'query-commands': () => this.server.commandNames().map((name) => ({ name })),
+    };
+  }
+}
