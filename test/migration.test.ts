@@ -31,7 +31,7 @@ async function waitUntil(condition: () => boolean, timeoutMs = 30_000): Promise<
 }
 
 async function destination(uri = 'tcp:127.0.0.1:0', extra: string[] = []): Promise<{ dst: LivemigProcess; address: string }> {
-  const dst = LivemigProcess.start(['--machine', 'test', '--ram', RAM, '--incoming', uri, ...extra]);
+  const dst = LivemigProcess.start(['--machine', 'test', '--ram', RAM, '--incoming', uri, '--verify', ...extra]);
   const { address } = await dst.waitFor('listening');
   return { dst, address };
 }
@@ -281,7 +281,7 @@ test('file: snapshot of a running machine, analyzed, then restored in a new proc
     assert.equal(analysis.ram!.blocks[0]!.lengthBytes, RAM_BYTES);
     assert.deepEqual(analysis.devices.map((d) => d.name), ['test-cpu', 'test-serial', 'globalstate']);
 
-    restored = LivemigProcess.start(['--machine', 'test', '--ram', RAM, '--incoming', `file:${path}`]);
+    restored = LivemigProcess.start(['--machine', 'test', '--ram', RAM, '--incoming', `file:${path}`, '--verify']);
     const loaded = await restored.waitFor('loaded');
     assert.equal(loaded.ramHash, hashAtStop);
     assert.equal(loaded.cpu.passCount, cpuAtStop.passCount);
@@ -306,7 +306,7 @@ test('exec: migrate through a shell pipeline into a compressed file, and back', 
     const migration = new OutgoingMigration(machine);
     migration.start(`exec:gzip -1 > ${path}`);
     assert.equal(await migration.finished, 'completed', migration.query()['error-desc']);
-    restored = LivemigProcess.start(['--machine', 'test', '--ram', RAM, '--incoming', `exec:gzip -dc ${path}`]);
+    restored = LivemigProcess.start(['--machine', 'test', '--ram', RAM, '--incoming', `exec:gzip -dc ${path}`, '--verify']);
     const loaded = await restored.waitFor('loaded');
     assert.equal(loaded.ramHash, machine.ramHash());
     assert.equal(loaded.memoryCheck.ok, true);

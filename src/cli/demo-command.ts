@@ -39,7 +39,7 @@ export async function demoCommand(options: { ram: string; dirtyRate: string }): 
 
   let destinationEvents: Event[] = [];
   let wake: () => void = () => {};
-  const destination = startChild([...common, '--incoming', 'tcp:127.0.0.1:0'], (e) => {
+  const destination = startChild([...common, '--incoming', 'tcp:127.0.0.1:0', '--verify'], (e) => {
     destinationEvents.push(e);
     wake();
   });

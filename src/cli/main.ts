@@ -41,6 +41,7 @@ program
   .option('--pattern <pattern>', 'test machine: sequential or random page order', 'sequential')
   .option('--param <name=value>', 'migration parameter, e.g. downtime-limit=300 (repeatable)', collect, [])
   .option('--cap <name[=on|off]>', 'migration capability, e.g. xbzrle (repeatable)', collect, [])
+  .option('--verify', 'incoming: report the RAM hash and memory check of the state as loaded (costs a RAM copy in the downtime)')
   .option('--json', 'print JSON events, one per line')
   .option('--exit-after-ms <ms>', 'exit this long after the guest runs (default: run until SIGINT/SIGTERM)')
   .action(async (options) => {

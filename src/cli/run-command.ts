@@ -5,7 +5,7 @@
  * With `--json` every line on stdout is one JSON event (for scripts and the
  * demo); otherwise lines are for people.
  */
-import { createTestMachine, type TestMachine, type TestPattern } from '../machine/index.js';
+import { checkMemory, createTestMachine, ramSha256, type TestMachine, type TestPattern } from '../machine/index.js';
 import { OutgoingMigration } from '../migration/index.js';
 import { MachineMonitor } from '../monitor/machine-monitor.js';
 import { formatBytes } from './format.js';
@@ -24,6 +24,7 @@ export interface RunOptions {
   json?: boolean;
   exitAfterMs?: string;
   qmp?: string;
+  verify?: boolean;
 }
 
 function parseParam(text: string): [string, number] {
@@ -73,7 +74,7 @@ export async function runCommand(options: RunOptions): Promise<number> {
       const address = await monitor.server.listen(options.qmp);
       emit('qmp', { address }, `QMP monitor on ${address}`);
     }
-    if (options.incoming) return await runIncoming(machine, monitor, options.incoming, emit, stop);
+    if (options.incoming) return await runIncoming(machine, monitor, options.incoming, options.verify === true, emit, stop);
     if (options.migrateTo) return await runOutgoing(machine, monitor.migration, options, emit, () => serialBytes);
     emit('running', { machine: machine.machineName, ramBytes: machine.memory.length }, `guest running: ${formatBytes(machine.memory.length)} of RAM; Ctrl-C stops it`);
     return await stop;
@@ -86,10 +87,21 @@ export async function runCommand(options: RunOptions): Promise<number> {
 
 type Emit = (event: string, data: Record<string, unknown>, human: string) => void;
 
-async function runIncoming(machine: TestMachine, monitor: MachineMonitor, uri: string, emit: Emit, stop: Promise<number>): Promise<number> {
+async function runIncoming(machine: TestMachine, monitor: MachineMonitor, uri: string, verify: boolean, emit: Emit, stop: Promise<number>): Promise<number> {
+  // --verify: copy RAM as loaded into a buffer prepared in advance (a memcpy in
+  // the downtime), and hash and check the copy once the guest runs again.
+  const shadow = verify ? Buffer.alloc(machine.memory.length) : undefined;
   monitor.on('loaded', () => {
-    const check = machine.checkMemory();
-    emit('loaded', { ramHash: machine.ramHash(), memoryCheck: check, cpu: { ...machine.cpuState() } }, `state loaded; memory check ${check.ok ? 'passed' : `FAILED: ${check.reason}`}`);
+    const cpu = { ...machine.cpuState() };
+    if (!shadow) {
+      emit('loaded', { cpu }, 'state loaded');
+      return;
+    }
+    shadow.set(machine.memory);
+    setImmediate(() => {
+      const check = checkMemory(shadow, cpu.rangeStartBytes, cpu.rangeEndBytes);
+      emit('loaded', { ramHash: ramSha256(shadow), memoryCheck: check, cpu }, `state loaded; memory check ${check.ok ? 'passed' : `FAILED: ${check.reason}`}`);
+    });
   });
   monitor.on('listening', (address) => emit('listening', { address }, `waiting for a migration on ${address}`));
   const result = new Promise<number>((resolve) => {

@@ -252,6 +252,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
       };
       const window = new RateWindow(now(), out.bytesWritten, pagesSent());
       this.window = window;
+      let idleInWindow = false; // ran out of dirty pages during this window
       for (;;) {
         this.throwIfStopped();
         const downtimeLimitMs = params()['downtime-limit'];
@@ -266,8 +267,10 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
           break;
         }
         const allSent = await save.iterate(() => this.cancelRequested || this.returnPathFailure !== undefined || window.overBudget(out.bytesWritten, params()['max-bandwidth']));
+        idleInWindow ||= allSent;
         const t = now();
-        if (window.maybeClose(t, out.bytesWritten, pagesSent())) {
+        if (window.maybeClose(t, out.bytesWritten, pagesSent(), idleInWindow)) {
+          idleInWindow = false;
           if (window.bandwidthBytesPerMs > 0) this.expectedDowntimeMs = Math.round(pendingBytes / window.bandwidthBytesPerMs);
         } else if (window.overBudget(out.bytesWritten, params()['max-bandwidth'])) {
           await this.pause(window.msUntilEnd(t)); // rate limit: wait for the next window

@@ -28,12 +28,18 @@ export class RateWindow {
     return Math.max(0, this.startMs + WINDOW_MS - nowMs);
   }
 
-  /** Close the window if 100 ms passed; returns true when it did. */
-  maybeClose(nowMs: number, bytesNow: number, pagesNow: number): boolean {
+  /**
+   * Close the window if 100 ms passed; returns true when it did. A window in
+   * which the sender ran out of data (`idle`) says little about the link: it
+   * may raise the estimate but not lower it (QEMU lowers it, a known cause of
+   * migrations that do not switch over: reference 9.2).
+   */
+  maybeClose(nowMs: number, bytesNow: number, pagesNow: number, idle = false): boolean {
     const elapsedMs = nowMs - this.startMs;
     if (elapsedMs < WINDOW_MS) return false;
     const bytes = bytesNow - this.startBytes;
-    this.bandwidthBytesPerMs = bytes / elapsedMs;
+    const measured = bytes / elapsedMs;
+    if (!idle || measured > this.bandwidthBytesPerMs) this.bandwidthBytesPerMs = measured;
     this.mbps = (bytes * 8) / (elapsedMs / 1000) / 1e6;
     this.pagesPerSecond = (pagesNow - this.startPages) / (elapsedMs / 1000);
     this.startMs = nowMs;
