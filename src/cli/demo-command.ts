@@ -1,116 +1,130 @@
 /**
- * `livemig demo` (also `npm start`): a live migration between two processes.
+ * `livemig demo` (also `npm start`): a live migration between two processes,
+ * driven through their QMP monitors as management software would.
  *
- * Starts a destination (`livemig run --incoming tcp:127.0.0.1:0`) and a source
- * (`livemig run --migrate-to ...`) as child processes, migrates the running
- * test machine over loopback TCP with a live progress line, prints the summary
- * and the memory-consistency verdict, and shows the destination's guest still
- * running afterwards.
+ * Starts a destination (`livemig run --incoming defer --qmp ...`) and a source
+ * (`livemig run --qmp ...`) as child processes, issues `migrate-incoming` and
+ * `migrate` over QMP, draws a progress line from `query-migrate`, prints the
+ * summary and the memory-consistency verdict, and shows the destination's
+ * guest still running.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import { QmpClient } from '../monitor/qmp-client.js';
 import { formatBytes } from './format.js';
 
 type Event = { event: string } & Record<string, any>;
 
 const cliPath = fileURLToPath(new URL('./main.js', import.meta.url));
 
-function startChild(args: string[], onEvent: (e: Event) => void): { child: ChildProcess; exited: Promise<number | null>; stderr: () => string } {
-  const child = spawn(process.execPath, [cliPath, 'run', '--json', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stderr = '';
-  child.stderr!.setEncoding('utf8').on('data', (s: string) => (stderr += s));
-  createInterface({ input: child.stdout! }).on('line', (line) => {
-    try {
-      onEvent(JSON.parse(line) as Event);
-    } catch {
-      /* not an event */
+/** A `livemig run --json` child whose events we can wait for. */
+class Child {
+  readonly events: Event[] = [];
+  private stderr = '';
+  private wake: () => void = () => {};
+  readonly process: ChildProcess;
+  constructor(args: string[]) {
+    this.process = spawn(process.execPath, [cliPath, 'run', '--json', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    this.process.stderr!.setEncoding('utf8').on('data', (s: string) => (this.stderr += s));
+    createInterface({ input: this.process.stdout! }).on('line', (line) => {
+      try {
+        this.events.push(JSON.parse(line) as Event);
+        this.wake();
+      } catch {
+        /* not an event */
+      }
+    });
+  }
+  async next(test: (e: Event) => boolean, from = 0, timeoutMs = 120_000): Promise<Event> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const found = this.events.slice(from).find(test);
+      if (found) return found;
+      if (this.process.exitCode !== null) throw new Error(`a livemig process exited: ${this.stderr.trim()}`);
+      if (Date.now() > deadline) throw new Error('a livemig process did not answer in time');
+      await new Promise<void>((resolve) => {
+        this.wake = resolve;
+        setTimeout(resolve, 250).unref();
+      });
     }
-  });
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  return { child, exited, stderr: () => stderr };
+  }
 }
 
 export async function demoCommand(options: { ram: string; dirtyRate: string }): Promise<number> {
   const log = (s: string): void => void process.stdout.write(s + '\n');
   const tty = process.stdout.isTTY === true;
-  const common = ['--machine', 'test', '--ram', options.ram];
+  const dir = await mkdtemp(join(tmpdir(), 'livemig-demo-'));
+  const common = ['--machine', 'test', '--ram', options.ram, '--verify'];
   log(`livemig demo: a ${options.ram} test machine writing ${options.dirtyRate} pages/s, migrated live over loopback TCP`);
-
-  let destinationEvents: Event[] = [];
-  let wake: () => void = () => {};
-  const destination = startChild([...common, '--incoming', 'tcp:127.0.0.1:0', '--verify'], (e) => {
-    destinationEvents.push(e);
-    wake();
-  });
-  const next = async (test: (e: Event) => boolean, timeoutMs = 120_000): Promise<Event> => {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const found = destinationEvents.find(test);
-      if (found) return found;
-      if (destination.child.exitCode !== null) throw new Error(`the destination exited: ${destination.stderr().trim()}`);
-      if (Date.now() > deadline) throw new Error('the destination did not answer in time');
-      await new Promise<void>((resolve) => {
-        wake = resolve;
-        setTimeout(resolve, 250).unref();
-      });
-    }
-  };
-  let sourceChild: ChildProcess | undefined;
+  const destination = new Child([...common, '--incoming', 'defer', '--qmp', `unix:${join(dir, 'destination.qmp')}`]);
+  const source = new Child([...common, '--dirty-rate', options.dirtyRate, '--qmp', `unix:${join(dir, 'source.qmp')}`]);
+  const clients: QmpClient[] = [];
   try {
-    const { address } = await next((e) => e.event === 'listening');
-    log(`destination: pid ${destination.child.pid}, waiting on ${address}`);
+    await Promise.all([destination.next((e) => e.event === 'qmp'), source.next((e) => e.event === 'qmp')]);
+    const dst = await QmpClient.connect(`unix:${join(dir, 'destination.qmp')}`, { retryForMs: 5000 });
+    const src = await QmpClient.connect(`unix:${join(dir, 'source.qmp')}`, { retryForMs: 5000 });
+    clients.push(dst, src);
+    log(`destination: pid ${destination.process.pid}, QMP ${dst.uri}`);
+    log(`source:      pid ${source.process.pid}, QMP ${src.uri}, guest running`);
 
-    let completed: Event | undefined;
-    let failure: Event | undefined;
-    const source = startChild([...common, '--dirty-rate', options.dirtyRate, '--migrate-to', address, '--migrate-after-ms', '1500'], (e) => {
-      if (e.event === 'running' || e.event === 'status') return;
-      if (e.event === 'progress') {
-        const q = e.info;
-        const r = q.ram;
-        const line = r
-          ? `  ${q.status.padEnd(8)} pass ${r['dirty-sync-count']}  sent ${formatBytes(r.transferred).padStart(9)}  remaining ${formatBytes(r.remaining).padStart(9)}  ${r.mbps.toFixed(0).padStart(5)} Mbit/s  dirty ${r['dirty-pages-rate']} pages/s  expected downtime ${q['expected-downtime'] ?? '-'} ms`
-          : `  ${q.status}`;
+    await dst.execute('migrate-incoming', { uri: 'tcp:127.0.0.1:0' });
+    const listening = (await dst.execute('query-migrate')) as { 'socket-address': Array<{ host: string; port: string }> };
+    const { host, port } = listening['socket-address'][0]!;
+    const uri = `tcp:${host}:${port}`;
+    log(`> destination: migrate-incoming, listening on ${uri}`);
+    await new Promise((r) => setTimeout(r, 1000)); // let the guest run a moment first
+    await src.execute('migrate', { uri });
+    log(`> source: migrate ${uri}`);
+
+    let info: any;
+    for (;;) {
+      info = await src.execute('query-migrate');
+      const r = info.ram;
+      if (r) {
+        const line = `  ${String(info.status).padEnd(9)} pass ${r['dirty-sync-count']}  sent ${formatBytes(r.transferred).padStart(9)}  remaining ${formatBytes(r.remaining).padStart(9)}  ${r.mbps.toFixed(0).padStart(5)} Mbit/s  dirty ${r['dirty-pages-rate']} pages/s  expected downtime ${info['expected-downtime'] ?? '-'} ms`;
         process.stdout.write(tty ? `\r${line}\x1b[K` : line + '\n');
-      } else if (e.event === 'completed') completed = e;
-      else if (e.event === 'failed' || e.event === 'cancelled') failure = e;
-    });
-    sourceChild = source.child;
-    log(`source:      pid ${source.child.pid}, guest running; migrating in 1.5 s`);
-    const sourceExit = await source.exited;
+      }
+      if (['completed', 'failed', 'cancelled'].includes(info.status)) break;
+      await new Promise((r) => setTimeout(r, 150));
+    }
     if (tty) process.stdout.write('\n');
-    if (!completed) {
-      log(`migration failed: ${failure?.info?.['error-desc'] ?? source.stderr().trim() ?? `source exited ${sourceExit}`}`);
+    if (info.status !== 'completed') {
+      log(`migration ${info.status}: ${info['error-desc'] ?? ''}`);
       return 1;
     }
-    const q = completed.info;
-    const r = q.ram;
+    const r = info.ram;
     log('');
-    log(`migration completed`);
-    log(`  total time   ${q['total-time']} ms (setup ${q['setup-time']} ms)`);
-    log(`  downtime     ${q.downtime} ms (limit ${completed.switchover?.downtimeLimitMs} ms; measured until the destination confirmed its guest runs)`);
+    log('migration completed');
+    log(`  total time   ${info['total-time']} ms (setup ${info['setup-time']} ms)`);
+    log(`  downtime     ${info.downtime} ms (measured until the destination confirmed its guest runs)`);
     log(`  passes       ${r['dirty-sync-count']}`);
     log(`  sent         ${formatBytes(r.transferred)}: ${r.normal} normal pages, ${r.duplicate} zero pages`);
     log(`  throughput   ${r.mbps.toFixed(0)} Mbit/s average`);
 
-    const loaded = await next((e) => e.event === 'loaded');
-    const sameRam = loaded.ramHash === completed.ramHash;
+    const migrated = await source.next((e) => e.event === 'migrated');
+    const loaded = await destination.next((e) => e.event === 'loaded');
+    const sameRam = loaded.ramHash === migrated.ramHash;
     const check = loaded.memoryCheck;
     log('');
     log(`memory check (QEMU's: first byte of every page equal, one drop by 1 at the vCPU position): ${check.ok ? 'PASSED' : `FAILED: ${check.reason}`}`);
     log(`destination RAM at resume ${sameRam ? 'equals' : 'DIFFERS FROM'} source RAM at stop (sha256 ${String(loaded.ramHash).slice(0, 16)}...)`);
+    log(`> source: query-status -> ${((await src.execute('query-status')) as { status: string }).status}; destination: query-status -> ${((await dst.execute('query-status')) as { status: string }).status}`);
 
-    await next((e) => e.event === 'resumed');
-    const firstTick = await next((e) => e.event === 'guest' && e.running === true);
-    destinationEvents = destinationEvents.slice(destinationEvents.indexOf(firstTick) + 1);
-    const laterTick = await next((e) => e.event === 'guest' && e.passes > firstTick.passes + 2);
+    const from = destination.events.length;
+    const firstTick = await destination.next((e) => e.event === 'guest' && e.running === true, from);
+    const laterTick = await destination.next((e) => e.event === 'guest' && e.passes > firstTick.passes + 2, destination.events.indexOf(firstTick) + 1);
     log(`destination guest still running: pass ${firstTick.passes} -> ${laterTick.passes}, serial output ${firstTick.serialBytes} -> ${laterTick.serialBytes} bytes`);
     const ok = check.ok && sameRam;
     log(ok ? 'demo OK' : 'demo FAILED');
     return ok ? 0 : 1;
   } finally {
-    sourceChild?.kill('SIGTERM');
-    destination.child.kill('SIGTERM');
-    await destination.exited;
+    for (const c of clients) await c.close().catch(() => {});
+    source.process.kill('SIGTERM');
+    destination.process.kill('SIGTERM');
+    await rm(dir, { recursive: true, force: true });
   }
 }

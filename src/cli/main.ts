@@ -3,6 +3,7 @@
 import { Command } from 'commander';
 import { analyzeCommand } from './analyze-command.js';
 import { demoCommand } from './demo-command.js';
+import { registerMigrateCommands } from './migrate-command.js';
 import { runCommand } from './run-command.js';
 
 const program = new Command();
@@ -48,6 +49,8 @@ program
     process.exitCode = await runCommand(options);
     process.exit();
   });
+
+registerMigrateCommands(program);
 
 program.parseAsync().catch((err: unknown) => {
   process.stderr.write(`livemig: ${err instanceof Error ? err.message : String(err)}\n`);

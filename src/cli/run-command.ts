@@ -69,6 +69,11 @@ export async function runCommand(options: RunOptions): Promise<number> {
     const s = machine.stats();
     emit('guest', { running: machine.running, passes: s.passes, pagesWritten: s.pagesWritten, serialBytes }, `[guest] ${machine.running ? 'running' : 'paused'}, ${s.passes} passes, ${serialBytes} serial bytes`);
   }, 500);
+  // However a migration was started (QMP or --migrate-to), report what left:
+  // the source guest is stopped once it completed, so its RAM can be hashed outside the downtime.
+  monitor.migration.on('status', (status) => {
+    if (status === 'completed' && options.verify) emit('migrated', { ramHash: machine.ramHash() }, `source RAM at stop: sha256 ${machine.ramHash().slice(0, 16)}...`);
+  });
   try {
     if (options.qmp) {
       const address = await monitor.server.listen(options.qmp);

@@ -1,0 +1,485 @@
+/**
+ * `livemig migrate`, `livemig query`, `livemig cancel`: drive a migration through a QMP
+ * monitor — real QEMU's, or a livemig machine's `--qmp` — as a person would with QMP by
+ * hand, with a live progress display.
+ *
+ * Exit codes: 0 the migration completed (cancel: nothing runs any more);
+ * 1 it failed, was cancelled or `migrate` was refused (the reason on stderr);
+ * 2 bad arguments, settings the monitor rejected, or the monitor connection failed
+ *   (then the migration's outcome is unknown).
+ */
+import type { Command } from 'commander';
+import { performance } from 'node:perf_hooks';
+import { MIGRATION_FINAL_STATES, QmpClient, QmpError, type MigrationInfo, type QmpEvent } from '../monitor/qmp-client.js';
+import { parseSize } from './size.js';
+import { ProgressDisplay, buildReport, figuresOf, formatMigrationInfo, formatReport, reportJson } from './progress.js';
+
+export const DEFAULT_POLL_INTERVAL_MS = 250;
+/** `livemig cancel` gives up waiting for the migration to stop after this long. */
+export const DEFAULT_CANCEL_TIMEOUT_MS = 60_000;
+/**
+ * A final status seen before any sign that the new migration started may be the previous
+ * migration's (a server that sets `setup` only after answering `migrate`); it is believed
+ * after this long. QEMU 7.2 sets `setup` inside `migrate` and emits its event first.
+ */
+const STALE_STATUS_GRACE_MS = 1000;
+
+const collect = (value: string, previous: string[]): string[] => [...previous, value];
+
+export function registerMigrateCommands(program: Command): void {
+  program
+    .command('migrate')
+    .description('migrate a VM (QEMU, or livemig run --qmp) to DEST_URI through its QMP monitor, with live progress')
+    .argument('<dest-uri>', 'where the source sends its state: tcp:HOST:PORT, unix:PATH, exec:CMD, ...')
+    .requiredOption('--qmp <uri>', "the source's QMP monitor: unix:PATH or tcp:HOST:PORT")
+    .option('--cap <name[=on|off]>', 'set a migration capability first, e.g. xbzrle or auto-converge=on (repeatable)', collect, [])
+    .option('--param <name=value>', 'set a migration parameter first, e.g. max-bandwidth=100M, downtime-limit=300 (repeatable)', collect, [])
+    .option('--json', 'print each query-migrate snapshot as one JSON line, then a final summary line')
+    .option('--interval-ms <ms>', 'how often to ask query-migrate', String(DEFAULT_POLL_INTERVAL_MS))
+    .addHelpText(
+      'after',
+      '\nCtrl-C asks "Cancel the migration? [y/N]" (a second Ctrl-C at the question cancels at once);\n' +
+        'without a terminal to ask on, Ctrl-C cancels. Once the cancel is sent, Ctrl-C stops waiting for it.',
+    )
+    .action(async (destUri: string, options: MigrateOptions) => {
+      process.exitCode = await migrateCommand(destUri, options);
+    });
+
+  program
+    .command('query')
+    .description("show a VM's migration status (one query-migrate)")
+    .requiredOption('--qmp <uri>', 'the QMP monitor: unix:PATH or tcp:HOST:PORT')
+    .option('--json', 'print the query-migrate answer as JSON')
+    .action(async (options: { qmp: string; json?: boolean }) => {
+      process.exitCode = await queryCommand(options);
+    });
+
+  program
+    .command('cancel')
+    .description("cancel a VM's outgoing migration (migrate_cancel) and wait until it has stopped")
+    .requiredOption('--qmp <uri>', 'the QMP monitor: unix:PATH or tcp:HOST:PORT')
+    .option('--json', 'print the final query-migrate answer as JSON')
+    .option('--timeout-ms <ms>', 'give up waiting after this long', String(DEFAULT_CANCEL_TIMEOUT_MS))
+    .action(async (options: { qmp: string; json?: boolean; timeoutMs: string }) => {
+      process.exitCode = await cancelCommand(options);
+    });
+}
+
+export interface MigrateOptions {
+  qmp: string;
+  cap: string[];
+  param: string[];
+  json?: boolean;
+  intervalMs: string;
+}
+
+type Capability = { capability: string; state: boolean };
+
+const ON = new Set(['on', 'true', 'yes', '1']);
+const OFF = new Set(['off', 'false', 'no', '0']);
+
+/** `NAME`, `NAME=on`, `NAME=off` → QMP's capability list. */
+export function parseCapabilityArgs(args: string[]): Capability[] {
+  return args.map((arg) => {
+    const [name, value = 'on'] = splitOnce(arg);
+    if (!name) throw new Error(`--cap '${arg}': expected NAME or NAME=on|off`);
+    const v = value.toLowerCase();
+    if (!ON.has(v) && !OFF.has(v)) throw new Error(`--cap '${arg}': the value must be on or off`);
+    return { capability: name, state: ON.has(v) };
+  });
+}
+
+/* Parameter types of QEMU 7.2's MigrateSetParameters (facts 7.5); the rest are integers. */
+const BOOLEAN_PARAMS = new Set(['compress-wait-thread', 'cpu-throttle-tailslow', 'block-incremental']);
+const STRING_PARAMS = new Set(['tls-creds', 'tls-hostname', 'tls-authz', 'multifd-compression', 'mode', 'zero-page-detection']);
+const JSON_PARAMS = new Set(['block-bitmap-mapping']);
+/** Bytes or bytes/s: these also take suffixes (`100M` = 100 MiB), as a convenience; QMP wants a plain number. */
+const SIZE_PARAMS = new Set(['max-bandwidth', 'xbzrle-cache-size', 'max-postcopy-bandwidth', 'avail-switchover-bandwidth']);
+const INTEGER_PARAMS = new Set([
+  'announce-initial', 'announce-max', 'announce-rounds', 'announce-step', 'compress-level', 'compress-threads',
+  'decompress-threads', 'throttle-trigger-threshold', 'cpu-throttle-initial', 'cpu-throttle-increment',
+  'downtime-limit', 'x-checkpoint-delay', 'multifd-channels', 'max-cpu-throttle', 'multifd-zlib-level',
+  'multifd-zstd-level', 'x-vcpu-dirty-limit-period', 'vcpu-dirty-limit',
+]);
+
+/** `NAME=VALUE`... → `migrate-set-parameters` arguments, each value typed as the parameter takes it. */
+export function parseParameterArgs(args: string[]): Record<string, unknown> {
+  const params: Record<string, unknown> = {};
+  for (const arg of args) {
+    const [name, value] = splitOnce(arg);
+    if (!name || value === undefined) throw new Error(`--param '${arg}': expected NAME=VALUE`);
+    params[name] = parseParameterValue(name, value);
+  }
+  return params;
+}
+
+function parseParameterValue(name: string, value: string): unknown {
+  const where = `--param ${name}`;
+  const asBoolean = (): boolean => {
+    const v = value.toLowerCase();
+    if (ON.has(v)) return true;
+    if (OFF.has(v)) return false;
+    throw new Error(`${where}: '${value}' is not on/off/true/false`);
+  };
+  const asInteger = (): number => {
+    if (!/^-?\d+$/.test(value) || !Number.isSafeInteger(Number(value))) throw new Error(`${where}: '${value}' is not an integer`);
+    return Number(value);
+  };
+  const asJson = (): unknown => {
+    try {
+      return JSON.parse(value);
+    } catch {
+      throw new Error(`${where}: '${value}' is not JSON`);
+    }
+  };
+  if (BOOLEAN_PARAMS.has(name)) return asBoolean();
+  if (STRING_PARAMS.has(name)) return value;
+  if (JSON_PARAMS.has(name)) return asJson();
+  if (SIZE_PARAMS.has(name)) return parseSize(value, where);
+  if (INTEGER_PARAMS.has(name)) return asInteger();
+  // A parameter we do not know (a newer QEMU's): guess from the text, the monitor checks it.
+  if (/^-?\d+$/.test(value)) return asInteger();
+  if (ON.has(value.toLowerCase()) || OFF.has(value.toLowerCase())) return asBoolean();
+  if (/^[[{]/.test(value)) return asJson();
+  return value;
+}
+
+function splitOnce(arg: string): [string, string | undefined] {
+  const eq = arg.indexOf('=');
+  return eq < 0 ? [arg.trim(), undefined] : [arg.slice(0, eq).trim(), arg.slice(eq + 1)];
+}
+
+function parseMs(text: string, what: string, min: number): number {
+  if (!/^\d+$/.test(text) || Number(text) < min) throw new Error(`${what}: '${text}' must be an integer of at least ${min}`);
+  return Number(text);
+}
+
+const message = (err: unknown): string => (err instanceof Error ? err.message : String(err));
+const complain = (text: string): void => void process.stderr.write(`livemig: ${text}\n`);
+
+async function connectOrComplain(uri: string): Promise<QmpClient | undefined> {
+  try {
+    return await QmpClient.connect(uri);
+  } catch (err) {
+    complain(message(err));
+    return undefined;
+  }
+}
+
+// ---------- livemig migrate ----------
+
+export async function migrateCommand(destUri: string, options: MigrateOptions): Promise<number> {
+  let settings: RunSettings;
+  try {
+    const capabilities = parseCapabilityArgs(options.cap ?? []);
+    // MIGRATION / MIGRATION_PASS are emitted only with `events` (QEMU 7.2); respect an explicit events=off.
+    if (!capabilities.some((c) => c.capability === 'events')) capabilities.push({ capability: 'events', state: true });
+    settings = {
+      destUri,
+      capabilities,
+      parameters: parseParameterArgs(options.param ?? []),
+      json: options.json === true,
+      intervalMs: parseMs(options.intervalMs ?? String(DEFAULT_POLL_INTERVAL_MS), '--interval-ms', 10),
+    };
+  } catch (err) {
+    complain(message(err));
+    return 2;
+  }
+  const client = await connectOrComplain(options.qmp);
+  if (!client) return 2;
+  try {
+    return await new MigrationRun(client, settings).run();
+  } catch (err) {
+    complain(`${message(err)} (the migration's outcome is unknown)`);
+    return 2;
+  } finally {
+    await client.close();
+  }
+}
+
+interface RunSettings {
+  destUri: string;
+  capabilities: Capability[];
+  parameters: Record<string, unknown>;
+  json: boolean;
+  intervalMs: number;
+}
+
+type CancelState = 'none' | 'asking' | 'sent' | 'abandoned';
+
+/** One `migrate`: settings, start, poll and draw until a final state, Ctrl-C, report. */
+class MigrationRun {
+  private passFromEvents = 0;
+  private lastRam: MigrationInfo['ram'];
+  private startedAtMs = 0;
+  /** A non-final status was seen since `migrate` (so a final one is this migration's). */
+  private sawThisMigration = false;
+  private wakePoll: (() => void) | undefined;
+  private cancel: CancelState = 'none';
+  private closePrompt: (() => void) | undefined;
+  private readonly display: ProgressDisplay | undefined;
+  private readonly eventsOn: boolean;
+
+  constructor(
+    private readonly client: QmpClient,
+    private readonly settings: RunSettings,
+  ) {
+    this.display = settings.json ? undefined : new ProgressDisplay(process.stdout);
+    this.eventsOn = settings.capabilities.some((c) => c.capability === 'events' && c.state);
+  }
+
+  async run(): Promise<number> {
+    const { client, settings } = this;
+    try {
+      await client.execute('migrate-set-capabilities', { capabilities: settings.capabilities });
+      if (Object.keys(settings.parameters).length > 0) await client.execute('migrate-set-parameters', settings.parameters);
+    } catch (err) {
+      if (!(err instanceof QmpError)) throw err;
+      complain(`the monitor rejected the settings: ${err.message}`);
+      return 2;
+    }
+    const onEvent = (e: QmpEvent): void => this.onEvent(e);
+    const onSigint = (): void => this.onSigint();
+    client.on('event', onEvent);
+    process.on('SIGINT', onSigint);
+    try {
+      if (!settings.json) {
+        process.stdout.write(`Migrating ${client.uri} to ${settings.destUri} (Ctrl-C to cancel)\n`);
+      }
+      this.startedAtMs = performance.now();
+      try {
+        await client.execute('migrate', { uri: settings.destUri });
+      } catch (err) {
+        if (!(err instanceof QmpError)) throw err;
+        return this.finish({ status: 'failed', 'error-desc': err.desc }, `migrate refused: ${err.desc}`);
+      }
+      const last = await this.pollUntilFinal();
+      if (!last) {
+        complain('interrupted: migrate_cancel was sent, not waiting for the migration to stop');
+        return 1;
+      }
+      return this.finish(last);
+    } finally {
+      process.off('SIGINT', onSigint);
+      client.off('event', onEvent);
+      this.closePrompt?.();
+      this.display?.stop();
+    }
+  }
+
+  /** The last snapshot, in a final state; undefined if the user stopped waiting for a cancel. */
+  private async pollUntilFinal(): Promise<MigrationInfo | undefined> {
+    for (;;) {
+      const info = await this.client.execute<MigrationInfo>('query-migrate');
+      if (this.abandoned()) return undefined;
+      this.show(info);
+      const status = info.status ?? 'none';
+      const final = MIGRATION_FINAL_STATES.includes(status);
+      if (!final && status !== 'none') this.sawThisMigration = true;
+      if (final && (this.sawThisMigration || !this.eventsOn || this.elapsedMs() > STALE_STATUS_GRACE_MS)) return info;
+      // After a cancel, `none` means there was nothing to cancel.
+      if (status === 'none' && this.cancel === 'sent') return info;
+      await this.sleep(this.settings.intervalMs);
+      if (this.abandoned()) return undefined;
+    }
+  }
+
+  /** Ctrl-C after the cancel was sent: stop waiting. (A method, so TypeScript does not narrow it.) */
+  private abandoned(): boolean {
+    return this.cancel === 'abandoned';
+  }
+
+  private show(info: MigrationInfo): void {
+    if (info.ram) this.lastRam = info.ram;
+    if (this.settings.json) {
+      process.stdout.write(JSON.stringify(info) + '\n');
+      return;
+    }
+    this.display!.update(figuresOf(info, this.passFromEvents, this.elapsedMs()));
+  }
+
+  private finish(info: MigrationInfo, reason?: string): number {
+    // QEMU drops the RAM figures of a cancelled migration; what was sent until then still counts.
+    const withRam = info.ram || !this.lastRam ? info : { ...info, ram: this.lastRam };
+    const report = buildReport(withRam, this.passFromEvents, this.elapsedMs());
+    this.closePrompt?.();
+    this.display?.stop();
+    if (this.settings.json) process.stdout.write(JSON.stringify(reportJson(report)) + '\n');
+    else process.stdout.write(formatReport(report) + '\n');
+    if (report.status === 'completed') {
+      if (this.cancel === 'sent') complain('the migration completed before the cancel took effect');
+      return 0;
+    }
+    const why = reason ?? report.errorDesc ?? (this.cancel === 'sent' ? 'cancelled on request' : 'no reason given');
+    complain(`migration ${report.status}: ${why}`);
+    return 1;
+  }
+
+  private elapsedMs(): number {
+    return performance.now() - this.startedAtMs;
+  }
+
+  private onEvent(e: QmpEvent): void {
+    if (e.event === 'MIGRATION_PASS' && typeof e.data.pass === 'number') {
+      this.passFromEvents = Math.max(this.passFromEvents, e.data.pass);
+    } else if (e.event === 'MIGRATION' && typeof e.data.status === 'string') {
+      if (MIGRATION_FINAL_STATES.includes(e.data.status)) {
+        this.sawThisMigration = true; // an event after our `migrate` is about our migration
+        this.wakePoll?.(); // ask now rather than at the next tick
+      } else if (e.data.status !== 'none') {
+        this.sawThisMigration = true;
+      }
+    }
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(done, ms);
+      function done(): void {
+        clearTimeout(timer);
+        resolve();
+      }
+      this.wakePoll = done;
+    });
+  }
+
+  // ----- Ctrl-C -----
+
+  private onSigint(): void {
+    switch (this.cancel) {
+      case 'none':
+        if (process.stdin.isTTY) void this.ask();
+        else {
+          complain('interrupted: cancelling the migration (Ctrl-C again to stop waiting)');
+          void this.sendCancel();
+        }
+        return;
+      case 'asking': // (only if the terminal still sends signals while we read a key)
+        this.closePrompt?.();
+        void this.sendCancel();
+        return;
+      case 'sent':
+        this.cancel = 'abandoned';
+        this.wakePoll?.();
+        return;
+      case 'abandoned':
+        return;
+    }
+  }
+
+  private async ask(): Promise<void> {
+    this.cancel = 'asking';
+    this.display?.pause();
+    const out = this.display?.tty ? process.stdout : process.stderr;
+    const answer = await askKey(out, 'Cancel the migration? [y/N] ', (close) => (this.closePrompt = close));
+    this.closePrompt = undefined;
+    if (answer === 'closed' || this.cancel !== 'asking') return; // the migration ended meanwhile, or a signal decided
+    if (answer === 'yes' || answer === 'interrupt') {
+      await this.sendCancel();
+    } else {
+      this.cancel = 'none';
+      this.display?.resume();
+    }
+  }
+
+  private async sendCancel(): Promise<void> {
+    this.cancel = 'sent';
+    this.display?.resume();
+    this.display?.note('Cancelling the migration (Ctrl-C again to stop waiting)...');
+    try {
+      await this.client.execute('migrate_cancel');
+    } catch (err) {
+      complain(`migrate_cancel: ${message(err)}`);
+    }
+    this.wakePoll?.();
+  }
+}
+
+type Answer = 'yes' | 'no' | 'interrupt' | 'closed';
+
+/**
+ * Ask a yes/no question and read one key from the terminal in raw mode (no Enter needed).
+ * In raw mode Ctrl-C arrives as the byte 0x03 instead of SIGINT: that is the "second
+ * Ctrl-C", answered 'interrupt'. `onClose` receives a function that withdraws the question.
+ */
+function askKey(out: NodeJS.WriteStream, question: string, onClose: (close: () => void) => void): Promise<Answer> {
+  const stdin = process.stdin;
+  return new Promise((resolve) => {
+    let open = true;
+    const finish = (answer: Answer, echo: string): void => {
+      if (!open) return;
+      open = false;
+      stdin.off('data', onData);
+      if (stdin.isTTY) stdin.setRawMode(false);
+      stdin.pause();
+      out.write(echo + '\n');
+      resolve(answer);
+    };
+    const onData = (data: Buffer): void => {
+      const key = data.toString('utf8');
+      if (key.startsWith('\x03')) finish('interrupt', '^C');
+      else if (/^[yY]/.test(key)) finish('yes', 'y');
+      else finish('no', 'n - continuing');
+    };
+    out.write(`\n${question}`);
+    stdin.setRawMode(true);
+    stdin.on('data', onData);
+    stdin.resume();
+    onClose(() => finish('closed', ''));
+  });
+}
+
+// ---------- livemig query / cancel ----------
+
+export async function queryCommand(options: { qmp: string; json?: boolean }): Promise<number> {
+  const client = await connectOrComplain(options.qmp);
+  if (!client) return 2;
+  try {
+    const info = await client.execute<MigrationInfo>('query-migrate');
+    process.stdout.write((options.json ? JSON.stringify(info) : formatMigrationInfo(info)) + '\n');
+    return 0;
+  } catch (err) {
+    complain(message(err));
+    return 2;
+  } finally {
+    await client.close();
+  }
+}
+
+/** Statuses in which no outgoing migration runs (`none`: there never was one). */
+const SETTLED_STATES = new Set([...MIGRATION_FINAL_STATES, 'none']);
+
+export async function cancelCommand(options: { qmp: string; json?: boolean; timeoutMs?: string }): Promise<number> {
+  let timeoutMs: number;
+  try {
+    timeoutMs = parseMs(options.timeoutMs ?? String(DEFAULT_CANCEL_TIMEOUT_MS), '--timeout-ms', 0);
+  } catch (err) {
+    complain(message(err));
+    return 2;
+  }
+  const client = await connectOrComplain(options.qmp);
+  if (!client) return 2;
+  try {
+    await client.execute('migrate_cancel');
+    const deadline = performance.now() + timeoutMs;
+    for (;;) {
+      const info = await client.execute<MigrationInfo>('query-migrate');
+      const status = info.status ?? 'none';
+      if (SETTLED_STATES.has(status)) {
+        if (options.json) process.stdout.write(JSON.stringify(info) + '\n');
+        else process.stdout.write(`status: ${status}${info['error-desc'] ? ` (${info['error-desc']})` : ''}\n`);
+        return 0;
+      }
+      if (performance.now() > deadline) {
+        complain(`the migration is still ${status} ${timeoutMs} ms after migrate_cancel`);
+        return 1;
+      }
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  } catch (err) {
+    complain(message(err));
+    return 2;
+  } finally {
+    await client.close();
+  }
+}
