@@ -317,3 +317,37 @@ test('exec: migrate through a shell pipeline into a compressed file, and back', 
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+test('auto-converge: a guest that cannot converge does once throttled, within QEMU\'s rules', { timeout: 180_000 }, async () => {
+  const machine = await sourceMachine(40_000); // 160 MB/s of page writes, CPU-bound: slowed by the throttle
+  const { dst, address } = await destination();
+  try {
+    const migration = new OutgoingMigration(machine);
+    migration.setCapabilities({ 'auto-converge': true });
+    // QEMU's /migration/auto_converge settings: 5 % first, +25 %, at most 95 %.
+    migration.setParameters({ 'max-bandwidth': 40_000_000, 'downtime-limit': 300, 'cpu-throttle-initial': 5, 'cpu-throttle-increment': 25, 'max-cpu-throttle': 95 });
+    const throttles: Array<{ percent: number; pass: number }> = [];
+    migration.on('throttle', (percent, pass) => throttles.push({ percent, pass }));
+    let seenInInfo = 0;
+    const poll = setInterval(() => {
+      seenInInfo = Math.max(seenInInfo, migration.query()['cpu-throttle-percentage'] ?? 0);
+    }, 50);
+    migration.start(address);
+    const status = await migration.finished;
+    clearInterval(poll);
+    assert.equal(status, 'completed', migration.query()['error-desc']);
+    assert.ok(throttles.length >= 1, 'it had to throttle to converge');
+    assert.ok(throttles[0]!.percent >= 5, `first throttle ${throttles[0]!.percent} >= cpu-throttle-initial`);
+    assert.ok(throttles[0]!.pass >= 2, `throttling starts no earlier than the second pass (pass ${throttles[0]!.pass})`);
+    assert.ok(throttles.every((t) => t.percent <= 95), `never above max-cpu-throttle: ${JSON.stringify(throttles)}`);
+    assert.deepEqual(throttles.map((t) => t.percent), [...throttles.map((t) => t.percent)].sort((a, b) => a - b), 'only ever harder');
+    assert.ok(seenInInfo > 0, 'cpu-throttle-percentage shows in query-migrate while throttling');
+    assert.equal(machine.throttlePercent, 0, 'the throttle is lifted after the migration');
+    const loaded = await dst.waitFor('loaded');
+    assert.equal(loaded.memoryCheck.ok, true);
+    assert.equal(loaded.ramHash, machine.ramHash());
+  } finally {
+    await dst.stop();
+    await machine.destroy();
+  }
+});

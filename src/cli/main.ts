@@ -2,7 +2,7 @@
 /** The `livemig` command. */
 import { Command } from 'commander';
 import { analyzeCommand } from './analyze-command.js';
-import { demoCommand } from './demo-command.js';
+import { demoCommand, type DemoOptions } from './demo-command.js';
 import { registerMigrateCommands } from './migrate-command.js';
 import { runCommand } from './run-command.js';
 
@@ -22,9 +22,11 @@ program
 program
   .command('demo')
   .description('migrate a running test machine between two processes over loopback TCP, with live progress')
-  .option('--ram <size>', 'guest RAM', '256M')
-  .option('--dirty-rate <pages>', 'pages the guest writes per second', '50000')
-  .action(async (options: { ram: string; dirtyRate: string }) => {
+  .option('--machine <kind>', 'test (built-in) or v86 (an x86 PC)', 'test')
+  .option('--guest <guest>', 'v86: multiboot (default) or linux (after npm run images)')
+  .option('--ram <size>', 'guest RAM (default: 256M test, 32M v86 multiboot, 128M linux)')
+  .option('--dirty-rate <pages>', 'test machine: pages the guest writes per second', '50000')
+  .action(async (options: DemoOptions) => {
     process.exitCode = await demoCommand(options);
   });
 
@@ -32,7 +34,10 @@ const collect = (value: string, previous: string[]): string[] => [...previous, v
 program
   .command('run')
   .description('run a machine; with --incoming wait for a migration into it, with --migrate-to migrate it away')
-  .option('--machine <kind>', 'guest type: test', 'test')
+  .option('--machine <kind>', 'guest type: test (built-in) or v86 (an x86 PC)', 'test')
+  .option('--guest <guest>', 'v86: multiboot (our test kernel, the default) or linux (after npm run images)')
+  .option('--kernel <path>', 'v86: a multiboot kernel to boot instead of ours')
+  .option('--serial-stdin', 'type standard input into the serial console')
   .option('--ram <size>', 'guest RAM (e.g. 128M, 1G)', '128M')
   .option('--incoming <uri>', "wait for a migration on URI (tcp:HOST:PORT, unix:PATH, exec:CMD, file:PATH), or 'defer' for QMP migrate-incoming")
   .option('--qmp <uri>', 'serve the QMP monitor on unix:PATH or tcp:HOST:PORT')

@@ -5,10 +5,11 @@
  * With `--json` every line on stdout is one JSON event (for scripts and the
  * demo); otherwise lines are for people.
  */
-import { checkMemory, createTestMachine, ramSha256, type TestMachine, type TestPattern } from '../machine/index.js';
+import { checkMemory, ramSha256 } from '../machine/index.js';
 import { OutgoingMigration } from '../migration/index.js';
 import { MachineMonitor } from '../monitor/machine-monitor.js';
 import { formatBytes } from './format.js';
+import { createGuest, type Guest } from './guests.js';
 import { parseSize } from './size.js';
 
 export interface RunOptions {
@@ -25,6 +26,9 @@ export interface RunOptions {
   exitAfterMs?: string;
   qmp?: string;
   verify?: boolean;
+  guest?: string;
+  kernel?: string;
+  serialStdin?: boolean;
 }
 
 function parseParam(text: string): [string, number] {
@@ -40,23 +44,28 @@ function parseCap(text: string): [string, boolean] {
 }
 
 export async function runCommand(options: RunOptions): Promise<number> {
-  if (options.machine !== 'test') throw new Error(`unknown machine '${options.machine}' (available: test)`);
   if (options.incoming && options.migrateTo) throw new Error('--incoming and --migrate-to exclude each other');
-  const pattern = options.pattern as TestPattern;
-  if (pattern !== 'sequential' && pattern !== 'random') throw new Error(`--pattern: sequential or random, got '${options.pattern}'`);
   const emit = (event: string, data: Record<string, unknown>, human: string): void => {
     process.stdout.write(options.json ? JSON.stringify({ event, ...data }) + '\n' : human + '\n');
   };
-  const machine = await createTestMachine({
+  const guest = await createGuest({
+    machine: options.machine,
+    ...(options.guest !== undefined ? { guest: options.guest } : {}),
+    ...(options.kernel !== undefined ? { kernel: options.kernel } : {}),
     ramSizeBytes: parseSize(options.ram, '--ram'),
-    pattern,
-    dirtyRatePagesPerSecond: Number(options.dirtyRate),
     incoming: options.incoming !== undefined,
+    dirtyRatePagesPerSecond: Number(options.dirtyRate),
+    pattern: options.pattern,
   });
+  const machine = guest.machine;
+  if (options.serialStdin && guest.writeSerial) {
+    process.stdin.setEncoding('utf8').on('data', (text: string) => guest.writeSerial!(text));
+  }
   let serialBytes = 0;
   machine.serial.on('data', (chunk: Buffer) => {
     serialBytes += chunk.length;
     if (!options.json) process.stdout.write(chunk.toString('latin1'));
+    else emit('serial', { text: chunk.toString('latin1') }, '');
   });
   const monitor = new MachineMonitor(machine, options.incoming !== undefined ? { incoming: options.incoming } : {});
   const stop = new Promise<number>((resolve) => {
@@ -66,22 +75,23 @@ export async function runCommand(options: RunOptions): Promise<number> {
     if (options.exitAfterMs !== undefined) setTimeout(() => resolve(0), Number(options.exitAfterMs)).unref();
   });
   const guestTicker = setInterval(() => {
-    const s = machine.stats();
-    emit('guest', { running: machine.running, passes: s.passes, pagesWritten: s.pagesWritten, serialBytes }, `[guest] ${machine.running ? 'running' : 'paused'}, ${s.passes} passes, ${serialBytes} serial bytes`);
+    const progress = guest.progress();
+    const figures = Object.entries(progress).map(([k, v]) => `${k} ${v}`).join(', ');
+    emit('guest', { running: machine.running, ...progress, serialBytes }, `[guest] ${machine.running ? 'running' : 'paused'}, ${figures}, ${serialBytes} serial bytes`);
   }, 500);
   // However a migration was started (QMP or --migrate-to), report what left:
   // the source guest is stopped once it completed, so its RAM can be hashed outside the downtime.
   monitor.migration.on('status', (status) => {
-    if (status === 'completed' && options.verify) emit('migrated', { ramHash: machine.ramHash() }, `source RAM at stop: sha256 ${machine.ramHash().slice(0, 16)}...`);
+    if (status === 'completed' && options.verify) emit('migrated', { ramHash: guest.ramHash() }, `source RAM at stop: sha256 ${guest.ramHash().slice(0, 16)}...`);
   });
   try {
     if (options.qmp) {
       const address = await monitor.server.listen(options.qmp);
       emit('qmp', { address }, `QMP monitor on ${address}`);
     }
-    if (options.incoming) return await runIncoming(machine, monitor, options.incoming, options.verify === true, emit, stop);
-    if (options.migrateTo) return await runOutgoing(machine, monitor.migration, options, emit, () => serialBytes);
-    emit('running', { machine: machine.machineName, ramBytes: machine.memory.length }, `guest running: ${formatBytes(machine.memory.length)} of RAM; Ctrl-C stops it`);
+    if (options.incoming) return await runIncoming(guest, monitor, options.incoming, options.verify === true, emit, stop);
+    if (options.migrateTo) return await runOutgoing(guest, monitor.migration, options, emit, () => serialBytes);
+    emit('running', { machine: machine.machineName, ramBytes: guest.memory().length }, `guest running: ${formatBytes(guest.memory().length)} of RAM; Ctrl-C stops it`);
     return await stop;
   } finally {
     clearInterval(guestTicker);
@@ -92,20 +102,21 @@ export async function runCommand(options: RunOptions): Promise<number> {
 
 type Emit = (event: string, data: Record<string, unknown>, human: string) => void;
 
-async function runIncoming(machine: TestMachine, monitor: MachineMonitor, uri: string, verify: boolean, emit: Emit, stop: Promise<number>): Promise<number> {
+async function runIncoming(guest: Guest, monitor: MachineMonitor, uri: string, verify: boolean, emit: Emit, stop: Promise<number>): Promise<number> {
   // --verify: copy RAM as loaded into a buffer prepared in advance (a memcpy in
   // the downtime), and hash and check the copy once the guest runs again.
-  const shadow = verify ? Buffer.alloc(machine.memory.length) : undefined;
+  const shadow = verify ? Buffer.alloc(guest.memory().length) : undefined;
   monitor.on('loaded', () => {
-    const cpu = { ...machine.cpuState() };
+    const cpu = guest.cpu();
     if (!shadow) {
       emit('loaded', { cpu }, 'state loaded');
       return;
     }
-    shadow.set(machine.memory);
+    shadow.set(guest.memory());
+    const range = guest.checkRange();
     setImmediate(() => {
-      const check = checkMemory(shadow, cpu.rangeStartBytes, cpu.rangeEndBytes);
-      emit('loaded', { ramHash: ramSha256(shadow), memoryCheck: check, cpu }, `state loaded; memory check ${check.ok ? 'passed' : `FAILED: ${check.reason}`}`);
+      const check = range ? checkMemory(shadow, range.startBytes, range.endBytes) : undefined;
+      emit('loaded', { ramHash: ramSha256(shadow), ...(check ? { memoryCheck: check } : {}), cpu }, `state loaded; memory check ${!check ? 'not applicable' : check.ok ? 'passed' : `FAILED: ${check.reason}`}`);
     });
   });
   monitor.on('listening', (address) => emit('listening', { address }, `waiting for a migration on ${address}`));
@@ -127,7 +138,7 @@ async function runIncoming(machine: TestMachine, monitor: MachineMonitor, uri: s
   return Promise.race([result, stop]);
 }
 
-async function runOutgoing(machine: TestMachine, migration: OutgoingMigration, options: RunOptions, emit: Emit, serialBytes: () => number): Promise<number> {
+async function runOutgoing(guest: Guest, migration: OutgoingMigration, options: RunOptions, emit: Emit, serialBytes: () => number): Promise<number> {
   migration.setParameters(Object.fromEntries(options.param.map(parseParam)));
   migration.setCapabilities(Object.fromEntries(options.cap.map(parseCap)));
   await new Promise((r) => setTimeout(r, Number(options.migrateAfterMs)));
@@ -142,7 +153,7 @@ async function runOutgoing(machine: TestMachine, migration: OutgoingMigration, o
     emit(status, { info }, `migration ${status}: ${info['error-desc'] ?? ''}`);
     return 1;
   }
-  emit('completed', { info, switchover: migration.switchover, ramHash: machine.ramHash(), serialBytes: serialBytes(), passes: machine.stats().passes }, summary(info));
+  emit('completed', { info, switchover: migration.switchover, ramHash: guest.ramHash(), serialBytes: serialBytes(), ...guest.progress() }, summary(info));
   return 0;
 }
 

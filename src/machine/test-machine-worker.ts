@@ -225,7 +225,10 @@ function runVcpu(data: VcpuWorkerData): void {
         if (now - sliceStartMs >= (THROTTLE_SLICE_MS * (100 - throttlePercent)) / 100) {
           nap((THROTTLE_SLICE_MS * throttlePercent) / 100);
           sliceStartMs = performance.now();
-          lastRefillMs = Math.max(lastRefillMs, sliceStartMs - THROTTLE_SLICE_MS);
+          // The vCPU's time stands still while it is throttled: the dirty-rate budget
+          // accrues only while it runs, so a capped workload slows down by (100 - p) %
+          // like a CPU-bound guest under QEMU's throttle.
+          lastRefillMs = sliceStartMs;
           continue;
         }
       }

@@ -26,6 +26,7 @@ import {
   type MigrationCapabilities,
   type MigrationParameters,
 } from './parameters.js';
+import { AutoConverge } from './auto-converge.js';
 import { RateWindow } from './rate-window.js';
 import { ACTIVE_STATES, canTransition, type MigrationStatus } from './state.js';
 
@@ -74,6 +75,8 @@ export interface OutgoingMigrationEvents {
   status: [MigrationStatus];
   pass: [number];
   stop: [];
+  /** Auto-converge changed the guest's throttle: percentage, at which pass. */
+  throttle: [number, number];
 }
 
 class Cancelled extends Error {}
@@ -97,6 +100,8 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
   private dirtyPagesRate = 0;
   private periodStartMs = 0;
   private periodDirtyPages = 0;
+  private periodStartTransferredBytes = 0;
+  private autoConverge = new AutoConverge();
   private finalMbps: number | undefined;
   private channel: MigrationChannel | undefined;
   private cancelRequested = false;
@@ -198,12 +203,23 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
     });
     this.periodDirtyPages += newlyDirty;
     const t = now();
+    const stats = ram.stats;
     if (t - this.periodStartMs >= 1000) {
       this.dirtyPagesRate = Math.round((this.periodDirtyPages * 1000) / (t - this.periodStartMs));
+      // Not at setup's sync: throttling can start from the second pass on, as QEMU.
+      if (this.capabilities['auto-converge'] && this.currentStatus === 'active') {
+        const bytesDirtied = this.periodDirtyPages * TARGET_PAGE_SIZE;
+        const changed = this.autoConverge.onPeriod(bytesDirtied, stats.transferredBytes - this.periodStartTransferredBytes, this.parameters);
+        if (changed !== undefined) {
+          this.machine.setThrottle(changed);
+          this.emit('throttle', changed, stats.dirtySyncCount);
+        }
+      }
       this.periodStartMs = t;
       this.periodDirtyPages = 0;
+      this.periodStartTransferredBytes = stats.transferredBytes;
     }
-    this.emit('pass', ram.stats.dirtySyncCount);
+    this.emit('pass', stats.dirtySyncCount);
   }
 
   private async run(uri: string): Promise<MigrationStatus> {
@@ -239,6 +255,8 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
       }
       this.periodStartMs = now();
       this.periodDirtyPages = 0;
+      this.periodStartTransferredBytes = 0;
+      this.autoConverge = new AutoConverge();
       await save.setup();
       const deviceStateBytes = save.deviceStateBytesEstimate();
       this.setupTimeMs = Math.round(now() - this.startedMs);
@@ -338,6 +356,8 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
       this.transition('failed');
       return 'failed';
     } finally {
+      // The throttle only serves the migration; the guest runs at full speed again.
+      if (this.autoConverge.percent > 0) this.machine.setThrottle(0);
       this.channel = undefined;
       ram.saveCleanup();
     }
@@ -387,6 +407,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
       const x = this.ram.stats.xbzrle;
       info['xbzrle-cache'] = { 'cache-size': x.cacheSizeBytes, bytes: x.bytes, pages: x.pages, 'cache-miss': x.cacheMiss, overflow: x.overflow };
     }
+    if (this.autoConverge.percent > 0 && ACTIVE_STATES.has(this.currentStatus)) info['cpu-throttle-percentage'] = this.autoConverge.percent;
     if (this.errorDesc !== undefined) info['error-desc'] = this.errorDesc;
     return info;
   }

@@ -21,6 +21,8 @@ export interface MigrationParameters {
   'cpu-throttle-increment': number;
   'max-cpu-throttle': number;
   'throttle-trigger-threshold': number;
+  /** Auto-converge: raise the throttle by less than the increment when less is needed (QEMU: false). */
+  'cpu-throttle-tailslow': boolean;
 }
 
 export interface MigrationCapabilities {
@@ -45,6 +47,7 @@ export const DEFAULT_PARAMETERS: Readonly<MigrationParameters> = {
   'cpu-throttle-increment': 10,
   'max-cpu-throttle': 99,
   'throttle-trigger-threshold': 50,
+  'cpu-throttle-tailslow': false,
 };
 
 export const DEFAULT_CAPABILITIES: Readonly<MigrationCapabilities> = {
@@ -86,6 +89,10 @@ export function applyParameters(current: MigrationParameters, update: Partial<Re
         break;
       case 'throttle-trigger-threshold':
         next[name] = integerIn(name, value, 1, 100);
+        break;
+      case 'cpu-throttle-tailslow':
+        if (typeof value !== 'boolean') throw new RangeError(`Parameter '${name}' expects a boolean`);
+        next[name] = value;
         break;
       default:
         throw new RangeError(`Parameter '${name}' is unexpected`);

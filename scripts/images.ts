@@ -1,0 +1,256 @@
+/**
+ * `npm run images`: builds the Linux guest into images/linux/.
+ *
+ *  1. Debian bookworm i386 packages (the 6.1 686 kernel, busybox-static),
+ *     fetched with `apt-get download` and a private apt state directory
+ *     (images/.cache/apt): the system's apt configuration and state are
+ *     only read, never changed. Downloaded .debs are kept in
+ *     images/.cache/debs and reused (`--refresh` fetches again).
+ *  2. guests/linux/dirtier.c compiled with `gcc -m32 -static -O2` (libc), or
+ *     freestanding with raw system calls when no i386 libc is installed.
+ *  3. The initramfs (/init, busybox and its applet links, the dirtier),
+ *     packed by src/images/cpio.ts.
+ *  4. SeaBIOS (bios.bin, vgabios-stdvga.bin) from /usr/share/seabios, or
+ *     from Debian's `seabios` package fetched the same way.
+ *
+ * Output: images/linux/{vmlinuz,initramfs.cpio.gz,bios.bin,vgabios-stdvga.bin,manifest.json}.
+ * Usage: node dist/scripts/images.js [--refresh] [--out DIR]
+ */
+import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { type CpioEntry, writeInitramfs } from '../src/images/cpio.js';
+import { LINUX_IMAGE_FILES, type LinuxImageManifest, linuxCmdline } from '../src/images/linux-image.js';
+
+const run = promisify(execFile);
+const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const guestDir = join(repoRoot, 'guests', 'linux');
+/** Debian's seabios package installs here; LIVEMIG_SEABIOS_DIR overrides (a missing dir: fetch the package). */
+const SEABIOS_DIR = process.env['LIVEMIG_SEABIOS_DIR'] ?? '/usr/share/seabios';
+
+class BuildError extends Error {}
+
+const t0 = Date.now();
+const log = (msg: string): void => console.log(`[images ${((Date.now() - t0) / 1000).toFixed(1).padStart(5)}s] ${msg}`);
+
+async function sh(cmd: string, args: string[], opts: { cwd?: string } = {}): Promise<{ stdout: string; stderr: string }> {
+  try {
+    return await run(cmd, args, { maxBuffer: 64 << 20, ...opts });
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException & { stderr?: string; stdout?: string };
+    if (err.code === 'ENOENT') throw new BuildError(`${cmd} not found (needed to build the Linux guest)`);
+    const out = `${err.stderr ?? ''}${err.stdout ?? ''}`.trim().split('\n').slice(-15).join('\n');
+    throw Object.assign(new BuildError(`${cmd} ${args.join(' ')} failed:\n${out}`), { stdout: err.stdout ?? '', stderr: err.stderr ?? '' });
+  }
+}
+
+const exists = (p: string): Promise<boolean> => stat(p).then(() => true, () => false);
+
+/** apt-get/apt-cache options for a private, i386-only state in `dir`. */
+async function aptOptions(dir: string): Promise<string[]> {
+  for (const d of ['lists/partial', 'cache/archives/partial', 'preferences.d']) await mkdir(join(dir, d), { recursive: true });
+  if (!(await exists(join(dir, 'status')))) await writeFile(join(dir, 'status'), '');
+  const o = [
+    `Dir::State=${dir}`,
+    `Dir::State::Lists=${join(dir, 'lists')}`,
+    `Dir::State::status=${join(dir, 'status')}`,
+    `Dir::Cache=${join(dir, 'cache')}`,
+    `Dir::Etc::preferencesparts=${join(dir, 'preferences.d')}`,
+    'Dir::Etc::sourcelist=/etc/apt/sources.list',
+    'Dir::Etc::sourceparts=/etc/apt/sources.list.d',
+    'APT::Architecture=i386',
+    'APT::Architectures::=i386',
+    'Debug::NoLocking=1',
+    'Acquire::Languages=none',
+    'APT::Get::List-Cleanup=0',
+  ];
+  // apt's download sandbox user cannot write into our directories.
+  if (process.getuid?.() === 0) o.push('APT::Sandbox::User=root');
+  return o.flatMap((x) => ['-o', x]);
+}
+
+async function aptUpdate(opts: string[]): Promise<void> {
+  try {
+    await sh('apt-get', [...opts, '-q', 'update']);
+  } catch (e) {
+    if (!(e instanceof BuildError)) throw e;
+    // A failing secondary index (a mirror mid-sync) is not fatal if the
+    // packages still resolve; resolution below reports a real failure.
+    const errs = ((e as BuildError & { stderr?: string }).stderr ?? e.message).split('\n').filter((l) => l.startsWith('E:') || l.startsWith('W:'));
+    log(`apt-get update reported problems (continuing if the packages resolve):\n    ${errs.join('\n    ')}`);
+  }
+}
+
+async function resolveKernelPackage(opts: string[]): Promise<string> {
+  const { stdout } = await sh('apt-cache', [...opts, 'depends', 'linux-image-686']);
+  const m = /Depends:\s*(linux-image-6\.1\.\S+-686)\s*$/m.exec(stdout);
+  if (!m) throw new BuildError(`cannot resolve linux-image-686 to a 6.1 kernel package; apt-cache said:\n${stdout}`);
+  return m[1]!;
+}
+
+async function findDeb(dir: string, prefix: string): Promise<string | undefined> {
+  const names = (await readdir(dir).catch(() => [] as string[])).filter((n) => n.startsWith(prefix) && n.endsWith('.deb')).sort();
+  return names.length ? join(dir, names[names.length - 1]!) : undefined;
+}
+
+async function fetchDebs(cache: string, refresh: boolean, wantSeabios: boolean): Promise<{ kernel: string; busybox: string; seabios?: string }> {
+  const debs = join(cache, 'debs');
+  await mkdir(debs, { recursive: true });
+  const have = async (): Promise<{ kernel?: string; busybox?: string; seabios?: string }> => ({
+    kernel: await findDeb(debs, 'linux-image-6.1.'),
+    busybox: await findDeb(debs, 'busybox-static_'),
+    seabios: await findDeb(debs, 'seabios_'),
+  });
+  let found = await have();
+  if (!refresh && found.kernel && found.busybox && (!wantSeabios || found.seabios)) {
+    log(`using cached packages in ${debs} (--refresh to fetch again)`);
+    return { kernel: found.kernel, busybox: found.busybox, ...(found.seabios ? { seabios: found.seabios } : {}) };
+  }
+  const opts = await aptOptions(join(cache, 'apt'));
+  const start = Date.now();
+  log('apt-get update (private state, i386)');
+  await aptUpdate(opts);
+  const kernelPkg = await resolveKernelPackage(opts);
+  const pkgs = [kernelPkg, 'busybox-static', ...(wantSeabios ? ['seabios'] : [])];
+  log(`apt-get download ${pkgs.join(' ')}`);
+  for (const old of await readdir(debs)) if (old.endsWith('.deb')) await rm(join(debs, old));
+  await sh('apt-get', [...opts, '-q', 'download', ...pkgs], { cwd: debs });
+  found = await have();
+  if (!found.kernel || !found.busybox || (wantSeabios && !found.seabios)) throw new BuildError(`apt-get download did not produce all of ${pkgs.join(', ')} in ${debs}`);
+  log(`downloaded in ${((Date.now() - start) / 1000).toFixed(1)} s`);
+  return { kernel: found.kernel, busybox: found.busybox, ...(found.seabios ? { seabios: found.seabios } : {}) };
+}
+
+async function debField(deb: string, field: string): Promise<string> {
+  return (await sh('dpkg-deb', ['-f', deb, field])).stdout.trim();
+}
+
+/** Compiles the dirtier: static against i386 libc, else freestanding. */
+async function buildDirtier(work: string): Promise<{ binary: Buffer; build: 'libc' | 'freestanding' }> {
+  const src = join(guestDir, 'dirtier.c');
+  const out = join(work, 'dirtier');
+  const common = ['-m32', '-static', '-O2', '-Wall', '-Wextra', '-s', '-o', out, src];
+  try {
+    await sh('gcc', common);
+    return { binary: await readFile(out), build: 'libc' };
+  } catch (e) {
+    if (!(e instanceof BuildError) || /gcc not found/.test(e.message)) throw e;
+    log(`static i386 libc build failed (install gcc-multilib for it); building freestanding:\n    ${e.message.split('\n').slice(-3).join('\n    ')}`);
+  }
+  await sh('gcc', ['-nostdlib', '-ffreestanding', '-fno-pic', '-no-pie', '-fno-stack-protector', '-DDIRTIER_FREESTANDING', ...common]);
+  return { binary: await readFile(out), build: 'freestanding' };
+}
+
+/** Busybox applet paths ("bin/sh", "sbin/ifconfig"...), or [] if the i386 binary cannot run here. */
+async function busyboxApplets(busybox: string): Promise<string[]> {
+  try {
+    const { stdout } = await sh(busybox, ['--list-full']);
+    return stdout.split('\n').map((l) => l.trim()).filter((l) => /^[\w./+-]+$/.test(l) && !l.includes('..'));
+  } catch (e) {
+    log(`cannot run the i386 busybox here (${(e as Error).message.split('\n')[0]}); /init will run busybox --install at boot`);
+    return [];
+  }
+}
+
+function sha256(b: Uint8Array): string {
+  return createHash('sha256').update(b).digest('hex');
+}
+
+async function main(): Promise<void> {
+  const argv = process.argv.slice(2);
+  const refresh = argv.includes('--refresh');
+  const outIdx = argv.indexOf('--out');
+  const outDir = outIdx >= 0 && argv[outIdx + 1] ? resolve(argv[outIdx + 1]!) : join(repoRoot, 'images', 'linux');
+  const cache = join(repoRoot, 'images', '.cache');
+
+  const systemSeabios = (await exists(join(SEABIOS_DIR, 'bios.bin'))) && (await exists(join(SEABIOS_DIR, 'vgabios-stdvga.bin')));
+  const debs = await fetchDebs(cache, refresh, !systemSeabios);
+
+  const work = await mkdtemp(join(tmpdir(), 'livemig-images-'));
+  try {
+    log('extracting packages');
+    const kroot = join(work, 'kernel');
+    const broot = join(work, 'busybox');
+    // Only boot/ of the kernel package (its modules are ~300 MB unpacked, and unused).
+    await mkdir(kroot, { recursive: true });
+    await sh('sh', ['-c', 'dpkg-deb --fsys-tarfile "$0" | tar -x -C "$1" --wildcards "./boot/vmlinuz-*"', debs.kernel, kroot]);
+    await sh('dpkg-deb', ['-x', debs.busybox, broot]);
+    const vmlinuzName = (await readdir(join(kroot, 'boot'))).find((n) => n.startsWith('vmlinuz-'));
+    if (!vmlinuzName) throw new BuildError(`no boot/vmlinuz-* in ${debs.kernel}`);
+    const kernel = await readFile(join(kroot, 'boot', vmlinuzName));
+    const busyboxPath = join(broot, 'bin', 'busybox');
+    const busybox = await readFile(busyboxPath).catch(() => {
+      throw new BuildError(`no bin/busybox in ${debs.busybox}`);
+    });
+
+    log('compiling guests/linux/dirtier.c');
+    const dirtier = await buildDirtier(work);
+    log(`dirtier: ${dirtier.build} build, ${dirtier.binary.length} bytes`);
+
+    const applets = await busyboxApplets(busyboxPath);
+    const init = await readFile(join(guestDir, 'init'));
+    const own = new Set(['init', 'bin/busybox', 'bin/dirtier']);
+    const entries: CpioEntry[] = [
+      { type: 'directory', path: 'dev' },
+      { type: 'char', path: 'dev/console', major: 5, minor: 1, mode: 0o600 },
+      { type: 'char', path: 'dev/null', major: 1, minor: 3, mode: 0o666 },
+      { type: 'char', path: 'dev/ttyS0', major: 4, minor: 64, mode: 0o600 },
+      ...['proc', 'sys', 'root', 'etc', 'sbin', 'usr/bin', 'usr/sbin'].map((path): CpioEntry => ({ type: 'directory', path })),
+      { type: 'directory', path: 'tmp', mode: 0o1777 },
+      { type: 'file', path: 'init', data: init, mode: 0o755 },
+      { type: 'file', path: 'bin/busybox', data: busybox, mode: 0o755 },
+      { type: 'file', path: 'bin/dirtier', data: dirtier.binary, mode: 0o755 },
+      { type: 'file', path: 'etc/passwd', data: Buffer.from('root:x:0:0:root:/root:/bin/sh\n'), mode: 0o644 },
+      { type: 'file', path: 'etc/group', data: Buffer.from('root:x:0:\n'), mode: 0o644 },
+      ...applets.filter((p) => !own.has(p)).map((path): CpioEntry => ({ type: 'symlink', path, target: '/bin/busybox' })),
+    ];
+    log(`packing initramfs: ${entries.length} entries (${applets.length} busybox applet links)`);
+    const initramfs = writeInitramfs(entries);
+
+    let biosDir = SEABIOS_DIR;
+    if (!systemSeabios) {
+      const sroot = join(work, 'seabios');
+      await sh('dpkg-deb', ['-x', debs.seabios!, sroot]);
+      biosDir = join(sroot, 'usr', 'share', 'seabios');
+      log(`no SeaBIOS in ${SEABIOS_DIR}: using Debian's seabios package (${debs.seabios})`);
+    }
+
+    await mkdir(outDir, { recursive: true });
+    await rm(join(outDir, LINUX_IMAGE_FILES.manifest), { force: true });
+    await writeFile(join(outDir, LINUX_IMAGE_FILES.kernel), kernel);
+    await writeFile(join(outDir, LINUX_IMAGE_FILES.initramfs), initramfs);
+    await copyFile(join(biosDir, 'bios.bin'), join(outDir, LINUX_IMAGE_FILES.bios));
+    await copyFile(join(biosDir, 'vgabios-stdvga.bin'), join(outDir, LINUX_IMAGE_FILES.vgaBios));
+
+    const files: LinuxImageManifest['files'] = {};
+    for (const f of [LINUX_IMAGE_FILES.kernel, LINUX_IMAGE_FILES.initramfs, LINUX_IMAGE_FILES.bios, LINUX_IMAGE_FILES.vgaBios]) {
+      const b = await readFile(join(outDir, f));
+      files[f] = { bytes: b.length, sha256: sha256(b) };
+    }
+    const manifest: LinuxImageManifest = {
+      kernelPackage: `${await debField(debs.kernel, 'Package')} ${await debField(debs.kernel, 'Version')}`,
+      kernelVersion: vmlinuzName.slice('vmlinuz-'.length),
+      busyboxVersion: await debField(debs.busybox, 'Version'),
+      dirtierBuild: dirtier.build,
+      cmdline: linuxCmdline(),
+      files,
+    };
+    await writeFile(join(outDir, LINUX_IMAGE_FILES.manifest), JSON.stringify(manifest, null, 2) + '\n');
+
+    log(`done: ${outDir}`);
+    for (const [f, { bytes }] of Object.entries(files)) console.log(`  ${f.padEnd(20)} ${(bytes / 1048576).toFixed(2).padStart(6)} MiB`);
+    console.log(`  kernel ${manifest.kernelPackage}, busybox ${manifest.busyboxVersion}`);
+    console.log(`  cmdline: ${manifest.cmdline}`);
+  } finally {
+    await rm(work, { recursive: true, force: true });
+  }
+}
+
+main().catch((e: unknown) => {
+  console.error(`npm run images: ${e instanceof BuildError ? e.message : (e as Error).stack ?? String(e)}`);
+  process.exitCode = 1;
+});

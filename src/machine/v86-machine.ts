@@ -1,0 +1,645 @@
+/**
+ * The v86 machine (`--machine v86`): a real x86 PC emulated by v86 0.5.462
+ * (npm `v86`, pinned exactly: we use its internals) in this thread.
+ *
+ * - RAM is one block (`pc.ram`) over v86's own WebAssembly memory; the view
+ *   is rebuilt whenever a memory grow detaches the old buffer.
+ * - v86 has no dirty log: syncDirtyLog() compares RAM with a shadow copy, in
+ *   bounded chunks that yield so the emulator (scheduled with setImmediate on
+ *   this same thread) keeps running. The RAM block also records in the shadow
+ *   what the engine sends (the page's contents when it checks or reads it for
+ *   sending), so the shadow always equals what the destination holds and a
+ *   page that goes A → B → A between a sync and its send is not lost.
+ * - CPU and device state is v86's save_state() with RAM left out, in the
+ *   `v86-state` section; `v86-config` (memory sizes, disk size) comes first
+ *   and the destination refuses a stream for another configuration.
+ * - Throttle (auto-converge): stop/run on a 10 ms slice timer.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { Readable } from 'node:stream';
+import { setImmediate as nextTurn } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+import { V86 } from 'v86';
+import { DenseRamBlock, type RamBlock } from '../ram/index.js';
+import type { SaveStateRegistry } from '../savevm/index.js';
+import { defineVmsd, field } from '../vmstate/index.js';
+import type { DirtyLogSink, Machine } from './machine.js';
+import { checkMemory, ramSha256, type MemoryCheckResult } from './memory-check.js';
+
+export const V86_MACHINE_NAME = 'livemig-v86';
+export const V86_RAM_BLOCK = 'pc.ram';
+export const V86_PACKAGE_VERSION = '0.5.462';
+const PAGE = 4096;
+const KiB = 1024;
+const MiB = 1024 * KiB;
+/** v86 sizes RAM in 128 KiB units. */
+const V86_RAM_GRANULE = 128 * KiB;
+/** Bytes compared between yields to the emulator (about 1–2 ms at memcmp speed). */
+const DEFAULT_SYNC_CHUNK_BYTES = 8 * MiB;
+/** Pages compared as one group first; only a differing group is compared page by page. */
+const GROUP_BYTES = 64 * KiB;
+const THROTTLE_SLICE_MS = 10;
+const LOAD_TIMEOUT_MS = 30_000;
+
+export interface V86MachineOptions {
+  /** Guest RAM in bytes, a multiple of 128 KiB (default 128 MiB). */
+  ramSizeBytes?: number;
+  /** VGA memory (default 256 KiB, v86's minimum; it travels in the device state). */
+  vgaMemorySizeBytes?: number;
+  /** Size of the zeroed IDE disk v86 needs to restore state (default 64 KiB; it travels in the device state). */
+  diskSizeBytes?: number;
+  /**
+   * Multiboot kernel: bytes or a file path (default: our test kernel,
+   * guests/multiboot/livemig-test-kernel.bin). Not loaded on an incoming machine.
+   */
+  multiboot?: Uint8Array | string;
+  /** BIOS and VGA BIOS (e.g. Debian's seabios bios.bin, vgabios-stdvga.bin): bytes or paths. Without them a multiboot kernel boots directly. */
+  bios?: Uint8Array | string;
+  vgaBios?: Uint8Array | string;
+  /** Linux kernel, initrd and command line (needs `bios`). */
+  bzimage?: Uint8Array | string;
+  initrd?: Uint8Array | string;
+  cmdline?: string;
+  /** Turn off v86's JIT (default false). */
+  disableJit?: boolean;
+  /** Start paused and wait for state to be loaded; resume() then continues from it. */
+  incoming?: boolean;
+  /** Do not start the CPU (a non-incoming machine otherwise runs at once). */
+  startPaused?: boolean;
+  /** Bytes compared by syncDirtyLog between yields (default 8 MiB). */
+  syncChunkBytes?: number;
+}
+
+export interface V86MachineStats {
+  /** Instructions executed since start (v86's counter, widened past 2^32 at each read). */
+  instructions: number;
+  /** Bytes written by the guest to COM1. */
+  serialBytes: number;
+  /** Dirty-log syncs done, and the last one's duration, pages compared and pages reported. */
+  syncs: number;
+  lastSyncMs: number;
+  lastSyncDirtyPages: number;
+  throttlePercent: number;
+}
+
+/** The registers, read while paused. */
+export interface V86CpuState {
+  eip: number;
+  eax: number;
+  ecx: number;
+  edx: number;
+  ebx: number;
+  esp: number;
+  ebp: number;
+  esi: number;
+  edi: number;
+  eflags: number;
+  protectedMode: boolean;
+}
+
+/** WebAssembly is in Node 20 but not in the ES2022 lib typings: the part we use. */
+interface WasmApi {
+  compile(bytes: Uint8Array): Promise<WasmModule>;
+  instantiate(module: WasmModule, imports: object): Promise<{ exports: object }>;
+}
+type WasmModule = { readonly __wasmModule: unique symbol };
+const Wasm = (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
+
+/** The internals we use (v86 0.5.462: src/browser/starter.js, src/main.js, src/cpu.js). */
+interface V86Cpu {
+  wasm_memory: { readonly buffer: ArrayBuffer };
+  mem8: Uint8Array;
+  memory_size: Int32Array | Uint32Array;
+  reg32: Int32Array;
+  instruction_pointer: Int32Array;
+  flags: Int32Array;
+  protected_mode: Int32Array;
+  pack_memory: () => unknown;
+  unpack_memory: (bitmap: unknown, packed: unknown) => void;
+}
+interface V86Main {
+  cpu: V86Cpu;
+  running: boolean;
+  run(): void;
+  stop(): void;
+  save_state(): ArrayBuffer;
+  restore_state(state: ArrayBuffer): void;
+}
+interface V86Emulator {
+  v86: V86Main;
+  bus: { send(event: string, data?: unknown): void };
+  add_listener(event: string, listener: (arg: never) => void): void;
+  remove_listener(event: string, listener: (arg: never) => void): void;
+  run(): Promise<void>;
+  stop(): Promise<void>;
+  destroy(): Promise<void>;
+  is_running(): boolean;
+  get_instruction_counter(): number;
+}
+
+/** The `v86-config` section: what must match between source and destination. */
+interface ConfigSection {
+  readonly machine: V86Machine;
+  memory_size: number;
+  vga_memory_size: number;
+  disk_size: number;
+}
+
+/** The `v86-state` section: v86's own state format, RAM left out. */
+interface StateSection {
+  readonly machine: V86Machine;
+  length: number;
+  state: Uint8Array;
+}
+
+const sizeText = (bytes: number): string => (bytes % MiB === 0 ? `${bytes / MiB} MiB` : bytes % KiB === 0 ? `${bytes / KiB} KiB` : `${bytes} bytes`);
+
+export const v86ConfigVmsd = defineVmsd<ConfigSection>({
+  name: 'v86-config',
+  version: 1,
+  minimumVersion: 1,
+  fields: [field.uint32('memory_size'), field.uint32('vga_memory_size'), field.uint32('disk_size')],
+  preSave(s) {
+    s.memory_size = s.machine.ramSizeBytes;
+    s.vga_memory_size = s.machine.vgaMemorySizeBytes;
+    s.disk_size = s.machine.diskSizeBytes;
+  },
+  postLoad(s) {
+    const m = s.machine;
+    const check = (what: string, stream: number, local: number): void => {
+      if (stream !== local) throw new Error(`v86-config: ${what} mismatch: stream ${sizeText(stream)}, local ${sizeText(local)}`);
+    };
+    check('memory size', s.memory_size, m.ramSizeBytes);
+    check('VGA memory size', s.vga_memory_size, m.vgaMemorySizeBytes);
+    check('disk size', s.disk_size, m.diskSizeBytes);
+  },
+});
+
+export const v86StateVmsd = defineVmsd<StateSection>({
+  name: 'v86-state',
+  version: 1,
+  minimumVersion: 1,
+  fields: [field.uint32('length'), field.vbuffer('state', { sizeField: 'length' })],
+  preSave(s) {
+    s.state = s.machine.saveDeviceState();
+    s.length = s.state.length;
+  },
+  postLoad(s) {
+    s.machine.restoreDeviceState(s.state);
+  },
+});
+
+let wasmModule: Promise<WasmModule> | undefined;
+const requireFromHere = createRequire(import.meta.url);
+
+/** v86's wasm, compiled once per process. */
+function v86WasmModule(): Promise<WasmModule> {
+  wasmModule ??= (async () => {
+    const main = requireFromHere.resolve('v86');
+    return Wasm.compile(readFileSync(join(dirname(main), 'v86.wasm')));
+  })();
+  return wasmModule;
+}
+
+/** The built test kernel, found from this module upwards (src/machine or dist/src/machine). */
+export function defaultMultibootKernelPath(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 6; i++) {
+    const candidate = join(dir, 'guests', 'multiboot', 'livemig-test-kernel.bin');
+    if (existsSync(candidate)) return candidate;
+    dir = dirname(dir);
+  }
+  throw new Error('guests/multiboot/livemig-test-kernel.bin not found (run guests/multiboot/build.sh)');
+}
+
+function imageBuffer(image: Uint8Array | string): ArrayBuffer {
+  const bytes = typeof image === 'string' ? readFileSync(image) : image;
+  return bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length) as ArrayBuffer;
+}
+
+/** A RamBlock over whatever view of v86's memory is current; records sent pages in the shadow. */
+class V86RamBlock implements RamBlock {
+  readonly idstr = V86_RAM_BLOCK;
+  constructor(private readonly machine: V86Machine) {}
+  private get dense(): DenseRamBlock {
+    return this.machine.denseBlock();
+  }
+  get lengthBytes(): number {
+    return this.machine.ramSizeBytes;
+  }
+  get pageCount(): number {
+    return this.machine.ramSizeBytes / PAGE;
+  }
+  pageView(pageIndex: number): Uint8Array {
+    const view = this.dense.pageView(pageIndex);
+    this.machine.noteSent(pageIndex, view);
+    return view;
+  }
+  readPage(pageIndex: number, out: Uint8Array, outOffset = 0): void {
+    out.set(this.pageView(pageIndex), outOffset);
+  }
+  writePage(pageIndex: number, data: Uint8Array): void {
+    this.dense.writePage(pageIndex, data);
+  }
+  fillPage(pageIndex: number, byte: number): void {
+    this.dense.fillPage(pageIndex, byte);
+  }
+  isPageZero(pageIndex: number): boolean {
+    const zero = this.dense.isPageZero(pageIndex);
+    if (zero) this.machine.noteSent(pageIndex, undefined);
+    return zero;
+  }
+  pageForUpdate(pageIndex: number): Uint8Array {
+    return this.dense.pageForUpdate(pageIndex);
+  }
+  pageUpdated(pageIndex: number): void {
+    this.dense.pageUpdated(pageIndex);
+  }
+  resize(lengthBytes: number): string | undefined {
+    return lengthBytes === this.lengthBytes ? undefined : `Size mismatch: ${this.idstr}: 0x${lengthBytes.toString(16)} != 0x${this.lengthBytes.toString(16)} (v86 memory size is ${sizeText(this.lengthBytes)}, the stream's is ${sizeText(lengthBytes)})`;
+  }
+}
+
+export class V86Machine implements Machine {
+  readonly kind = 'v86';
+  readonly machineName = V86_MACHINE_NAME;
+  readonly serial: Readable;
+  readonly ramSizeBytes: number;
+  readonly vgaMemorySizeBytes: number;
+  readonly diskSizeBytes: number;
+  /** The workload range of the test kernel: [1 MiB, min(RAM, 100 MiB)). */
+  readonly workloadRange: { startBytes: number; endBytes: number };
+  /** Duration of the last pause(), in ms. */
+  lastPauseLatencyMs = 0;
+
+  private emulator!: V86Emulator;
+  private cpu!: V86Cpu;
+  private ramOffset = 0;
+  private view: Uint8Array | undefined;
+  private dense: DenseRamBlock | undefined;
+  private readonly block: V86RamBlock;
+  private shadow: Buffer | undefined;
+  private readonly syncChunkBytes: number;
+  private wantRunning = false;
+  private pausing = false;
+  private throttle = 0;
+  private throttleTimer: NodeJS.Timeout | undefined;
+  private destroyed = false;
+  private serialBytes = 0;
+  private instructionsHigh = 0;
+  private instructionsLast = 0;
+  private syncs = 0;
+  private lastSyncMs = 0;
+  private lastSyncDirtyPages = 0;
+  private readonly configSection: ConfigSection;
+  private readonly stateSection: StateSection;
+
+  /** Use createV86Machine(). */
+  constructor(private readonly options: V86MachineOptions = {}) {
+    const ram = options.ramSizeBytes ?? 128 * MiB;
+    if (!Number.isSafeInteger(ram) || ram < 2 * MiB || ram % V86_RAM_GRANULE !== 0 || ram > 2 * 1024 * MiB - V86_RAM_GRANULE) {
+      throw new RangeError(`v86 RAM ${ram} must be a multiple of 128 KiB from 2 MiB to 2 GiB - 128 KiB`);
+    }
+    const vga = options.vgaMemorySizeBytes ?? 256 * KiB;
+    if (!Number.isSafeInteger(vga) || vga < 256 * KiB || vga > 256 * MiB || (vga & (vga - 1)) !== 0) {
+      throw new RangeError(`v86 VGA memory ${vga} must be a power of two from 256 KiB to 256 MiB`);
+    }
+    const disk = options.diskSizeBytes ?? 64 * KiB;
+    if (!Number.isSafeInteger(disk) || disk < 512 || disk % 512 !== 0 || disk > 64 * MiB) {
+      throw new RangeError(`v86 disk ${disk} must be a multiple of 512 up to 64 MiB`);
+    }
+    const chunk = options.syncChunkBytes ?? DEFAULT_SYNC_CHUNK_BYTES;
+    if (!Number.isSafeInteger(chunk) || chunk < GROUP_BYTES || chunk % GROUP_BYTES !== 0) {
+      throw new RangeError(`syncChunkBytes ${chunk} must be a positive multiple of ${GROUP_BYTES}`);
+    }
+    this.ramSizeBytes = ram;
+    this.vgaMemorySizeBytes = vga;
+    this.diskSizeBytes = disk;
+    this.syncChunkBytes = chunk;
+    this.workloadRange = { startBytes: MiB, endBytes: Math.min(ram, 100 * MiB) };
+    this.block = new V86RamBlock(this);
+    this.serial = new Readable({ read() {} });
+    this.configSection = { machine: this, memory_size: 0, vga_memory_size: 0, disk_size: 0 };
+    this.stateSection = { machine: this, length: 0, state: new Uint8Array(0) };
+  }
+
+  /** @internal Create the emulator and wait until it is loaded (stopped). */
+  async start(): Promise<void> {
+    const o = this.options;
+    const module = await v86WasmModule();
+    const settings: Record<string, unknown> = {
+      wasm_fn: async (env: object) => (await Wasm.instantiate(module, env)).exports,
+      memory_size: this.ramSizeBytes,
+      vga_memory_size: this.vgaMemorySizeBytes,
+      hda: { buffer: new ArrayBuffer(this.diskSizeBytes) },
+      autostart: false,
+      disable_keyboard: true,
+      disable_mouse: true,
+      disable_speaker: true,
+      disable_jit: o.disableJit ?? false,
+    };
+    if (o.bios) settings['bios'] = { buffer: imageBuffer(o.bios) };
+    if (o.vgaBios) settings['vga_bios'] = { buffer: imageBuffer(o.vgaBios) };
+    if (!o.incoming) {
+      if (o.bzimage) settings['bzimage'] = { buffer: imageBuffer(o.bzimage) };
+      if (o.initrd) settings['initrd'] = { buffer: imageBuffer(o.initrd) };
+      if (o.cmdline !== undefined) settings['cmdline'] = o.cmdline;
+      if (!o.bzimage) settings['multiboot'] = { buffer: imageBuffer(o.multiboot ?? defaultMultibootKernelPath()) };
+    }
+    const emulator = new V86(settings as ConstructorParameters<typeof V86>[0]) as unknown as V86Emulator;
+    this.emulator = emulator;
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`v86 did not load within ${LOAD_TIMEOUT_MS} ms`)), LOAD_TIMEOUT_MS);
+      emulator.add_listener('emulator-loaded', () => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+    this.cpu = emulator.v86.cpu;
+    if (this.cpu.memory_size[0] !== this.ramSizeBytes) {
+      throw new Error(`v86 made ${this.cpu.memory_size[0]} bytes of RAM, not ${this.ramSizeBytes}`);
+    }
+    this.ramOffset = this.cpu.mem8.byteOffset;
+    emulator.add_listener('serial0-output-byte', ((byte: number) => {
+      this.serialBytes++;
+      if (!this.serial.destroyed) this.serial.push(Buffer.of(byte));
+    }) as (arg: never) => void);
+  }
+
+  /** Guest RAM: a view over v86's wasm memory, rebuilt if a memory grow detached the old one. Do not keep it across awaits. */
+  get memory(): Uint8Array {
+    const buffer = this.cpu.wasm_memory.buffer;
+    if (!this.view || this.view.buffer !== buffer) {
+      this.view = new Uint8Array(buffer, this.ramOffset, this.ramSizeBytes);
+      this.dense = undefined;
+    }
+    return this.view;
+  }
+
+  /** @internal A DenseRamBlock over the current view. */
+  denseBlock(): DenseRamBlock {
+    const view = this.memory;
+    if (!this.dense || this.dense.memory !== view) this.dense = new DenseRamBlock(V86_RAM_BLOCK, view);
+    return this.dense;
+  }
+
+  /** @internal The engine is sending this page (contents `view`, or zeros): the destination will hold exactly that. */
+  noteSent(pageIndex: number, view: Uint8Array | undefined): void {
+    const shadow = this.shadow;
+    if (!shadow) return;
+    const at = pageIndex * PAGE;
+    if (view) shadow.set(view, at);
+    else shadow.fill(0, at, at + PAGE);
+  }
+
+  get running(): boolean {
+    return this.wantRunning;
+  }
+
+  /** The emulator is stopped (not just asked to stop). */
+  get isStopped(): boolean {
+    return !this.emulator.is_running();
+  }
+
+  ramBlocks(): RamBlock[] {
+    return [this.block];
+  }
+
+  /**
+   * Pages that differ from the shadow copy, in chunks of `syncChunkBytes`
+   * with a yield to the emulator between them; the shadow takes the current
+   * contents of every reported page. Never misses a write: a page written
+   * after its chunk was compared differs from the shadow at the next call.
+   * The first call reports every page.
+   */
+  async syncDirtyLog(sink: DirtyLogSink): Promise<void> {
+    this.checkAlive();
+    const t0 = performance.now();
+    const pages = this.ramSizeBytes / PAGE;
+    const bitmap = new Uint32Array(Math.ceil(pages / 32));
+    let dirty = 0;
+    if (!this.shadow) {
+      this.shadow = Buffer.allocUnsafe(this.ramSizeBytes);
+      for (let at = 0; at < this.ramSizeBytes; at += this.syncChunkBytes) {
+        const end = Math.min(this.ramSizeBytes, at + this.syncChunkBytes);
+        this.shadow.set(this.memory.subarray(at, end), at);
+        if (end < this.ramSizeBytes) await nextTurn();
+        this.checkAlive();
+      }
+      bitmap.fill(0xffffffff);
+      if (pages % 32) bitmap[bitmap.length - 1] = (1 << pages % 32) - 1;
+      dirty = pages;
+    } else {
+      const shadow = this.shadow;
+      for (let at = 0; at < this.ramSizeBytes; ) {
+        const end = Math.min(this.ramSizeBytes, at + this.syncChunkBytes);
+        // Within one chunk no guest code runs (same thread), so compare and copy see the same bytes.
+        const ram = this.memory;
+        const ramBuf = Buffer.from(ram.buffer, ram.byteOffset, ram.length);
+        for (let g = at; g < end; g += GROUP_BYTES) {
+          const gEnd = Math.min(end, g + GROUP_BYTES);
+          if (ramBuf.compare(shadow, g, gEnd, g, gEnd) === 0) continue;
+          for (let p = g; p < gEnd; p += PAGE) {
+            if (ramBuf.compare(shadow, p, p + PAGE, p, p + PAGE) === 0) continue;
+            shadow.set(ram.subarray(p, p + PAGE), p);
+            const page = p / PAGE;
+            bitmap[page >>> 5]! |= 1 << (page & 31);
+            dirty++;
+          }
+        }
+        at = end;
+        if (at < this.ramSizeBytes) await nextTurn();
+        this.checkAlive();
+      }
+    }
+    this.syncs++;
+    this.lastSyncMs = performance.now() - t0;
+    this.lastSyncDirtyPages = dirty;
+    sink(V86_RAM_BLOCK, bitmap);
+  }
+
+  /** Stop the emulator on an instruction boundary; resolves once it has stopped. */
+  async pause(): Promise<void> {
+    this.checkAlive();
+    const t0 = performance.now();
+    this.wantRunning = false;
+    this.clearThrottleTimer();
+    this.pausing = true;
+    try {
+      await this.emulator.stop();
+    } finally {
+      this.pausing = false;
+    }
+    this.lastPauseLatencyMs = performance.now() - t0;
+  }
+
+  resume(): void {
+    this.checkAlive();
+    // v86.run() would cancel the pending stop and pause() would never resolve.
+    if (this.pausing) throw new Error('v86 machine: resume() was called before the CPU stopped');
+    if (this.wantRunning) return;
+    this.wantRunning = true;
+    this.applyThrottle();
+  }
+
+  /** Keep the CPU stopped for `percent` % of every 10 ms slice (0–99). */
+  setThrottle(percent: number): void {
+    if (!Number.isFinite(percent)) throw new RangeError(`throttle ${percent} is not a number`);
+    const p = Math.max(0, Math.min(99, Math.round(percent)));
+    if (p === this.throttle) return;
+    this.throttle = p;
+    if (this.wantRunning && !this.destroyed) this.applyThrottle();
+  }
+
+  get throttlePercent(): number {
+    return this.throttle;
+  }
+
+  registerDevices(registry: SaveStateRegistry): void {
+    // Config first: the destination checks it before it touches the device state.
+    registry.register({ idstr: 'v86-config', instanceId: 0, vmsd: v86ConfigVmsd, opaque: this.configSection });
+    registry.register({ idstr: 'v86-state', instanceId: 0, vmsd: v86StateVmsd, opaque: this.stateSection });
+  }
+
+  /** v86's save_state() without RAM (paused only). */
+  saveDeviceState(): Uint8Array {
+    this.requireStopped('v86-state save');
+    const cpu = this.cpu;
+    const pack = cpu.pack_memory;
+    cpu.pack_memory = () => ({ packed_memory: new Uint8Array(0), bitmap: { get_buffer: () => new ArrayBuffer(0) } });
+    try {
+      return new Uint8Array(this.emulator.v86.save_state());
+    } finally {
+      cpu.pack_memory = pack;
+    }
+  }
+
+  /** v86's restore_state() leaving RAM as it is (paused only). */
+  restoreDeviceState(state: Uint8Array): void {
+    this.requireStopped('v86-state load');
+    const cpu = this.cpu;
+    const unpack = cpu.unpack_memory;
+    cpu.unpack_memory = () => {};
+    try {
+      const copy = state.buffer.slice(state.byteOffset, state.byteOffset + state.length) as ArrayBuffer;
+      this.emulator.v86.restore_state(copy);
+    } catch (err) {
+      throw new Error(`v86-state: v86 could not restore the device state: ${err instanceof Error ? err.message : String(err)}`);
+    } finally {
+      cpu.unpack_memory = unpack;
+    }
+    if (this.cpu.memory_size[0] !== this.ramSizeBytes) throw new Error(`v86-state: memory size mismatch: stream ${sizeText(this.cpu.memory_size[0]!)}, local ${sizeText(this.ramSizeBytes)}`);
+    this.shadow = undefined; // RAM was written behind the dirty log: the next sync reports everything
+  }
+
+  /** Send bytes to the guest's COM1. */
+  writeSerial(data: string | Uint8Array): void {
+    const bytes = typeof data === 'string' ? Buffer.from(data, 'utf8') : data;
+    for (const b of bytes) this.emulator.bus.send('serial0-input', b);
+  }
+
+  stats(): V86MachineStats {
+    const counter = this.emulator.get_instruction_counter() >>> 0;
+    if (counter < this.instructionsLast) this.instructionsHigh += 2 ** 32;
+    this.instructionsLast = counter;
+    return {
+      instructions: this.instructionsHigh + counter,
+      serialBytes: this.serialBytes,
+      syncs: this.syncs,
+      lastSyncMs: this.lastSyncMs,
+      lastSyncDirtyPages: this.lastSyncDirtyPages,
+      throttlePercent: this.throttle,
+    };
+  }
+
+  cpuState(): V86CpuState {
+    this.requireStopped('cpuState');
+    const r = this.cpu.reg32;
+    return {
+      eip: this.cpu.instruction_pointer[0]! >>> 0,
+      eax: r[0]! >>> 0,
+      ecx: r[1]! >>> 0,
+      edx: r[2]! >>> 0,
+      ebx: r[3]! >>> 0,
+      esp: r[4]! >>> 0,
+      ebp: r[5]! >>> 0,
+      esi: r[6]! >>> 0,
+      edi: r[7]! >>> 0,
+      eflags: this.cpu.flags[0]! >>> 0,
+      protectedMode: this.cpu.protected_mode[0] !== 0,
+    };
+  }
+
+  /** QEMU's memory check over the test kernel's range (paused). */
+  checkMemory(): MemoryCheckResult {
+    return checkMemory(this.memory, this.workloadRange.startBytes, this.workloadRange.endBytes);
+  }
+
+  /** SHA-256 of all of RAM (hex). */
+  ramHash(): string {
+    return ramSha256(this.memory);
+  }
+
+  async destroy(): Promise<void> {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    this.wantRunning = false;
+    this.clearThrottleTimer();
+    if (this.emulator) await this.emulator.destroy();
+    this.shadow = undefined;
+    this.serial.push(null);
+  }
+
+  private applyThrottle(): void {
+    this.clearThrottleTimer();
+    if (this.throttle === 0) {
+      this.emulator.v86.run();
+      return;
+    }
+    const runMs = (THROTTLE_SLICE_MS * (100 - this.throttle)) / 100;
+    const stopMs = (THROTTLE_SLICE_MS * this.throttle) / 100;
+    const runPhase = (): void => {
+      if (!this.wantRunning || this.destroyed) return;
+      this.emulator.v86.run();
+      this.throttleTimer = setTimeout(stopPhase, runMs);
+    };
+    const stopPhase = (): void => {
+      if (!this.wantRunning || this.destroyed) return;
+      this.emulator.v86.stop();
+      this.throttleTimer = setTimeout(runPhase, stopMs);
+    };
+    runPhase();
+  }
+
+  private clearThrottleTimer(): void {
+    if (this.throttleTimer) clearTimeout(this.throttleTimer);
+    this.throttleTimer = undefined;
+  }
+
+  private requireStopped(what: string): void {
+    if (this.wantRunning || this.emulator.is_running()) throw new Error(`${what}: the v86 CPU must be paused first`);
+  }
+
+  private checkAlive(): void {
+    if (this.destroyed) throw new Error('v86 machine: destroyed');
+  }
+}
+
+/**
+ * Create a v86 PC and wait until it is loaded. A normal machine boots at once
+ * (unless `startPaused`); an `incoming` one stays paused until state is
+ * loaded and resume() is called.
+ */
+export async function createV86Machine(options: V86MachineOptions = {}): Promise<V86Machine> {
+  const machine = new V86Machine(options);
+  try {
+    await machine.start();
+  } catch (err) {
+    await machine.destroy().catch(() => {});
+    throw err;
+  }
+  if (!options.incoming && !options.startPaused) machine.resume();
+  return machine;
+}
