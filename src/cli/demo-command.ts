@@ -39,6 +39,15 @@ class Child {
       }
     });
   }
+  /** Everything the guest wrote to its serial console so far (it arrives in small pieces). */
+  serialText(from = 0): string {
+    return this.events.slice(from).filter((e) => e.event === 'serial').map((e) => String(e.text)).join('');
+  }
+
+  async waitForSerial(pattern: RegExp, from = 0, timeoutMs = 180_000): Promise<void> {
+    await this.next(() => pattern.test(this.serialText(from)), from, timeoutMs);
+  }
+
   async next(test: (e: Event) => boolean, from = 0, timeoutMs = 120_000): Promise<Event> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
@@ -89,11 +98,7 @@ export async function demoCommand(options: DemoOptions): Promise<number> {
     log(`> destination: migrate-incoming, listening on ${uri}`);
     if (linux) {
       log('  (waiting for Linux to boot and its self-checking program to report)');
-      await source.next((e) => e.event === 'serial' && /dirtier: pass \d+ ok/.test(String(e.text)), 0, 180_000).catch(async () => {
-        // Serial output arrives byte by byte: look at it as a whole.
-        const text = source.events.filter((e) => e.event === 'serial').map((e) => e.text).join('');
-        if (!/dirtier: pass \d+ ok/.test(text)) throw new Error('the Linux guest did not come up');
-      });
+      await source.waitForSerial(/dirtier: pass \d+ ok/);
     } else await new Promise((r) => setTimeout(r, 1000)); // let the guest run a moment first
     // A real guest can write memory faster than the link carries it: let livemig slow it down if needed.
     if (v86) await src.execute('migrate-set-capabilities', { capabilities: [{ capability: 'auto-converge', state: true }] });
@@ -140,9 +145,10 @@ export async function demoCommand(options: DemoOptions): Promise<number> {
     const progress = v86 ? `instructions ${firstTick.instructions} -> ${laterTick.instructions}` : `pass ${firstTick.passes} -> ${laterTick.passes}`;
     log(`destination guest still running: ${progress}, serial output ${firstTick.serialBytes} -> ${laterTick.serialBytes} bytes`);
     if (linux) {
-      const text = destination.events.filter((e) => e.event === 'serial').map((e) => e.text).join('');
-      const lines = text.split('\n').filter((l) => l.startsWith('dirtier:'));
-      log(`destination guest's self-check: ${lines.at(-1) ?? '(no line yet)'}`);
+      await destination.waitForSerial(/dirtier: pass \d+ (ok|CORRUPT)/, from, 60_000);
+      const lines = destination.serialText(from).split('\n').filter((l) => l.startsWith('dirtier:'));
+      log(`destination guest's self-check after the move: ${lines.at(-1)}`);
+      if (lines.some((l) => l.includes('CORRUPT'))) return 1;
     }
     const ok = check.ok && sameRam;
     log(ok ? 'demo OK' : 'demo FAILED');
