@@ -8,8 +8,9 @@ import { setImmediate as nextTurn, setTimeout as sleep } from 'node:timers/promi
 import { test } from 'node:test';
 import { checkMemory, createTestMachine, type TestMachine, type TestMachineOptions } from '../src/machine/index.js';
 import { SaveStateRegistry } from '../src/savevm/index.js';
-import { vmstateLoad, vmstateSave } from '../src/vmstate/index.js';
-import { MemorySink, MemorySource, StreamReader, StreamWriter } from '../src/wire/index.js';
+import { vmstateSave } from '../src/vmstate/index.js';
+import { MemorySink, StreamWriter } from '../src/wire/index.js';
+import { loadDevices, saveDevices } from './helpers/devices.js';
 
 const MiB = 1024 * 1024;
 const PAGE = 4096;
@@ -48,24 +49,6 @@ async function measureRate(m: TestMachine, ms: number): Promise<number> {
   return (m.stats().pagesWritten - before) / seconds;
 }
 
-/** Save test-cpu and test-serial of a paused machine into one buffer. */
-async function saveDevices(m: TestMachine): Promise<Uint8Array> {
-  const registry = new SaveStateRegistry();
-  m.registerDevices(registry);
-  const sink = new MemorySink();
-  const out = new StreamWriter(sink);
-  for (const e of registry.entries()) vmstateSave(out, e.vmsd!, e.opaque!);
-  await out.flush();
-  return sink.bytes();
-}
-
-async function loadDevices(m: TestMachine, bytes: Uint8Array): Promise<void> {
-  const registry = new SaveStateRegistry();
-  m.registerDevices(registry);
-  const input = new StreamReader(new MemorySource(bytes));
-  for (const e of registry.entries()) await vmstateLoad(input, e.vmsd!, e.opaque!, e.version);
-  assert.equal(input.offset, bytes.length);
-}
 
 test('workload: passes advance, serial says A once then B every N passes', async () => {
   await withMachine({ ramSizeBytes: 8 * MiB, serialEveryPasses: 4 }, async (m) => {

@@ -8,9 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { test } from 'node:test';
 import { createV86Machine, V86_MACHINE_NAME, type V86Machine, type V86MachineOptions } from '../src/machine/v86-machine.js';
 import { FixedRamBlockTable } from '../src/ram/index.js';
-import { SaveStateRegistry } from '../src/savevm/index.js';
-import { vmstateLoad, vmstateSave } from '../src/vmstate/index.js';
-import { MemorySink, MemorySource, StreamReader, StreamWriter } from '../src/wire/index.js';
+import { loadDevices, saveDevices } from './helpers/devices.js';
 
 const MiB = 1024 * 1024;
 const PAGE = 4096;
@@ -42,23 +40,6 @@ async function waitFor(what: string, cond: () => boolean, timeoutMs = 30_000): P
 
 const count = (s: string, c: string): number => s.split(c).length - 1;
 
-async function saveDevices(m: V86Machine): Promise<Uint8Array> {
-  const registry = new SaveStateRegistry();
-  m.registerDevices(registry);
-  const sink = new MemorySink();
-  const out = new StreamWriter(sink);
-  for (const e of registry.entries()) vmstateSave(out, e.vmsd!, e.opaque!);
-  await out.flush();
-  return sink.bytes();
-}
-
-async function loadDevices(m: V86Machine, bytes: Uint8Array): Promise<void> {
-  const registry = new SaveStateRegistry();
-  m.registerDevices(registry);
-  const input = new StreamReader(new MemorySource(bytes));
-  for (const e of registry.entries()) await vmstateLoad(input, e.vmsd!, e.opaque!, e.version);
-  assert.equal(input.offset, bytes.length);
-}
 
 test('v86: the multiboot kernel boots, prints A then Bs, and its RAM passes the QEMU check', async () => {
   await withMachine({ ramSizeBytes: 32 * MiB }, async (m) => {
