@@ -4,7 +4,10 @@
  * and print one table with every throughput as a ratio of the TCP limit
  * measured in the same run. Writes nothing; docs/benchmarks.md records a run.
  *
- *   node dist/bench/run.js [--no-qemu] [--no-zero]
+ *   node dist/bench/run.js [--no-qemu] [--no-zero] [--no-v86]
+ *
+ * Then (unless --no-v86) a live migration of a running 256 MiB v86 guest with
+ * auto-converge, in its own table (bench/v86.ts).
  */
 import { execFileSync } from 'node:child_process';
 import { cpus } from 'node:os';
@@ -12,6 +15,7 @@ import { loopbackTcpBytesPerSecond, memoryCopyBytesPerSecond } from './limits.js
 import type { MigrationBenchResult } from './migrate-source.js';
 import { qemuMigration, type QemuBenchResult } from './qemu-ref.js';
 import { LineChild } from './util.js';
+import type { V86BenchResult } from './v86.js';
 
 const args = process.argv.slice(2);
 const MB = 1e6;
@@ -23,6 +27,20 @@ async function livemigMigration(zero: boolean): Promise<MigrationBenchResult> {
   } finally {
     await child.stop();
   }
+}
+
+async function v86Migration(): Promise<V86BenchResult> {
+  const child = new LineChild(process.execPath, [new URL('./v86.js', import.meta.url).pathname]);
+  try {
+    return await child.waitFor((line) => (line.startsWith('{') ? (JSON.parse(line) as V86BenchResult) : undefined), 'v86 migration');
+  } finally {
+    await child.stop();
+  }
+}
+
+function printTable(rows: string[][]): void {
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((row) => row[i]!.length)));
+  for (const row of rows) console.log(row.map((cell, i) => (i === 0 ? cell.padEnd(widths[i]!) : cell.padStart(widths[i]!))).join('  '));
 }
 
 const mib = (bytes: number | undefined): string => (bytes === undefined ? '?' : `${Math.round(bytes / 2 ** 20)} MiB`);
@@ -79,11 +97,43 @@ async function main(): Promise<void> {
       else notes.push(`${r.what}: RAM identical on both sides: ${r.ramMatches}`);
     }
   }
-  const widths = header.map((_, i) => Math.max(...rows.map((row) => row[i]!.length)));
-  for (const row of rows) console.log(row.map((cell, i) => (i === 0 ? cell.padEnd(widths[i]!) : cell.padStart(widths[i]!))).join('  '));
+  printTable(rows);
   for (const note of notes) console.log(note);
   console.log('CPU s = user+sys seconds of the whole process during the migration');
   console.log('wire = ram.transferred (page records); MB = 10^6 bytes; RAM MB/s = guest RAM size / total time; x TCP = wire MB/s / loopback TCP limit');
+
+  if (!args.includes('--no-v86')) {
+    const r = await v86Migration();
+    const total = r.info['total-time'] ?? NaN;
+    const wire = r.info.ram?.transferred ?? NaN;
+    const wireRate = wire / (total / 1000);
+    const mips = (ips: number): string => (ips / 1e6).toFixed(0);
+    console.log('');
+    printTable([
+      ['migration (v86, 256 MiB over 127.0.0.1)', 'sync ms', 'total ms', 'setup ms', 'downtime ms', 'wire MB', 'wire MB/s', 'x TCP', 'passes', 'max throttle %', 'MIPS before', 'MIPS during', 'src peak RSS', 'dst peak RSS', 'src CPU s', 'dst CPU s'],
+      [
+        r.status === 'completed' ? r.what : `${r.what} (${r.status})`,
+        r.syncMs.join('/'),
+        String(total),
+        String(r.info['setup-time']),
+        String(r.info.downtime),
+        (wire / MB).toFixed(1),
+        (wireRate / MB).toFixed(0),
+        (wireRate / tcp).toFixed(3),
+        String(r.info.ram?.['dirty-sync-count'] ?? '?'),
+        String(r.maxThrottlePercent),
+        mips(r.ipsBefore),
+        mips(r.ipsDuring),
+        mib(r.sourcePeakRssBytes),
+        mib(r.destPeakRssBytes),
+        r.sourceCpu,
+        r.destCpu,
+      ],
+    ]);
+    console.log(`sync ms = three dirty-log passes (shadow compare of ${mib(r.ramBytes)}) on the running guest before the migration, dirty pages ${r.syncDirtyPages.join('/')}; the first pass (shadow copy) took ${r.firstSyncMs} ms`);
+    console.log('MIPS = guest instructions/s (10^6), over 2 s before the migration and over the migration on the source; max throttle % = highest auto-converge throttle; downtime-limit 300 ms, max-bandwidth 0');
+    console.log(`passes = dirty-sync-count; sent while stopped: ${((r.info.ram?.['downtime-bytes'] ?? NaN) / MB).toFixed(1)} MB`);
+  }
 }
 
 await main();

@@ -1,0 +1,110 @@
+/**
+ * Issue 5's benchmark: one live migration of a running 256 MiB v86 guest (our
+ * multiboot test kernel, which rewrites byte 0 of every page of [1 MiB, 100 MiB)
+ * flat out) over loopback TCP, with auto-converge on and the default
+ * downtime-limit (300 ms). In its own process, like migrate-source.ts; prints
+ * one JSON line (a V86BenchResult). Run by bench/run.ts; by hand:
+ *
+ *   node dist/bench/v86.js [--ram-mib N]
+ *
+ * Measures, on the source: the guest's instructions/s over 2 s before the
+ * migration; the cost of one dirty-log pass (V86Machine.syncDirtyLog, a
+ * compare of RAM with the shadow copy, after the first pass that creates the
+ * shadow); then the migration (total, setup, downtime, throughput, passes,
+ * final throttle) and the guest's instructions/s over the migration.
+ */
+import { createV86Machine } from '../src/machine/v86-machine.js';
+import { OutgoingMigration, type MigrationInfo } from '../src/migration/index.js';
+import { cpuDelta, cpuSeconds, jsonEvent, LineChild, LIVEMIG_MAIN, MiB, peakRssBytes } from './util.js';
+
+export interface V86BenchResult {
+  what: string;
+  status: string;
+  info: MigrationInfo;
+  ramBytes: number;
+  /** Shadow-compare dirty-log passes (not the first, which only copies RAM into the shadow). */
+  syncMs: number[];
+  syncDirtyPages: number[];
+  /** The first pass (allocates and fills the shadow). */
+  firstSyncMs: number;
+  /** Highest auto-converge throttle (%) during the migration. */
+  maxThrottlePercent: number;
+  ipsBefore: number;
+  ipsDuring: number;
+  sourceCpu: string;
+  destCpu: string;
+  sourcePeakRssBytes: number;
+  destPeakRssBytes: number | undefined;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function main(): Promise<void> {
+  const args = process.argv.slice(2);
+  const mibIndex = args.indexOf('--ram-mib');
+  const ramBytes = (mibIndex >= 0 ? Number(args[mibIndex + 1]) : 256) * MiB;
+
+  const dest = new LineChild(process.execPath, [...process.execArgv, LIVEMIG_MAIN, 'run', '--json', '--machine', 'v86', '--ram', `${ramBytes / MiB}M`, '--incoming', 'tcp:127.0.0.1:0']);
+  const machine = await createV86Machine({ ramSizeBytes: ramBytes });
+  try {
+    const { address } = (await dest.waitFor(jsonEvent('listening'), 'destination')) as { address: string };
+    await sleep(1000); // boot and reach the write loop
+
+    const i0 = machine.stats().instructions;
+    const t0 = performance.now();
+    await sleep(2000);
+    const ipsBefore = (machine.stats().instructions - i0) / ((performance.now() - t0) / 1000);
+
+    const noop = (): void => {};
+    await machine.syncDirtyLog(noop); // creates the shadow
+    const firstSyncMs = machine.stats().lastSyncMs;
+    const syncMs: number[] = [];
+    const syncDirtyPages: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      await machine.syncDirtyLog(noop);
+      const s = machine.stats();
+      syncMs.push(Math.round(s.lastSyncMs * 10) / 10);
+      syncDirtyPages.push(s.lastSyncDirtyPages);
+    }
+
+    // The migration's setup marks every page dirty, so the passes above lose nothing.
+    const migration = new OutgoingMigration(machine);
+    migration.setParameters({ 'max-bandwidth': 0, 'downtime-limit': 300 });
+    migration.setCapabilities({ 'auto-converge': true });
+    let maxThrottlePercent = 0;
+    migration.on('throttle', (percent) => (maxThrottlePercent = Math.max(maxThrottlePercent, percent)));
+    const cpu0 = [cpuSeconds(process.pid), cpuSeconds(dest.pid)];
+    const m0 = machine.stats().instructions;
+    const mt0 = performance.now();
+    migration.start(address);
+    const status = await migration.finished;
+    const mt1 = performance.now();
+    const info = migration.query();
+    const cpu1 = [cpuSeconds(process.pid), cpuSeconds(dest.pid)];
+    const ipsDuring = (machine.stats().instructions - m0) / ((mt1 - mt0) / 1000);
+    if (status === 'completed') await dest.waitFor(jsonEvent('resumed'), 'destination');
+
+    const result: V86BenchResult = {
+      what: `livemig v86 ${ramBytes / MiB} MiB, running guest, auto-converge`,
+      status,
+      info,
+      ramBytes,
+      syncMs,
+      syncDirtyPages,
+      firstSyncMs: Math.round(firstSyncMs),
+      maxThrottlePercent,
+      ipsBefore,
+      ipsDuring,
+      sourceCpu: cpuDelta(cpu0[0], cpu1[0]),
+      destCpu: cpuDelta(cpu0[1], cpu1[1]),
+      sourcePeakRssBytes: process.resourceUsage().maxRSS * 1024,
+      destPeakRssBytes: peakRssBytes(dest.pid),
+    };
+    process.stdout.write(JSON.stringify(result) + '\n');
+  } finally {
+    await dest.stop('SIGTERM');
+    await machine.destroy();
+  }
+}
+
+await main();
