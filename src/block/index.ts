@@ -1,0 +1,4 @@
+/** The `block` save-state entry: raw-image disks, QEMU 7.2 block records, save and load handlers. */
+export * from './block-device.js';
+export * from './block-records.js';
+export * from './block-handler.js';
