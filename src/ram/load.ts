@@ -78,6 +78,8 @@ export class RamLoadHandler implements SaveVMHandlers {
   private lastBlock: RamBlock | undefined;
   private counters = freshStats();
   private readonly blockStats = new Map<string, RamLoadBlockStats>();
+  private lastStatsBlock: RamBlock | undefined;
+  private lastStats: RamLoadBlockStats | undefined;
 
   constructor(readonly table: RamBlockTable, private readonly options: RamLoadOptions = {}) {}
 
@@ -90,6 +92,17 @@ export class RamLoadHandler implements SaveVMHandlers {
     this.lastBlock = undefined;
     this.counters = freshStats();
     this.blockStats.clear();
+    this.lastStatsBlock = undefined;
+    this.lastStats = undefined;
+  }
+
+  /** statsFor(block.idstr), remembered for the block of the previous record (most records continue it). */
+  private statsOf(block: RamBlock): RamLoadBlockStats {
+    if (this.lastStatsBlock === block && this.lastStats !== undefined) return this.lastStats;
+    const s = this.statsFor(block.idstr);
+    this.lastStatsBlock = block;
+    this.lastStats = s;
+    return s;
   }
 
   private statsFor(idstr: string): RamLoadBlockStats {
@@ -120,7 +133,7 @@ export class RamLoadHandler implements SaveVMHandlers {
       // Read the be64 as two halves: offsets stay exact numbers without BigInt.
       let high: number;
       let low: number;
-      if (input.buffered >= 8) {
+      if (input.buffered >= 8 || input.available(8)) {
         high = input.be32Sync();
         low = input.be32Sync();
       } else {
@@ -152,9 +165,9 @@ export class RamLoadHandler implements SaveVMHandlers {
           await this.readBlockList(input, offsetBytes, section);
           break;
         case RAM_FLAG_ZERO: {
-          const fill = input.buffered >= 1 ? input.u8Sync() : await input.u8();
+          const fill = input.buffered >= 1 || input.available(1) ? input.u8Sync() : await input.u8();
           block!.fillPage(pageIndex, fill);
-          const s = this.statsFor(block!.idstr);
+          const s = this.statsOf(block!);
           s.zeroPages++;
           if (fill !== 0) s.nonZeroFillPages++;
           s.zeroBytes += input.offset - at;
@@ -162,13 +175,15 @@ export class RamLoadHandler implements SaveVMHandlers {
           break;
         }
         case RAM_FLAG_PAGE: {
+          // Straight from the received chunk(s) into guest RAM; no await when the page is already here.
           const page = block!.pageForUpdate(pageIndex);
           try {
-            await input.readInto(page, 0, TARGET_PAGE_SIZE);
+            if (input.buffered >= TARGET_PAGE_SIZE) input.readIntoSync(page, 0, TARGET_PAGE_SIZE);
+            else await input.readInto(page, 0, TARGET_PAGE_SIZE);
           } finally {
             block!.pageUpdated(pageIndex);
           }
-          const s = this.statsFor(block!.idstr);
+          const s = this.statsOf(block!);
           s.normalPages++;
           s.normalBytes += input.offset - at;
           c.firstOffsets.page ??= at;
@@ -176,7 +191,7 @@ export class RamLoadHandler implements SaveVMHandlers {
         }
         case RAM_FLAG_XBZRLE: {
           const encodedBytes = await this.loadXbzrle(input, block!, pageIndex, section);
-          const s = this.statsFor(block!.idstr);
+          const s = this.statsOf(block!);
           s.xbzrlePages++;
           s.xbzrleBytes += input.offset - at;
           s.xbzrleEncodedBytes += encodedBytes;

@@ -29,7 +29,7 @@ import { xbzrleEncode } from './xbzrle.js';
 /** QEMU's MAX_WAIT: an iterate call stops after this many ms (checked every 64 pages). */
 export const RAM_ITERATE_MAX_WAIT_MS = 50;
 /** Hand buffered output to the sink once this much is queued, so END sections stay bounded in memory. */
-const DRAIN_THRESHOLD_BYTES = 1 << 20;
+const DRAIN_THRESHOLD_BYTES = 4 << 20;
 
 const ZERO_PAGE = new Uint8Array(TARGET_PAGE_SIZE);
 

@@ -83,17 +83,30 @@ export interface NodeSourceOptions {
   onClose?: () => void;
 }
 
+/** Received bytes kept ahead of the consumer before the stream is paused (then TCP's window pushes back). */
+const SOURCE_QUEUE_HIGH_BYTES = 1 << 20;
+/** Reading resumes once the consumer has taken the queue below this. */
+const SOURCE_QUEUE_LOW_BYTES = 256 * 1024;
+
 export class NodeReadableSource implements ByteSource {
   private ended = false;
   private closedByUser = false;
   private failure: ChannelError | undefined;
   private endCheck: Promise<void> | undefined;
   private readonly wake = new Wakeup();
+  /** Chunks received and not yet read, as they came (never joined: no copy). */
+  private readonly queue: Uint8Array[] = [];
+  private queueHead = 0;
+  private queuedBytes = 0;
+  private paused = false;
 
   constructor(private readonly stream: Readable, private readonly options: NodeSourceOptions) {
-    // A 'readable' listener puts the stream in paused mode: data is pulled by read(),
-    // so the kernel's window (TCP) or the pipe applies backpressure to the peer.
-    stream.on('readable', this.wake.notify);
+    // Flowing mode with our own bounded queue: each chunk is handed over as it
+    // came (a paused-mode read() would join buffered chunks, and the socket
+    // would stop and restart reading around every chunk). Past the queue's
+    // bound the stream is paused, so the kernel's window (TCP) or the pipe
+    // applies backpressure to the peer.
+    stream.on('data', this.onData);
     stream.on('end', () => {
       this.ended = true;
       this.wake.notify();
@@ -109,6 +122,36 @@ export class NodeReadableSource implements ByteSource {
     options.signal.addEventListener('abort', this.wake.notify, { once: true });
   }
 
+  private readonly onData = (chunk: Buffer | string): void => {
+    const bytes = typeof chunk === 'string' ? Buffer.from(chunk, 'latin1') : chunk;
+    this.queue.push(bytes);
+    this.queuedBytes += bytes.length;
+    if (this.queuedBytes >= SOURCE_QUEUE_HIGH_BYTES && !this.paused) {
+      this.paused = true;
+      this.stream.pause();
+    }
+    this.wake.notify();
+  };
+
+  private shift(): Uint8Array | null {
+    if (this.queueHead >= this.queue.length) return null;
+    const chunk = this.queue[this.queueHead]!;
+    this.queue[this.queueHead++] = undefined as unknown as Uint8Array;
+    if (this.queueHead === this.queue.length) {
+      this.queue.length = 0;
+      this.queueHead = 0;
+    } else if (this.queueHead >= 1024) {
+      this.queue.splice(0, this.queueHead);
+      this.queueHead = 0;
+    }
+    this.queuedBytes -= chunk.length;
+    if (this.paused && this.queuedBytes < SOURCE_QUEUE_LOW_BYTES && !this.closedByUser) {
+      this.paused = false;
+      this.stream.resume();
+    }
+    return chunk;
+  }
+
   async read(): Promise<Uint8Array | null> {
     const { signal, what } = this.options;
     for (;;) {
@@ -116,7 +159,7 @@ export class NodeReadableSource implements ByteSource {
       if (this.closedByUser) return null;
       // Data that arrived before a failure is still delivered: it brings the reader
       // up to the real point where the stream broke.
-      const chunk = this.stream.read() as Buffer | null;
+      const chunk = this.shift();
       if (chunk !== null) return chunk;
       if (this.ended) {
         if (this.options.atEnd) {
@@ -134,7 +177,11 @@ export class NodeReadableSource implements ByteSource {
   async close(): Promise<void> {
     if (this.closedByUser) return;
     this.closedByUser = true;
-    this.stream.off('readable', this.wake.notify);
+    this.stream.off('data', this.onData);
+    this.stream.pause();
+    this.queue.length = 0;
+    this.queueHead = 0;
+    this.queuedBytes = 0;
     this.wake.notify();
     this.options.onClose?.();
   }
@@ -178,11 +225,35 @@ export class NodeWritableSink implements ByteSink {
     return undefined;
   }
 
-  async write(chunk: Uint8Array): Promise<void> {
+  write(chunk: Uint8Array): Promise<void> {
+    return this.send(chunk, undefined);
+  }
+
+  /** write(), and `release` once Node has handed the chunk to the OS (or given up on it). */
+  writeLent(chunk: Uint8Array, release: () => void): Promise<void> {
+    return this.send(chunk, release);
+  }
+
+  private async send(chunk: Uint8Array, release: (() => void) | undefined): Promise<void> {
     await this.check();
     if (this.closing) throw new ChannelError(`${this.options.what}: write after close`);
     if (this.stream.destroyed) throw new ChannelError(`${this.options.what}: channel is closed`);
-    this.stream.write(chunk);
+    // Node calls the callback when the chunk was written, or with the error that ended the stream.
+    if (release) {
+      let released = false;
+      const done = (): void => {
+        if (released) return;
+        released = true;
+        release();
+      };
+      this.stream.write(chunk, done);
+      // Nothing left in Node's queue: the OS took the whole chunk synchronously.
+      // Release now rather than on the next tick (a busy producer would otherwise
+      // run ahead of the callbacks and allocate fresh memory meanwhile).
+      if (this.stream.writableLength === 0) done();
+    } else {
+      this.stream.write(chunk);
+    }
     // Returning once Node has buffered the chunk below its high-water mark is the backpressure.
     while (this.stream.writableNeedDrain) {
       await this.wake.wait();

@@ -17,6 +17,12 @@ export interface ByteSource {
 
 export interface ByteSink {
   write(chunk: Uint8Array): Promise<void>;
+  /**
+   * Optional: as write(), and call `release` once the sink no longer needs the
+   * chunk's memory (its bytes went to the OS, or the write failed), so that the
+   * caller may reuse it. Sinks that keep chunks (memory) do not offer it.
+   */
+  writeLent?(chunk: Uint8Array, release: () => void): Promise<void>;
   /** Flush and release the channel. */
   close(): Promise<void>;
 }

@@ -5,9 +5,16 @@
  * has them or the source ends, which raises UnexpectedEndError with the offset.
  * Lengths taken from the stream are always checked against an explicit bound
  * before anything is allocated for them.
+ *
+ * Chunks from the source are used in place: reads inside one chunk cost no
+ * copy, and large reads into a caller's memory (readInto: RAM pages) copy
+ * straight from each chunk. Only a small read that straddles two chunks
+ * stitches the unread tail with just the bytes it needs from the next chunk;
+ * the rest of that chunk waits in `pending` and is used in place afterwards.
  */
 import type { ByteSource } from './channel.js';
 import { StreamError, UnexpectedEndError } from './errors.js';
+import { copyBytes } from './writer.js';
 
 const EMPTY = new Uint8Array(0);
 const textDecoder = new TextDecoder('utf-8');
@@ -18,6 +25,9 @@ export class StreamReader {
   private position = 0; // next unread byte in buffer
   private consumedBefore = 0; // stream offset of buffer[0]
   private ended = false;
+  /** Chunks already taken from the source that follow `buffer` (in order). */
+  private readonly pending: Uint8Array[] = [];
+  private pendingHead = 0;
 
   constructor(private readonly source: ByteSource) {}
 
@@ -26,22 +36,93 @@ export class StreamReader {
     return this.consumedBefore + this.position;
   }
 
-  /** Bytes buffered and readable without waiting. */
+  /** Bytes buffered and readable by the *Sync methods without waiting. */
   get buffered(): number {
     return this.buffer.length - this.position;
+  }
+
+  private nextPending(): Uint8Array | undefined {
+    if (this.pendingHead >= this.pending.length) return undefined;
+    const chunk = this.pending[this.pendingHead]!;
+    this.pending[this.pendingHead++] = EMPTY;
+    if (this.pendingHead === this.pending.length) {
+      this.pending.length = 0;
+      this.pendingHead = 0;
+    }
+    return chunk;
+  }
+
+  private unshiftPending(chunk: Uint8Array): void {
+    if (this.pendingHead > 0) this.pending[--this.pendingHead] = chunk;
+    else this.pending.unshift(chunk);
+  }
+
+  private setBuffer(buffer: Uint8Array): void {
+    this.buffer = buffer;
+    this.position = 0;
+    this.view = new DataView(buffer.buffer, buffer.byteOffset, buffer.byteLength);
+  }
+
+  /**
+   * Add `chunk` after the unread bytes so that (if it holds enough) `n` bytes
+   * are contiguous. A fully read buffer is simply replaced by the chunk; an
+   * unread tail is joined with only the bytes it lacks, the rest of the chunk
+   * is kept for later.
+   */
+  private append(chunk: Uint8Array, n: number): void {
+    const rest = this.buffer.length - this.position;
+    if (rest === 0) {
+      this.consumedBefore += this.buffer.length;
+      this.setBuffer(chunk);
+      return;
+    }
+    const take = Math.min(chunk.length, n - rest);
+    // Views handed out earlier keep pointing at the old buffer, which is never written again.
+    const joined = new Uint8Array(rest + take);
+    joined.set(this.buffer.subarray(this.position), 0);
+    joined.set(take === chunk.length ? chunk : chunk.subarray(0, take), rest);
+    if (take < chunk.length) this.unshiftPending(chunk.subarray(take));
+    this.consumedBefore += this.position;
+    this.setBuffer(joined);
+  }
+
+  /**
+   * Make `n` bytes readable synchronously from chunks already received; never
+   * waits. False when more must come from the source first.
+   */
+  available(n: number): boolean {
+    while (this.buffer.length - this.position < n) {
+      const chunk = this.nextPending();
+      if (chunk === undefined) return false;
+      if (chunk.length > 0) this.append(chunk, n);
+    }
+    return true;
+  }
+
+  /** The next chunk: a pending one, else one from the source; null at the end. */
+  private async nextChunk(): Promise<Uint8Array | null> {
+    for (;;) {
+      const pending = this.nextPending();
+      if (pending !== undefined) {
+        if (pending.length > 0) return pending;
+        continue;
+      }
+      if (this.ended) return null;
+      const chunk = await this.source.read();
+      if (chunk === null) {
+        this.ended = true;
+        return null;
+      }
+      if (chunk.length > 0) return chunk;
+    }
   }
 
   /** Make at least `n` bytes available; false if the stream ends first. */
   async tryEnsure(n: number): Promise<boolean> {
     while (this.buffer.length - this.position < n) {
-      if (this.ended) return false;
-      const chunk = await this.source.read();
-      if (chunk === null) {
-        this.ended = true;
-        return false;
-      }
-      if (chunk.length === 0) continue;
-      this.append(chunk);
+      const chunk = await this.nextChunk();
+      if (chunk === null) return false;
+      this.append(chunk, n);
     }
     return true;
   }
@@ -52,26 +133,9 @@ export class StreamReader {
     if (!(await this.tryEnsure(n))) throw new UnexpectedEndError(n, this.buffered, this.offset);
   }
 
-  private append(chunk: Uint8Array): void {
-    const rest = this.buffer.length - this.position;
-    if (rest === 0) {
-      this.consumedBefore += this.buffer.length;
-      this.buffer = chunk;
-    } else {
-      // Copy the unread tail and the new chunk together. Views handed out
-      // earlier keep pointing at the old buffer, which is never written again.
-      const joined = new Uint8Array(rest + chunk.length);
-      joined.set(this.buffer.subarray(this.position), 0);
-      joined.set(chunk, rest);
-      this.consumedBefore += this.position;
-      this.buffer = joined;
-    }
-    this.position = 0;
-    this.view = new DataView(this.buffer.buffer, this.buffer.byteOffset, this.buffer.byteLength);
-  }
-
   /** True when no byte is left in the stream. */
   async atEnd(): Promise<boolean> {
+    if (this.buffer.length > this.position) return false;
     return !(await this.tryEnsure(1));
   }
 
@@ -89,8 +153,8 @@ export class StreamReader {
 
   /*
    * Synchronous reads for hot loops: valid only when `buffered` covers them
-   * (check it first, or call ensure()). They skip the promise machinery that
-   * dominates the cost of small records such as ZERO pages.
+   * (check it or available() first, or call ensure()). They skip the promise
+   * machinery that dominates the cost of small records such as ZERO pages.
    */
   u8Sync(): number {
     if (this.position >= this.buffer.length) throw new RangeError('u8Sync past the buffered bytes');
@@ -102,6 +166,14 @@ export class StreamReader {
     const v = this.view.getUint32(this.position);
     this.position += 4;
     return v;
+  }
+
+  /** Copy `n` buffered bytes into `target` at `targetOffset` (see u8Sync). */
+  readIntoSync(target: Uint8Array, targetOffset: number, n: number): void {
+    const at = this.position;
+    if (this.buffer.length - at < n) throw new RangeError('readIntoSync past the buffered bytes');
+    copyBytes(target, targetOffset, this.buffer.subarray(at, at + n));
+    this.position = at + n;
   }
 
   async u8(): Promise<number> {
@@ -160,11 +232,32 @@ export class StreamReader {
     return out;
   }
 
-  /** Copy `n` bytes into `target` at `targetOffset`. */
+  /**
+   * Copy `n` bytes into `target` at `targetOffset`, straight from each chunk
+   * (nothing is joined or allocated, whatever `n` is). On a truncated stream
+   * the error names the offset where this read started.
+   */
   async readInto(target: Uint8Array, targetOffset: number, n: number): Promise<void> {
-    if (this.buffer.length - this.position < n) await this.ensure(n);
-    target.set(this.buffer.subarray(this.position, this.position + n), targetOffset);
-    this.position += n;
+    if (this.buffer.length - this.position >= n) {
+      this.readIntoSync(target, targetOffset, n);
+      return;
+    }
+    if (targetOffset < 0 || targetOffset + n > target.length) throw new RangeError(`readInto: ${n} bytes at ${targetOffset} do not fit a target of ${target.length}`);
+    const startOffset = this.offset;
+    let done = 0;
+    for (;;) {
+      const step = Math.min(n - done, this.buffer.length - this.position);
+      if (step > 0) {
+        copyBytes(target, targetOffset + done, this.buffer.subarray(this.position, this.position + step));
+        this.position += step;
+        done += step;
+      }
+      if (done === n) return;
+      const chunk = await this.nextChunk();
+      if (chunk === null) throw new UnexpectedEndError(n, done, startOffset);
+      this.consumedBefore += this.buffer.length;
+      this.setBuffer(chunk);
+    }
   }
 
   /** Skip `n` bytes without keeping them (bounded memory whatever `n` is). */
