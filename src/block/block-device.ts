@@ -25,6 +25,8 @@ export class BlockDevice {
   /** One bit per 1 MiB chunk, set by every write (tracking is always on; consumers clear it). */
   readonly dirty: DirtyBitmap;
   private closed = false;
+  /** Chunk bits set by a writer outside this object (a vCPU thread), same word layout as `dirty`. */
+  private sharedLog: Int32Array | undefined;
 
   private constructor(
     readonly name: string,
@@ -75,6 +77,62 @@ export class BlockDevice {
 
   get chunkCount(): number {
     return this.dirty.sizeBits;
+  }
+
+  /**
+   * The image's file descriptor, for a writer in another thread (fs.writeSync):
+   * descriptors are per process. Valid until close().
+   */
+  get fd(): number {
+    return this.handle.fd;
+  }
+
+  /** Bytes a shared dirty log needs: one bit per chunk, in whole 32-bit words. */
+  get sharedDirtyLogBytes(): number {
+    return this.dirty.words.length * 4;
+  }
+
+  /** The attached shared dirty log, if any. */
+  get sharedDirtyLog(): SharedArrayBuffer | undefined {
+    return this.sharedLog?.buffer as SharedArrayBuffer | undefined;
+  }
+
+  /**
+   * Attach a shared chunk bitmap (a new one when `log` is omitted) that an
+   * external writer sets: bit c of 32-bit word c >> 5 (LSB first, as `dirty`),
+   * with Atomics.or *after* its write to the image returned. collectDirty()
+   * moves the bits into `dirty`. Bits of a previously attached log are
+   * collected first, so none is lost by the switch. Returns the log.
+   */
+  attachSharedDirtyLog(log: SharedArrayBuffer = new SharedArrayBuffer(this.sharedDirtyLogBytes)): SharedArrayBuffer {
+    if (!(log instanceof SharedArrayBuffer)) throw new TypeError(`block device ${this.name}: the shared dirty log must be a SharedArrayBuffer`);
+    if (log.byteLength < this.sharedDirtyLogBytes) {
+      throw new RangeError(`block device ${this.name}: shared dirty log of ${log.byteLength} bytes, ${this.chunkCount} chunks need ${this.sharedDirtyLogBytes}`);
+    }
+    if (this.sharedLog && this.sharedLog.buffer !== log) this.collectDirty();
+    this.sharedLog = new Int32Array(log, 0, this.dirty.words.length);
+    return log;
+  }
+
+  /**
+   * Move the shared log's bits into `dirty` (each word exchanged with 0) and
+   * return how many chunks became newly dirty. Call before looking at
+   * `dirty`. Lossless by the same argument as the test machine's RAM log: the
+   * writer sets a bit after its data landed, and the caller reads a chunk
+   * after this exchange, so a write is either in what the caller reads or
+   * its bit is set again for the next collect.
+   */
+  collectDirty(): number {
+    const log = this.sharedLog;
+    if (!log) return 0;
+    let words: Uint32Array | undefined;
+    for (let w = 0; w < log.length; w++) {
+      // A plain atomic load first keeps us off the writer's cache line when the word is clean.
+      if (Atomics.load(log, w) === 0) continue;
+      words ??= new Uint32Array(log.length);
+      words[w] = Atomics.exchange(log, w, 0) >>> 0;
+    }
+    return words ? this.dirty.merge(words) : 0;
   }
 
   private checkRange(sector: number, count: number): void {

@@ -9,10 +9,18 @@
  * control block (Int32Array, layout below: run state, knobs, published
  * counters, the CPU registers and the serial registers).
  *
+ * With a disk attached, a second workload interleaves with the page writes
+ * at its own rate: write one 4096-byte block (disk-workload.ts) to the image
+ * with pwrite, set the block's 1 MiB chunk bit in the disk's shared dirty log,
+ * then record the block's generation in a u32 table at the top of guest RAM
+ * (and mark that page dirty). The guest's RAM thus says what the disk must
+ * hold, so a lost or stale disk write after migration is detectable.
+ *
  * Ordering rules (the JS memory model gives happens-before only through
  * atomics, so every hand-over goes through one):
  * - RAM write, *then* Atomics.or of the page's dirty bit (see syncDirtyLog in
- *   test-machine.ts for why this makes the dirty log exact);
+ *   test-machine.ts for why this makes the dirty log exact); the same for a
+ *   disk block: pwrite returned, *then* Atomics.or of its chunk's bit;
  * - registers are plain stores, published by the atomic store of the
  *   `Stopped` state; they are read back after the atomic CAS that takes a
  *   `RunRequested` (which the main thread stored after writing them), so a
@@ -21,7 +29,9 @@
  * This module is also imported by the main thread for its layout constants;
  * the vCPU only runs when loaded as the worker (see the guard at the end).
  */
+import { writeSync } from 'node:fs';
 import { isMainThread, parentPort, workerData } from 'node:worker_threads';
+import { DISK_BLOCK_SIZE_BYTES, encodeDiskBlock } from './disk-workload.js';
 
 export const PAGE_SIZE_BYTES = 4096;
 export const WORKER_KIND = 'livemig-test-cpu';
@@ -35,7 +45,7 @@ export const VcpuState = {
   Running: 2,
   /** Main asked to stop; the vCPU turns it into Stopped at the next page boundary. */
   StopRequested: 3,
-  /** The vCPU is stopped: no RAM write happens until the next RunRequested. */
+  /** The vCPU is stopped: no RAM or disk write happens until the next RunRequested. */
   Stopped: 4,
   /** Leave the loop and end the thread. */
   Exit: 5,
@@ -73,19 +83,35 @@ export const Ctrl = {
   SerialMcr: 27,
   SerialScr: 28,
   SerialThr: 29,
+  // The disk workload (used only with a disk attached).
+  DiskRateBlocksPerSecond: 32,
+  StatDiskBlocksLo: 33,
+  StatDiskBlocksHi: 34,
+  // Disk workload registers: valid while the vCPU is stopped.
+  DiskBlockCount: 35,
+  DiskGenTablePage: 36,
+  DiskPattern: 37,
+  DiskCursorBlocks: 38,
+  DiskPrngState: 39,
+  DiskBlocksWrittenLo: 40,
+  DiskBlocksWrittenHi: 41,
 } as const;
-export const CTRL_WORDS = 32;
+export const CTRL_WORDS = 48;
 
 export interface VcpuWorkerData {
   kind: typeof WORKER_KIND;
   ram: SharedArrayBuffer;
   dirty: SharedArrayBuffer;
   ctrl: SharedArrayBuffer;
+  /** The disk, when one is attached: its image's fd (shared by all threads) and its shared chunk dirty log. */
+  disk?: { fd: number; dirtyLog: SharedArrayBuffer; chunkSizeBytes: number };
 }
 
 const TWO_POW_32 = 4294967296;
 /** Pages written between checks of the clock, knobs and published counters. */
 const CHUNK_PAGES = 64;
+/** Disk blocks written at most between those checks (each is a syscall, far slower than a page). */
+const CHUNK_DISK_BLOCKS = 8;
 /** QEMU's CPU throttle time slice. */
 const THROTTLE_SLICE_MS = 10;
 /** Serial bytes are batched into one message at most this often (a tiny range can pass very fast). */
@@ -114,6 +140,20 @@ function runVcpu(data: VcpuWorkerData): void {
   let serialEvery = 0;
   let pagesWritten = 0;
   let lastValue = 0;
+  // Disk workload registers.
+  let diskBlocks = 0;
+  let genTableAt = 0;
+  let diskPattern = 0;
+  let diskCursor = 0;
+  let diskPrng = 0;
+  let diskBlocksWritten = 0;
+
+  const disk = data.disk;
+  const diskDirty = disk ? new Int32Array(disk.dirtyLog) : undefined;
+  const blocksPerChunkShift = disk ? Math.log2(disk.chunkSizeBytes / DISK_BLOCK_SIZE_BYTES) : 0;
+  const diskBuffer = new Uint8Array(DISK_BLOCK_SIZE_BYTES);
+  // The generation table is little-endian u32s in guest RAM, whatever the host's byte order.
+  const ramView = new DataView(data.ram);
 
   let serialPending: number[] = [];
   let lastSerialFlushMs = 0;
@@ -128,12 +168,20 @@ function runVcpu(data: VcpuWorkerData): void {
     serialEvery = ctrl[Ctrl.SerialEveryPasses]! >>> 0;
     pagesWritten = (ctrl[Ctrl.PagesWrittenHi]! >>> 0) * TWO_POW_32 + (ctrl[Ctrl.PagesWrittenLo]! >>> 0);
     lastValue = ctrl[Ctrl.LastValue]! & 0xff;
+    diskBlocks = ctrl[Ctrl.DiskBlockCount]! >>> 0;
+    genTableAt = (ctrl[Ctrl.DiskGenTablePage]! >>> 0) * PAGE_SIZE_BYTES;
+    diskPattern = ctrl[Ctrl.DiskPattern]!;
+    diskCursor = ctrl[Ctrl.DiskCursorBlocks]! >>> 0;
+    diskPrng = ctrl[Ctrl.DiskPrngState]! >>> 0;
+    diskBlocksWritten = (ctrl[Ctrl.DiskBlocksWrittenHi]! >>> 0) * TWO_POW_32 + (ctrl[Ctrl.DiskBlocksWrittenLo]! >>> 0);
   };
 
   const publishStats = (): void => {
     Atomics.store(ctrl, Ctrl.StatPasses, passes | 0);
     Atomics.store(ctrl, Ctrl.StatPagesHi, Math.floor(pagesWritten / TWO_POW_32) | 0);
     Atomics.store(ctrl, Ctrl.StatPagesLo, pagesWritten % TWO_POW_32 | 0);
+    Atomics.store(ctrl, Ctrl.StatDiskBlocksHi, Math.floor(diskBlocksWritten / TWO_POW_32) | 0);
+    Atomics.store(ctrl, Ctrl.StatDiskBlocksLo, diskBlocksWritten % TWO_POW_32 | 0);
   };
 
   const storeRegs = (): void => {
@@ -143,7 +191,44 @@ function runVcpu(data: VcpuWorkerData): void {
     ctrl[Ctrl.PagesWrittenLo] = pagesWritten % TWO_POW_32 | 0;
     ctrl[Ctrl.PagesWrittenHi] = Math.floor(pagesWritten / TWO_POW_32) | 0;
     ctrl[Ctrl.LastValue] = lastValue;
+    ctrl[Ctrl.DiskCursorBlocks] = diskCursor | 0;
+    ctrl[Ctrl.DiskPrngState] = diskPrng | 0;
+    ctrl[Ctrl.DiskBlocksWrittenLo] = diskBlocksWritten % TWO_POW_32 | 0;
+    ctrl[Ctrl.DiskBlocksWrittenHi] = Math.floor(diskBlocksWritten / TWO_POW_32) | 0;
     publishStats();
+  };
+
+  /**
+   * One disk write, whole: the block's next generation to the image, its
+   * chunk's bit, then the generation into the table in RAM and that page's
+   * bit. The pause check is outside, so a stopped guest's table matches its disk.
+   */
+  const diskWrite = (): void => {
+    let block: number;
+    if (diskPattern === Pattern.Random) {
+      // mulberry32, as the RAM workload's.
+      diskPrng = (diskPrng + 0x6d2b79f5) >>> 0;
+      let t = diskPrng;
+      t = Math.imul(t ^ (t >>> 15), t | 1);
+      t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+      block = Math.floor((((t ^ (t >>> 14)) >>> 0) * diskBlocks) / TWO_POW_32);
+    } else {
+      block = diskCursor;
+      if (++diskCursor >= diskBlocks) diskCursor = 0;
+    }
+    const entryAt = genTableAt + block * 4;
+    // u32 wrap after 2^32 writes of one block gives 0 ("never written"): not reachable in a test.
+    const generation = (ramView.getUint32(entryAt, true) + 1) >>> 0;
+    encodeDiskBlock(diskBuffer, block, generation);
+    const offset = block * DISK_BLOCK_SIZE_BYTES;
+    for (let done = 0; done < DISK_BLOCK_SIZE_BYTES; ) done += writeSync(disk!.fd, diskBuffer, done, DISK_BLOCK_SIZE_BYTES - done, offset + done);
+    // After pwrite returned: whoever clears this bit and then reads the chunk sees the block.
+    const chunk = block >>> blocksPerChunkShift;
+    Atomics.or(diskDirty!, chunk >>> 5, 1 << (chunk & 31));
+    ramView.setUint32(entryAt, generation, true);
+    const page = Math.floor(entryAt / PAGE_SIZE_BYTES);
+    Atomics.or(dirty, page >>> 5, 1 << (page & 31));
+    diskBlocksWritten++;
   };
 
   const flushSerial = (): void => {
@@ -200,6 +285,8 @@ function runVcpu(data: VcpuWorkerData): void {
     let tokens = 0;
     let lastRefillMs = performance.now();
     let sliceStartMs = lastRefillMs;
+    let diskTokens = 0;
+    let diskLastRefillMs = lastRefillMs;
     for (;;) {
       if (Atomics.load(ctrl, Ctrl.State) !== VcpuState.Running) {
         const go = control();
@@ -207,17 +294,34 @@ function runVcpu(data: VcpuWorkerData): void {
       }
       const throttlePercent = Atomics.load(ctrl, Ctrl.ThrottlePercent);
       const ratePagesPerSecond = Atomics.load(ctrl, Ctrl.DirtyRatePagesPerSecond);
+      const diskRateBlocksPerSecond = disk && diskBlocks > 0 ? Atomics.load(ctrl, Ctrl.DiskRateBlocksPerSecond) : 0;
+      const now = performance.now();
       let n = CHUNK_PAGES;
+      let waitMs = Infinity;
       if (ratePagesPerSecond > 0) {
         // Token bucket with at most 20 ms worth of burst.
-        const now = performance.now();
         tokens = Math.min(tokens + ((now - lastRefillMs) * ratePagesPerSecond) / 1000, Math.max(1, ratePagesPerSecond / 50));
         lastRefillMs = now;
         if (tokens < 1) {
-          nap(Math.min(THROTTLE_SLICE_MS, ((1 - tokens) * 1000) / ratePagesPerSecond));
-          continue;
+          n = 0;
+          waitMs = ((1 - tokens) * 1000) / ratePagesPerSecond;
+        } else {
+          n = Math.min(n, Math.floor(tokens));
         }
-        n = Math.min(n, Math.floor(tokens));
+      }
+      // The disk's own bucket (0 = no disk writes), the same shape.
+      let diskN = 0;
+      if (diskRateBlocksPerSecond > 0) {
+        diskTokens = Math.min(diskTokens + ((now - diskLastRefillMs) * diskRateBlocksPerSecond) / 1000, Math.max(1, diskRateBlocksPerSecond / 50));
+        if (diskTokens < 1) waitMs = Math.min(waitMs, ((1 - diskTokens) * 1000) / diskRateBlocksPerSecond);
+        else diskN = Math.min(CHUNK_DISK_BLOCKS, Math.floor(diskTokens));
+      } else {
+        diskTokens = 0;
+      }
+      diskLastRefillMs = now;
+      if (n === 0 && diskN === 0) {
+        nap(Math.min(THROTTLE_SLICE_MS, waitMs));
+        continue;
       }
       if (throttlePercent > 0) {
         // Within each 10 ms slice run (100 - p) % of it and sleep p % (QEMU's cpu throttle ratio).
@@ -229,8 +333,18 @@ function runVcpu(data: VcpuWorkerData): void {
           // accrues only while it runs, so a capped workload slows down by (100 - p) %
           // like a CPU-bound guest under QEMU's throttle.
           lastRefillMs = sliceStartMs;
+          diskLastRefillMs = sliceStartMs;
           continue;
         }
+      }
+      for (let i = 0; i < diskN; i++) {
+        // The same safe point as for pages: between whole disk writes.
+        if (Atomics.load(ctrl, Ctrl.State) !== VcpuState.Running) {
+          const go = control();
+          if (go !== true) return go;
+        }
+        diskWrite();
+        diskTokens--;
       }
       for (let i = 0; i < n; i++) {
         // The safe point: one atomic load per page, so a pause takes effect within one page write.

@@ -3,14 +3,21 @@
  * vCPU in a worker thread running QEMU's migration-test workload
  * (test-machine-worker.ts), an exact dirty log, a pause at page boundaries,
  * CPU and serial state as VMState sections, serial output as a stream.
+ *
+ * Optionally a disk (a BlockDevice the caller opened) with a disk workload in
+ * the same vCPU: 4096-byte blocks whose generation the guest records in a
+ * table at the top of its RAM, so checkDisk() can tell after a migration
+ * whether every block holds what the guest last wrote.
  */
 import { Readable } from 'node:stream';
 import { Worker } from 'node:worker_threads';
+import { CHUNK_SIZE, SECTOR_SIZE, type BlockDevice } from '../block/block-device.js';
 import { DenseRamBlock, type RamBlock } from '../ram/index.js';
 import type { SaveStateRegistry } from '../savevm/index.js';
 import { defineVmsd, field } from '../vmstate/index.js';
 import type { DirtyLogSink, Machine } from './machine.js';
 import { checkMemory, ramSha256, type MemoryCheckResult } from './memory-check.js';
+import { DISK_BLOCK_SIZE_BYTES, verifyDiskBlock } from './disk-workload.js';
 import { CTRL_WORDS, Ctrl, PAGE_SIZE_BYTES, Pattern, VcpuState, WORKER_KIND, type VcpuWorkerData } from './test-machine-worker.js';
 
 export const TEST_MACHINE_NAME = 'livemig-test';
@@ -39,6 +46,17 @@ export interface TestMachineOptions {
   incoming?: boolean;
   /** Do not start the vCPU (a non-incoming machine otherwise runs at once). */
   startPaused?: boolean;
+  /**
+   * A disk (opened by the caller, writable, at least one 4096-byte block; close
+   * it only after destroy()). Its generation table (4 bytes per block, whole
+   * pages) takes the top of RAM, which the RAM workload's range must not
+   * reach: with a disk, the default range end is also capped at the table.
+   */
+  disk?: BlockDevice;
+  /** Disk blocks written per second; 0 = the disk workload is off (default 0). */
+  diskRateBlocksPerSecond?: number;
+  /** Which block comes next: `sequential` through the disk, or `random` from a PRNG seeded with `seed` (default random). */
+  diskPattern?: TestPattern;
 }
 
 /** The vCPU's registers (exact while it is stopped). */
@@ -62,6 +80,38 @@ export interface TestMachineStats {
   /** Passes over the range so far (u32, wraps). Up to one 64-page chunk behind while running, exact when paused. */
   passes: number;
   pagesWritten: number;
+  /** Disk blocks written (0 without a disk). */
+  diskBlocksWritten: number;
+}
+
+/** The disk workload's registers and layout (exact while the vCPU is stopped). */
+export interface TestDiskState {
+  diskSizeBytes: number;
+  blockSizeBytes: number;
+  blockCount: number;
+  /** Guest-physical address of the generation table (little-endian u32 per block). */
+  genTableAddress: number;
+  pattern: TestPattern;
+  /** Next block (sequential pattern). */
+  cursorBlocks: number;
+  prngState: number;
+  blocksWritten: number;
+}
+
+export interface DiskCheckResult {
+  /** Blocks with a recorded generation (> 0), each read and verified. */
+  blocksChecked: number;
+  /** Blocks that failed. */
+  badBlocks: number;
+  /** The first few failures, each naming the block and what was wrong. */
+  errors: string[];
+  ok: boolean;
+}
+
+/** Where the disk workload keeps its generation table: the top of RAM, in whole pages. */
+export function diskGenTableAddress(ramSizeBytes: number, diskSizeBytes: number): number {
+  const blocks = Math.floor(diskSizeBytes / DISK_BLOCK_SIZE_BYTES);
+  return ramSizeBytes - Math.ceil((blocks * 4) / PAGE_SIZE_BYTES) * PAGE_SIZE_BYTES;
 }
 
 /** The section bodies, named as on the wire; hooks move them between shared memory and these objects. */
@@ -77,6 +127,17 @@ interface CpuSection {
   pages_written: bigint;
   booted: boolean;
   last_value: number;
+}
+
+interface DiskSection {
+  readonly machine: TestMachine;
+  disk_size: bigint;
+  block_size: number;
+  gen_table_address: bigint;
+  pattern: number;
+  cursor: number;
+  prng_state: number;
+  blocks_written: bigint;
 }
 
 interface SerialSection {
@@ -131,6 +192,13 @@ export const testCpuVmsd = defineVmsd<CpuSection>({
     if (s.range_start % page !== 0n || s.range_end % page !== 0n || s.range_start >= s.range_end || s.range_end > ramBytes) {
       throw new RangeError(`range 0x${s.range_start.toString(16)}..0x${s.range_end.toString(16)} is not a page-aligned range inside ${ramBytes} bytes of RAM`);
     }
+    const genTable = s.machine.diskLayout;
+    if (genTable && s.range_end > BigInt(genTable.genTableAddress)) {
+      // Else the RAM workload would scribble over the disk's generation records.
+      throw new RangeError(
+        `range 0x${s.range_start.toString(16)}..0x${s.range_end.toString(16)} overlaps this machine's disk generation table at 0x${genTable.genTableAddress.toString(16)}`,
+      );
+    }
     const rangePages = Number((s.range_end - s.range_start) / page);
     if (s.position >= rangePages) throw new RangeError(`position ${s.position} is outside the ${rangePages}-page range`);
     if (s.pattern !== Pattern.Sequential && s.pattern !== Pattern.Random) throw new RangeError(`unknown pattern ${s.pattern}`);
@@ -150,6 +218,69 @@ export const testCpuVmsd = defineVmsd<CpuSection>({
     Atomics.store(c, Ctrl.StatPasses, s.pass_count | 0);
     Atomics.store(c, Ctrl.StatPagesHi, c[Ctrl.PagesWrittenHi]!);
     Atomics.store(c, Ctrl.StatPagesLo, c[Ctrl.PagesWrittenLo]!);
+  },
+});
+
+function formatSize(bytes: number | bigint): string {
+  const n = BigInt(bytes);
+  return n % BigInt(MiB) === 0n ? `${n / BigInt(MiB)} MiB` : `${n} bytes`;
+}
+
+/**
+ * The disk workload's registers. Registered only on machines with a disk, so
+ * diskless machines' streams are unchanged; a destination without a disk
+ * refuses a source's disk as it refuses any device it lacks (loadvm's
+ * "unknown savevm section or instance 'test-disk' 0").
+ */
+export const testDiskVmsd = defineVmsd<DiskSection>({
+  name: 'test-disk',
+  version: 1,
+  minimumVersion: 1,
+  fields: [
+    field.uint64('disk_size'),
+    field.uint32('block_size'),
+    field.uint64('gen_table_address'),
+    field.uint8('pattern'),
+    field.uint32('cursor'),
+    field.uint32('prng_state'),
+    field.uint64('blocks_written'),
+  ],
+  preSave(s) {
+    const c = requireStopped(s.machine, 'test-disk save');
+    const layout = s.machine.diskLayout!;
+    s.disk_size = BigInt(layout.diskSizeBytes);
+    s.block_size = DISK_BLOCK_SIZE_BYTES;
+    s.gen_table_address = BigInt(layout.genTableAddress);
+    s.pattern = c[Ctrl.DiskPattern]!;
+    s.cursor = c[Ctrl.DiskCursorBlocks]! >>> 0;
+    s.prng_state = c[Ctrl.DiskPrngState]! >>> 0;
+    s.blocks_written = (BigInt(c[Ctrl.DiskBlocksWrittenHi]! >>> 0) << 32n) | BigInt(c[Ctrl.DiskBlocksWrittenLo]! >>> 0);
+  },
+  postLoad(s) {
+    const c = requireStopped(s.machine, 'test-disk load');
+    const layout = s.machine.diskLayout;
+    // The blocks and the table come from the source (block migration, RAM): both must land where this guest looks.
+    if (!layout) throw new Error(`test-disk: the source has a ${formatSize(s.disk_size)} disk, this machine has none`);
+    if (s.disk_size !== BigInt(layout.diskSizeBytes)) {
+      throw new Error(`test-disk: the source has a ${formatSize(s.disk_size)} disk, this machine has a ${formatSize(layout.diskSizeBytes)} disk`);
+    }
+    if (s.block_size !== DISK_BLOCK_SIZE_BYTES) throw new Error(`test-disk: the source writes ${s.block_size}-byte blocks, this machine ${DISK_BLOCK_SIZE_BYTES}-byte ones`);
+    if (s.gen_table_address !== BigInt(layout.genTableAddress)) {
+      throw new Error(
+        `test-disk: the source keeps its block generation table at 0x${s.gen_table_address.toString(16)}, this machine at 0x${layout.genTableAddress.toString(16)} (RAM sizes differ?)`,
+      );
+    }
+    if (s.pattern !== Pattern.Sequential && s.pattern !== Pattern.Random) throw new RangeError(`test-disk: unknown pattern ${s.pattern}`);
+    if (s.cursor >= layout.blockCount) throw new RangeError(`test-disk: cursor ${s.cursor} is outside the ${layout.blockCount}-block disk`);
+    if (s.blocks_written >= 1n << 53n) throw new RangeError(`test-disk: blocks_written ${s.blocks_written} is beyond 2^53`);
+    const blocks = Number(s.blocks_written);
+    c[Ctrl.DiskPattern] = s.pattern;
+    c[Ctrl.DiskCursorBlocks] = s.cursor | 0;
+    c[Ctrl.DiskPrngState] = s.prng_state | 0;
+    c[Ctrl.DiskBlocksWrittenLo] = blocks % TWO_POW_32 | 0;
+    c[Ctrl.DiskBlocksWrittenHi] = Math.floor(blocks / TWO_POW_32) | 0;
+    Atomics.store(c, Ctrl.StatDiskBlocksHi, c[Ctrl.DiskBlocksWrittenHi]!);
+    Atomics.store(c, Ctrl.StatDiskBlocksLo, c[Ctrl.DiskBlocksWrittenLo]!);
   },
 });
 
@@ -188,6 +319,8 @@ const waitAsync = (Atomics as unknown as { waitAsync(ta: Int32Array, index: numb
  * descheduled it, and a stop is on the migration's downtime path.
  */
 const PAUSE_BLOCK_MS = 2;
+/** checkDisk names at most this many bad blocks (and counts them all). */
+const MAX_DISK_CHECK_ERRORS = 10;
 /** Wait slices, so a dead worker is noticed. */
 const WAIT_SLICE_MS = 50;
 
@@ -208,12 +341,24 @@ export class TestMachine implements Machine {
   private destroyed = false;
   private readonly cpuSection: CpuSection;
   private readonly serialSection: SerialSection;
+  private readonly disk: BlockDevice | undefined;
+  private readonly diskSection: DiskSection | undefined;
+  /** @internal The disk workload's layout (undefined without a disk), for this module's VMState hooks. */
+  readonly diskLayout: { readonly diskSizeBytes: number; readonly blockCount: number; readonly genTableAddress: number } | undefined;
 
   /** Use createTestMachine(). */
   constructor(options: TestMachineOptions = {}) {
     const ramSizeBytes = options.ramSizeBytes ?? 128 * MiB;
     const rangeStartBytes = options.rangeStartBytes ?? MiB;
-    const rangeEndBytes = options.rangeEndBytes ?? Math.min(ramSizeBytes, 100 * MiB);
+    const disk = options.disk;
+    const diskBlocks = disk ? Math.floor(disk.sizeBytes / DISK_BLOCK_SIZE_BYTES) : 0;
+    const genTableAddress = disk ? diskGenTableAddress(ramSizeBytes, disk.sizeBytes) : ramSizeBytes;
+    if (disk && genTableAddress <= rangeStartBytes) {
+      throw new RangeError(
+        `a ${formatSize(disk.sizeBytes)} disk needs ${ramSizeBytes - genTableAddress} bytes at the top of RAM for its generation table: ${ramSizeBytes} bytes of RAM leave no room for the workload range from ${rangeStartBytes}`,
+      );
+    }
+    const rangeEndBytes = options.rangeEndBytes ?? Math.min(ramSizeBytes, 100 * MiB, genTableAddress);
     const serialEveryPasses = options.serialEveryPasses ?? 16;
     const pattern = options.pattern ?? 'sequential';
     checkPositiveMultiple('ramSizeBytes', ramSizeBytes);
@@ -226,6 +371,25 @@ export class TestMachine implements Machine {
     if (pattern !== 'sequential' && pattern !== 'random') throw new RangeError(`unknown pattern '${String(pattern)}'`);
     checkU32('serialEveryPasses', serialEveryPasses);
     checkU32('seed', options.seed ?? 1);
+    const diskPattern = options.diskPattern ?? 'random';
+    if (diskPattern !== 'sequential' && diskPattern !== 'random') throw new RangeError(`unknown disk pattern '${String(diskPattern)}'`);
+    if (disk) {
+      if (disk.readOnly) throw new RangeError(`disk ${disk.name} is read-only: the disk workload writes it`);
+      if (diskBlocks < 1) throw new RangeError(`disk ${disk.name} of ${disk.sizeBytes} bytes holds no ${DISK_BLOCK_SIZE_BYTES}-byte block`);
+      if (diskBlocks > 0x7fffffff) throw new RangeError(`disk ${disk.name} of ${disk.sizeBytes} bytes is too large`);
+      if (CHUNK_SIZE % DISK_BLOCK_SIZE_BYTES !== 0 || ((CHUNK_SIZE / DISK_BLOCK_SIZE_BYTES) & (CHUNK_SIZE / DISK_BLOCK_SIZE_BYTES - 1)) !== 0) {
+        throw new Error(`disk chunk size ${CHUNK_SIZE} is not a power-of-two multiple of ${DISK_BLOCK_SIZE_BYTES}`);
+      }
+      if (rangeEndBytes > genTableAddress) {
+        throw new RangeError(
+          `range ${rangeStartBytes}..${rangeEndBytes} overlaps the disk's generation table at ${genTableAddress}..${ramSizeBytes}: end the range at ${genTableAddress} at most`,
+        );
+      }
+    } else if ((options.diskRateBlocksPerSecond ?? 0) !== 0) {
+      throw new RangeError('diskRateBlocksPerSecond needs a disk');
+    }
+    this.disk = disk;
+    this.diskLayout = disk ? { diskSizeBytes: disk.sizeBytes, blockCount: diskBlocks, genTableAddress } : undefined;
 
     const ramBuffer = new SharedArrayBuffer(ramSizeBytes);
     const pageCount = ramSizeBytes / PAGE_SIZE_BYTES;
@@ -243,6 +407,14 @@ export class TestMachine implements Machine {
     c[Ctrl.RangeEndPage] = rangeEndBytes / PAGE_SIZE_BYTES;
     c[Ctrl.SerialEveryPasses] = serialEveryPasses | 0;
     this.setDirtyRateLimit(options.dirtyRatePagesPerSecond ?? 0);
+    if (disk) {
+      c[Ctrl.DiskBlockCount] = diskBlocks;
+      c[Ctrl.DiskGenTablePage] = genTableAddress / PAGE_SIZE_BYTES;
+      c[Ctrl.DiskPattern] = diskPattern === 'random' ? Pattern.Random : Pattern.Sequential;
+      // Not the RAM PRNG's seed as is: the two streams should not move in lockstep.
+      c[Ctrl.DiskPrngState] = ((options.seed ?? 1) ^ 0x9e3779b9) | 0;
+      this.setDiskRateLimit(options.diskRateBlocksPerSecond ?? 0);
+    }
 
     this.cpuSection = {
       machine: this,
@@ -258,9 +430,17 @@ export class TestMachine implements Machine {
       last_value: 0,
     };
     this.serialSection = { machine: this, tx_bytes: 0n, lcr: 0, mcr: 0, scr: 0, thr: 0 };
+    this.diskSection = disk
+      ? { machine: this, disk_size: 0n, block_size: 0, gen_table_address: 0n, pattern: 0, cursor: 0, prng_state: 0, blocks_written: 0n }
+      : undefined;
 
     this.serial = new Readable({ read() {} });
     const workerData: VcpuWorkerData = { kind: WORKER_KIND, ram: ramBuffer, dirty: dirtyBuffer, ctrl: ctrlBuffer };
+    if (disk) {
+      // The disk's own log, so the block migration handler sees the vCPU's writes through collectDirty().
+      const dirtyLog = disk.sharedDirtyLog ?? disk.attachSharedDirtyLog();
+      workerData.disk = { fd: disk.fd, dirtyLog, chunkSizeBytes: CHUNK_SIZE };
+    }
     this.worker = new Worker(new URL('./test-machine-worker.js', import.meta.url), { workerData });
     this.worker.on('message', (bytes: Uint8Array) => {
       if (!this.serial.destroyed) this.serial.push(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length));
@@ -299,6 +479,11 @@ export class TestMachine implements Machine {
 
   ramBlocks(): RamBlock[] {
     return [this.block];
+  }
+
+  /** The disk, if one is attached. */
+  blockDevices(): BlockDevice[] {
+    return this.disk ? [this.disk] : [];
   }
 
   /**
@@ -381,6 +566,8 @@ export class TestMachine implements Machine {
   /**
    * Run exactly `pages` page writes from a stopped vCPU, then stop (for
    * deterministic tests: two machines with equal state and RAM end up equal).
+   * Disk writes are paced by time, not counted here: set the disk rate to 0
+   * for an exact step.
    */
   async step(pages: number): Promise<void> {
     if (!Number.isInteger(pages) || pages < 1 || pages > 0x7fffffff) throw new RangeError(`step: bad page count ${pages}`);
@@ -415,9 +602,18 @@ export class TestMachine implements Machine {
     Atomics.notify(this.ctrl, Ctrl.State);
   }
 
+  /** Cap the disk workload in blocks written per second; 0 = off. */
+  setDiskRateLimit(blocksPerSecond: number): void {
+    if (!Number.isFinite(blocksPerSecond) || blocksPerSecond < 0) throw new RangeError(`disk rate ${blocksPerSecond} blocks/s must be >= 0`);
+    if (!this.disk && blocksPerSecond !== 0) throw new Error('setDiskRateLimit: this test machine has no disk');
+    Atomics.store(this.ctrl, Ctrl.DiskRateBlocksPerSecond, Math.min(0x7fffffff, Math.round(blocksPerSecond)));
+    Atomics.notify(this.ctrl, Ctrl.State);
+  }
+
   registerDevices(registry: SaveStateRegistry): void {
     registry.register({ idstr: 'test-cpu', instanceId: 0, vmsd: testCpuVmsd, opaque: this.cpuSection });
     registry.register({ idstr: 'test-serial', instanceId: 0, vmsd: testSerialVmsd, opaque: this.serialSection });
+    if (this.diskSection) registry.register({ idstr: 'test-disk', instanceId: 0, vmsd: testDiskVmsd, opaque: this.diskSection });
   }
 
   /** Counters published by the vCPU (exact when paused). */
@@ -430,7 +626,82 @@ export class TestMachine implements Machine {
       hi = Atomics.load(c, Ctrl.StatPagesHi) >>> 0;
       lo = Atomics.load(c, Ctrl.StatPagesLo) >>> 0;
     } while (hi !== Atomics.load(c, Ctrl.StatPagesHi) >>> 0);
-    return { passes: Atomics.load(c, Ctrl.StatPasses) >>> 0, pagesWritten: hi * TWO_POW_32 + lo };
+    let diskHi: number;
+    let diskLo: number;
+    do {
+      diskHi = Atomics.load(c, Ctrl.StatDiskBlocksHi) >>> 0;
+      diskLo = Atomics.load(c, Ctrl.StatDiskBlocksLo) >>> 0;
+    } while (diskHi !== Atomics.load(c, Ctrl.StatDiskBlocksHi) >>> 0);
+    return { passes: Atomics.load(c, Ctrl.StatPasses) >>> 0, pagesWritten: hi * TWO_POW_32 + lo, diskBlocksWritten: diskHi * TWO_POW_32 + diskLo };
+  }
+
+  /** The disk workload's registers and layout, or undefined without a disk; paused only. */
+  diskState(): TestDiskState | undefined {
+    const c = requireStopped(this, 'diskState');
+    const layout = this.diskLayout;
+    if (!layout) return undefined;
+    return {
+      diskSizeBytes: layout.diskSizeBytes,
+      blockSizeBytes: DISK_BLOCK_SIZE_BYTES,
+      blockCount: layout.blockCount,
+      genTableAddress: layout.genTableAddress,
+      pattern: c[Ctrl.DiskPattern] === Pattern.Random ? 'random' : 'sequential',
+      cursorBlocks: c[Ctrl.DiskCursorBlocks]! >>> 0,
+      prngState: c[Ctrl.DiskPrngState]! >>> 0,
+      blocksWritten: (c[Ctrl.DiskBlocksWrittenHi]! >>> 0) * TWO_POW_32 + (c[Ctrl.DiskBlocksWrittenLo]! >>> 0),
+    };
+  }
+
+  /**
+   * A copy of the guest's generation table (generation of each disk block, 0
+   * = never written); empty without a disk. Exact when paused.
+   */
+  diskGenerations(): Uint32Array {
+    const layout = this.diskLayout;
+    if (!layout) return new Uint32Array(0);
+    const view = new DataView(this.memory.buffer, this.memory.byteOffset + layout.genTableAddress, layout.blockCount * 4);
+    const out = new Uint32Array(layout.blockCount);
+    for (let b = 0; b < out.length; b++) out[b] = view.getUint32(b * 4, true);
+    return out;
+  }
+
+  /**
+   * Verify the disk against the guest's record (vCPU paused): every block with
+   * a generation > 0 must hold exactly that generation, header and payload.
+   * Blocks never written (generation 0) are not checked: the image may have
+   * held anything. Without a disk: ok, nothing checked.
+   */
+  async checkDisk(): Promise<DiskCheckResult> {
+    requireStopped(this, 'checkDisk');
+    const result: DiskCheckResult = { blocksChecked: 0, badBlocks: 0, errors: [], ok: true };
+    const disk = this.disk;
+    if (!disk) return result;
+    const generations = this.diskGenerations();
+    const blocksPerChunk = CHUNK_SIZE / DISK_BLOCK_SIZE_BYTES;
+    const sectorsPerBlock = DISK_BLOCK_SIZE_BYTES / SECTOR_SIZE;
+    const buffer = new Uint8Array(CHUNK_SIZE);
+    const scratch = new Uint8Array(DISK_BLOCK_SIZE_BYTES);
+    // Read a chunk at a time, skipping chunks the guest never wrote.
+    for (let first = 0; first < generations.length; first += blocksPerChunk) {
+      const end = Math.min(first + blocksPerChunk, generations.length);
+      let any = false;
+      for (let b = first; b < end && !any; b++) any = generations[b] !== 0;
+      if (!any) continue;
+      await disk.readSectors(first * sectorsPerBlock, (end - first) * sectorsPerBlock, buffer);
+      for (let b = first; b < end; b++) {
+        const generation = generations[b]!;
+        if (generation === 0) continue;
+        result.blocksChecked++;
+        const at = (b - first) * DISK_BLOCK_SIZE_BYTES;
+        const problem = verifyDiskBlock(buffer.subarray(at, at + DISK_BLOCK_SIZE_BYTES), b, generation, scratch);
+        if (problem !== undefined) {
+          result.badBlocks++;
+          if (result.errors.length < MAX_DISK_CHECK_ERRORS) result.errors.push(problem);
+        }
+      }
+    }
+    result.ok = result.badBlocks === 0;
+    return result;
   }
 
   /** The vCPU registers; paused only. */
