@@ -9,6 +9,7 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
+import { analyzeFile } from '../src/analyze/analyze-stream.js';
 import { BlockDevice, CHUNK_SIZE } from '../src/block/block-device.js';
 import { BlockLoadHandler } from '../src/block/block-handler.js';
 import { AnalysisRamBlockTable, RamLoadHandler } from '../src/ram/index.js';
@@ -76,6 +77,16 @@ describe('block section from real QEMU', { skip }, () => {
       assert.ok(block.stats.zeroChunks >= 3, `zero chunks: ${block.stats.zeroChunks}`);
       assert.equal(block.stats.progress.at(-1), 100);
       await dst.close();
+
+      // `livemig analyze` reads the same QEMU stream, block section included.
+      const { analysis } = await analyzeFile(streamPath, { keepRam: false });
+      assert.equal(analysis.error, undefined, analysis.error?.message);
+      const device = analysis.block?.devices.find((d) => d.name === 'disk0');
+      assert.ok(device, 'disk0 in the analysis');
+      assert.equal(device.distinctChunks, 7);
+      assert.equal(device.dataChunks + device.zeroChunks, block.stats.chunks.get('disk0'));
+      assert.equal(device.zeroChunks, block.stats.zeroChunks);
+      assert.equal(device.sizeBytes, null, 'QEMU streams carry no disk list');
     } finally {
       await qemu?.stop();
       await rm(dir, { recursive: true, force: true });

@@ -9,6 +9,7 @@
  */
 import { mkdir, open, stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import { BLOCK_SECTION_IDSTR, BLOCK_SECTION_VERSION, BlockAnalysisHandler, DISK_MANIFEST_IDSTR, DISK_MANIFEST_VERSION, type BlockSummary } from '../block/index.js';
 import { AnalysisRamBlockTable, RAM_IDSTR, RAM_SECTION_VERSION, RamLoadHandler, SparseRamBlock, type RamBlock, type RamLoadStats } from '../ram/index.js';
 import { loadVmState, SaveStateRegistry, type SaveVMHandlers } from '../savevm/index.js';
 import { decodeWithVmdesc, parseVmdescTrailer, type AnalyzedSection, type VmdescDevice } from '../vmstate/index.js';
@@ -48,6 +49,8 @@ export interface StreamAnalysis {
   sections: Array<{ type: string; offset: number; sectionId: number; idstr: string; instanceId: number; versionId: number; sizeBytes: number }>;
   commands: Array<{ offset: number; name: string; payloadBytes: number }>;
   ram: RamSummary | null;
+  /** Block migration: per-device chunk counts (null when the stream has no disks). */
+  block: BlockSummary | null;
   devices: AnalyzedDevice[];
   eofOffset: number | null;
   vmdesc: { offset: number; lengthBytes: number; devices: number } | null;
@@ -115,6 +118,7 @@ export async function analyzeStream(
     sections: [],
     commands: [],
     ram: null,
+    block: null,
     devices: [],
     eofOffset: null,
     vmdesc: null,
@@ -126,6 +130,9 @@ export async function analyzeStream(
   const ram = new RamLoadHandler(table);
   const registry = new SaveStateRegistry();
   registry.register({ idstr: RAM_IDSTR, version: RAM_SECTION_VERSION, handlers: ram });
+  const block = new BlockAnalysisHandler();
+  registry.register({ idstr: BLOCK_SECTION_IDSTR, version: BLOCK_SECTION_VERSION, handlers: block });
+  registry.register({ idstr: DISK_MANIFEST_IDSTR, version: DISK_MANIFEST_VERSION, handlers: block.manifestHandler });
 
   const input = new StreamReader(source);
   try {
@@ -142,7 +149,7 @@ export async function analyzeStream(
       if (kind !== 'full') {
         return {
           loadState: async (r) => {
-            throw new StreamError('unknown-section', `cannot decode iterative section '${idstr}': analyze knows only '${RAM_IDSTR}'`, { offset: r.offset });
+            throw new StreamError('unknown-section', `cannot decode iterative section '${idstr}': analyze knows '${RAM_IDSTR}', '${BLOCK_SECTION_IDSTR}' and '${DISK_MANIFEST_IDSTR}'`, { offset: r.offset });
           },
         };
       }
@@ -193,6 +200,7 @@ export async function analyzeStream(
     analysis.error = { code: err.code, message: err.message, offset: err.offset, ...(err.section ? { section: err.section } : {}) };
   }
   if (ram.stats.sections > 0) analysis.ram = summarizeRam(ram.stats, table);
+  analysis.block = block.summary();
   return { analysis, ramBlocks: table.blocks() };
 }
 

@@ -32,6 +32,8 @@ export interface BlockSaveOptions {
   zeroBlocks?: boolean;
   /** Called with each PROGRESS percentage written. */
   onProgress?(percent: number): void;
+  /** Longest a single iterate call runs before yielding to the loop (QEMU's MAX_WAIT for RAM: 50 ms). */
+  maxIterateMs?: number;
 }
 
 export interface BlockSaveStats {
@@ -112,6 +114,7 @@ export class BlockSaveHandler implements SaveVMHandlers {
   }
 
   async saveSetup(out: StreamWriter): Promise<void> {
+    this.collectDirty(); // writes from before the migration: the bulk phase copies them anyway
     for (const s of this.states) {
       s.device.dirty.clearAll();
       s.bulkCursor = 0;
@@ -128,7 +131,13 @@ export class BlockSaveHandler implements SaveVMHandlers {
     return n;
   }
 
+  /** Pull writes made outside the device object (a vCPU thread's shared log) into the dirty bitmaps. */
+  private collectDirty(): void {
+    for (const s of this.states) s.device.collectDirty();
+  }
+
   async statePending(_exact: boolean): Promise<number> {
+    this.collectDirty();
     let pending = this.dirtyChunkCount() * CHUNK_SIZE;
     if (!this.bulkCompleted) {
       for (const s of this.states) pending += Math.max(0, s.device.chunkCount - s.bulkCursor) * CHUNK_SIZE;
@@ -203,9 +212,18 @@ export class BlockSaveHandler implements SaveVMHandlers {
     return false;
   }
 
+  /**
+   * One PART body: bulk chunks until the bulk phase ends, then dirty chunks,
+   * while the rate limit and the time bound allow. Returns false during the
+   * bulk phase, so the round ends here and RAM waits (QEMU skips RAM while the
+   * block bulk phase runs: RAM sent now would mostly be dirty again by its end);
+   * afterwards true, so RAM gets its turn every round as in QEMU.
+   */
   async saveIterate(out: StreamWriter, shouldStop: () => boolean): Promise<boolean> {
     for (const s of this.states) s.dirtyCursor = 0;
-    while (!shouldStop()) {
+    this.collectDirty();
+    const deadline = performance.now() + (this.options.maxIterateMs ?? 50);
+    while (!shouldStop() && performance.now() < deadline) {
       if (!this.bulkCompleted) {
         await this.bulkStep(out);
         continue;
@@ -213,7 +231,7 @@ export class BlockSaveHandler implements SaveVMHandlers {
       if (!(await this.dirtyStep(out))) break;
     }
     writeEos(out);
-    return this.bulkCompleted && this.dirtyChunkCount() === 0;
+    return this.bulkCompleted;
   }
 
   async loadState(_input: StreamReader, context: LoadSectionContext): Promise<void> {
@@ -222,6 +240,7 @@ export class BlockSaveHandler implements SaveVMHandlers {
 
   async saveCompletePrecopy(out: StreamWriter): Promise<void> {
     for (const s of this.states) await s.device.flush();
+    this.collectDirty(); // the guest is stopped: this is the last of its writes
     // Whatever the bulk phase did not reach is sent now (the guest is stopped).
     while (!this.bulkCompleted) await this.bulkStep(out);
     for (const s of this.states) s.dirtyCursor = 0;

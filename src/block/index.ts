@@ -2,3 +2,6 @@
 export * from './block-device.js';
 export * from './block-records.js';
 export * from './block-handler.js';
+export * from './manifest.js';
+export * from './incoming-image.js';
+export * from './block-analysis.js';

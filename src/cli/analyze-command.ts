@@ -28,6 +28,15 @@ function render(a: StreamAnalysis, file: string): string {
       lines.push(`  ${b.idstr} (${len}): normal ${b.normalPages}, zero ${b.zeroPages}, xbzrle ${b.xbzrlePages} page(s); bytes normal ${b.normalBytes}, zero ${b.zeroBytes}, xbzrle ${b.xbzrleBytes}`);
     }
   }
+  if (a.block) {
+    lines.push('');
+    const progress = a.block.progress.length > 0 ? `, progress ${a.block.progress[0]}..${a.block.progress.at(-1)}% in ${a.block.progress.length} record(s)` : '';
+    lines.push(`Disks: ${a.block.devices.length} device(s), ${a.block.sections} block section(s), ${formatBytes(a.block.dataBytes)} of chunk data${progress}`);
+    for (const d of a.block.devices) {
+      const size = d.sizeBytes === null ? '' : ` (${formatBytes(d.sizeBytes)})`;
+      lines.push(`  ${d.name}${size}: ${d.dataChunks} data chunk(s), ${d.zeroChunks} zero chunk(s), ${d.distinctChunks} distinct, ${d.resentChunks} re-sent`);
+    }
+  }
   if (a.devices.length > 0) {
     lines.push('');
     lines.push('Devices (decoded through the JSON trailer):');

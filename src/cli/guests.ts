@@ -3,8 +3,10 @@
  * running our multiboot test kernel or the Linux guest from `npm run images`.
  * Each comes with what the command reports about it.
  */
+import type { BlockDevice, IncomingDiskImage } from '../block/index.js';
 import { createTestMachine, type TestPattern } from '../machine/index.js';
 import type { Machine } from '../machine/machine.js';
+import { openIncomingDisk, openSourceDisk, type DiskSpec } from './disk-spec.js';
 
 export interface GuestOptions {
   machine: string;
@@ -14,6 +16,10 @@ export interface GuestOptions {
   dirtyRatePagesPerSecond: number;
   pattern: string;
   kernel?: string;
+  /** Test machine: a disk, and its workload. */
+  disk?: DiskSpec;
+  diskRateBlocksPerSecond?: number;
+  diskPattern?: string;
 }
 
 export interface Guest {
@@ -29,14 +35,44 @@ export interface Guest {
   ramHash(): string;
   /** Type into the serial console. */
   writeSerial?(data: string): void;
+  /** The guest's self-checks and hashes (paused guest), for QMP `x-livemig-check-guest`. */
+  check?(): Promise<Record<string, unknown>>;
+  /** Destination: disks being received (renamed into place when the migration completes). */
+  incomingDisks: IncomingDiskImage[];
 }
 
 export async function createGuest(o: GuestOptions): Promise<Guest> {
   if (o.machine === 'test') {
     const pattern = o.pattern as TestPattern;
     if (pattern !== 'sequential' && pattern !== 'random') throw new Error(`--pattern: sequential or random, got '${o.pattern}'`);
-    const machine = await createTestMachine({ ramSizeBytes: o.ramSizeBytes, pattern, dirtyRatePagesPerSecond: o.dirtyRatePagesPerSecond, incoming: o.incoming });
+    const diskPattern = (o.diskPattern ?? 'random') as TestPattern;
+    if (diskPattern !== 'sequential' && diskPattern !== 'random') throw new Error(`--disk-pattern: sequential or random, got '${o.diskPattern}'`);
+    const incomingDisks: IncomingDiskImage[] = [];
+    let disk: BlockDevice | undefined;
+    if (o.disk) {
+      if (o.incoming) {
+        const image = await openIncomingDisk(o.disk);
+        incomingDisks.push(image);
+        disk = image.device;
+      } else {
+        disk = await openSourceDisk(o.disk);
+      }
+    }
+    const machine = await createTestMachine({
+      ramSizeBytes: o.ramSizeBytes,
+      pattern,
+      dirtyRatePagesPerSecond: o.dirtyRatePagesPerSecond,
+      incoming: o.incoming,
+      ...(disk ? { disk, diskRateBlocksPerSecond: o.diskRateBlocksPerSecond ?? 0, diskPattern } : {}),
+    });
     return {
+      incomingDisks,
+      check: async () => {
+        const c = machine.cpuState();
+        const memoryCheck = pattern === 'sequential' ? machine.checkMemory() : undefined;
+        const diskCheck = disk ? await machine.checkDisk() : undefined;
+        return { ramHash: machine.ramHash(), ...(memoryCheck ? { memoryCheck } : {}), ...(diskCheck ? { diskCheck } : {}), ...machine.stats(), pagesWritten: c.pagesWritten };
+      },
       machine,
       memory: () => machine.memory,
       progress: () => ({ ...machine.stats() }),
@@ -49,6 +85,7 @@ export async function createGuest(o: GuestOptions): Promise<Guest> {
     };
   }
   if (o.machine === 'v86') {
+    if (o.disk) throw new Error('--disk: only the test machine has a disk so far (v86 disks are not migrated yet)');
     // Loaded on demand: the v86 package is large and only this guest needs it.
     const { createV86Machine } = await import('../machine/v86-machine.js');
     const linux = o.guest === 'linux';
@@ -61,6 +98,7 @@ export async function createGuest(o: GuestOptions): Promise<Guest> {
     } else if (o.kernel !== undefined) extra = { multiboot: o.kernel };
     const machine = await createV86Machine({ ramSizeBytes: o.ramSizeBytes, incoming: o.incoming, ...extra });
     return {
+      incomingDisks: [],
       machine,
       memory: () => machine.memory,
       progress: () => {

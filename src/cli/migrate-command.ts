@@ -34,6 +34,7 @@ export function registerMigrateCommands(program: Command): void {
     .requiredOption('--qmp <uri>', "the source's QMP monitor: unix:PATH or tcp:HOST:PORT")
     .option('--cap <name[=on|off]>', 'set a migration capability first, e.g. xbzrle or auto-converge=on (repeatable)', collect, [])
     .option('--param <name=value>', 'set a migration parameter first, e.g. max-bandwidth=100M, downtime-limit=300 (repeatable)', collect, [])
+    .option('--blk', "copy the VM's disks too (migrate with blk: true; the destination needs disks of the same names and sizes)")
     .option('--json', 'print each query-migrate snapshot as one JSON line, then a final summary line')
     .option('--interval-ms <ms>', 'how often to ask query-migrate', String(DEFAULT_POLL_INTERVAL_MS))
     .addHelpText(
@@ -71,6 +72,7 @@ export interface MigrateOptions {
   param: string[];
   json?: boolean;
   intervalMs: string;
+  blk?: boolean;
 }
 
 type Capability = { capability: string; state: boolean };
@@ -179,6 +181,7 @@ export async function migrateCommand(destUri: string, options: MigrateOptions): 
       capabilities,
       parameters: parseParameterArgs(options.param ?? []),
       json: options.json === true,
+      blk: options.blk === true,
       intervalMs: parseMs(options.intervalMs ?? String(DEFAULT_POLL_INTERVAL_MS), '--interval-ms', 10),
     };
   } catch (err) {
@@ -203,6 +206,7 @@ interface RunSettings {
   parameters: Record<string, unknown>;
   json: boolean;
   intervalMs: number;
+  blk: boolean;
 }
 
 type CancelState = 'none' | 'asking' | 'sent' | 'abandoned';
@@ -248,7 +252,7 @@ class MigrationRun {
       }
       this.startedAtMs = performance.now();
       try {
-        await client.execute('migrate', { uri: settings.destUri });
+        await client.execute('migrate', { uri: settings.destUri, ...(settings.blk ? { blk: true } : {}) });
       } catch (err) {
         if (!(err instanceof QmpError)) throw err;
         return this.finish({ status: 'failed', 'error-desc': err.desc }, `migrate refused: ${err.desc}`);

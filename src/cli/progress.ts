@@ -253,6 +253,8 @@ export interface MigrationReport {
   transferredBytes?: number;
   /** transferred × 8 / total-time, in 10^6 bit/s. */
   averageMbps?: number;
+  /** Block migration: the size of the disks copied. */
+  diskBytes?: number;
   passes: number;
   /** Our own clock, from sending `migrate` to seeing the end. */
   wallTimeMs: number;
@@ -270,6 +272,7 @@ export function buildReport(info: MigrationInfo, passFromEvents: number, wallTim
   if (info.downtime !== undefined) report.downtimeMs = info.downtime;
   if (info['setup-time'] !== undefined) report.setupTimeMs = info['setup-time'];
   if (ram) report.transferredBytes = ram.transferred;
+  if (info.disk) report.diskBytes = info.disk.total;
   const seconds = (report.totalTimeMs ?? wallTimeMs) / 1000;
   if (ram && seconds > 0) report.averageMbps = (ram.transferred * 8) / seconds / 1e6;
   return report;
@@ -286,6 +289,7 @@ export function reportJson(report: MigrationReport): Record<string, unknown> {
     ...(report.setupTimeMs !== undefined && { 'setup-time': report.setupTimeMs }),
     ...(report.transferredBytes !== undefined && { transferred: report.transferredBytes }),
     ...(report.averageMbps !== undefined && { 'average-mbps': Number(report.averageMbps.toFixed(3)) }),
+    ...(report.diskBytes !== undefined && { 'disk-total': report.diskBytes }),
     passes: report.passes,
     'wall-time': Math.round(report.wallTimeMs),
   };
@@ -301,6 +305,7 @@ export function formatReport(report: MigrationReport): string {
   if (report.setupTimeMs !== undefined) row('setup time', formatDuration(report.setupTimeMs));
   if (report.transferredBytes !== undefined) row('transferred', `${formatBytes(report.transferredBytes)} (${report.transferredBytes} bytes)`);
   if (report.averageMbps !== undefined) row('throughput', `${formatMbps(report.averageMbps)} average`);
+  if (report.diskBytes !== undefined) row('disks', `${formatBytes(report.diskBytes)} copied`);
   row('passes', String(report.passes));
   return lines.join('\n');
 }

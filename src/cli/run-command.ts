@@ -10,6 +10,7 @@ import { OutgoingMigration } from '../migration/index.js';
 import { MachineMonitor } from '../monitor/machine-monitor.js';
 import { formatBytes } from './format.js';
 import { createGuest, type Guest } from './guests.js';
+import { parseDiskSpec } from './disk-spec.js';
 import { parseSize } from './size.js';
 
 export interface RunOptions {
@@ -29,6 +30,11 @@ export interface RunOptions {
   guest?: string;
   kernel?: string;
   serialStdin?: boolean;
+  disk?: string;
+  diskRate: string;
+  diskPattern: string;
+  /** False with -S: a destination stays paused after the migration until `cont`. */
+  autostart: boolean;
 }
 
 function parseParam(text: string): [string, number] {
@@ -56,6 +62,7 @@ export async function runCommand(options: RunOptions): Promise<number> {
     incoming: options.incoming !== undefined,
     dirtyRatePagesPerSecond: Number(options.dirtyRate),
     pattern: options.pattern,
+    ...(options.disk !== undefined ? { disk: parseDiskSpec(options.disk), diskRateBlocksPerSecond: Number(options.diskRate), diskPattern: options.diskPattern } : {}),
   });
   const machine = guest.machine;
   if (options.serialStdin && guest.writeSerial) {
@@ -67,7 +74,15 @@ export async function runCommand(options: RunOptions): Promise<number> {
     if (!options.json) process.stdout.write(chunk.toString('latin1'));
     else emit('serial', { text: chunk.toString('latin1') }, '');
   });
-  const monitor = new MachineMonitor(machine, options.incoming !== undefined ? { incoming: options.incoming } : {});
+  const monitor = new MachineMonitor(machine, {
+    ...(options.incoming !== undefined ? { incoming: options.incoming } : {}),
+    incomingOptions: {
+      disks: guest.incomingDisks,
+      autostart: options.autostart !== false,
+      diskHint: (name) => `; give it one with --disk PATH,id=${name}`,
+    },
+    ...(guest.check ? { checkGuest: guest.check } : {}),
+  });
   const stop = new Promise<number>((resolve) => {
     process.once('SIGINT', () => resolve(130));
     process.once('SIGTERM', () => resolve(0));
@@ -90,7 +105,7 @@ export async function runCommand(options: RunOptions): Promise<number> {
       emit('qmp', { address }, `QMP monitor on ${address}`);
     }
     if (options.incoming) return await runIncoming(guest, monitor, options.incoming, options.verify === true, emit, stop);
-    if (options.migrateTo) return await runOutgoing(guest, monitor.migration, options, emit, () => serialBytes);
+    if (options.migrateTo) return await runOutgoing(guest, monitor.migration, options, emit, () => serialBytes, stop);
     emit('running', { machine: machine.machineName, ramBytes: guest.memory().length }, `guest running: ${formatBytes(guest.memory().length)} of RAM; Ctrl-C stops it`);
     return await stop;
   } finally {
@@ -138,7 +153,7 @@ async function runIncoming(guest: Guest, monitor: MachineMonitor, uri: string, v
   return Promise.race([result, stop]);
 }
 
-async function runOutgoing(guest: Guest, migration: OutgoingMigration, options: RunOptions, emit: Emit, serialBytes: () => number): Promise<number> {
+async function runOutgoing(guest: Guest, migration: OutgoingMigration, options: RunOptions, emit: Emit, serialBytes: () => number, stop: Promise<number>): Promise<number> {
   migration.setParameters(Object.fromEntries(options.param.map(parseParam)));
   migration.setCapabilities(Object.fromEntries(options.cap.map(parseCap)));
   await new Promise((r) => setTimeout(r, Number(options.migrateAfterMs)));
@@ -146,7 +161,16 @@ async function runOutgoing(guest: Guest, migration: OutgoingMigration, options: 
   migration.on('pass', (pass) => emit('pass', { pass }, `migration: pass ${pass}`));
   migration.start(options.migrateTo!);
   const progress = setInterval(() => emit('progress', { info: migration.query() }, progressLine(migration)), 200);
-  const status = await migration.finished;
+  // A signal cancels the migration (the guest stays here, intact) and then exits.
+  const signalled = stop.then((code) => {
+    try {
+      migration.cancel();
+    } catch {
+      /* too late: the destination has the whole state; wait for the end */
+    }
+    return code;
+  });
+  const status = await Promise.race([migration.finished, signalled.then(() => migration.finished)]);
   clearInterval(progress);
   const info = migration.query();
   if (status !== 'completed') {
@@ -161,10 +185,12 @@ function progressLine(m: OutgoingMigration): string {
   const q = m.query();
   const r = q.ram;
   if (!r) return `migration: ${q.status}`;
-  return `migration: ${q.status}, pass ${r['dirty-sync-count']}, ${formatBytes(r.transferred)} sent, ${formatBytes(r.remaining)} remaining, ${r.mbps.toFixed(0)} Mbit/s, dirty ${r['dirty-pages-rate']} pages/s`;
+  const disk = q.disk ? `, disk ${formatBytes(q.disk.transferred)} of ${formatBytes(q.disk.total)}` : '';
+  return `migration: ${q.status}, pass ${r['dirty-sync-count']}, ${formatBytes(r.transferred)} sent, ${formatBytes(r.remaining)} remaining, ${r.mbps.toFixed(0)} Mbit/s, dirty ${r['dirty-pages-rate']} pages/s${disk}`;
 }
 
 function summary(q: ReturnType<OutgoingMigration['query']>): string {
   const r = q.ram!;
-  return `migration completed in ${q['total-time']} ms: downtime ${q.downtime} ms, ${r['dirty-sync-count']} passes, ${formatBytes(r.transferred)} sent, ${r.mbps.toFixed(0)} Mbit/s`;
+  const disk = q.disk ? `, disk ${formatBytes(q.disk.total)} copied` : '';
+  return `migration completed in ${q['total-time']} ms: downtime ${q.downtime} ms, ${r['dirty-sync-count']} passes, ${formatBytes(r.transferred)} of RAM sent, ${r.mbps.toFixed(0)} Mbit/s${disk}`;
 }

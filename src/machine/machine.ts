@@ -4,6 +4,7 @@
  * pause, snapshot, dirty log, transport).
  */
 import type { Readable } from 'node:stream';
+import type { BlockDevice } from '../block/index.js';
 import type { RamBlock } from '../ram/index.js';
 import type { SaveStateRegistry } from '../savevm/index.js';
 
@@ -31,6 +32,11 @@ export interface Machine {
   readonly running: boolean;
   /** Slow the guest down: the share of each time slice (0–99 %) the vCPUs are kept from running (auto-converge). */
   setThrottle(percent: number): void;
+  /**
+   * The machine's disks (optional): on a source, what block migration copies;
+   * on a destination, where incoming chunks are written (matched by name).
+   */
+  blockDevices?(): BlockDevice[];
   /** Register CPU and device state (not RAM) in the registry; RAM is the engine's `ram` entry. */
   registerDevices(registry: SaveStateRegistry): void;
   /** Serial console output. */

@@ -6,6 +6,7 @@
  * (SHUT 1) when it can be.
  */
 import { EventEmitter } from 'node:events';
+import { BLOCK_SECTION_IDSTR, BLOCK_SECTION_VERSION, BlockLoadHandler, DISK_MANIFEST_IDSTR, DISK_MANIFEST_VERSION, DiskManifestLoadHandler, type IncomingDiskImage } from '../block/index.js';
 import type { Machine } from '../machine/machine.js';
 import { FixedRamBlockTable, RAM_IDSTR, RAM_SECTION_VERSION, RamLoadHandler } from '../ram/index.js';
 import { createGlobalState, globalStateVmsd, loadVmState, SaveStateRegistry } from '../savevm/index.js';
@@ -24,11 +25,26 @@ export interface IncomingResult {
   bytes: number;
 }
 
-export class IncomingMigration extends EventEmitter<{ status: [IncomingStatus]; loaded: []; resume: [] }> {
+export interface IncomingOptions {
+  /**
+   * Disks this destination receives: written under a temporary name, renamed
+   * into place (flushed) only after the whole stream loaded, deleted on failure.
+   */
+  disks?: IncomingDiskImage[];
+  /** Start the guest after loading when the source ran it (default true; QEMU's `-S` turns it off). */
+  autostart?: boolean;
+  /** Appended to "has no disk of that name" (how to give this destination one). */
+  diskHint?(name: string): string;
+}
+
+export class IncomingMigration extends EventEmitter<{ status: [IncomingStatus]; loaded: []; resume: []; diskProgress: [number] }> {
   status: IncomingStatus = 'none';
   private listener: IncomingListener | undefined;
 
-  constructor(private readonly machine: Machine) {
+  constructor(
+    private readonly machine: Machine,
+    private readonly options: IncomingOptions = {},
+  ) {
     super();
   }
 
@@ -74,6 +90,11 @@ export class IncomingMigration extends EventEmitter<{ status: [IncomingStatus]; 
       reader = new StreamReader(channel.input!);
       const registry = new SaveStateRegistry();
       const ram = new RamLoadHandler(new FixedRamBlockTable(this.machine.ramBlocks()));
+      const localDisks = new Map((this.machine.blockDevices?.() ?? []).map((d) => [d.name, d]));
+      const manifest = new DiskManifestLoadHandler(localDisks, this.options.diskHint);
+      const block = new BlockLoadHandler(localDisks, { onProgress: (p) => this.emit('diskProgress', p) });
+      registry.register({ idstr: DISK_MANIFEST_IDSTR, version: DISK_MANIFEST_VERSION, handlers: manifest });
+      registry.register({ idstr: BLOCK_SECTION_IDSTR, version: BLOCK_SECTION_VERSION, handlers: block });
       registry.register({ idstr: RAM_IDSTR, version: RAM_SECTION_VERSION, handlers: ram });
       this.machine.registerDevices(registry);
       const globalState = createGlobalState();
@@ -94,8 +115,18 @@ export class IncomingMigration extends EventEmitter<{ status: [IncomingStatus]; 
           }
         },
       });
+      // Disks to receive must have come (listed, or at least written to), then
+      // they are flushed and renamed into place before the guest may run.
+      for (const image of this.options.disks ?? []) {
+        const name = image.device.name;
+        if (!manifest.entries.some((e) => e.name === name) && !block.stats.chunks.has(name)) {
+          throw new Error(`disk '${name}' was to be received, but the source did not migrate it (migrate with blk=true, or capability block)`);
+        }
+      }
+      await block.flush();
+      for (const image of this.options.disks ?? []) await image.commit();
       // The whole stream is in: start the guest unless the source had it paused (L11).
-      const start = !globalState.received || globalState.state === 'running';
+      const start = (this.options.autostart ?? true) && (!globalState.received || globalState.state === 'running');
       this.emit('loaded'); // synchronous: listeners see the RAM exactly as loaded
       if (start) {
         this.machine.resume();
@@ -127,6 +158,7 @@ export class IncomingMigration extends EventEmitter<{ status: [IncomingStatus]; 
         }
       }
       channel?.abort(err);
+      for (const image of this.options.disks ?? []) await image.discard().catch(() => {});
       this.setStatus('failed');
       return { status: 'failed', error: err as Error, started: false, loadTimeMs: performance.now() - started, bytes: reader?.offset ?? 0 };
     } finally {

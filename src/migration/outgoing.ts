@@ -13,6 +13,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
+import { BLOCK_SECTION_IDSTR, BLOCK_SECTION_VERSION, BlockSaveHandler, DISK_MANIFEST_IDSTR, DISK_MANIFEST_VERSION, DiskManifestSaveHandler } from '../block/index.js';
 import type { Machine } from '../machine/machine.js';
 import { RAM_IDSTR, RAM_SECTION_VERSION, RamSaveHandler, type RamSaveStats } from '../ram/index.js';
 import { createGlobalState, globalStateVmsd, SaveStateRegistry, SaveVmState, storeGlobalState } from '../savevm/index.js';
@@ -66,6 +67,8 @@ export interface MigrationInfo {
     'multifd-bytes': number;
     'postcopy-requests': number;
   };
+  /** Block migration, as QEMU 7.2's `disk`: bytes of the bulk phase sent, still to send, and the disks' total. */
+  disk?: { transferred: number; remaining: number; total: number };
   'xbzrle-cache'?: { 'cache-size': number; bytes: number; pages: number; 'cache-miss': number; overflow: number };
   'cpu-throttle-percentage'?: number;
   'error-desc'?: string;
@@ -77,6 +80,13 @@ export interface OutgoingMigrationEvents {
   stop: [];
   /** Auto-converge changed the guest's throttle: percentage, at which pass. */
   throttle: [number, number];
+  /** Block migration's bulk-phase progress (0–100) as written to the stream. */
+  diskProgress: [number];
+}
+
+export interface StartOptions {
+  /** Copy the disks in this migration even if capability `block` is off (QMP `migrate` `blk`). */
+  blk?: boolean;
 }
 
 class Cancelled extends Error {}
@@ -96,6 +106,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
   private expectedDowntimeMs: number | undefined;
   private errorDesc: string | undefined;
   private ram: RamSaveHandler | undefined;
+  private block: BlockSaveHandler | undefined;
   private window: RateWindow | undefined;
   private dirtyPagesRate = 0;
   private periodStartMs = 0;
@@ -141,7 +152,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
   }
 
   /** Start migrating to `uri`; returns at once. `finished` tells how it ended. */
-  start(uri: string): void {
+  start(uri: string, options: StartOptions = {}): void {
     if (ACTIVE_STATES.has(this.currentStatus)) throw new Error("There's a migration process in progress");
     this.startedMs = now();
     this.setupTimeMs = this.totalTimeMs = this.downtimeMs = this.errorDesc = undefined;
@@ -151,8 +162,9 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
     this.switchover = undefined;
     this.finalMbps = undefined;
     this.dirtyPagesRate = 0;
+    this.block = undefined;
     this.transition('setup');
-    this.finished = this.run(uri);
+    this.finished = this.run(uri, this.capabilities.block || options.blk === true);
   }
 
   /**
@@ -222,7 +234,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
     this.emit('pass', stats.dirtySyncCount);
   }
 
-  private async run(uri: string): Promise<MigrationStatus> {
+  private async run(uri: string, blockEnabled: boolean): Promise<MigrationStatus> {
     const machine = this.machine;
     const params = (): MigrationParameters => this.parameters;
     const ram = new RamSaveHandler(machine.ramBlocks(), {
@@ -232,6 +244,13 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
     });
     this.ram = ram;
     const registry = new SaveStateRegistry();
+    const disks = blockEnabled ? (machine.blockDevices?.() ?? []) : [];
+    if (disks.length > 0) {
+      // Before RAM, as QEMU registers them: disks go first, RAM waits for their bulk phase.
+      registry.register({ idstr: DISK_MANIFEST_IDSTR, version: DISK_MANIFEST_VERSION, handlers: new DiskManifestSaveHandler(disks) });
+      this.block = new BlockSaveHandler(disks, { zeroBlocks: this.capabilities['zero-blocks'], onProgress: (p) => this.emit('diskProgress', p) });
+      registry.register({ idstr: BLOCK_SECTION_IDSTR, version: BLOCK_SECTION_VERSION, handlers: this.block });
+    }
     registry.register({ idstr: RAM_IDSTR, version: RAM_SECTION_VERSION, handlers: ram });
     machine.registerDevices(registry);
     const globalState = createGlobalState();
@@ -403,6 +422,10 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
     if (this.currentStatus !== 'completed' && this.expectedDowntimeMs !== undefined) info['expected-downtime'] = this.expectedDowntimeMs;
     if (this.currentStatus === 'completed' && this.downtimeMs !== undefined) info.downtime = this.downtimeMs;
     if (this.ram && this.currentStatus !== 'setup') info.ram = this.ramInfo(this.ram.stats);
+    if (this.block && this.currentStatus !== 'setup') {
+      const b = this.block;
+      info.disk = { transferred: b.bytesTransferred, remaining: b.bytesRemaining, total: b.bytesTotal };
+    }
     if (this.capabilities.xbzrle && this.ram) {
       const x = this.ram.stats.xbzrle;
       info['xbzrle-cache'] = { 'cache-size': x.cacheSizeBytes, bytes: x.bytes, pages: x.pages, 'cache-miss': x.cacheMiss, overflow: x.overflow };

@@ -37,6 +37,14 @@ export interface MigrationCapabilities {
    */
   'return-path': boolean;
   'pause-before-switchover': boolean;
+  /** Copy the machine's disks too (QEMU's block migration; `migrate` with `blk: true` turns it on for one migration). */
+  block: boolean;
+  /**
+   * Send all-zero disk chunks as a flag without data. QEMU defaults to off;
+   * livemig turns it on: sparse and fresh disks are mostly zeros, and the
+   * check costs far less than sending 1 MiB.
+   */
+  'zero-blocks': boolean;
 }
 
 export const DEFAULT_PARAMETERS: Readonly<MigrationParameters> = {
@@ -50,10 +58,13 @@ export const DEFAULT_PARAMETERS: Readonly<MigrationParameters> = {
   'cpu-throttle-tailslow': false,
 };
 
+/** In the order of QEMU's MigrationCapability enum, which query-migrate-capabilities follows. */
 export const DEFAULT_CAPABILITIES: Readonly<MigrationCapabilities> = {
   xbzrle: false,
   'auto-converge': false,
+  'zero-blocks': true,
   events: false,
+  block: false,
   'return-path': true,
   'pause-before-switchover': false,
 };

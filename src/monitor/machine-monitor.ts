@@ -10,6 +10,7 @@ import {
   DEFAULT_CAPABILITIES,
   IncomingMigration,
   OutgoingMigration,
+  type IncomingOptions,
   type IncomingResult,
   type MigrationCapabilities,
 } from '../migration/index.js';
@@ -24,6 +25,14 @@ export const QMP_VERSION = { qemu: { major: 7, minor: 2, micro: 0 }, package: 'l
 export interface MachineMonitorOptions {
   /** `defer` to wait for `migrate-incoming`, a URI to listen at once, or undefined for a running machine. */
   incoming?: string;
+  /** How the destination receives disks and whether it starts the guest (see IncomingMigration). */
+  incomingOptions?: IncomingOptions;
+  /**
+   * `x-livemig-check-guest`: the guest's own consistency checks (memory
+   * pattern, disk block headers) and hashes, for tests and demos. The guest
+   * must be paused. Absent: the command reports that this guest has none.
+   */
+  checkGuest?(): Promise<Record<string, unknown>>;
 }
 
 /** QEMU's SocketAddress for `query-migrate` `socket-address` on the destination. */
@@ -84,7 +93,7 @@ export class MachineMonitor extends EventEmitter<{ quit: []; loaded: []; incomin
   async startIncoming(uri: string): Promise<string> {
     if (this.incomingStarted) throw new QmpCommandError('GenericError', 'The incoming migration has already been started');
     this.incomingStarted = true;
-    const incoming = new IncomingMigration(this.machine);
+    const incoming = new IncomingMigration(this.machine, this.options.incomingOptions);
     this.incoming = incoming;
     incoming.on('status', (status) => {
       if (this.events) this.server.emitEvent('MIGRATION', { status });
@@ -109,9 +118,9 @@ export class MachineMonitor extends EventEmitter<{ quit: []; loaded: []; incomin
         if (this.runState === 'inmigrate') throw new QmpCommandError('GenericError', 'Guest is waiting for an incoming migration');
         if (ACTIVE_STATES.has(this.migration.status)) throw new QmpCommandError('GenericError', "There's a migration process in progress");
         if (this.runState === 'postmigrate') throw new QmpCommandError('GenericError', "Can't migrate the vm that was paused due to previous migration");
-        if (a.blk || a.inc) throw new QmpCommandError('GenericError', 'block migration is not supported yet');
+        if (a.inc) throw new QmpCommandError('GenericError', 'incremental block migration (inc) is not supported: livemig disks have no shared backing image; use blk');
         if (a.resume) throw new QmpCommandError('GenericError', 'postcopy is not supported; there is nothing to resume');
-        this.migration.start(a.uri as string);
+        this.migration.start(a.uri as string, { blk: a.blk === true });
         return {};
       },
       'migrate-incoming': async (args) => {
@@ -177,6 +186,12 @@ export class MachineMonitor extends EventEmitter<{ quit: []; loaded: []; incomin
       quit: () => {
         setTimeout(() => this.emit('quit'), 20);
         return {};
+      },
+      'x-livemig-check-guest': async (args) => {
+        checkArguments(args, {});
+        if (!this.options.checkGuest) throw new QmpCommandError('GenericError', 'this guest has no self-checks');
+        if (this.machine.running) throw new QmpCommandError('GenericError', 'the guest must be paused (stop) for its self-checks');
+        return this.options.checkGuest();
       },
       'query-version': () => QMP_VERSION,
       'query-commands': () => this.server.commandNames().map((name) => ({ name })),

@@ -398,6 +398,8 @@ export interface MigrationInfo {
   'expected-downtime'?: number;
   downtime?: number;
   ram?: MigrationRamStats;
+  /** Block migration (QEMU 7.2 `disk`). */
+  disk?: { transferred: number; remaining: number; total: number };
   'cpu-throttle-percentage'?: number;
   'error-desc'?: string;
   'blocked-reasons'?: string[];
