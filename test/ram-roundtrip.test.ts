@@ -20,6 +20,8 @@ import { MemorySink, MemorySource, StreamError, StreamReader, StreamWriter } fro
 import { Prng } from './helpers/prng.js';
 
 const PAGE = 4096;
+/** A dirty page as the pending estimate counts it: a page record (8-byte header + data). */
+const PAGE_ON_WIRE = PAGE + 8;
 
 /** Uniform [0, 1) numbers from the suite's seeded PRNG. */
 function rng(seed: number): () => number {
@@ -141,7 +143,7 @@ describe('RAM save → load round trip', () => {
     const totalPages = 512 + 64 + 32;
 
     await transfer('start', (out) => saver.saveSetup(out));
-    assert.equal(await saver.statePending(false), totalPages * PAGE);
+    assert.equal(await saver.statePending(false), totalPages * PAGE_ON_WIRE);
 
     // Pass 1: everything, 37 pages per section.
     const sections1 = await pass(37);
@@ -160,7 +162,7 @@ describe('RAM save → load round trip', () => {
     for (const p of s1) touch(m, 'pc.ram', p, next);
     for (const p of z) zeroPage(m, 'pc.ram', p);
     for (const [name, p] of u) m.log.push([name, p]); // dirty but unchanged
-    assert.equal(await saver.statePending(true), (20 + 5 + 3) * PAGE);
+    assert.equal(await saver.statePending(true), (20 + 5 + 3) * PAGE_ON_WIRE);
     await pass(6);
     assertSameRam(m, destination);
     s = saver.stats;
@@ -175,7 +177,7 @@ describe('RAM save → load round trip', () => {
     randomize(m, 'pc.ram', s1[15]!, next);
     for (const [name, p] of u) m.log.push([name, p]);
     for (const p of z.slice(0, 2)) touch(m, 'pc.ram', p, next);
-    assert.equal(await saver.statePending(true), (15 + 1 + 3 + 2) * PAGE);
+    assert.equal(await saver.statePending(true), (15 + 1 + 3 + 2) * PAGE_ON_WIRE);
     const before = saver.stats;
     const sections3 = await pass(4);
     assert.ok(sections3 >= 5, `sections in pass 3: ${sections3}`);
@@ -229,6 +231,35 @@ describe('RAM save → load round trip', () => {
     });
   });
 
+  it('with XBZRLE the pending estimate counts cached pages at their encoded cost, not 4 KiB', async () => {
+    const next = rng(21);
+    const m = makeMachine(next);
+    const { saver, destination, transfer, pass } = setup(m, { xbzrle: true, xbzrleCacheBytes: 1024 * PAGE });
+    await transfer('start', (out) => saver.saveSetup(out));
+    await pass(1000);
+    // The guest changes a few bytes of ~170 pages: pass 2 caches them (misses), pass 3 sends XBZRLE records.
+    const written = Array.from({ length: 200 }, (_, i) => 1 + i * 2).filter((p) => p % 7 !== 0);
+    for (const p of written) touch(m, 'pc.ram', p, next);
+    assert.equal(await saver.statePending(true), written.length * PAGE_ON_WIRE, 'before any XBZRLE hit: full pages');
+    await pass(1000);
+    for (const p of written) touch(m, 'pc.ram', p, next);
+    await saver.statePending(true);
+    await pass(1000);
+    assert.ok(saver.stats.xbzrle.pages > 0, `XBZRLE hits: ${JSON.stringify(saver.stats)}`);
+    // Pass 4: the same pages again, plus 10 pages never sent with XBZRLE (misses: full pages).
+    for (const p of written) touch(m, 'pc.ram', p, next);
+    for (let p = 0; p < 10; p++) randomize(m, 'vga.vram', 4 + p, next);
+    const estimate = await saver.statePending(true);
+    const perHit = (estimate - 10 * PAGE_ON_WIRE) / written.length;
+    assert.ok(perHit > 8 && perHit < 64, `an XBZRLE hit of 3 changed bytes is estimated at ${perHit.toFixed(1)} bytes`);
+    const before = saver.stats.transferredBytes;
+    await pass(1000);
+    const sent = saver.stats.transferredBytes - before - 8; // minus the EOS
+    assert.ok(Math.abs(sent - estimate) < 0.1 * estimate, `estimate ${estimate} bytes, sent ${sent} bytes`);
+    await transfer('end', (out) => saver.saveCompletePrecopy(out));
+    assertSameRam(m, destination);
+  });
+
   it('without XBZRLE re-sends dirty pages as PAGE; with alwaysSendBlockName never uses CONTINUE', async () => {
     const next = rng(99);
     const m = makeMachine(next);
@@ -267,6 +298,6 @@ describe('RAM save → load round trip', () => {
     // With the budget already used up, the check after the first page ends the section.
     const done = await transfer('part', (out) => saver.saveIterate(out, () => false));
     assert.equal(done, false);
-    assert.equal(await saver.statePending(false), (512 + 64 + 32 - 1) * PAGE);
+    assert.equal(await saver.statePending(false), (512 + 64 + 32 - 1) * PAGE_ON_WIRE);
   });
 });

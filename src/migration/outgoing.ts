@@ -92,6 +92,8 @@ export interface StartOptions {
 class Cancelled extends Error {}
 
 const now = (): number => performance.now();
+/** What is left counts as drained when it would take this long to send (the pass is over, bar a straggler). */
+const DRAINED_MS = 2;
 
 export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
   private currentStatus: MigrationStatus = 'none';
@@ -290,19 +292,31 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
       const window = new RateWindow(now(), out.bytesWritten, pagesSent());
       this.window = window;
       let idleInWindow = false; // ran out of dirty pages during this window
+      let fitsSinceMs: number | undefined; // when the estimate first fitted the budget in this pass
       for (;;) {
         this.throwIfStopped();
         const downtimeLimitMs = params()['downtime-limit'];
         const thresholdBytes = window.bandwidthBytesPerMs * downtimeLimitMs;
         let ramPendingBytes = await save.pendingBytes(false);
-        if (ramPendingBytes + deviceStateBytes <= thresholdBytes || ramPendingBytes === 0) {
+        // QEMU syncs and stops the guest as soon as the rest fits the budget, so
+        // even a guest that writes nothing pauses for about a downtime-limit's
+        // worth of sending. We keep sending live until this pass is drained (or
+        // for at most another downtime-limit of live time), then sync: what the
+        // guest dirtied meanwhile is what the pause must carry, ~0 for an idle guest.
+        const fits = ramPendingBytes + deviceStateBytes <= thresholdBytes;
+        if (!fits) fitsSinceMs = undefined;
+        else fitsSinceMs ??= now();
+        const drained = ramPendingBytes <= window.bandwidthBytesPerMs * DRAINED_MS;
+        if (ramPendingBytes === 0 || (fits && (drained || now() - fitsSinceMs! >= downtimeLimitMs))) {
           ramPendingBytes = await save.pendingBytes(true); // exact: sync the dirty log
+          fitsSinceMs = undefined;
+          const pendingBytes = ramPendingBytes + deviceStateBytes;
+          if (pendingBytes <= thresholdBytes || ramPendingBytes === 0) {
+            this.switchover = { pendingBytes, ramPendingBytes, deviceStateBytes, bandwidthBytesPerMs: window.bandwidthBytesPerMs, downtimeLimitMs, thresholdBytes };
+            break;
+          }
         }
         const pendingBytes = ramPendingBytes + deviceStateBytes;
-        if (pendingBytes <= thresholdBytes || ramPendingBytes === 0) {
-          this.switchover = { pendingBytes, ramPendingBytes, deviceStateBytes, bandwidthBytesPerMs: window.bandwidthBytesPerMs, downtimeLimitMs, thresholdBytes };
-          break;
-        }
         const allSent = await save.iterate(() => this.cancelRequested || this.returnPathFailure !== undefined || window.overBudget(out.bytesWritten, params()['max-bandwidth']));
         idleInWindow ||= allSent;
         const t = now();

@@ -65,6 +65,11 @@ export class XbzrlePageCache {
     return this.data[slot];
   }
 
+  /** Whether the page is cached, without refreshing its age (for estimates). */
+  has(pageNumber: number): boolean {
+    return this.addresses[this.slotOf(pageNumber)] === pageNumber;
+  }
+
   /**
    * Store a copy of `page`. Returns the cached copy, or undefined when the
    * slot holds another page that is still fresh (QEMU's cache_insert = -1).
