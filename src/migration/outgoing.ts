@@ -17,7 +17,8 @@ import { BLOCK_SECTION_IDSTR, BLOCK_SECTION_VERSION, BlockSaveHandler, DISK_MANI
 import type { Machine } from '../machine/machine.js';
 import { RAM_IDSTR, RAM_SECTION_VERSION, RamSaveHandler, type RamSaveStats } from '../ram/index.js';
 import { createGlobalState, globalStateVmsd, SaveStateRegistry, SaveVmState, storeGlobalState } from '../savevm/index.js';
-import { connectOutgoing, type MigrationChannel } from '../transport/index.js';
+import { MULTIFD_PROTOCOL_ERROR, MultifdSender } from '../ram/multifd/index.js';
+import { connectOutgoing, parseMigrationUri, type MigrationChannel } from '../transport/index.js';
 import { MigCommand, readReturnPathMessage, StreamReader, StreamWriter, TARGET_PAGE_SIZE, writeCommand } from '../wire/index.js';
 import {
   applyCapabilities,
@@ -39,6 +40,8 @@ export interface SwitchoverRecord {
   bandwidthBytesPerMs: number;
   downtimeLimitMs: number;
   thresholdBytes: number;
+  /** Where the downtime went, ms: stopping the guest, the END sections (last dirty pages, device state), putting the rest on the wire, the destination's load until its confirmation. */
+  downtimePhasesMs?: { pause: number; complete: number; flush: number; confirm: number };
 }
 
 /** `query-migrate` as QEMU shapes it (only the fields livemig has). */
@@ -117,6 +120,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
   private autoConverge = new AutoConverge();
   private finalMbps: number | undefined;
   private channel: MigrationChannel | undefined;
+  private multifd: MultifdSender | undefined;
   private cancelRequested = false;
   private pointOfNoReturn = false;
   private returnPathFailure: Error | undefined;
@@ -180,6 +184,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
     this.cancelRequested = true;
     this.transition('cancelling');
     this.channel?.abort(new Error('migration cancelled'));
+    this.multifd?.abort(new Error('migration cancelled'));
     this.wakeLoop?.();
     this.continueSwitchover?.();
   }
@@ -263,9 +268,24 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
     let shut: Promise<number> | undefined;
     try {
       // ---- Phase 1: setup ----
+      const multifd = this.capabilities.multifd;
+      if (multifd && !['tcp', 'unix'].includes(parseMigrationUri(uri).kind)) throw new Error(MULTIFD_PROTOCOL_ERROR);
       const channel = await connectOutgoing(uri);
       this.channel = channel;
       this.throwIfStopped();
+      if (multifd) {
+        // After the main channel is connected (a 7.2 destination takes the first connection as main).
+        const p = params();
+        this.multifd = await MultifdSender.open({
+          uri,
+          channels: p['multifd-channels'],
+          blocks: machine.ramBlocks(),
+          compression: p['multifd-compression'],
+          level: p['multifd-compression'] === 'zstd' ? p['multifd-zstd-level'] : p['multifd-zlib-level'],
+        });
+        ram.attachMultifd(this.multifd);
+        this.throwIfStopped();
+      }
       const out = new StreamWriter(channel.output!);
       const save = new SaveVmState(registry, out, { configuration: { machineName: machine.machineName } });
       await save.writeHeader();
@@ -289,7 +309,9 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
         const s = ram.stats;
         return s.normalPages + s.duplicatePages + s.xbzrle.pages;
       };
-      const window = new RateWindow(now(), out.bytesWritten, pagesSent());
+      // Bytes on the wire: the main channel and the multifd channels (QEMU charges both to the rate limit).
+      const sentBytes = (): number => out.bytesWritten + ram.multifdBytes;
+      const window = new RateWindow(now(), sentBytes(), pagesSent());
       this.window = window;
       let idleInWindow = false; // ran out of dirty pages during this window
       let fitsSinceMs: number | undefined; // when the estimate first fitted the budget in this pass
@@ -317,13 +339,13 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
           }
         }
         const pendingBytes = ramPendingBytes + deviceStateBytes;
-        const allSent = await save.iterate(() => this.cancelRequested || this.returnPathFailure !== undefined || window.overBudget(out.bytesWritten, params()['max-bandwidth']));
+        const allSent = await save.iterate(() => this.cancelRequested || this.returnPathFailure !== undefined || window.overBudget(sentBytes(), params()['max-bandwidth']));
         idleInWindow ||= allSent;
         const t = now();
-        if (window.maybeClose(t, out.bytesWritten, pagesSent(), idleInWindow)) {
+        if (window.maybeClose(t, sentBytes(), pagesSent(), idleInWindow)) {
           idleInWindow = false;
           if (window.bandwidthBytesPerMs > 0) this.expectedDowntimeMs = Math.round(pendingBytes / window.bandwidthBytesPerMs);
-        } else if (window.overBudget(out.bytesWritten, params()['max-bandwidth'])) {
+        } else if (window.overBudget(sentBytes(), params()['max-bandwidth'])) {
           await this.pause(window.msUntilEnd(t)); // rate limit: wait for the next window
         } else if (allSent) {
           // Nothing dirty right now and no bandwidth figure yet: let the guest
@@ -348,17 +370,24 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
         this.throwIfStopped();
       }
       this.transition('device');
+      const pausedMs = now();
       storeGlobalState(globalState, wasRunning ? 'running' : 'paused');
       await save.completePrecopy();
       this.throwIfStopped();
+      const completedMs = now();
       // Once the EOF is on its way the destination may start the guest: no going back.
       this.pointOfNoReturn = true;
       await out.close();
+      const flushedMs = now();
       if (shut) {
         const value = await shut;
         if (value !== 0) throw new Error(`the destination failed to load the state (SHUT ${value})`);
       }
       this.downtimeMs = Math.round(now() - downtimeStartMs);
+      if (this.switchover) {
+        const ms = (x: number): number => Math.round(x * 10) / 10;
+        this.switchover.downtimePhasesMs = { pause: ms(pausedMs - downtimeStartMs), complete: ms(completedMs - pausedMs), flush: ms(flushedMs - completedMs), confirm: ms(now() - flushedMs) };
+      }
       this.totalTimeMs = Math.round(now() - this.startedMs);
       this.finalMbps = (ram.stats.transferredBytes * 8) / (this.totalTimeMs / 1000) / 1e6;
       this.expectedDowntimeMs = undefined;
@@ -392,6 +421,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
       // The throttle only serves the migration; the guest runs at full speed again.
       if (this.autoConverge.percent > 0) this.machine.setThrottle(0);
       this.channel = undefined;
+      this.multifd = undefined;
       ram.saveCleanup();
     }
   }
@@ -467,7 +497,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
       'precopy-bytes': s.precopyBytes,
       'downtime-bytes': s.downtimeBytes,
       'postcopy-bytes': 0,
-      'multifd-bytes': 0,
+      'multifd-bytes': s.multifdBytes,
       'postcopy-requests': 0,
     };
   }

