@@ -104,7 +104,12 @@ export async function runCommand(options: RunOptions): Promise<number> {
       const address = await monitor.server.listen(options.qmp);
       emit('qmp', { address }, `QMP monitor on ${address}`);
     }
-    if (options.incoming) return await runIncoming(guest, monitor, options.incoming, options.verify === true, emit, stop);
+    if (options.incoming) {
+      // --cap/--param apply to a destination too (multifd must be on at both ends, as QEMU's migrate-set-* before migrate-incoming).
+      monitor.migration.setParameters(Object.fromEntries(options.param.map(parseParam)));
+      monitor.migration.setCapabilities(Object.fromEntries(options.cap.map(parseCap)));
+      return await runIncoming(guest, monitor, options.incoming, options.verify === true, emit, stop);
+    }
     if (options.migrateTo) return await runOutgoing(guest, monitor.migration, options, emit, () => serialBytes, stop);
     emit('running', { machine: machine.machineName, ramBytes: guest.memory().length }, `guest running: ${formatBytes(guest.memory().length)} of RAM; Ctrl-C stops it`);
     return await stop;

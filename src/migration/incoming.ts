@@ -10,7 +10,8 @@ import { BLOCK_SECTION_IDSTR, BLOCK_SECTION_VERSION, BlockLoadHandler, DISK_MANI
 import type { Machine } from '../machine/machine.js';
 import { FixedRamBlockTable, RAM_IDSTR, RAM_SECTION_VERSION, RamLoadHandler } from '../ram/index.js';
 import { createGlobalState, globalStateVmsd, loadVmState, SaveStateRegistry } from '../savevm/index.js';
-import { listenIncoming, type IncomingListener, type MigrationChannel } from '../transport/index.js';
+import { MULTIFD_MAGIC, MULTIFD_PROTOCOL_ERROR, MultifdReceiver, QEMU_VM_FILE_MAGIC, type MultifdCompression } from '../ram/multifd/index.js';
+import { listenIncoming, parseMigrationUri, type IncomingListener, type MigrationChannel } from '../transport/index.js';
 import { MigCommand, StreamError, StreamReader, StreamWriter, writePong, writeShut } from '../wire/index.js';
 
 export type IncomingStatus = 'none' | 'setup' | 'active' | 'completed' | 'failed';
@@ -35,6 +36,12 @@ export interface IncomingOptions {
   autostart?: boolean;
   /** Appended to "has no disk of that name" (how to give this destination one). */
   diskHint?(name: string): string;
+  /**
+   * Capability `multifd` on this destination: accept `channels` extra
+   * connections (parameter `multifd-channels`; the source must use the same
+   * count, compression and UUID).
+   */
+  multifd?: { channels: number; compression?: MultifdCompression; uuid?: Uint8Array; connectTimeoutMs?: number };
 }
 
 export class IncomingMigration extends EventEmitter<{ status: [IncomingStatus]; loaded: []; resume: []; diskProgress: [number] }> {
@@ -56,7 +63,9 @@ export class IncomingMigration extends EventEmitter<{ status: [IncomingStatus]; 
   /** Listen on `uri`; resolves with the actual address (tcp port 0 becomes a real port). */
   async listen(uri: string): Promise<string> {
     if (this.status !== 'none') throw new Error('migrate-incoming can only be used once');
-    this.listener = await listenIncoming(uri);
+    const multifd = this.options.multifd !== undefined;
+    if (multifd && !['tcp', 'unix'].includes(parseMigrationUri(uri).kind)) throw new Error(MULTIFD_PROTOCOL_ERROR);
+    this.listener = await listenIncoming(uri, { multiChannel: multifd });
     this.prepareRam();
     this.setStatus('setup');
     return this.listener.address;
@@ -84,12 +93,20 @@ export class IncomingMigration extends EventEmitter<{ status: [IncomingStatus]; 
     let channel: MigrationChannel | undefined;
     let reader: StreamReader | undefined;
     let returnPath: StreamWriter | undefined;
+    let receiver: MultifdReceiver | undefined;
     try {
-      channel = await this.listener.accept();
+      const table = new FixedRamBlockTable(this.machine.ramBlocks());
+      if (this.options.multifd) {
+        receiver = new MultifdReceiver({ ...this.options.multifd, table });
+        receiver.onError = (err) => channel?.abort(err);
+        ({ channel, reader } = await this.acceptMultifd(receiver, this.options.multifd.channels));
+      } else {
+        channel = await this.listener.accept();
+        reader = new StreamReader(channel.input!);
+      }
       this.setStatus('active');
-      reader = new StreamReader(channel.input!);
       const registry = new SaveStateRegistry();
-      const ram = new RamLoadHandler(new FixedRamBlockTable(this.machine.ramBlocks()));
+      const ram = new RamLoadHandler(table, receiver ? { multifdSync: () => receiver!.syncMain() } : {});
       const localDisks = new Map((this.machine.blockDevices?.() ?? []).map((d) => [d.name, d]));
       const manifest = new DiskManifestLoadHandler(localDisks, this.options.diskHint);
       const block = new BlockLoadHandler(localDisks, { onProgress: (p) => this.emit('diskProgress', p) });
@@ -138,9 +155,13 @@ export class IncomingMigration extends EventEmitter<{ status: [IncomingStatus]; 
         await returnPath.close().catch(() => {});
       }
       await channel.close().catch(() => {});
+      receiver?.close();
       this.setStatus('completed');
       return { status: 'completed', started: start, loadTimeMs, bytes: reader.offset };
-    } catch (err) {
+    } catch (caught) {
+      // A multifd channel's failure is the reason the main channel was aborted.
+      const err = receiver?.error ?? caught;
+      receiver?.close();
       if (returnPath) {
         try {
           writeShut(returnPath, 1);
@@ -164,5 +185,46 @@ export class IncomingMigration extends EventEmitter<{ status: [IncomingStatus]; 
     } finally {
       await this.listener.close().catch(() => {});
     }
+  }
+
+  /**
+   * Multifd: connections are told apart by their first four bytes (the main
+   * stream's magic or multifd's), so the order in which they arrive does not
+   * matter; a QEMU 7.2 source connects its main channel first, as 7.2's
+   * destination expects. Multifd channels go to the receiver as they come;
+   * this returns once the main channel is found, and keeps accepting the
+   * rest in the background until the listener closes.
+   */
+  private async acceptMultifd(receiver: MultifdReceiver, channels: number): Promise<{ channel: MigrationChannel; reader: StreamReader }> {
+    const listener = this.listener!;
+    let main: { channel: MigrationChannel; reader: StreamReader } | undefined;
+    let multifdCount = 0;
+    let connections = 0;
+    const classify = async (ch: MigrationChannel): Promise<'main' | 'multifd'> => {
+      const n = connections++;
+      const r = new StreamReader(ch.input!);
+      const head = await r.peek(4);
+      const magic = head.length === 4 ? new DataView(head.buffer, head.byteOffset, 4).getUint32(0) : -1;
+      if (magic === QEMU_VM_FILE_MAGIC && !main) {
+        main = { channel: ch, reader: r };
+        return 'main';
+      }
+      if (magic === MULTIFD_MAGIC || (main && magic !== QEMU_VM_FILE_MAGIC)) {
+        // Anything after the main channel is a multifd channel (7.2); the receiver checks its init packet.
+        multifdCount++;
+        receiver.addChannel(r, () => ch.abort(new Error('multifd channel closed')));
+        return 'multifd';
+      }
+      ch.abort(new Error('unexpected connection'));
+      const what = magic === QEMU_VM_FILE_MAGIC ? 'a second migration stream' : `neither a migration stream nor a multifd channel (first bytes ${Buffer.from(head).toString('hex') || 'none'})`;
+      throw new StreamError('bad-magic', `connection ${n} to ${listener.address} is ${what}`, { offset: 0 });
+    };
+    while (!main) await classify(await listener.accept());
+    void (async () => {
+      while (multifdCount < channels) await classify(await listener.accept());
+    })().catch((err: Error) => {
+      if (this.status === 'active' || this.status === 'setup') receiver.fail(err);
+    });
+    return main;
   }
 }

@@ -126,6 +126,8 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
   private returnPathFailure: Error | undefined;
   private wakeLoop: (() => void) | undefined;
   private continueSwitchover: (() => void) | undefined;
+  /** How long the last dirty-log sync took. */
+  private lastSyncMs = 0;
   /** The switchover decision of the last migration. */
   switchover: SwitchoverRecord | undefined;
   /** Resolves when the current migration ends, with its final status. */
@@ -166,6 +168,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
     this.cancelRequested = this.pointOfNoReturn = false;
     this.returnPathFailure = undefined;
     this.switchover = undefined;
+    this.lastSyncMs = 0;
     this.finalMbps = undefined;
     this.dirtyPagesRate = 0;
     this.block = undefined;
@@ -217,9 +220,11 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
   /** A dirty-log sync: the machine's log into RAM's bitmap; counts a pass. */
   private async syncDirtyLog(ram: RamSaveHandler): Promise<void> {
     let newlyDirty = 0;
+    const syncStartMs = now();
     await this.machine.syncDirtyLog((idstr, pages) => {
       newlyDirty += ram.mergeDirty(idstr, pages);
     });
+    this.lastSyncMs = now() - syncStartMs;
     this.periodDirtyPages += newlyDirty;
     const t = now();
     const stats = ram.stats;
@@ -318,7 +323,9 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
       for (;;) {
         this.throwIfStopped();
         const downtimeLimitMs = params()['downtime-limit'];
-        const thresholdBytes = window.bandwidthBytesPerMs * downtimeLimitMs;
+        // The pause starts with one more dirty-log sync, which costs what the last one did
+        // (a few ms for an exact log, a shadow compare of all RAM for v86).
+        const thresholdBytes = window.bandwidthBytesPerMs * Math.max(0, downtimeLimitMs - this.lastSyncMs);
         let ramPendingBytes = await save.pendingBytes(false);
         // QEMU syncs and stops the guest as soon as the rest fits the budget, so
         // even a guest that writes nothing pauses for about a downtime-limit's

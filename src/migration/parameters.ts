@@ -23,6 +23,14 @@ export interface MigrationParameters {
   'throttle-trigger-threshold': number;
   /** Auto-converge: raise the throttle by less than the increment when less is needed (QEMU: false). */
   'cpu-throttle-tailslow': boolean;
+  /** Multifd: extra connections that carry page contents (QEMU: 2, range 1..255); both sides must agree. */
+  'multifd-channels': number;
+  /** Multifd payload compression (QEMU 7.2: none, zlib, zstd); both sides must agree. */
+  'multifd-compression': 'none' | 'zlib' | 'zstd';
+  /** zlib level for multifd (QEMU: 1, range 0..9). */
+  'multifd-zlib-level': number;
+  /** zstd level for multifd (QEMU: 1, range 0..20). */
+  'multifd-zstd-level': number;
 }
 
 export interface MigrationCapabilities {
@@ -45,6 +53,8 @@ export interface MigrationCapabilities {
    * check costs far less than sending 1 MiB.
    */
   'zero-blocks': boolean;
+  /** Page contents over `multifd-channels` extra connections (tcp: and unix: only), QEMU 7.2's format. */
+  multifd: boolean;
 }
 
 export const DEFAULT_PARAMETERS: Readonly<MigrationParameters> = {
@@ -56,6 +66,10 @@ export const DEFAULT_PARAMETERS: Readonly<MigrationParameters> = {
   'max-cpu-throttle': 99,
   'throttle-trigger-threshold': 50,
   'cpu-throttle-tailslow': false,
+  'multifd-channels': 2,
+  'multifd-compression': 'none',
+  'multifd-zlib-level': 1,
+  'multifd-zstd-level': 1,
 };
 
 /** In the order of QEMU's MigrationCapability enum, which query-migrate-capabilities follows. */
@@ -67,6 +81,7 @@ export const DEFAULT_CAPABILITIES: Readonly<MigrationCapabilities> = {
   block: false,
   'return-path': true,
   'pause-before-switchover': false,
+  multifd: false,
 };
 
 function integerIn(name: string, value: unknown, min: number, max: number, unit = ''): number {
@@ -104,6 +119,21 @@ export function applyParameters(current: MigrationParameters, update: Partial<Re
       case 'cpu-throttle-tailslow':
         if (typeof value !== 'boolean') throw new RangeError(`Parameter '${name}' expects a boolean`);
         next[name] = value;
+        break;
+      case 'multifd-channels':
+        next[name] = integerIn(name, value, 1, 255);
+        break;
+      case 'multifd-compression':
+        if (value !== 'none' && value !== 'zlib' && value !== 'zstd') {
+          throw new RangeError(`Parameter 'multifd-compression' does not accept value '${String(value)}'`);
+        }
+        next[name] = value;
+        break;
+      case 'multifd-zlib-level':
+        next[name] = integerIn(name, value, 0, 9);
+        break;
+      case 'multifd-zstd-level':
+        next[name] = integerIn(name, value, 0, 20);
         break;
       default:
         throw new RangeError(`Parameter '${name}' is unexpected`);

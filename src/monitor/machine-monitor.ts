@@ -93,7 +93,14 @@ export class MachineMonitor extends EventEmitter<{ quit: []; loaded: []; incomin
   async startIncoming(uri: string): Promise<string> {
     if (this.incomingStarted) throw new QmpCommandError('GenericError', 'The incoming migration has already been started');
     this.incomingStarted = true;
-    const incoming = new IncomingMigration(this.machine, this.options.incomingOptions);
+    // Capabilities and parameters set before migrate-incoming apply to the destination (multifd, as QEMU).
+    const caps = this.migration.capabilities;
+    const params = this.migration.parameters;
+    const incomingOptions: IncomingOptions = {
+      ...this.options.incomingOptions,
+      ...(caps.multifd ? { multifd: { channels: params['multifd-channels'], compression: params['multifd-compression'] } } : {}),
+    };
+    const incoming = new IncomingMigration(this.machine, incomingOptions);
     this.incoming = incoming;
     incoming.on('status', (status) => {
       if (this.events) this.server.emitEvent('MIGRATION', { status });

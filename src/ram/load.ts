@@ -35,6 +35,12 @@ export interface RamLoadOptions {
    * guest physical address after its length.
    */
   ignoreShared?: boolean;
+  /**
+   * Multifd: called at every EOS before the section ends; waits until every
+   * multifd channel has delivered its SYNC for this section (7.2's
+   * multifd_recv_sync_main).
+   */
+  multifdSync?: () => Promise<void>;
 }
 
 export interface RamLoadBlockStats {
@@ -201,6 +207,7 @@ export class RamLoadHandler implements SaveVMHandlers {
         case RAM_FLAG_EOS:
           c.eosRecords++;
           c.firstOffsets.eos ??= at;
+          if (this.options.multifdSync) await this.options.multifdSync();
           return;
         default:
           if (flags & RAM_FLAG_HOOK) {

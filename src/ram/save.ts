@@ -25,6 +25,7 @@ import { RamLoadHandler } from './load.js';
 import { DEFAULT_XBZRLE_CACHE_BYTES, XbzrlePageCache, xbzrleCacheSlots } from './page-cache.js';
 import { RamRecordWriter } from './record-writer.js';
 import { xbzrleEncode } from './xbzrle.js';
+import type { MultifdSender } from './multifd/sender.js';
 
 /** QEMU's MAX_WAIT: an iterate call stops after this many ms (checked every 64 pages). */
 export const RAM_ITERATE_MAX_WAIT_MS = 50;
@@ -65,6 +66,8 @@ export interface RamSaveStats {
   /** Pages sent raw (`normal`), including XBZRLE misses and overflows. */
   normalPages: number;
   normalBytes: number;
+  /** Multifd packet bytes, headers included (QEMU's `multifd-bytes`; also in transferredBytes). */
+  multifdBytes: number;
   dirtySyncCount: number;
   /**
    * Times the page scan wrapped to the first block to send more pages (the
@@ -107,6 +110,8 @@ export class RamSaveHandler implements SaveVMHandlers {
   private xbzrleHitWireBytes = 0;
   private lastStage = false;
   private loader: RamLoadHandler | undefined;
+  /** Multifd channels: page contents go there, zero pages and EOS stay on the main stream (7.2). */
+  private multifd: MultifdSender | undefined;
   private counters: RamSaveStats;
 
   constructor(blocks: readonly RamBlock[], private readonly options: RamSaveOptions = {}) {
@@ -134,6 +139,7 @@ export class RamSaveHandler implements SaveVMHandlers {
       duplicatePages: 0,
       normalPages: 0,
       normalBytes: 0,
+      multifdBytes: 0,
       dirtySyncCount: 0,
       completedRounds: 0,
       xbzrle: {
@@ -208,8 +214,11 @@ export class RamSaveHandler implements SaveVMHandlers {
     // QEMU syncs once at setup (dirty-sync-count 1); it also resets the machine's log.
     await this.syncDirty();
     this.records.writeBlockList(out, this.states.map((s) => s.block));
+    if (this.multifd) await this.multifd.sync(); // QEMU syncs the channels before every RAM EOS
     // Setup framing is not counted in `transferred` (QEMU does not count it).
     this.records.writeEos(out);
+    // The destination's channels wait at their SYNC until it reads this EOS: send it now.
+    if (this.multifd) await out.flush();
   }
 
   /**
@@ -251,11 +260,14 @@ export class RamSaveHandler implements SaveVMHandlers {
       this.counters.precopyBytes += bytes;
       if ((sent & 63) === 0 && performance.now() - started > maxMs) break;
       if (out.pendingBytes >= DRAIN_THRESHOLD_BYTES) await out.drain();
+      if (this.multifd?.mustWait) await this.multifd.waitForRoom();
     }
+    if (this.multifd) await this.multifd.sync();
     // The iterate EOS counts in `transferred` (QEMU: ram_transferred_add(8)).
     const eos = this.records.writeEos(out);
     this.counters.transferredBytes += eos;
     this.counters.precopyBytes += eos;
+    if (this.multifd) await out.flush();
     return done;
   }
 
@@ -267,6 +279,11 @@ export class RamSaveHandler implements SaveVMHandlers {
       if (bytes < 0) break;
       this.counters.downtimeBytes += bytes;
       if (out.pendingBytes >= DRAIN_THRESHOLD_BYTES) await out.drain();
+      if (this.multifd?.mustWait) await this.multifd.waitForRoom();
+    }
+    if (this.multifd) {
+      await this.multifd.sync();
+      await this.multifd.finish(); // everything is written: end the channels cleanly
     }
     // QEMU does not count the END section's EOS.
     this.records.writeEos(out);
@@ -274,6 +291,32 @@ export class RamSaveHandler implements SaveVMHandlers {
 
   saveCleanup(): void {
     this.cache = undefined;
+    // Closes channels that are still open (failure, cancel); a no-op after finish().
+    this.multifd?.abort(new Error('migration ended'));
+    this.multifd = undefined;
+  }
+
+  /**
+   * Send page contents over multifd channels from the next setup on (opened
+   * by the migration after the main channel). Packets are charged to
+   * `transferred` and `multifd-bytes` as they are queued.
+   */
+  attachMultifd(sender: MultifdSender): void {
+    this.multifd = sender;
+    sender.onCharge = (bytes, pages) => {
+      const c = this.counters;
+      c.transferredBytes += bytes;
+      c.multifdBytes += bytes;
+      // The page bytes were counted per page by the send loop; add the header here.
+      const header = bytes - pages * TARGET_PAGE_SIZE;
+      if (this.lastStage) c.downtimeBytes += header;
+      else c.precopyBytes += header;
+    };
+  }
+
+  /** Multifd bytes so far (cheap, for the rate limiter). */
+  get multifdBytes(): number {
+    return this.counters.multifdBytes;
   }
 
   /** Loading into the same blocks (a handler registered on both sides). */
@@ -325,6 +368,14 @@ export class RamSaveHandler implements SaveVMHandlers {
       // Replace a stale cached copy so a later small write is encoded against zeros.
       if (this.xbzrleActive && this.cache) this.cache.insert(globalPage, ZERO_PAGE, generation);
       return n;
+    }
+
+    if (this.multifd) {
+      // As 7.2: a non-zero page goes to multifd (XBZRLE is not used with multifd).
+      this.multifd.queuePage(this.states.indexOf(state), offsetBytes);
+      c.normalPages++;
+      c.normalBytes += TARGET_PAGE_SIZE;
+      return TARGET_PAGE_SIZE;
     }
 
     let data = block.pageView(page);

@@ -18,26 +18,35 @@ export interface AcceptOptions {
   signal?: AbortSignal;
 }
 
+export interface ListenOptions {
+  /**
+   * tcp/unix: keep listening after the first connection, and let accept()
+   * hand out every connection in arrival order (multifd's extra channels).
+   */
+  multiChannel?: boolean;
+}
+
 export interface IncomingListener {
   /** The URI as given. */
   readonly uri: string;
   /** Where peers connect: the bound `tcp:HOST:PORT` (the real port when 0 was given), else the URI. */
   readonly address: string;
-  /** The first (only) connection; a second call rejects. */
+  /** The first (only) connection; a second call rejects (unless listening with multiChannel: then the next one). */
   accept(options?: AcceptOptions): Promise<MigrationChannel>;
   /** Stop listening (removes a unix socket file); aborts a channel not yet accepted. Idempotent. */
   close(): Promise<void>;
 }
 
-export async function listenIncoming(uri: string): Promise<IncomingListener> {
+export async function listenIncoming(uri: string, options: ListenOptions = {}): Promise<IncomingListener> {
   const address = parseMigrationUri(uri);
+  const multi = options.multiChannel === true;
   switch (address.kind) {
     case 'tcp':
       // An empty host listens on every address, like QEMU.
-      return SocketListener.listen(uri, 'tcp', { port: address.port, ...(address.host ? { host: address.host } : {}) });
+      return SocketListener.listen(uri, 'tcp', { port: address.port, ...(address.host ? { host: address.host } : {}) }, multi);
     case 'unix':
       await removeStaleSocket(uri, address.path);
-      return SocketListener.listen(uri, 'unix', { path: address.path });
+      return SocketListener.listen(uri, 'unix', { path: address.path }, multi);
     case 'exec':
       return new ReadyListener(uri, execIncomingChannel(await ExecChild.spawn(uri, address.command, 'incoming')));
     case 'file': {
@@ -79,8 +88,10 @@ class SocketListener implements IncomingListener {
   private closed = false;
   private failure: TransportError | undefined;
   private waiter: Waiter | undefined;
+  /** multiChannel: connections arrived after the first, not yet accepted. */
+  private readonly more: MigrationChannel[] = [];
 
-  private constructor(readonly uri: string, private readonly kind: 'tcp' | 'unix', private readonly server: Server) {
+  private constructor(readonly uri: string, private readonly kind: 'tcp' | 'unix', private readonly server: Server, private readonly multi = false) {
     const bound = server.address();
     this.address = typeof bound === 'object' && bound !== null ? formatTcpUri(bound.address, bound.port) : uri;
     server.on('connection', (socket) => this.onConnection(socket));
@@ -90,7 +101,7 @@ class SocketListener implements IncomingListener {
     });
   }
 
-  static async listen(uri: string, kind: 'tcp' | 'unix', target: { host?: string; port: number } | { path: string }): Promise<SocketListener> {
+  static async listen(uri: string, kind: 'tcp' | 'unix', target: { host?: string; port: number } | { path: string }, multi = false): Promise<SocketListener> {
     const server = createServer({ allowHalfOpen: true });
     await new Promise<void>((resolve, reject) => {
       const onError = (err: Error): void =>
@@ -101,10 +112,17 @@ class SocketListener implements IncomingListener {
         resolve();
       });
     });
-    return new SocketListener(uri, kind, server);
+    return new SocketListener(uri, kind, server, multi);
   }
 
   private onConnection(socket: Socket): void {
+    if (this.multi && !this.closed) {
+      const channel = socketChannel(socket, this.kind === 'tcp' ? this.address : this.uri, this.kind);
+      if (this.arrived || this.taken) this.more.push(channel);
+      else this.arrived = channel;
+      this.settle();
+      return;
+    }
     if (this.arrived || this.taken || this.closed) {
       socket.destroy(); // connections racing the first one, before the listener closed
       return;
@@ -128,6 +146,9 @@ class SocketListener implements IncomingListener {
       const channel = this.arrived;
       this.arrived = undefined;
       waiter.resolve(channel);
+    } else if (this.multi && this.taken && this.more.length > 0) {
+      this.waiter = undefined;
+      waiter.resolve(this.more.shift()!);
     } else if (this.closed || this.failure) {
       this.waiter = undefined;
       waiter.reject(this.failure ?? new TransportError('closed', this.uri, `${this.uri}: listener closed`));
@@ -136,7 +157,8 @@ class SocketListener implements IncomingListener {
 
   accept(options: AcceptOptions = {}): Promise<MigrationChannel> {
     const { signal } = options;
-    if (this.taken) return Promise.reject(new TransportError('closed', this.uri, `${this.uri}: the connection was already accepted`));
+    if (this.taken && !this.multi) return Promise.reject(new TransportError('closed', this.uri, `${this.uri}: the connection was already accepted`));
+    if (this.closed && this.multi) return Promise.reject(new TransportError('closed', this.uri, `${this.uri}: listener closed`));
     if (this.waiter) return Promise.reject(new TransportError('closed', this.uri, `${this.uri}: accept() is already waiting`));
     if (signal?.aborted) return Promise.reject(new TransportError('aborted', this.uri, `${this.uri}: accept aborted`, { cause: signal.reason }));
     return new Promise<MigrationChannel>((resolve, reject) => {
@@ -165,6 +187,7 @@ class SocketListener implements IncomingListener {
     this.stopListening();
     this.arrived?.abort('listener closed before the connection was accepted');
     this.arrived = undefined;
+    for (const c of this.more.splice(0)) c.abort('listener closed before the connection was accepted');
     this.settle();
   }
 }

@@ -11,4 +11,4 @@ export {
 export type { MigrationChannel } from './channel.js';
 export { EXEC_EXIT_TIMEOUT_MS, type ExitStatus } from './exec.js';
 export { connectOutgoing, type ConnectOptions } from './outgoing.js';
-export { listenIncoming, type IncomingListener, type AcceptOptions } from './incoming.js';
+export { listenIncoming, type IncomingListener, type AcceptOptions, type ListenOptions } from './incoming.js';

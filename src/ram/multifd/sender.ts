@@ -1,0 +1,423 @@
+/**
+ * The source side of multifd (QEMU 7.2 multifd_send_*): N extra connections
+ * to the migration address, each starting with its init packet; pages queued
+ * by the RAM handler are batched (one block, up to 128 pages) and each batch
+ * goes to the next channel with room, round-robin, numbered by one global
+ * packet counter. sync() (before every RAM EOS) flushes the batch, puts a
+ * SYNC packet on every channel and waits until all are written.
+ *
+ * Channels run in worker threads when every RAM block lives in a
+ * SharedArrayBuffer (the worker reads the pages itself and owns its socket);
+ * otherwise on the main thread over ordinary transport channels.
+ *
+ * A failed channel fails the sender: every later call rejects with that
+ * error, so the migration fails while the guest still runs on the source.
+ */
+import { Worker } from 'node:worker_threads';
+import type { RamBlock } from '../block.js';
+import { DenseRamBlock } from '../block.js';
+import { connectOutgoing, parseMigrationUri, type MigrationChannel } from '../../transport/index.js';
+import { createSendCodec, ensureMultifdCodecs, type MultifdCompression, type MultifdSendCodec } from './codec.js';
+import {
+  encodeInitPacket,
+  MULTIFD_FLAG_SYNC,
+  MULTIFD_HEADER_BYTES,
+  MULTIFD_PAGE_SIZE,
+  MULTIFD_PAGES_PER_PACKET,
+  writePacketHeader,
+  ZERO_UUID,
+} from './packet.js';
+import type { SendJob, SendWorkerData } from './send-worker.js';
+
+/** Packets a channel may have in hand at once (QEMU: 1; one more hides the thread round trip). */
+const DEFAULT_MAX_INFLIGHT = 2;
+
+export interface MultifdSenderOptions {
+  /** The migration URI (tcp: or unix:); every channel connects to it. */
+  uri: string;
+  channels: number;
+  blocks: readonly RamBlock[];
+  /** The source's UUID (QEMU: all zeros unless -uuid). */
+  uuid?: Uint8Array;
+  compression?: MultifdCompression;
+  /** Level for the compression method (zlib/zstd). */
+  level?: number;
+  /** Worker threads: default when every block's memory is a SharedArrayBuffer. */
+  useWorkers?: boolean;
+  maxInflight?: number;
+  /** A module (URL or path) that registers compression codecs, loaded in each worker. */
+  codecModule?: string;
+}
+
+type Job = Omit<SendJob, 'type' | 'seq'>;
+
+interface SenderChannel {
+  readonly id: number;
+  inflight: number;
+  submit(job: Job): Promise<void>;
+  finish(): Promise<void>;
+  abort(reason: Error): void;
+}
+
+/** The error QEMU 7.2 gives for multifd over exec:/fd:/file:. */
+export const MULTIFD_PROTOCOL_ERROR = 'multifd is not supported by current protocol';
+
+/** Whether all blocks can be read by worker threads (dense blocks over SharedArrayBuffers). */
+export function sharedBlocks(blocks: readonly RamBlock[]): Array<{ idstr: string; buffer: SharedArrayBuffer; byteOffset: number; lengthBytes: number }> | undefined {
+  const out = [];
+  for (const b of blocks) {
+    if (!(b instanceof DenseRamBlock) || !(b.memory.buffer instanceof SharedArrayBuffer)) return undefined;
+    out.push({ idstr: b.idstr, buffer: b.memory.buffer, byteOffset: b.memory.byteOffset, lengthBytes: b.memory.length });
+  }
+  return out;
+}
+
+export class MultifdSender {
+  /** Header + page bytes of every packet handed to channels (QEMU's multifd-bytes; the init packets are not counted, as 7.2). */
+  bytes = 0;
+  packets = 0;
+  /** Called with the bytes of every packet as it is queued (rate limit, `transferred`). */
+  onCharge: ((bytes: number, pages: number) => void) | undefined;
+  readonly workers: boolean;
+
+  private packetNum = 0;
+  private nextChannel = 0;
+  private failure: Error | undefined;
+  private waiters: Array<() => void> = [];
+  // The batch being filled.
+  private batchBlock = -1;
+  private batchCount = 0;
+  private batchOffsets = new Float64Array(MULTIFD_PAGES_PER_PACKET);
+  /** Full batches waiting for a channel with room. */
+  private readonly ready: Job[] = [];
+  private finished = false;
+
+  private constructor(private readonly channels: SenderChannel[], private readonly maxInflight: number, workers: boolean) {
+    this.workers = workers;
+  }
+
+  /** Open every channel and send its init packet (after the main channel is connected). */
+  static async open(options: MultifdSenderOptions): Promise<MultifdSender> {
+    const address = parseMigrationUri(options.uri);
+    if (address.kind !== 'tcp' && address.kind !== 'unix') throw new Error(MULTIFD_PROTOCOL_ERROR);
+    const n = options.channels;
+    if (!Number.isInteger(n) || n < 1 || n > 255) throw new RangeError(`multifd-channels ${n} is not in 1..255`);
+    const uuid = options.uuid ?? ZERO_UUID;
+    const compression = options.compression ?? 'none';
+    const level = options.level ?? 1;
+    await ensureMultifdCodecs(compression);
+    const shared = sharedBlocks(options.blocks);
+    const useWorkers = (options.useWorkers ?? true) && shared !== undefined;
+    const target = address.kind === 'tcp' ? { host: address.host, port: address.port } : { path: address.path };
+    const opened: SenderChannel[] = [];
+    const sender = new MultifdSender(opened, options.maxInflight ?? DEFAULT_MAX_INFLIGHT, useWorkers);
+    try {
+      const pending = [];
+      for (let id = 0; id < n; id++) {
+        const what = `multifd channel ${id} (${options.uri})`;
+        if (useWorkers) {
+          const data: SendWorkerData = { target, what, id, uuid, blocks: shared!, compression, level, ...(options.codecModule ? { codecModule: options.codecModule } : {}) };
+          const ch = new WorkerSenderChannel(id, data, (err) => sender.fail(err));
+          opened.push(ch);
+          pending.push(ch.ready);
+        } else {
+          pending.push(
+            (async () => {
+              const channel = await connectOutgoing(options.uri);
+              const ch = new LocalSenderChannel(id, channel, options.blocks, createSendCodec(compression, level), (err) => sender.fail(err));
+              opened.push(ch);
+              await ch.start(uuid);
+            })(),
+          );
+        }
+      }
+      const results = await Promise.allSettled(pending);
+      const bad = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+      if (bad) throw bad.reason;
+      opened.sort((a, b) => a.id - b.id);
+      return sender;
+    } catch (err) {
+      sender.abort(err as Error);
+      throw err;
+    }
+  }
+
+  get channelCount(): number {
+    return this.channels.length;
+  }
+
+  get error(): Error | undefined {
+    return this.failure;
+  }
+
+  private fail(err: Error): void {
+    this.failure ??= err;
+    this.wake();
+  }
+
+  private wake(): void {
+    const w = this.waiters;
+    this.waiters = [];
+    for (const f of w) f();
+  }
+
+  private waitForChange(): Promise<void> {
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  private check(): void {
+    if (this.failure) throw this.failure;
+  }
+
+  /** Add one page to the batch (multifd_queue_page); the batch goes out when full or when the block changes. */
+  queuePage(blockIndex: number, offsetBytes: number): void {
+    this.check();
+    if (this.batchCount > 0 && blockIndex !== this.batchBlock) this.closeBatch();
+    this.batchBlock = blockIndex;
+    this.batchOffsets[this.batchCount++] = offsetBytes;
+    if (this.batchCount === MULTIFD_PAGES_PER_PACKET) this.closeBatch();
+  }
+
+  /** A full batch waits for a channel: the producer should await waitForRoom() before queuing more. */
+  get mustWait(): boolean {
+    return this.ready.length > 0 || this.failure !== undefined;
+  }
+
+  async waitForRoom(): Promise<void> {
+    for (;;) {
+      this.check();
+      this.pump();
+      if (this.ready.length === 0) return;
+      await this.waitForChange();
+    }
+  }
+
+  private closeBatch(): void {
+    const count = this.batchCount;
+    if (count === 0) return;
+    this.ready.push({ packetNum: this.packetNum++, flags: 0, blockIndex: this.batchBlock, count, offsets: this.batchOffsets.slice(0, count) });
+    this.batchCount = 0;
+    this.charge(MULTIFD_HEADER_BYTES + count * MULTIFD_PAGE_SIZE, count);
+    this.pump();
+  }
+
+  private charge(bytes: number, pages: number): void {
+    this.bytes += bytes;
+    this.packets++;
+    this.onCharge?.(bytes, pages);
+  }
+
+  /** Hand ready batches to channels with room, round-robin. */
+  private pump(): void {
+    const n = this.channels.length;
+    while (this.ready.length > 0 && !this.failure) {
+      let chosen: SenderChannel | undefined;
+      for (let k = 0; k < n; k++) {
+        const ch = this.channels[(this.nextChannel + k) % n]!;
+        if (ch.inflight < this.maxInflight) {
+          chosen = ch;
+          this.nextChannel = (ch.id + 1) % n;
+          break;
+        }
+      }
+      if (!chosen) return;
+      this.submit(chosen, this.ready.shift()!);
+    }
+  }
+
+  private submit(ch: SenderChannel, job: Job): Promise<void> {
+    ch.inflight++;
+    const written = ch.submit(job).then(
+      () => {
+        ch.inflight--;
+        this.pump();
+        this.wake();
+      },
+      (err: Error) => {
+        this.fail(err);
+        throw err;
+      },
+    );
+    written.catch(() => {});
+    return written;
+  }
+
+  /**
+   * multifd_send_sync_main: flush the partial batch, one SYNC packet on every
+   * channel, and wait until every channel has written it (and so everything
+   * before it).
+   */
+  async sync(): Promise<void> {
+    this.closeBatch();
+    await this.waitForRoom();
+    const written: Promise<void>[] = [];
+    for (const ch of this.channels) {
+      while (ch.inflight >= this.maxInflight) {
+        this.check();
+        await this.waitForChange();
+      }
+      this.check();
+      written.push(this.submit(ch, { packetNum: this.packetNum++, flags: MULTIFD_FLAG_SYNC, blockIndex: -1, count: 0, offsets: new Float64Array(0) }));
+      this.charge(MULTIFD_HEADER_BYTES, 0);
+    }
+    await Promise.all(written);
+    this.check();
+  }
+
+  /** After the last sync: end every channel cleanly (the destination sees EOF at a packet boundary). */
+  async finish(): Promise<void> {
+    if (this.finished) return;
+    this.finished = true;
+    this.check();
+    await Promise.all(this.channels.map((ch) => ch.finish()));
+  }
+
+  /** Tear every channel down at once (failure, cancel). Never throws. */
+  abort(reason: Error): void {
+    this.failure ??= reason;
+    this.finished = true;
+    for (const ch of this.channels) ch.abort(reason);
+    this.wake();
+  }
+}
+
+class WorkerSenderChannel implements SenderChannel {
+  inflight = 0;
+  readonly ready: Promise<void>;
+  private readonly worker: Worker;
+  private seq = 0;
+  private readonly pending = new Map<number, { resolve(): void; reject(err: Error): void }>();
+  private failure: Error | undefined;
+  private onFinished: (() => void) | undefined;
+  private finishing = false;
+
+  constructor(readonly id: number, data: SendWorkerData, private readonly onFail: (err: Error) => void) {
+    this.worker = new Worker(new URL('./send-worker.js', import.meta.url), { workerData: data });
+    let resolveReady!: () => void;
+    let rejectReady!: (err: Error) => void;
+    this.ready = new Promise((resolve, reject) => {
+      resolveReady = resolve;
+      rejectReady = reject;
+    });
+    this.ready.catch(() => {});
+    const failWith = (err: Error): void => {
+      if (this.failure) return;
+      this.failure = err;
+      rejectReady(err);
+      for (const p of this.pending.values()) p.reject(err);
+      this.pending.clear();
+      this.onFail(err);
+    };
+    this.worker.on('message', (msg: { type: string; seq?: number; message?: string }) => {
+      switch (msg.type) {
+        case 'ready':
+          resolveReady();
+          break;
+        case 'done': {
+          const p = this.pending.get(msg.seq!);
+          this.pending.delete(msg.seq!);
+          p?.resolve();
+          break;
+        }
+        case 'finished':
+          this.onFinished?.();
+          break;
+        case 'error':
+          failWith(new Error(msg.message));
+          break;
+      }
+    });
+    this.worker.on('error', (err) => failWith(new Error(`multifd channel ${id}: ${err.message}`, { cause: err })));
+    this.worker.on('exit', () => {
+      if (!this.finishing) failWith(new Error(`multifd channel ${id}: its thread ended`));
+      this.onFinished?.();
+    });
+  }
+
+  submit(job: Job): Promise<void> {
+    if (this.failure) return Promise.reject(this.failure);
+    const seq = this.seq++;
+    const message: SendJob = { type: 'job', seq, ...job };
+    return new Promise<void>((resolve, reject) => {
+      this.pending.set(seq, { resolve, reject });
+      this.worker.postMessage(message);
+    });
+  }
+
+  finish(): Promise<void> {
+    if (this.failure) return Promise.reject(this.failure);
+    this.finishing = true;
+    return new Promise<void>((resolve) => {
+      this.onFinished = resolve;
+      this.worker.postMessage({ type: 'finish' });
+    });
+  }
+
+  abort(reason: Error): void {
+    this.finishing = true;
+    this.failure ??= reason;
+    for (const p of this.pending.values()) p.reject(reason);
+    this.pending.clear();
+    void this.worker.terminate();
+  }
+}
+
+/** A channel on the main thread (RAM that worker threads cannot read). */
+class LocalSenderChannel implements SenderChannel {
+  inflight = 0;
+  private tail: Promise<void> = Promise.resolve();
+  private lastBlock: string | undefined;
+
+  constructor(
+    readonly id: number,
+    private readonly channel: MigrationChannel,
+    private readonly blocks: readonly RamBlock[],
+    private readonly codec: MultifdSendCodec | undefined,
+    private readonly onFail: (err: Error) => void,
+  ) {
+    // A channel that drops while idle must fail the migration too.
+    channel.closed.catch((err: Error) => onFail(new Error(`multifd channel ${id}: ${err.message}`, { cause: err })));
+  }
+
+  async start(uuid: Uint8Array): Promise<void> {
+    await this.channel.output!.write(encodeInitPacket(uuid, this.id));
+  }
+
+  submit(job: Job): Promise<void> {
+    const count = job.count;
+    const payloadBytes = count * MULTIFD_PAGE_SIZE;
+    const packet = Buffer.allocUnsafe(MULTIFD_HEADER_BYTES + payloadBytes);
+    if (count > 0) {
+      const block = this.blocks[job.blockIndex]!;
+      for (let i = 0; i < count; i++) block.readPage(job.offsets[i]! / MULTIFD_PAGE_SIZE, packet, MULTIFD_HEADER_BYTES + i * MULTIFD_PAGE_SIZE);
+      this.lastBlock = block.idstr;
+    }
+    const chunks: Uint8Array[] = [];
+    let payloadSize = payloadBytes;
+    if (this.codec && count > 0) {
+      const payload = this.codec.encode(packet.subarray(MULTIFD_HEADER_BYTES));
+      payloadSize = payload.length;
+      chunks.push(packet.subarray(0, MULTIFD_HEADER_BYTES), payload);
+    } else {
+      chunks.push(packet);
+    }
+    writePacketHeader(packet, 0, { flags: job.flags | (this.codec && count > 0 ? this.codec.flags : 0), normalPages: count, nextPacketSize: payloadSize, packetNum: job.packetNum, ramblock: this.lastBlock, offsets: job.offsets });
+    const output = this.channel.output!;
+    this.tail = this.tail.then(async () => {
+      for (const c of chunks) await output.write(c);
+    });
+    this.tail.catch((err: Error) => this.onFail(new Error(`multifd channel ${this.id}: ${err.message}`, { cause: err })));
+    return this.tail;
+  }
+
+  async finish(): Promise<void> {
+    await this.tail;
+    this.codec?.close?.();
+    await this.channel.close();
+  }
+
+  abort(reason: Error): void {
+    this.codec?.close?.();
+    this.channel.abort(reason);
+  }
+}
