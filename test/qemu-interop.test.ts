@@ -175,7 +175,9 @@ test('XBZRLE over TCP, livemig to QEMU 7.2: QEMU loads the XBZRLE records, RAM b
  * memory). So the source is a PC running our multiboot test kernel, QEMU's own
  * migration-test workload; livemig receives the stream over TCP and decodes it.
  */
-test('XBZRLE over TCP, QEMU 7.2 to livemig: livemig decodes QEMU\'s XBZRLE records, RAM byte for byte', { skip: qemuSkipReason(), timeout: 180_000 }, async () => {
+test('XBZRLE over TCP, QEMU 7.2 to livemig: livemig decodes QEMU\'s XBZRLE records, RAM byte for byte', { skip: qemuSkipReason(), timeout: 180_000 }, async (t) => {
+  const t0 = Date.now();
+  const step = (what: string): void => t.diagnostic(`${Date.now() - t0} ms: ${what}`);
   const dir = await mkdtemp(join(tmpdir(), 'livemig-interop-'));
   let qemu: QemuProcess | undefined;
   const server = createServer();
@@ -199,6 +201,7 @@ test('XBZRLE over TCP, QEMU 7.2 to livemig: livemig decodes QEMU\'s XBZRLE recor
       assert.ok(waited < 30_000, 'the test kernel did not start writing in QEMU');
       await new Promise((r) => setTimeout(r, 50));
     }
+    step('guest running');
     await qemu.execute('migrate-set-capabilities', { capabilities: [{ capability: 'xbzrle', state: true }] });
     // A downtime limit QEMU cannot meet keeps it in passes, so pages the guest
     // rewrites go as XBZRLE deltas; then a generous one lets it finish.
@@ -213,15 +216,18 @@ test('XBZRLE over TCP, QEMU 7.2 to livemig: livemig decodes QEMU\'s XBZRLE recor
       assert.ok(Date.now() < deadline, `QEMU sent no XBZRLE pages: ${JSON.stringify(info)}`);
       await new Promise((r) => setTimeout(r, 50));
     }
+    step('XBZRLE pages sent; letting QEMU finish');
     await qemu.execute('migrate-set-parameters', { 'downtime-limit': 20_000 });
     assert.equal(await qemu.waitForMigrationStatus(['completed', 'failed']), 'completed', qemu.stderr);
-    await received;
+    step('QEMU completed');
+    await Promise.race([received, new Promise((_, reject) => setTimeout(() => reject(new Error('QEMU completed but its stream did not end')), 30_000).unref())]);
     // The source stays paused after the migration: its RAM is what it sent.
     const memPath = join(dir, 'qemu-mem.bin');
     await qemu.execute('pmemsave', { val: 0, size: ramMiB << 20, filename: memPath });
     const qemuMemory = new Uint8Array(await readFile(memPath));
 
     const { analysis, ramBlocks } = await analyzeBytes(Buffer.concat(chunks));
+    step(`stream of ${chunks.reduce((n, c) => n + c.length, 0)} bytes analyzed`);
     assert.equal(analysis.error, undefined, analysis.error?.message);
     assert.ok(analysis.ram!.totals.xbzrlePages > 20_000, `XBZRLE records in QEMU's stream: ${analysis.ram!.totals.xbzrlePages}`);
     const block = ramBlocks.find((b) => b.idstr === 'pc.ram')!;

@@ -98,7 +98,13 @@ export class QemuProcess {
   async execute(command: string, args?: Record<string, unknown>): Promise<unknown> {
     const reply = this.nextReply();
     this.socket.write(JSON.stringify(args ? { execute: command, arguments: args } : { execute: command }) + '\n');
-    const msg = await reply;
+    // A QEMU that exits never replies: say so instead of waiting forever.
+    const msg = await Promise.race([
+      reply,
+      this.exited.then(() => {
+        throw new Error(`QMP ${command}: QEMU exited with ${this.exitCode}: ${this.stderr.trim()}`);
+      }),
+    ]);
     if ('error' in msg) throw new Error(`QMP ${command}: ${JSON.stringify(msg.error)}`);
     return msg.return;
   }
