@@ -1,5 +1,6 @@
 /** The references a migration is measured against: loopback TCP between two processes, and memory copy. */
 import { randomFillSync } from 'node:crypto';
+import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import { connect } from 'node:net';
 import { GiB, LineChild, MiB } from './util.js';
@@ -36,4 +37,27 @@ export function memoryCopyBytesPerSecond(bufferBytes = 256 * MiB, rounds = 8): n
   const t0 = performance.now();
   for (let i = 0; i < rounds; i++) (i % 2 ? b : a).copy(i % 2 ? a : b);
   return (bufferBytes * rounds) / ((performance.now() - t0) / 1000);
+}
+
+/**
+ * Single-stream loopback TCP with iperf3 (`-t seconds`, receiver's figure),
+ * when `iperf3` is installed; undefined otherwise (it is not installed for this).
+ */
+export async function iperf3BytesPerSecond(seconds = 3): Promise<number | undefined> {
+  const probe = spawnSync('iperf3', ['--version'], { encoding: 'utf8' });
+  if (probe.error || probe.status !== 0) return undefined;
+  const port = 15201 + Math.floor(Math.random() * 1000);
+  const server = spawn('iperf3', ['-s', '-1', '-p', String(port), '-B', '127.0.0.1'], { stdio: 'ignore' });
+  try {
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    const client = spawnSync('iperf3', ['-c', '127.0.0.1', '-p', String(port), '-t', String(seconds), '-J'], { encoding: 'utf8', timeout: (seconds + 10) * 1000 });
+    if (client.status !== 0) return undefined;
+    const report = JSON.parse(client.stdout) as { end?: { sum_received?: { bits_per_second?: number } } };
+    const bps = report.end?.sum_received?.bits_per_second;
+    return bps === undefined ? undefined : bps / 8;
+  } catch {
+    return undefined;
+  } finally {
+    if (server.exitCode === null) server.kill('SIGTERM');
+  }
 }

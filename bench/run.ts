@@ -1,138 +1,475 @@
 /**
- * `npm run bench`: measure the loopback TCP and memory-copy limits, then
- * migrate 1 GiB over loopback TCP with livemig (and with QEMU, if installed),
- * and print one table with every throughput as a ratio of the TCP limit
- * measured in the same run. Writes nothing; docs/benchmarks.md records a run.
+ * `npm run bench` / `livemig bench`: the scenario runner (issue 7).
  *
- *   node dist/bench/run.js [--no-qemu] [--no-zero] [--no-v86]
+ *   node dist/bench/run.js [--runs N] [--only a,b,c,d,v86|IDS] [--quick] [--bound-s S]
+ *                          [--no-qemu] [--no-v86] [--write | --no-write]
  *
- * Then (unless --no-v86) a live migration of a running 256 MiB v86 guest with
- * auto-converge, in its own table (bench/v86.ts).
+ * 1. Limits of this machine, measured in the same run: loopback TCP (a Node
+ *    socket pair moving 2 GiB in 1 MiB writes; iperf3 too when installed) and
+ *    memory copy.
+ * 2. Each scenario (bench/scenarios.ts) `--runs` times (default 3), livemig
+ *    then QEMU (when installed) in turn; each livemig run in fresh processes.
+ *    A workload run that has not completed after the bound (default 20 s) is
+ *    cancelled and counted as "did not converge".
+ * 3. Tables: per scenario and engine the median and (min–max) of total time,
+ *    downtime, wire bytes, throughput, passes, peak RSS; livemig/QEMU ratios;
+ *    the issue's targets as ratios (printed, never asserted).
+ * 4. The v86 running-guest migration (bench/v86.ts), its own table.
+ * 5. Unless --quick (or --no-write), the results replace the generated section
+ *    of docs/benchmarks.md (between the markers), with the command and the
+ *    machine's facts; the hand-written history below it stays.
  */
 import { execFileSync } from 'node:child_process';
-import { cpus } from 'node:os';
-import { loopbackTcpBytesPerSecond, memoryCopyBytesPerSecond } from './limits.js';
-import type { MigrationBenchResult } from './migrate-source.js';
-import { qemuMigration, type QemuBenchResult } from './qemu-ref.js';
-import { LineChild } from './util.js';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { cpus, loadavg, totalmem } from 'node:os';
+import { parseArgs } from 'node:util';
+import { iperf3BytesPerSecond, loopbackTcpBytesPerSecond, memoryCopyBytesPerSecond } from './limits.js';
+import { qemuMigration } from './qemu-ref.js';
+import { livemigHas, scenarios } from './scenarios.js';
+import { LineChild, type RunResult, type ScenarioSpec } from './util.js';
 import type { V86BenchResult } from './v86.js';
 
-const args = process.argv.slice(2);
+const { values: opts } = parseArgs({
+  options: {
+    runs: { type: 'string' },
+    only: { type: 'string' },
+    quick: { type: 'boolean', default: false },
+    'bound-s': { type: 'string' },
+    'no-qemu': { type: 'boolean', default: false },
+    'no-v86': { type: 'boolean', default: false },
+    write: { type: 'boolean', default: false },
+    'no-write': { type: 'boolean', default: false },
+    help: { type: 'boolean', short: 'h', default: false },
+  },
+  strict: true,
+});
+
+if (opts.help) {
+  console.log(`usage: node dist/bench/run.js [options]   (also: npm run bench -- [options], livemig bench [options])
+  --runs N       runs per scenario (default 3; 1 with --quick)
+  --only LIST    comma-separated groups (a, b, c, d, v86) or scenario ids (e.g. c-256m-50)
+  --quick        a short smoke run: 1 run, 1 GiB sizes, two workload settings, 256 MiB disk, 10 s bound
+  --bound-s S    cancel a workload run not completed after S seconds (default 20; 10 with --quick)
+  --no-qemu      livemig only
+  --no-v86       without the v86 running-guest table
+  --write        write docs/benchmarks.md even with --quick;  --no-write  never write it`);
+  process.exit(0);
+}
+
 const MB = 1e6;
+const MiB = 2 ** 20;
+const quick = opts.quick;
+const runs = Math.max(1, Number(opts.runs ?? (quick ? 1 : 3)));
+const boundMs = Number(opts['bound-s'] ?? (quick ? 10 : 20)) * 1000;
+const only = opts.only?.split(',').map((s) => s.trim()).filter(Boolean);
+const withQemu = !opts['no-qemu'];
+const write = !opts['no-write'] && (!quick || opts.write);
+const selected = (s: ScenarioSpec): boolean => !only || only.includes(s.group) || only.includes(s.id);
+const withV86 = !opts['no-v86'] && (!only || only.includes('v86'));
 
-async function livemigMigration(zero: boolean): Promise<MigrationBenchResult> {
-  const child = new LineChild(process.execPath, [new URL('./migrate-source.js', import.meta.url).pathname, ...(zero ? ['--zero'] : [])]);
+// ---------------------------------------------------------------------------------------------------------
+// Running
+
+async function childResult<T>(script: string, args: string[], what: string): Promise<T> {
+  const child = new LineChild(process.execPath, [new URL(script, import.meta.url).pathname, ...args]);
   try {
-    return await child.waitFor((line) => (line.startsWith('{') ? (JSON.parse(line) as MigrationBenchResult) : undefined), 'livemig migration');
+    const result = await child.waitFor((line) => (line.startsWith('{') ? (JSON.parse(line) as T) : undefined), what);
+    // Let it clean up (stop its destination, delete its temporary images) before it is told to stop.
+    await child.exitWithin(30_000);
+    return result;
   } finally {
     await child.stop();
   }
 }
 
-async function v86Migration(): Promise<V86BenchResult> {
-  const child = new LineChild(process.execPath, [new URL('./v86.js', import.meta.url).pathname]);
-  try {
-    return await child.waitFor((line) => (line.startsWith('{') ? (JSON.parse(line) as V86BenchResult) : undefined), 'v86 migration');
-  } finally {
-    await child.stop();
-  }
+async function livemigRun(spec: ScenarioSpec): Promise<RunResult> {
+  return childResult<RunResult>(spec.fill === 'disk' ? './disk.js' : './migrate-source.js', ['--spec', JSON.stringify(spec)], `livemig ${spec.id}`);
 }
 
-function printTable(rows: string[][]): void {
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((row) => row[i]!.length)));
-  for (const row of rows) console.log(row.map((cell, i) => (i === 0 ? cell.padEnd(widths[i]!) : cell.padStart(widths[i]!))).join('  '));
+function failedRun(engine: RunResult['engine'], spec: ScenarioSpec, err: unknown): RunResult {
+  return { engine, scenario: spec.id, status: 'error', converged: false, totalMs: NaN, wireBytes: NaN, passes: NaN, guestRamBytes: spec.ramBytes, sourceCpu: '?', destCpu: '?', error: err instanceof Error ? err.message.split('\n')[0]! : String(err) };
 }
 
-const mib = (bytes: number | undefined): string => (bytes === undefined ? '?' : `${Math.round(bytes / 2 ** 20)} MiB`);
+function describeRun(r: RunResult): string {
+  if (r.status === 'error' || r.status === 'failed') return `${r.status}: ${r.error}`;
+  const mbps = ((r.wireBytes / (r.totalMs / 1000)) / MB).toFixed(0);
+  const note = (r.guestPassesPerSecond !== undefined ? `, guest ${r.guestPassesPerSecond.toFixed(0)} passes/s` : '') + (r.note ? ` [${r.note}]` : '');
+  if (!r.converged) return `did not converge (${r.status} after ${r.totalMs} ms, ${r.passes} passes, ${mbps} MB/s${note})`;
+  return `${r.totalMs} ms, downtime ${r.downtimeMs} ms, ${(r.wireBytes / MB).toFixed(0)} MB, ${mbps} MB/s, ${r.passes} passes${note}`;
+}
 
-async function main(): Promise<void> {
-  const qemuVersion = (): string => {
-    try {
-      return execFileSync('qemu-system-x86_64', ['--version'], { encoding: 'utf8' }).split('\n')[0]!;
-    } catch {
-      return 'not installed';
-    }
+// ---------------------------------------------------------------------------------------------------------
+// Figures
+
+interface Stat {
+  median: number;
+  min: number;
+  max: number;
+  n: number;
+}
+
+function stat(values: Array<number | undefined>): Stat | undefined {
+  const v = values.filter((x): x is number => x !== undefined && Number.isFinite(x)).sort((a, b) => a - b);
+  if (v.length === 0) return undefined;
+  const mid = v.length >> 1;
+  const median = v.length % 2 ? v[mid]! : (v[mid - 1]! + v[mid]!) / 2;
+  return { median, min: v[0]!, max: v[v.length - 1]!, n: v.length };
+}
+
+function cell(s: Stat | undefined, digits = 0, scale = 1): string {
+  if (!s) return '–';
+  const f = (x: number): string => (x / scale).toFixed(digits);
+  return s.n === 1 || f(s.min) === f(s.max) ? f(s.median) : `${f(s.median)} (${f(s.min)}–${f(s.max)})`;
+}
+
+interface Summary {
+  spec: ScenarioSpec;
+  engine: RunResult['engine'];
+  runs: RunResult[];
+  converged: number;
+  total?: Stat;
+  downtime?: Stat;
+  wire?: Stat;
+  throughput?: Stat;
+  passes?: Stat;
+  srcRss?: Stat;
+  dstRss?: Stat;
+  srcOverhead?: Stat;
+  readSpeed?: Stat;
+  guestRate?: Stat;
+}
+
+function summarize(spec: ScenarioSpec, engine: RunResult['engine'], rs: RunResult[]): Summary {
+  const ok = rs.filter((r) => r.status !== 'error' && r.status !== 'failed');
+  const conv = ok.filter((r) => r.converged);
+  return {
+    spec,
+    engine,
+    runs: rs,
+    converged: conv.length,
+    // Total time and downtime of the runs that completed; throughput, wire and passes of every run that ran.
+    ...opt('total', stat(conv.map((r) => r.totalMs))),
+    ...opt('downtime', stat(conv.map((r) => r.downtimeMs))),
+    ...opt('wire', stat((conv.length ? conv : ok).map((r) => r.wireBytes))),
+    ...opt('throughput', stat(ok.map((r) => r.wireBytes / (r.totalMs / 1000)))),
+    ...opt('passes', stat((conv.length ? conv : ok).map((r) => r.passes))),
+    ...opt('srcRss', stat(ok.map((r) => r.sourcePeakRssBytes))),
+    ...opt('dstRss', stat(ok.map((r) => r.destPeakRssBytes))),
+    ...opt('srcOverhead', stat(ok.map((r) => (r.sourcePeakRssBytes === undefined ? undefined : r.sourcePeakRssBytes - r.guestRamBytes)))),
+    ...opt('readSpeed', stat(ok.map((r) => r.readBytesPerSecond))),
+    ...opt('guestRate', stat(ok.map((r) => r.guestPassesPerSecond))),
   };
-  console.log(`livemig bench — ${new Date().toISOString()}, node ${process.version}, ${cpus().length} × ${cpus()[0]?.model ?? '?'}, QEMU: ${qemuVersion()}`);
+}
 
-  const tcp = await loopbackTcpBytesPerSecond();
-  const memcpy = memoryCopyBytesPerSecond();
-  console.log(`limits: loopback TCP ${(tcp / MB).toFixed(0)} MB/s (2 GiB in 1 MiB writes, process to process); memory copy ${(memcpy / MB).toFixed(0)} MB/s (Buffer.copy 256 MiB x 8)`);
+function opt<K extends string>(key: K, value: Stat | undefined): Partial<Record<K, Stat>> {
+  return value === undefined ? {} : ({ [key]: value } as Record<K, Stat>);
+}
 
-  const runs: Array<MigrationBenchResult | QemuBenchResult | string> = [await livemigMigration(false)];
-  if (!args.includes('--no-zero')) runs.push(await livemigMigration(true));
-  if (!args.includes('--no-qemu')) {
-    runs.push(await qemuMigration(true));
-    if (!args.includes('--no-zero')) runs.push(await qemuMigration(false));
-  }
+const ratio = (a: Stat | undefined, b: Stat | undefined, digits = 2): string => (a && b && b.median !== 0 ? (a.median / b.median).toFixed(digits) : '–');
 
-  const header = ['migration (1 GiB over 127.0.0.1)', 'total ms', 'setup ms', 'downtime ms', 'wire MB', 'wire MB/s', 'x TCP', 'RAM MB/s', 'src peak RSS', 'dst peak RSS', 'src CPU s', 'dst CPU s'];
-  const rows = [header];
-  const notes: string[] = [];
-  for (const r of runs) {
-    if (typeof r === 'string') {
-      console.log(`skipped: ${r}`);
-      continue;
-    }
-    const total = r.info['total-time'] ?? NaN;
-    const wire = r.info.ram?.transferred ?? NaN;
-    const wireRate = wire / (total / 1000);
+// ---------------------------------------------------------------------------------------------------------
+// Output
+
+type Table = string[][];
+
+function printTable(rows: Table): void {
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((row) => (row[i] ?? '').length)));
+  rows.forEach((row, r) => {
+    console.log(row.map((c, i) => (i < 2 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  '));
+    if (r === 0) console.log(widths.map((w) => '-'.repeat(w)).join('  '));
+  });
+}
+
+function markdownTable(rows: Table, leftColumns = 2): string {
+  const [head, ...body] = rows;
+  const line = (row: string[]): string => `| ${row.map((c) => c.replace(/\|/g, '\\|')).join(' | ')} |`;
+  return [line(head!), `| ${head!.map((_, i) => (i < leftColumns ? '---' : '---:')).join(' | ')} |`, ...body.map(line)].join('\n');
+}
+
+function engineName(e: RunResult['engine']): string {
+  return e === 'livemig' ? 'livemig' : 'QEMU 7.2';
+}
+
+function convergedCell(s: Summary): string {
+  const n = s.runs.length;
+  const errors = s.runs.filter((r) => r.status === 'error' || r.status === 'failed').length;
+  const base = s.converged === n ? `yes ${n}/${n}` : s.converged === 0 ? `NO 0/${n}` : `${s.converged}/${n}`;
+  return errors ? `${base} (${errors} failed)` : base;
+}
+
+function mainTable(summaries: Summary[], tcp: number): Table {
+  const rows: Table = [['scenario', 'engine', 'converged', 'total ms', 'downtime ms', 'wire MB', 'MB/s', '× TCP', 'passes', 'src peak RSS MiB', 'dst peak RSS MiB', 'src overhead MiB', 'guest passes/s']];
+  for (const s of summaries) {
+    const tput = s.throughput;
     rows.push([
-      r.status === 'completed' ? r.what : `${r.what} (${r.status})`,
+      `${s.spec.id}: ${s.spec.label}`,
+      engineName(s.engine),
+      convergedCell(s),
+      s.converged ? cell(s.total) : s.runs.every((r) => r.status === 'error' || r.status === 'failed') ? 'failed' : 'did not converge',
+      cell(s.downtime),
+      cell(s.wire, 0, MB),
+      cell(tput, 0, MB),
+      tput ? (tput.median / tcp).toFixed(2) : '–',
+      cell(s.passes),
+      cell(s.srcRss, 0, MiB),
+      cell(s.dstRss, 0, MiB),
+      cell(s.srcOverhead, 0, MiB),
+      cell(s.guestRate),
+    ]);
+  }
+  return rows;
+}
+
+function ratioTable(pairs: Array<[Summary, Summary]>): Table {
+  const rows: Table = [['scenario', 'converged livemig / QEMU', 'total', 'downtime', 'wire', 'MB/s', 'passes', 'src peak RSS']];
+  for (const [l, q] of pairs) {
+    rows.push([
+      `${l.spec.id}: ${l.spec.label}`,
+      `${l.converged}/${l.runs.length} vs ${q.converged}/${q.runs.length}`,
+      l.converged && q.converged ? ratio(l.total, q.total) : '–',
+      l.converged && q.converged ? ratio(l.downtime, q.downtime) : '–',
+      ratio(l.wire, q.wire),
+      ratio(l.throughput, q.throughput),
+      ratio(l.passes, q.passes),
+      ratio(l.srcRss, q.srcRss),
+    ]);
+  }
+  return rows;
+}
+
+/** The issue's targets, as figures of this run (printed, never asserted). */
+function targetsTable(summaries: Summary[], tcp: number): Table {
+  const find = (id: string, engine: RunResult['engine']): Summary | undefined => summaries.find((s) => s.spec.id === id && s.engine === engine);
+  const rows: Table = [['target', 'figure of this run', 'met?']];
+  const met = (ok: boolean | undefined): string => (ok === undefined ? '–' : ok ? 'met' : 'missed');
+  const add = (target: string, figure: string, ok: boolean | undefined): void => void rows.push([target, figure, met(ok)]);
+
+  for (const id of ['a-1g', 'a-1g-multifd']) {
+    const l = find(id, 'livemig');
+    const q = find(id, 'qemu');
+    const what = id === 'a-1g' ? '1 GiB idle, one channel' : '1 GiB idle, multifd 2 channels';
+    if (l && q && l.total && q.total) add(`${what}: livemig/QEMU total time (target <= 1)`, `${ratio(l.total, q.total)} (${l.total.median} / ${q.total.median} ms)`, l.total.median <= q.total.median);
+    if (l?.throughput) add(`${what}: throughput / loopback TCP (target >= 0.85)`, `${(l.throughput.median / tcp).toFixed(2)} (${(l.throughput.median / MB).toFixed(0)} / ${(tcp / MB).toFixed(0)} MB/s)`, l.throughput.median / tcp >= 0.85);
+  }
+  for (const id of ['a-1g', 'a-4g', 'b-4g', 'b-1g']) {
+    const l = find(id, 'livemig');
+    if (l?.downtime) add(`${id} idle downtime (target <= 10 ms)`, `${cell(l.downtime)} ms${find(id, 'qemu')?.downtime ? ` (QEMU ${cell(find(id, 'qemu')!.downtime)} ms)` : ''}`, l.downtime.median <= 10);
+  }
+  for (const s of summaries.filter((x) => x.engine === 'livemig' && x.spec.group === 'c')) {
+    const q = find(s.spec.id, 'qemu');
+    if (q && q.converged === q.runs.length && q.downtime) {
+      add(`${s.spec.id}: livemig/QEMU downtime where QEMU converges (target <= 1)`, s.downtime ? `${ratio(s.downtime, q.downtime)} (${s.downtime.median} / ${q.downtime.median} ms)` : `livemig did not converge (QEMU ${q.downtime.median} ms)`, s.downtime ? s.downtime.median <= q.downtime.median : false);
+    }
+  }
+  for (const s of summaries.filter((x) => x.engine === 'livemig' && x.spec.group === 'c' && x.spec.maxBandwidth === 256 * MiB)) {
+    const q = find(s.spec.id, 'qemu');
+    add(`${s.spec.id}: converged at 256 MiB/s & ${s.spec.downtimeLimitMs} ms${s.spec.caps.length ? ` (${s.spec.caps.join(', ')})` : ''}, no throttling (target: livemig yes)`, `livemig ${s.converged}/${s.runs.length}${q ? `, QEMU ${q.converged}/${q.runs.length}` : ''}`, s.converged === s.runs.length);
+  }
+  const big = find('a-4g', 'livemig');
+  if (big?.srcOverhead) {
+    const bitmap = (4 * 2 ** 30) / 4096 / 8;
+    add('4 GiB test machine: src overhead = src peak RSS - guest RAM (target <= 64 MiB + 0.125 MiB dirty bitmap)', `${(big.srcOverhead.median / MiB).toFixed(0)} MiB`, big.srcOverhead.median <= 64 * MiB + bitmap);
+  }
+  const d = find('d', 'livemig');
+  if (d?.throughput) {
+    add('disk: throughput / loopback TCP', `${(d.throughput.median / tcp).toFixed(2)}`, undefined);
+    if (d.readSpeed) add('disk: throughput / image sequential read speed', `${(d.throughput.median / d.readSpeed.median).toFixed(2)} (read ${(d.readSpeed.median / MB).toFixed(0)} MB/s)`, undefined);
+  }
+  return rows;
+}
+
+function v86Table(r: V86BenchResult, tcp: number): Table {
+  const total = r.info['total-time'] ?? NaN;
+  const wire = r.info.ram?.transferred ?? NaN;
+  const wireRate = wire / (total / 1000);
+  const mips = (ips: number): string => (ips / 1e6).toFixed(0);
+  const mib = (b: number | undefined): string => (b === undefined ? '?' : `${Math.round(b / MiB)}`);
+  return [
+    ['migration (v86, 256 MiB over 127.0.0.1)', 'status', 'sync ms', 'total ms', 'setup ms', 'downtime ms', 'wire MB', 'MB/s', '× TCP', 'passes', 'max throttle %', 'MIPS before', 'MIPS during', 'src peak RSS MiB', 'dst peak RSS MiB', 'src CPU s', 'dst CPU s'],
+    [
+      r.what,
+      r.status,
+      r.syncMs.join('/'),
       String(total),
       String(r.info['setup-time']),
       String(r.info.downtime),
       (wire / MB).toFixed(1),
       (wireRate / MB).toFixed(0),
       (wireRate / tcp).toFixed(3),
-      (2 ** 30 / (total / 1000) / MB).toFixed(0),
+      String(r.info.ram?.['dirty-sync-count'] ?? '?'),
+      String(r.maxThrottlePercent),
+      mips(r.ipsBefore),
+      mips(r.ipsDuring),
       mib(r.sourcePeakRssBytes),
       mib(r.destPeakRssBytes),
       r.sourceCpu,
       r.destCpu,
-    ]);
-    if ('ramMatches' in r) {
-      if (r.ramMatches === false) console.log(`WARNING: ${r.what}: destination RAM differs from the source`);
-      if (r.ramMatches === null) notes.push(`${r.what}: RAM not verified here (the destination runs without --verify; the tests verify it)`);
-      else notes.push(`${r.what}: RAM identical on both sides: ${r.ramMatches}`);
+    ],
+  ];
+}
+
+// ---------------------------------------------------------------------------------------------------------
+
+const BEGIN = '<!-- BEGIN GENERATED by npm run bench: everything up to the END marker is replaced by the next run -->';
+const END = '<!-- END GENERATED -->';
+
+function writeDocs(section: string): string {
+  const path = new URL('../../docs/benchmarks.md', import.meta.url).pathname;
+  const doc = readFileSync(path, 'utf8');
+  const block = `${BEGIN}\n${section.trim()}\n${END}`;
+  const b = doc.indexOf(BEGIN);
+  const e = doc.indexOf(END);
+  let next: string;
+  if (b >= 0 && e > b) next = doc.slice(0, b) + block + doc.slice(e + END.length);
+  else {
+    // No markers yet: put the section before the first "## " heading after the title.
+    const at = doc.indexOf('\n## ');
+    next = at >= 0 ? `${doc.slice(0, at + 1)}${block}\n\n${doc.slice(at + 1)}` : `${doc}\n${block}\n`;
+  }
+  writeFileSync(path, next);
+  return path;
+}
+
+function qemuVersion(): string {
+  try {
+    return execFileSync('qemu-system-x86_64', ['--version'], { encoding: 'utf8' }).split('\n')[0]!;
+  } catch {
+    return 'not installed';
+  }
+}
+
+function commandLine(): string {
+  const args = process.argv.slice(2).join(' ');
+  if (process.env.LIVEMIG_BENCH_COMMAND) return process.env.LIVEMIG_BENCH_COMMAND;
+  if (process.env.npm_lifecycle_event === 'bench') return `npm run bench${args ? ` -- ${args}` : ''}`;
+  return `node dist/bench/run.js${args ? ` ${args}` : ''}`;
+}
+
+async function main(): Promise<void> {
+  const t0 = performance.now();
+  const started = new Date();
+  const load0 = loadavg().map((x) => x.toFixed(2)).join(' ');
+  const machine = `${cpus().length} × ${cpus()[0]?.model ?? '?'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB RAM`;
+  const qemu = withQemu ? qemuVersion() : 'not run (--no-qemu)';
+  console.log(`livemig bench — ${started.toISOString()}, node ${process.version}, ${machine}, QEMU: ${qemu}, load average ${load0}`);
+  console.log(`runs per scenario: ${runs}; workload bound: ${boundMs / 1000} s; livemig capabilities: multifd ${livemigHas('multifd') ? 'yes' : 'no'}, xbzrle ${livemigHas('xbzrle') ? 'yes' : 'no'}`);
+
+  // The loopback limit is measured at the start and again at the end; the higher one is "the limit"
+  // (a capacity: other load on the machine can only lower a measurement).
+  const tcpStart = await loopbackTcpBytesPerSecond();
+  const iperf = await iperf3BytesPerSecond();
+  const memcpy = memoryCopyBytesPerSecond();
+  const memcpyText = `memory copy ${(memcpy / MB).toFixed(0)} MB/s (Buffer.copy 256 MiB × 8)`;
+  const iperfText = `iperf3 ${iperf === undefined ? 'not installed' : `${(iperf / MB).toFixed(0)} MB/s (single stream, 3 s)`}`;
+  console.log(`limits: loopback TCP ${(tcpStart / MB).toFixed(0)} MB/s (Node socket pair, 2 GiB in 1 MiB writes, process to process); ${iperfText}; ${memcpyText}`);
+
+  const list = scenarios({ quick, boundMs }).filter(selected);
+  const qemuUsable = withQemu && qemu !== 'not installed';
+  const summaries: Summary[] = [];
+  const pairs: Array<[Summary, Summary]> = [];
+  const qemuSkipped = new Map<string, string>();
+  for (const spec of list) {
+    const results: Record<RunResult['engine'], RunResult[]> = { livemig: [], qemu: [] };
+    for (let i = 1; i <= runs; i++) {
+      let l: RunResult;
+      try {
+        l = await livemigRun(spec);
+      } catch (err) {
+        l = failedRun('livemig', spec, err);
+      }
+      results.livemig.push(l);
+      console.log(`[${spec.id}] livemig run ${i}/${runs}: ${describeRun(l)}`);
+      if (qemuUsable && !qemuSkipped.has(spec.id)) {
+        let q: RunResult;
+        try {
+          const r = await qemuMigration(spec);
+          if (typeof r === 'string') {
+            qemuSkipped.set(spec.id, r);
+            console.log(`[${spec.id}] QEMU    not run: ${r}`);
+            continue;
+          }
+          q = r;
+        } catch (err) {
+          q = failedRun('qemu', spec, err);
+        }
+        results.qemu.push(q);
+        console.log(`[${spec.id}] QEMU    run ${i}/${runs}: ${describeRun(q)}`);
+      }
+    }
+    const l = summarize(spec, 'livemig', results.livemig);
+    summaries.push(l);
+    if (qemuUsable && !qemuSkipped.has(spec.id)) {
+      const q = summarize(spec, 'qemu', results.qemu);
+      summaries.push(q);
+      pairs.push([l, q]);
     }
   }
-  printTable(rows);
-  for (const note of notes) console.log(note);
-  console.log('CPU s = user+sys seconds of the whole process during the migration');
-  console.log('wire = ram.transferred (page records); MB = 10^6 bytes; RAM MB/s = guest RAM size / total time; x TCP = wire MB/s / loopback TCP limit');
 
-  if (!args.includes('--no-v86')) {
-    const r = await v86Migration();
-    const total = r.info['total-time'] ?? NaN;
-    const wire = r.info.ram?.transferred ?? NaN;
-    const wireRate = wire / (total / 1000);
-    const mips = (ips: number): string => (ips / 1e6).toFixed(0);
+  let v86: V86BenchResult | string | undefined;
+  if (withV86) {
+    try {
+      v86 = await childResult<V86BenchResult>('./v86.js', [], 'v86 migration');
+    } catch (err) {
+      v86 = `v86 migration failed: ${err instanceof Error ? err.message : String(err)}`;
+    }
+  }
+
+  const tcpEnd = list.length > 0 ? await loopbackTcpBytesPerSecond() : tcpStart;
+  const tcp = Math.max(tcpStart, tcpEnd);
+  const limits = `loopback TCP **${(tcp / MB).toFixed(0)} MB/s** (Node socket pair, 2 GiB in 1 MiB writes, process to process; the higher of ${(tcpStart / MB).toFixed(0)} at the start and ${(tcpEnd / MB).toFixed(0)} at the end); ${iperfText}; ${memcpyText}`;
+  console.log(`\nlimits: ${limits.replace(/\*\*/g, '')}`);
+
+  const main = mainTable(summaries, tcp);
+  const ratios = ratioTable(pairs);
+  const targets = targetsTable(summaries, tcp);
+  const elapsedS = Math.round((performance.now() - t0) / 1000);
+  const load1 = loadavg().map((x) => x.toFixed(2)).join(' ');
+
+  console.log('');
+  printTable(main);
+  if (pairs.length) {
+    console.log('\nlivemig / QEMU (ratios of medians; total and downtime of converged runs only)');
+    printTable(ratios);
+  }
+  console.log('\ntargets (issue 7), as figures of this run');
+  printTable(targets);
+  if (typeof v86 === 'object') {
     console.log('');
-    printTable([
-      ['migration (v86, 256 MiB over 127.0.0.1)', 'sync ms', 'total ms', 'setup ms', 'downtime ms', 'wire MB', 'wire MB/s', 'x TCP', 'passes', 'max throttle %', 'MIPS before', 'MIPS during', 'src peak RSS', 'dst peak RSS', 'src CPU s', 'dst CPU s'],
-      [
-        r.status === 'completed' ? r.what : `${r.what} (${r.status})`,
-        r.syncMs.join('/'),
-        String(total),
-        String(r.info['setup-time']),
-        String(r.info.downtime),
-        (wire / MB).toFixed(1),
-        (wireRate / MB).toFixed(0),
-        (wireRate / tcp).toFixed(3),
-        String(r.info.ram?.['dirty-sync-count'] ?? '?'),
-        String(r.maxThrottlePercent),
-        mips(r.ipsBefore),
-        mips(r.ipsDuring),
-        mib(r.sourcePeakRssBytes),
-        mib(r.destPeakRssBytes),
-        r.sourceCpu,
-        r.destCpu,
-      ],
-    ]);
-    console.log(`sync ms = three dirty-log passes (shadow compare of ${mib(r.ramBytes)}) on the running guest before the migration, dirty pages ${r.syncDirtyPages.join('/')}; the first pass (shadow copy) took ${r.firstSyncMs} ms`);
-    console.log('MIPS = guest instructions/s (10^6), over 2 s before the migration and over the migration on the source; max throttle % = highest auto-converge throttle; downtime-limit 300 ms, max-bandwidth 0');
-    console.log(`passes = dirty-sync-count; sent while stopped: ${((r.info.ram?.['downtime-bytes'] ?? NaN) / MB).toFixed(1)} MB`);
+    printTable(v86Table(v86, tcp));
+  } else if (v86) console.log(`\n${v86}`);
+  const notes = [
+    `median (min–max) over ${runs} run${runs > 1 ? 's' : ''}; total ms and downtime ms over the runs that completed; "did not converge" = cancelled after ${boundMs / 1000} s (workload) or 120 s (idle); MB = 10^6 bytes.`,
+    'wire = ram.transferred (+ disk.transferred for d); MB/s = wire / total-time (for a cancelled run, / time until the cancel); × TCP = MB/s / the Node loopback limit above.',
+    'passes = dirty-sync-count; src overhead = source peak RSS − guest RAM size (meaningless for mostly-zero RAM, whose zero pages are never resident); livemig source peak RSS is the whole bench child (Node, the test machine, the migration).',
+    'guest passes/s (c) = full passes of the workload over its 99 MiB (25,344 page writes each) per second from `migrate` until the guest stopped or the cancel: how hard each guest really wrote during the migration (QEMU: its \'B\' serial output).',
+    'QEMU: -M none (a, b; no CPU, nothing writes RAM) or -M pc under TCG booting guests/multiboot/livemig-test-kernel.bin (c); destination RAM preallocated; return-path on; "unlimited" = max-bandwidth 100 GB/s.',
+  ];
+  for (const [id, why] of qemuSkipped) notes.push(`${id}: no QEMU row: ${why}.`);
+  for (const n of notes) console.log(n);
+  console.log(`finished in ${elapsedS} s; load average ${load0} at the start, ${load1} at the end`);
+
+  if (write) {
+    const md = [
+      '## Latest run (generated)',
+      '',
+      `- **Command:** \`${commandLine()}\``,
+      `- **Date:** ${started.toISOString().replace('T', ' ').slice(0, 16)} UTC; took ${Math.round(elapsedS / 60)} min`,
+      `- **Machine:** ${machine}; load average ${load0} at the start, ${load1} at the end`,
+      `- **Software:** node ${process.version}; QEMU: ${qemu}`,
+      `- **livemig capabilities:** multifd ${livemigHas('multifd') ? 'yes' : 'not yet (no multifd rows)'}, xbzrle ${livemigHas('xbzrle') ? 'yes' : 'no'}`,
+      `- **Limits:** ${limits}`,
+      '',
+      markdownTable(main),
+      '',
+      ...(pairs.length ? ['livemig / QEMU, ratios of medians (total and downtime: converged runs only):', '', markdownTable(ratios, 2), ''] : []),
+      'Targets (issue 7), as figures of this run — printed, not asserted:',
+      '',
+      markdownTable(targets, 2),
+      '',
+      ...(typeof v86 === 'object' ? [markdownTable(v86Table(v86, tcp), 2), ''] : v86 ? [v86, ''] : []),
+      ...notes.map((n) => `- ${n}`),
+    ].join('\n');
+    console.log(`\nwrote ${writeDocs(md)}`);
   }
 }
 

@@ -63,6 +63,17 @@ export class LineChild {
     }
   }
 
+  /** Wait up to `timeoutMs` for the child to exit by itself; its exit code, or undefined if it still runs. */
+  async exitWithin(timeoutMs: number): Promise<number | null | undefined> {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), timeoutMs)));
+    try {
+      return await Promise.race([this.exited, timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
   /** Send `signal` (if still running) and wait for the exit code. */
   async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<number | null> {
     if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill(signal);
@@ -99,4 +110,96 @@ export function cpuSeconds(pid: number | undefined): { user: number; sys: number
 export function cpuDelta(before: ReturnType<typeof cpuSeconds>, after: ReturnType<typeof cpuSeconds>): string {
   if (!before || !after) return '?';
   return `${(after.user - before.user).toFixed(1)}+${(after.sys - before.sys).toFixed(1)}`;
+}
+
+export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * Samples a process's peak RSS (VmHWM) every `everyMs` and keeps the last
+ * value read, so it is known even after the process exited (e.g. a
+ * destination that exits when its migration is cancelled).
+ */
+export class PeakRssSampler {
+  private last: number | undefined;
+  private readonly timer: NodeJS.Timeout;
+  constructor(private readonly pid: () => number | undefined, everyMs = 200) {
+    this.timer = setInterval(() => this.sample(), everyMs);
+    this.timer.unref();
+  }
+  sample(): number | undefined {
+    const v = peakRssBytes(this.pid());
+    if (v !== undefined) this.last = Math.max(this.last ?? 0, v);
+    return this.last;
+  }
+  /** Take a last sample and stop. */
+  stop(): number | undefined {
+    clearInterval(this.timer);
+    return this.sample();
+  }
+}
+
+/**
+ * One migration's figures, the same for livemig and QEMU (one line of JSON
+ * from each child; one cell of the runner's tables).
+ */
+export interface RunResult {
+  engine: 'livemig' | 'qemu';
+  scenario: string;
+  /** Final status: completed, cancelled (did not converge within the bound), failed. */
+  status: string;
+  converged: boolean;
+  /** total-time (ms); for a cancelled run, the time until the cancel. */
+  totalMs: number;
+  setupMs?: number;
+  downtimeMs?: number;
+  /** ram.transferred (+ disk bytes for block migration). */
+  wireBytes: number;
+  /** dirty-sync-count. */
+  passes: number;
+  guestRamBytes: number;
+  sourcePeakRssBytes?: number;
+  destPeakRssBytes?: number;
+  sourceCpu: string;
+  destCpu: string;
+  /** Bytes sent while the guest was stopped (livemig only). */
+  downtimeBytes?: number;
+  xbzrle?: { bytes: number; pages: number; cacheMiss: number; overflow: number };
+  /** Disk scenario: sequential read speed of the source image, bytes/s. */
+  readBytesPerSecond?: number;
+  error?: string;
+  /**
+   * Workload scenarios: the guest's full passes over its 99 MiB range per
+   * second while the migration ran (a pass = 25,344 page writes); how hard the
+   * guest really wrote, which differs between engines.
+   */
+  guestPassesPerSecond?: number;
+  /** Anything unusual about this run's figures (printed with it). */
+  note?: string;
+}
+
+/** What a scenario run does, passed to children as JSON. */
+export interface ScenarioSpec {
+  id: string;
+  group: 'a' | 'b' | 'c' | 'd';
+  label: string;
+  ramBytes: number;
+  /** random: every page random, guest idle; mostly-zero: `nonZeroBytes` random at 0, the rest zero, idle; workload: QEMU's migration-test guest running; disk: idle guest with a written disk. */
+  fill: 'random' | 'mostly-zero' | 'workload' | 'disk';
+  nonZeroBytes?: number;
+  diskBytes?: number;
+  /** bytes/s, 0 = unlimited. */
+  maxBandwidth: number;
+  downtimeLimitMs: number;
+  /** Extra capabilities (multifd, xbzrle). */
+  caps: string[];
+  /** Extra parameters (multifd-channels). */
+  params: Record<string, number>;
+  /** Cancel and report "did not converge" after this long. */
+  boundMs: number;
+}
+
+/** Reads `--spec JSON` from argv (children of bench/run.ts). */
+export function specFromArgs(args: string[]): ScenarioSpec | undefined {
+  const i = args.indexOf('--spec');
+  return i >= 0 ? (JSON.parse(args[i + 1]!) as ScenarioSpec) : undefined;
 }

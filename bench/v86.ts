@@ -108,3 +108,5 @@ async function main(): Promise<void> {
 }
 
 await main();
+// Everything is cleaned up (destination stopped, temporary files deleted); a leftover handle must not keep us alive.
+process.exit(0);

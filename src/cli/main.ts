@@ -2,6 +2,7 @@
 /** The `livemig` command. */
 import { Command } from 'commander';
 import { analyzeCommand } from './analyze-command.js';
+import { registerBenchCommand } from './bench-command.js';
 import { demoCommand, type DemoOptions } from './demo-command.js';
 import { registerMigrateCommands } from './migrate-command.js';
 import { runCommand } from './run-command.js';
@@ -60,6 +61,7 @@ program
   });
 
 registerMigrateCommands(program);
+registerBenchCommand(program);
 
 program.parseAsync().catch((err: unknown) => {
   process.stderr.write(`livemig: ${err instanceof Error ? err.message : String(err)}\n`);

@@ -1,0 +1,123 @@
+/**
+ * One livemig migration of a scenario (bench/util.ts ScenarioSpec), source in
+ * this process, destination a `livemig run --incoming` child, over loopback
+ * TCP. Shared by bench/migrate-source.ts (RAM scenarios) and bench/disk.ts.
+ *
+ * A run that has not completed `spec.boundMs` after `migrate` is cancelled
+ * (OutgoingMigration.cancel, as QMP `migrate_cancel`) and reported as not
+ * converged. Capabilities the destination must know too (multifd) are set on
+ * it through QMP before `migrate-incoming`, as with QEMU.
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Machine } from '../src/machine/index.js';
+import { OutgoingMigration } from '../src/migration/index.js';
+import { QmpClient } from '../src/monitor/qmp-client.js';
+import { cpuDelta, cpuSeconds, jsonEvent, LineChild, LIVEMIG_MAIN, MiB, PeakRssSampler, sleep, type RunResult, type ScenarioSpec } from './util.js';
+
+/** Capabilities a destination must have turned on as well (QEMU requires it for multifd). */
+const BOTH_SIDES = new Set(['multifd']);
+
+export interface LivemigRunOptions {
+  spec: ScenarioSpec;
+  /** Extra `livemig run` arguments for the destination (e.g. --disk). */
+  destArgs?: string[];
+  /** Creates the source machine, given nothing; runs after the destination listens. */
+  makeSource: () => Promise<Machine>;
+  /** migrate with blk (block migration). */
+  blk?: boolean;
+  /** Time the source guest runs before `migrate` (workload warm-up). */
+  warmupMs?: number;
+  /** The source guest's passes over its workload range so far (workload scenarios). */
+  guestPasses?: (machine: Machine) => number;
+}
+
+export async function runLivemigMigration(o: LivemigRunOptions): Promise<RunResult> {
+  const { spec } = o;
+  const dir = await mkdtemp(join(tmpdir(), 'livemig-bench-'));
+  const bothSides = spec.caps.filter((c) => BOTH_SIDES.has(c));
+  const qmpUri = `unix:${join(dir, 'dst.qmp')}`;
+  const dest = new LineChild(process.execPath, [
+    ...process.execArgv,
+    LIVEMIG_MAIN,
+    'run',
+    '--machine',
+    'test',
+    '--ram',
+    `${spec.ramBytes / MiB}M`,
+    ...(bothSides.length > 0 ? ['--incoming', 'defer', '--qmp', qmpUri] : ['--incoming', 'tcp:127.0.0.1:0']),
+    '--json',
+    ...(o.destArgs ?? []),
+  ]);
+  const destRss = new PeakRssSampler(() => dest.pid);
+  let machine: Machine | undefined;
+  let qmp: QmpClient | undefined;
+  try {
+    if (bothSides.length > 0) {
+      qmp = await QmpClient.connect(qmpUri, { retryForMs: 10_000 });
+      await qmp.execute('migrate-set-capabilities', { capabilities: bothSides.map((capability) => ({ capability, state: true })) });
+      if (Object.keys(spec.params).length > 0) await qmp.execute('migrate-set-parameters', spec.params);
+      await qmp.execute('migrate-incoming', { uri: 'tcp:127.0.0.1:0' });
+    }
+    const { address } = (await dest.waitFor(jsonEvent('listening'), 'destination')) as { address: string };
+    machine = await o.makeSource();
+    if (o.warmupMs) await sleep(o.warmupMs);
+
+    const migration = new OutgoingMigration(machine);
+    migration.setParameters({ 'max-bandwidth': spec.maxBandwidth, 'downtime-limit': spec.downtimeLimitMs, ...spec.params });
+    migration.setCapabilities(Object.fromEntries(spec.caps.map((c) => [c, true])));
+    const cpu0 = [cpuSeconds(process.pid), cpuSeconds(dest.pid)];
+    const passes0 = o.guestPasses?.(machine);
+    const mt0 = performance.now();
+    // Passes when the guest stopped (switchover) or when the migration ended.
+    let passesAtStop: number | undefined;
+    const src = machine;
+    migration.once('stop', () => (passesAtStop = o.guestPasses?.(src)));
+    migration.start(address, o.blk ? { blk: true } : {});
+    const bound = setTimeout(() => {
+      try {
+        migration.cancel();
+      } catch {
+        /* too late to cancel: the destination has the whole state; it completes */
+      }
+    }, spec.boundMs);
+    const status = await migration.finished;
+    const mt1 = performance.now();
+    clearTimeout(bound);
+    const passes1 = passesAtStop ?? o.guestPasses?.(machine);
+    const info = migration.query();
+    const cpu1 = [cpuSeconds(process.pid), cpuSeconds(dest.pid)];
+    if (status === 'completed') {
+      await Promise.race([dest.waitFor(jsonEvent('resumed'), 'destination'), sleep(30_000)]);
+    }
+    const ram = info.ram;
+    const x = info['xbzrle-cache'];
+    return {
+      engine: 'livemig',
+      scenario: spec.id,
+      status,
+      converged: status === 'completed',
+      totalMs: info['total-time'] ?? NaN,
+      ...(info['setup-time'] !== undefined ? { setupMs: info['setup-time'] } : {}),
+      ...(info.downtime !== undefined ? { downtimeMs: info.downtime } : {}),
+      wireBytes: (ram?.transferred ?? 0) + (info.disk?.transferred ?? 0),
+      passes: ram?.['dirty-sync-count'] ?? 0,
+      guestRamBytes: spec.ramBytes,
+      sourcePeakRssBytes: process.resourceUsage().maxRSS * 1024,
+      ...(destRss.stop() !== undefined ? { destPeakRssBytes: destRss.stop()! } : {}),
+      sourceCpu: cpuDelta(cpu0[0], cpu1[0]),
+      destCpu: cpuDelta(cpu0[1], cpu1[1]),
+      ...(ram ? { downtimeBytes: ram['downtime-bytes'] } : {}),
+      ...(x ? { xbzrle: { bytes: x.bytes, pages: x.pages, cacheMiss: x['cache-miss'], overflow: x.overflow } } : {}),
+      ...(passes0 !== undefined && passes1 !== undefined ? { guestPassesPerSecond: (passes1 - passes0) / ((mt1 - mt0) / 1000) } : {}),
+      ...(status === 'failed' ? { error: info['error-desc'] ?? 'failed' } : {}),
+    };
+  } finally {
+    destRss.stop();
+    await qmp?.close().catch(() => {});
+    await dest.stop('SIGTERM');
+    await machine?.destroy();
+    await rm(dir, { recursive: true, force: true });
+  }
+}

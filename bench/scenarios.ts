@@ -1,0 +1,70 @@
+/**
+ * The benchmark's scenarios (issue 7): which migrations `npm run bench` runs,
+ * for livemig and for QEMU alike.
+ *
+ *   a  1 GiB and 4 GiB of non-zero (random) RAM, guest idle
+ *   b  4 GiB mostly zero (64 MiB random at address 0), guest idle
+ *   c  QEMU's migration-test workload (150 MiB guest rewriting byte 0 of every
+ *      page of [1 MiB, 100 MiB) flat out) at max-bandwidth unlimited, 1 GiB/s
+ *      and 256 MiB/s, each at downtime-limit 300 ms and 50 ms; plus XBZRLE at
+ *      256 MiB/s and 300 ms
+ *   d  a 1 GiB fully written disk, 64 MiB idle guest (block migration)
+ *
+ * Rows for capabilities appear only when livemig has them
+ * (src/migration/parameters.ts DEFAULT_CAPABILITIES): multifd (2 channels)
+ * for 1 GiB idle; xbzrle for c.
+ */
+import { DEFAULT_CAPABILITIES } from '../src/migration/parameters.js';
+import { GiB, MiB, type ScenarioSpec } from './util.js';
+
+export const livemigHas = (capability: string): boolean => capability in DEFAULT_CAPABILITIES;
+
+export interface ScenarioOptions {
+  quick: boolean;
+  boundMs: number;
+}
+
+const base = { caps: [] as string[], params: {} as Record<string, number>, maxBandwidth: 0, downtimeLimitMs: 300 };
+
+export function scenarios(o: ScenarioOptions): ScenarioSpec[] {
+  const list: ScenarioSpec[] = [];
+  // An idle guest always converges: its bound only catches a hung run (the workload's is o.boundMs).
+  const idleBound = Math.max(o.boundMs, 120_000);
+  const idle = (gib: number): ScenarioSpec => ({ ...base, id: `a-${gib}g`, group: 'a', label: `${gib} GiB random RAM, idle`, ramBytes: gib * GiB, fill: 'random', boundMs: idleBound });
+  list.push(idle(1));
+  if (!o.quick) list.push(idle(4));
+  if (livemigHas('multifd')) {
+    list.push({ ...idle(1), id: 'a-1g-multifd', label: '1 GiB random RAM, idle, multifd 2 channels', caps: ['multifd'], params: { 'multifd-channels': 2 } });
+  }
+  const zeroGiB = o.quick ? 1 : 4;
+  list.push({ ...base, id: `b-${zeroGiB}g`, group: 'b', label: `${zeroGiB} GiB mostly zero (64 MiB random), idle`, ramBytes: zeroGiB * GiB, fill: 'mostly-zero', nonZeroBytes: 64 * MiB, boundMs: idleBound });
+  const bandwidths: Array<[string, number]> = [
+    ['unlimited', 0],
+    ['1 GiB/s', GiB],
+    ['256 MiB/s', 256 * MiB],
+  ];
+  const workload = (name: string, bw: number, dl: number): ScenarioSpec => ({
+    ...base,
+    id: `c-${name === 'unlimited' ? 'unl' : name.replace(' GiB/s', 'g').replace(' MiB/s', 'm')}-${dl}`,
+    group: 'c',
+    label: `workload, ${name}, ${dl} ms`,
+    ramBytes: 150 * MiB,
+    fill: 'workload',
+    maxBandwidth: bw,
+    downtimeLimitMs: dl,
+    boundMs: o.boundMs,
+  });
+  for (const [name, bw] of bandwidths) {
+    for (const dl of [300, 50]) {
+      if (o.quick && !((name === 'unlimited' && dl === 300) || (name === '256 MiB/s' && dl === 50))) continue;
+      list.push(workload(name, bw, dl));
+    }
+  }
+  if (livemigHas('xbzrle') && !o.quick) {
+    const s = workload('256 MiB/s', 256 * MiB, 300);
+    list.push({ ...s, id: `${s.id}-xbzrle`, label: `${s.label}, XBZRLE`, caps: ['xbzrle'] });
+  }
+  const diskBytes = o.quick ? 256 * MiB : GiB;
+  list.push({ ...base, id: 'd', group: 'd', label: `${diskBytes / MiB >= 1024 ? `${diskBytes / GiB} GiB` : `${diskBytes / MiB} MiB`} written disk, idle 64 MiB guest`, ramBytes: 64 * MiB, fill: 'disk', diskBytes, boundMs: idleBound });
+  return list;
+}
