@@ -87,6 +87,7 @@ export async function runLivemigMigration(o: LivemigRunOptions): Promise<RunResu
     clearTimeout(bound);
     const passes1 = passesAtStop ?? o.guestPasses?.(machine);
     const info = migration.query();
+    if (process.env.LIVEMIG_BENCH_DEBUG) process.stderr.write(`switchover: ${JSON.stringify(migration.switchover)}\n`);
     const cpu1 = [cpuSeconds(process.pid), cpuSeconds(dest.pid)];
     if (status === 'completed') {
       await Promise.race([dest.waitFor(jsonEvent('resumed'), 'destination'), sleep(30_000)]);

@@ -72,6 +72,7 @@ export class BlockSaveHandler implements SaveVMHandlers {
   private readonly buffer = new Uint8Array(BLK_MIG_BLOCK_SIZE);
   private bulkCompleted = false;
   private prevProgress = -1;
+  private backgroundFlush: Promise<void> | undefined;
   private readonly totalSectors: number;
   readonly stats: BlockSaveStats = { bulkChunks: 0, dirtyChunks: 0, zeroChunks: 0, progress: [] };
 
@@ -114,6 +115,9 @@ export class BlockSaveHandler implements SaveVMHandlers {
   }
 
   async saveSetup(out: StreamWriter): Promise<void> {
+    // Flushed now, the images have little left to write back when the guest stops:
+    // the flush in completion is part of the downtime.
+    for (const s of this.states) await s.device.flush();
     this.collectDirty(); // writes from before the migration: the bulk phase copies them anyway
     for (const s of this.states) {
       s.device.dirty.clearAll();
@@ -121,6 +125,7 @@ export class BlockSaveHandler implements SaveVMHandlers {
       s.dirtyCursor = 0;
     }
     this.bulkCompleted = false;
+    this.backgroundFlush = undefined;
     this.prevProgress = -1;
     writeEos(out);
   }
@@ -189,8 +194,17 @@ export class BlockSaveHandler implements SaveVMHandlers {
     if (this.states.every((st) => st.bulkCursor >= st.device.chunkCount)) {
       this.bulkCompleted = true;
       this.progress(out, 100);
+      this.startBackgroundFlush();
     }
     return true;
+  }
+
+  /** Write back what the guest wrote meanwhile while it still runs (completion awaits it, then flushes the rest). */
+  private startBackgroundFlush(): void {
+    this.backgroundFlush ??= Promise.all(this.states.map((st) => st.device.flush())).then(
+      () => {},
+      () => {}, // completion's own flush reports a failure
+    );
   }
 
   /** One dirty chunk from the cursors; false when none is dirty. */
@@ -239,6 +253,7 @@ export class BlockSaveHandler implements SaveVMHandlers {
   }
 
   async saveCompletePrecopy(out: StreamWriter): Promise<void> {
+    await this.backgroundFlush;
     for (const s of this.states) await s.device.flush();
     this.collectDirty(); // the guest is stopped: this is the last of its writes
     // Whatever the bulk phase did not reach is sent now (the guest is stopped).
@@ -265,9 +280,15 @@ export interface BlockLoadStats {
   progress: number[];
 }
 
+/** A destination image is written back in the background after this much new data, so the flush before the guest resumes is short. */
+const BACKGROUND_FLUSH_BYTES = 128 * 1024 * 1024;
+
 export class BlockLoadHandler implements SaveVMHandlers {
   private readonly devices: Map<string, BlockDevice>;
   private readonly scratch = new Uint8Array(BLK_MIG_BLOCK_SIZE);
+  private readonly unflushedBytes = new Map<BlockDevice, number>();
+  private readonly flushing = new Map<BlockDevice, Promise<void>>();
+  private flushFailure: Error | undefined;
   readonly stats: BlockLoadStats = { chunks: new Map(), zeroChunks: 0, progress: [] };
 
   constructor(devices: BlockDevice[] | Map<string, BlockDevice>, private readonly options: BlockLoadOptions = {}) {
@@ -282,6 +303,8 @@ export class BlockLoadHandler implements SaveVMHandlers {
     if (record.type === 'progress') {
       this.stats.progress.push(record.percent);
       this.options.onProgress?.(record.percent);
+      // The bulk phase is over: write it back while RAM still arrives.
+      if (record.percent === 100) for (const d of this.devices.values()) this.wrote(d, BACKGROUND_FLUSH_BYTES);
       return;
     }
     if (record.type !== 'device-block') return;
@@ -303,14 +326,31 @@ export class BlockLoadHandler implements SaveVMHandlers {
         if (!isZeroChunk(current.subarray(0, bytes))) await device.writeZeroes(record.sector, sectors);
       } else {
         await device.writeSectors(record.sector, record.data!.subarray(0, bytes));
+        this.wrote(device, bytes);
       }
     } catch (err) {
       throw new BlockStreamError('io-error', `block device '${record.device}': write failed: ${(err as Error).message}`, record.offset, { cause: err });
     }
   }
 
+  private wrote(device: BlockDevice, bytes: number): void {
+    const unflushed = (this.unflushedBytes.get(device) ?? 0) + bytes;
+    this.unflushedBytes.set(device, unflushed);
+    if (unflushed < BACKGROUND_FLUSH_BYTES || this.flushing.has(device) || device.readOnly) return;
+    this.unflushedBytes.set(device, 0);
+    const flushed = device.flush().then(
+      () => {},
+      (err: Error) => {
+        this.flushFailure ??= err;
+      },
+    );
+    this.flushing.set(device, flushed.finally(() => this.flushing.delete(device)));
+  }
+
   /** Flush every destination disk (before the guest resumes). */
   async flush(): Promise<void> {
+    await Promise.all(this.flushing.values());
+    if (this.flushFailure) throw new BlockStreamError('io-error', `block device flush failed: ${this.flushFailure.message}`, 0, { cause: this.flushFailure });
     for (const d of this.devices.values()) await d.flush();
   }
 
