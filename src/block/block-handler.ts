@@ -115,9 +115,6 @@ export class BlockSaveHandler implements SaveVMHandlers {
   }
 
   async saveSetup(out: StreamWriter): Promise<void> {
-    // Flushed now, the images have little left to write back when the guest stops:
-    // the flush in completion is part of the downtime.
-    for (const s of this.states) await s.device.flush();
     this.collectDirty(); // writes from before the migration: the bulk phase copies them anyway
     for (const s of this.states) {
       s.device.dirty.clearAll();
@@ -126,6 +123,9 @@ export class BlockSaveHandler implements SaveVMHandlers {
     }
     this.bulkCompleted = false;
     this.backgroundFlush = undefined;
+    // Written back while the guest runs, the images have little left to flush when
+    // it stops (that flush is part of the downtime).
+    this.startBackgroundFlush();
     this.prevProgress = -1;
     writeEos(out);
   }
@@ -201,10 +201,12 @@ export class BlockSaveHandler implements SaveVMHandlers {
 
   /** Write back what the guest wrote meanwhile while it still runs (completion awaits it, then flushes the rest). */
   private startBackgroundFlush(): void {
-    this.backgroundFlush ??= Promise.all(this.states.map((st) => st.device.flush())).then(
-      () => {},
-      () => {}, // completion's own flush reports a failure
-    );
+    const flushAll = (): Promise<void> =>
+      Promise.all(this.states.map((st) => st.device.flush())).then(
+        () => {},
+        () => {}, // completion's own flush reports a failure
+      );
+    this.backgroundFlush = this.backgroundFlush ? this.backgroundFlush.then(flushAll) : flushAll();
   }
 
   /** One dirty chunk from the cursors; false when none is dirty. */

@@ -119,12 +119,33 @@ export class StreamReader {
 
   /** Make at least `n` bytes available; false if the stream ends first. */
   async tryEnsure(n: number): Promise<boolean> {
-    while (this.buffer.length - this.position < n) {
-      const chunk = await this.nextChunk();
-      if (chunk === null) return false;
+    const rest = this.buffer.length - this.position;
+    if (rest >= n) return true;
+    let chunk = await this.nextChunk();
+    if (chunk === null) return false;
+    if (rest + chunk.length >= n) {
       this.append(chunk, n);
+      return true;
     }
-    return true;
+    // Several chunks make up the n bytes (a 1 MiB block record from 64 KiB socket
+    // reads): gather them into one buffer of n bytes, so each byte is copied once.
+    const joined = new Uint8Array(n);
+    joined.set(this.buffer.subarray(this.position), 0);
+    let filled = rest;
+    for (;;) {
+      const take = Math.min(chunk.length, n - filled);
+      joined.set(take === chunk.length ? chunk : chunk.subarray(0, take), filled);
+      filled += take;
+      if (take < chunk.length) this.unshiftPending(chunk.subarray(take));
+      if (filled === n) break;
+      const next = await this.nextChunk();
+      if (next === null) break;
+      chunk = next;
+    }
+    // Views handed out earlier keep pointing at the old buffer, which is never written again.
+    this.consumedBefore += this.position;
+    this.setBuffer(filled === n ? joined : joined.subarray(0, filled));
+    return filled === n;
   }
 
   /** Make at least `n` bytes available or throw UnexpectedEndError. */
