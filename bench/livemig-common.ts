@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import type { Machine } from '../src/machine/index.js';
 import { OutgoingMigration } from '../src/migration/index.js';
 import { QmpClient } from '../src/monitor/qmp-client.js';
-import { cpuDelta, cpuSeconds, jsonEvent, LineChild, LIVEMIG_MAIN, MiB, PeakRssSampler, sleep, type RunResult, type ScenarioSpec } from './util.js';
+import { cpuDelta, cpuSeconds, jsonEvent, LineChild, LIVEMIG_MAIN, MiB, PeakRssSampler, peakRssBytes, sleep, type RunResult, type ScenarioSpec } from './util.js';
 
 /** Capabilities a destination must have turned on as well (QEMU requires it for multifd). */
 const BOTH_SIDES = new Set(['multifd']);
@@ -105,7 +105,9 @@ export async function runLivemigMigration(o: LivemigRunOptions): Promise<RunResu
       wireBytes: (ram?.transferred ?? 0) + (info.disk?.transferred ?? 0),
       passes: ram?.['dirty-sync-count'] ?? 0,
       guestRamBytes: spec.ramBytes,
-      sourcePeakRssBytes: process.resourceUsage().maxRSS * 1024,
+      // VmHWM, not getrusage's maxRSS: Linux carries ru_maxrss over fork+exec, so that would
+      // report the bench parent's RSS (about 0.5 GiB) whenever the migration itself used less.
+      sourcePeakRssBytes: peakRssBytes(process.pid) ?? process.resourceUsage().maxRSS * 1024,
       ...(destRss.stop() !== undefined ? { destPeakRssBytes: destRss.stop()! } : {}),
       sourceCpu: cpuDelta(cpu0[0], cpu1[0]),
       destCpu: cpuDelta(cpu0[1], cpu1[1]),

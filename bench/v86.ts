@@ -97,7 +97,7 @@ async function main(): Promise<void> {
       ipsDuring,
       sourceCpu: cpuDelta(cpu0[0], cpu1[0]),
       destCpu: cpuDelta(cpu0[1], cpu1[1]),
-      sourcePeakRssBytes: process.resourceUsage().maxRSS * 1024,
+      sourcePeakRssBytes: peakRssBytes(process.pid) ?? process.resourceUsage().maxRSS * 1024, // VmHWM: ru_maxrss survives fork+exec
       destPeakRssBytes: peakRssBytes(dest.pid),
     };
     process.stdout.write(JSON.stringify(result) + '\n');
