@@ -128,6 +128,9 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
   private continueSwitchover: (() => void) | undefined;
   /** How long the last dirty-log sync took. */
   private lastSyncMs = 0;
+  /** PINGs in flight: value -> resolve on its PONG. */
+  private readonly pongWaiters = new Map<number, () => void>();
+  private pingValue = 1;
   /** The switchover decision of the last migration. */
   switchover: SwitchoverRecord | undefined;
   /** Resolves when the current migration ends, with its final status. */
@@ -169,6 +172,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
     this.returnPathFailure = undefined;
     this.switchover = undefined;
     this.lastSyncMs = 0;
+    this.pongWaiters.clear();
     this.finalMbps = undefined;
     this.dirtyPagesRate = 0;
     this.block = undefined;
@@ -215,6 +219,29 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
       this.wakeLoop = done;
     });
     this.wakeLoop = undefined;
+  }
+
+  /** PING the destination and wait (at most `timeoutMs`) for its PONG: everything sent so far is loaded. */
+  private async waitForDestination(out: StreamWriter, timeoutMs: number): Promise<void> {
+    const value = ++this.pingValue;
+    const payload = new Uint8Array(4);
+    new DataView(payload.buffer).setUint32(0, value);
+    writeCommand(out, MigCommand.Ping, payload);
+    await out.flush();
+    let timer: NodeJS.Timeout | undefined;
+    await new Promise<void>((resolve) => {
+      this.pongWaiters.set(value, resolve);
+      timer = setTimeout(resolve, timeoutMs);
+      const wake = this.wakeLoop;
+      this.wakeLoop = () => {
+        wake?.();
+        resolve();
+      };
+    });
+    clearTimeout(timer);
+    this.pongWaiters.delete(value);
+    this.wakeLoop = undefined;
+    this.throwIfStopped();
   }
 
   /** A dirty-log sync: the machine's log into RAM's bitmap; counts a pass. */
@@ -337,6 +364,10 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
         else fitsSinceMs ??= now();
         const drained = ramPendingBytes <= window.bandwidthBytesPerMs * DRAINED_MS;
         if (ramPendingBytes === 0 || (fits && (drained || now() - fitsSinceMs! >= downtimeLimitMs))) {
+          // What the destination has not loaded yet (records still in socket buffers: for
+          // zero pages, hundreds of thousands) would be loaded inside the pause. Let it
+          // catch up while the guest runs: QEMU's PING is answered once all before it is loaded.
+          if (fits && returnPath) await this.waitForDestination(out, downtimeLimitMs);
           ramPendingBytes = await save.pendingBytes(true); // exact: sync the dirty log
           fitsSinceMs = undefined;
           const pendingBytes = ramPendingBytes + deviceStateBytes;
@@ -447,7 +478,9 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
             if (message.value !== 0) throw new Error(`the destination rejected the stream or failed to load it (SHUT ${message.value}); see its log for the reason`);
             return;
           }
-          // PONG: liveness only, as in QEMU 7.2.
+          // PONG: the destination has loaded everything sent before the PING.
+          this.pongWaiters.get(message.value)?.();
+          this.pongWaiters.delete(message.value);
         }
       } catch (err) {
         this.returnPathFailure ??= err instanceof Error ? err : new Error(String(err));
