@@ -17,6 +17,7 @@ import { createTestMachine, diskGenTableAddress, type TestMachine, type TestMach
 import { loadVmState, SaveStateRegistry, SaveVmState } from '../src/savevm/index.js';
 import { MemorySink, MemorySource, StreamReader, StreamWriter } from '../src/wire/index.js';
 import { loadDevices, saveDevices } from './helpers/devices.js';
+import { waitFor } from './helpers/wait.js';
 
 const MiB = 1024 * 1024;
 const PAGE = 4096;
@@ -58,13 +59,6 @@ async function withDiskMachine(
   }
 }
 
-async function waitFor(what: string, condition: () => boolean, timeoutMs = 4000): Promise<void> {
-  const deadline = performance.now() + timeoutMs;
-  while (!condition()) {
-    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(5);
-  }
-}
 
 function sum(values: Uint32Array): number {
   return values.reduce((n, v) => n + v, 0);

@@ -11,6 +11,7 @@ import { SaveStateRegistry } from '../src/savevm/index.js';
 import { vmstateSave } from '../src/vmstate/index.js';
 import { MemorySink, StreamWriter } from '../src/wire/index.js';
 import { loadDevices, saveDevices } from './helpers/devices.js';
+import { waitFor } from './helpers/wait.js';
 
 const MiB = 1024 * 1024;
 const PAGE = 4096;
@@ -24,13 +25,6 @@ async function withMachine(options: TestMachineOptions, body: (m: TestMachine) =
   }
 }
 
-async function waitFor(what: string, condition: () => boolean, timeoutMs = 5000): Promise<void> {
-  const deadline = performance.now() + timeoutMs;
-  while (!condition()) {
-    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(5);
-  }
-}
 
 function collectSerial(m: TestMachine): { text: () => string } {
   let text = '';
