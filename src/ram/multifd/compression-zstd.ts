@@ -10,9 +10,22 @@
  * still use `none` and `zlib`; creating a zstd stream there says why.
  */
 import { createRequire } from 'node:module';
-import type * as ZstdBinding from 'zstd-napi/binding.js';
 
-type Binding = typeof ZstdBinding;
+/**
+ * The part of `zstd-napi/binding` we use, declared here rather than imported:
+ * zstd-napi is an optional dependency, and the build must not need it.
+ */
+interface Binding {
+  versionString(): string;
+  CParameter: { compressionLevel: number };
+  CCtx: new () => {
+    setParameter(param: number, value: number): void;
+    compressStream2(dst: Uint8Array, src: Uint8Array, end: number): number[];
+  };
+  DCtx: new () => {
+    decompressStream(dst: Uint8Array, src: Uint8Array): number[];
+  };
+}
 
 let binding: Binding | undefined;
 let loadError: Error | undefined;
@@ -73,7 +86,7 @@ export class ZstdCompressStream {
 
   /** One ZSTD_compressStream2 call: src into dst. */
   run(dst: Uint8Array, src: Uint8Array, end: ZstdEnd): ZstdStep {
-    return this.cctx.compressStream2(dst, src, end as number as ZstdBinding.EndDirective) as ZstdStep;
+    return this.cctx.compressStream2(dst, src, end) as ZstdStep;
   }
 
   /**
