@@ -232,11 +232,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
     await new Promise<void>((resolve) => {
       this.pongWaiters.set(value, resolve);
       timer = setTimeout(resolve, timeoutMs);
-      const wake = this.wakeLoop;
-      this.wakeLoop = () => {
-        wake?.();
-        resolve();
-      };
+      this.wakeLoop = resolve; // cancel and a failed return path end the wait early
     });
     clearTimeout(timer);
     this.pongWaiters.delete(value);

@@ -92,6 +92,8 @@ interface BlockState {
   dirty: DirtyBitmap;
   /** Global page number of page 0 (blocks laid out back to back, like ram_addr). */
   basePage: number;
+  /** Position in the block list (multifd packets name blocks by it). */
+  index: number;
 }
 
 export class RamSaveHandler implements SaveVMHandlers {
@@ -108,6 +110,8 @@ export class RamSaveHandler implements SaveVMHandlers {
   // XBZRLE cache hits and the bytes they took on the wire: the pending estimate's per-page cost.
   private xbzrleHitPages = 0;
   private xbzrleHitWireBytes = 0;
+  /** Share of the dirty pages found in the XBZRLE cache at the last sync. */
+  private cachedDirtyShare = 0;
   private lastStage = false;
   private loader: RamLoadHandler | undefined;
   /** Multifd channels: page contents go there, zero pages and EOS stay on the main stream (7.2). */
@@ -116,9 +120,9 @@ export class RamSaveHandler implements SaveVMHandlers {
 
   constructor(blocks: readonly RamBlock[], private readonly options: RamSaveOptions = {}) {
     let basePage = 0;
-    this.states = blocks.map((block) => {
+    this.states = blocks.map((block, index) => {
       if (this.byName.has(block.idstr)) throw new RangeError(`duplicate RAM block name '${block.idstr}'`);
-      const state = { block, dirty: new DirtyBitmap(block.pageCount), basePage };
+      const state = { block, dirty: new DirtyBitmap(block.pageCount), basePage, index };
       basePage += block.pageCount;
       this.byName.set(block.idstr, state);
       return state;
@@ -206,6 +210,7 @@ export class RamSaveHandler implements SaveVMHandlers {
     this.xbzrleActive = false;
     this.xbzrleHitPages = 0;
     this.xbzrleHitWireBytes = 0;
+    this.cachedDirtyShare = 0;
     this.lastStage = false;
     this.cache = this.options.xbzrle
       ? new XbzrlePageCache(this.options.xbzrleCacheBytes ?? DEFAULT_XBZRLE_CACHE_BYTES, TARGET_PAGE_SIZE)
@@ -236,12 +241,18 @@ export class RamSaveHandler implements SaveVMHandlers {
     const dirtyPages = this.dirtyPageCount;
     const cache = this.cache;
     if (!this.xbzrleActive || !cache || this.xbzrleHitPages === 0) return dirtyPages * fullPageBytes;
-    let cachedPages = 0;
-    for (const s of this.states) {
-      for (let page = s.dirty.nextSetBit(0); page < s.block.pageCount; page = s.dirty.nextSetBit(page + 1)) {
-        if (cache.has(s.basePage + page)) cachedPages++;
+    // Which dirty pages are cached is looked up after a sync only; the estimates in
+    // between (every loop turn) reuse that share rather than walk the bitmap again.
+    if (exact) {
+      let cachedPages = 0;
+      for (const s of this.states) {
+        for (let page = s.dirty.nextSetBit(0); page < s.block.pageCount; page = s.dirty.nextSetBit(page + 1)) {
+          if (cache.has(s.basePage + page)) cachedPages++;
+        }
       }
+      this.cachedDirtyShare = dirtyPages === 0 ? 0 : cachedPages / dirtyPages;
     }
+    const cachedPages = Math.round(dirtyPages * this.cachedDirtyShare);
     const perHitBytes = this.xbzrleHitWireBytes / this.xbzrleHitPages;
     return Math.ceil((dirtyPages - cachedPages) * fullPageBytes + cachedPages * perHitBytes);
   }
@@ -372,7 +383,7 @@ export class RamSaveHandler implements SaveVMHandlers {
 
     if (this.multifd) {
       // As 7.2: a non-zero page goes to multifd (XBZRLE is not used with multifd).
-      this.multifd.queuePage(this.states.indexOf(state), offsetBytes);
+      this.multifd.queuePage(state.index, offsetBytes);
       c.normalPages++;
       c.normalBytes += TARGET_PAGE_SIZE;
       return TARGET_PAGE_SIZE;
