@@ -4,9 +4,9 @@
  * zeros, and the PROGRESS values; reads the `livemig-disks` list when present.
  */
 import type { LoadSectionContext, SaveVMHandlers } from '../savevm/handlers.js';
-import { StreamError, type StreamReader } from '../wire/index.js';
+import type { StreamReader } from '../wire/index.js';
 import { BLK_MIG_BLOCK_SIZE, readBlockSection } from './block-records.js';
-import { SECTOR_SIZE } from './block-device.js';
+import { readDiskManifest } from './manifest.js';
 
 export interface BlockDeviceSummary {
   name: string;
@@ -18,8 +18,6 @@ export interface BlockDeviceSummary {
   resentChunks: number;
   /** Distinct chunks seen. */
   distinctChunks: number;
-  /** Highest byte offset covered (chunk start + 1 MiB). */
-  highestOffsetBytes: number;
 }
 
 export interface BlockSummary {
@@ -41,19 +39,14 @@ export class BlockAnalysisHandler implements SaveVMHandlers {
   readonly manifestHandler: SaveVMHandlers = {
     loadState: async (input: StreamReader, context: LoadSectionContext): Promise<void> => {
       if (context.kind !== 'start') return;
-      const count = await input.be32();
-      if (count > 1024) throw new StreamError('too-large', `disk list: ${count} disks is more than 1024`, { offset: input.offset - 4 });
-      for (let i = 0; i < count; i++) {
-        const name = await input.countedString();
-        this.listed.set(name, Number(await input.be64()));
-      }
+      for (const { name, sizeBytes } of await readDiskManifest(input, context)) this.listed.set(name, sizeBytes);
     },
   };
 
   private device(name: string): { summary: BlockDeviceSummary; seen: Set<number> } {
     let d = this.devices.get(name);
     if (!d) {
-      d = { summary: { name, sizeBytes: null, dataChunks: 0, zeroChunks: 0, resentChunks: 0, distinctChunks: 0, highestOffsetBytes: 0 }, seen: new Set() };
+      d = { summary: { name, sizeBytes: null, dataChunks: 0, zeroChunks: 0, resentChunks: 0, distinctChunks: 0 }, seen: new Set() };
       this.devices.set(name, d);
     }
     return d;
@@ -69,7 +62,6 @@ export class BlockAnalysisHandler implements SaveVMHandlers {
       else d.summary.dataChunks++;
       if (d.seen.has(record.sector)) d.summary.resentChunks++;
       else d.seen.add(record.sector);
-      d.summary.highestOffsetBytes = Math.max(d.summary.highestOffsetBytes, record.sector * SECTOR_SIZE + BLK_MIG_BLOCK_SIZE);
     });
   }
 

@@ -13,6 +13,13 @@ export const SECTOR_SIZE = 1 << SECTOR_BITS;
 export const CHUNK_SIZE = 1 << 20;
 export const SECTORS_PER_CHUNK = CHUNK_SIZE / SECTOR_SIZE;
 
+/** A disk size for messages: "256 MiB" when whole MiB, else "N bytes". */
+export function formatSize(bytes: number | bigint): string {
+  const n = BigInt(bytes);
+  const mib = BigInt(1024 * 1024);
+  return n % mib === 0n ? `${n / mib} MiB` : `${n} bytes`;
+}
+
 export interface BlockDeviceOpenOptions {
   /** Create the file when missing. */
   create?: boolean;

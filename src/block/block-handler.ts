@@ -306,7 +306,7 @@ export class BlockLoadHandler implements SaveVMHandlers {
       this.stats.progress.push(record.percent);
       this.options.onProgress?.(record.percent);
       // The bulk phase is over: write it back while RAM still arrives.
-      if (record.percent === 100) for (const d of this.devices.values()) this.wrote(d, BACKGROUND_FLUSH_BYTES);
+      if (record.percent === 100) for (const d of this.devices.values()) this.startFlush(d);
       return;
     }
     if (record.type !== 'device-block') return;
@@ -338,7 +338,12 @@ export class BlockLoadHandler implements SaveVMHandlers {
   private wrote(device: BlockDevice, bytes: number): void {
     const unflushed = (this.unflushedBytes.get(device) ?? 0) + bytes;
     this.unflushedBytes.set(device, unflushed);
-    if (unflushed < BACKGROUND_FLUSH_BYTES || this.flushing.has(device) || device.readOnly) return;
+    if (unflushed >= BACKGROUND_FLUSH_BYTES) this.startFlush(device);
+  }
+
+  /** Write the device back in the background, unless that is already going on. */
+  private startFlush(device: BlockDevice): void {
+    if (this.flushing.has(device) || device.readOnly) return;
     this.unflushedBytes.set(device, 0);
     const flushed = device.flush().then(
       () => {},

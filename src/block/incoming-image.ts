@@ -41,10 +41,6 @@ export class IncomingDiskImage {
     return this.finalPath + INCOMING_SUFFIX;
   }
 
-  get isCommitted(): boolean {
-    return this.state === 'committed';
-  }
-
   /** Flush and give the image its real name (the open descriptor follows the file). */
   async commit(): Promise<void> {
     if (this.state !== 'receiving') throw new Error(`disk '${this.device.name}': already ${this.state}`);

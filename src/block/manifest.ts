@@ -14,7 +14,7 @@
  */
 import type { LoadSectionContext, SaveVMHandlers } from '../savevm/handlers.js';
 import { StreamError, type StreamReader, type StreamWriter } from '../wire/index.js';
-import type { BlockDevice } from './block-device.js';
+import { formatSize, type BlockDevice } from './block-device.js';
 
 export const DISK_MANIFEST_IDSTR = 'livemig-disks';
 export const DISK_MANIFEST_VERSION = 1;
@@ -26,9 +26,19 @@ export interface DiskManifestEntry {
   sizeBytes: number;
 }
 
-function formatSize(bytes: number): string {
-  if (bytes % (1024 * 1024) === 0) return `${bytes / (1024 * 1024)} MiB`;
-  return `${bytes} bytes`;
+/** Read the START body: the disks' names and sizes (bounded, sizes exact). */
+export async function readDiskManifest(input: StreamReader, context: LoadSectionContext): Promise<DiskManifestEntry[]> {
+  const at = { offset: input.offset, section: { idstr: context.idstr, instanceId: context.instanceId, sectionId: context.sectionId } };
+  const count = await input.be32();
+  if (count > MAX_DISKS) throw new StreamError('handler-failed', `disk list: ${count} disks is more than ${MAX_DISKS}`, at);
+  const entries: DiskManifestEntry[] = [];
+  for (let i = 0; i < count; i++) {
+    const name = await input.countedString();
+    const size = await input.be64();
+    if (size > BigInt(Number.MAX_SAFE_INTEGER)) throw new StreamError('handler-failed', `disk '${name}': size ${size} is too large`, at);
+    entries.push({ name, sizeBytes: Number(size) });
+  }
+  return entries;
 }
 
 /** Source: writes the list in setup. */
@@ -70,14 +80,7 @@ export class DiskManifestLoadHandler implements SaveVMHandlers {
   async loadState(input: StreamReader, context: LoadSectionContext): Promise<void> {
     if (context.kind !== 'start') return; // END is empty
     const at = { offset: input.offset, section: { idstr: context.idstr, instanceId: context.instanceId, sectionId: context.sectionId } };
-    const count = await input.be32();
-    if (count > MAX_DISKS) throw new StreamError('handler-failed', `disk list: ${count} disks is more than ${MAX_DISKS}`, at);
-    for (let i = 0; i < count; i++) {
-      const name = await input.countedString();
-      const size = await input.be64();
-      if (size > BigInt(Number.MAX_SAFE_INTEGER)) throw new StreamError('handler-failed', `disk '${name}': size ${size} is too large`, at);
-      this.entries.push({ name, sizeBytes: Number(size) });
-    }
+    this.entries.push(...(await readDiskManifest(input, context)));
     for (const { name, sizeBytes } of this.entries) {
       const device = this.local.get(name);
       if (!device) {

@@ -11,7 +11,7 @@
  */
 import { Readable } from 'node:stream';
 import { Worker } from 'node:worker_threads';
-import { CHUNK_SIZE, SECTOR_SIZE, type BlockDevice } from '../block/block-device.js';
+import { CHUNK_SIZE, formatSize, SECTOR_SIZE, type BlockDevice } from '../block/block-device.js';
 import { DenseRamBlock, type RamBlock } from '../ram/index.js';
 import type { SaveStateRegistry } from '../savevm/index.js';
 import { defineVmsd, field } from '../vmstate/index.js';
@@ -220,11 +220,6 @@ export const testCpuVmsd = defineVmsd<CpuSection>({
     Atomics.store(c, Ctrl.StatPagesLo, c[Ctrl.PagesWrittenLo]!);
   },
 });
-
-function formatSize(bytes: number | bigint): string {
-  const n = BigInt(bytes);
-  return n % BigInt(MiB) === 0n ? `${n / BigInt(MiB)} MiB` : `${n} bytes`;
-}
 
 /**
  * The disk workload's registers. Registered only on machines with a disk, so
