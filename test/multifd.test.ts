@@ -69,20 +69,17 @@ async function migrate(src: TestMachine, dst: TestMachine, channels: number, opt
   const out = new OutgoingMigration(src);
   out.setCapabilities({ multifd: true });
   out.setParameters({ 'multifd-channels': channels, 'downtime-limit': 100 });
-  if (options.useWorkers === false) {
-    // Same migration, but over a copy of the RAM in ordinary memory: the main-thread fallback.
-    const original = MultifdSender.open;
-    MultifdSender.open = (o) => original({ ...o, useWorkers: false });
-    try {
-      out.start(address);
-      assert.equal(await out.finished, 'completed', out.query()['error-desc']);
-    } finally {
-      MultifdSender.open = original;
-    }
-  } else {
+  // Keep the sender to check which path ran; with useWorkers false, force the main-thread fallback.
+  const original = MultifdSender.open;
+  let sender: MultifdSender | undefined;
+  MultifdSender.open = async (o) => (sender = await original(options.useWorkers === false ? { ...o, useWorkers: false } : o));
+  try {
     out.start(address);
     assert.equal(await out.finished, 'completed', out.query()['error-desc']);
+  } finally {
+    MultifdSender.open = original;
   }
+  assert.equal(sender?.workers, options.useWorkers !== false, 'the channels ran where the test says');
   const r = await result;
   assert.equal(r.status, 'completed', r.error?.message);
   return { out, incoming, loadedHash };
@@ -148,7 +145,7 @@ test('multifd: a dropped channel fails the migration on the source, whose guest 
     out.setCapabilities({ multifd: true, 'return-path': false });
     out.start(listener.address);
     assert.equal(await out.finished, 'failed');
-    assert.match(out.query()['error-desc'] ?? '', /multifd channel|ECONNRESET|EPIPE|closed/);
+    assert.match(out.query()['error-desc'] ?? '', /^multifd channel \d/);
     assert.equal(src.running, true, 'the source guest still runs');
     const before = src.stats().pagesWritten;
     await waitUntil(() => src.stats().pagesWritten > before + 100, 10_000);

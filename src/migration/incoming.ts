@@ -10,9 +10,9 @@ import { BLOCK_SECTION_IDSTR, BLOCK_SECTION_VERSION, BlockLoadHandler, DISK_MANI
 import type { Machine } from '../machine/machine.js';
 import { FixedRamBlockTable, RAM_IDSTR, RAM_SECTION_VERSION, RamLoadHandler } from '../ram/index.js';
 import { createGlobalState, globalStateVmsd, loadVmState, SaveStateRegistry } from '../savevm/index.js';
-import { MULTIFD_MAGIC, MULTIFD_PROTOCOL_ERROR, MultifdReceiver, QEMU_VM_FILE_MAGIC, type MultifdCompression } from '../ram/multifd/index.js';
+import { MULTIFD_MAGIC, MULTIFD_PROTOCOL_ERROR, MultifdReceiver, type MultifdCompression } from '../ram/multifd/index.js';
 import { listenIncoming, parseMigrationUri, type IncomingListener, type MigrationChannel } from '../transport/index.js';
-import { MigCommand, StreamError, StreamReader, StreamWriter, writePong, writeShut } from '../wire/index.js';
+import { MigCommand, QEMU_VM_FILE_MAGIC, StreamError, StreamReader, StreamWriter, writePong, writeShut } from '../wire/index.js';
 
 export type IncomingStatus = 'none' | 'setup' | 'active' | 'completed' | 'failed';
 

@@ -43,10 +43,10 @@
  * compresses again. Level switches happen at packet boundaries, so every
  * payload still decodes with QEMU's own receive loop.
  */
-import { registerMultifdCodec, type MultifdCompression, type MultifdRecvCodec, type MultifdSendCodec } from './codec.js';
+import { MULTIFD_COMPRESSION_FLAGS, registerMultifdCodec, type MultifdCompression, type MultifdRecvCodec, type MultifdSendCodec } from './codec.js';
 import { ZlibStream, Z_NO_FLUSH, Z_SYNC_FLUSH } from './compression-zlib.js';
 import { ZstdCompressStream, ZstdDecompressStream, ZstdEnd } from './compression-zstd.js';
-import { MULTIFD_FLAG_NOCOMP, MULTIFD_FLAG_ZLIB, MULTIFD_FLAG_ZSTD, MULTIFD_PAGES_PER_PACKET, MULTIFD_PAGE_SIZE } from './packet.js';
+import { MULTIFD_PAGES_PER_PACKET, MULTIFD_PAGE_SIZE } from './packet.js';
 
 export type { MultifdCompression } from './codec.js';
 export { zstdAvailable, zstdVersion } from './compression-zstd.js';
@@ -65,11 +65,10 @@ export const MULTIFD_DEFAULT_LEVEL = 1;
 export const MULTIFD_ZLIB_BACKOFF_LEVEL = 0;
 export const MULTIFD_ZSTD_BACKOFF_LEVEL = -5;
 
-const FLAGS: Record<MultifdCompression, number> = { none: MULTIFD_FLAG_NOCOMP, zlib: MULTIFD_FLAG_ZLIB, zstd: MULTIFD_FLAG_ZSTD };
 
 /** Packet flag bits of a method: none 0, zlib 0x2, zstd 0x4 (QEMU 7.2 MULTIFD_FLAG_*). */
 export function multifdCompressionFlags(method: MultifdCompression): number {
-  return FLAGS[method];
+  return MULTIFD_COMPRESSION_FLAGS[method];
 }
 
 /** Inclusive level range of a method ([0, 0] for none). */
@@ -248,7 +247,7 @@ class Codec implements MultifdCodec {
     readonly level: number,
     options: MultifdCodecOptions,
   ) {
-    this.flags = FLAGS[method];
+    this.flags = MULTIFD_COMPRESSION_FLAGS[method];
     this.channel = options.channel;
     this.current = level;
     this.backoffLevel = method === 'zlib' ? MULTIFD_ZLIB_BACKOFF_LEVEL : MULTIFD_ZSTD_BACKOFF_LEVEL;

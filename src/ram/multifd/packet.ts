@@ -11,14 +11,14 @@
  * Everything here is pure (no I/O) so it runs in worker threads as well.
  */
 
+import { TARGET_PAGE_SIZE } from '../../wire/constants.js';
+
 export const MULTIFD_MAGIC = 0x11223344;
 export const MULTIFD_VERSION = 1;
-/** The main channel's first four bytes ("QEVM"), used to tell channels apart (upstream 8.0 does the same). */
-export const QEMU_VM_FILE_MAGIC = 0x5145564d;
 export const MULTIFD_INIT_BYTES = 64;
 /** MULTIFD_PACKET_SIZE (512 KiB) / 4 KiB pages. */
 export const MULTIFD_PAGES_PER_PACKET = 128;
-export const MULTIFD_PAGE_SIZE = 4096;
+export const MULTIFD_PAGE_SIZE = TARGET_PAGE_SIZE;
 /** Fixed part (64) + ramblock (256) + offsets (8 × 128). */
 export const MULTIFD_HEADER_BYTES = 64 + 256 + 8 * MULTIFD_PAGES_PER_PACKET;
 export const MULTIFD_RAMBLOCK_BYTES = 256;
