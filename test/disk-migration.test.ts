@@ -83,6 +83,7 @@ describe('block migration between two processes over TCP', { timeout: 300_000 },
       dst = d.machine;
       // Bandwidth capped so that the bulk phase takes a while and the guest's writes land on chunks already sent.
       await src.qmp.execute('migrate-set-parameters', { 'max-bandwidth': 256 * MiB });
+      const writtenBefore = src.process.events.filter((e) => e.event === 'guest').at(-1)?.diskBlocksWritten as number;
       await src.qmp.execute('migrate', { uri: d.uri, blk: true });
       const snapshots = await poll(src.qmp);
       const final = snapshots.at(-1)!;
@@ -103,6 +104,8 @@ describe('block migration between two processes over TCP', { timeout: 300_000 },
       assert.equal(dstCheck.diskCheck.ok, true, dstCheck.diskCheck.errors.join('; '));
       assert.ok(dstCheck.diskCheck.blocksChecked > 1000, `${dstCheck.diskCheck.blocksChecked} blocks checked`);
       assert.equal(dstCheck.ramHash, srcCheck.ramHash);
+      // The guest really wrote its disk while it was being copied (so chunks were dirtied after being sent).
+      assert.ok(srcCheck.diskBlocksWritten! > writtenBefore + 500, `${writtenBefore} -> ${srcCheck.diskBlocksWritten} blocks written during the migration`);
 
       // The guest goes on writing its disk on the destination.
       await dst.qmp.execute('cont');
