@@ -92,11 +92,17 @@ export class RamRecordWriter {
     return n + 1;
   }
 
-  /** A raw page: header + 4096 bytes. */
-  writePage(out: StreamWriter, idstr: string, offsetBytes: number, page: Uint8Array): number {
+  /**
+   * A raw page: header + 4096 bytes. With `lend`, the page is lent to the
+   * writer (StreamWriter.lend: sent from where it is, no copy, when the sink
+   * allows) rather than copied: only for memory that stays valid until the
+   * bytes are sent and whose later changes are sent again anyway (guest RAM).
+   */
+  writePage(out: StreamWriter, idstr: string, offsetBytes: number, page: Uint8Array, options: { lend?: boolean } = {}): number {
     if (page.length !== TARGET_PAGE_SIZE) throw new RangeError(`page of ${page.length} bytes, expected ${TARGET_PAGE_SIZE}`);
     const n = this.header(out, idstr, offsetBytes, RAM_FLAG_PAGE);
-    out.bytes(page);
+    if (options.lend) out.lend(page);
+    else out.bytes(page);
     return n + TARGET_PAGE_SIZE;
   }
 

@@ -389,7 +389,8 @@ export class RamSaveHandler implements SaveVMHandlers {
       return TARGET_PAGE_SIZE;
     }
 
-    let data = block.pageView(page);
+    const view = block.pageView(page);
+    let data = view;
     if (this.xbzrleActive && this.cache) {
       const cached = this.cache.lookup(globalPage, generation);
       if (!cached) {
@@ -427,7 +428,17 @@ export class RamSaveHandler implements SaveVMHandlers {
       }
     }
 
-    const n = this.records.writePage(out, block.idstr, offsetBytes, data);
+    // Guest RAM is lent to the writer, not copied: a socket sends it straight
+    // from guest memory (writev), as QEMU does, maybe after the guest ran on.
+    // That is safe because the page's dirty bit was cleared before it was
+    // queued: a guest write before the OS copies it goes out with this record
+    // (whole or torn) and also marks the page dirty again, so the page is sent
+    // once more later (at the latest in the final pass, with the guest
+    // stopped). An XBZRLE cache entry (`stored`, `cached`) is changed in place
+    // by later pages with no resend to cover it, and a block whose views are
+    // not its memory (stableMemory false) may reuse them: those are copied.
+    const lend = data === view && block.stableMemory === true;
+    const n = this.records.writePage(out, block.idstr, offsetBytes, data, { lend });
     c.normalPages++;
     c.normalBytes += TARGET_PAGE_SIZE;
     c.transferredBytes += n;

@@ -1,15 +1,23 @@
 /**
  * One multifd send channel in a worker thread: it opens its own connection to
  * the destination, sends the init packet, then turns jobs (a block and up to
- * 128 page offsets) into packets, reading the pages straight out of guest RAM
- * (a SharedArrayBuffer), and writes them to its socket. The main thread keeps
- * the page choice, packet numbering and accounting; this thread does the
- * copying and the socket work, so a second core is used.
+ * 128 page offsets) into packets and writes them to its socket. The main
+ * thread keeps the page choice, packet numbering and accounting; this thread
+ * does the encoding and the socket work, so a second core is used.
+ *
+ * Uncompressed packets are not copied: the header and, per run of
+ * consecutive pages, a view of guest RAM (a SharedArrayBuffer) go out as one
+ * writev, as QEMU's multifd_send_thread sends iovecs pointing at guest
+ * memory. The OS may read a page after the guest wrote it again; that write
+ * also marked the page dirty (its bit was cleared before it was queued), so
+ * it is sent again after the next sync. Compressed packets copy the pages
+ * into the packet buffer for the encoder.
  *
  * Messages in:  { type: 'job', seq, packetNum, flags, blockIndex, count, offsets }
  *               { type: 'finish' }
  * Messages out: { type: 'ready' } once the init packet is written,
- *               { type: 'done', seq } once a job's packet is handed to the OS,
+ *               { type: 'done', seq } once a job's packet is handed to the OS
+ *               (the callback of its last write),
  *               { type: 'finished' }, { type: 'error', message }.
  */
 import { connect, type Socket } from 'node:net';
@@ -88,42 +96,69 @@ async function main(): Promise<void> {
   });
 }
 
+/** A pooled buffer of at least `bytes` bytes (every pooled buffer fits a header; the compressed path needs room for the pages). */
+function packetBuffer(bytes: number): Buffer {
+  const buf = free.pop();
+  if (buf && buf.length >= bytes) return buf;
+  return Buffer.allocUnsafe(codec ? MULTIFD_HEADER_BYTES + MULTIFD_PAGES_PER_PACKET * MULTIFD_PAGE_SIZE : MULTIFD_HEADER_BYTES);
+}
+
+/** Calls `visit(byteOffset, lengthBytes)` for each run of consecutive pages of the job, in order. */
+function forEachRun(job: SendJob, visit: (byteOffset: number, lengthBytes: number) => void): void {
+  const count = job.count;
+  for (let i = 0; i < count; ) {
+    const first = job.offsets[i]!;
+    let run = 1;
+    while (i + run < count && job.offsets[i + run] === first + run * MULTIFD_PAGE_SIZE) run++;
+    visit(first, run * MULTIFD_PAGE_SIZE);
+    i += run;
+  }
+}
+
 function send(socket: Socket, job: SendJob): void {
   const count = job.count;
   const payloadBytes = count * MULTIFD_PAGE_SIZE;
-  let buf = free.pop();
-  if (!buf || buf.length < MULTIFD_HEADER_BYTES + payloadBytes) buf = Buffer.allocUnsafe(MULTIFD_HEADER_BYTES + MULTIFD_PAGES_PER_PACKET * MULTIFD_PAGE_SIZE);
-  const packet = buf;
-  if (count > 0) {
-    const memory = memories[job.blockIndex]!;
-    let at = MULTIFD_HEADER_BYTES;
-    for (let i = 0; i < count; i++) {
-      // Runs of consecutive pages are copied in one go.
-      const first = job.offsets[i]!;
-      let run = 1;
-      while (i + run < count && job.offsets[i + run] === first + run * MULTIFD_PAGE_SIZE) run++;
-      packet.set(memory.subarray(first, first + run * MULTIFD_PAGE_SIZE), at);
-      at += run * MULTIFD_PAGE_SIZE;
-      i += run - 1;
-    }
-    lastBlock = data.blocks[job.blockIndex]!.idstr;
-  }
+  if (count > 0) lastBlock = data.blocks[job.blockIndex]!.idstr;
+  const compressed = codec !== undefined && count > 0;
+  const packet = packetBuffer(compressed ? MULTIFD_HEADER_BYTES + payloadBytes : MULTIFD_HEADER_BYTES);
+  // The header buffer returns to the pool once its write is done; callbacks come in
+  // order, so the last write's callback says the whole packet was handed to the OS.
   const done = (err?: Error | null): void => {
     free.push(packet);
     if (!err) port.postMessage({ type: 'done', seq: job.seq });
   };
-  if (codec && count > 0) {
-    const payload = codec.encode(packet.subarray(MULTIFD_HEADER_BYTES, MULTIFD_HEADER_BYTES + payloadBytes));
-    writePacketHeader(packet, 0, { flags: job.flags | codec.flags, normalPages: count, nextPacketSize: payload.length, packetNum: job.packetNum, ramblock: lastBlock, offsets: job.offsets });
+  if (compressed) {
+    const memory = memories[job.blockIndex]!;
+    let at = MULTIFD_HEADER_BYTES;
+    forEachRun(job, (first, lengthBytes) => {
+      packet.set(memory.subarray(first, first + lengthBytes), at);
+      at += lengthBytes;
+    });
+    const payload = codec!.encode(packet.subarray(MULTIFD_HEADER_BYTES, MULTIFD_HEADER_BYTES + payloadBytes));
+    writePacketHeader(packet, 0, { flags: job.flags | codec!.flags, normalPages: count, nextPacketSize: payload.length, packetNum: job.packetNum, ramblock: lastBlock, offsets: job.offsets });
     socket.cork();
     socket.write(packet.subarray(0, MULTIFD_HEADER_BYTES));
     socket.write(payload, done);
     socket.uncork();
-  } else {
-    // As 7.2: packets without pages carry no compression bits.
-    writePacketHeader(packet, 0, { flags: job.flags | (codec && count > 0 ? codec.flags : 0), normalPages: count, nextPacketSize: payloadBytes, packetNum: job.packetNum, ramblock: lastBlock, offsets: job.offsets });
-    socket.write(packet.subarray(0, MULTIFD_HEADER_BYTES + payloadBytes), done);
+    return;
   }
+  // As 7.2: packets without pages carry no compression bits.
+  writePacketHeader(packet, 0, { flags: job.flags, normalPages: count, nextPacketSize: payloadBytes, packetNum: job.packetNum, ramblock: lastBlock, offsets: job.offsets });
+  const header = packet.subarray(0, MULTIFD_HEADER_BYTES);
+  if (count === 0) {
+    socket.write(header, done);
+    return;
+  }
+  // Header then the pages where they are: corked, the writes go out as one writev.
+  const block = data.blocks[job.blockIndex]!;
+  const views: Buffer[] = [];
+  forEachRun(job, (first, lengthBytes) => views.push(Buffer.from(block.buffer, block.byteOffset + first, lengthBytes)));
+  socket.cork();
+  socket.write(header);
+  const last = views.length - 1;
+  for (let i = 0; i < last; i++) socket.write(views[i]!);
+  socket.write(views[last]!, done);
+  socket.uncork();
 }
 
 main().catch((err) => fail(`${data.what}: ${(err as Error).message}`));
