@@ -132,6 +132,7 @@ test(`multifd (compression ${compression}) with real QEMU 7.2 over TCP, both dir
     const r = await result;
     assert.equal(r.status, 'completed', r.error?.message);
     assert.equal(firstDifference(dest.memory, source.memory), 'none', 'livemig memory equals what QEMU had');
+    assert.equal(incoming.multifdStats?.workerChannels, 2, 'livemig received both channels in worker threads');
     assert.equal(dest.running, true, 'the destination runs the guest (QEMU ran it)');
   } finally {
     await qemu?.stop();

@@ -6,6 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
+import { connect } from 'node:net';
 import { createTestMachine, type TestMachine } from '../src/machine/index.js';
 import { IncomingMigration, OutgoingMigration } from '../src/migration/index.js';
 import { DenseRamBlock, FixedRamBlockTable } from '../src/ram/index.js';
@@ -61,7 +62,7 @@ async function machines(ramBytes: number, dirtyRate: number): Promise<{ src: Tes
 }
 
 async function migrate(src: TestMachine, dst: TestMachine, channels: number, options: { useWorkers?: boolean } = {}): Promise<{ out: OutgoingMigration; incoming: IncomingMigration; loadedHash: string }> {
-  const incoming = new IncomingMigration(dst, { multifd: { channels } });
+  const incoming = new IncomingMigration(dst, { multifd: { channels, ...(options.useWorkers === false ? { useWorkers: false } : {}) } });
   const address = await incoming.listen('tcp:127.0.0.1:0');
   let loadedHash = '';
   incoming.on('loaded', () => (loadedHash = sha(dst.memory)));
@@ -82,6 +83,9 @@ async function migrate(src: TestMachine, dst: TestMachine, channels: number, opt
   assert.equal(sender?.workers, options.useWorkers !== false, 'the channels ran where the test says');
   const r = await result;
   assert.equal(r.status, 'completed', r.error?.message);
+  assert.equal(incoming.multifdStats?.workerChannels, options.useWorkers === false ? 0 : channels, 'the destination received where the test says');
+  assert.equal(incoming.multifdStats?.channels, channels);
+  assert.ok(incoming.multifdStats.pages > 0, 'pages arrived on multifd channels');
   return { out, incoming, loadedHash };
 }
 
@@ -179,41 +183,76 @@ function concat(...parts: Uint8Array[]): Uint8Array {
   return Buffer.concat(parts);
 }
 
-/** Feed channel byte streams to a receiver for 2 channels, then run one sync; the error (or undefined). */
-async function receive(streams: Uint8Array[], channels = 2): Promise<{ error: Error | undefined; memory: Uint8Array }> {
-  const memory = new Uint8Array(BLOCK_BYTES);
+/**
+ * Feed channel byte streams to a receiver for 2 channels, then run one sync;
+ * the error (or undefined). `via`: 'reader' hands the receiver readers over
+ * memory (main-thread path); 'worker' sends each stream over a real loopback
+ * connection, reads its first bytes as the destination does to classify it,
+ * detaches it and lets a worker thread receive it.
+ */
+async function receive(streams: Uint8Array[], channels = 2, via: 'reader' | 'worker' = 'reader'): Promise<{ error: Error | undefined; memory: Uint8Array }> {
+  const memory = new Uint8Array(via === 'worker' ? new SharedArrayBuffer(BLOCK_BYTES) : new ArrayBuffer(BLOCK_BYTES));
   const receiver = new MultifdReceiver({ channels, table: new FixedRamBlockTable([new DenseRamBlock('ram', memory)]), connectTimeoutMs: 2000 });
-  for (const s of streams) receiver.addChannel(new StreamReader(new MemorySource(s, 1000)), () => {});
-  let error: Error | undefined;
+  const listener = via === 'worker' ? await listenIncoming('tcp:127.0.0.1:0', { multiChannel: true }) : undefined;
   try {
-    await receiver.syncMain();
-  } catch (err) {
-    error = err as Error;
+    for (const s of streams) {
+      if (!listener) {
+        receiver.addChannel(new StreamReader(new MemorySource(s, 1000)), () => {});
+        continue;
+      }
+      const port = Number(listener.address.split(':').pop());
+      const socket = connect(port, '127.0.0.1');
+      socket.on('error', () => {});
+      socket.end(Buffer.from(s));
+      const channel = await listener.accept();
+      const reader = new StreamReader(channel.input!);
+      await reader.peek(4);
+      const detached = channel.detach?.();
+      assert.ok(detached, 'the connection can be handed to a worker');
+      detached.received.unshift(...reader.takeBuffered());
+      receiver.addDetachedChannel(detached);
+    }
+    assert.equal(receiver.stats.workerChannels, listener ? streams.length : 0);
+    let error: Error | undefined;
+    try {
+      await receiver.syncMain();
+    } catch (err) {
+      error = err as Error;
+    }
+    return { error, memory };
+  } finally {
+    receiver.close();
+    await listener?.close();
   }
-  receiver.close();
-  return { error, memory };
 }
 
 const sync = (n = 1): Uint8Array => packet({ flags: MULTIFD_FLAG_SYNC, offsets: [], normalPages: 0, packetNum: n });
 
-test('multifd receiver: good channels deliver pages straight into RAM and sync', async () => {
-  const { error, memory } = await receive([
-    concat(encodeInitPacket(ZERO_UUID, 0), packet({ offsets: [0x3000, 0x5000] }), sync()),
-    concat(encodeInitPacket(ZERO_UUID, 1), packet({ offsets: [BLOCK_BYTES - 4096] }), sync()),
-  ]);
-  assert.equal(error, undefined);
-  assert.equal(memory[0x3000], 0xa0);
-  assert.equal(memory[0x5fff], 0xa1);
-  assert.equal(memory[BLOCK_BYTES - 1], 0xa0);
-  assert.equal(memory[0], 0);
-});
+for (const via of ['reader', 'worker'] as const) {
+  test(`multifd receiver (${via}): good channels deliver pages straight into RAM and sync`, async () => {
+    const { error, memory } = await receive(
+      [
+        concat(encodeInitPacket(ZERO_UUID, 0), packet({ offsets: [0x3000, 0x5000] }), sync()),
+        concat(encodeInitPacket(ZERO_UUID, 1), packet({ offsets: [BLOCK_BYTES - 4096] }), sync()),
+      ],
+      2,
+      via,
+    );
+    assert.equal(error, undefined);
+    assert.equal(memory[0x3000], 0xa0);
+    assert.equal(memory[0x5fff], 0xa1);
+    assert.equal(memory[BLOCK_BYTES - 1], 0xa0);
+    assert.equal(memory[0], 0);
+  });
+}
 
 const badCases: Array<[string, () => Uint8Array[], RegExp]> = [
   ['wrong magic (init)', () => [concat(Uint8Array.of(0x11, 0x22, 0x33, 0x45), encodeInitPacket(ZERO_UUID, 0).subarray(4))], /multifd channel at offset 0 \(0x0\): multifd: received packet magic 11223345 expected 11223344/],
   ['wrong version (init)', () => { const b = encodeInitPacket(ZERO_UUID, 0); b[7] = 2; return [b]; }, /offset 4 .*received packet version 2 expected 1/],
   ['wrong uuid', () => [encodeInitPacket(parseUuid('11111111-2222-3333-4444-555555555555'), 1)], /multifd channel 1 at offset 8 .*received uuid '11111111-2222-3333-4444-555555555555' and expected uuid '00000000-0000-0000-0000-000000000000' for channel 1/],
   ['channel id out of range', () => [encodeInitPacket(ZERO_UUID, 2)], /multifd channel 2 at offset 24 .*received channel id 2 is greater than number of channels 2/],
-  ['duplicate channel id', () => [encodeInitPacket(ZERO_UUID, 0), encodeInitPacket(ZERO_UUID, 0)], /multifd channel 0 at offset 24 .*received id '0' already setup/],
+  // Both with a SYNC: the first channel must not end (another error) before the second one's init is read.
+  ['duplicate channel id', () => [concat(encodeInitPacket(ZERO_UUID, 0), sync()), concat(encodeInitPacket(ZERO_UUID, 0), sync())], /multifd channel 0 at offset 24 .*received id '0' already setup/],
   ['wrong packet magic', () => [concat(encodeInitPacket(ZERO_UUID, 0), packet({ magic: 0x5145564d }))], /multifd channel 0 at offset 64 .*received packet magic 5145564d and expected magic 11223344/],
   ['too many pages (pages_alloc)', () => [concat(encodeInitPacket(ZERO_UUID, 0), packet({ pagesAlloc: 129, normalPages: 129, payload: false }))], /multifd channel 0 at offset 76 .*received packet with 129 pages and expected maximum pages are 128/],
   ['more pages than allocated', () => [concat(encodeInitPacket(ZERO_UUID, 0), packet({ pagesAlloc: 4, normalPages: 5, payload: false }))], /multifd channel 0 at offset 80 .*received packet with 5 pages and expected maximum pages are 4/],
@@ -225,12 +264,14 @@ const badCases: Array<[string, () => Uint8Array[], RegExp]> = [
   ['init packet cut short', () => [encodeInitPacket(ZERO_UUID, 0).subarray(0, 30)], /multifd channel at offset 0 .*ended inside a packet or init packet/],
 ];
 
-for (const [name, streams, message] of badCases) {
-  test(`multifd receiver rejects bad input: ${name}`, async () => {
-    const { error } = await receive(streams());
-    assert.ok(error, 'an error');
-    assert.match(error.message, message);
-  });
+for (const via of ['reader', 'worker'] as const) {
+  for (const [name, streams, message] of badCases) {
+    test(`multifd receiver (${via}) rejects bad input: ${name}`, async () => {
+      const { error } = await receive(streams(), 2, via);
+      assert.ok(error, 'an error');
+      assert.match(error.message, message);
+    });
+  }
 }
 
 test('multifd receiver: a channel that never connects fails the sync after the timeout', async () => {

@@ -17,6 +17,7 @@ import {
   UNIX_PATH_MAX_BYTES,
   type MigrationChannel,
 } from '../src/transport/index.js';
+import { adoptDetachedSocket } from '../src/transport/channel.js';
 import { ChannelError, StreamError, StreamReader, StreamWriter } from '../src/wire/index.js';
 
 const STREAM_BYTES = 4 << 20;
@@ -352,3 +353,43 @@ test('abort() makes a pending read and write reject at once', async () => {
   await destination.close().catch(() => {});
   await listener.close();
 });
+
+// ---- handing a connection to another thread (multifd receive workers) ----
+
+for (const kind of ['tcp', 'unix'] as const) {
+  test(`${kind}: a peeked connection detached and adopted again delivers every byte in order`, { timeout: 30_000 }, async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'livemig-detach-'));
+    const listener = await listenIncoming(kind === 'tcp' ? 'tcp:127.0.0.1:0' : `unix:${join(dir, 's')}`, { multiChannel: true });
+    try {
+      const data = randomBytes(3 << 20); // more than the source's 1 MiB queue: part of it waits in Node's stream buffer
+      const peer = await connectOutgoing(listener.address);
+      const writing = (async () => {
+        const w = new StreamWriter(peer.output!);
+        w.bytes(data);
+        await w.close();
+      })();
+      const channel = await listener.accept();
+      const reader = new StreamReader(channel.input!);
+      assert.deepEqual(await reader.peek(4), data.subarray(0, 4));
+      await new Promise((r) => setTimeout(r, 200)); // let chunks queue up (and the source pause)
+      const detached = (channel as MigrationChannel).detach?.();
+      assert.ok(detached, 'a socket channel can be detached');
+      assert.equal(channel.detach?.(), undefined, 'only once');
+      detached.received.unshift(...reader.takeBuffered());
+      assert.equal(reader.buffered, 0);
+      const adopted = adoptDetachedSocket(detached);
+      const again = new StreamReader(adopted.input!);
+      const got = new Uint8Array(data.length);
+      await again.readInto(got, 0, data.length);
+      assert.equal(await again.atEnd(), true);
+      assert.ok(Buffer.from(got).equals(data), 'the same bytes in the same order');
+      await writing;
+      await adopted.close();
+      channel.abort('done'); // must not close the descriptor the adopted channel used
+      await peer.close().catch(() => {});
+    } finally {
+      await listener.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+}

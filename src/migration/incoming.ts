@@ -10,7 +10,7 @@ import { BLOCK_SECTION_IDSTR, BLOCK_SECTION_VERSION, BlockLoadHandler, DISK_MANI
 import type { Machine } from '../machine/machine.js';
 import { FixedRamBlockTable, RAM_IDSTR, RAM_SECTION_VERSION, RamLoadHandler } from '../ram/index.js';
 import { createGlobalState, globalStateVmsd, loadVmState, SaveStateRegistry } from '../savevm/index.js';
-import { MULTIFD_MAGIC, MULTIFD_PROTOCOL_ERROR, MultifdReceiver, type MultifdCompression } from '../ram/multifd/index.js';
+import { MULTIFD_MAGIC, MULTIFD_PROTOCOL_ERROR, MultifdReceiver, type MultifdCompression, type MultifdReceiverStats } from '../ram/multifd/index.js';
 import { listenIncoming, parseMigrationUri, type IncomingListener, type MigrationChannel } from '../transport/index.js';
 import { MigCommand, QEMU_VM_FILE_MAGIC, StreamError, StreamReader, StreamWriter, writePong, writeShut } from '../wire/index.js';
 
@@ -41,11 +41,20 @@ export interface IncomingOptions {
    * connections (parameter `multifd-channels`; the source must use the same
    * count, compression and UUID).
    */
-  multifd?: { channels: number; compression?: MultifdCompression; uuid?: Uint8Array; connectTimeoutMs?: number };
+  multifd?: {
+    channels: number;
+    compression?: MultifdCompression;
+    uuid?: Uint8Array;
+    connectTimeoutMs?: number;
+    /** Receive channels in worker threads (default: when guest RAM is SharedArrayBuffers); false keeps them on this thread. */
+    useWorkers?: boolean;
+  };
 }
 
 export class IncomingMigration extends EventEmitter<{ status: [IncomingStatus]; loaded: []; resume: []; diskProgress: [number] }> {
   status: IncomingStatus = 'none';
+  /** Multifd receive counters of the current migration (which channels ran in worker threads, packets, pages). */
+  multifdStats: MultifdReceiverStats | undefined;
   private listener: IncomingListener | undefined;
 
   constructor(
@@ -98,6 +107,7 @@ export class IncomingMigration extends EventEmitter<{ status: [IncomingStatus]; 
       const table = new FixedRamBlockTable(this.machine.ramBlocks());
       if (this.options.multifd) {
         receiver = new MultifdReceiver({ ...this.options.multifd, table });
+        this.multifdStats = receiver.stats;
         receiver.onError = (err) => channel?.abort(err);
         ({ channel, reader } = await this.acceptMultifd(receiver, this.options.multifd.channels));
       } else {
@@ -212,7 +222,14 @@ export class IncomingMigration extends EventEmitter<{ status: [IncomingStatus]; 
       if (magic === MULTIFD_MAGIC || (main && magic !== QEMU_VM_FILE_MAGIC)) {
         // Anything after the main channel is a multifd channel (7.2); the receiver checks its init packet.
         multifdCount++;
-        receiver.addChannel(r, () => ch.abort(new Error('multifd channel closed')));
+        // A worker thread takes the connection over where it can, with the bytes already read.
+        const detached = receiver.wantsWorkers ? ch.detach?.() : undefined;
+        if (detached) {
+          detached.received.unshift(...r.takeBuffered());
+          receiver.addDetachedChannel(detached);
+        } else {
+          receiver.addChannel(r, () => ch.abort(new Error('multifd channel closed')));
+        }
         return 'multifd';
       }
       ch.abort(new Error('unexpected connection'));

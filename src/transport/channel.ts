@@ -10,7 +10,7 @@
  * close() the channel. On failure or cancel: abort(), which never throws and
  * makes pending reads and writes reject at once.
  */
-import type { Socket } from 'node:net';
+import { Socket } from 'node:net';
 import { ChannelError, type ByteSink, type ByteSource } from '../wire/index.js';
 import { asChannelError } from './errors.js';
 import { GuardedSink, GuardedSource, NodeReadableSource, NodeWritableSink } from './stream-io.js';
@@ -41,6 +41,23 @@ export interface MigrationChannel {
   close(): Promise<void>;
   /** Immediate teardown (cancel, or after a failure): destroys the socket, kills an exec child. Never throws. */
   abort(reason?: unknown): void;
+  /**
+   * tcp and unix only: stop reading and give up the socket's file descriptor
+   * so that another thread can own it (adoptDetachedSocket). Undefined when
+   * that is not possible (the socket is gone, not a socket channel); the
+   * channel is then unchanged. After a detach this channel never touches the
+   * descriptor again: close() and abort() only settle its own state.
+   */
+  detach?(): DetachedSocket | undefined;
+}
+
+/** A socket's descriptor on its way to another thread, with what was already read from it. */
+export interface DetachedSocket {
+  fd: number;
+  uri: string;
+  kind: 'tcp' | 'unix';
+  /** Bytes Node had received and the channel's reader had not taken, in order. */
+  received: Uint8Array[];
 }
 
 export interface ChannelParts {
@@ -56,6 +73,7 @@ export interface ChannelParts {
   release(): Promise<void>;
   /** Immediate teardown, after the controller was aborted. */
   destroy(): void;
+  detach?(): DetachedSocket | undefined;
 }
 
 export class Channel implements MigrationChannel {
@@ -102,10 +120,27 @@ export class Channel implements MigrationChannel {
     }
     this.parts.destroy();
   }
+
+  detach(): DetachedSocket | undefined {
+    if (this.parts.controller.signal.aborted) return undefined;
+    return this.parts.detach?.();
+  }
+}
+
+/**
+ * Handles whose descriptors were given to another thread. Node closes a
+ * handle's descriptor when the handle is closed, and the descriptor number
+ * may by then belong to something else: these handles are kept here, out of
+ * their sockets, and never closed.
+ */
+const detachedHandles = new Set<unknown>();
+
+interface SocketInternals {
+  _handle: { fd?: number; reading?: boolean; readStop?(): number } | null;
 }
 
 /** A tcp or unix socket: the stream one way, the return path the other. */
-export function socketChannel(socket: Socket, uri: string, kind: 'tcp' | 'unix'): MigrationChannel {
+export function socketChannel(socket: Socket, uri: string, kind: 'tcp' | 'unix', received: readonly Uint8Array[] = []): MigrationChannel {
   const controller = new AbortController();
   const signal = controller.signal;
   // Latency matters more than packet count (return-path requests, small final sections).
@@ -131,6 +166,8 @@ export function socketChannel(socket: Socket, uri: string, kind: 'tcp' | 'unix')
   const releaseIfDone = (): void => {
     if (inputClosed && outputClosed) socket.destroy();
   };
+  // Bytes read from this socket by another thread before it was handed over (detach()).
+  const early = received.filter((c) => c.length > 0);
   const input = new NodeReadableSource(socket, {
     what: uri,
     signal,
@@ -147,10 +184,20 @@ export function socketChannel(socket: Socket, uri: string, kind: 'tcp' | 'unix')
       releaseIfDone();
     },
   });
+  const source: ByteSource =
+    early.length === 0
+      ? input
+      : {
+          read: () => (early.length > 0 ? Promise.resolve(early.shift()!) : input.read()),
+          close: () => {
+            early.length = 0;
+            return input.close();
+          },
+        };
   return new Channel({
     uri,
     kind,
-    input,
+    input: source,
     output,
     supportsReturnPath: true,
     controller,
@@ -160,7 +207,35 @@ export function socketChannel(socket: Socket, uri: string, kind: 'tcp' | 'unix')
       await closed.catch(() => {});
     },
     destroy: () => socket.destroy(),
+    detach: () => {
+      // Node has no public way to hand a socket to a worker thread; this takes
+      // its libuv handle out of the Socket (Node 20's net.Socket._handle): reading
+      // stops, and the Socket no longer closes the descriptor when destroyed.
+      const internals = socket as unknown as SocketInternals;
+      const handle = internals._handle;
+      if (!handle || socket.destroyed || typeof handle.fd !== 'number' || handle.fd < 0 || typeof handle.readStop !== 'function') return undefined;
+      handle.readStop();
+      handle.reading = false;
+      internals._handle = null;
+      detachedHandles.add(handle);
+      const fd = handle.fd;
+      // What Node read before the stop: in the reader's queue, or still in the stream's buffer.
+      const received = input.takeQueued();
+      void input.close(); // stops listening for 'data': the reads below must not be queued twice
+      for (let chunk = socket.read() as Buffer | null; chunk !== null; chunk = socket.read() as Buffer | null) received.push(chunk);
+      socket.destroy(); // the Socket object only: it has no handle any more
+      return { fd, uri, kind, received: [...early, ...received] };
+    },
   });
+}
+
+/**
+ * The socket channel over a descriptor another thread detached (detach()),
+ * for use in this thread; its input yields the bytes already received first.
+ */
+export function adoptDetachedSocket(detached: DetachedSocket): MigrationChannel {
+  const socket = new Socket({ fd: detached.fd, readable: true, writable: true, allowHalfOpen: true });
+  return socketChannel(socket, detached.uri, detached.kind, detached.received);
 }
 
 /** A file: written by the source, read by the destination; no return path. */

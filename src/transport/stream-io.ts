@@ -173,6 +173,15 @@ export class NodeReadableSource implements ByteSource {
     }
   }
 
+  /** The chunks received and not yet read, taken out of this source (a socket handed to another thread). */
+  takeQueued(): Uint8Array[] {
+    const chunks = this.queue.slice(this.queueHead);
+    this.queue.length = 0;
+    this.queueHead = 0;
+    this.queuedBytes = 0;
+    return chunks;
+  }
+
   /** Stop reading. Does not touch the other direction of the channel. */
   async close(): Promise<void> {
     if (this.closedByUser) return;

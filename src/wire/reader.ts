@@ -298,6 +298,21 @@ export class StreamReader {
     return textDecoder.decode(await this.bytes(n, 255, 'string'));
   }
 
+  /**
+   * Take every byte this reader holds but has not consumed (the unread part of
+   * the current chunk and chunks waiting behind it), in order; the reader is
+   * then empty, its source untouched. For handing a connection over after
+   * peeking at it.
+   */
+  takeBuffered(): Uint8Array[] {
+    const chunks: Uint8Array[] = [];
+    if (this.buffer.length > this.position) chunks.push(this.buffer.subarray(this.position));
+    this.consumedBefore += this.buffer.length;
+    this.setBuffer(EMPTY);
+    for (let chunk = this.nextPending(); chunk !== undefined; chunk = this.nextPending()) if (chunk.length > 0) chunks.push(chunk);
+    return chunks;
+  }
+
   async close(): Promise<void> {
     await this.source.close();
   }

@@ -3,3 +3,4 @@ export * from './packet.js';
 export * from './codec.js';
 export * from './sender.js';
 export * from './receiver.js';
+export * from './recv-channel.js';

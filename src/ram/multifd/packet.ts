@@ -34,7 +34,7 @@ export const DEFAULT_MULTIFD_CHANNELS = 2;
 
 /** A problem with multifd input or a multifd channel; `offset` is the byte offset in that channel's stream. */
 export class MultifdError extends Error {
-  constructor(readonly channel: number | undefined, readonly offset: number, reason: string, options?: { cause?: unknown }) {
+  constructor(readonly channel: number | undefined, readonly offset: number, readonly reason: string, options?: { cause?: unknown }) {
     super(`${channel === undefined ? 'multifd channel' : `multifd channel ${channel}`} at offset ${offset} (0x${offset.toString(16)}): ${reason}`, options);
     this.name = 'MultifdError';
   }

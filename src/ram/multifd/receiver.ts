@@ -7,30 +7,24 @@
  * all (multifd_recv_sync_main), so data of a later section never lands before
  * the main channel has applied the earlier one.
  *
+ * Where guest RAM is SharedArrayBuffers, each channel runs in its own worker
+ * thread (recv-worker.ts), which owns the connection's descriptor; otherwise,
+ * or when the connection cannot be handed over, on this thread. The per-channel
+ * loop is the same (recv-channel.ts).
+ *
  * Bad input is a MultifdError naming the channel and the byte offset in that
  * channel's stream; reads are bounded (fixed header, pages read in place,
  * compressed payloads capped).
  */
-import type { RamBlock } from '../block.js';
+import { Worker } from 'node:worker_threads';
 import type { RamBlockTable } from '../block-table.js';
-import { StreamError, UnexpectedEndError, type StreamReader } from '../../wire/index.js';
-import { compressionOfFlags, createRecvCodec, ensureMultifdCodecs, MULTIFD_COMPRESSION_FLAGS, type MultifdCompression, type MultifdRecvCodec } from './codec.js';
-import {
-  findBadOffset,
-  MULTIFD_FLAG_COMPRESSION_MASK,
-  MULTIFD_FLAG_SYNC,
-  MULTIFD_HEADER_BYTES,
-  MULTIFD_INIT_BYTES,
-  MULTIFD_PAGE_SIZE,
-  MULTIFD_PAGES_PER_PACKET,
-  MultifdError,
-  parseInitPacket,
-  parsePacketHeader,
-  ZERO_UUID,
-} from './packet.js';
-
-/** A compressed payload may not exceed this: twice the packet size, as the buffers of QEMU 7.2 on both sides. */
-export const MULTIFD_MAX_PAYLOAD_BYTES = 2 * MULTIFD_PAGES_PER_PACKET * MULTIFD_PAGE_SIZE; // QEMU 7.2's zbuff_len
+import type { DetachedSocket } from '../../transport/channel.js';
+import type { StreamReader } from '../../wire/index.js';
+import type { MultifdCompression } from './codec.js';
+import { MultifdError, ZERO_UUID } from './packet.js';
+import { receiveMultifdChannel, type RecvChannelCounters } from './recv-channel.js';
+import type { RecvWorkerData, RecvWorkerMessage } from './recv-worker.js';
+import { sharedBlocks } from './sender.js';
 
 export interface MultifdReceiverOptions {
   channels: number;
@@ -41,10 +35,16 @@ export interface MultifdReceiverOptions {
   table: RamBlockTable;
   /** How long the first sync waits for channels that have not connected yet (default 30 s). */
   connectTimeoutMs?: number;
+  /** Worker threads for detached connections (default: when every block is a SharedArrayBuffer). */
+  useWorkers?: boolean;
+  /** Optional module that registers compression codecs in worker threads. */
+  codecModule?: string;
 }
 
 export interface MultifdReceiverStats {
   channels: number;
+  /** Channels received in worker threads. */
+  workerChannels: number;
   packets: number;
   pages: number;
   syncs: number;
@@ -53,33 +53,42 @@ export interface MultifdReceiverStats {
 
 interface RecvChannel {
   id: number;
-  reader: StreamReader;
   syncArrived: boolean;
   release: (() => void) | undefined;
   ended: boolean;
+  /** Where its stream stands (for errors). */
+  offset(): number;
   close(): void;
 }
 
 export class MultifdReceiver {
-  readonly stats: MultifdReceiverStats = { channels: 0, packets: 0, pages: 0, syncs: 0, bytes: 0 };
+  readonly stats: MultifdReceiverStats = { channels: 0, workerChannels: 0, packets: 0, pages: 0, syncs: 0, bytes: 0 };
   /** Called once with the first failure (abort the main channel so the load stops). */
   onError: ((err: Error) => void) | undefined;
 
   private readonly byId = new Map<number, RecvChannel>();
   private readonly all = new Set<RecvChannel>();
   private failure: Error | undefined;
+  private closed = false;
   private waiters: Array<() => void> = [];
   private readonly uuid: Uint8Array;
-  private readonly expectedFlags: number;
   private readonly started = performance.now();
+  private readonly shared: RecvWorkerData['blocks'] | undefined;
 
   constructor(private readonly options: MultifdReceiverOptions) {
     this.uuid = options.uuid ?? ZERO_UUID;
-    this.expectedFlags = MULTIFD_COMPRESSION_FLAGS[options.compression ?? 'none'];
+    const blocks = options.table.blocks();
+    const shared = options.useWorkers === false ? undefined : sharedBlocks(blocks);
+    this.shared = shared?.map((b, i) => ({ ...b, usedBytes: blocks[i]!.lengthBytes }));
   }
 
   get error(): Error | undefined {
     return this.failure;
+  }
+
+  /** True when connections should be detached and handed to worker threads. */
+  get wantsWorkers(): boolean {
+    return this.shared !== undefined;
   }
 
   private wake(): void {
@@ -108,115 +117,139 @@ export class MultifdReceiver {
     this.onError?.(err);
   }
 
-  /**
-   * A connection classified as a multifd channel: read its init packet and
-   * then its packets until EOF. `close` tears the connection down.
-   */
-  addChannel(reader: StreamReader, close: () => void): void {
-    const ch: RecvChannel = { id: -1, reader, syncArrived: false, release: undefined, ended: false, close };
-    this.all.add(ch);
-    if (this.failure) {
-      close();
-      return;
-    }
-    this.run(ch).catch((err: unknown) => {
-      if (this.failure) return;
-      let e = err instanceof Error ? err : new Error(String(err));
-      if (!(e instanceof MultifdError)) {
-        const at = e instanceof StreamError ? e.offset : reader.offset;
-        const what = e instanceof UnexpectedEndError ? `the channel ended inside a packet or init packet (${e.reason})` : e.message;
-        e = new MultifdError(ch.id < 0 ? undefined : ch.id, at, what, { cause: e });
-      }
-      this.fail(e);
-    });
+  private get stopped(): boolean {
+    return this.failure !== undefined || this.closed;
   }
 
-  private async run(ch: RecvChannel): Promise<void> {
-    const { reader } = ch;
-    await ensureMultifdCodecs(this.options.compression ?? 'none');
-    const init = new Uint8Array(MULTIFD_INIT_BYTES);
-    await reader.readInto(init, 0, MULTIFD_INIT_BYTES);
-    const id = parseInitPacket(init, this.uuid, this.options.channels);
+  /** A channel's init packet named it `id`. */
+  private named(ch: RecvChannel, id: number): void {
     if (this.byId.has(id)) throw new MultifdError(id, 24, `multifd: received id '${id}' already setup'`);
     ch.id = id;
     this.byId.set(id, ch);
     this.stats.channels++;
     this.wake();
-
-    const header = new Uint8Array(MULTIFD_HEADER_BYTES);
-    const offsets = new Float64Array(MULTIFD_PAGES_PER_PACKET);
-    let codec: MultifdRecvCodec | undefined;
-    let codecMade = false;
-    for (;;) {
-      if (this.failure) return;
-      if (await reader.atEnd()) {
-        ch.ended = true;
-        this.wake();
-        return;
-      }
-      const at = reader.offset;
-      await reader.readInto(header, 0, MULTIFD_HEADER_BYTES);
-      const h = parsePacketHeader(header, id, at, offsets);
-      // As 7.2, only packets with pages are checked (QEMU sets no compression bits on the others).
-      if (h.normalPages > 0 && (h.flags & MULTIFD_FLAG_COMPRESSION_MASK) !== this.expectedFlags) {
-        const name = compressionOfFlags(h.flags) ?? 'unknown';
-        throw new MultifdError(id, at + 8, `multifd ${id}: flags received ${(h.flags & MULTIFD_FLAG_COMPRESSION_MASK).toString(16)} flags expected ${this.expectedFlags.toString(16)} (compression ${name}, expected ${this.options.compression ?? 'none'})`);
-      }
-      this.stats.packets++;
-      this.stats.bytes += MULTIFD_HEADER_BYTES;
-      if (h.normalPages > 0) {
-        const found = this.options.table.lookup(h.ramblock);
-        if (!found.block) throw new MultifdError(id, at + 64, `multifd: unknown ram block ${h.ramblock}`);
-        const block = found.block;
-        const bad = findBadOffset(h, block.lengthBytes);
-        if (bad >= 0) {
-          throw new MultifdError(id, at + 320 + 8 * bad, `multifd: offset too long ${h.offsets[bad]!.toString(16)} (max ${block.lengthBytes.toString(16)})${h.offsets[bad]! % MULTIFD_PAGE_SIZE ? ' (not page-aligned)' : ''}`);
-        }
-        if (this.expectedFlags === 0) {
-          await this.readPages(reader, block, h.offsets, h.normalPages);
-          this.stats.bytes += h.normalPages * MULTIFD_PAGE_SIZE;
-        } else {
-          if (!codecMade) {
-            codec = createRecvCodec(this.options.compression ?? 'none');
-            codecMade = true;
-          }
-          const payloadAt = reader.offset;
-          const payload = await reader.bytes(h.nextPacketSize, MULTIFD_MAX_PAYLOAD_BYTES, 'multifd payload');
-          const targets: Uint8Array[] = [];
-          for (let i = 0; i < h.normalPages; i++) targets.push(block.pageForUpdate(h.offsets[i]! / MULTIFD_PAGE_SIZE));
-          try {
-            codec!.decode(payload, targets);
-          } catch (err) {
-            throw new MultifdError(id, payloadAt, `multifd ${id}: cannot decompress the payload: ${(err as Error).message}`, { cause: err });
-          } finally {
-            for (let i = 0; i < h.normalPages; i++) block.pageUpdated(h.offsets[i]! / MULTIFD_PAGE_SIZE);
-          }
-          this.stats.bytes += h.nextPacketSize;
-        }
-        this.stats.pages += h.normalPages;
-      }
-      if (h.flags & MULTIFD_FLAG_SYNC) {
-        // Wait for the main channel's EOS (multifd_recv_sync_main) before reading on.
-        await new Promise<void>((resolve) => {
-          ch.release = resolve;
-          ch.syncArrived = true;
-          this.wake();
-        });
-      }
-    }
   }
 
-  private async readPages(reader: StreamReader, block: RamBlock, offsets: Float64Array, count: number): Promise<void> {
-    for (let i = 0; i < count; i++) {
-      const pageIndex = offsets[i]! / MULTIFD_PAGE_SIZE;
-      const page = block.pageForUpdate(pageIndex);
-      try {
-        if (reader.buffered >= MULTIFD_PAGE_SIZE) reader.readIntoSync(page, 0, MULTIFD_PAGE_SIZE);
-        else await reader.readInto(page, 0, MULTIFD_PAGE_SIZE);
-      } finally {
-        block.pageUpdated(pageIndex);
-      }
+  private synced(ch: RecvChannel, release: () => void): void {
+    ch.release = release;
+    ch.syncArrived = true;
+    this.wake();
+  }
+
+  private ended(ch: RecvChannel): void {
+    ch.ended = true;
+    this.wake();
+  }
+
+  private add(ch: RecvChannel, close: () => void): boolean {
+    this.all.add(ch);
+    if (this.stopped) {
+      close();
+      return false;
     }
+    return true;
+  }
+
+  /**
+   * A connection classified as a multifd channel, received on this thread:
+   * read its init packet and then its packets until EOF. `close` tears the
+   * connection down.
+   */
+  addChannel(reader: StreamReader, close: () => void): void {
+    const ch: RecvChannel = { id: -1, syncArrived: false, release: undefined, ended: false, offset: () => reader.offset, close };
+    if (!this.add(ch, close)) return;
+    const counters: RecvChannelCounters = this.stats;
+    receiveMultifdChannel(reader, {
+      uuid: this.uuid,
+      channels: this.options.channels,
+      compression: this.options.compression ?? 'none',
+      table: this.options.table,
+      counters,
+      onInit: (id) => this.named(ch, id),
+      onSync: () => new Promise<void>((resolve) => this.synced(ch, resolve)),
+      stopped: () => this.stopped,
+    }).then(
+      () => this.ended(ch),
+      (err: Error) => {
+        if (!this.stopped) this.fail(err);
+      },
+    );
+  }
+
+  /**
+   * A connection classified as a multifd channel and detached from this
+   * thread (wantsWorkers): a worker thread adopts its descriptor and receives
+   * it. The bytes already read from it travel along.
+   */
+  addDetachedChannel(socket: DetachedSocket): void {
+    const shared = this.shared;
+    if (!shared) throw new Error('multifd: worker threads need guest RAM in SharedArrayBuffers');
+    const data: RecvWorkerData = {
+      socket,
+      uuid: this.uuid,
+      channels: this.options.channels,
+      compression: this.options.compression ?? 'none',
+      blocks: shared,
+      ...(this.options.codecModule ? { codecModule: this.options.codecModule } : {}),
+    };
+    const worker = new Worker(new URL('./recv-worker.js', import.meta.url), { workerData: data });
+    let endOffset = 0;
+    let last: RecvChannelCounters = { packets: 0, pages: 0, bytes: 0 };
+    let done = false;
+    const ch: RecvChannel = {
+      id: -1,
+      syncArrived: false,
+      release: undefined,
+      ended: false,
+      offset: () => endOffset,
+      close: () => {
+        if (done) return;
+        done = true;
+        worker.postMessage({ type: 'close' });
+        // The worker closes its socket on 'close'; terminate also closes it if the worker is stuck.
+        setTimeout(() => void worker.terminate(), 1000).unref();
+      },
+    };
+    if (!this.add(ch, () => ch.close())) return;
+    this.stats.workerChannels++;
+    const account = (c: RecvChannelCounters): void => {
+      this.stats.packets += c.packets - last.packets;
+      this.stats.pages += c.pages - last.pages;
+      this.stats.bytes += c.bytes - last.bytes;
+      last = c;
+    };
+    const failWith = (err: Error): void => {
+      if (!this.stopped) this.fail(err);
+    };
+    worker.on('message', (message: RecvWorkerMessage) => {
+      switch (message.type) {
+        case 'init':
+          try {
+            this.named(ch, message.id);
+          } catch (err) {
+            failWith(err as Error);
+          }
+          break;
+        case 'sync':
+          account(message.counters);
+          this.synced(ch, () => worker.postMessage({ type: 'release' }));
+          break;
+        case 'ended':
+          account(message.counters);
+          endOffset = message.offset;
+          done = true;
+          this.ended(ch);
+          break;
+        case 'error':
+          done = true;
+          failWith(new MultifdError(message.channel, message.offset, message.reason));
+          break;
+      }
+    });
+    worker.on('error', (err) => failWith(new MultifdError(ch.id < 0 ? undefined : ch.id, endOffset, `its thread failed: ${err.message}`, { cause: err })));
+    worker.on('exit', () => {
+      if (!done) failWith(new MultifdError(ch.id < 0 ? undefined : ch.id, endOffset, 'its thread ended'));
+    });
   }
 
   /** At a RAM EOS on the main channel: one SYNC from every channel, then release them all. */
@@ -235,7 +268,7 @@ export class MultifdReceiver {
         }
         if (!ch.syncArrived) {
           if (ch.ended) {
-            const err = new MultifdError(id, ch.reader.offset, 'the channel ended before its SYNC packet for this section');
+            const err = new MultifdError(id, ch.offset(), 'the channel ended before its SYNC packet for this section');
             this.fail(err);
             throw err;
           }
@@ -266,6 +299,7 @@ export class MultifdReceiver {
 
   /** Tear every channel down. */
   close(): void {
+    this.closed = true;
     for (const ch of this.all) ch.close();
     this.wake();
   }

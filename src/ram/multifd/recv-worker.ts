@@ -1,0 +1,93 @@
+/**
+ * One multifd receive channel in a worker thread: it adopts the connection's
+ * descriptor (detached by the main thread after it read the first bytes to
+ * tell the connection apart), then runs the same loop as the main thread
+ * would (recv-channel.ts), writing pages straight into guest RAM, a
+ * SharedArrayBuffer. The main thread keeps the SYNC rendezvous with the main
+ * channel and the failure handling; this thread does the socket reads and
+ * the copying, so a second core is used.
+ *
+ * Messages in:  { type: 'release' } after a SYNC, { type: 'close' }.
+ * Messages out: { type: 'init', id }, { type: 'sync', counters },
+ *               { type: 'ended', offset, counters } at the channel's clean end,
+ *               { type: 'error', channel, offset, reason }.
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import { adoptDetachedSocket, type DetachedSocket, type MigrationChannel } from '../../transport/channel.js';
+import { StreamReader } from '../../wire/index.js';
+import { DenseRamBlock } from '../block.js';
+import { FixedRamBlockTable } from '../block-table.js';
+import type { MultifdCompression } from './codec.js';
+import { asMultifdError, receiveMultifdChannel, type RecvChannelCounters } from './recv-channel.js';
+
+export interface RecvWorkerData {
+  socket: DetachedSocket;
+  uuid: Uint8Array;
+  channels: number;
+  compression: MultifdCompression;
+  /** Guest RAM: every block's SharedArrayBuffer, its whole memory and its used length. */
+  blocks: Array<{ idstr: string; buffer: SharedArrayBuffer; byteOffset: number; lengthBytes: number; usedBytes: number }>;
+  /** Optional module that registers compression codecs (loaded first). */
+  codecModule?: string;
+}
+
+export type RecvWorkerMessage =
+  | { type: 'init'; id: number }
+  | { type: 'sync'; counters: RecvChannelCounters }
+  | { type: 'ended'; offset: number; counters: RecvChannelCounters }
+  | { type: 'error'; channel: number | undefined; offset: number; reason: string };
+
+const data = workerData as RecvWorkerData;
+const port = parentPort!;
+const table = new FixedRamBlockTable(data.blocks.map((b) => new DenseRamBlock(b.idstr, new Uint8Array(b.buffer, b.byteOffset, b.lengthBytes), { lengthBytes: b.usedBytes })));
+let stopped = false;
+let release: (() => void) | undefined;
+let channel: MigrationChannel | undefined;
+const post = (message: RecvWorkerMessage): void => port.postMessage(message);
+
+port.on('message', (message: { type: 'release' | 'close' }) => {
+  if (message.type === 'release') {
+    const go = release;
+    release = undefined;
+    go?.();
+  } else {
+    stopped = true;
+    channel?.abort(new Error('multifd receiver closed'));
+    release?.();
+    port.close();
+  }
+});
+
+async function main(): Promise<void> {
+  let reader: StreamReader | undefined;
+  try {
+    if (data.codecModule) await import(data.codecModule);
+    channel = adoptDetachedSocket(data.socket);
+    reader = new StreamReader(channel.input!);
+    const counters: RecvChannelCounters = { packets: 0, pages: 0, bytes: 0 };
+    await receiveMultifdChannel(reader, {
+      uuid: data.uuid,
+      channels: data.channels,
+      compression: data.compression,
+      table,
+      counters,
+      onInit: (id) => post({ type: 'init', id }),
+      onSync: () =>
+        new Promise<void>((resolve) => {
+          release = resolve;
+          post({ type: 'sync', counters: { ...counters } });
+        }),
+      stopped: () => stopped,
+    });
+    if (!stopped) post({ type: 'ended', offset: reader.offset, counters });
+    await channel.close().catch(() => {});
+  } catch (err) {
+    const e = asMultifdError(err, undefined, reader?.offset ?? 0);
+    if (!stopped) post({ type: 'error', channel: e.channel, offset: e.offset, reason: e.reason });
+    channel?.abort(e);
+  } finally {
+    port.close();
+  }
+}
+
+void main();
