@@ -343,6 +343,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
       this.window = window;
       let idleInWindow = false; // ran out of dirty pages during this window
       let fitsSinceMs: number | undefined; // when the estimate first fitted the budget in this pass
+      let liveDrainLimitMs = 0; // how long the rest of the pass may be sent live once it fits
       for (;;) {
         this.throwIfStopped();
         const downtimeLimitMs = params()['downtime-limit'];
@@ -353,13 +354,18 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
         // QEMU syncs and stops the guest as soon as the rest fits the budget, so
         // even a guest that writes nothing pauses for about a downtime-limit's
         // worth of sending. We keep sending live until this pass is drained (or
-        // for at most another downtime-limit of live time), then sync: what the
+        // for at most twice the time that should take, at least a downtime-limit), then sync: what the
         // guest dirtied meanwhile is what the pause must carry, ~0 for an idle guest.
         const fits = ramPendingBytes + deviceStateBytes <= thresholdBytes;
         if (!fits) fitsSinceMs = undefined;
-        else fitsSinceMs ??= now();
+        else if (fitsSinceMs === undefined) {
+          fitsSinceMs = now();
+          // Sending the rest of the pass should take pending / bandwidth; allow twice that
+          // (the estimate is a past window's) but at least a downtime-limit.
+          liveDrainLimitMs = Math.max(downtimeLimitMs, (2 * ramPendingBytes) / Math.max(1, window.bandwidthBytesPerMs));
+        }
         const drained = ramPendingBytes <= window.bandwidthBytesPerMs * DRAINED_MS;
-        if (ramPendingBytes === 0 || (fits && (drained || now() - fitsSinceMs! >= downtimeLimitMs))) {
+        if (ramPendingBytes === 0 || (fits && (drained || now() - fitsSinceMs! >= liveDrainLimitMs))) {
           // What the destination has not loaded yet (records still in socket buffers: for
           // zero pages, hundreds of thousands) would be loaded inside the pause. Let it
           // catch up while the guest runs: QEMU's PING is answered once all before it is loaded.

@@ -292,10 +292,8 @@ export class RamSaveHandler implements SaveVMHandlers {
       if (out.pendingBytes >= DRAIN_THRESHOLD_BYTES) await out.drain();
       if (this.multifd?.mustWait) await this.multifd.waitForRoom();
     }
-    if (this.multifd) {
-      await this.multifd.sync();
-      await this.multifd.finish(); // everything is written: end the channels cleanly
-    }
+    // Everything is queued: the last SYNC, then the channels end cleanly.
+    if (this.multifd) await this.multifd.syncAndFinish();
     // QEMU does not count the END section's EOS.
     this.records.writeEos(out);
   }

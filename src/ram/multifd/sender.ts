@@ -248,6 +248,23 @@ export class MultifdSender {
    * before it).
    */
   async sync(): Promise<void> {
+    await Promise.all(await this.queueSync());
+    this.check();
+  }
+
+  /**
+   * The last sync of a migration, then end every channel: both are queued
+   * at once, so the downtime pays for one round trip to each channel's
+   * thread, not two (the channel writes its SYNC before it ends).
+   */
+  async syncAndFinish(): Promise<void> {
+    const written = await this.queueSync();
+    await Promise.all([...written, this.finish()]);
+    this.check();
+  }
+
+  /** Queue one SYNC packet on every channel; the promises settle as each is written. */
+  private async queueSync(): Promise<Promise<void>[]> {
     this.closeBatch();
     await this.waitForRoom();
     const written: Promise<void>[] = [];
@@ -260,8 +277,7 @@ export class MultifdSender {
       written.push(this.submit(ch, { packetNum: this.packetNum++, flags: MULTIFD_FLAG_SYNC, blockIndex: -1, count: 0, offsets: new Float64Array(0) }));
       this.charge(MULTIFD_HEADER_BYTES, 0);
     }
-    await Promise.all(written);
-    this.check();
+    return written;
   }
 
   /** After the last sync: end every channel cleanly (the destination sees EOF at a packet boundary). */
