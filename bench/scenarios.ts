@@ -7,7 +7,7 @@
  *   c  QEMU's migration-test workload (150 MiB guest rewriting byte 0 of every
  *      page of [1 MiB, 100 MiB) flat out) at max-bandwidth unlimited, 1 GiB/s
  *      and 256 MiB/s, each at downtime-limit 300 ms and 50 ms; plus XBZRLE at
- *      256 MiB/s and 300 ms
+ *      256 MiB/s: 300 ms (default cache) and 50 ms (a 128 MiB cache, which holds the working set)
  *   d  a 1 GiB fully written disk, 64 MiB idle guest (block migration)
  *
  * Rows for capabilities appear only when livemig has them
@@ -61,8 +61,14 @@ export function scenarios(o: ScenarioOptions): ScenarioSpec[] {
     }
   }
   if (livemigHas('xbzrle') && !o.quick) {
-    const s = workload('256 MiB/s', 256 * MiB, 300);
-    list.push({ ...s, id: `${s.id}-xbzrle`, label: `${s.label}, XBZRLE`, caps: ['xbzrle'] });
+    // The issue's convergence target: 256 MiB/s at 300 ms and at 50 ms. The default
+    // 64 MiB cache holds 16384 of the 25,344 pages the workload rewrites; that is
+    // enough at 300 ms, and both engines also get a cache that holds the working set
+    // (128 MiB, as XBZRLE is meant to be sized) at 50 ms.
+    const s300 = workload('256 MiB/s', 256 * MiB, 300);
+    list.push({ ...s300, id: `${s300.id}-xbzrle`, label: `${s300.label}, XBZRLE`, caps: ['xbzrle'] });
+    const s50 = workload('256 MiB/s', 256 * MiB, 50);
+    list.push({ ...s50, id: `${s50.id}-xbzrle-128m`, label: `${s50.label}, XBZRLE 128 MiB cache`, caps: ['xbzrle'], params: { 'xbzrle-cache-size': 128 * MiB } });
   }
   const diskBytes = o.quick ? 256 * MiB : GiB;
   list.push({ ...base, id: 'd', group: 'd', label: `${diskBytes / MiB >= 1024 ? `${diskBytes / GiB} GiB` : `${diskBytes / MiB} MiB`} written disk, idle 64 MiB guest`, ramBytes: 64 * MiB, fill: 'disk', diskBytes, boundMs: idleBound });

@@ -222,3 +222,48 @@ describe('xbzrle decoder', () => {
     expectXbzrleError(hex('00 01 2e 00 01 2f'), 3, /empty zero-run/, 0);
   });
 });
+
+describe('xbzrle: encoding guest RAM that changes while it is read', () => {
+  it('always yields a valid encoding, and decoding it over the old page gives the same page on both sides', { timeout: 30_000 }, async () => {
+    const { Worker } = await import('node:worker_threads');
+    const shared = new SharedArrayBuffer(4096);
+    const page = new Uint8Array(shared);
+    const stopFlag = new SharedArrayBuffer(4);
+    // A thread that keeps toggling a few bytes (a guest writing the page): the encoder
+    // sees a byte differ, then equal, while it reads it twice.
+    const writer = new Worker(
+      `const { workerData } = require('node:worker_threads');
+       const p = new Uint8Array(workerData.shared); const stop = new Int32Array(workerData.stop);
+       let v = 0;
+       while (Atomics.load(stop, 0) === 0) { v ^= 0xff; p[0] = v; p[1000] = v; p[1001] = v ^ 0xff; p[4095] = v; }`,
+      { eval: true, workerData: { shared, stop: stopFlag } },
+    );
+    const stop = new Int32Array(stopFlag);
+    const cache = new Uint8Array(4096); // what the destination holds
+    const destination = new Uint8Array(4096);
+    const out = new Uint8Array(4096);
+    let encoded = 0;
+    try {
+      const until = Date.now() + 1500;
+      while (Date.now() < until) {
+        const n = xbzrleEncode(cache, page, out, 4096);
+        if (n <= 0) {
+          // Unchanged or overflow: a full page goes out, copied into the cache first.
+          cache.set(page);
+          destination.set(cache);
+          continue;
+        }
+        encoded++;
+        const delta = out.subarray(0, n);
+        xbzrleValidate(delta, 4096); // throws on an empty run or any other malformation
+        xbzrleDecode(delta, cache);
+        xbzrleDecode(delta, destination);
+        assert.deepEqual(destination, cache);
+      }
+    } finally {
+      Atomics.store(stop, 0, 1);
+      await writer.terminate();
+    }
+    assert.ok(encoded > 100, `${encoded} deltas encoded while the page changed`);
+  });
+});

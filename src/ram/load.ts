@@ -196,7 +196,10 @@ export class RamLoadHandler implements SaveVMHandlers {
           break;
         }
         case RAM_FLAG_XBZRLE: {
-          const encodedBytes = await this.loadXbzrle(input, block!, pageIndex, section);
+          // Records already received are decoded without a promise per field (the common case);
+          // anything else (split over chunks, or bad) takes the general path.
+          let encodedBytes = this.loadXbzrleBuffered(input, block!, pageIndex, section);
+          if (encodedBytes < 0) encodedBytes = await this.loadXbzrle(input, block!, pageIndex, section);
           const s = this.statsOf(block!);
           s.xbzrlePages++;
           s.xbzrleBytes += input.offset - at;
@@ -259,6 +262,30 @@ export class RamLoadHandler implements SaveVMHandlers {
       // An analysis table may replace a block it had created for early page records.
       if (this.lastBlock?.idstr === idstr) this.lastBlock = result.block;
     }
+  }
+
+  /**
+   * loadXbzrle for a well-formed record whose bytes are all buffered: no
+   * await. Returns the data length, or -1 (nothing consumed) to take the
+   * general path.
+   */
+  private loadXbzrleBuffered(input: StreamReader, block: RamBlock, pageIndex: number, section: StreamLocation['section']): number {
+    if (!(input.buffered >= 3 || input.available(3))) return -1;
+    const length = (input.peekU8Sync(1) << 8) | input.peekU8Sync(2);
+    if (input.peekU8Sync(0) !== XBZRLE_ENCODING_FLAG || length > TARGET_PAGE_SIZE) return -1;
+    if (!(input.buffered >= 3 + length || input.available(3 + length))) return -1;
+    input.bytesSync(3);
+    const dataAt = input.offset;
+    const data = input.bytesSync(length);
+    const page = block.pageForUpdate(pageIndex);
+    try {
+      xbzrleDecode(data, page, dataAt);
+    } catch (err) {
+      throw err instanceof StreamError ? err.withSection(section!) : err;
+    } finally {
+      block.pageUpdated(pageIndex);
+    }
+    return length;
   }
 
   /** XBZRLE: u8 0x01, be16 length ≤ 4096, data decoded over the current page. Returns the data length. */

@@ -24,7 +24,7 @@ import { RAM_RECORD_HEADER_BYTES } from './flags.js';
 import { RamLoadHandler } from './load.js';
 import { DEFAULT_XBZRLE_CACHE_BYTES, XbzrlePageCache, xbzrleCacheSlots } from './page-cache.js';
 import { RamRecordWriter } from './record-writer.js';
-import { xbzrleEncode } from './xbzrle.js';
+import { xbzrleDecode, xbzrleEncode } from './xbzrle.js';
 import type { MultifdSender } from './multifd/sender.js';
 
 /** QEMU's MAX_WAIT: an iterate call stops after this many ms (checked every 64 pages). */
@@ -101,7 +101,6 @@ export class RamSaveHandler implements SaveVMHandlers {
   private readonly byName = new Map<string, BlockState>();
   private readonly records: RamRecordWriter;
   private cache: XbzrlePageCache | undefined;
-  private readonly current = new Uint8Array(TARGET_PAGE_SIZE);
   private readonly encoded = new Uint8Array(TARGET_PAGE_SIZE);
   // Scan position: next page to look at.
   private cursorBlock = 0;
@@ -401,13 +400,10 @@ export class RamSaveHandler implements SaveVMHandlers {
       } else {
         c.xbzrle.pages++;
         this.xbzrleHitPages++;
-        // Snapshot: the guest may write the page while we encode it.
-        this.current.set(data);
-        const length = xbzrleEncode(cached, this.current, this.encoded, TARGET_PAGE_SIZE);
-        if (!this.lastStage && length !== 0) {
-          cached.set(this.current);
-          data = cached;
-        }
+        // Encoded straight from guest RAM, which the guest may write meanwhile:
+        // the cache is brought up to date by applying the very delta that is sent,
+        // so it holds exactly what the destination will (no 4 KiB snapshot or copy).
+        const length = xbzrleEncode(cached, data, this.encoded, TARGET_PAGE_SIZE);
         if (length === 0) {
           c.xbzrle.unchangedPages++;
           return 0;
@@ -416,8 +412,15 @@ export class RamSaveHandler implements SaveVMHandlers {
           c.xbzrle.overflow++;
           c.xbzrle.bytes += TARGET_PAGE_SIZE;
           this.xbzrleHitWireBytes += RAM_RECORD_HEADER_BYTES + TARGET_PAGE_SIZE;
+          if (!this.lastStage) {
+            // Send what went into the cache, so cache and destination agree.
+            cached.set(data);
+            data = cached;
+          }
         } else {
-          const n = this.records.writeXbzrle(out, block.idstr, offsetBytes, this.encoded.subarray(0, length));
+          const encoded = this.encoded.subarray(0, length);
+          if (!this.lastStage) xbzrleDecode(encoded, cached);
+          const n = this.records.writeXbzrle(out, block.idstr, offsetBytes, encoded);
           c.xbzrle.bytes += n - RAM_RECORD_HEADER_BYTES;
           c.transferredBytes += n;
           this.xbzrleHitWireBytes += n;

@@ -23,26 +23,45 @@ function putRunLength(out: Uint8Array, at: number, n: number): number {
   return 2;
 }
 
-/** 32-bit views of both pages when they are aligned, for word-at-a-time scans. */
-function wordViews(a: Uint8Array, b: Uint8Array): [Uint32Array, Uint32Array] | undefined {
-  if ((a.byteOffset | b.byteOffset | a.length) & 3) return undefined;
-  return [new Uint32Array(a.buffer, a.byteOffset, a.length >>> 2), new Uint32Array(b.buffer, b.byteOffset, b.length >>> 2)];
+/**
+ * 32-bit views of both pages when they are aligned, for word-at-a-time scans
+ * of long runs; made on first use, since most runs are a few bytes.
+ */
+class WordViews {
+  private views: [Uint32Array, Uint32Array] | undefined | null = null;
+  constructor(private readonly a: Uint8Array, private readonly b: Uint8Array) {}
+  get(): [Uint32Array, Uint32Array] | undefined {
+    if (this.views === null) {
+      const { a, b } = this;
+      this.views = (a.byteOffset | b.byteOffset | a.length) & 3 ? undefined : [new Uint32Array(a.buffer, a.byteOffset, a.length >>> 2), new Uint32Array(b.buffer, b.byteOffset, b.length >>> 2)];
+    }
+    return this.views;
+  }
 }
+
+/** Runs are scanned byte by byte this far before the word views are used. */
+const BYTE_SCAN_BYTES = 16;
 
 /** Bytes from which a native comparison of the rest beats the word loop (measured: a call costs ~0.2 µs). */
 const NATIVE_COMPARE_MIN_BYTES = 256;
 
-/** Whether a[from, n) equals b[from, n), by memcmp. */
+const compareBytes = Buffer.prototype.compare;
+
+/** Whether a[from, n) equals b[from, n), by memcmp (Buffer's compare takes any Uint8Array: no Buffer is made per call). */
 function restEqual(a: Uint8Array, b: Uint8Array, from: number): boolean {
-  const n = a.length - from;
-  return Buffer.from(a.buffer, a.byteOffset + from, n).equals(Buffer.from(b.buffer, b.byteOffset + from, n));
+  const n = a.length;
+  return compareBytes.call(a, b, from, n, from, n) === 0;
 }
 
 /** First index ≥ i where the pages differ (length if none). */
-function firstDifference(a: Uint8Array, b: Uint8Array, i: number, words: [Uint32Array, Uint32Array] | undefined): number {
+function firstDifference(a: Uint8Array, b: Uint8Array, i: number, views: WordViews): number {
   const n = a.length;
   // Most rewritten pages differ in a few places: the unchanged tail is found in one memcmp.
   if (n - i >= NATIVE_COMPARE_MIN_BYTES && restEqual(a, b, i)) return n;
+  const scanEnd = Math.min(n, i + BYTE_SCAN_BYTES);
+  while (i < scanEnd && a[i] === b[i]) i++;
+  if (i < scanEnd || i === n) return i;
+  const words = views.get();
   if (words) {
     while (i < n && i & 3) {
       if (a[i] !== b[i]) return i;
@@ -59,8 +78,12 @@ function firstDifference(a: Uint8Array, b: Uint8Array, i: number, words: [Uint32
 }
 
 /** First index ≥ i where the pages are equal (length if none). */
-function firstEquality(a: Uint8Array, b: Uint8Array, i: number, words: [Uint32Array, Uint32Array] | undefined): number {
+function firstEquality(a: Uint8Array, b: Uint8Array, i: number, views: WordViews): number {
   const n = a.length;
+  const scanEnd = Math.min(n, i + BYTE_SCAN_BYTES);
+  while (i < scanEnd && a[i] !== b[i]) i++;
+  if (i < scanEnd || i === n) return i;
+  const words = views.get();
   if (words) {
     while (i < n && i & 3) {
       if (a[i] === b[i]) return i;
@@ -90,19 +113,28 @@ function firstEquality(a: Uint8Array, b: Uint8Array, i: number, words: [Uint32Ar
  * size). The overflow checks are QEMU's, including their slight pessimism
  * (two bytes of room are demanded before every run length), so that the same
  * pages overflow here as in QEMU.
+ *
+ * `newPage` may change while it is encoded (guest RAM of a running guest):
+ * the result is then a valid encoding of some mix of old and new bytes, and
+ * applying it (xbzrleDecode) to a copy of `oldPage` gives exactly what a
+ * destination will hold.
  */
 export function xbzrleEncode(oldPage: Uint8Array, newPage: Uint8Array, out: Uint8Array, limitBytes = out.length): number {
   const length = newPage.length;
   if (oldPage.length !== length) throw new RangeError(`xbzrleEncode: page lengths differ (${oldPage.length} vs ${length})`);
   if (length > XBZRLE_MAX_RUN) throw new RangeError(`xbzrleEncode: page of ${length} bytes exceeds the run-length limit`);
   const limit = Math.min(limitBytes, out.length);
-  const words = wordViews(oldPage, newPage);
+  const words = new WordViews(oldPage, newPage);
   let d = 0;
   let i = 0;
   while (i < length) {
     if (d + 2 > limit) return -1;
     const zeroStart = i;
     i = firstDifference(oldPage, newPage, i, words);
+    // Runs after the first are never empty. They could only come out empty if
+    // newPage changed while it was read (guest RAM encoded in place); a byte
+    // is then counted in the other run, which still decodes to a valid page.
+    if (i === zeroStart && d > 0) i++;
     if (i - zeroStart === length) return 0; // unchanged page
     if (i === length) return d; // the trailing zero-run is omitted
     d += putRunLength(out, d, i - zeroStart);
@@ -110,6 +142,7 @@ export function xbzrleEncode(oldPage: Uint8Array, newPage: Uint8Array, out: Uint
     if (d + 2 > limit) return -1;
     const dataStart = i;
     i = firstEquality(oldPage, newPage, i, words);
+    if (i === dataStart) i++;
     const dataLength = i - dataStart;
     d += putRunLength(out, d, dataLength);
     if (d + dataLength > limit) return -1;
@@ -189,7 +222,11 @@ export function xbzrleDecode(encoded: Uint8Array, page: Uint8Array, streamOffset
     d += count;
     count = encoded[i++]!;
     if (count & 0x80) count = (count & 0x7f) | (encoded[i++]! << 7);
-    page.set(encoded.subarray(i, i + count), d);
+    if (count < 32) {
+      for (let k = 0; k < count; k++) page[d + k] = encoded[i + k]!;
+    } else {
+      page.set(encoded.subarray(i, i + count), d);
+    }
     d += count;
     i += count;
   }

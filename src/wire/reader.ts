@@ -182,6 +182,27 @@ export class StreamReader {
     return this.buffer[this.position++]!;
   }
 
+  be16Sync(): number {
+    if (this.buffer.length - this.position < 2) throw new RangeError('be16Sync past the buffered bytes');
+    const v = this.view.getUint16(this.position);
+    this.position += 2;
+    return v;
+  }
+
+  /** The byte `ahead` bytes past the next one, without consuming anything (see u8Sync). */
+  peekU8Sync(ahead = 0): number {
+    if (this.buffer.length - this.position <= ahead) throw new RangeError('peekU8Sync past the buffered bytes');
+    return this.buffer[this.position + ahead]!;
+  }
+
+  /** `n` buffered bytes as a view, consumed (see u8Sync). */
+  bytesSync(n: number): Uint8Array {
+    const at = this.position;
+    if (this.buffer.length - at < n) throw new RangeError('bytesSync past the buffered bytes');
+    this.position = at + n;
+    return this.buffer.subarray(at, at + n);
+  }
+
   be32Sync(): number {
     if (this.buffer.length - this.position < 4) throw new RangeError('be32Sync past the buffered bytes');
     const v = this.view.getUint32(this.position);

@@ -34,28 +34,27 @@ export const WRITER_CHUNK_BYTES = 1 << 20;
 /** Slabs hold several chunks, up to this size. */
 const SLAB_BYTES = 4 << 20;
 
-const SCRATCH_BYTES = 16 * 1024;
-const scratch = new Uint8Array(SCRATCH_BYTES);
+const fillBytes = Buffer.prototype.fill;
 
 /**
  * target.set(source, targetOffset), fast whatever the alignment. V8 copies to
  * or from a SharedArrayBuffer (guest RAM) with relaxed atomics, word by word
  * only when source and target have the same alignment and byte by byte
  * otherwise (2-3x slower); a RAM page read at an odd stream offset is the
- * usual case. Such copies go through an aligned scratch buffer instead.
+ * usual case. Such copies go through Buffer's fill with the source as the
+ * pattern instead: one native memcpy, any alignment (measured 5.0 against
+ * 3.3 GB/s for 4 KiB pages through an aligned scratch buffer, 1.6 with set).
  */
 export function copyBytes(target: Uint8Array, targetOffset: number, source: Uint8Array): void {
   const n = source.length;
-  if (n < 256 || ((target.byteOffset + targetOffset - source.byteOffset) & 7) === 0 || !(target.buffer instanceof SharedArrayBuffer || source.buffer instanceof SharedArrayBuffer)) {
+  // set() for short copies, same alignment, no shared memory, and one buffer (memcpy must not overlap).
+  if (n < 256 || ((target.byteOffset + targetOffset - source.byteOffset) & 7) === 0 || !(target.buffer instanceof SharedArrayBuffer || source.buffer instanceof SharedArrayBuffer) || target.buffer === source.buffer) {
     target.set(source, targetOffset);
     return;
   }
-  for (let done = 0; done < n; done += SCRATCH_BYTES) {
-    const step = Math.min(SCRATCH_BYTES, n - done);
-    const part = scratch.subarray(0, step);
-    part.set(source.subarray(done, done + step));
-    target.set(part, targetOffset + done);
-  }
+  if (targetOffset < 0 || targetOffset + n > target.length) throw new RangeError(`copyBytes: ${n} bytes at ${targetOffset} do not fit a target of ${target.length}`);
+  // fill(pattern, start, end) repeats the pattern over [start, end): exactly one copy of `source` here.
+  fillBytes.call(target, source, targetOffset, targetOffset + n);
 }
 
 /** Free slabs kept for reuse. */
