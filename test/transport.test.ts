@@ -356,8 +356,9 @@ test('abort() makes a pending read and write reject at once', async () => {
 
 // ---- handing a connection to another thread (multifd receive workers) ----
 
-for (const kind of ['tcp', 'unix'] as const) {
-  test(`${kind}: a peeked connection detached and adopted again delivers every byte in order`, { timeout: 30_000 }, async () => {
+for (const [kind, ring] of [['tcp', undefined], ['unix', undefined], ['tcp', { chunkBytes: 64 * 1024, chunks: 8 }]] as const) {
+  const how = ring ? ', reading into a ring of 8 reused 64 KiB buffers, slowly' : '';
+  test(`${kind}: a peeked connection detached and adopted again delivers every byte in order${how}`, { timeout: 30_000 }, async () => {
     const dir = mkdtempSync(join(tmpdir(), 'livemig-detach-'));
     const listener = await listenIncoming(kind === 'tcp' ? 'tcp:127.0.0.1:0' : `unix:${join(dir, 's')}`, { multiChannel: true });
     try {
@@ -377,10 +378,14 @@ for (const kind of ['tcp', 'unix'] as const) {
       assert.equal(channel.detach?.(), undefined, 'only once');
       detached.received.unshift(...reader.takeBuffered());
       assert.equal(reader.buffered, 0);
-      const adopted = adoptDetachedSocket(detached);
+      const adopted = adoptDetachedSocket(detached, ring ? { ring } : {});
       const again = new StreamReader(adopted.input!);
       const got = new Uint8Array(data.length);
-      await again.readInto(got, 0, data.length);
+      // Slowly, in 10 KiB steps with a pause in between: a ring buffer reused too early would show.
+      for (let at = 0; at < data.length; at += 10_240) {
+        await again.readInto(got, at, Math.min(10_240, data.length - at));
+        if (ring) await new Promise((r) => setImmediate(r));
+      }
       assert.equal(await again.atEnd(), true);
       assert.ok(Buffer.from(got).equals(data), 'the same bytes in the same order');
       await writing;

@@ -13,7 +13,7 @@
 import { Socket } from 'node:net';
 import { ChannelError, type ByteSink, type ByteSource } from '../wire/index.js';
 import { asChannelError } from './errors.js';
-import { GuardedSink, GuardedSource, NodeReadableSource, NodeWritableSink } from './stream-io.js';
+import { GuardedSink, GuardedSource, NodeReadableSource, NodeWritableSink, ringReads, type RingReads } from './stream-io.js';
 import type { TransportKind } from './uri.js';
 
 export interface MigrationChannel {
@@ -140,7 +140,13 @@ interface SocketInternals {
 }
 
 /** A tcp or unix socket: the stream one way, the return path the other. */
-export function socketChannel(socket: Socket, uri: string, kind: 'tcp' | 'unix', received: readonly Uint8Array[] = []): MigrationChannel {
+export function socketChannel(
+  socket: Socket,
+  uri: string,
+  kind: 'tcp' | 'unix',
+  received: readonly Uint8Array[] = [],
+  ringReading?: { ring: RingReads; deliver: { to?: (chunk: Uint8Array) => boolean } },
+): MigrationChannel {
   const controller = new AbortController();
   const signal = controller.signal;
   // Latency matters more than packet count (return-path requests, small final sections).
@@ -171,11 +177,13 @@ export function socketChannel(socket: Socket, uri: string, kind: 'tcp' | 'unix',
   const input = new NodeReadableSource(socket, {
     what: uri,
     signal,
+    ...(ringReading ? { ring: ringReading.ring } : {}),
     onClose: () => {
       inputClosed = true;
       releaseIfDone();
     },
   });
+  if (ringReading) ringReading.deliver.to = (chunk) => input.deliver(chunk);
   const output = new NodeWritableSink(socket, {
     what: uri,
     signal,
@@ -233,9 +241,14 @@ export function socketChannel(socket: Socket, uri: string, kind: 'tcp' | 'unix',
  * The socket channel over a descriptor another thread detached (detach()),
  * for use in this thread; its input yields the bytes already received first.
  */
-export function adoptDetachedSocket(detached: DetachedSocket): MigrationChannel {
-  const socket = new Socket({ fd: detached.fd, readable: true, writable: true, allowHalfOpen: true });
-  return socketChannel(socket, detached.uri, detached.kind, detached.received);
+export function adoptDetachedSocket(detached: DetachedSocket, options: { ring?: RingReads } = {}): MigrationChannel {
+  if (!options.ring) {
+    const socket = new Socket({ fd: detached.fd, readable: true, writable: true, allowHalfOpen: true });
+    return socketChannel(socket, detached.uri, detached.kind, detached.received);
+  }
+  const { onread, deliver } = ringReads(options.ring);
+  const socket = new Socket({ fd: detached.fd, readable: true, writable: true, allowHalfOpen: true, onread } as ConstructorParameters<typeof Socket>[0]);
+  return socketChannel(socket, detached.uri, detached.kind, detached.received, { ring: options.ring, deliver });
 }
 
 /** A file: written by the source, read by the destination; no return path. */

@@ -81,6 +81,40 @@ export interface NodeSourceOptions {
   atEnd?: () => Promise<void>;
   /** Runs once when the consumer closes this source. */
   onClose?: () => void;
+  /**
+   * The socket reads into a ring of reused buffers (net.Socket `onread`, see
+   * ringReads()) and hands chunks to deliver() instead of emitting 'data'.
+   */
+  ring?: RingReads;
+}
+
+/**
+ * Socket reads into `chunks` buffers of `chunkBytes`, reused in turn: no
+ * allocation and no fresh (page-faulting) memory per read, and no stream
+ * machinery per chunk. At most `chunks / 2` chunks wait unread (then reading
+ * stops until the consumer catches up), so a chunk is overwritten only after
+ * the consumer has read at least `chunks / 2` later ones: a consumer must not
+ * keep a chunk (or a view into it) that long. A StreamReader whose views are
+ * used before it reads on holds at most two.
+ */
+export interface RingReads {
+  chunkBytes: number;
+  chunks: number;
+}
+
+/** The `onread` option for a net.Socket reading into a ring; `deliver` is set by the source. */
+export function ringReads(ring: RingReads): { onread: { buffer: () => Uint8Array; callback: (n: number, buf: Uint8Array) => boolean }; deliver: { to?: (chunk: Uint8Array) => boolean } } {
+  const pool = Array.from({ length: ring.chunks }, () => Buffer.allocUnsafeSlow(ring.chunkBytes));
+  let next = 0;
+  const deliver: { to?: (chunk: Uint8Array) => boolean } = {};
+  return {
+    onread: {
+      buffer: () => pool[next++ % ring.chunks]!,
+      // false stops reading (Node calls readStop); resume() starts it again.
+      callback: (n, buf) => deliver.to!(buf.subarray(0, n)),
+    },
+    deliver,
+  };
 }
 
 /** Received bytes kept ahead of the consumer before the stream is paused (then TCP's window pushes back). */
@@ -106,7 +140,7 @@ export class NodeReadableSource implements ByteSource {
     // would stop and restart reading around every chunk). Past the queue's
     // bound the stream is paused, so the kernel's window (TCP) or the pipe
     // applies backpressure to the peer.
-    stream.on('data', this.onData);
+    if (!options.ring) stream.on('data', this.onData);
     stream.on('end', () => {
       this.ended = true;
       this.wake.notify();
@@ -120,6 +154,19 @@ export class NodeReadableSource implements ByteSource {
       this.wake.notify();
     });
     options.signal.addEventListener('abort', this.wake.notify, { once: true });
+  }
+
+  /** A chunk read into the ring (RingReads); false when reading must stop for now. */
+  deliver(chunk: Uint8Array): boolean {
+    if (this.closedByUser) return false;
+    this.queue.push(chunk);
+    this.queuedBytes += chunk.length;
+    this.wake.notify();
+    if (this.queue.length - this.queueHead >= this.options.ring!.chunks / 2) {
+      this.paused = true;
+      return false;
+    }
+    return true;
   }
 
   private readonly onData = (chunk: Buffer | string): void => {
@@ -145,7 +192,9 @@ export class NodeReadableSource implements ByteSource {
       this.queueHead = 0;
     }
     this.queuedBytes -= chunk.length;
-    if (this.paused && this.queuedBytes < SOURCE_QUEUE_LOW_BYTES && !this.closedByUser) {
+    const ring = this.options.ring;
+    const low = ring ? this.queue.length - this.queueHead <= ring.chunks / 4 : this.queuedBytes < SOURCE_QUEUE_LOW_BYTES;
+    if (this.paused && low && !this.closedByUser) {
       this.paused = false;
       this.stream.resume();
     }
