@@ -335,6 +335,7 @@ function saveLoad(source: RamBlock, dest: RamBlock, lentFrom: ArrayBufferLike | 
   const dirty: number[] = [];
   const saver = new RamSaveHandler([source], {
     xbzrle,
+    lendPages: true,
     maxIterateMs: Infinity,
     syncDirtyLog: (h) => {
       for (const p of dirty) h.markDirty(source.idstr, p);

@@ -277,14 +277,7 @@ export class RamLoadHandler implements SaveVMHandlers {
     input.bytesSync(3);
     const dataAt = input.offset;
     const data = input.bytesSync(length);
-    const page = block.pageForUpdate(pageIndex);
-    try {
-      xbzrleDecode(data, page, dataAt);
-    } catch (err) {
-      throw err instanceof StreamError ? err.withSection(section!) : err;
-    } finally {
-      block.pageUpdated(pageIndex);
-    }
+    this.decodeXbzrle(data, dataAt, block, pageIndex, section);
     return length;
   }
 
@@ -301,6 +294,12 @@ export class RamLoadHandler implements SaveVMHandlers {
     }
     const dataAt = input.offset;
     const data = await input.bytes(length, TARGET_PAGE_SIZE, 'XBZRLE data');
+    this.decodeXbzrle(data, dataAt, block, pageIndex, section);
+    return length;
+  }
+
+  /** Apply XBZRLE data over the page; a decode error names the section. */
+  private decodeXbzrle(data: Uint8Array, dataAt: number, block: RamBlock, pageIndex: number, section: StreamLocation['section']): void {
     const page = block.pageForUpdate(pageIndex);
     try {
       xbzrleDecode(data, page, dataAt);
@@ -309,6 +308,5 @@ export class RamLoadHandler implements SaveVMHandlers {
     } finally {
       block.pageUpdated(pageIndex);
     }
-    return length;
   }
 }
