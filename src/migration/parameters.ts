@@ -4,6 +4,8 @@
  *
  * Where livemig's default differs from QEMU 7.2's, the reason is given.
  */
+import { DEFAULT_MULTIFD_CHANNELS } from '../ram/multifd/packet.js';
+import { DEFAULT_XBZRLE_CACHE_BYTES } from '../ram/page-cache.js';
 
 export interface MigrationParameters {
   /**
@@ -60,13 +62,13 @@ export interface MigrationCapabilities {
 export const DEFAULT_PARAMETERS: Readonly<MigrationParameters> = {
   'max-bandwidth': 0,
   'downtime-limit': 300,
-  'xbzrle-cache-size': 64 * 1024 * 1024,
+  'xbzrle-cache-size': DEFAULT_XBZRLE_CACHE_BYTES,
   'cpu-throttle-initial': 20,
   'cpu-throttle-increment': 10,
   'max-cpu-throttle': 99,
   'throttle-trigger-threshold': 50,
   'cpu-throttle-tailslow': false,
-  'multifd-channels': 2,
+  'multifd-channels': DEFAULT_MULTIFD_CHANNELS,
   'multifd-compression': 'none',
   'multifd-zlib-level': 1,
   'multifd-zstd-level': 1,

@@ -51,11 +51,6 @@ export function registerMultifdCodec(method: MultifdCompression, factory: Multif
   factories.set(method, factory);
 }
 
-/** True for `none`, and for methods whose codec was registered. */
-export function multifdCodecAvailable(method: MultifdCompression): boolean {
-  return method === 'none' || factories.has(method);
-}
-
 /** The compression method named by packet flags, or undefined for unknown bits. */
 export function compressionOfFlags(flags: number): MultifdCompression | undefined {
   const bits = flags & MULTIFD_FLAG_COMPRESSION_MASK;

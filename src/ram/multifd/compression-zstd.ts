@@ -54,11 +54,6 @@ export function zstdAvailable(): boolean {
   }
 }
 
-/** Version of the libzstd inside the addon, e.g. "1.5.7". */
-export function zstdVersion(): string {
-  return zstdBinding().versionString();
-}
-
 /** [returnValue, dstProduced, srcConsumed] as ZSTD_compressStream2 / ZSTD_decompressStream report them. */
 export type ZstdStep = [ret: number, produced: number, consumed: number];
 

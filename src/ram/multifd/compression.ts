@@ -49,7 +49,7 @@ import { ZstdCompressStream, ZstdDecompressStream, ZstdEnd } from './compression
 import { MULTIFD_PAGES_PER_PACKET, MULTIFD_PAGE_SIZE } from './packet.js';
 
 export type { MultifdCompression } from './codec.js';
-export { zstdAvailable, zstdVersion } from './compression-zstd.js';
+export { zstdAvailable } from './compression-zstd.js';
 
 const PAGE = MULTIFD_PAGE_SIZE;
 
