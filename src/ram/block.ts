@@ -36,14 +36,6 @@ export interface RamBlock {
    * it as read-only and do not keep it across writes.
    */
   pageView(pageIndex: number): Uint8Array;
-  /**
-   * pageView() returns a window into the guest's memory itself, which stays
-   * valid (never detached, freed or reused for other contents) while the
-   * block exists, and which changes only through guest writes that mark the
-   * page dirty. A sender may then hand the view to the OS instead of copying
-   * it (zero-copy, as QEMU's writev from guest RAM). Absent or false: copy.
-   */
-  readonly stableMemory?: boolean;
   /** Copy the page into `out` at `outOffset`. */
   readPage(pageIndex: number, out: Uint8Array, outOffset?: number): void;
   writePage(pageIndex: number, data: Uint8Array): void;
@@ -80,13 +72,6 @@ export interface DenseRamBlockOptions {
   lengthBytes?: number;
   /** Allow the incoming block list to change the used length, up to memory.length. */
   resizeable?: boolean;
-  /**
-   * The memory stays valid while the block exists (RamBlock.stableMemory).
-   * Default: true over a SharedArrayBuffer, which cannot be detached or
-   * transferred; false over an ArrayBuffer, which can (a WebAssembly memory's
-   * is detached when it grows).
-   */
-  stableMemory?: boolean;
 }
 
 /** A block over caller-owned memory; page views are windows into it. */
@@ -94,7 +79,6 @@ export class DenseRamBlock implements RamBlock {
   private usedBytes: number;
   /** A Buffer over all of the memory: zero checks by memcmp, with no per-page allocation. */
   private readonly bytes: Buffer;
-  readonly stableMemory: boolean;
 
   constructor(readonly idstr: string, readonly memory: Uint8Array, private readonly options: DenseRamBlockOptions = {}) {
     checkIdstr(idstr);
@@ -103,7 +87,6 @@ export class DenseRamBlock implements RamBlock {
     checkLength(`RAM block '${idstr}'`, this.usedBytes);
     if (this.usedBytes > memory.length) throw new RangeError(`RAM block '${idstr}': length ${this.usedBytes} exceeds its memory (${memory.length})`);
     this.bytes = Buffer.from(memory.buffer, memory.byteOffset, memory.length);
-    this.stableMemory = options.stableMemory ?? memory.buffer instanceof SharedArrayBuffer;
   }
 
   get lengthBytes(): number {
@@ -170,8 +153,6 @@ export class SparseRamBlock implements RamBlock {
   private readonly pages = new Map<number, Uint8Array>();
   private readonly scratch: Uint8Array | undefined;
   readonly pageCount: number;
-  /** pageView() may return the shared zero page, and a stored page is dropped when it becomes zero: copy. */
-  readonly stableMemory = false;
 
   constructor(readonly idstr: string, readonly lengthBytes: number, options: SparseRamBlockOptions = {}) {
     checkIdstr(idstr);

@@ -92,17 +92,11 @@ export class RamRecordWriter {
     return n + 1;
   }
 
-  /**
-   * A raw page: header + 4096 bytes. With `lend`, the page is lent to the
-   * writer (StreamWriter.lend: sent from where it is, no copy, when the sink
-   * allows) rather than copied: only for memory that stays valid until the
-   * bytes are sent and whose later changes are sent again anyway (guest RAM).
-   */
-  writePage(out: StreamWriter, idstr: string, offsetBytes: number, page: Uint8Array, options: { lend?: boolean } = {}): number {
+  /** A raw page: header + 4096 bytes. */
+  writePage(out: StreamWriter, idstr: string, offsetBytes: number, page: Uint8Array): number {
     if (page.length !== TARGET_PAGE_SIZE) throw new RangeError(`page of ${page.length} bytes, expected ${TARGET_PAGE_SIZE}`);
     const n = this.header(out, idstr, offsetBytes, RAM_FLAG_PAGE);
-    if (options.lend) out.lend(page);
-    else out.bytes(page);
+    out.bytes(page);
     return n + TARGET_PAGE_SIZE;
   }
 

@@ -49,15 +49,6 @@ export interface RamSaveOptions {
   maxIterateMs?: number;
   /** Name the block in every record instead of using CONTINUE (L7). */
   alwaysSendBlockName?: boolean;
-  /**
-   * Lend guest RAM pages to the writer instead of copying them (a socket then
-   * sends them with writev). Off by default: for 4 KiB pages on one channel
-   * it measured slower and heavier than copying into 1 MiB writes (4 GiB idle:
-   * 3.7-3.8 s and +28 MiB source RSS, against 3.1-3.3 s), because every page
-   * becomes two iovecs and a Buffer object. Multifd channels send runs of
-   * pages from guest RAM regardless.
-   */
-  lendPages?: boolean;
 }
 
 /** Counters as QEMU's query-migrate `ram` and `xbzrle-cache` objects. */
@@ -395,8 +386,7 @@ export class RamSaveHandler implements SaveVMHandlers {
       return TARGET_PAGE_SIZE;
     }
 
-    const view = block.pageView(page);
-    let data = view;
+    let data = block.pageView(page);
     if (this.xbzrleActive && this.cache) {
       const cached = this.cache.lookup(globalPage, generation);
       if (!cached) {
@@ -438,17 +428,7 @@ export class RamSaveHandler implements SaveVMHandlers {
       }
     }
 
-    // With `lendPages`, guest RAM is lent to the writer, not copied: a socket sends
-    // it straight from guest memory (writev), as QEMU does, maybe after the guest ran on.
-    // That is safe because the page's dirty bit was cleared before it was
-    // queued: a guest write before the OS copies it goes out with this record
-    // (whole or torn) and also marks the page dirty again, so the page is sent
-    // once more later (at the latest in the final pass, with the guest
-    // stopped). An XBZRLE cache entry (`stored`, `cached`) is changed in place
-    // by later pages with no resend to cover it, and a block whose views are
-    // not its memory (stableMemory false) may reuse them: those are copied.
-    const lend = this.options.lendPages === true && data === view && block.stableMemory === true;
-    const n = this.records.writePage(out, block.idstr, offsetBytes, data, { lend });
+    const n = this.records.writePage(out, block.idstr, offsetBytes, data);
     c.normalPages++;
     c.normalBytes += TARGET_PAGE_SIZE;
     c.transferredBytes += n;

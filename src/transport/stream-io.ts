@@ -254,15 +254,6 @@ export interface NodeSinkOptions {
   explain?: (failure: ChannelError) => Promise<ChannelError>;
 }
 
-/**
- * A Buffer over the same memory (no copy). Node turns every other Uint8Array
- * into one anyway, at twice the cost; with a segment per lent page that adds
- * up.
- */
-function asBuffer(bytes: Uint8Array): Buffer {
-  return Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length);
-}
-
 export class NodeWritableSink implements ByteSink {
   private failure: ChannelError | undefined;
   private explained: Promise<ChannelError> | undefined;
@@ -293,66 +284,39 @@ export class NodeWritableSink implements ByteSink {
   }
 
   write(chunk: Uint8Array): Promise<void> {
-    return this.send([chunk], undefined);
+    return this.send(chunk, undefined);
   }
 
   /** write(), and `release` once Node has handed the chunk to the OS (or given up on it). */
   writeLent(chunk: Uint8Array, release: () => void): Promise<void> {
-    return this.send([chunk], release);
+    return this.send(chunk, release);
   }
 
-  /**
-   * The segments as one writev (cork, a write per segment, uncork), read from
-   * where they are; `release` once Node has handed all of them to the OS (or
-   * given up on them). Node keeps a reference to what it could not write at
-   * once and writes it later, so the memory stays reachable until then.
-   */
-  writeSegments(segments: readonly Uint8Array[], release?: () => void): Promise<void> {
-    return this.send(segments, release);
-  }
-
-  private async send(segments: readonly Uint8Array[], release: (() => void) | undefined): Promise<void> {
+  private async send(chunk: Uint8Array, release: (() => void) | undefined): Promise<void> {
     await this.check();
     if (this.closing) throw new ChannelError(`${this.options.what}: write after close`);
-    const stream = this.stream;
-    if (stream.destroyed) throw new ChannelError(`${this.options.what}: channel is closed`);
-    const last = segments.length - 1;
-    if (last < 0) {
-      release?.();
-      return;
-    }
-    // Node calls a write's callback when it was written, or with the error that ended the
-    // stream; callbacks come in order, so the last segment's says all of them are done.
-    let done: (() => void) | undefined;
+    if (this.stream.destroyed) throw new ChannelError(`${this.options.what}: channel is closed`);
+    // Node calls the callback when the chunk was written, or with the error that ended the stream.
     if (release) {
       let released = false;
-      done = (): void => {
+      const done = (): void => {
         if (released) return;
         released = true;
         release();
       };
-    }
-    if (last === 0) {
-      stream.write(segments[0]!, done);
+      this.stream.write(chunk, done);
+      // Nothing left in Node's queue: the OS took the whole chunk synchronously.
+      // Release now rather than on the next tick (a busy producer would otherwise
+      // run ahead of the callbacks and allocate fresh memory meanwhile).
+      if (this.stream.writableLength === 0) done();
     } else {
-      // Corked, the writes only queue; uncork hands them to _writev together (one writev syscall).
-      stream.cork();
-      try {
-        for (let i = 0; i < last; i++) stream.write(asBuffer(segments[i]!));
-        stream.write(asBuffer(segments[last]!), done);
-      } finally {
-        stream.uncork();
-      }
+      this.stream.write(chunk);
     }
-    // Nothing left in Node's queue: the OS took every byte synchronously.
-    // Release now rather than on the next tick (a busy producer would otherwise
-    // run ahead of the callbacks and allocate fresh memory meanwhile).
-    if (done && stream.writableLength === 0) done();
-    // Returning once Node has buffered the segments below its high-water mark is the backpressure.
-    while (stream.writableNeedDrain) {
+    // Returning once Node has buffered the chunk below its high-water mark is the backpressure.
+    while (this.stream.writableNeedDrain) {
       await this.wake.wait();
       await this.check();
-      if (stream.destroyed) throw new ChannelError(`${this.options.what}: channel closed while writing`);
+      if (this.stream.destroyed) throw new ChannelError(`${this.options.what}: channel closed while writing`);
     }
   }
 

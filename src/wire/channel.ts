@@ -2,8 +2,7 @@
  * Byte channels: where a migration stream comes from and goes to.
  *
  * A source hands out chunks it no longer touches (the reader keeps views into
- * them); a sink takes ownership of the chunks it is given (write), or borrows
- * them until it says it is done (writeLent, writeSegments).
+ * them); a sink takes ownership of the chunks it is given.
  */
 import { open, type FileHandle } from 'node:fs/promises';
 import type { Readable, Writable } from 'node:stream';
@@ -24,16 +23,6 @@ export interface ByteSink {
    * caller may reuse it. Sinks that keep chunks (memory) do not offer it.
    */
   writeLent?(chunk: Uint8Array, release: () => void): Promise<void>;
-  /**
-   * Optional: write `segments` in order as one gathered write (writev), taking
-   * none of them over: the sink neither copies nor keeps them, it reads them
-   * when the OS takes the bytes, which may be after this call returned. The
-   * caller keeps every segment's memory valid until `release` is called (all
-   * were written, or the write failed). Lets a caller send bytes from where
-   * they live (guest RAM) instead of copying them first. Sinks that keep
-   * chunks (memory, files written later) do not offer it.
-   */
-  writeSegments?(segments: readonly Uint8Array[], release?: () => void): Promise<void>;
   /** Flush and release the channel. */
   close(): Promise<void>;
 }

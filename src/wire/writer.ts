@@ -11,19 +11,9 @@
  * them in the same slab (the sink owns what it was given; those bytes are
  * never written again). Nothing is allocated per record or per flush, and the
  * sink sees few large writes. A sink that can say when it is done with a
- * chunk (ByteSink.writeSegments or writeLent: sockets, pipes) gets slabs back
- * for reuse, so the steady state allocates nothing and writes into memory that
- * is already mapped (and warm in the cache).
- *
- * lend() writes a caller's bytes without copying them, when the sink can send
- * memory it does not own (writeSegments: one writev per batch): the current
- * chunk ends, the caller's view is queued as a segment of its own, and the
- * next chunk starts right after the ended one. Guest RAM pages go out this
- * way, as QEMU sends them (iovecs pointing at guest memory). Other sinks get a
- * copy, as from bytes(). The price is a segment object per lent view and per
- * chunk between two views, and an iovec each for Node and the kernel: worth
- * it for long views (multifd page runs); for single 4 KiB pages it costs
- * about what the copy did (a memcpy at 5 GB/s).
+ * chunk (ByteSink.writeLent: sockets, pipes) gets slabs back for reuse, so the
+ * steady state allocates nothing and writes into memory that is already mapped
+ * (and warm in the cache).
  */
 import type { ByteSink } from './channel.js';
 
@@ -59,13 +49,6 @@ export function copyBytes(target: Uint8Array, targetOffset: number, source: Uint
 
 /** Free slabs kept for reuse. */
 const SLAB_POOL = 4;
-/**
- * Shorter views are copied even by lend(): an iovec of its own, and the chunk
- * it splits, cost more than copying a few hundred bytes.
- */
-export const LEND_MIN_BYTES = 1024;
-/** Segments per writeSegments() call at most: Linux's IOV_MAX, so a batch fits one writev call. */
-const MAX_SEGMENTS_PER_WRITE = 1024;
 
 interface Slab {
   readonly bytes: Uint8Array;
@@ -74,6 +57,11 @@ interface Slab {
   outstanding: number;
   /** The writer has moved on to another slab. */
   retired: boolean;
+}
+
+interface QueuedChunk {
+  bytes: Uint8Array;
+  slab: Slab;
 }
 
 function allocate(n: number): Slab {
@@ -92,14 +80,9 @@ export class StreamWriter {
   private limit: number; // end of the current chunk in slab
   private position = 0; // next byte to write in slab
   private readonly slabBytes: number;
-  // Chunks and lent views waiting for the sink, and the slab of each (undefined for a lent view).
-  // Two arrays rather than an object per entry: a page record is two entries when pages are lent.
-  private readonly queued: Uint8Array[] = [];
-  private readonly queuedSlabs: Array<Slab | undefined> = [];
+  private readonly queued: QueuedChunk[] = [];
   private queuedLength = 0;
   private flushedBytes = 0;
-  /** The sink takes segments (writeSegments): lend() lends, chunks are made as Buffers (what Node writes, no conversion per chunk). */
-  private readonly lends: boolean;
 
   constructor(private readonly sink: ByteSink, private readonly chunkBytes = WRITER_CHUNK_BYTES) {
     if (!Number.isInteger(chunkBytes) || chunkBytes < 16) throw new RangeError(`StreamWriter: buffer size ${chunkBytes} is too small`);
@@ -108,7 +91,6 @@ export class StreamWriter {
     this.slab = this.current.bytes;
     this.view = this.current.view;
     this.limit = chunkBytes;
-    this.lends = sink.writeSegments !== undefined;
   }
 
   /** Bytes written so far, whether or not they reached the sink. */
@@ -124,9 +106,7 @@ export class StreamWriter {
   /** Queue the current chunk (if not empty) and start the next one. */
   private rotate(): void {
     if (this.position > this.start) {
-      const slab = this.slab;
-      this.queued.push(this.lends ? Buffer.from(slab.buffer, slab.byteOffset + this.start, this.position - this.start) : slab.subarray(this.start, this.position));
-      this.queuedSlabs.push(this.current);
+      this.queued.push({ bytes: this.slab.subarray(this.start, this.position), slab: this.current });
       this.current.outstanding++;
       this.queuedLength += this.position - this.start;
     }
@@ -210,26 +190,6 @@ export class StreamWriter {
     return this;
   }
 
-  /**
-   * Write `data` without copying it, when the sink can send it from where it
-   * is (ByteSink.writeSegments); otherwise (or for fewer than LEND_MIN_BYTES)
-   * copy it as bytes() does. A lent view is read when the OS takes it, which
-   * may be after the next drain() or flush() returned (as late as the sink's
-   * close()): its memory must stay valid until then, and its contents are
-   * whatever they are at that time. For memory that may be reused or freed
-   * sooner, use bytes().
-   */
-  lend(data: Uint8Array): this {
-    const n = data.length;
-    if (n < LEND_MIN_BYTES || !this.lends) return this.bytes(data);
-    // End the current chunk so that the view goes out after what precedes it; the next chunk starts after the ended one.
-    this.rotate();
-    this.queued.push(data);
-    this.queuedSlabs.push(undefined);
-    this.queuedLength += n;
-    return this;
-  }
-
   /** A counted string: u8 length then the UTF-8 bytes (at most 255). */
   countedString(s: string): this {
     const encoded = textEncoder.encode(s);
@@ -238,45 +198,16 @@ export class StreamWriter {
     return this.bytes(encoded);
   }
 
-  /** Hand full chunks (and lent views) to the sink, keeping the partial chunk. */
+  /** Hand full chunks to the sink, keeping the partial one. */
   async drain(): Promise<void> {
     const sink = this.sink;
-    if (sink.writeSegments) {
-      await this.drainSegments(sink.writeSegments.bind(sink));
-      return;
-    }
     while (this.queued.length > 0) {
-      const bytes = this.queued.shift()!;
-      const slab = this.queuedSlabs.shift();
+      const { bytes, slab } = this.queued.shift()!;
       this.queuedLength -= bytes.length;
-      this.flushedBytes += bytes.length;
-      // Without writeSegments nothing is lent (lend() copied): every chunk is in a slab.
       // A chunk given to write() stays the sink's for good: its slab is never reused.
-      if (sink.writeLent) await sink.writeLent(bytes, () => this.released(slab!));
+      if (sink.writeLent) await sink.writeLent(bytes, () => this.released(slab));
       else await sink.write(bytes);
-    }
-  }
-
-  /**
-   * Queued segments in batches of about a chunk's bytes (at most
-   * MAX_SEGMENTS_PER_WRITE), one sink call each: a chunk of page records is
-   * one writev of a few hundred iovecs, not an await per page. Waiting for
-   * the sink between batches keeps Node's buffer, and the memory it holds on
-   * to, at about a chunk.
-   */
-  private async drainSegments(writeSegments: NonNullable<ByteSink['writeSegments']>): Promise<void> {
-    const queued = this.queued;
-    while (queued.length > 0) {
-      let count = 0;
-      let batchBytes = 0;
-      while (count < queued.length && count < MAX_SEGMENTS_PER_WRITE && batchBytes < this.chunkBytes) batchBytes += queued[count++]!.length;
-      const segments = queued.splice(0, count);
-      const slabs = this.queuedSlabs.splice(0, count);
-      this.queuedLength -= batchBytes;
-      this.flushedBytes += batchBytes;
-      await writeSegments(segments, () => {
-        for (const slab of slabs) if (slab) this.released(slab);
-      });
+      this.flushedBytes += bytes.length;
     }
   }
 
