@@ -224,7 +224,7 @@ describe('xbzrle decoder', () => {
 });
 
 describe('xbzrle: encoding guest RAM that changes while it is read', () => {
-  it('always yields a valid encoding, and decoding it over the old page gives the same page on both sides', { timeout: 30_000 }, async () => {
+  it('always yields a valid encoding whose runs land where the page changed', { timeout: 30_000 }, async () => {
     const { Worker } = await import('node:worker_threads');
     const shared = new SharedArrayBuffer(4096);
     const page = new Uint8Array(shared);
@@ -239,8 +239,8 @@ describe('xbzrle: encoding guest RAM that changes while it is read', () => {
       { eval: true, workerData: { shared, stop: stopFlag } },
     );
     const stop = new Int32Array(stopFlag);
-    const cache = new Uint8Array(4096); // what the destination holds
-    const destination = new Uint8Array(4096);
+    const TOGGLED = new Set([0, 1000, 1001, 4095]);
+    const cache = new Uint8Array(4096); // the sender's cache, as the destination holds the page
     const out = new Uint8Array(4096);
     let encoded = 0;
     try {
@@ -250,15 +250,14 @@ describe('xbzrle: encoding guest RAM that changes while it is read', () => {
         if (n <= 0) {
           // Unchanged or overflow: a full page goes out, copied into the cache first.
           cache.set(page);
-          destination.set(cache);
           continue;
         }
         encoded++;
         const delta = out.subarray(0, n);
         xbzrleValidate(delta, 4096); // throws on an empty run or any other malformation
         xbzrleDecode(delta, cache);
-        xbzrleDecode(delta, destination);
-        assert.deepEqual(destination, cache);
+        // Only the bytes the guest writes may differ from zero: a run placed at the wrong offset would show.
+        for (let i = 0; i < 4096; i++) if (!TOGGLED.has(i) && cache[i] !== 0) assert.fail(`byte ${i} of the decoded page is ${cache[i]}`);
       }
     } finally {
       Atomics.store(stop, 0, 1);

@@ -108,6 +108,17 @@ export interface VcpuWorkerData {
 }
 
 const TWO_POW_32 = 4294967296;
+
+/** mulberry32 (as test/helpers/prng.ts): the state advances by this before each output. */
+const MULBERRY32_STEP = 0x6d2b79f5;
+
+/** mulberry32's output (a u32) for an advanced state; a plain function, so the page loop allocates nothing. */
+function mulberry32(state: number): number {
+  let t = state;
+  t = Math.imul(t ^ (t >>> 15), t | 1);
+  t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+  return (t ^ (t >>> 14)) >>> 0;
+}
 /** Pages written between checks of the clock, knobs and published counters. */
 const CHUNK_PAGES = 64;
 /** Disk blocks written at most between those checks (each is a syscall, far slower than a page). */
@@ -206,12 +217,8 @@ function runVcpu(data: VcpuWorkerData): void {
   const diskWrite = (): void => {
     let block: number;
     if (diskPattern === Pattern.Random) {
-      // mulberry32, as the RAM workload's.
-      diskPrng = (diskPrng + 0x6d2b79f5) >>> 0;
-      let t = diskPrng;
-      t = Math.imul(t ^ (t >>> 15), t | 1);
-      t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-      block = Math.floor((((t ^ (t >>> 14)) >>> 0) * diskBlocks) / TWO_POW_32);
+      diskPrng = (diskPrng + MULBERRY32_STEP) >>> 0;
+      block = Math.floor((mulberry32(diskPrng) * diskBlocks) / TWO_POW_32);
     } else {
       block = diskCursor;
       if (++diskCursor >= diskBlocks) diskCursor = 0;
@@ -354,12 +361,8 @@ function runVcpu(data: VcpuWorkerData): void {
         }
         let index: number;
         if (pattern === Pattern.Random) {
-          // mulberry32 (as test/helpers/prng.ts), inlined: no allocation per page.
-          prng = (prng + 0x6d2b79f5) >>> 0;
-          let t = prng;
-          t = Math.imul(t ^ (t >>> 15), t | 1);
-          t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-          index = Math.floor((((t ^ (t >>> 14)) >>> 0) * rangePages) / TWO_POW_32);
+          prng = (prng + MULBERRY32_STEP) >>> 0;
+          index = Math.floor((mulberry32(prng) * rangePages) / TWO_POW_32);
         } else {
           index = position;
         }

@@ -25,6 +25,15 @@ export const TEST_RAM_BLOCK = 'pc.ram';
 const MiB = 1024 * 1024;
 const TWO_POW_32 = 4294967296;
 
+/** A counter the vCPU publishes as two u32 words: hi, lo, hi again, retried if the low word wrapped between the reads. */
+function loadU64(c: Int32Array, hiIndex: number, loIndex: number): number {
+  for (;;) {
+    const hi = Atomics.load(c, hiIndex) >>> 0;
+    const lo = Atomics.load(c, loIndex) >>> 0;
+    if (hi === Atomics.load(c, hiIndex) >>> 0) return hi * TWO_POW_32 + lo;
+  }
+}
+
 export type TestPattern = 'sequential' | 'random';
 
 export interface TestMachineOptions {
@@ -614,20 +623,7 @@ export class TestMachine implements Machine {
   /** Counters published by the vCPU (exact when paused). */
   stats(): TestMachineStats {
     const c = this.ctrl;
-    let hi: number;
-    let lo: number;
-    // hi, lo, hi again: retry if the low word wrapped between the reads.
-    do {
-      hi = Atomics.load(c, Ctrl.StatPagesHi) >>> 0;
-      lo = Atomics.load(c, Ctrl.StatPagesLo) >>> 0;
-    } while (hi !== Atomics.load(c, Ctrl.StatPagesHi) >>> 0);
-    let diskHi: number;
-    let diskLo: number;
-    do {
-      diskHi = Atomics.load(c, Ctrl.StatDiskBlocksHi) >>> 0;
-      diskLo = Atomics.load(c, Ctrl.StatDiskBlocksLo) >>> 0;
-    } while (diskHi !== Atomics.load(c, Ctrl.StatDiskBlocksHi) >>> 0);
-    return { passes: Atomics.load(c, Ctrl.StatPasses) >>> 0, pagesWritten: hi * TWO_POW_32 + lo, diskBlocksWritten: diskHi * TWO_POW_32 + diskLo };
+    return { passes: Atomics.load(c, Ctrl.StatPasses) >>> 0, pagesWritten: loadU64(c, Ctrl.StatPagesHi, Ctrl.StatPagesLo), diskBlocksWritten: loadU64(c, Ctrl.StatDiskBlocksHi, Ctrl.StatDiskBlocksLo) };
   }
 
   /** The disk workload's registers and layout, or undefined without a disk; paused only. */

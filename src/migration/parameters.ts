@@ -4,6 +4,7 @@
  *
  * Where livemig's default differs from QEMU 7.2's, the reason is given.
  */
+import { MULTIFD_COMPRESSION_FLAGS, MULTIFD_DEFAULT_LEVEL, multifdLevelRange, type MultifdCompression } from '../ram/multifd/codec.js';
 import { DEFAULT_MULTIFD_CHANNELS } from '../ram/multifd/packet.js';
 import { DEFAULT_XBZRLE_CACHE_BYTES } from '../ram/page-cache.js';
 
@@ -28,7 +29,7 @@ export interface MigrationParameters {
   /** Multifd: extra connections that carry page contents (QEMU: 2, range 1..255); both sides must agree. */
   'multifd-channels': number;
   /** Multifd payload compression (QEMU 7.2: none, zlib, zstd); both sides must agree. */
-  'multifd-compression': 'none' | 'zlib' | 'zstd';
+  'multifd-compression': MultifdCompression;
   /** zlib level for multifd (QEMU: 1, range 0..9). */
   'multifd-zlib-level': number;
   /** zstd level for multifd (QEMU: 1, range 0..20). */
@@ -70,8 +71,8 @@ export const DEFAULT_PARAMETERS: Readonly<MigrationParameters> = {
   'cpu-throttle-tailslow': false,
   'multifd-channels': DEFAULT_MULTIFD_CHANNELS,
   'multifd-compression': 'none',
-  'multifd-zlib-level': 1,
-  'multifd-zstd-level': 1,
+  'multifd-zlib-level': MULTIFD_DEFAULT_LEVEL,
+  'multifd-zstd-level': MULTIFD_DEFAULT_LEVEL,
 };
 
 /** In the order of QEMU's MigrationCapability enum, which query-migrate-capabilities follows. */
@@ -126,16 +127,16 @@ export function applyParameters(current: MigrationParameters, update: Partial<Re
         next[name] = integerIn(name, value, 1, 255);
         break;
       case 'multifd-compression':
-        if (value !== 'none' && value !== 'zlib' && value !== 'zstd') {
+        if (typeof value !== 'string' || !Object.hasOwn(MULTIFD_COMPRESSION_FLAGS, value)) {
           throw new RangeError(`Parameter 'multifd-compression' does not accept value '${String(value)}'`);
         }
-        next[name] = value;
+        next[name] = value as MultifdCompression;
         break;
       case 'multifd-zlib-level':
-        next[name] = integerIn(name, value, 0, 9);
+        next[name] = integerIn(name, value, ...multifdLevelRange('zlib'));
         break;
       case 'multifd-zstd-level':
-        next[name] = integerIn(name, value, 0, 20);
+        next[name] = integerIn(name, value, ...multifdLevelRange('zstd'));
         break;
       default:
         throw new RangeError(`Parameter '${name}' is unexpected`);

@@ -182,13 +182,6 @@ export class StreamReader {
     return this.buffer[this.position++]!;
   }
 
-  be16Sync(): number {
-    if (this.buffer.length - this.position < 2) throw new RangeError('be16Sync past the buffered bytes');
-    const v = this.view.getUint16(this.position);
-    this.position += 2;
-    return v;
-  }
-
   /** The byte `ahead` bytes past the next one, without consuming anything (see u8Sync). */
   peekU8Sync(ahead = 0): number {
     if (this.buffer.length - this.position <= ahead) throw new RangeError('peekU8Sync past the buffered bytes');

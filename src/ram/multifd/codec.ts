@@ -13,6 +13,16 @@ import { MULTIFD_FLAG_COMPRESSION_MASK, MULTIFD_FLAG_NOCOMP, MULTIFD_FLAG_ZLIB, 
 
 export type MultifdCompression = 'none' | 'zlib' | 'zstd';
 
+/** Parameter ranges and defaults of `multifd-zlib-level` / `multifd-zstd-level` (QEMU 7.2). */
+export const MULTIFD_ZLIB_LEVEL_MAX = 9;
+export const MULTIFD_ZSTD_LEVEL_MAX = 20;
+export const MULTIFD_DEFAULT_LEVEL = 1;
+
+/** Inclusive level range of a method ([0, 0] for none). */
+export function multifdLevelRange(method: MultifdCompression): [min: number, max: number] {
+  return method === 'zlib' ? [0, MULTIFD_ZLIB_LEVEL_MAX] : method === 'zstd' ? [0, MULTIFD_ZSTD_LEVEL_MAX] : [0, 0];
+}
+
 /** The packet flag bits for each method (7.2: none 0, zlib 1<<1, zstd 2<<1). */
 export const MULTIFD_COMPRESSION_FLAGS: Record<MultifdCompression, number> = {
   none: MULTIFD_FLAG_NOCOMP,

@@ -43,23 +43,20 @@
  * compresses again. Level switches happen at packet boundaries, so every
  * payload still decodes with QEMU's own receive loop.
  */
-import { MULTIFD_COMPRESSION_FLAGS, registerMultifdCodec, type MultifdCompression, type MultifdRecvCodec, type MultifdSendCodec } from './codec.js';
+import { MULTIFD_COMPRESSION_FLAGS, MULTIFD_DEFAULT_LEVEL, multifdLevelRange, registerMultifdCodec, type MultifdCompression, type MultifdRecvCodec, type MultifdSendCodec } from './codec.js';
 import { ZlibStream, Z_NO_FLUSH, Z_SYNC_FLUSH } from './compression-zlib.js';
 import { ZstdCompressStream, ZstdDecompressStream, ZstdEnd } from './compression-zstd.js';
-import { MULTIFD_PAGES_PER_PACKET, MULTIFD_PAGE_SIZE } from './packet.js';
+import { MULTIFD_COMPRESSED_MAX, MULTIFD_PAGES_PER_PACKET, MULTIFD_PAGE_SIZE } from './packet.js';
 
 export type { MultifdCompression } from './codec.js';
 export { zstdAvailable } from './compression-zstd.js';
+// Defined with the codec interface (pure, for the parameter checks); exported here as well for callers of this module.
+export { MULTIFD_COMPRESSED_MAX } from './packet.js';
+export { MULTIFD_DEFAULT_LEVEL, MULTIFD_ZLIB_LEVEL_MAX, MULTIFD_ZSTD_LEVEL_MAX, multifdLevelRange } from './codec.js';
 
 const PAGE = MULTIFD_PAGE_SIZE;
 
-/** QEMU 7.2's zbuff_len: MULTIFD_PACKET_SIZE (512 KiB) × 2, on both sides. */
-export const MULTIFD_COMPRESSED_MAX = 2 * 512 * 1024;
 
-/** Parameter ranges and defaults of `multifd-zlib-level` / `multifd-zstd-level` (QEMU 7.2). */
-export const MULTIFD_ZLIB_LEVEL_MAX = 9;
-export const MULTIFD_ZSTD_LEVEL_MAX = 20;
-export const MULTIFD_DEFAULT_LEVEL = 1;
 
 /** Levels the channels drop to while backed off. */
 export const MULTIFD_ZLIB_BACKOFF_LEVEL = 0;
@@ -69,11 +66,6 @@ export const MULTIFD_ZSTD_BACKOFF_LEVEL = -5;
 /** Packet flag bits of a method: none 0, zlib 0x2, zstd 0x4 (QEMU 7.2 MULTIFD_FLAG_*). */
 export function multifdCompressionFlags(method: MultifdCompression): number {
   return MULTIFD_COMPRESSION_FLAGS[method];
-}
-
-/** Inclusive level range of a method ([0, 0] for none). */
-export function multifdLevelRange(method: MultifdCompression): [min: number, max: number] {
-  return method === 'zlib' ? [0, MULTIFD_ZLIB_LEVEL_MAX] : method === 'zstd' ? [0, MULTIFD_ZSTD_LEVEL_MAX] : [0, 0];
 }
 
 /** When to stop compressing a channel's packets and when to try again. */

@@ -29,6 +29,9 @@ export const MULTIFD_FLAG_NOCOMP = 0 << 1;
 export const MULTIFD_FLAG_ZLIB = 1 << 1;
 export const MULTIFD_FLAG_ZSTD = 2 << 1;
 
+/** A compressed payload may not exceed this: twice the packet size, as QEMU 7.2's zbuff_len on both sides. */
+export const MULTIFD_COMPRESSED_MAX = 2 * MULTIFD_PAGES_PER_PACKET * MULTIFD_PAGE_SIZE;
+
 /** Default of parameter `multifd-channels` (QEMU: 2, range 1..255). */
 export const DEFAULT_MULTIFD_CHANNELS = 2;
 

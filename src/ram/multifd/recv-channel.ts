@@ -12,6 +12,7 @@ import { StreamError, UnexpectedEndError, type StreamReader } from '../../wire/i
 import { compressionOfFlags, createRecvCodec, ensureMultifdCodecs, MULTIFD_COMPRESSION_FLAGS, type MultifdCompression, type MultifdRecvCodec } from './codec.js';
 import {
   findBadOffset,
+  MULTIFD_COMPRESSED_MAX,
   MULTIFD_FLAG_COMPRESSION_MASK,
   MULTIFD_FLAG_SYNC,
   MULTIFD_HEADER_BYTES,
@@ -23,8 +24,6 @@ import {
   parsePacketHeader,
 } from './packet.js';
 
-/** A compressed payload may not exceed this: twice the packet size, as the buffers of QEMU 7.2 on both sides. */
-export const MULTIFD_MAX_PAYLOAD_BYTES = 2 * MULTIFD_PAGES_PER_PACKET * MULTIFD_PAGE_SIZE; // QEMU 7.2's zbuff_len
 
 export interface RecvChannelCounters {
   packets: number;
@@ -108,7 +107,7 @@ async function receivePackets(reader: StreamReader, ctx: RecvChannelContext, id:
       } else {
         codec ??= createRecvCodec(ctx.compression);
         const payloadAt = reader.offset;
-        const payload = await reader.bytes(h.nextPacketSize, MULTIFD_MAX_PAYLOAD_BYTES, 'multifd payload');
+        const payload = await reader.bytes(h.nextPacketSize, MULTIFD_COMPRESSED_MAX, 'multifd payload');
         const targets: Uint8Array[] = [];
         for (let i = 0; i < h.normalPages; i++) targets.push(block.pageForUpdate(h.offsets[i]! / MULTIFD_PAGE_SIZE));
         try {
