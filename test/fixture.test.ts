@@ -1,6 +1,6 @@
 /**
  * The stream captured from real QEMU 7.2 (`-M none -m 16M`, see
- * ../shared/fixtures/README.md) through `livemig analyze` and through a
+ * test/fixtures/README.md) through `livemig analyze` and through a
  * destination that holds the same devices as QEMU's `-M none` machine.
  */
 import { test } from 'node:test';

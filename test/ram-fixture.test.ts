@@ -8,8 +8,9 @@ import { describe, it } from 'node:test';
 import type { LoadSectionContext, SectionKind } from '../src/savevm/handlers.js';
 import { DenseRamBlock, FixedRamBlockTable, RamLoadHandler, RamSaveHandler, AnalysisRamBlockTable } from '../src/ram/index.js';
 import { MemorySink, MemorySource, StreamReader, StreamWriter } from '../src/wire/index.js';
+import { fixturePath } from './helpers/paths.js';
 
-const FIXTURE = '/work/shared/fixtures/qemu72-none-16M.mig';
+const FIXTURE = fixturePath('qemu72-none-16M.mig');
 const MIB16 = 16 * 1024 * 1024;
 
 // Body ranges in the fixture: [start, end) — each ends right before the 7e footer.

@@ -18,8 +18,9 @@ import {
   type VMStateDescription,
 } from '../src/vmstate/index.js';
 import { MemorySink, MemorySource, StreamError, StreamReader, StreamWriter } from '../src/wire/index.js';
+import { fixturePath } from './helpers/paths.js';
 
-const FIXTURE = '/work/shared/fixtures/qemu72-none-16M.mig';
+const FIXTURE = fixturePath('qemu72-none-16M.mig');
 const stream = new Uint8Array(readFileSync(FIXTURE));
 
 // Offsets in the fixture (reference 2.10).
