@@ -8,6 +8,7 @@
  * converged. Capabilities the destination must know too (multifd) are set on
  * it through QMP before `migrate-incoming`, as with QEMU.
  */
+import { queryMigrate } from '../src/monitor/query-migrate.js';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -86,7 +87,7 @@ export async function runLivemigMigration(o: LivemigRunOptions): Promise<RunResu
     const mt1 = performance.now();
     clearTimeout(bound);
     const passes1 = passesAtStop ?? o.guestPasses?.(machine);
-    const info = migration.query();
+    const info = queryMigrate(migration);
     if (process.env.LIVEMIG_BENCH_DEBUG) process.stderr.write(`switchover: ${JSON.stringify(migration.switchover)}\n`);
     const cpu1 = [cpuSeconds(process.pid), cpuSeconds(dest.pid)];
     if (status === 'completed') {

@@ -13,8 +13,10 @@
  * shadow); then the migration (total, setup, downtime, throughput, passes,
  * final throttle) and the guest's instructions/s over the migration.
  */
+import { queryMigrate } from '../src/monitor/query-migrate.js';
 import { createV86Machine } from '../src/machine/v86-machine.js';
-import { OutgoingMigration, type MigrationInfo } from '../src/migration/index.js';
+import { OutgoingMigration } from '../src/migration/index.js';
+import type { MigrationInfo } from '../src/monitor/query-migrate.js';
 import { cpuDelta, cpuSeconds, jsonEvent, LineChild, LIVEMIG_MAIN, MiB, peakRssBytes } from './util.js';
 
 export interface V86BenchResult {
@@ -79,7 +81,7 @@ async function main(): Promise<void> {
     migration.start(address);
     const status = await migration.finished;
     const mt1 = performance.now();
-    const info = migration.query();
+    const info = queryMigrate(migration);
     const cpu1 = [cpuSeconds(process.pid), cpuSeconds(dest.pid)];
     const ipsDuring = (machine.stats().instructions - m0) / ((mt1 - mt0) / 1000);
     if (status === 'completed') await dest.waitFor(jsonEvent('resumed'), 'destination');

@@ -3,6 +3,7 @@
  * analyze` counts the chunks per device, and the stream loads into a new
  * machine whose disk then equals the source's.
  */
+import { queryMigrate } from '../src/monitor/query-migrate.js';
 import assert from 'node:assert/strict';
 import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -35,8 +36,8 @@ test('a mostly-zero 1 GiB disk: far fewer bytes than its size; analyze counts ch
     const streamPath = join(dir, 'stream.mig');
     const migration = new OutgoingMigration(machine);
     migration.start(`file:${streamPath}`, { blk: true });
-    assert.equal(await migration.finished, 'completed', migration.query()['error-desc']);
-    const info = migration.query();
+    assert.equal(await migration.finished, 'completed', queryMigrate(migration)['error-desc']);
+    const info = queryMigrate(migration);
     assert.deepEqual(info.disk, { transferred: GiB, remaining: 0, total: GiB });
     const wireBytes = (await stat(streamPath)).size;
     assert.ok(wireBytes < 3 * CHUNK_SIZE + 17 * MiB, `${wireBytes} bytes on the wire for a 1 GiB disk and 16 MiB of RAM`);

@@ -3,6 +3,7 @@
  * livemig source -> QEMU destination (QEMU's memory read back with pmemsave),
  * then QEMU source -> livemig destination; RAM equal byte for byte both ways.
  */
+import { queryMigrate } from '../src/monitor/query-migrate.js';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
@@ -108,10 +109,10 @@ test(`multifd (compression ${compression}) with real QEMU 7.2 over TCP, both dir
     out.setCapabilities({ multifd: true });
     out.setParameters({ 'multifd-channels': 2, 'max-bandwidth': 64 << 20, 'multifd-compression': compression });
     out.start(`tcp:127.0.0.1:${port}`);
-    assert.equal(await out.finished, 'completed', `${out.query()['error-desc']}\n${qemu.stderr}`);
+    assert.equal(await out.finished, 'completed', `${queryMigrate(out)['error-desc']}\n${qemu.stderr}`);
     const qemuStatus = await qemu.waitForMigrationStatus(['completed', 'failed']);
     assert.equal(qemuStatus, 'completed', `QEMU destination: ${JSON.stringify(await qemu.execute('query-migrate'))} ${qemu.stderr}`);
-    const info = out.query().ram!;
+    const info = queryMigrate(out).ram!;
     assert.ok(info['multifd-bytes'] > 5 << 20, `multifd bytes ${info['multifd-bytes']}`); // accounted as uncompressed pages + headers
     assert.ok(info['dirty-sync-count'] >= 2, 'several passes');
     const memPath = join(qemu.dir, 'mem.bin');

@@ -3,6 +3,7 @@
  * keeps writing (channels in worker threads), the fallback on the main
  * thread, a dropped channel, exec: refused, and bad multifd input.
  */
+import { queryMigrate } from '../src/monitor/query-migrate.js';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
@@ -76,7 +77,7 @@ async function migrate(src: TestMachine, dst: TestMachine, channels: number, opt
   MultifdSender.open = async (o) => (sender = await original(options.useWorkers === false ? { ...o, useWorkers: false } : o));
   try {
     out.start(address);
-    assert.equal(await out.finished, 'completed', out.query()['error-desc']);
+    assert.equal(await out.finished, 'completed', queryMigrate(out)['error-desc']);
   } finally {
     MultifdSender.open = original;
   }
@@ -94,7 +95,7 @@ for (const useWorkers of [true, false]) {
     const { src, dst } = await machines(32 * MiB, 20_000);
     try {
       const { out, loadedHash } = await migrate(src, dst, 3, { useWorkers });
-      const info = out.query();
+      const info = queryMigrate(out);
       assert.equal(src.running, false);
       assert.equal(loadedHash, src.ramHash(), 'destination RAM at load equals source RAM at stop');
       // The destination's guest already runs (and writes) here; its RAM at load equals
@@ -122,7 +123,7 @@ test('multifd over exec: fails as QEMU 7.2, guest keeps running', { timeout: 30_
     out.setCapabilities({ multifd: true });
     out.start('exec:cat > /dev/null');
     assert.equal(await out.finished, 'failed');
-    assert.equal(out.query()['error-desc'], 'multifd is not supported by current protocol');
+    assert.equal(queryMigrate(out)['error-desc'], 'multifd is not supported by current protocol');
     assert.equal(src.running, true);
   } finally {
     await src.destroy();
@@ -149,7 +150,7 @@ test('multifd: a dropped channel fails the migration on the source, whose guest 
     out.setCapabilities({ multifd: true, 'return-path': false });
     out.start(listener.address);
     assert.equal(await out.finished, 'failed');
-    assert.match(out.query()['error-desc'] ?? '', /^multifd channel \d/);
+    assert.match(queryMigrate(out)['error-desc'] ?? '', /^multifd channel \d/);
     assert.equal(src.running, true, 'the source guest still runs');
     const before = src.stats().pagesWritten;
     await waitUntil(() => src.stats().pagesWritten > before + 100, 10_000);

@@ -3,6 +3,7 @@
  * engine's OutgoingMigration here, a v86 destination in a child process
  * (test/helpers/v86-destination.ts).
  */
+import { queryMigrate } from '../src/monitor/query-migrate.js';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
@@ -57,7 +58,7 @@ test('v86: live migration of the multiboot guest between two processes over TCP'
     // downtime budget cover one pass over the RAM so it switches over after the first pass.
     migration.setParameters({ 'downtime-limit': 20_000 });
     migration.start(address);
-    assert.equal(await migration.finished, 'completed', migration.query()['error-desc']);
+    assert.equal(await migration.finished, 'completed', queryMigrate(migration)['error-desc']);
     assert.equal(machine.running, false);
     const loaded = await dst.next('loaded');
     assert.equal(loaded.memoryCheck.ok, true, loaded.memoryCheck.reason);
@@ -70,7 +71,7 @@ test('v86: live migration of the multiboot guest between two processes over TCP'
     assert.equal(guest.rebooted, false);
     const final = await dst.next('final');
     assert.equal(final.memoryCheck.ok, true, final.memoryCheck.reason);
-    const info = migration.query();
+    const info = queryMigrate(migration);
     console.log(`# v86 ${ramMiB} MiB: total ${info['total-time']} ms, downtime ${info.downtime} ms, ${JSON.stringify(info.ram)}`);
     assert.equal(await dst.exited, 0, dst.stderr());
   } finally {

@@ -4,6 +4,7 @@
  * sends, and livemig -> livemig migrations with a guest writing throughout
  * (one channel for comparison, multifd, multifd with compression).
  */
+import { queryMigrate } from '../src/monitor/query-migrate.js';
 import { describe, it, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomFillSync } from 'node:crypto';
@@ -121,7 +122,7 @@ async function migrateInProcess(src: TestMachine, dst: TestMachine, multifd: { c
     out.setParameters({ 'multifd-channels': multifd.channels, 'multifd-compression': multifd.compression ?? 'none' });
   }
   out.start(address);
-  assert.equal(await out.finished, 'completed', out.query()['error-desc']);
+  assert.equal(await out.finished, 'completed', queryMigrate(out)['error-desc']);
   const r = await result;
   assert.equal(r.status, 'completed', r.error?.message);
   return loadedHash;

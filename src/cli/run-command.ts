@@ -5,6 +5,7 @@
  * With `--json` every line on stdout is one JSON event (for scripts and the
  * demo); otherwise lines are for people.
  */
+import { queryMigrate, type MigrationInfo } from '../monitor/query-migrate.js';
 import { checkMemory, ramSha256 } from '../machine/index.js';
 import { OutgoingMigration } from '../migration/index.js';
 import { MachineMonitor } from '../monitor/machine-monitor.js';
@@ -140,14 +141,17 @@ async function runIncoming(guest: Guest, monitor: MachineMonitor, uri: string, v
     });
   });
   monitor.on('listening', (address) => emit('listening', { address }, `waiting for a migration on ${address}`));
+  monitor.on('rejected', (why) => emit('rejected', { reason: why }, `${why}; still waiting`));
   const result = new Promise<number>((resolve) => {
     monitor.once('incoming', (r) => {
-      if (r.status === 'failed') {
-        emit('failed', { error: r.error?.message }, `incoming migration failed: ${r.error?.message}`);
-        process.stderr.write(`livemig: incoming migration failed: ${r.error?.message}\n`);
+      if (r.status !== 'completed') {
+        // The guest was not started here; the source keeps (or resumes) it.
+        emit(r.status, { error: r.error?.message, code: r.error?.code }, `incoming migration ${r.status}: ${r.error?.message}; the guest was not started here`);
+        process.stderr.write(`livemig: incoming migration ${r.status}: ${r.error?.message}\n`);
         resolve(1);
         return;
       }
+      if (r.warning) process.stderr.write(`livemig: warning: ${r.warning}\n`);
       emit('resumed', { started: r.started, loadTimeMs: Math.round(r.loadTimeMs), bytes: r.bytes }, `migration completed: ${formatBytes(r.bytes)} received; guest ${r.started ? 'running' : 'left paused'}`);
       resolve(stop);
     });
@@ -165,7 +169,7 @@ async function runOutgoing(guest: Guest, migration: OutgoingMigration, options: 
   migration.on('status', (status) => emit('status', { status }, `migration: ${status}`));
   migration.on('pass', (pass) => emit('pass', { pass }, `migration: pass ${pass}`));
   migration.start(options.migrateTo!);
-  const progress = setInterval(() => emit('progress', { info: migration.query() }, progressLine(migration)), 200);
+  const progress = setInterval(() => emit('progress', { info: queryMigrate(migration) }, progressLine(migration)), 200);
   // A signal cancels the migration (the guest stays here, intact) and then exits.
   const signalled = stop.then((code) => {
     try {
@@ -177,7 +181,7 @@ async function runOutgoing(guest: Guest, migration: OutgoingMigration, options: 
   });
   const status = await Promise.race([migration.finished, signalled.then(() => migration.finished)]);
   clearInterval(progress);
-  const info = migration.query();
+  const info = queryMigrate(migration);
   if (status !== 'completed') {
     emit(status, { info }, `migration ${status}: ${info['error-desc'] ?? ''}`);
     return 1;
@@ -187,14 +191,14 @@ async function runOutgoing(guest: Guest, migration: OutgoingMigration, options: 
 }
 
 function progressLine(m: OutgoingMigration): string {
-  const q = m.query();
+  const q = queryMigrate(m);
   const r = q.ram;
   if (!r) return `migration: ${q.status}`;
   const disk = q.disk ? `, disk ${formatBytes(q.disk.transferred)} of ${formatBytes(q.disk.total)}` : '';
   return `migration: ${q.status}, pass ${r['dirty-sync-count']}, ${formatBytes(r.transferred)} sent, ${formatBytes(r.remaining)} remaining, ${r.mbps.toFixed(0)} Mbit/s, dirty ${r['dirty-pages-rate']} pages/s${disk}`;
 }
 
-function summary(q: ReturnType<OutgoingMigration['query']>): string {
+function summary(q: MigrationInfo): string {
   const r = q.ram!;
   const disk = q.disk ? `, disk ${formatBytes(q.disk.total)} copied` : '';
   return `migration completed in ${q['total-time']} ms: downtime ${q.downtime} ms, ${r['dirty-sync-count']} passes, ${formatBytes(r.transferred)} of RAM sent, ${r.mbps.toFixed(0)} Mbit/s${disk}`;

@@ -1,26 +1,34 @@
 /**
- * The destination side: QEMU's process_incoming_migration. Accept a channel,
- * load the stream into a paused machine, and start the guest only when the
- * whole stream loaded; then confirm to the source over the return path
- * (SHUT 0). On any failure the guest is never started and the source is told
- * (SHUT 1) when it can be.
+ * The destination side: QEMU's process_incoming_migration. Accept the
+ * source's connection (dropping stray ones), load the stream into a paused
+ * machine, and start the guest only when the whole stream loaded — and,
+ * with a livemig source, only after its go-ahead (handover.ts); then confirm
+ * (SHUT 0). On any failure the guest is never started, received disks are
+ * discarded, and the source is told (SHUT 1) when it can be.
  */
 import { EventEmitter } from 'node:events';
-import { BLOCK_SECTION_IDSTR, BLOCK_SECTION_VERSION, BlockLoadHandler, DISK_MANIFEST_IDSTR, DISK_MANIFEST_VERSION, DiskManifestLoadHandler, type IncomingDiskImage } from '../block/index.js';
+import type { IncomingDiskImage } from '../block/index.js';
 import type { Machine } from '../machine/machine.js';
-import { FixedRamBlockTable, RAM_IDSTR, RAM_SECTION_VERSION, RamLoadHandler } from '../ram/index.js';
-import { createGlobalState, globalStateVmsd, loadVmState, SaveStateRegistry } from '../savevm/index.js';
+import { FixedRamBlockTable } from '../ram/index.js';
 import { MULTIFD_MAGIC, MULTIFD_PROTOCOL_ERROR, MultifdReceiver, type MultifdCompression, type MultifdReceiverStats } from '../ram/multifd/index.js';
+import { loadVmState } from '../savevm/index.js';
 import { listenIncoming, parseMigrationUri, type IncomingListener, type MigrationChannel } from '../transport/index.js';
-import { MigCommand, QEMU_VM_FILE_MAGIC, StreamError, StreamReader, StreamWriter, writePong, writeShut } from '../wire/index.js';
+import { MigCommand, QEMU_VM_FILE_MAGIC, QEMU_VM_FILE_VERSION, StreamError, StreamReader, StreamWriter, writeShut } from '../wire/index.js';
+import { assembleIncoming } from './assemble.js';
+import { MigrationError } from './errors.js';
+import { DestinationHandover, UNCONFIRMED_ADVICE } from './handover.js';
+import { PeerWatchdog, watchSource } from './liveness.js';
+import { DEFAULT_PARAMETERS } from './parameters.js';
 
-export type IncomingStatus = 'none' | 'setup' | 'active' | 'completed' | 'failed';
+export type IncomingStatus = 'none' | 'setup' | 'active' | 'completed' | 'failed' | 'cancelled';
 
 export interface IncomingResult {
-  status: 'completed' | 'failed';
-  error?: Error;
-  /** Whether the guest was started (false when the source had it paused, or on failure). */
+  status: 'completed' | 'failed' | 'cancelled';
+  error?: MigrationError;
+  /** Whether the guest was started (false when the source had it paused, with -S, or on failure). */
   started: boolean;
+  /** Completed, but the source could not be told: what the operator must know. */
+  warning?: string;
   /** ms from the first byte to the guest running. */
   loadTimeMs: number;
   bytes: number;
@@ -36,6 +44,8 @@ export interface IncomingOptions {
   autostart?: boolean;
   /** Appended to "has no disk of that name" (how to give this destination one). */
   diskHint?(name: string): string;
+  /** `x-livemig-peer-timeout-ms`, read when needed (so a change before or during the migration applies). */
+  peerTimeoutMs?(): number;
   /**
    * Capability `multifd` on this destination: accept `channels` extra
    * connections (parameter `multifd-channels`; the source must use the same
@@ -51,11 +61,31 @@ export interface IncomingOptions {
   };
 }
 
-export class IncomingMigration extends EventEmitter<{ status: [IncomingStatus]; loaded: []; resume: []; diskProgress: [number] }> {
+export interface IncomingEvents {
+  status: [IncomingStatus];
+  /** The whole stream loaded (synchronous: listeners see RAM exactly as loaded, before the guest runs). */
+  loaded: [];
+  resume: [];
+  diskProgress: [number];
+  /** A connection that was not a migration was dropped; the destination keeps listening. */
+  rejected: [string];
+}
+
+export class IncomingMigration extends EventEmitter<IncomingEvents> {
   status: IncomingStatus = 'none';
   /** Multifd receive counters of the current migration (which channels ran in worker threads, packets, pages). */
   multifdStats: MultifdReceiverStats | undefined;
+  /** Why it failed or was cancelled. */
+  error: MigrationError | undefined;
   private listener: IncomingListener | undefined;
+  private channel: MigrationChannel | undefined;
+  private receiver: MultifdReceiver | undefined;
+  private cancelRequested = false;
+  /** Past this (LOADED sent, or the guest started) a cancel here could lose the guest: refused. */
+  private cancelClosed = false;
+  private abortReason: MigrationError | undefined;
+  private startedMs = 0;
+  private mainReader: StreamReader | undefined;
 
   constructor(
     private readonly machine: Machine,
@@ -69,12 +99,17 @@ export class IncomingMigration extends EventEmitter<{ status: [IncomingStatus]; 
     this.emit('status', status);
   }
 
+  private peerTimeoutMs(): number {
+    return this.options.peerTimeoutMs?.() ?? DEFAULT_PARAMETERS['x-livemig-peer-timeout-ms'];
+  }
+
   /** Listen on `uri`; resolves with the actual address (tcp port 0 becomes a real port). */
   async listen(uri: string): Promise<string> {
-    if (this.status !== 'none') throw new Error('migrate-incoming can only be used once');
-    const multifd = this.options.multifd !== undefined;
-    if (multifd && !['tcp', 'unix'].includes(parseMigrationUri(uri).kind)) throw new Error(MULTIFD_PROTOCOL_ERROR);
-    this.listener = await listenIncoming(uri, { multiChannel: multifd });
+    if (this.status !== 'none') throw new MigrationError('refused', 'migrate-incoming can only be used once');
+    const kind = parseMigrationUri(uri).kind;
+    if (this.options.multifd && kind !== 'tcp' && kind !== 'unix') throw new MigrationError('refused', MULTIFD_PROTOCOL_ERROR);
+    // Sockets keep listening until the source's stream is found, so a stray connection does not end the wait.
+    this.listener = await listenIncoming(uri, { multiChannel: kind === 'tcp' || kind === 'unix' });
     this.prepareRam();
     this.setStatus('setup');
     return this.listener.address;
@@ -95,153 +130,253 @@ export class IncomingMigration extends EventEmitter<{ status: [IncomingStatus]; 
     }
   }
 
+  /**
+   * QMP `migrate_cancel` on the destination: stop waiting or receiving; the
+   * guest is not started and received disks are discarded. Refused once the
+   * source may have been told to give the guest up (held handover: LOADED sent).
+   */
+  cancel(): void {
+    if (this.status !== 'setup' && this.status !== 'active') return;
+    if (this.cancelClosed) {
+      throw new MigrationError('refused', 'too late to cancel here: the whole state is loaded and the source was told so; the guest starts on its go-ahead, or is dropped if it does not come within x-livemig-peer-timeout-ms');
+    }
+    this.cancelRequested = true;
+    this.abort(new MigrationError('cancelled', 'incoming migration cancelled'));
+  }
+
+  private abort(reason: MigrationError): void {
+    this.abortReason ??= reason;
+    void this.listener?.close().catch(() => {});
+    this.channel?.abort(reason);
+    this.receiver?.fail(reason);
+  }
+
   /** Accept the source, load, start the guest. Never throws: the result says how it went. */
   async run(): Promise<IncomingResult> {
     if (!this.listener) throw new Error('listen() first');
-    const started = performance.now();
-    let channel: MigrationChannel | undefined;
+    this.startedMs = performance.now();
+    const watchdog = new PeerWatchdog({
+      peer: 'source',
+      timeoutMs: () => this.peerTimeoutMs(),
+      progress: () => (this.mainReader?.offset ?? 0) + (this.receiver?.stats.bytes ?? 0),
+      onStall: (err) => this.abort(err),
+    });
+    const handover = new DestinationHandover(() => watchdog.start());
     let reader: StreamReader | undefined;
-    let returnPath: StreamWriter | undefined;
-    let receiver: MultifdReceiver | undefined;
     try {
       const table = new FixedRamBlockTable(this.machine.ramBlocks());
       if (this.options.multifd) {
-        receiver = new MultifdReceiver({ ...this.options.multifd, table });
-        this.multifdStats = receiver.stats;
-        receiver.onError = (err) => channel?.abort(err);
-        ({ channel, reader } = await this.acceptMultifd(receiver, this.options.multifd.channels));
-      } else {
-        channel = await this.listener.accept();
-        reader = new StreamReader(channel.input!);
+        this.receiver = new MultifdReceiver({ ...this.options.multifd, table });
+        this.multifdStats = this.receiver.stats;
+        this.receiver.onError = (err) => this.channel?.abort(err);
       }
+      const main = await this.acceptSource(watchdog);
+      this.channel = main.channel;
+      reader = main.reader;
+      const input = reader;
       this.setStatus('active');
-      const registry = new SaveStateRegistry();
-      const ram = new RamLoadHandler(table, receiver ? { multifdSync: () => receiver!.syncMain() } : {});
-      const localDisks = new Map((this.machine.blockDevices?.() ?? []).map((d) => [d.name, d]));
-      const manifest = new DiskManifestLoadHandler(localDisks, this.options.diskHint);
-      const block = new BlockLoadHandler(localDisks, { onProgress: (p) => this.emit('diskProgress', p) });
-      registry.register({ idstr: DISK_MANIFEST_IDSTR, version: DISK_MANIFEST_VERSION, handlers: manifest });
-      registry.register({ idstr: BLOCK_SECTION_IDSTR, version: BLOCK_SECTION_VERSION, handlers: block });
-      registry.register({ idstr: RAM_IDSTR, version: RAM_SECTION_VERSION, handlers: ram });
-      this.machine.registerDevices(registry);
-      const globalState = createGlobalState();
-      registry.register({ idstr: 'globalstate', vmsd: globalStateVmsd, opaque: globalState });
-      const output = channel.output;
-      await loadVmState(reader, registry, {
-        machineName: this.machine.machineName,
-        onCommand: async (command) => {
-          if (command.command === MigCommand.OpenReturnPath) {
-            if (!output) throw new StreamError('unsupported-command', 'OPEN_RETURN_PATH on a one-way channel', { offset: command.offset });
-            returnPath ??= new StreamWriter(output, 512);
-          } else if (command.command === MigCommand.Ping) {
-            if (!returnPath) throw new StreamError('bad-command', 'PING without a return path', { offset: command.offset });
-            writePong(returnPath, new DataView(command.payload.buffer, command.payload.byteOffset, 4).getUint32(0));
-            await returnPath.flush();
-          } else {
-            throw new StreamError('unsupported-command', `command ${command.name} is not supported`, { offset: command.offset });
-          }
-        },
+      const receiver = this.receiver;
+      const { registry, manifest, block, globalState } = assembleIncoming(this.machine, {
+        table,
+        ...(receiver ? { multifdSync: () => receiver.syncMain() } : {}),
+        ...(this.options.diskHint ? { diskHint: this.options.diskHint } : {}),
+        onDiskProgress: (p) => this.emit('diskProgress', p),
       });
-      // Disks to receive must have come (listed, or at least written to), then
-      // they are flushed and renamed into place before the guest may run.
+      const output = main.channel.output;
+      await watchdog.busy(() =>
+        loadVmState(input, registry, {
+          machineName: this.machine.machineName,
+          onCommand: async (command) => {
+            if (command.command === MigCommand.OpenReturnPath) {
+              if (!output) throw new StreamError('unsupported-command', 'OPEN_RETURN_PATH on a one-way channel', { offset: command.offset });
+              handover.open(new StreamWriter(output, 512));
+            } else if (command.command === MigCommand.Ping) {
+              if (!handover.writer) throw new StreamError('bad-command', 'PING without a return path', { offset: command.offset });
+              await handover.ping(new DataView(command.payload.buffer, command.payload.byteOffset, 4).getUint32(0));
+            } else {
+              throw new StreamError('unsupported-command', `command ${command.name} is not supported`, { offset: command.offset });
+            }
+          },
+        }),
+      );
+      // Disks to receive must have come (listed, or at least written to), flushed before the guest may run.
       for (const image of this.options.disks ?? []) {
         const name = image.device.name;
         if (!manifest.entries.some((e) => e.name === name) && !block.stats.chunks.has(name)) {
-          throw new Error(`disk '${name}' was to be received, but the source did not migrate it (migrate with blk=true, or capability block)`);
+          throw new MigrationError('bad-stream', `disk '${name}' was to be received, but the source did not migrate it (migrate with blk=true, or capability block)`);
         }
       }
       await block.flush();
+      if (handover.held) {
+        // Say LOADED and wait for the go-ahead; from LOADED on, a cancel here could lose the guest.
+        this.cancelClosed = true;
+        await watchdog.busy(() => handover.awaitGo(input));
+      }
+      this.throwIfAborted();
+      this.cancelClosed = true;
+      watchdog.stop();
       for (const image of this.options.disks ?? []) await image.commit();
-      // The whole stream is in: start the guest unless the source had it paused (L11).
+      // The whole stream is in: start the guest unless the source had it paused (L11) or -S.
       const start = (this.options.autostart ?? true) && (!globalState.received || globalState.state === 'running');
-      this.emit('loaded'); // synchronous: listeners see the RAM exactly as loaded
+      this.emit('loaded');
       if (start) {
         this.machine.resume();
         this.emit('resume');
       }
-      const loadTimeMs = performance.now() - started;
-      if (returnPath) {
-        writeShut(returnPath, 0);
-        await returnPath.close().catch(() => {});
-      }
-      await channel.close().catch(() => {});
-      receiver?.close();
-      this.setStatus('completed');
-      return { status: 'completed', started: start, loadTimeMs, bytes: reader.offset };
-    } catch (caught) {
-      // A multifd channel's failure is the reason the main channel was aborted.
-      const err = receiver?.error ?? caught;
-      receiver?.close();
-      if (returnPath) {
+      const loadTimeMs = performance.now() - this.startedMs;
+      let warning: string | undefined;
+      const rp = handover.writer;
+      if (rp) {
+        writeShut(rp, 0);
         try {
-          writeShut(returnPath, 1);
-          await returnPath.close();
-          // Keep reading (and dropping) what the source still sends for a moment:
-          // closing with unread data would reset the connection and could lose
-          // the SHUT before the source reads it.
-          const input = channel!.input!;
-          const drain = (async () => {
-            while ((await input.read()) !== null);
-          })().catch(() => {});
-          await Promise.race([drain, new Promise((r) => setTimeout(r, 1000).unref())]);
-        } catch {
-          /* the source may be gone already */
+          await rp.close();
+        } catch (err) {
+          warning = `${(err as Error).message}: ${UNCONFIRMED_ADVICE}`;
         }
       }
-      channel?.abort(err);
+      await main.channel.close().catch(() => {});
+      this.receiver?.close();
+      this.setStatus('completed');
+      return { status: 'completed', started: start, loadTimeMs, bytes: input.offset, ...(warning ? { warning } : {}) };
+    } catch (caught) {
+      watchdog.stop();
+      // A multifd channel's failure, a stall or a cancel is the reason the main channel was aborted.
+      const err = this.abortReason ?? MigrationError.from(this.receiver?.error ?? caught);
+      this.receiver?.close();
+      await this.tellSourceWeFailed(handover.writer);
+      this.channel?.abort(err);
       for (const image of this.options.disks ?? []) await image.discard().catch(() => {});
-      this.setStatus('failed');
-      return { status: 'failed', error: err as Error, started: false, loadTimeMs: performance.now() - started, bytes: reader?.offset ?? 0 };
+      this.error = err;
+      const status = this.cancelRequested ? 'cancelled' : 'failed';
+      this.setStatus(status);
+      return { status, error: err, started: false, loadTimeMs: performance.now() - this.startedMs, bytes: reader?.offset ?? 0 };
     } finally {
       await this.listener.close().catch(() => {});
     }
   }
 
+  private throwIfAborted(): void {
+    if (this.abortReason) throw this.abortReason;
+  }
+
+  /** SHUT 1, then keep reading (dropping) for a moment: closing with unread data would reset the connection and could lose the SHUT. */
+  private async tellSourceWeFailed(returnPath: StreamWriter | undefined): Promise<void> {
+    if (!returnPath || !this.channel?.input || this.abortReason) return;
+    try {
+      writeShut(returnPath, 1);
+      await returnPath.close();
+      const input = this.channel.input;
+      const drain = (async () => {
+        while ((await input.read()) !== null);
+      })().catch(() => {});
+      await Promise.race([drain, new Promise((r) => setTimeout(r, 1000).unref())]);
+    } catch {
+      /* the source may be gone already */
+    }
+  }
+
   /**
-   * Multifd: connections are told apart by their first four bytes (the main
-   * stream's magic or multifd's), so the order in which they arrive does not
-   * matter; a QEMU 7.2 source connects its main channel first, as 7.2's
-   * destination expects. Multifd channels go to the receiver as they come;
-   * this returns once the main channel is found, and keeps accepting the
-   * rest in the background until the listener closes.
+   * Wait for the source's main stream. Every connection is told apart by its
+   * first bytes, concurrently: the main stream's magic and version, or (with
+   * multifd) a multifd channel's magic; anything else — a port scan, a stray
+   * client, garbage, a connection silent for the peer timeout — is logged
+   * (`rejected`) and dropped, and the wait goes on. Multifd channels go to the
+   * receiver as they come, in any order; once the main stream and every
+   * channel are in, the listener closes.
    */
-  private async acceptMultifd(receiver: MultifdReceiver, channels: number): Promise<{ channel: MigrationChannel; reader: StreamReader }> {
+  private async acceptSource(watchdog: PeerWatchdog): Promise<{ channel: MigrationChannel; reader: StreamReader }> {
     const listener = this.listener!;
-    let main: { channel: MigrationChannel; reader: StreamReader } | undefined;
+    const kind = parseMigrationUri(listener.uri).kind;
+    if (kind === 'exec' || kind === 'file') {
+      // One channel, there from the start: the loader checks its header.
+      const channel = await listener.accept();
+      const reader = new StreamReader(watchSource(channel.input!, watchdog));
+      this.mainReader = reader;
+      return { channel, reader };
+    }
+    return this.acceptSocket(watchdog);
+  }
+
+  private acceptSocket(watchdog: PeerWatchdog): Promise<{ channel: MigrationChannel; reader: StreamReader }> {
+    const listener = this.listener!;
+    const receiver = this.receiver;
+    const wantedChannels = this.options.multifd?.channels ?? 0;
     let multifdCount = 0;
     let connections = 0;
-    const classify = async (ch: MigrationChannel): Promise<'main' | 'multifd'> => {
-      const n = connections++;
-      const r = new StreamReader(ch.input!);
-      const head = await r.peek(4);
-      const magic = head.length === 4 ? new DataView(head.buffer, head.byteOffset, 4).getUint32(0) : -1;
-      if (magic === QEMU_VM_FILE_MAGIC && !main) {
-        main = { channel: ch, reader: r };
-        return 'main';
-      }
-      if (magic === MULTIFD_MAGIC || (main && magic !== QEMU_VM_FILE_MAGIC)) {
-        // Anything after the main channel is a multifd channel (7.2); the receiver checks its init packet.
-        multifdCount++;
-        // A worker thread takes the connection over where it can, with the bytes already read.
-        const detached = receiver.wantsWorkers ? ch.detach?.() : undefined;
-        if (detached) {
-          detached.received.unshift(...r.takeBuffered());
-          receiver.addDetachedChannel(detached);
-        } else {
-          receiver.addChannel(r, () => ch.abort(new Error('multifd channel closed')));
+    let main: { channel: MigrationChannel; reader: StreamReader } | undefined;
+    return new Promise((resolve, reject) => {
+      const maybeStopListening = (): void => {
+        if (main && multifdCount >= wantedChannels) void listener.close().catch(() => {});
+      };
+      const reject1 = (why: string, ch: MigrationChannel): void => {
+        ch.abort(new Error(why));
+        this.emit('rejected', why);
+      };
+      const classify = async (ch: MigrationChannel): Promise<void> => {
+        const n = ++connections;
+        const what = `connection ${n} to ${listener.address}`;
+        // Reads are watched (liveness) only once this turns out to be the source's stream.
+        let isMain = false;
+        const reader = new StreamReader(watchSource(ch.input!, watchdog, () => isMain));
+        const timeoutMs = this.peerTimeoutMs();
+        let timer: NodeJS.Timeout | undefined;
+        let head: Uint8Array;
+        try {
+          head = await Promise.race([
+            reader.peek(8),
+            new Promise<never>((_, fail) => {
+              timer = setTimeout(() => fail(new Error(`sent nothing valid for ${timeoutMs} ms`)), timeoutMs);
+            }),
+          ]);
+        } catch (err) {
+          reject1(`${what} dropped: ${(err as Error).message}`, ch);
+          return;
+        } finally {
+          clearTimeout(timer);
         }
-        return 'multifd';
-      }
-      ch.abort(new Error('unexpected connection'));
-      const what = magic === QEMU_VM_FILE_MAGIC ? 'a second migration stream' : `neither a migration stream nor a multifd channel (first bytes ${Buffer.from(head).toString('hex') || 'none'})`;
-      throw new StreamError('bad-magic', `connection ${n} to ${listener.address} is ${what}`, { offset: 0 });
-    };
-    while (!main) await classify(await listener.accept());
-    void (async () => {
-      while (multifdCount < channels) await classify(await listener.accept());
-    })().catch((err: Error) => {
-      if (this.status === 'active' || this.status === 'setup') receiver.fail(err);
+        const view = new DataView(head.buffer, head.byteOffset, head.length);
+        const magic = head.length >= 4 ? view.getUint32(0) : -1;
+        if (magic === QEMU_VM_FILE_MAGIC && head.length === 8 && view.getUint32(4) === QEMU_VM_FILE_VERSION && !main && !this.abortReason) {
+          isMain = true;
+          main = { channel: ch, reader };
+          this.mainReader = reader;
+          resolve(main);
+          maybeStopListening();
+          return;
+        }
+        if (magic === MULTIFD_MAGIC && receiver && !this.abortReason) {
+          multifdCount++;
+          // A worker thread takes the connection over where it can, with the bytes already read.
+          const detached = receiver.wantsWorkers ? ch.detach?.() : undefined;
+          if (detached) {
+            detached.received.unshift(...reader.takeBuffered());
+            receiver.addDetachedChannel(detached);
+          } else {
+            receiver.addChannel(reader, () => ch.abort(new Error('multifd channel closed')));
+          }
+          maybeStopListening();
+          return;
+        }
+        const hex = Buffer.from(head).toString('hex') || 'none';
+        const kind =
+          magic === QEMU_VM_FILE_MAGIC ? (main ? 'a second migration stream' : `a migration stream of an unsupported version (first bytes ${hex})`)
+          : magic === MULTIFD_MAGIC ? 'a multifd channel, but multifd is off here (set capability multifd before migrate-incoming)'
+          : `not a migration stream (first bytes ${hex})`;
+        reject1(`${what} dropped: ${kind}`, ch);
+      };
+      void (async () => {
+        for (;;) {
+          let ch: MigrationChannel;
+          try {
+            ch = await listener.accept();
+          } catch (err) {
+            // The listener closed: because all is in, or cancel/failure before the stream came.
+            if (!main) reject(this.abortReason ?? MigrationError.from(err, 'transport'));
+            return;
+          }
+          void classify(ch).catch((err: Error) => reject1(`a connection to ${listener.address} dropped: ${err.message}`, ch));
+        }
+      })();
     });
-    return main;
   }
 }

@@ -34,6 +34,12 @@ export interface MigrationParameters {
   'multifd-zlib-level': number;
   /** zstd level for multifd (QEMU: 1, range 0..20). */
   'multifd-zstd-level': number;
+  /**
+   * livemig: how long (ms) a peer may take, send or acknowledge nothing
+   * before the migration fails with `peer-timeout` and the source resumes its
+   * guest. QEMU has no such bound: a blackholed link hangs it until cancelled.
+   */
+  'x-livemig-peer-timeout-ms': number;
 }
 
 export interface MigrationCapabilities {
@@ -73,6 +79,7 @@ export const DEFAULT_PARAMETERS: Readonly<MigrationParameters> = {
   'multifd-compression': 'none',
   'multifd-zlib-level': MULTIFD_DEFAULT_LEVEL,
   'multifd-zstd-level': MULTIFD_DEFAULT_LEVEL,
+  'x-livemig-peer-timeout-ms': 10_000,
 };
 
 /** In the order of QEMU's MigrationCapability enum, which query-migrate-capabilities follows. */
@@ -137,6 +144,9 @@ export function applyParameters(current: MigrationParameters, update: Partial<Re
         break;
       case 'multifd-zstd-level':
         next[name] = integerIn(name, value, ...multifdLevelRange('zstd'));
+        break;
+      case 'x-livemig-peer-timeout-ms':
+        next[name] = integerIn(name, value, 100, 3_600_000, ' milliseconds');
         break;
       default:
         throw new RangeError(`Parameter '${name}' is unexpected`);

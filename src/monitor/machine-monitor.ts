@@ -15,6 +15,7 @@ import {
   type MigrationCapabilities,
 } from '../migration/index.js';
 import { checkArguments } from './arguments.js';
+import { incomingInfo, outgoingInfo } from './query-migrate.js';
 import { QmpCommandError, QmpServer, type QmpCommand } from './qmp-server.js';
 
 export type RunState = 'running' | 'paused' | 'inmigrate' | 'finish-migrate' | 'postmigrate';
@@ -35,21 +36,19 @@ export interface MachineMonitorOptions {
   checkGuest?(): Promise<Record<string, unknown>>;
 }
 
-/** QEMU's SocketAddress for `query-migrate` `socket-address` on the destination. */
-function socketAddress(uri: string): Record<string, unknown> {
-  const tcp = /^tcp:\[?([^\]]*)\]?:(\d+)$/.exec(uri);
-  if (tcp) return { type: 'inet', host: tcp[1], port: tcp[2] };
-  if (uri.startsWith('unix:')) return { type: 'unix', path: uri.slice(5) };
-  return { type: 'other', uri };
-}
-
-export class MachineMonitor extends EventEmitter<{ quit: []; loaded: []; incoming: [IncomingResult]; listening: [string] }> {
+export class MachineMonitor extends EventEmitter<{ quit: []; loaded: []; incoming: [IncomingResult]; listening: [string]; rejected: [string] }> {
   readonly migration: OutgoingMigration;
   readonly server: QmpServer;
   runState: RunState;
   private incoming: IncomingMigration | undefined;
   private incomingStarted = false;
   private incomingAddress: string | undefined;
+  /**
+   * A machine has at most one incoming and one outgoing migration; like QEMU,
+   * `query-migrate` reports the one started last (in a chain A -> B -> C, B
+   * reports B -> C as soon as it started, never A -> B's `completed`).
+   */
+  private latest: 'incoming' | 'outgoing' | undefined;
 
   constructor(private readonly machine: Machine, private readonly options: MachineMonitorOptions = {}) {
     super();
@@ -98,10 +97,13 @@ export class MachineMonitor extends EventEmitter<{ quit: []; loaded: []; incomin
     const params = this.migration.parameters;
     const incomingOptions: IncomingOptions = {
       ...this.options.incomingOptions,
+      peerTimeoutMs: () => this.migration.parameters['x-livemig-peer-timeout-ms'],
       ...(caps.multifd ? { multifd: { channels: params['multifd-channels'], compression: params['multifd-compression'] } } : {}),
     };
     const incoming = new IncomingMigration(this.machine, incomingOptions);
     this.incoming = incoming;
+    this.latest = 'incoming';
+    incoming.on('rejected', (why) => this.emit('rejected', why));
     incoming.on('status', (status) => {
       if (this.events) this.server.emitEvent('MIGRATION', { status });
     });
@@ -128,6 +130,7 @@ export class MachineMonitor extends EventEmitter<{ quit: []; loaded: []; incomin
         if (a.inc) throw new QmpCommandError('GenericError', 'incremental block migration (inc) is not supported: livemig disks have no shared backing image; use blk');
         if (a.resume) throw new QmpCommandError('GenericError', 'postcopy is not supported; there is nothing to resume');
         this.migration.start(a.uri as string, { blk: a.blk === true });
+        this.latest = 'outgoing';
         return {};
       },
       'migrate-incoming': async (args) => {
@@ -136,14 +139,13 @@ export class MachineMonitor extends EventEmitter<{ quit: []; loaded: []; incomin
         await this.startIncoming(a.uri as string);
         return {};
       },
-      'query-migrate': () => {
-        if (this.incoming) {
-          if (this.incoming.status === 'none') return {};
-          const info: Record<string, unknown> = { status: this.incoming.status };
-          if (this.incomingAddress) info['socket-address'] = [socketAddress(this.incomingAddress)];
-          return info;
+      'query-migrate': (args) => {
+        checkArguments(args, {});
+        if (this.latest === 'incoming' && this.incoming) {
+          const e = this.incoming.error;
+          return incomingInfo(this.incoming.status, this.incomingAddress, e ? { code: e.code, message: e.message } : undefined);
         }
-        return this.migration.query();
+        return outgoingInfo(this.migration.snapshot());
       },
       'migrate-set-capabilities': (args) => {
         const a = checkArguments(args, { capabilities: 'array' });
@@ -164,8 +166,11 @@ export class MachineMonitor extends EventEmitter<{ quit: []; loaded: []; incomin
         return {};
       },
       'query-migrate-parameters': () => ({ ...this.migration.parameters }),
-      migrate_cancel: () => {
-        this.migration.cancel();
+      migrate_cancel: (args) => {
+        checkArguments(args, {});
+        // The latest migration: a destination that waits or receives can be cancelled too (QEMU 7.2 cannot).
+        if (this.latest === 'incoming' && this.incoming) this.incoming.cancel();
+        else this.migration.cancel();
         return {};
       },
       'migrate-continue': (args) => {

@@ -161,7 +161,12 @@ export class SaveVmState {
   }
 
   /** After the migration, successful or not: every entry's save cleanup. */
-  async cleanup(): Promise<void> {
-    for (const entry of this.registry.entries()) await entry.handlers?.saveCleanup?.();
+  cleanup(): Promise<void> {
+    return saveCleanup(this.registry);
   }
+}
+
+/** Every entry's save cleanup (QEMU's qemu_savevm_state_cleanup), also for a migration that failed before its stream began. */
+export async function saveCleanup(registry: SaveStateRegistry): Promise<void> {
+  for (const entry of registry.entries()) await entry.handlers?.saveCleanup?.();
 }

@@ -1,0 +1,264 @@
+/**
+ * The handover: how the guest passes from the source to the destination so
+ * that it runs on exactly one side, whatever the link does.
+ *
+ * QEMU 7.2's handover (what a QEMU peer gets, and what livemig does with one):
+ *
+ *   source                                   destination
+ *   OPEN_RETURN_PATH, PING 1  ------------>
+ *                             <------------  PONG 1
+ *   ... iterate (PING keepalives) ...
+ *   stop guest; END, FULL sections, EOF ->   load all; start guest
+ *                             <------------  SHUT 0
+ *   completed
+ *
+ * The weak point is after EOF: the destination starts the guest as soon as it
+ * has loaded the stream, so a source that hears nothing back cannot know
+ * whether to resume. Between two livemig peers the destination therefore
+ * holds the loaded guest until the source's go-ahead. The extension uses
+ * only messages QEMU already has (a QEMU destination echoes a PING, a QEMU
+ * source ignores an unexpected PONG), plus four bytes after the stream's JSON
+ * trailer, which are sent only once the destination has said it waits for
+ * them:
+ *
+ *   PING HANDOVER_OFFER       ------------>  (a QEMU destination echoes it: classic handover)
+ *                             <------------  PONG HANDOVER_ACCEPT   (livemig: will hold)
+ *   ... iterate ...
+ *   stop guest; END, FULL, EOF, trailer ->   load all; do NOT start
+ *                             <------------  PONG HANDOVER_LOADED
+ *   ---- point of no return: before it, cancel resumes the source ----
+ *   "LMGO"                    ------------>  start guest
+ *                             <------------  SHUT 0
+ *   completed
+ *
+ * Before the go-ahead, any failure (cancel, cut, stall, a timeout) leaves the
+ * guest on the source, which resumes it, and the destination discards what it
+ * loaded. After the go-ahead the destination runs the guest; if the source
+ * then hears nothing, the outcome is unknown to it and it says so, keeping its
+ * guest paused (see OUTCOME_UNKNOWN_ADVICE).
+ */
+import { readReturnPathMessage, type StreamReader, StreamWriter, writeCommand, writePong, MigCommand } from '../wire/index.js';
+import { MigrationError } from './errors.js';
+import type { PeerWatchdog } from './liveness.js';
+
+/** PING: a livemig source offers the held handover (version 1). */
+export const HANDOVER_OFFER = 0x4c4d4801;
+/** PONG: a livemig destination accepts it: it will hold the guest until the go-ahead. */
+export const HANDOVER_ACCEPT = 0x4c4d4881;
+/** PONG: the destination has loaded the whole stream and holds the guest. */
+export const HANDOVER_LOADED = 0x4c4d4c44;
+/** The go-ahead, written by the source after the stream's trailer: ASCII "LMGO". */
+export const HANDOVER_GO = 0x4c4d474f;
+/** PING values the source numbers its own pings from (keepalives, catch-up waits). */
+const FIRST_PING = 0x100;
+
+/** What the source tells its operator when the go-ahead went out and no confirmation came back. */
+export const OUTCOME_UNKNOWN_ADVICE =
+  'the outcome is unknown: the destination may be running the guest. The source keeps its copy paused. ' +
+  "Run query-status on the destination: if it is 'running', the guest moved (quit this source); if not, or the destination is gone, run cont here";
+
+/** What a destination says when it runs the guest but could not tell the source. */
+export const UNCONFIRMED_ADVICE =
+  'the guest runs here, but the source may not have heard it: it keeps its copy paused and reports the outcome as unknown. Do not cont the source; quit it';
+
+export type PeerKind = 'livemig' | 'qemu';
+
+/**
+ * The source's end of the return path: reads the destination's messages,
+ * answers pings, learns which handover the peer speaks, and resolves the
+ * handover's milestones. A broken or closed return path fails every wait.
+ */
+export class SourceReturnPath {
+  private pingValue = FIRST_PING;
+  private readonly pongWaiters = new Map<number, () => void>();
+  private failure: MigrationError | undefined;
+  private failureListeners: Array<(err: MigrationError) => void> = [];
+  private peer: PeerKind | undefined;
+  private peerListeners: Array<(peer: PeerKind) => void> = [];
+  private loadedFlag = false;
+  private loadedListeners: Array<() => void> = [];
+  private shutValue: number | undefined;
+  private shutListeners: Array<(value: number) => void> = [];
+  /** Resolves when the reading loop ends (after SHUT, or on failure). */
+  readonly done: Promise<void>;
+
+  constructor(
+    private readonly input: StreamReader,
+    private readonly out: StreamWriter,
+    private readonly watchdog: PeerWatchdog,
+    /** Called once when the return path fails (the migration aborts its channels). */
+    private readonly onFailure: (err: MigrationError) => void,
+  ) {
+    this.done = this.readLoop();
+  }
+
+  /** OPEN_RETURN_PATH, PING 1 (as QEMU) and the handover offer; the caller flushes. */
+  open(): void {
+    writeCommand(this.out, MigCommand.OpenReturnPath);
+    this.writePing(1);
+    this.writePing(HANDOVER_OFFER);
+  }
+
+  private writePing(value: number): void {
+    const payload = new Uint8Array(4);
+    new DataView(payload.buffer).setUint32(0, value);
+    writeCommand(this.out, MigCommand.Ping, payload);
+    this.watchdog.expectReply();
+  }
+
+  private async readLoop(): Promise<void> {
+    try {
+      for (;;) {
+        const message = await readReturnPathMessage(this.input);
+        if (message === null) throw new MigrationError('peer-closed', 'the destination closed the connection before confirming that it runs the guest');
+        this.watchdog.replied();
+        if (message.type === 'shut') {
+          this.shutValue = message.value;
+          for (const f of this.shutListeners.splice(0)) f(message.value);
+          if (message.value !== 0) {
+            throw new MigrationError('destination-failed', `the destination could not load the stream (SHUT ${message.value}); its log says why`);
+          }
+          return;
+        }
+        const value = message.value;
+        if (value === HANDOVER_ACCEPT || value === HANDOVER_OFFER) {
+          // Accepted: a livemig destination. Echoed: a QEMU destination answering a PING.
+          this.peer = value === HANDOVER_ACCEPT ? 'livemig' : 'qemu';
+          for (const f of this.peerListeners.splice(0)) f(this.peer);
+        } else if (value === HANDOVER_LOADED) {
+          this.loadedFlag = true;
+          for (const f of this.loadedListeners.splice(0)) f();
+        } else {
+          // PONG: the destination has loaded everything sent before that PING.
+          this.pongWaiters.get(value)?.();
+          this.pongWaiters.delete(value);
+        }
+      }
+    } catch (err) {
+      this.fail(MigrationError.from(err, 'peer-closed'));
+    }
+  }
+
+  /** The return path failed (also called by the migration when it gives up, to end every wait). */
+  fail(err: MigrationError): void {
+    if (this.failure) return;
+    this.failure = err;
+    for (const f of this.failureListeners.splice(0)) f(err);
+    this.onFailure(err);
+  }
+
+  get failed(): MigrationError | undefined {
+    return this.failure;
+  }
+
+  /** Resolve with a value set by `listen`, or reject on the return path's failure. */
+  private waitFor<T>(ready: () => T | undefined, listen: (resolve: (v: T) => void) => void): Promise<T> {
+    const now = ready();
+    if (now !== undefined) return Promise.resolve(now);
+    if (this.failure) return Promise.reject(this.failure);
+    return new Promise<T>((resolve, reject) => {
+      listen(resolve);
+      this.failureListeners.push(reject);
+    });
+  }
+
+  /** Which handover the destination speaks (its answer to the offer). */
+  peerKind(): Promise<PeerKind> {
+    return this.waitFor(() => this.peer, (resolve) => this.peerListeners.push(resolve));
+  }
+
+  /** The destination loaded the whole stream and holds the guest (held handover only). */
+  loaded(): Promise<void> {
+    this.watchdog.expectReply();
+    return this.waitFor(() => (this.loadedFlag ? true : undefined), (resolve) => this.loadedListeners.push(() => resolve(true))).then(() => {});
+  }
+
+  /** The destination's SHUT value (0: it runs the guest). */
+  shut(): Promise<number> {
+    this.watchdog.expectReply();
+    return this.waitFor(() => this.shutValue, (resolve) => this.shutListeners.push(resolve));
+  }
+
+  /**
+   * PING and flush; resolves on its PONG, i.e. once the destination has loaded
+   * everything sent before it, or after `timeoutMs` (the caller goes on either way).
+   */
+  async ping(timeoutMs: number): Promise<void> {
+    const value = ++this.pingValue;
+    this.writePing(value);
+    await this.out.flush();
+    let timer: NodeJS.Timeout | undefined;
+    await new Promise<void>((resolve) => {
+      this.pongWaiters.set(value, resolve);
+      this.failureListeners.push(() => resolve());
+      timer = setTimeout(resolve, timeoutMs);
+    });
+    clearTimeout(timer);
+    this.pongWaiters.delete(value);
+    if (this.failure) throw this.failure;
+  }
+
+  /** A keepalive PING (not awaited): the watchdog expects an answer within the timeout. */
+  async keepalive(): Promise<void> {
+    this.writePing(++this.pingValue);
+    await this.out.flush();
+  }
+
+  /** The go-ahead, after the trailer: from here on the destination may run the guest. */
+  async sendGo(): Promise<void> {
+    this.out.be32(HANDOVER_GO);
+    await this.out.flush();
+  }
+}
+
+/**
+ * The destination's end: answers PINGs in stream order, accepts the held
+ * handover when a livemig source offers it, and after the whole stream says
+ * LOADED and waits for the go-ahead.
+ */
+export class DestinationHandover {
+  /** The source offered the held handover and we accepted: do not start the guest before the go-ahead. */
+  held = false;
+  private returnPath: StreamWriter | undefined;
+
+  constructor(private readonly onOffer: () => void = () => {}) {}
+
+  /** OPEN_RETURN_PATH: the channel's output becomes the return path. */
+  open(out: StreamWriter): void {
+    this.returnPath ??= out;
+  }
+
+  get writer(): StreamWriter | undefined {
+    return this.returnPath;
+  }
+
+  /** A PING: answer it (after everything before it was loaded, which stream order gives us). */
+  async ping(value: number): Promise<void> {
+    const rp = this.returnPath;
+    if (!rp) throw new MigrationError('bad-stream', 'PING without a return path');
+    if (value === HANDOVER_OFFER) {
+      this.held = true;
+      writePong(rp, HANDOVER_ACCEPT);
+      this.onOffer();
+    } else {
+      writePong(rp, value);
+    }
+    await rp.flush();
+  }
+
+  /** Held handover, after the whole stream loaded: say so, then read the go-ahead (or fail). */
+  async awaitGo(input: StreamReader): Promise<void> {
+    const rp = this.returnPath!;
+    writePong(rp, HANDOVER_LOADED);
+    await rp.flush();
+    let go: number;
+    try {
+      go = await input.be32();
+    } catch (err) {
+      throw new MigrationError('peer-closed', 'the source did not give the go-ahead (it cancelled, or the link broke): the guest was not started here', { cause: err });
+    }
+    if (go !== HANDOVER_GO) {
+      throw new MigrationError('bad-stream', `expected the source's go-ahead after the stream, got 0x${go.toString(16).padStart(8, '0')}: the guest was not started here`);
+    }
+  }
+}

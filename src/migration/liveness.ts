@@ -1,0 +1,180 @@
+/**
+ * Liveness: notice a peer that stopped taking, sending or acknowledging data
+ * within `x-livemig-peer-timeout-ms`, instead of waiting on a dead link forever.
+ *
+ * A socket whose peer vanished (blackholed link, frozen process) gives no
+ * error: writes fill the kernel's buffer and then simply never complete,
+ * reads never return. So the watchdog watches what the migration waits for:
+ *
+ *   - a write or read handed to the channel that has not completed;
+ *   - a step of the migration that is busy with I/O while no byte moves
+ *     (covers multifd channels, whose writes happen in worker threads);
+ *   - a PING on the return path that has not been answered.
+ *
+ * A wait that lasts longer than the timeout is a stall: the watchdog calls
+ * `onStall` once with a `peer-timeout` MigrationError, and the migration
+ * aborts its channels with it. Silence is never a stall by itself: a source
+ * with nothing to send and no return path is simply idle.
+ */
+import type { ByteSink, ByteSource } from '../wire/index.js';
+import { MigrationError } from './errors.js';
+
+export interface PeerWatchdogOptions {
+  /** Read on every check, so `migrate-set-parameters` applies to a running migration. */
+  timeoutMs(): number;
+  /** Bytes moved so far by means the watchdog does not wrap (multifd channels); any change is progress. */
+  progress?(): number;
+  /** Who the peer is, for the message: 'destination' or 'source'. */
+  peer: string;
+  onStall(err: MigrationError): void;
+  /** For tests: the clock. */
+  now?(): number;
+}
+
+export class PeerWatchdog {
+  private readonly now: () => number;
+  private timer: NodeJS.Timeout | undefined;
+  private stalled = false;
+  private lastProgressValue = -1;
+  private lastProgressMs: number;
+  /** I/O operations waiting on the peer: when each started. */
+  private readonly pendingSince = new Map<number, { startedMs: number; what: string }>();
+  private nextPendingId = 1;
+  private busyDepth = 0;
+  private busySinceMs = 0;
+  private replyWantedSinceMs: number | undefined;
+
+  constructor(private readonly options: PeerWatchdogOptions) {
+    this.now = options.now ?? (() => performance.now());
+    this.lastProgressMs = this.now();
+  }
+
+  /** Check every quarter of the timeout (at most every 250 ms) until stop(). */
+  start(): this {
+    const tick = (): void => {
+      this.check();
+      if (!this.stalled) this.timer = setTimeout(tick, Math.min(250, Math.max(10, this.options.timeoutMs() / 4))).unref();
+    };
+    this.timer = setTimeout(tick, 10).unref();
+    return this;
+  }
+
+  stop(): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+
+  /** Any sign of life from the peer or the link (bytes moved, a message). */
+  noteProgress(): void {
+    this.lastProgressMs = this.now();
+  }
+
+  /** Track one operation that waits on the peer; the returned function ends it. */
+  begin(what: string): () => void {
+    const id = this.nextPendingId++;
+    this.pendingSince.set(id, { startedMs: this.now(), what });
+    return () => {
+      this.pendingSince.delete(id);
+      this.noteProgress();
+    };
+  }
+
+  /** Run `step` (a part of the migration that does I/O) as busy: no progress for the timeout inside it is a stall. */
+  async busy<T>(step: () => Promise<T>): Promise<T> {
+    if (this.busyDepth++ === 0) {
+      this.busySinceMs = this.now();
+      this.lastProgressValue = this.options.progress?.() ?? -1;
+    }
+    try {
+      return await step();
+    } finally {
+      this.busyDepth--;
+    }
+  }
+
+  /** A PING went out: the peer must answer (any message) within the timeout. */
+  expectReply(): void {
+    this.replyWantedSinceMs ??= this.now();
+  }
+
+  /** A message came from the peer. */
+  replied(): void {
+    this.replyWantedSinceMs = undefined;
+    this.noteProgress();
+  }
+
+  /** One check (the timer calls it; tests may too). */
+  check(): void {
+    if (this.stalled) return;
+    const now = this.now();
+    const timeoutMs = this.options.timeoutMs();
+    const progress = this.options.progress?.();
+    if (progress !== undefined && progress !== this.lastProgressValue) {
+      this.lastProgressValue = progress;
+      this.lastProgressMs = now;
+    }
+    const seconds = (ms: number): string => `${(ms / 1000).toFixed(1)} s`;
+    const since = (startedMs: number): number => now - Math.max(startedMs, this.lastProgressMs);
+    let reason: string | undefined;
+    for (const { startedMs, what } of this.pendingSince.values()) {
+      if (since(startedMs) > timeoutMs) {
+        reason = `the ${this.options.peer} has not ${what} for ${seconds(since(startedMs))}`;
+        break;
+      }
+    }
+    if (!reason && this.busyDepth > 0 && since(this.busySinceMs) > timeoutMs) {
+      reason = `no data has moved to or from the ${this.options.peer} for ${seconds(since(this.busySinceMs))}`;
+    }
+    if (!reason && this.replyWantedSinceMs !== undefined && since(this.replyWantedSinceMs) > timeoutMs) {
+      reason = `the ${this.options.peer} has not answered for ${seconds(since(this.replyWantedSinceMs))}`;
+    }
+    if (reason) {
+      this.stalled = true;
+      this.stop();
+      this.options.onStall(new MigrationError('peer-timeout', `${reason} (x-livemig-peer-timeout-ms is ${timeoutMs})`));
+    }
+  }
+}
+
+/** A sink whose writes the watchdog tracks: a write the peer does not take within the timeout is a stall. */
+export function watchSink(sink: ByteSink, watchdog: PeerWatchdog): ByteSink {
+  const watched: ByteSink = {
+    async write(chunk) {
+      const done = watchdog.begin('taken any data');
+      try {
+        await sink.write(chunk);
+      } finally {
+        done();
+      }
+    },
+    close: () => sink.close(),
+  };
+  if (sink.writeLent) {
+    const writeLent = sink.writeLent.bind(sink);
+    watched.writeLent = async (chunk, release) => {
+      const done = watchdog.begin('taken any data');
+      try {
+        await writeLent(chunk, release);
+      } finally {
+        done();
+      }
+    };
+  }
+  return watched;
+}
+
+/** A source whose reads the watchdog tracks (while `enabled`): a read the peer does not feed within the timeout is a stall. */
+export function watchSource(source: ByteSource, watchdog: PeerWatchdog, enabled: () => boolean = () => true): ByteSource {
+  return {
+    async read() {
+      if (!enabled()) return source.read();
+      const done = watchdog.begin('sent any data');
+      try {
+        return await source.read();
+      } finally {
+        done();
+      }
+    },
+    close: () => source.close(),
+  };
+}

@@ -1,0 +1,112 @@
+/**
+ * `query-migrate` as QEMU 7.2 shapes it, from the engine's figures: the
+ * outgoing migration's snapshot, or the incoming migration's state. Which of
+ * the two a machine reports is the monitor's business (the latest one).
+ */
+import type { IncomingStatus, MigrationStatus, OutgoingMigration, OutgoingSnapshot } from '../migration/index.js';
+import { TARGET_PAGE_SIZE } from '../wire/index.js';
+
+/** `query-migrate`'s answer (only the fields livemig has; `x-livemig-*` are extensions). */
+export interface MigrationInfo {
+  status?: MigrationStatus | IncomingStatus;
+  'setup-time'?: number;
+  'total-time'?: number;
+  'expected-downtime'?: number;
+  downtime?: number;
+  ram?: {
+    transferred: number;
+    remaining: number;
+    total: number;
+    duplicate: number;
+    skipped: number;
+    normal: number;
+    'normal-bytes': number;
+    'dirty-pages-rate': number;
+    mbps: number;
+    'dirty-sync-count': number;
+    'page-size': number;
+    'pages-per-second': number;
+    'precopy-bytes': number;
+    'downtime-bytes': number;
+    'postcopy-bytes': number;
+    'multifd-bytes': number;
+    'postcopy-requests': number;
+  };
+  /** Block migration, as QEMU 7.2's `disk`: bytes of the bulk phase sent, still to send, and the disks' total. */
+  disk?: { transferred: number; remaining: number; total: number };
+  'xbzrle-cache'?: { 'cache-size': number; bytes: number; pages: number; 'cache-miss': number; overflow: number };
+  'cpu-throttle-percentage'?: number;
+  'error-desc'?: string;
+  /** livemig: the error's code (MigrationErrorCode), so scripts need not parse `error-desc`. */
+  'x-livemig-error-code'?: string;
+  'socket-address'?: Array<Record<string, unknown>>;
+}
+
+/** The source's `query-migrate`. */
+export function outgoingInfo(s: OutgoingSnapshot): MigrationInfo {
+  if (s.status === 'none') return {};
+  const info: MigrationInfo = { status: s.status };
+  if (s.setupTimeMs !== undefined) info['setup-time'] = s.setupTimeMs;
+  info['total-time'] = s.totalTimeMs ?? s.elapsedMs;
+  if (s.expectedDowntimeMs !== undefined) info['expected-downtime'] = s.expectedDowntimeMs;
+  if (s.downtimeMs !== undefined) info.downtime = s.downtimeMs;
+  const done = s.status === 'completed';
+  const r = s.ram;
+  if (r) {
+    info.ram = {
+      transferred: r.transferredBytes,
+      remaining: done ? 0 : r.remainingBytes,
+      total: r.totalBytes,
+      duplicate: r.duplicatePages,
+      skipped: 0,
+      normal: r.normalPages,
+      'normal-bytes': r.normalPages * TARGET_PAGE_SIZE,
+      'dirty-pages-rate': s.dirtyPagesRate,
+      mbps: s.mbps,
+      'dirty-sync-count': r.dirtySyncCount,
+      'page-size': TARGET_PAGE_SIZE,
+      'pages-per-second': s.pagesPerSecond,
+      'precopy-bytes': r.precopyBytes,
+      'downtime-bytes': r.downtimeBytes,
+      'postcopy-bytes': 0,
+      'multifd-bytes': r.multifdBytes,
+      'postcopy-requests': 0,
+    };
+    if (s.xbzrle) {
+      const x = r.xbzrle;
+      info['xbzrle-cache'] = { 'cache-size': x.cacheSizeBytes, bytes: x.bytes, pages: x.pages, 'cache-miss': x.cacheMiss, overflow: x.overflow };
+    }
+  }
+  if (s.disk) info.disk = { transferred: s.disk.transferredBytes, remaining: s.disk.remainingBytes, total: s.disk.totalBytes };
+  if (s.throttlePercent > 0) info['cpu-throttle-percentage'] = s.throttlePercent;
+  if (s.error) {
+    info['error-desc'] = s.error.message;
+    info['x-livemig-error-code'] = s.error.code;
+  }
+  return info;
+}
+
+/** `query-migrate` of a migration object (for the CLI, benchmarks and tests). */
+export function queryMigrate(migration: OutgoingMigration): MigrationInfo {
+  return outgoingInfo(migration.snapshot());
+}
+
+/** QEMU's SocketAddress for the destination's `socket-address`. */
+export function socketAddress(uri: string): Record<string, unknown> {
+  const tcp = /^tcp:\[?([^\]]*)\]?:(\d+)$/.exec(uri);
+  if (tcp) return { type: 'inet', host: tcp[1], port: tcp[2] };
+  if (uri.startsWith('unix:')) return { type: 'unix', path: uri.slice(5) };
+  return { type: 'other', uri };
+}
+
+/** The destination's `query-migrate`. */
+export function incomingInfo(status: IncomingStatus, address: string | undefined, error?: { code: string; message: string }): MigrationInfo {
+  if (status === 'none') return {};
+  const info: MigrationInfo = { status };
+  if (address && (status === 'setup' || status === 'active')) info['socket-address'] = [socketAddress(address)];
+  if (error) {
+    info['error-desc'] = error.message;
+    info['x-livemig-error-code'] = error.code;
+  }
+  return info;
+}
