@@ -6,7 +6,10 @@
  * Exit codes: 0 the migration completed (cancel: nothing runs any more);
  * 1 it failed, was cancelled or `migrate` was refused (the reason on stderr);
  * 2 bad arguments, settings the monitor rejected, or the monitor connection failed
- *   (then the migration's outcome is unknown).
+ *   (then the migration's outcome is unknown);
+ * 3 the migration failed after the destination was told to run the guest (livemig
+ *   source): the guest is paused here and may run there; the message names the
+ *   command that tells which (query-status on the destination).
  */
 import type { Command } from 'commander';
 import { performance } from 'node:perf_hooks';
@@ -316,7 +319,8 @@ class MigrationRun {
     }
     const why = reason ?? report.errorDesc ?? (this.cancel === 'sent' ? 'cancelled on request' : 'no reason given');
     complain(`migration ${report.status}: ${why}`);
-    return 1;
+    // livemig's source says when it cannot know where the guest runs (the error names the command that tells).
+    return info['x-livemig-error-code'] === 'outcome-unknown' ? 3 : 1;
   }
 
   private elapsedMs(): number {

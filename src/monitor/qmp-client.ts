@@ -402,6 +402,8 @@ export interface MigrationInfo {
   disk?: { transferred: number; remaining: number; total: number };
   'cpu-throttle-percentage'?: number;
   'error-desc'?: string;
+  /** livemig's reason code (MigrationErrorCode), e.g. `outcome-unknown`. */
+  'x-livemig-error-code'?: string;
   'blocked-reasons'?: string[];
   [field: string]: unknown;
 }
