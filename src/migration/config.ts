@@ -307,7 +307,7 @@ function booleanOf(text: string): boolean | undefined {
   return TRUE_WORDS.has(word) ? true : FALSE_WORDS.has(word) ? false : undefined;
 }
 
-/** Read `text` as `type`; throws ConfigError('bad-text') naming `argument`. */
+/** Read `text` as `type`; throws ConfigError('bad-text') naming `argument` (`--param NAME`). */
 function readText(type: ParameterType, text: string, argument: string): unknown {
   switch (type) {
     case 'integer': {
@@ -351,8 +351,8 @@ function guessType(text: string): ParameterType {
  * scope 'qmp' types any name. Throws ConfigError naming the argument.
  */
 export function parseParameterText(name: string, text: string, scope: ConfigScope = 'livemig'): unknown {
-  const argument = `--param ${name}=${text}`;
-  if (!NAME_TEXT.test(name)) throw new ConfigError('syntax', `${argument}: '${name}' is not a parameter name`);
+  const argument = `--param ${name}`;
+  if (!NAME_TEXT.test(name)) throw new ConfigError('syntax', `--param '${name}=${text}': '${name}' is not a parameter name`);
   const spec = parameterSpec(name);
   if (scope === 'qmp') return readText(spec?.type ?? guessType(text), text, argument);
   if (!spec) throw new ConfigError('unknown-parameter', `${argument}: there is no migration parameter '${name}' (livemig's: ${Object.keys(DEFAULT_PARAMETERS).join(', ')})`);
@@ -361,7 +361,7 @@ export function parseParameterText(name: string, text: string, scope: ConfigScop
   try {
     return checkParameterValue(name, value);
   } catch (err) {
-    throw err instanceof ConfigError ? new ConfigError(err.code, `${argument}: ${err.message}`) : err;
+    throw err instanceof ConfigError ? new ConfigError(err.code, `${argument}: ${err.message} (got '${text}')`) : err;
   }
 }
 
@@ -377,7 +377,7 @@ export interface CapabilitySetting {
  * any name (the monitor checks). Throws ConfigError naming the argument.
  */
 export function parseCapabilityText(text: string, scope: ConfigScope = 'livemig'): CapabilitySetting {
-  const argument = `--cap ${text}`;
+  const argument = `--cap '${text}'`;
   const eq = text.indexOf('=');
   const name = (eq < 0 ? text : text.slice(0, eq)).trim();
   if (!NAME_TEXT.test(name)) throw new ConfigError('syntax', `${argument}: expected NAME or NAME=on|off`);
@@ -397,7 +397,7 @@ export function parseParameterArgs(args: readonly string[], scope: ConfigScope):
   const update: Record<string, unknown> = {};
   for (const arg of args) {
     const eq = arg.indexOf('=');
-    if (eq < 0) throw new ConfigError('syntax', `--param ${arg}: expected NAME=VALUE`);
+    if (eq < 0) throw new ConfigError('syntax', `--param '${arg}': expected NAME=VALUE`);
     const name = arg.slice(0, eq).trim();
     update[name] = parseParameterText(name, arg.slice(eq + 1), scope);
   }
@@ -450,6 +450,20 @@ export class MigrationConfig extends EventEmitter<MigrationConfigEvents> {
     super();
     this.currentParameters = Object.freeze(applyParameters(DEFAULT_PARAMETERS, initial.parameters ?? {}));
     this.currentCapabilities = Object.freeze(applyCapabilities(DEFAULT_CAPABILITIES, initial.capabilities ?? {}));
+  }
+
+  /**
+   * The settings of `livemig run --param ... --cap ...` (scope 'livemig'): each
+   * argument checked, then all together (a conflict names --param).
+   */
+  static fromArgs(paramArgs: readonly string[], capArgs: readonly string[]): MigrationConfig {
+    const parameters = parseParameterArgs(paramArgs, 'livemig');
+    const capabilities = capabilityUpdate(parseCapabilityArgs(capArgs, 'livemig'));
+    try {
+      return new MigrationConfig({ parameters, capabilities });
+    } catch (err) {
+      throw err instanceof ConfigError ? new ConfigError(err.code, `--param: ${err.message}`) : err;
+    }
   }
 
   get parameters(): Readonly<MigrationParameters> {
