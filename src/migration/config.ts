@@ -81,6 +81,7 @@ export interface MigrationParameters {
    * before the migration fails (default 10 s, range 100 ms..1 h). QEMU has no
    * such limit and waits on a silent peer for as long as TCP does; livemig
    * fails instead, so the source guest keeps running and a new attempt can start.
+   * (Checked and stored; the engine's liveness check is still to read it.)
    */
   'x-livemig-peer-timeout-ms': number;
 }
