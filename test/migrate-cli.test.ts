@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { QemuProcess, qemuSkipReason } from './helpers/qemu.js';
 import { repoRoot } from './helpers/paths.js';
-import { parseCapabilityArgs, parseParameterArgs } from '../src/cli/migrate-command.js';
+import { parseCapabilityArgs, parseParameterArgs } from '../src/migration/config.js';
 
 const skip = qemuSkipReason();
 const TEST_TIMEOUT_MS = 180_000;
@@ -235,7 +235,7 @@ test('livemig migrate: settings the monitor rejects exit 2', { skip, timeout: TE
 });
 
 test('--cap and --param values are typed as QMP wants them', () => {
-  assert.deepEqual(parseCapabilityArgs(['xbzrle', 'events=off', 'multifd=on']), [
+  assert.deepEqual(parseCapabilityArgs(['xbzrle', 'events=off', 'multifd=on'], 'qmp'), [
     { capability: 'xbzrle', state: true },
     { capability: 'events', state: false },
     { capability: 'multifd', state: true },
@@ -244,12 +244,12 @@ test('--cap and --param values are typed as QMP wants them', () => {
     parseParameterArgs([
       'downtime-limit=300', 'max-bandwidth=128M', 'cpu-throttle-tailslow=on', 'tls-creds=tls0', 'multifd-compression=zstd',
       'block-bitmap-mapping=[]', 'x-future-int=7', 'x-future-flag=false', 'x-future-text=abc',
-    ]),
+    ], 'qmp'),
     {
       'downtime-limit': 300, 'max-bandwidth': 128 * 2 ** 20, 'cpu-throttle-tailslow': true, 'tls-creds': 'tls0',
       'multifd-compression': 'zstd', 'block-bitmap-mapping': [], 'x-future-int': 7, 'x-future-flag': false, 'x-future-text': 'abc',
     },
   );
-  assert.throws(() => parseParameterArgs(['downtime-limit']), /expected NAME=VALUE/);
-  assert.throws(() => parseParameterArgs(['compress-wait-thread=maybe']), /not on\/off/);
+  assert.throws(() => parseParameterArgs(['downtime-limit'], 'qmp'), /expected NAME=VALUE/);
+  assert.throws(() => parseParameterArgs(['compress-wait-thread=maybe'], 'qmp'), /not on\/off/);
 });

@@ -14,7 +14,7 @@
 import type { Command } from 'commander';
 import { performance } from 'node:perf_hooks';
 import { MIGRATION_FINAL_STATES, QmpClient, QmpError, type MigrationInfo, type QmpEvent } from '../monitor/qmp-client.js';
-import { parseSize } from './size.js';
+import { parseCapabilityArgs, parseParameterArgs, type CapabilitySetting } from '../migration/config.js';
 import { ProgressDisplay, buildReport, figuresOf, formatMigrationInfo, formatReport, reportJson } from './progress.js';
 
 export const DEFAULT_POLL_INTERVAL_MS = 250;
@@ -78,82 +78,6 @@ export interface MigrateOptions {
   blk?: boolean;
 }
 
-type Capability = { capability: string; state: boolean };
-
-const ON = new Set(['on', 'true', 'yes', '1']);
-const OFF = new Set(['off', 'false', 'no', '0']);
-
-/** `NAME`, `NAME=on`, `NAME=off` → QMP's capability list. */
-export function parseCapabilityArgs(args: string[]): Capability[] {
-  return args.map((arg) => {
-    const [name, value = 'on'] = splitOnce(arg);
-    if (!name) throw new Error(`--cap '${arg}': expected NAME or NAME=on|off`);
-    const v = value.toLowerCase();
-    if (!ON.has(v) && !OFF.has(v)) throw new Error(`--cap '${arg}': the value must be on or off`);
-    return { capability: name, state: ON.has(v) };
-  });
-}
-
-/* Parameter types of QEMU 7.2's MigrateSetParameters (facts 7.5); the rest are integers. */
-const BOOLEAN_PARAMS = new Set(['compress-wait-thread', 'cpu-throttle-tailslow', 'block-incremental']);
-const STRING_PARAMS = new Set(['tls-creds', 'tls-hostname', 'tls-authz', 'multifd-compression', 'mode', 'zero-page-detection']);
-const JSON_PARAMS = new Set(['block-bitmap-mapping']);
-/** Bytes or bytes/s: these also take suffixes (`100M` = 100 MiB), as a convenience; QMP wants a plain number. */
-const SIZE_PARAMS = new Set(['max-bandwidth', 'xbzrle-cache-size', 'max-postcopy-bandwidth', 'avail-switchover-bandwidth']);
-const INTEGER_PARAMS = new Set([
-  'announce-initial', 'announce-max', 'announce-rounds', 'announce-step', 'compress-level', 'compress-threads',
-  'decompress-threads', 'throttle-trigger-threshold', 'cpu-throttle-initial', 'cpu-throttle-increment',
-  'downtime-limit', 'x-checkpoint-delay', 'multifd-channels', 'max-cpu-throttle', 'multifd-zlib-level',
-  'multifd-zstd-level', 'x-vcpu-dirty-limit-period', 'vcpu-dirty-limit',
-]);
-
-/** `NAME=VALUE`... → `migrate-set-parameters` arguments, each value typed as the parameter takes it. */
-export function parseParameterArgs(args: string[]): Record<string, unknown> {
-  const params: Record<string, unknown> = {};
-  for (const arg of args) {
-    const [name, value] = splitOnce(arg);
-    if (!name || value === undefined) throw new Error(`--param '${arg}': expected NAME=VALUE`);
-    params[name] = parseParameterValue(name, value);
-  }
-  return params;
-}
-
-function parseParameterValue(name: string, value: string): unknown {
-  const where = `--param ${name}`;
-  const asBoolean = (): boolean => {
-    const v = value.toLowerCase();
-    if (ON.has(v)) return true;
-    if (OFF.has(v)) return false;
-    throw new Error(`${where}: '${value}' is not on/off/true/false`);
-  };
-  const asInteger = (): number => {
-    if (!/^-?\d+$/.test(value) || !Number.isSafeInteger(Number(value))) throw new Error(`${where}: '${value}' is not an integer`);
-    return Number(value);
-  };
-  const asJson = (): unknown => {
-    try {
-      return JSON.parse(value);
-    } catch {
-      throw new Error(`${where}: '${value}' is not JSON`);
-    }
-  };
-  if (BOOLEAN_PARAMS.has(name)) return asBoolean();
-  if (STRING_PARAMS.has(name)) return value;
-  if (JSON_PARAMS.has(name)) return asJson();
-  if (SIZE_PARAMS.has(name)) return parseSize(value, where);
-  if (INTEGER_PARAMS.has(name)) return asInteger();
-  // A parameter we do not know (a newer QEMU's): guess from the text, the monitor checks it.
-  if (/^-?\d+$/.test(value)) return asInteger();
-  if (ON.has(value.toLowerCase()) || OFF.has(value.toLowerCase())) return asBoolean();
-  if (/^[[{]/.test(value)) return asJson();
-  return value;
-}
-
-function splitOnce(arg: string): [string, string | undefined] {
-  const eq = arg.indexOf('=');
-  return eq < 0 ? [arg.trim(), undefined] : [arg.slice(0, eq).trim(), arg.slice(eq + 1)];
-}
-
 function parseMs(text: string, what: string, min: number): number {
   if (!/^\d+$/.test(text) || Number(text) < min) throw new Error(`${what}: '${text}' must be an integer of at least ${min}`);
   return Number(text);
@@ -176,13 +100,14 @@ async function connectOrComplain(uri: string): Promise<QmpClient | undefined> {
 export async function migrateCommand(destUri: string, options: MigrateOptions): Promise<number> {
   let settings: RunSettings;
   try {
-    const capabilities = parseCapabilityArgs(options.cap ?? []);
+    // Scope 'qmp': the monitor may be a QEMU's with parameters livemig lacks; it checks the values.
+    const capabilities = parseCapabilityArgs(options.cap ?? [], 'qmp');
     // MIGRATION / MIGRATION_PASS are emitted only with `events` (QEMU 7.2); respect an explicit events=off.
     if (!capabilities.some((c) => c.capability === 'events')) capabilities.push({ capability: 'events', state: true });
     settings = {
       destUri,
       capabilities,
-      parameters: parseParameterArgs(options.param ?? []),
+      parameters: parseParameterArgs(options.param ?? [], 'qmp'),
       json: options.json === true,
       blk: options.blk === true,
       intervalMs: parseMs(options.intervalMs ?? String(DEFAULT_POLL_INTERVAL_MS), '--interval-ms', 10),
@@ -205,7 +130,7 @@ export async function migrateCommand(destUri: string, options: MigrateOptions): 
 
 interface RunSettings {
   destUri: string;
-  capabilities: Capability[];
+  capabilities: CapabilitySetting[];
   parameters: Record<string, unknown>;
   json: boolean;
   intervalMs: number;

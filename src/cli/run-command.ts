@@ -7,7 +7,7 @@
  */
 import { queryMigrate, type MigrationInfo } from '../monitor/query-migrate.js';
 import { checkMemory, ramSha256 } from '../machine/index.js';
-import { OutgoingMigration } from '../migration/index.js';
+import { MigrationConfig, OutgoingMigration } from '../migration/index.js';
 import { MachineMonitor } from '../monitor/machine-monitor.js';
 import { formatBytes } from './format.js';
 import { createGuest, type Guest } from './guests.js';
@@ -38,20 +38,10 @@ export interface RunOptions {
   autostart: boolean;
 }
 
-function parseParam(text: string): [string, number] {
-  const m = /^([a-z-]+)=(\d+)$/.exec(text);
-  if (!m) throw new Error(`--param expects NAME=INTEGER, got '${text}'`);
-  return [m[1]!, Number(m[2])];
-}
-
-function parseCap(text: string): [string, boolean] {
-  const m = /^([a-z-]+)(?:=(on|off|true|false))?$/.exec(text);
-  if (!m) throw new Error(`--cap expects NAME or NAME=on|off, got '${text}'`);
-  return [m[1]!, m[2] === undefined || m[2] === 'on' || m[2] === 'true'];
-}
-
 export async function runCommand(options: RunOptions): Promise<number> {
   if (options.incoming && options.migrateTo) throw new Error('--incoming and --migrate-to exclude each other');
+  // Read --param/--cap before the guest starts, so a typo costs nothing.
+  const config = MigrationConfig.fromArgs(options.param, options.cap);
   const emit = (event: string, data: Record<string, unknown>, human: string): void => {
     process.stdout.write(options.json ? JSON.stringify({ event, ...data }) + '\n' : human + '\n');
   };
@@ -84,6 +74,11 @@ export async function runCommand(options: RunOptions): Promise<number> {
     },
     ...(guest.check ? { checkGuest: guest.check } : {}),
   });
+  // --cap/--param apply to every migration of this machine: a destination's too (multifd must be on at
+  // both ends, as QEMU's migrate-set-* before migrate-incoming), and one started later over QMP.
+  // (Copied in, until the monitor holds the machine's MigrationConfig itself.)
+  monitor.migration.setParameters({ ...config.parameters });
+  monitor.migration.setCapabilities({ ...config.capabilities });
   const stop = new Promise<number>((resolve) => {
     process.once('SIGINT', () => resolve(130));
     process.once('SIGTERM', () => resolve(0));
@@ -106,9 +101,6 @@ export async function runCommand(options: RunOptions): Promise<number> {
       emit('qmp', { address }, `QMP monitor on ${address}`);
     }
     if (options.incoming) {
-      // --cap/--param apply to a destination too (multifd must be on at both ends, as QEMU's migrate-set-* before migrate-incoming).
-      monitor.migration.setParameters(Object.fromEntries(options.param.map(parseParam)));
-      monitor.migration.setCapabilities(Object.fromEntries(options.cap.map(parseCap)));
       return await runIncoming(guest, monitor, options.incoming, options.verify === true, emit, stop);
     }
     if (options.migrateTo) return await runOutgoing(guest, monitor.migration, options, emit, () => serialBytes, stop);
@@ -163,8 +155,6 @@ async function runIncoming(guest: Guest, monitor: MachineMonitor, uri: string, v
 }
 
 async function runOutgoing(guest: Guest, migration: OutgoingMigration, options: RunOptions, emit: Emit, serialBytes: () => number, stop: Promise<number>): Promise<number> {
-  migration.setParameters(Object.fromEntries(options.param.map(parseParam)));
-  migration.setCapabilities(Object.fromEntries(options.cap.map(parseCap)));
   await new Promise((r) => setTimeout(r, Number(options.migrateAfterMs)));
   migration.on('status', (status) => emit('status', { status }, `migration: ${status}`));
   migration.on('pass', (pass) => emit('pass', { pass }, `migration: pass ${pass}`));

@@ -1,0 +1,496 @@
+/**
+ * Migration parameters and capabilities in one place: the table of QEMU 7.2's
+ * parameters and their types, the checks livemig applies when they are set
+ * (QMP `migrate-set-parameters` / `migrate-set-capabilities`, with QEMU's
+ * messages), their text forms on the command line (`--param NAME=VALUE`,
+ * `--cap NAME[=on|off]`), and MigrationConfig, the settings of one machine.
+ *
+ * Text is read in one of two scopes, the same text always giving the same value:
+ *  - 'livemig': settings for livemig's own migrations (`livemig run`). A name
+ *    livemig does not implement is an error, and so is a value it would refuse.
+ *  - 'qmp': settings sent to a QMP monitor that may be real QEMU's (`livemig
+ *    migrate`). Every name in the table is typed from it, a name not in it (a
+ *    newer QEMU's) by guessing from the text; the monitor checks the values.
+ *
+ * Where livemig's default differs from QEMU 7.2's, the reason is given.
+ */
+import { EventEmitter } from 'node:events';
+import { parseSize } from '../cli/size.js';
+import { MULTIFD_COMPRESSION_FLAGS, MULTIFD_DEFAULT_LEVEL, multifdLevelRange, type MultifdCompression } from '../ram/multifd/codec.js';
+import { DEFAULT_MULTIFD_CHANNELS } from '../ram/multifd/packet.js';
+import { DEFAULT_XBZRLE_CACHE_BYTES } from '../ram/page-cache.js';
+
+// ---------- errors ----------
+
+export type ConfigErrorCode =
+  /** The argument is not NAME=VALUE (parameters) or NAME[=on|off] (capabilities). */
+  | 'syntax'
+  /** The text does not read as the parameter's type (`downtime-limit=soon`). */
+  | 'bad-text'
+  /** A typed value livemig refuses: wrong JSON type, out of range, not one of the choices. */
+  | 'invalid-value'
+  /** Two parameters that contradict each other (cpu-throttle-initial above max-cpu-throttle). */
+  | 'conflict'
+  /** No such parameter / capability, in QEMU 7.2 or livemig. */
+  | 'unknown-parameter'
+  | 'unknown-capability'
+  /** A QEMU parameter / capability livemig does not implement (scope 'livemig'). */
+  | 'not-implemented';
+
+/** A refused setting. The message names the argument or parameter and what was wrong; a QMP server sends it as the error's desc. */
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+  constructor(
+    readonly code: ConfigErrorCode,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+// ---------- the parameters ----------
+
+export interface MigrationParameters {
+  /**
+   * Rate limit in bytes per second; 0 = unlimited. QEMU 7.2 defaults to
+   * 128 MiB/s, a known cause of slow migrations on fast links; livemig
+   * defaults to unlimited: a user who shares the link sets a cap.
+   */
+  'max-bandwidth': number;
+  /** The pause the user accepts at switchover, in ms (QEMU: 300, at most 2,000,000). */
+  'downtime-limit': number;
+  /** XBZRLE cache size in bytes (QEMU: 64 MiB; a power-of-two number of pages). */
+  'xbzrle-cache-size': number;
+  /** Auto-converge: first throttle (%), increment (%), ceiling (%), trigger (% of transferred bytes). */
+  'cpu-throttle-initial': number;
+  'cpu-throttle-increment': number;
+  'max-cpu-throttle': number;
+  'throttle-trigger-threshold': number;
+  /** Auto-converge: raise the throttle by less than the increment when less is needed (QEMU: false). */
+  'cpu-throttle-tailslow': boolean;
+  /** Multifd: extra connections that carry page contents (QEMU: 2, range 1..255); both sides must agree. */
+  'multifd-channels': number;
+  /** Multifd payload compression (QEMU 7.2: none, zlib, zstd); both sides must agree. */
+  'multifd-compression': MultifdCompression;
+  /** zlib level for multifd (QEMU: 1, range 0..9). */
+  'multifd-zlib-level': number;
+  /** zstd level for multifd (QEMU: 1, range 0..20). */
+  'multifd-zstd-level': number;
+  /**
+   * livemig's own: how long, in ms, a peer may send or acknowledge nothing
+   * before the migration fails (default 10 s, range 100 ms..1 h). QEMU has no
+   * such limit and waits on a silent peer for as long as TCP does; livemig
+   * fails instead, so the source guest keeps running and a new attempt can start.
+   * (Checked and stored; the engine's liveness check is still to read it.)
+   */
+  'x-livemig-peer-timeout-ms': number;
+}
+
+export const DEFAULT_PEER_TIMEOUT_MS = 10_000;
+/** livemig's own parameters carry this prefix (QEMU's `x-` marks experimental ones); no QEMU parameter does. */
+export const LIVEMIG_PARAMETER_PREFIX = 'x-livemig-';
+
+/** The order is query-migrate-parameters' order (QEMU's, livemig's own last). */
+export const DEFAULT_PARAMETERS: Readonly<MigrationParameters> = Object.freeze({
+  'max-bandwidth': 0,
+  'downtime-limit': 300,
+  'xbzrle-cache-size': DEFAULT_XBZRLE_CACHE_BYTES,
+  'cpu-throttle-initial': 20,
+  'cpu-throttle-increment': 10,
+  'max-cpu-throttle': 99,
+  'throttle-trigger-threshold': 50,
+  'cpu-throttle-tailslow': false,
+  'multifd-channels': DEFAULT_MULTIFD_CHANNELS,
+  'multifd-compression': 'none',
+  'multifd-zlib-level': MULTIFD_DEFAULT_LEVEL,
+  'multifd-zstd-level': MULTIFD_DEFAULT_LEVEL,
+  'x-livemig-peer-timeout-ms': DEFAULT_PEER_TIMEOUT_MS,
+});
+
+/**
+ * How a parameter is written. In QMP every one is a JSON value of its kind;
+ * on the command line `size` also takes a K/M/G/T suffix (binary: 1K = 1024)
+ * and `boolean` on/off, true/false, yes/no.
+ */
+export type ParameterType = 'integer' | 'size' | 'boolean' | 'string' | 'json';
+
+/** The values livemig accepts for a parameter it implements. */
+export type AcceptedValues =
+  /** integer and size: an inclusive range; `unit` only completes the message. */
+  | { readonly min: number; readonly max: number; readonly unit?: string; readonly powerOfTwo?: boolean }
+  /** string: one of these. */
+  | { readonly oneOf: readonly string[] }
+  /** boolean: either. */
+  | 'any';
+
+export interface ParameterSpec {
+  readonly type: ParameterType;
+  /** For parameters added after QEMU 7.2: the version that added them (so `livemig migrate` types them for a newer QEMU). */
+  readonly since?: string;
+  /** Present if livemig implements the parameter: what it accepts. */
+  readonly implemented?: AcceptedValues;
+}
+
+const MILLISECONDS = 'milliseconds';
+
+/**
+ * QEMU 7.2's MigrateSetParameters in its order (QAPI `size` and uintN are
+ * `integer`; byte counts and rates are `size` for the suffixes; the tls-*
+ * StrOrNull are strings), a few newer QEMU parameters, and livemig's own.
+ */
+export const PARAMETER_TABLE = {
+  'announce-initial': { type: 'integer' },
+  'announce-max': { type: 'integer' },
+  'announce-rounds': { type: 'integer' },
+  'announce-step': { type: 'integer' },
+  'compress-level': { type: 'integer' },
+  'compress-threads': { type: 'integer' },
+  'compress-wait-thread': { type: 'boolean' },
+  'decompress-threads': { type: 'integer' },
+  'throttle-trigger-threshold': { type: 'integer', implemented: { min: 1, max: 100 } },
+  'cpu-throttle-initial': { type: 'integer', implemented: { min: 1, max: 99 } },
+  'cpu-throttle-increment': { type: 'integer', implemented: { min: 1, max: 99 } },
+  'cpu-throttle-tailslow': { type: 'boolean', implemented: 'any' },
+  'tls-creds': { type: 'string' },
+  'tls-hostname': { type: 'string' },
+  'tls-authz': { type: 'string' },
+  'max-bandwidth': { type: 'size', implemented: { min: 0, max: Number.MAX_SAFE_INTEGER, unit: 'bytes/second' } },
+  'downtime-limit': { type: 'integer', implemented: { min: 0, max: 2_000_000, unit: MILLISECONDS } },
+  'x-checkpoint-delay': { type: 'integer' },
+  'block-incremental': { type: 'boolean' },
+  'multifd-channels': { type: 'integer', implemented: { min: 1, max: 255 } },
+  'xbzrle-cache-size': { type: 'size', implemented: { min: 4096, max: 2 ** 40, powerOfTwo: true } },
+  'max-postcopy-bandwidth': { type: 'size' },
+  'max-cpu-throttle': { type: 'integer', implemented: { min: 1, max: 99 } },
+  'multifd-compression': { type: 'string', implemented: { oneOf: Object.keys(MULTIFD_COMPRESSION_FLAGS) } },
+  'multifd-zlib-level': { type: 'integer', implemented: levels('zlib') },
+  'multifd-zstd-level': { type: 'integer', implemented: levels('zstd') },
+  'block-bitmap-mapping': { type: 'json' },
+  // Newer QEMUs' (livemig migrate may drive one).
+  'x-vcpu-dirty-limit-period': { type: 'integer', since: '8.1' },
+  'vcpu-dirty-limit': { type: 'integer', since: '8.1' },
+  'avail-switchover-bandwidth': { type: 'size', since: '8.2' },
+  'mode': { type: 'string', since: '9.0' },
+  'zero-page-detection': { type: 'string', since: '9.0' },
+  // livemig's own.
+  'x-livemig-peer-timeout-ms': { type: 'integer', implemented: { min: 100, max: 3_600_000, unit: MILLISECONDS } },
+} as const satisfies Record<string, ParameterSpec>;
+
+function levels(method: MultifdCompression): AcceptedValues {
+  const [min, max] = multifdLevelRange(method);
+  return { min, max };
+}
+
+export type ParameterName = keyof typeof PARAMETER_TABLE;
+
+/** The names with `implemented` in the table. */
+type ImplementedName = { [K in ParameterName]: (typeof PARAMETER_TABLE)[K] extends { implemented: AcceptedValues } ? K : never }[ParameterName];
+// Compile-time: MigrationParameters' fields are exactly the implemented names.
+const implementedMatchesInterface: [ImplementedName, keyof MigrationParameters] extends [keyof MigrationParameters, ImplementedName] ? true : never = true;
+void implementedMatchesInterface;
+
+/** The table entry for `name`, if any (own properties only: `constructor` is no parameter). */
+export function parameterSpec(name: string): ParameterSpec | undefined {
+  return Object.hasOwn(PARAMETER_TABLE, name) ? (PARAMETER_TABLE as Record<string, ParameterSpec>)[name] : undefined;
+}
+
+// ---------- the capabilities ----------
+
+export interface MigrationCapabilities {
+  xbzrle: boolean;
+  'auto-converge': boolean;
+  events: boolean;
+  /**
+   * Destination to source messages on the same socket. QEMU defaults to off;
+   * livemig turns it on for sockets because the source then completes only
+   * once the destination confirms it runs the guest (SHUT 0), and the reported
+   * downtime is the real pause. Ignored for exec: and file:, which are one-way.
+   */
+  'return-path': boolean;
+  'pause-before-switchover': boolean;
+  /** Copy the machine's disks too (QEMU's block migration; `migrate` with `blk: true` turns it on for one migration). */
+  block: boolean;
+  /**
+   * Send all-zero disk chunks as a flag without data. QEMU defaults to off;
+   * livemig turns it on: sparse and fresh disks are mostly zeros, and the
+   * check costs far less than sending 1 MiB.
+   */
+  'zero-blocks': boolean;
+  /** Page contents over `multifd-channels` extra connections (tcp: and unix: only), QEMU 7.2's format. */
+  multifd: boolean;
+}
+
+/** In the order of QEMU's MigrationCapability enum, which query-migrate-capabilities follows. */
+export const DEFAULT_CAPABILITIES: Readonly<MigrationCapabilities> = Object.freeze({
+  xbzrle: false,
+  'auto-converge': false,
+  'zero-blocks': true,
+  events: false,
+  block: false,
+  'return-path': true,
+  'pause-before-switchover': false,
+  multifd: false,
+});
+
+/** QEMU 7.2's MigrationCapability enum, for telling "not implemented" from "no such capability". */
+export const QEMU_CAPABILITIES: readonly string[] = [
+  'xbzrle', 'rdma-pin-all', 'auto-converge', 'zero-blocks', 'compress', 'events', 'postcopy-ram', 'x-colo',
+  'release-ram', 'block', 'return-path', 'pause-before-switchover', 'multifd', 'dirty-bitmaps', 'postcopy-blocktime',
+  'late-block-activate', 'x-ignore-shared', 'validate-uuid', 'background-snapshot', 'zero-copy-send', 'postcopy-preempt',
+];
+
+// ---------- checking typed values (QMP) ----------
+
+const isImplementedParameter = (name: string): name is keyof MigrationParameters => Object.hasOwn(DEFAULT_PARAMETERS, name);
+
+/** Check one typed value of a parameter livemig implements; QEMU's messages. */
+function checkParameterValue(name: keyof MigrationParameters, value: unknown): number | boolean | string {
+  const accepted = PARAMETER_TABLE[name].implemented as AcceptedValues;
+  if (accepted === 'any') {
+    if (typeof value !== 'boolean') throw new ConfigError('invalid-value', `Parameter '${name}' expects a boolean`);
+    return value;
+  }
+  if ('oneOf' in accepted) {
+    if (typeof value !== 'string' || !accepted.oneOf.includes(value)) {
+      throw new ConfigError('invalid-value', `Parameter '${name}' does not accept value '${String(value)}'`);
+    }
+    return value;
+  }
+  const { min, max, unit } = accepted;
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min || value > max) {
+    throw new ConfigError('invalid-value', `Parameter '${name}' expects an integer in the range of ${min} to ${max}${unit ? ` ${unit}` : ''}`);
+  }
+  if (accepted.powerOfTwo && !Number.isInteger(Math.log2(value))) throw new ConfigError('invalid-value', `Parameter '${name}' expects a power of two`);
+  return value;
+}
+
+/**
+ * Check a partial update (QMP `migrate-set-parameters` arguments) against
+ * QEMU's ranges; returns the merged parameters. All or nothing: `current` is
+ * not changed, and nothing is merged if any value is refused.
+ */
+export function applyParameters(current: Readonly<MigrationParameters>, update: Partial<Record<string, unknown>>): MigrationParameters {
+  const next: MigrationParameters = { ...current };
+  for (const [name, value] of Object.entries(update)) {
+    if (!isImplementedParameter(name)) throw new ConfigError('unknown-parameter', `Parameter '${name}' is unexpected`);
+    (next as unknown as Record<string, unknown>)[name] = checkParameterValue(name, value);
+  }
+  if (next['cpu-throttle-initial'] > next['max-cpu-throttle']) {
+    throw new ConfigError('conflict', "Parameter 'cpu-throttle-initial' must not exceed 'max-cpu-throttle'");
+  }
+  return next;
+}
+
+/** Check a partial update of capabilities (name → state); returns the merged capabilities, all or nothing. */
+export function applyCapabilities(current: Readonly<MigrationCapabilities>, update: Partial<Record<string, unknown>>): MigrationCapabilities {
+  const next: MigrationCapabilities = { ...current };
+  for (const [name, value] of Object.entries(update)) {
+    if (!Object.hasOwn(DEFAULT_CAPABILITIES, name)) throw new ConfigError('unknown-capability', `Capability '${name}' is not supported`);
+    if (typeof value !== 'boolean') throw new ConfigError('invalid-value', `Capability '${name}' expects a boolean`);
+    (next as unknown as Record<string, boolean>)[name] = value;
+  }
+  return next;
+}
+
+// ---------- text (command line) ----------
+
+/** Where text settings go; see the top of this file. */
+export type ConfigScope = 'livemig' | 'qmp';
+
+const TRUE_WORDS = new Set(['on', 'true', 'yes', '1']);
+const FALSE_WORDS = new Set(['off', 'false', 'no', '0']);
+const INTEGER_TEXT = /^-?\d+$/;
+/** QEMU's parameter and capability names: lower case, digits, dashes (and `_` in a few old ones). */
+const NAME_TEXT = /^[a-z0-9][a-z0-9_-]*$/i;
+
+function booleanOf(text: string): boolean | undefined {
+  const word = text.trim().toLowerCase();
+  return TRUE_WORDS.has(word) ? true : FALSE_WORDS.has(word) ? false : undefined;
+}
+
+/** Read `text` as `type`; throws ConfigError('bad-text') naming `argument` (`--param NAME`). */
+function readText(type: ParameterType, text: string, argument: string): unknown {
+  switch (type) {
+    case 'integer': {
+      const value = Number(text.trim());
+      if (!INTEGER_TEXT.test(text.trim()) || !Number.isSafeInteger(value)) throw new ConfigError('bad-text', `${argument}: '${text}' is not an integer`);
+      return value;
+    }
+    case 'size':
+      try {
+        return parseSize(text, argument);
+      } catch (err) {
+        throw new ConfigError('bad-text', (err as Error).message);
+      }
+    case 'boolean': {
+      const value = booleanOf(text);
+      if (value === undefined) throw new ConfigError('bad-text', `${argument}: '${text}' is not on/off/true/false/yes/no`);
+      return value;
+    }
+    case 'string':
+      return text; // may be empty: tls-creds= turns TLS off
+    case 'json':
+      try {
+        return JSON.parse(text);
+      } catch {
+        throw new ConfigError('bad-text', `${argument}: '${text}' is not JSON`);
+      }
+  }
+}
+
+/** The type of a parameter not in the table, guessed from its text (scope 'qmp'; the monitor checks). */
+function guessType(text: string): ParameterType {
+  if (INTEGER_TEXT.test(text.trim())) return 'integer';
+  if (booleanOf(text) !== undefined) return 'boolean';
+  if (/^\s*[[{]/.test(text)) return 'json';
+  return 'string';
+}
+
+/**
+ * The typed value of `--param NAME=TEXT`. Scope 'livemig' (the default) also
+ * refuses names livemig does not implement and values it would refuse;
+ * scope 'qmp' types any name. Throws ConfigError naming the argument.
+ */
+export function parseParameterText(name: string, text: string, scope: ConfigScope = 'livemig'): unknown {
+  const argument = `--param ${name}`;
+  if (!NAME_TEXT.test(name)) throw new ConfigError('syntax', `--param '${name}=${text}': '${name}' is not a parameter name`);
+  const spec = parameterSpec(name);
+  if (scope === 'qmp') return readText(spec?.type ?? guessType(text), text, argument);
+  if (!spec) throw new ConfigError('unknown-parameter', `${argument}: there is no migration parameter '${name}' (livemig's: ${Object.keys(DEFAULT_PARAMETERS).join(', ')})`);
+  if (!isImplementedParameter(name)) throw new ConfigError('not-implemented', `${argument}: livemig does not implement QEMU's parameter '${name}'`);
+  const value = readText(spec.type, text, argument);
+  try {
+    return checkParameterValue(name, value);
+  } catch (err) {
+    throw err instanceof ConfigError ? new ConfigError(err.code, `${argument}: ${err.message} (got '${text}')`) : err;
+  }
+}
+
+/** A capability as QMP's `migrate-set-capabilities` lists it. */
+export interface CapabilitySetting {
+  capability: string;
+  state: boolean;
+}
+
+/**
+ * `--cap NAME` (on) or `--cap NAME=on|off|true|false|yes|no`. Scope 'livemig'
+ * (the default) refuses capabilities livemig does not implement; scope 'qmp'
+ * any name (the monitor checks). Throws ConfigError naming the argument.
+ */
+export function parseCapabilityText(text: string, scope: ConfigScope = 'livemig'): CapabilitySetting {
+  const argument = `--cap '${text}'`;
+  const eq = text.indexOf('=');
+  const name = (eq < 0 ? text : text.slice(0, eq)).trim();
+  if (!NAME_TEXT.test(name)) throw new ConfigError('syntax', `${argument}: expected NAME or NAME=on|off`);
+  const state = eq < 0 ? true : booleanOf(text.slice(eq + 1));
+  if (state === undefined) throw new ConfigError('bad-text', `${argument}: the value must be on or off (or true/false, yes/no)`);
+  if (scope === 'livemig' && !Object.hasOwn(DEFAULT_CAPABILITIES, name)) {
+    if (QEMU_CAPABILITIES.includes(name)) throw new ConfigError('not-implemented', `${argument}: livemig does not implement QEMU's capability '${name}'`);
+    throw new ConfigError('unknown-capability', `${argument}: there is no migration capability '${name}' (livemig's: ${Object.keys(DEFAULT_CAPABILITIES).join(', ')})`);
+  }
+  return { capability: name, state };
+}
+
+/** `--param` arguments (NAME=VALUE each) → `migrate-set-parameters` arguments; a later NAME wins. */
+export function parseParameterArgs(args: readonly string[], scope: 'livemig'): Partial<MigrationParameters>;
+export function parseParameterArgs(args: readonly string[], scope: ConfigScope): Record<string, unknown>;
+export function parseParameterArgs(args: readonly string[], scope: ConfigScope): Record<string, unknown> {
+  const update: Record<string, unknown> = {};
+  for (const arg of args) {
+    const eq = arg.indexOf('=');
+    if (eq < 0) throw new ConfigError('syntax', `--param '${arg}': expected NAME=VALUE`);
+    const name = arg.slice(0, eq).trim();
+    update[name] = parseParameterText(name, arg.slice(eq + 1), scope);
+  }
+  return update;
+}
+
+/** `--cap` arguments → `migrate-set-capabilities`' list, in the given order. */
+export function parseCapabilityArgs(args: readonly string[], scope: ConfigScope): CapabilitySetting[] {
+  return args.map((arg) => parseCapabilityText(arg, scope));
+}
+
+/** A capability list as an update for applyCapabilities / MigrationConfig.setCapabilities (a later entry wins). */
+export function capabilityUpdate(settings: readonly CapabilitySetting[]): Record<string, boolean> {
+  return Object.fromEntries(settings.map((s) => [s.capability, s.state]));
+}
+
+// ---------- one machine's settings ----------
+
+/** Parameters and capabilities as one migration uses them. */
+export interface MigrationSettings {
+  readonly parameters: Readonly<MigrationParameters>;
+  readonly capabilities: Readonly<MigrationCapabilities>;
+}
+
+export interface MigrationConfigEvents {
+  /** After setParameters: the new parameters and the names the update carried. */
+  parameters: [parameters: Readonly<MigrationParameters>, names: string[]];
+  capabilities: [capabilities: Readonly<MigrationCapabilities>];
+}
+
+/**
+ * The migration settings of one machine, shared by its incoming and outgoing
+ * migrations (QEMU keeps one set per process). Values are checked as
+ * applyParameters / applyCapabilities do; the stored objects are frozen and
+ * replaced on each change, so a reference read earlier never changes under
+ * its reader. A migration takes snapshot() at its start for what must stay
+ * fixed (capabilities, multifd-*, xbzrle-cache-size), and reads `parameters`
+ * (or listens to 'parameters') for what applies at once (max-bandwidth,
+ * downtime-limit, the auto-converge throttles), as QEMU does.
+ *
+ * Refusing capability changes while a migration runs is the owner's job (it
+ * knows whether one runs): QEMU's "There's a migration process in progress".
+ */
+export class MigrationConfig extends EventEmitter<MigrationConfigEvents> {
+  private currentParameters: Readonly<MigrationParameters>;
+  private currentCapabilities: Readonly<MigrationCapabilities>;
+
+  /** Starts from livemig's defaults, with `initial` applied (checked). */
+  constructor(initial: { parameters?: Partial<Record<string, unknown>>; capabilities?: Partial<Record<string, unknown>> } = {}) {
+    super();
+    this.currentParameters = Object.freeze(applyParameters(DEFAULT_PARAMETERS, initial.parameters ?? {}));
+    this.currentCapabilities = Object.freeze(applyCapabilities(DEFAULT_CAPABILITIES, initial.capabilities ?? {}));
+  }
+
+  /**
+   * The settings of `livemig run --param ... --cap ...` (scope 'livemig'): each
+   * argument checked, then all together (a conflict names --param).
+   */
+  static fromArgs(paramArgs: readonly string[], capArgs: readonly string[]): MigrationConfig {
+    const parameters = parseParameterArgs(paramArgs, 'livemig');
+    const capabilities = capabilityUpdate(parseCapabilityArgs(capArgs, 'livemig'));
+    try {
+      return new MigrationConfig({ parameters, capabilities });
+    } catch (err) {
+      throw err instanceof ConfigError ? new ConfigError(err.code, `--param: ${err.message}`) : err;
+    }
+  }
+
+  get parameters(): Readonly<MigrationParameters> {
+    return this.currentParameters;
+  }
+
+  get capabilities(): Readonly<MigrationCapabilities> {
+    return this.currentCapabilities;
+  }
+
+  /** Merge a checked update (QMP `migrate-set-parameters` arguments); throws ConfigError and changes nothing if any value is refused. */
+  setParameters(update: Partial<Record<string, unknown>>): Readonly<MigrationParameters> {
+    this.currentParameters = Object.freeze(applyParameters(this.currentParameters, update));
+    this.emit('parameters', this.currentParameters, Object.keys(update));
+    return this.currentParameters;
+  }
+
+  /** Merge a checked update (name → state); throws ConfigError and changes nothing if any is refused. */
+  setCapabilities(update: Partial<Record<string, unknown>>): Readonly<MigrationCapabilities> {
+    this.currentCapabilities = Object.freeze(applyCapabilities(this.currentCapabilities, update));
+    this.emit('capabilities', this.currentCapabilities);
+    return this.currentCapabilities;
+  }
+
+  /** The settings now, frozen: what a migration keeps from its start to its end. */
+  snapshot(): MigrationSettings {
+    return Object.freeze({ parameters: this.currentParameters, capabilities: this.currentCapabilities });
+  }
+}
