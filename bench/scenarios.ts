@@ -14,7 +14,7 @@
  * (src/migration/parameters.ts DEFAULT_CAPABILITIES): multifd (2 channels)
  * for 1 GiB idle; xbzrle for c.
  */
-import { DEFAULT_CAPABILITIES } from '../src/migration/parameters.js';
+import { DEFAULT_CAPABILITIES } from '../src/migration/config.js';
 import { GiB, MiB, type ScenarioSpec } from './util.js';
 
 export const livemigHas = (capability: string): boolean => capability in DEFAULT_CAPABILITIES;

@@ -9,7 +9,7 @@
  * source and destination match disks by it.
  */
 import { BlockDevice, IncomingDiskImage } from '../block/index.js';
-import { parseSize } from './size.js';
+import { parseSize } from '../migration/size.js';
 
 export interface DiskSpec {
   path: string;

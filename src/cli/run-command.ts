@@ -12,7 +12,7 @@ import { MachineMonitor } from '../monitor/machine-monitor.js';
 import { formatBytes } from './format.js';
 import { createGuest, type Guest } from './guests.js';
 import { parseDiskSpec } from './disk-spec.js';
-import { parseSize } from './size.js';
+import { parseSize } from '../migration/size.js';
 
 export interface RunOptions {
   machine: string;
@@ -73,12 +73,10 @@ export async function runCommand(options: RunOptions): Promise<number> {
       diskHint: (name) => `; give it one with --disk PATH,id=${name}`,
     },
     ...(guest.check ? { checkGuest: guest.check } : {}),
+    // --cap/--param apply to every migration of this machine: a destination's too (multifd must be on at
+    // both ends, as QEMU's migrate-set-* before migrate-incoming), and one started later over QMP.
+    config,
   });
-  // --cap/--param apply to every migration of this machine: a destination's too (multifd must be on at
-  // both ends, as QEMU's migrate-set-* before migrate-incoming), and one started later over QMP.
-  // (Copied in, until the monitor holds the machine's MigrationConfig itself.)
-  monitor.migration.setParameters({ ...config.parameters });
-  monitor.migration.setCapabilities({ ...config.capabilities });
   const stop = new Promise<number>((resolve) => {
     process.once('SIGINT', () => resolve(130));
     process.once('SIGTERM', () => resolve(0));

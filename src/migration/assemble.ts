@@ -18,7 +18,7 @@ import {
 import type { Machine } from '../machine/machine.js';
 import { FixedRamBlockTable, RAM_IDSTR, RAM_SECTION_VERSION, RamLoadHandler, RamSaveHandler } from '../ram/index.js';
 import { createGlobalState, globalStateVmsd, SaveStateRegistry, type GlobalState } from '../savevm/index.js';
-import type { MigrationCapabilities, MigrationParameters } from './parameters.js';
+import type { MigrationCapabilities, MigrationParameters } from './config.js';
 
 export interface OutgoingAssembly {
   registry: SaveStateRegistry;

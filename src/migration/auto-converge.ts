@@ -8,7 +8,7 @@
  * `cpu-throttle-initial`, then add `cpu-throttle-increment`, or less with
  * `cpu-throttle-tailslow`, never above `max-cpu-throttle`).
  */
-import type { MigrationParameters } from './parameters.js';
+import type { MigrationParameters } from './config.js';
 
 export class AutoConverge {
   /** Current throttle, 0 = none. */

@@ -15,7 +15,7 @@
  * Where livemig's default differs from QEMU 7.2's, the reason is given.
  */
 import { EventEmitter } from 'node:events';
-import { parseSize } from '../cli/size.js';
+import { parseSize } from './size.js';
 import { MULTIFD_COMPRESSION_FLAGS, MULTIFD_DEFAULT_LEVEL, multifdLevelRange, type MultifdCompression } from '../ram/multifd/codec.js';
 import { DEFAULT_MULTIFD_CHANNELS } from '../ram/multifd/packet.js';
 import { DEFAULT_XBZRLE_CACHE_BYTES } from '../ram/page-cache.js';

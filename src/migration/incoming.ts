@@ -18,7 +18,7 @@ import { assembleIncoming } from './assemble.js';
 import { MigrationError } from './errors.js';
 import { DestinationHandover, UNCONFIRMED_ADVICE } from './handover.js';
 import { PeerWatchdog, watchSource } from './liveness.js';
-import { DEFAULT_PARAMETERS } from './parameters.js';
+import { DEFAULT_PARAMETERS } from './config.js';
 
 export type IncomingStatus = 'none' | 'setup' | 'active' | 'completed' | 'failed' | 'cancelled';
 

@@ -28,14 +28,7 @@ import { AutoConverge } from './auto-converge.js';
 import { MigrationError } from './errors.js';
 import { OUTCOME_UNKNOWN_ADVICE, SourceReturnPath, type PeerKind } from './handover.js';
 import { PeerWatchdog, watchSink } from './liveness.js';
-import {
-  applyCapabilities,
-  applyParameters,
-  DEFAULT_CAPABILITIES,
-  DEFAULT_PARAMETERS,
-  type MigrationCapabilities,
-  type MigrationParameters,
-} from './parameters.js';
+import { MigrationConfig, type MigrationCapabilities, type MigrationParameters } from './config.js';
 import { RateWindow } from './rate-window.js';
 import { ACTIVE_STATES, canTransition, type MigrationStatus } from './state.js';
 
@@ -97,6 +90,8 @@ const KEEPALIVE_MS = 1000;
 /** One migration's working state; a new one per start(). */
 interface Run {
   readonly uri: string;
+  /** Fixed for the migration's life, as QEMU's. */
+  readonly capabilities: Readonly<MigrationCapabilities>;
   readonly startedMs: number;
   readonly assembly: OutgoingAssembly;
   readonly watchdog: PeerWatchdog;
@@ -129,8 +124,6 @@ interface Run {
 
 export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
   private currentStatus: MigrationStatus = 'none';
-  parameters: MigrationParameters = { ...DEFAULT_PARAMETERS };
-  capabilities: MigrationCapabilities = { ...DEFAULT_CAPABILITIES };
   private run: Run | undefined;
   private autoConverge = new AutoConverge();
   private wakeLoop: (() => void) | undefined;
@@ -140,8 +133,26 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
   /** Resolves when the current migration ends, with its final status. */
   finished: Promise<MigrationStatus> = Promise.resolve('none');
 
-  constructor(private readonly machine: Machine) {
+  /**
+   * `config` is the machine's, shared with its incoming migration. Capabilities
+   * are fixed at start(); parameters are read live, so `max-bandwidth`,
+   * `downtime-limit`, the throttle and the peer timeout apply at once.
+   */
+  constructor(
+    private readonly machine: Machine,
+    readonly config: MigrationConfig = new MigrationConfig(),
+  ) {
     super();
+    config.on('parameters', () => this.wakeLoop?.());
+  }
+
+  get parameters(): Readonly<MigrationParameters> {
+    return this.config.parameters;
+  }
+
+  /** The capabilities of the running migration (as at its start), else the configured ones. */
+  get capabilities(): Readonly<MigrationCapabilities> {
+    return this.run && ACTIVE_STATES.has(this.currentStatus) ? this.run.capabilities : this.config.capabilities;
   }
 
   get status(): MigrationStatus {
@@ -161,14 +172,13 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
 
   /** Change parameters; `max-bandwidth`, `downtime-limit` and the peer timeout apply to a running migration at once. */
   setParameters(update: Partial<Record<string, unknown>>): void {
-    this.parameters = applyParameters(this.parameters, update);
-    this.wakeLoop?.();
+    this.config.setParameters(update);
   }
 
   /** Change capabilities; refused while a migration runs, as QEMU does. */
   setCapabilities(update: Partial<Record<string, unknown>>): void {
     if (ACTIVE_STATES.has(this.currentStatus)) throw new MigrationError('refused', "There's a migration process in progress");
-    this.capabilities = applyCapabilities(this.capabilities, update);
+    this.config.setCapabilities(update);
   }
 
   /** Start migrating to `uri`; returns at once. `finished` tells how it ended. */
@@ -183,16 +193,18 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
       progress: () => (this.run?.out?.bytesWritten ?? 0) + (this.run?.assembly.ram.multifdBytes ?? 0),
       onStall: (err) => this.abortRun(err),
     });
+    const { capabilities, parameters } = this.config.snapshot();
     const assembly = assembleOutgoing(this.machine, {
-      parameters: this.parameters,
-      capabilities: this.capabilities,
-      copyDisks: this.capabilities.block || options.blk === true,
+      parameters,
+      capabilities,
+      copyDisks: capabilities.block || options.blk === true,
       syncDirtyLog: (ram) => this.syncDirtyLog(ram),
       onDiskProgress: (p) => this.emit('diskProgress', p),
     });
     const t = now();
     this.run = {
       uri,
+      capabilities,
       startedMs: t,
       assembly,
       watchdog,

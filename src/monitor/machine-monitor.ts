@@ -9,6 +9,7 @@ import {
   ACTIVE_STATES,
   DEFAULT_CAPABILITIES,
   IncomingMigration,
+  MigrationConfig,
   OutgoingMigration,
   type IncomingOptions,
   type IncomingResult,
@@ -34,10 +35,13 @@ export interface MachineMonitorOptions {
    * must be paused. Absent: the command reports that this guest has none.
    */
   checkGuest?(): Promise<Record<string, unknown>>;
+  /** The machine's migration parameters and capabilities (e.g. from `run --param/--cap`), shared by both directions. */
+  config?: MigrationConfig;
 }
 
 export class MachineMonitor extends EventEmitter<{ quit: []; loaded: []; incoming: [IncomingResult]; listening: [string]; rejected: [string] }> {
   readonly migration: OutgoingMigration;
+  readonly config: MigrationConfig;
   readonly server: QmpServer;
   runState: RunState;
   private incoming: IncomingMigration | undefined;
@@ -53,13 +57,14 @@ export class MachineMonitor extends EventEmitter<{ quit: []; loaded: []; incomin
   constructor(private readonly machine: Machine, private readonly options: MachineMonitorOptions = {}) {
     super();
     this.runState = options.incoming !== undefined ? 'inmigrate' : machine.running ? 'running' : 'paused';
-    this.migration = new OutgoingMigration(machine);
+    this.config = options.config ?? new MigrationConfig();
+    this.migration = new OutgoingMigration(machine, this.config);
     this.server = new QmpServer({ version: QMP_VERSION, commands: this.commands() });
     this.wireOutgoingEvents();
   }
 
   private get events(): boolean {
-    return this.migration.capabilities.events;
+    return this.config.capabilities.events;
   }
 
   private wireOutgoingEvents(): void {
@@ -93,11 +98,10 @@ export class MachineMonitor extends EventEmitter<{ quit: []; loaded: []; incomin
     if (this.incomingStarted) throw new QmpCommandError('GenericError', 'The incoming migration has already been started');
     this.incomingStarted = true;
     // Capabilities and parameters set before migrate-incoming apply to the destination (multifd, as QEMU).
-    const caps = this.migration.capabilities;
-    const params = this.migration.parameters;
+    const { capabilities: caps, parameters: params } = this.config.snapshot();
     const incomingOptions: IncomingOptions = {
       ...this.options.incomingOptions,
-      peerTimeoutMs: () => this.migration.parameters['x-livemig-peer-timeout-ms'],
+      peerTimeoutMs: () => this.config.parameters['x-livemig-peer-timeout-ms'],
       ...(caps.multifd ? { multifd: { channels: params['multifd-channels'], compression: params['multifd-compression'] } } : {}),
     };
     const incoming = new IncomingMigration(this.machine, incomingOptions);
@@ -120,7 +124,7 @@ export class MachineMonitor extends EventEmitter<{ quit: []; loaded: []; incomin
   }
 
   private commands(): Record<string, QmpCommand> {
-    const caps = (): MigrationCapabilities => this.migration.capabilities;
+    const caps = (): Readonly<MigrationCapabilities> => this.config.capabilities;
     return {
       migrate: async (args) => {
         const a = checkArguments(args, { uri: 'string', blk: 'bool?', inc: 'bool?', detach: 'bool?', resume: 'bool?' });
@@ -165,7 +169,7 @@ export class MachineMonitor extends EventEmitter<{ quit: []; loaded: []; incomin
         this.migration.setParameters(args);
         return {};
       },
-      'query-migrate-parameters': () => ({ ...this.migration.parameters }),
+      'query-migrate-parameters': () => ({ ...this.config.parameters }),
       migrate_cancel: (args) => {
         checkArguments(args, {});
         // The latest migration: a destination that waits or receives can be cancelled too (QEMU 7.2 cannot).
