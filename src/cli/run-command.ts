@@ -6,10 +6,10 @@
  * demo); otherwise lines are for people.
  */
 import { checkMemory, ramSha256 } from '../machine/index.js';
+import { createGuest, type Guest } from '../guests/index.js';
 import { OutgoingMigration } from '../migration/index.js';
 import { MachineMonitor } from '../monitor/machine-monitor.js';
 import { formatBytes } from './format.js';
-import { createGuest, type Guest } from './guests.js';
 import { parseDiskSpec } from './disk-spec.js';
 import { parseSize } from './size.js';
 
