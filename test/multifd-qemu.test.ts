@@ -51,6 +51,9 @@ class RamOnlyMachine implements Machine {
   ramBlocks(): RamBlock[] {
     return [this.block];
   }
+  // RAM's setup marks every page dirty: this machine's log only reports the rewrites below.
+  startDirtyLog(): void {}
+  stopDirtyLog(): void {}
   async syncDirtyLog(sink: DirtyLogSink): Promise<void> {
     if (!this.rewrite || this.syncs++ >= 3 || !this.running) return;
     const log = new Uint32Array(Math.ceil(PAGES / 32));

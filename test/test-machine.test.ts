@@ -309,3 +309,31 @@ test('bad options and bad incoming state are refused', async () => {
     await Promise.all([src.destroy(), dst.destroy()]);
   }
 });
+
+test('dirty log start/stop/start: the first sync after each start reports every page, then exactly what was written', async () => {
+  await withMachine({ ramSizeBytes: 8 * MiB, startPaused: true }, async (m) => {
+    const pages = m.memory.length / PAGE;
+    const count = async (): Promise<number> => {
+      let n = 0;
+      await m.syncDirtyLog((_id, bitmap) => (n = bitmap.reduce((sum, w) => { let c = 0; for (let x = w; x !== 0; x &= x - 1) c++; return sum + c; }, 0)));
+      return n;
+    };
+    assert.equal(m.dirtyLogActive, false);
+    for (let round = 0; round < 2; round++) {
+      m.startDirtyLog();
+      assert.equal(m.dirtyLogActive, true);
+      assert.equal(await count(), pages, `round ${round}: every page after start`);
+      assert.equal(await count(), 0, `round ${round}: a paused vCPU writes nothing`);
+      const before = m.stats().pagesWritten;
+      m.resume();
+      await waitFor('some pages written', () => m.stats().pagesWritten > before);
+      await m.pause();
+      const written = await count();
+      assert.ok(written > 0 && written < pages, `round ${round}: ${written} pages written while running`);
+      m.stopDirtyLog();
+      assert.equal(m.dirtyLogActive, false);
+    }
+    assert.equal(await count(), pages, 'a sync while stopped starts tracking');
+    assert.equal(m.dirtyLogActive, true);
+  });
+});

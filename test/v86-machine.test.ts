@@ -127,6 +127,92 @@ test('v86: the shadow-compare dirty log misses nothing (copy of reported pages e
   });
 });
 
+const popcount = (bitmap: Uint32Array): number => {
+  let n = 0;
+  for (let w of bitmap) for (; w !== 0; w &= w - 1) n++;
+  return n;
+};
+
+test('v86: startDirtyLog allocates the shadow, stopDirtyLog frees it; after a restart the first sync reports every page, then only new writes', async () => {
+  await withMachine({ ramSizeBytes: 32 * MiB, startPaused: true }, async (m) => {
+    const pages = m.ramSizeBytes / PAGE;
+    const sync = async (): Promise<Uint32Array> => {
+      let got: Uint32Array | undefined;
+      await m.syncDirtyLog((_id, bitmap) => (got = bitmap.slice()));
+      return got!;
+    };
+    const only = (bitmap: Uint32Array, page: number): boolean => popcount(bitmap) === 1 && (bitmap[page >>> 5]! & (1 << (page & 31))) !== 0;
+    assert.equal(m.stats().dirtyLogBytes, 0, 'no shadow before tracking starts');
+    for (let round = 0; round < 2; round++) {
+      m.startDirtyLog();
+      m.startDirtyLog(); // idempotent
+      assert.equal(m.stats().dirtyLogBytes, m.ramSizeBytes, `round ${round}: the shadow is there while tracking`);
+      assert.equal(popcount(await sync()), pages, `round ${round}: the first sync after start reports every page`);
+      assert.equal(popcount(await sync()), 0, `round ${round}: nothing written since`);
+      const page = 5 + round;
+      m.memory[page * PAGE + 7]! ^= 0xff;
+      assert.ok(only(await sync(), page), `round ${round}: exactly the written page is reported`);
+      m.stopDirtyLog();
+      m.stopDirtyLog(); // idempotent
+      assert.equal(m.stats().dirtyLogBytes, 0, `round ${round}: stopDirtyLog freed the shadow`);
+      m.memory[9 * PAGE]! ^= 1; // written while nothing tracks
+    }
+    // A sync while tracking is off starts it.
+    assert.equal(popcount(await sync()), pages);
+    assert.equal(m.stats().dirtyLogBytes, m.ramSizeBytes);
+    // Stopping during a sync (it yields between chunks) makes that sync fail, not use a freed shadow.
+    m.memory[3 * PAGE]! ^= 1;
+    const racing = m.syncDirtyLog(() => assert.fail('a sync whose log was stopped must not report'));
+    m.stopDirtyLog();
+    await assert.rejects(racing, /dirty log was stopped during a sync/);
+    assert.equal(m.stats().dirtyLogBytes, 0);
+  });
+});
+
+test('v86: a dirty log stopped and started again (a second migration) still delivers every page written while the guest runs', async () => {
+  await withMachine({ ramSizeBytes: 32 * MiB, syncChunkBytes: 4 * MiB }, async (m) => {
+    const serial = collectSerial(m);
+    await waitFor('a B', () => count(serial.text(), 'B') >= 1);
+    const copy = new Uint8Array(m.ramSizeBytes);
+    const syncInto = async (): Promise<number> => {
+      let reported = 0;
+      await m.syncDirtyLog((_idstr, bitmap) => {
+        const ram = m.memory;
+        for (let w = 0; w < bitmap.length; w++) {
+          for (let bits = bitmap[w]!; bits !== 0; bits &= bits - 1) {
+            const at = (w * 32 + 31 - Math.clz32(bits & -bits)) * PAGE;
+            copy.set(ram.subarray(at, at + PAGE), at);
+            reported++;
+          }
+        }
+      });
+      return reported;
+    };
+    // First "migration": tracked passes, then tracking stops while the guest keeps running.
+    m.startDirtyLog();
+    for (let i = 0; i < 3; i++) {
+      await syncInto();
+      await sleep(30);
+    }
+    m.stopDirtyLog();
+    await sleep(100);
+    // Second one: the copy is stale where the guest wrote meanwhile; the restarted log must cover that.
+    m.startDirtyLog();
+    assert.equal(await syncInto(), m.ramSizeBytes / PAGE, 'the first sync after the restart reports every page');
+    let whileRunning = 0;
+    for (let i = 0; i < 3; i++) {
+      await sleep(30);
+      whileRunning += await syncInto();
+    }
+    assert.ok(whileRunning > 0, 'the running guest dirtied pages after the restart');
+    await m.pause();
+    await syncInto();
+    assert.equal(Buffer.compare(Buffer.from(copy), Buffer.from(m.memory)), 0, 'copy equals RAM');
+    m.stopDirtyLog();
+    assert.equal(m.stats().dirtyLogBytes, 0);
+  });
+});
+
 test('v86: dirty log pass cost over 128 MiB (informational)', async () => {
   await withMachine({ ramSizeBytes: 128 * MiB, startPaused: true }, async (m) => {
     await m.syncDirtyLog(() => {});

@@ -13,6 +13,7 @@ import { createTestMachine, type TestMachine } from '../src/machine/index.js';
 import { IncomingMigration, OutgoingMigration } from '../src/migration/index.js';
 import { DenseRamBlock } from '../src/ram/index.js';
 import { MultifdSender } from '../src/ram/multifd/index.js';
+import { connectOutgoing } from '../src/transport/index.js';
 import { Prng } from './helpers/prng.js';
 
 const PAGE = 4096;
@@ -85,7 +86,7 @@ describe('multifd worker channels send pages from guest RAM', () => {
     for (const useWorkers of [true, false]) {
       const { port, connections, stop } = await collectingServer();
       try {
-        const sender = await MultifdSender.open({ uri: `tcp:127.0.0.1:${port}`, channels: 1, blocks, useWorkers });
+        const sender = await MultifdSender.open({ connect: () => connectOutgoing(`tcp:127.0.0.1:${port}`), channels: 1, blocks, useWorkers });
         assert.equal(sender.workers, useWorkers);
         for (const step of plan) {
           if (step === 'sync') await sender.sync();

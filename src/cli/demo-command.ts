@@ -14,6 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import { guestType } from '../guests/index.js';
 import { QmpClient } from '../monitor/qmp-client.js';
 import { formatBytes } from './format.js';
 
@@ -73,15 +74,16 @@ export interface DemoOptions {
 export async function demoCommand(options: DemoOptions): Promise<number> {
   const log = (s: string): void => void process.stdout.write(s + '\n');
   const tty = process.stdout.isTTY === true;
-  const dir = await mkdtemp(join(tmpdir(), 'livemig-demo-'));
-  const v86 = options.machine === 'v86';
-  const linux = v86 && options.guest === 'linux';
-  const ram = options.ram ?? (linux ? '128M' : v86 ? '32M' : '256M');
+  const type = guestType(options.machine);
+  const demo = type.demo;
+  const selfCheck = demo.selfCheck?.(options.guest);
+  const ram = options.ram ?? demo.defaultRam(options.guest);
   const common = ['--machine', options.machine, '--ram', ram, '--verify', ...(options.guest ? ['--guest', options.guest] : [])];
-  const what = linux ? 'v86 PC running Debian Linux' : v86 ? 'v86 PC running our multiboot test kernel' : `test machine writing ${options.dirtyRate} pages/s`;
+  const what = demo.describe({ guest: options.guest, dirtyRate: options.dirtyRate });
   log(`livemig demo: a ${ram} ${what}, migrated live over loopback TCP`);
+  const dir = await mkdtemp(join(tmpdir(), 'livemig-demo-'));
   const destination = new Child([...common, '--incoming', 'defer', '--qmp', `unix:${join(dir, 'destination.qmp')}`]);
-  const source = new Child([...common, ...(v86 ? [] : ['--dirty-rate', options.dirtyRate]), '--qmp', `unix:${join(dir, 'source.qmp')}`]);
+  const source = new Child([...common, ...demo.sourceArgs({ dirtyRate: options.dirtyRate }), '--qmp', `unix:${join(dir, 'source.qmp')}`]);
   const clients: QmpClient[] = [];
   try {
     await Promise.all([destination.next((e) => e.event === 'qmp'), source.next((e) => e.event === 'qmp')]);
@@ -96,12 +98,11 @@ export async function demoCommand(options: DemoOptions): Promise<number> {
     const { host, port } = listening['socket-address'][0]!;
     const uri = `tcp:${host}:${port}`;
     log(`> destination: migrate-incoming, listening on ${uri}`);
-    if (linux) {
-      log('  (waiting for Linux to boot and its self-checking program to report)');
-      await source.waitForSerial(/dirtier: pass \d+ ok/);
+    if (selfCheck) {
+      log(`  (${selfCheck.waiting})`);
+      await source.waitForSerial(selfCheck.ready);
     } else await new Promise((r) => setTimeout(r, 1000)); // let the guest run a moment first
-    // A real guest can write memory faster than the link carries it: let livemig slow it down if needed.
-    if (v86) await src.execute('migrate-set-capabilities', { capabilities: [{ capability: 'auto-converge', state: true }] });
+    if (demo.autoConverge) await src.execute('migrate-set-capabilities', { capabilities: [{ capability: 'auto-converge', state: true }] });
     await src.execute('migrate', { uri });
     log(`> source: migrate ${uri}`);
 
@@ -142,13 +143,14 @@ export async function demoCommand(options: DemoOptions): Promise<number> {
     const from = destination.events.length;
     const firstTick = await destination.next((e) => e.event === 'guest' && e.running === true, from);
     const laterTick = await destination.next((e) => e.event === 'guest' && e.serialBytes > firstTick.serialBytes, destination.events.indexOf(firstTick) + 1);
-    const progress = v86 ? `instructions ${firstTick.instructions} -> ${laterTick.instructions}` : `pass ${firstTick.passes} -> ${laterTick.passes}`;
+    const figure = demo.progressFigure;
+    const progress = `${figure} ${firstTick[figure]} -> ${laterTick[figure]}`;
     log(`destination guest still running: ${progress}, serial output ${firstTick.serialBytes} -> ${laterTick.serialBytes} bytes`);
-    if (linux) {
-      await destination.waitForSerial(/dirtier: pass \d+ (ok|CORRUPT)/, from, 60_000);
-      const lines = destination.serialText(from).split('\n').filter((l) => l.startsWith('dirtier:'));
+    if (selfCheck) {
+      await destination.waitForSerial(selfCheck.result, from, 60_000);
+      const lines = destination.serialText(from).split('\n').filter((l) => l.startsWith(selfCheck.linePrefix));
       log(`destination guest's self-check after the move: ${lines.at(-1)}`);
-      if (lines.some((l) => l.includes('CORRUPT'))) return 1;
+      if (lines.some((l) => l.includes(selfCheck.corrupt))) return 1;
     }
     const ok = check.ok && sameRam;
     log(ok ? 'demo OK' : 'demo FAILED');

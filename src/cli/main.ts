@@ -3,6 +3,7 @@
 import { Command } from 'commander';
 import { analyzeCommand } from './analyze-command.js';
 import { registerBenchCommand } from './bench-command.js';
+import { describeGuestTypes, guestTypes } from '../guests/index.js';
 import { demoCommand, type DemoOptions } from './demo-command.js';
 import { registerMigrateCommands } from './migrate-command.js';
 import { runCommand } from './run-command.js';
@@ -20,12 +21,21 @@ program
     process.exitCode = await analyzeCommand(file, options);
   });
 
+// Help texts from the guest-type registry.
+const guestVariants = guestTypes()
+  .filter((t) => t.variants && t.variants.length > 0)
+  .map((t) => `${t.name}: ${t.variants!.map((v, i) => `${v.name} (${v.description}${i === 0 ? ', the default' : ''})`).join(' or ')}`)
+  .join('; ');
+const demoRamDefaults = guestTypes()
+  .flatMap((t) => (t.variants && t.variants.length > 0 ? t.variants.map((v) => `${t.demo.defaultRam(v.name)} ${t.name} ${v.name}`) : [`${t.demo.defaultRam(undefined)} ${t.name}`]))
+  .join(', ');
+
 program
   .command('demo')
-  .description('migrate a running test machine between two processes over loopback TCP, with live progress')
-  .option('--machine <kind>', 'test (built-in) or v86 (an x86 PC)', 'test')
-  .option('--guest <guest>', 'v86: multiboot (default) or linux (after npm run images)')
-  .option('--ram <size>', 'guest RAM (default: 256M test, 32M v86 multiboot, 128M linux)')
+  .description('migrate a running guest between two processes over loopback TCP, with live progress')
+  .option('--machine <kind>', `guest type: ${describeGuestTypes()}`, 'test')
+  .option('--guest <guest>', guestVariants)
+  .option('--ram <size>', `guest RAM (default: ${demoRamDefaults})`)
   .option('--dirty-rate <pages>', 'test machine: pages the guest writes per second', '50000')
   .action(async (options: DemoOptions) => {
     process.exitCode = await demoCommand(options);
@@ -35,8 +45,8 @@ const collect = (value: string, previous: string[]): string[] => [...previous, v
 program
   .command('run')
   .description('run a machine; with --incoming wait for a migration into it, with --migrate-to migrate it away')
-  .option('--machine <kind>', 'guest type: test (built-in) or v86 (an x86 PC)', 'test')
-  .option('--guest <guest>', 'v86: multiboot (our test kernel, the default) or linux (after npm run images)')
+  .option('--machine <kind>', `guest type: ${describeGuestTypes()}`, 'test')
+  .option('--guest <guest>', guestVariants)
   .option('--kernel <path>', 'v86: a multiboot kernel to boot instead of ours')
   .option('--serial-stdin', 'type standard input into the serial console')
   .option('--ram <size>', 'guest RAM (e.g. 128M, 1G)', '128M')

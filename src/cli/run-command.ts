@@ -7,10 +7,10 @@
  */
 import { queryMigrate, type MigrationInfo } from '../monitor/query-migrate.js';
 import { checkMemory, ramSha256 } from '../machine/index.js';
+import { createGuest, type Guest } from '../guests/index.js';
 import { MigrationConfig, OutgoingMigration } from '../migration/index.js';
 import { MachineMonitor } from '../monitor/machine-monitor.js';
 import { formatBytes } from './format.js';
-import { createGuest, type Guest } from './guests.js';
 import { parseDiskSpec } from './disk-spec.js';
 import { parseSize } from '../migration/size.js';
 

@@ -19,10 +19,26 @@ export interface Machine {
   /** Guest RAM, as blocks the RAM handler reads (source) and writes (destination). */
   ramBlocks(): RamBlock[];
   /**
-   * Report every page written since the previous call (the first call reports
-   * pages written since the machine started). Exact for guests with a write
-   * log; guests without one compare against a shadow copy. Must never miss a
-   * write: a page written while this runs is reported now or at the next call.
+   * Begin dirty tracking (QEMU's memory_global_dirty_log_start), e.g. when a
+   * migration starts. The first syncDirtyLog() after it reports every page
+   * (RAM's setup marks every page dirty anyway); later ones report the pages
+   * written since the previous sync. May allocate what tracking costs (v86:
+   * a RAM-sized shadow copy). Does nothing while tracking is on.
+   */
+  startDirtyLog(): Promise<void> | void;
+  /**
+   * End dirty tracking (memory_global_dirty_log_stop), e.g. when a migration
+   * completed, failed or was cancelled, and free what tracking costs. Does
+   * nothing while tracking is off. A sync running meanwhile rejects.
+   */
+  stopDirtyLog(): void;
+  /**
+   * Report every page written since the previous call. Called while tracking
+   * is off, it starts tracking first (as startDirtyLog()), so it then reports
+   * every page; it stays on until stopDirtyLog(). Exact for guests with a
+   * write log; guests without one compare against a shadow copy. Must never
+   * miss a write: a page written while this runs is reported now or at the
+   * next call.
    */
   syncDirtyLog(sink: DirtyLogSink): Promise<void>;
   /** Stop the vCPUs at a safe point (instruction boundary); resolves once stopped. */

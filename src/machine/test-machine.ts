@@ -343,6 +343,9 @@ export class TestMachine implements Machine {
   private readonly worker: Worker;
   private failure: Error | undefined;
   private destroyed = false;
+  private dirtyLogging = false;
+  /** The next sync reports every page (tracking was just started). */
+  private dirtyLogFresh = false;
   private readonly cpuSection: CpuSection;
   private readonly serialSection: SerialSection;
   private readonly disk: BlockDevice | undefined;
@@ -502,17 +505,48 @@ export class TestMachine implements Machine {
    *    either is fine, it will be sent again).
    * After pause() resolves, every write happens-before our read of the Stopped
    * state, so the sync after it reports everything that is left: the last
-   * copy equals RAM. The first sync reports all pages written since start.
+   * copy equals RAM. The first sync after startDirtyLog() (implicit when
+   * tracking is off) reports every page.
    */
   async syncDirtyLog(sink: DirtyLogSink): Promise<void> {
     this.checkAlive();
+    this.startDirtyLog();
     const words = this.dirty;
     const out = new Uint32Array(words.length);
     for (let w = 0; w < words.length; w++) {
       // Plain atomic load first: skipping clean words keeps us off the vCPU's cache lines.
       if (Atomics.load(words, w) !== 0) out[w] = Atomics.exchange(words, w, 0) >>> 0;
     }
+    if (this.dirtyLogFresh) {
+      this.dirtyLogFresh = false;
+      const pages = this.block.pageCount;
+      out.fill(0xffffffff);
+      if (pages % 32) out[out.length - 1] = (1 << pages % 32) - 1;
+    }
     sink(TEST_RAM_BLOCK, out);
+  }
+
+  /**
+   * Dirty tracking on; the next sync reports every page. The vCPU's exact
+   * write log costs one bit per page and is kept whether tracking is on or
+   * off (no allocation here, nothing for stopDirtyLog() to free).
+   */
+  startDirtyLog(): void {
+    this.checkAlive();
+    if (this.dirtyLogging) return;
+    this.dirtyLogging = true;
+    this.dirtyLogFresh = true;
+  }
+
+  /** Dirty tracking off (the write log itself stays: see startDirtyLog()). */
+  stopDirtyLog(): void {
+    this.dirtyLogging = false;
+    this.dirtyLogFresh = false;
+  }
+
+  /** Whether dirty tracking is on (startDirtyLog() or a sync since the last stopDirtyLog()). */
+  get dirtyLogActive(): boolean {
+    return this.dirtyLogging;
   }
 
   /**

@@ -10,6 +10,8 @@
  *   what the engine sends (the page's contents when it checks or reads it for
  *   sending), so the shadow always equals what the destination holds and a
  *   page that goes A → B → A between a sync and its send is not lost.
+ *   The shadow exists only between startDirtyLog() (or the first sync) and
+ *   stopDirtyLog(), which frees it.
  * - CPU and device state is v86's save_state() with RAM left out, in the
  *   `v86-state` section; `v86-config` (memory sizes, disk size) comes first
  *   and the destination refuses a stream for another configuration.
@@ -81,6 +83,8 @@ export interface V86MachineStats {
   syncs: number;
   lastSyncMs: number;
   lastSyncDirtyPages: number;
+  /** Bytes the dirty log holds (the shadow copy of RAM while tracking is on, else 0). */
+  dirtyLogBytes: number;
   throttlePercent: number;
 }
 
@@ -280,7 +284,10 @@ export class V86Machine implements Machine {
   private view: Uint8Array | undefined;
   private dense: DenseRamBlock | undefined;
   private readonly block: V86RamBlock;
+  /** The dirty log: RAM as the destination holds it; allocated by startDirtyLog(), freed by stopDirtyLog(). */
   private shadow: Buffer | undefined;
+  /** The shadow's contents are not RAM's yet (just started, or RAM was written behind it): the next sync copies all and reports every page. */
+  private shadowStale = false;
   private readonly syncChunkBytes: number;
   private wantRunning = false;
   private pausing = false;
@@ -388,7 +395,7 @@ export class V86Machine implements Machine {
   /** @internal The engine is sending this page (contents `view`, or zeros): the destination will hold exactly that. */
   noteSent(pageIndex: number, view: Uint8Array | undefined): void {
     const shadow = this.shadow;
-    if (!shadow) return;
+    if (!shadow || this.shadowStale) return;
     const at = pageIndex * PAGE;
     if (view) shadow.set(view, at);
     else shadow.fill(0, at, at + PAGE);
@@ -408,31 +415,60 @@ export class V86Machine implements Machine {
   }
 
   /**
+   * Dirty tracking on: allocates the RAM-sized shadow (its pages are only
+   * committed as the first sync fills it). The first sync copies RAM into it
+   * and reports every page.
+   */
+  startDirtyLog(): void {
+    this.checkAlive();
+    if (this.shadow) return;
+    this.shadow = Buffer.allocUnsafe(this.ramSizeBytes);
+    this.shadowStale = true;
+  }
+
+  /** Dirty tracking off: the shadow is dropped (stats().dirtyLogBytes is 0 again). */
+  stopDirtyLog(): void {
+    this.shadow = undefined;
+    this.shadowStale = false;
+  }
+
+  /** Bytes the dirty log holds (the shadow copy), 0 while tracking is off. */
+  get dirtyLogBytes(): number {
+    return this.shadow?.length ?? 0;
+  }
+
+  /**
    * Pages that differ from the shadow copy, in chunks of `syncChunkBytes`
    * with a yield to the emulator between them; the shadow takes the current
    * contents of every reported page. Never misses a write: a page written
    * after its chunk was compared differs from the shadow at the next call.
-   * The first call reports every page.
+   * The first call after startDirtyLog() (implicit when tracking is off)
+   * reports every page. Rejects if stopDirtyLog() is called meanwhile.
    */
   async syncDirtyLog(sink: DirtyLogSink): Promise<void> {
     this.checkAlive();
+    this.startDirtyLog();
+    const shadow = this.shadow!;
+    const stillTracking = (): void => {
+      this.checkAlive();
+      if (this.shadow !== shadow) throw new Error('v86 machine: the dirty log was stopped during a sync');
+    };
     const t0 = performance.now();
     const pages = this.ramSizeBytes / PAGE;
     const bitmap = new Uint32Array(Math.ceil(pages / 32));
     let dirty = 0;
-    if (!this.shadow) {
-      this.shadow = Buffer.allocUnsafe(this.ramSizeBytes);
+    if (this.shadowStale) {
       for (let at = 0; at < this.ramSizeBytes; at += this.syncChunkBytes) {
         const end = Math.min(this.ramSizeBytes, at + this.syncChunkBytes);
-        this.shadow.set(this.memory.subarray(at, end), at);
+        shadow.set(this.memory.subarray(at, end), at);
         if (end < this.ramSizeBytes) await nextTurn();
-        this.checkAlive();
+        stillTracking();
       }
+      this.shadowStale = false;
       bitmap.fill(0xffffffff);
       if (pages % 32) bitmap[bitmap.length - 1] = (1 << pages % 32) - 1;
       dirty = pages;
     } else {
-      const shadow = this.shadow;
       for (let at = 0; at < this.ramSizeBytes; ) {
         const end = Math.min(this.ramSizeBytes, at + this.syncChunkBytes);
         // Within one chunk no guest code runs (same thread), so compare and copy see the same bytes.
@@ -451,7 +487,7 @@ export class V86Machine implements Machine {
         }
         at = end;
         if (at < this.ramSizeBytes) await nextTurn();
-        this.checkAlive();
+        stillTracking();
       }
     }
     this.syncs++;
@@ -531,7 +567,7 @@ export class V86Machine implements Machine {
       cpu.unpack_memory = unpack;
     }
     if (this.cpu.memory_size[0] !== this.ramSizeBytes) throw new Error(`v86-state: memory size mismatch: stream ${sizeText(this.cpu.memory_size[0]!)}, local ${sizeText(this.ramSizeBytes)}`);
-    this.shadow = undefined; // RAM was written behind the dirty log: the next sync reports everything
+    if (this.shadow) this.shadowStale = true; // RAM was written behind the dirty log: the next sync reports everything
   }
 
   /** Send bytes to the guest's COM1. */
@@ -550,6 +586,7 @@ export class V86Machine implements Machine {
       syncs: this.syncs,
       lastSyncMs: this.lastSyncMs,
       lastSyncDirtyPages: this.lastSyncDirtyPages,
+      dirtyLogBytes: this.dirtyLogBytes,
       throttlePercent: this.throttle,
     };
   }
@@ -588,7 +625,7 @@ export class V86Machine implements Machine {
     this.wantRunning = false;
     this.clearThrottleTimer();
     if (this.emulator) await this.emulator.destroy();
-    this.shadow = undefined;
+    this.stopDirtyLog();
     this.serial.push(null);
   }
 

@@ -1,3 +1,5 @@
+// Side effect: the deprecated MultifdSender.open({ uri }) path (see multifd-connect.ts).
+import './multifd-connect.js';
 export * from './incoming.js';
 export * from './outgoing.js';
 export * from './config.js';

@@ -1,64 +1,15 @@
 /**
- * MigrationChannel: one migration connection, as the migration code sees it.
- *
- *             input (bytes from the peer)        output (bytes to the peer)
- * source      return path (tcp/unix), else null  the migration stream
- * destination the migration stream               return path (tcp/unix), else null
- *
- * Normal end: close the output (StreamWriter.close(): flush + half-close; for
- * exec it also waits for the command's exit status), read what is left, then
- * close() the channel. On failure or cancel: abort(), which never throws and
- * makes pending reads and writes reject at once.
+ * MigrationChannel implementations over Node sockets, files and processes
+ * (the interface itself is src/wire/channel.ts).
  */
 import { Socket } from 'node:net';
-import { ChannelError, type ByteSink, type ByteSource } from '../wire/index.js';
+import { ChannelError, type AdoptDetachedSocket, type ByteSink, type ByteSource, type DetachedSocket, type MigrationChannel } from '../wire/index.js';
 import { asChannelError } from './errors.js';
 import { GuardedSink, GuardedSource, NodeReadableSource, NodeWritableSink, ringReads, type RingReads } from './stream-io.js';
 import type { TransportKind } from './uri.js';
 
-export interface MigrationChannel {
-  /** The URI this channel was opened with (for a listener: its actual address). */
-  readonly uri: string;
-  readonly kind: TransportKind;
-  /** Bytes from the peer: the return path on the source, the stream on the destination. */
-  readonly input: ByteSource | null;
-  /** Bytes to the peer: the stream on the source, the return path on the destination. */
-  readonly output: ByteSink | null;
-  /** True on tcp and unix, where one socket carries both directions. */
-  readonly supportsReturnPath: boolean;
-  /**
-   * Settles when the channel's resources are released: rejects with the first
-   * failure (socket error, exec command's non-zero exit or signal, abort).
-   * Already has a handler attached, so leaving it unobserved is fine.
-   */
-  readonly closed: Promise<void>;
-  /**
-   * Finish and release: flush and close the output, close the input, release
-   * the socket / process / file. Idempotent (same promise). Rejects if the output
-   * could not be finished (also when output.close() already reported it).
-   * Waits for the peer to take the remaining bytes; use abort() to give up.
-   */
-  close(): Promise<void>;
-  /** Immediate teardown (cancel, or after a failure): destroys the socket, kills an exec child. Never throws. */
-  abort(reason?: unknown): void;
-  /**
-   * tcp and unix only: stop reading and give up the socket's file descriptor
-   * so that another thread can own it (adoptDetachedSocket). Undefined when
-   * that is not possible (the socket is gone, not a socket channel); the
-   * channel is then unchanged. After a detach this channel never touches the
-   * descriptor again: close() and abort() only settle its own state.
-   */
-  detach?(): DetachedSocket | undefined;
-}
-
-/** A socket's descriptor on its way to another thread, with what was already read from it. */
-export interface DetachedSocket {
-  fd: number;
-  uri: string;
-  kind: 'tcp' | 'unix';
-  /** Bytes Node had received and the channel's reader had not taken, in order. */
-  received: Uint8Array[];
-}
+// The interfaces live in src/wire/channel.ts, where the core may see them; re-exported here for existing importers.
+export type { MigrationChannel, DetachedSocket } from '../wire/index.js';
 
 export interface ChannelParts {
   uri: string;
@@ -232,7 +183,7 @@ export function socketChannel(
       void input.close(); // stops listening for 'data': the reads below must not be queued twice
       for (let chunk = socket.read() as Buffer | null; chunk !== null; chunk = socket.read() as Buffer | null) received.push(chunk);
       socket.destroy(); // the Socket object only: it has no handle any more
-      return { fd, uri, kind, received: [...early, ...received] };
+      return { fd, uri, kind, received: [...early, ...received], adopter: import.meta.url };
     },
   });
 }
@@ -250,6 +201,8 @@ export function adoptDetachedSocket(detached: DetachedSocket, options: { ring?: 
   const socket = new Socket({ fd: detached.fd, readable: true, writable: true, allowHalfOpen: true, onread } as ConstructorParameters<typeof Socket>[0]);
   return socketChannel(socket, detached.uri, detached.kind, detached.received, { ring: options.ring, deliver });
 }
+// This module is what its DetachedSockets name as `adopter`: its export must fit the contract.
+adoptDetachedSocket satisfies AdoptDetachedSocket;
 
 /** A file: written by the source, read by the destination; no return path. */
 export function fileChannel(uri: string, inner: { input: ByteSource } | { output: ByteSink }): MigrationChannel {

@@ -8,7 +8,7 @@ export {
   type MigrationAddress,
   type TransportKind,
 } from './uri.js';
-export type { MigrationChannel } from './channel.js';
+export type { MigrationChannel, DetachedSocket } from './channel.js';
 export { EXEC_EXIT_TIMEOUT_MS, type ExitStatus } from './exec.js';
 export { connectOutgoing, type ConnectOptions } from './outgoing.js';
 export { listenIncoming, type IncomingListener, type AcceptOptions, type ListenOptions } from './incoming.js';

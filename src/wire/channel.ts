@@ -182,3 +182,85 @@ export class WritableSink implements ByteSink {
     });
   }
 }
+
+/**
+ * How a migration connection is carried (QEMU 7.2's URI schemes and file:).
+ * The transports (src/transport) produce channels of these kinds; the core
+ * (RAM, multifd, savevm) only sees the MigrationChannel interface below.
+ */
+export type ChannelKind = 'tcp' | 'unix' | 'exec' | 'file';
+
+/**
+ * MigrationChannel: one migration connection, as the migration code sees it.
+ *
+ *             input (bytes from the peer)        output (bytes to the peer)
+ * source      return path (tcp/unix), else null  the migration stream
+ * destination the migration stream               return path (tcp/unix), else null
+ *
+ * Normal end: close the output (StreamWriter.close(): flush + half-close; for
+ * exec it also waits for the command's exit status), read what is left, then
+ * close() the channel. On failure or cancel: abort(), which never throws and
+ * makes pending reads and writes reject at once.
+ */
+export interface MigrationChannel {
+  /** The URI this channel was opened with (for a listener: its actual address). */
+  readonly uri: string;
+  readonly kind: ChannelKind;
+  /** Bytes from the peer: the return path on the source, the stream on the destination. */
+  readonly input: ByteSource | null;
+  /** Bytes to the peer: the stream on the source, the return path on the destination. */
+  readonly output: ByteSink | null;
+  /** True on tcp and unix, where one socket carries both directions. */
+  readonly supportsReturnPath: boolean;
+  /**
+   * Settles when the channel's resources are released: rejects with the first
+   * failure (socket error, exec command's non-zero exit or signal, abort).
+   * Already has a handler attached, so leaving it unobserved is fine.
+   */
+  readonly closed: Promise<void>;
+  /**
+   * Finish and release: flush and close the output, close the input, release
+   * the socket / process / file. Idempotent (same promise). Rejects if the output
+   * could not be finished (also when output.close() already reported it).
+   * Waits for the peer to take the remaining bytes; use abort() to give up.
+   */
+  close(): Promise<void>;
+  /** Immediate teardown (cancel, or after a failure): destroys the socket, kills an exec child. Never throws. */
+  abort(reason?: unknown): void;
+  /**
+   * tcp and unix only: stop reading and give up the socket's file descriptor
+   * so that another thread can own it (see DetachedSocket.adopter). Undefined
+   * when that is not possible (the socket is gone, not a socket channel); the
+   * channel is then unchanged. After a detach this channel never touches the
+   * descriptor again: close() and abort() only settle its own state.
+   */
+  detach?(): DetachedSocket | undefined;
+}
+
+/**
+ * A socket's descriptor on its way to another thread, with what was already
+ * read from it. Plain data (it is posted to worker threads).
+ */
+export interface DetachedSocket {
+  fd: number;
+  uri: string;
+  kind: 'tcp' | 'unix';
+  /** Bytes Node had received and the channel's reader had not taken, in order. */
+  received: Uint8Array[];
+  /**
+   * URL of a module exporting `adoptDetachedSocket: AdoptDetachedSocket`,
+   * set by whoever detached the socket (the transport): the thread that takes
+   * the descriptor loads it to turn the descriptor back into a channel. So the
+   * core hands sockets between threads without importing the transports.
+   */
+  adopter: string;
+}
+
+/** Reads into a ring of `chunks` reused buffers of `chunkBytes` each (no allocation per read). */
+export interface RingReadOptions {
+  chunkBytes: number;
+  chunks: number;
+}
+
+/** What a DetachedSocket's `adopter` module exports as `adoptDetachedSocket`. */
+export type AdoptDetachedSocket = (detached: DetachedSocket, options?: { ring?: RingReadOptions }) => MigrationChannel;

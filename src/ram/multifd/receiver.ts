@@ -18,8 +18,7 @@
  */
 import { Worker } from 'node:worker_threads';
 import type { RamBlockTable } from '../block-table.js';
-import type { DetachedSocket } from '../../transport/channel.js';
-import type { StreamReader } from '../../wire/index.js';
+import type { DetachedSocket, StreamReader } from '../../wire/index.js';
 import type { MultifdCompression } from './codec.js';
 import { MultifdError, ZERO_UUID } from './packet.js';
 import { receiveMultifdChannel, type RecvChannelCounters } from './recv-channel.js';

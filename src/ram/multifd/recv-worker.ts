@@ -7,14 +7,17 @@
  * channel and the failure handling; this thread does the socket reads and
  * the copying, so a second core is used.
  *
+ * The descriptor is turned back into a channel by the module the socket names
+ * (DetachedSocket.adopter, set by the transport that detached it): this core
+ * module does not import the transports.
+ *
  * Messages in:  { type: 'release' } after a SYNC, { type: 'close' }.
  * Messages out: { type: 'init', id }, { type: 'sync', counters },
  *               { type: 'ended', offset, counters } at the channel's clean end,
  *               { type: 'error', channel, offset, reason }.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { adoptDetachedSocket, type DetachedSocket, type MigrationChannel } from '../../transport/channel.js';
-import { StreamReader } from '../../wire/index.js';
+import { StreamReader, type AdoptDetachedSocket, type DetachedSocket, type MigrationChannel } from '../../wire/index.js';
 import { DenseRamBlock } from '../block.js';
 import { FixedRamBlockTable } from '../block-table.js';
 import type { MultifdCompression } from './codec.js';
@@ -67,6 +70,8 @@ async function main(): Promise<void> {
     if (data.codecModule) await import(data.codecModule);
     // Reads into a ring of reused buffers: the loop below copies every page out
     // (or decodes a payload) before it reads on, so no chunk is kept for long.
+    const { adoptDetachedSocket } = (await import(data.socket.adopter)) as { adoptDetachedSocket: AdoptDetachedSocket };
+    if (typeof adoptDetachedSocket !== 'function') throw new Error(`${data.socket.adopter} does not export adoptDetachedSocket`);
     channel = adoptDetachedSocket(data.socket, { ring: RECV_RING });
     reader = new StreamReader(channel.input!);
     const counters: RecvChannelCounters = { packets: 0, pages: 0, bytes: 0 };

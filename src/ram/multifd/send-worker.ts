@@ -1,6 +1,6 @@
 /**
- * One multifd send channel in a worker thread: it opens its own connection to
- * the destination, sends the init packet, then turns jobs (a block and up to
+ * One multifd send channel in a worker thread: it takes over the connection's
+ * socket descriptor (connected and detached by the main thread), sends the init packet, then turns jobs (a block and up to
  * 128 page offsets) into packets and writes them to its socket. The main
  * thread keeps the page choice, packet numbering and accounting; this thread
  * does the encoding and the socket work, so a second core is used.
@@ -20,13 +20,14 @@
  *               (the callback of its last write),
  *               { type: 'finished' }, { type: 'error', message }.
  */
-import { connect, type Socket } from 'node:net';
+import { Socket } from 'node:net';
 import { parentPort, workerData } from 'node:worker_threads';
 import { createSendCodec, ensureMultifdCodecs, type MultifdCompression, type MultifdSendCodec } from './codec.js';
 import { encodeInitPacket, MULTIFD_HEADER_BYTES, MULTIFD_PAGE_SIZE, MULTIFD_PAGES_PER_PACKET, writePacketHeader } from './packet.js';
 
 export interface SendWorkerData {
-  target: { host: string; port: number } | { path: string };
+  /** The connected socket's descriptor (MigrationChannel.detach()); this thread owns it. */
+  fd: number;
   what: string;
   id: number;
   uuid: Uint8Array;
@@ -66,17 +67,15 @@ async function main(): Promise<void> {
   if (data.codecModule) await import(data.codecModule);
   await ensureMultifdCodecs(data.compression);
   codec = createSendCodec(data.compression, data.level);
-  const socket: Socket = connect({ ...data.target, allowHalfOpen: true });
+  const socket = new Socket({ fd: data.fd, readable: true, writable: true, allowHalfOpen: true });
   socket.setNoDelay(true);
   socket.on('error', (err) => fail(`${data.what}: ${err.message}`));
   socket.on('close', () => {
     if (!finishing) fail(`${data.what}: connection closed`);
   });
   socket.on('data', () => {}); // nothing is expected from the destination on this channel
-  socket.once('connect', () => {
-    socket.write(encodeInitPacket(data.uuid, data.id), (err) => {
-      if (!err) port.postMessage({ type: 'ready' });
-    });
+  socket.write(encodeInitPacket(data.uuid, data.id), (err) => {
+    if (!err) port.postMessage({ type: 'ready' });
   });
   port.on('message', (msg: SendJob | { type: 'finish' }) => {
     if (failed) return;

@@ -6,9 +6,12 @@
  * packet counter. sync() (before every RAM EOS) flushes the batch, puts a
  * SYNC packet on every channel and waits until all are written.
  *
+ * The caller says how to open a channel (`connect`, e.g. the transport's
+ * connectOutgoing for the migration URI): this module does not know URIs.
  * Channels run in worker threads when every RAM block lives in a
- * SharedArrayBuffer (the worker reads the pages itself and owns its socket);
- * otherwise on the main thread over ordinary transport channels.
+ * SharedArrayBuffer and the connection can give up its socket (detach()):
+ * the worker reads the pages itself and owns the descriptor. Otherwise they
+ * run on the main thread over the channel as it is.
  *
  * A failed channel fails the sender: every later call rejects with that
  * error, so the migration fails while the guest still runs on the source.
@@ -16,7 +19,7 @@
 import { Worker } from 'node:worker_threads';
 import type { RamBlock } from '../block.js';
 import { DenseRamBlock } from '../block.js';
-import { connectOutgoing, parseMigrationUri, type MigrationChannel } from '../../transport/index.js';
+import type { MigrationChannel } from '../../wire/index.js';
 import { createSendCodec, ensureMultifdCodecs, type MultifdCompression, type MultifdSendCodec } from './codec.js';
 import {
   encodeInitPacket,
@@ -32,9 +35,19 @@ import type { SendJob, SendWorkerData } from './send-worker.js';
 /** Packets a channel may have in hand at once (QEMU: 1; one more hides the thread round trip). */
 const DEFAULT_MAX_INFLIGHT = 2;
 
+/** Opens one more connection to the destination (tcp or unix), e.g. `() => connectOutgoing(uri)`. */
+export type MultifdConnect = () => Promise<MigrationChannel>;
+
 export interface MultifdSenderOptions {
-  /** The migration URI (tcp: or unix:); every channel connects to it. */
-  uri: string;
+  /** Opens each channel's connection; called `channels` times, after the main channel is connected. */
+  connect?: MultifdConnect;
+  /**
+   * The migration URI, for messages. Deprecated as a way to connect: without
+   * `connect`, the channels are opened with MultifdSender.connectUri(uri), a
+   * hook the migration layer fills in (src/migration/multifd-connect.ts) until
+   * every caller passes `connect`.
+   */
+  uri?: string;
   channels: number;
   blocks: readonly RamBlock[];
   /** The source's UUID (QEMU: all zeros unless -uuid). */
@@ -78,7 +91,8 @@ export class MultifdSender {
   packets = 0;
   /** Called with the bytes of every packet as it is queued (rate limit, `transferred`). */
   onCharge: ((bytes: number, pages: number) => void) | undefined;
-  readonly workers: boolean;
+  /** True when every channel runs in a worker thread. */
+  workers: boolean;
 
   private packetNum = 0;
   private nextChannel = 0;
@@ -96,10 +110,19 @@ export class MultifdSender {
     this.workers = workers;
   }
 
+  /**
+   * Deprecated compatibility hook: how `open({ uri })` without `connect`
+   * connects. Set by src/migration (which may import the transports); to be
+   * removed once every caller passes `connect`.
+   */
+  static connectUri: ((uri: string) => Promise<MigrationChannel>) | undefined;
+
   /** Open every channel and send its init packet (after the main channel is connected). */
   static async open(options: MultifdSenderOptions): Promise<MultifdSender> {
-    const address = parseMigrationUri(options.uri);
-    if (address.kind !== 'tcp' && address.kind !== 'unix') throw new Error(MULTIFD_PROTOCOL_ERROR);
+    const uri = options.uri;
+    const connectUri = MultifdSender.connectUri;
+    const connect: MultifdConnect | undefined = options.connect ?? (uri !== undefined && connectUri ? () => connectUri(uri) : undefined);
+    if (!connect) throw new TypeError('MultifdSender.open: no connect function');
     const n = options.channels;
     if (!Number.isInteger(n) || n < 1 || n > 255) throw new RangeError(`multifd-channels ${n} is not in 1..255`);
     const uuid = options.uuid ?? ZERO_UUID;
@@ -108,33 +131,41 @@ export class MultifdSender {
     await ensureMultifdCodecs(compression);
     const shared = sharedBlocks(options.blocks);
     const useWorkers = (options.useWorkers ?? true) && shared !== undefined;
-    const target = address.kind === 'tcp' ? { host: address.host, port: address.port } : { path: address.path };
     const opened: SenderChannel[] = [];
     const sender = new MultifdSender(opened, options.maxInflight ?? DEFAULT_MAX_INFLIGHT, useWorkers);
+    let allWorkers = useWorkers;
     try {
       const pending = [];
       for (let id = 0; id < n; id++) {
-        const what = `multifd channel ${id} (${options.uri})`;
-        if (useWorkers) {
-          const data: SendWorkerData = { target, what, id, uuid, blocks: shared!, compression, level, ...(options.codecModule ? { codecModule: options.codecModule } : {}) };
-          const ch = new WorkerSenderChannel(id, data, (err) => sender.fail(err));
-          opened.push(ch);
-          pending.push(ch.ready);
-        } else {
-          pending.push(
-            (async () => {
-              const channel = await connectOutgoing(options.uri);
+        pending.push(
+          (async () => {
+            const channel = await connect();
+            if (channel.kind !== 'tcp' && channel.kind !== 'unix') {
+              channel.abort(new Error(MULTIFD_PROTOCOL_ERROR));
+              throw new Error(MULTIFD_PROTOCOL_ERROR);
+            }
+            const what = `multifd channel ${id} (${uri ?? channel.uri})`;
+            const detached = useWorkers ? channel.detach?.() : undefined;
+            if (detached) {
+              // The worker owns the descriptor from here on (the detached channel never touches it again).
+              const data: SendWorkerData = { fd: detached.fd, what, id, uuid, blocks: shared!, compression, level, ...(options.codecModule ? { codecModule: options.codecModule } : {}) };
+              const ch = new WorkerSenderChannel(id, data, (err) => sender.fail(err));
+              opened.push(ch);
+              await ch.ready;
+            } else {
+              allWorkers = false;
               const ch = new LocalSenderChannel(id, channel, options.blocks, createSendCodec(compression, level), (err) => sender.fail(err));
               opened.push(ch);
               await ch.start(uuid);
-            })(),
-          );
-        }
+            }
+          })(),
+        );
       }
       const results = await Promise.allSettled(pending);
       const bad = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
       if (bad) throw bad.reason;
       opened.sort((a, b) => a.id - b.id);
+      sender.workers = allWorkers;
       return sender;
     } catch (err) {
       sender.abort(err as Error);

@@ -1,0 +1,76 @@
+/**
+ * What a guest type provides: a Machine plus what the CLI reports about it.
+ * A guest type is one module (e.g. test-guest.ts) registered by one line in
+ * registry.ts.
+ */
+import type { IncomingDiskImage } from '../block/index.js';
+import type { Machine } from '../machine/machine.js';
+import type { DiskSpec } from './disk.js';
+
+export interface GuestOptions {
+  /** The guest type's name (`--machine`). */
+  machine: string;
+  /** A variant of the guest type (`--guest`), if it has any. */
+  guest?: string;
+  ramSizeBytes: number;
+  incoming: boolean;
+  dirtyRatePagesPerSecond: number;
+  pattern: string;
+  kernel?: string;
+  /** A disk, and its workload (guest types that have disks). */
+  disk?: DiskSpec;
+  diskRateBlocksPerSecond?: number;
+  diskPattern?: string;
+}
+
+export interface Guest {
+  machine: Machine;
+  /** Guest RAM as it is now. */
+  memory(): Uint8Array;
+  /** Progress figures for `guest` events. */
+  progress(): Record<string, number>;
+  /** CPU registers worth reporting (the guest must be stopped). */
+  cpu(): Record<string, unknown>;
+  /** Where QEMU's memory check applies (the test workload's range), if anywhere. */
+  checkRange(): { startBytes: number; endBytes: number } | undefined;
+  ramHash(): string;
+  /** Type into the serial console. */
+  writeSerial?(data: string): void;
+  /** The guest's self-checks and hashes (paused guest), for QMP `x-livemig-check-guest`. */
+  check?(): Promise<Record<string, unknown>>;
+  /** Destination: disks being received (renamed into place when the migration completes). */
+  incomingDisks: IncomingDiskImage[];
+}
+
+/** How `livemig demo` runs a guest type. */
+export interface GuestDemo {
+  /** Guest RAM when --ram is not given, e.g. '256M'. */
+  defaultRam(guest: string | undefined): string;
+  /** What runs, for the opening line ("a 256M <what>, migrated live ..."). */
+  describe(o: { guest: string | undefined; dirtyRate: string }): string;
+  /** Extra `livemig run` arguments for the source. */
+  sourceArgs(o: { dirtyRate: string }): string[];
+  /** Turn auto-converge on: the guest can write memory faster than the link carries it. */
+  autoConverge: boolean;
+  /** The `guest` event figure that shows the destination's guest still runs. */
+  progressFigure: string;
+  /**
+   * A program in the guest that checks its own memory and reports on the
+   * serial console: the source waits for `ready` before migrating; the
+   * destination's next line matching `result` is shown, and `corrupt` there
+   * fails the demo.
+   */
+  selfCheck?(guest: string | undefined): { waiting: string; ready: RegExp; result: RegExp; linePrefix: string; corrupt: string } | undefined;
+}
+
+export interface GuestType {
+  /** `--machine NAME`. */
+  readonly name: string;
+  /** One line for the help text, e.g. 'an x86 PC (v86)'. */
+  readonly description: string;
+  /** Values `--guest` accepts, the default first (none: the type has no variants). */
+  readonly variants?: ReadonlyArray<{ name: string; description: string }>;
+  /** Start a guest (or, with `incoming`, one waiting for a migration). Load large dependencies here, on demand. */
+  create(options: GuestOptions): Promise<Guest>;
+  readonly demo: GuestDemo;
+}
