@@ -1,8 +1,9 @@
-// Side effect: the deprecated MultifdSender.open({ uri }) path (see multifd-connect.ts).
-import './multifd-connect.js';
 export * from './incoming.js';
 export * from './outgoing.js';
 export * from './config.js';
 export * from './rate-window.js';
 export * from './state.js';
 export * from './auto-converge.js';
+export * from './errors.js';
+export * from './handover.js';
+export * from './assemble.js';

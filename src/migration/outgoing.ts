@@ -329,6 +329,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
       return await this.failed(run, caught);
     } finally {
       run.watchdog.stop();
+      this.machine.stopDirtyLog();
       // The throttle only serves the migration; the guest runs at full speed again.
       if (this.autoConverge.percent > 0) this.machine.setThrottle(0);
       run.channel = undefined;
@@ -343,6 +344,8 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
     const { ram, registry } = run.assembly;
     const multifd = this.capabilities.multifd;
     if (multifd && !['tcp', 'unix'].includes(parseMigrationUri(run.uri).kind)) throw new MigrationError('refused', MULTIFD_PROTOCOL_ERROR);
+    // Dirty logging from here to the end of the migration (v86 keeps a RAM-sized shadow meanwhile).
+    await this.machine.startDirtyLog();
     const channel = await run.watchdog.busy(() => connectOutgoing(run.uri));
     run.channel = channel;
     this.throwIfStopped(run);
@@ -352,6 +355,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
       run.multifd = await run.watchdog.busy(() =>
         MultifdSender.open({
           uri: run.uri,
+          connect: () => connectOutgoing(run.uri),
           channels: p['multifd-channels'],
           blocks: this.machine.ramBlocks(),
           compression: p['multifd-compression'],

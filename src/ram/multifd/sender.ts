@@ -40,13 +40,8 @@ export type MultifdConnect = () => Promise<MigrationChannel>;
 
 export interface MultifdSenderOptions {
   /** Opens each channel's connection; called `channels` times, after the main channel is connected. */
-  connect?: MultifdConnect;
-  /**
-   * The migration URI, for messages. Deprecated as a way to connect: without
-   * `connect`, the channels are opened with MultifdSender.connectUri(uri), a
-   * hook the migration layer fills in (src/migration/multifd-connect.ts) until
-   * every caller passes `connect`.
-   */
+  connect: MultifdConnect;
+  /** The migration URI, for messages. */
   uri?: string;
   channels: number;
   blocks: readonly RamBlock[];
@@ -110,19 +105,9 @@ export class MultifdSender {
     this.workers = workers;
   }
 
-  /**
-   * Deprecated compatibility hook: how `open({ uri })` without `connect`
-   * connects. Set by src/migration (which may import the transports); to be
-   * removed once every caller passes `connect`.
-   */
-  static connectUri: ((uri: string) => Promise<MigrationChannel>) | undefined;
-
   /** Open every channel and send its init packet (after the main channel is connected). */
   static async open(options: MultifdSenderOptions): Promise<MultifdSender> {
-    const uri = options.uri;
-    const connectUri = MultifdSender.connectUri;
-    const connect: MultifdConnect | undefined = options.connect ?? (uri !== undefined && connectUri ? () => connectUri(uri) : undefined);
-    if (!connect) throw new TypeError('MultifdSender.open: no connect function');
+    const connect = options.connect;
     const n = options.channels;
     if (!Number.isInteger(n) || n < 1 || n > 255) throw new RangeError(`multifd-channels ${n} is not in 1..255`);
     const uuid = options.uuid ?? ZERO_UUID;
@@ -144,7 +129,7 @@ export class MultifdSender {
               channel.abort(new Error(MULTIFD_PROTOCOL_ERROR));
               throw new Error(MULTIFD_PROTOCOL_ERROR);
             }
-            const what = `multifd channel ${id} (${uri ?? channel.uri})`;
+            const what = `multifd channel ${id} (${options.uri ?? channel.uri})`;
             const detached = useWorkers ? channel.detach?.() : undefined;
             if (detached) {
               // The worker owns the descriptor from here on (the detached channel never touches it again).
