@@ -615,9 +615,10 @@ export class TestMachine implements Machine {
   }
 
   registerDevices(registry: SaveStateRegistry): void {
-    registry.register({ idstr: 'test-cpu', instanceId: 0, vmsd: testCpuVmsd, opaque: this.cpuSection });
-    registry.register({ idstr: 'test-serial', instanceId: 0, vmsd: testSerialVmsd, opaque: this.serialSection });
-    if (this.diskSection) registry.register({ idstr: 'test-disk', instanceId: 0, vmsd: testDiskVmsd, opaque: this.diskSection });
+    // All required on load: the vCPU, the serial counters and the disk workload's registers are the guest's state, not defaults.
+    registry.register({ idstr: 'test-cpu', instanceId: 0, vmsd: testCpuVmsd, opaque: this.cpuSection, required: true });
+    registry.register({ idstr: 'test-serial', instanceId: 0, vmsd: testSerialVmsd, opaque: this.serialSection, required: true });
+    if (this.diskSection) registry.register({ idstr: 'test-disk', instanceId: 0, vmsd: testDiskVmsd, opaque: this.diskSection, required: true });
   }
 
   /** Counters published by the vCPU (exact when paused). */
