@@ -4,3 +4,4 @@ export * from './parameters.js';
 export * from './rate-window.js';
 export * from './state.js';
 export * from './auto-converge.js';
+export * from './switchover.js';
