@@ -649,8 +649,10 @@ export class TestMachine implements Machine {
   }
 
   registerDevices(registry: SaveStateRegistry): void {
-    registry.register({ idstr: 'test-cpu', instanceId: 0, vmsd: testCpuVmsd, opaque: this.cpuSection });
-    registry.register({ idstr: 'test-serial', instanceId: 0, vmsd: testSerialVmsd, opaque: this.serialSection });
+    // The vCPU and serial are required on load: without them the guest would run from its reset state over migrated RAM.
+    // test-disk is not: a diskless source may migrate into a destination with a disk (its workload then starts afresh).
+    registry.register({ idstr: 'test-cpu', instanceId: 0, vmsd: testCpuVmsd, opaque: this.cpuSection, required: true });
+    registry.register({ idstr: 'test-serial', instanceId: 0, vmsd: testSerialVmsd, opaque: this.serialSection, required: true });
     if (this.diskSection) registry.register({ idstr: 'test-disk', instanceId: 0, vmsd: testDiskVmsd, opaque: this.diskSection });
   }
 

@@ -535,8 +535,9 @@ export class V86Machine implements Machine {
 
   registerDevices(registry: SaveStateRegistry): void {
     // Config first: the destination checks it before it touches the device state.
-    registry.register({ idstr: 'v86-config', instanceId: 0, vmsd: v86ConfigVmsd, opaque: this.configSection });
-    registry.register({ idstr: 'v86-state', instanceId: 0, vmsd: v86StateVmsd, opaque: this.stateSection });
+    // Both required on load: without v86-state the CPU and devices would run from their boot state over migrated RAM.
+    registry.register({ idstr: 'v86-config', instanceId: 0, vmsd: v86ConfigVmsd, opaque: this.configSection, required: true });
+    registry.register({ idstr: 'v86-state', instanceId: 0, vmsd: v86StateVmsd, opaque: this.stateSection, required: true });
   }
 
   /** v86's save_state() without RAM (paused only). */

@@ -7,3 +7,5 @@ export * from './auto-converge.js';
 export * from './errors.js';
 export * from './handover.js';
 export * from './assemble.js';
+export * from './switchover.js';
+export * from './liveness.js';

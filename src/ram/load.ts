@@ -6,7 +6,7 @@
  * Every error carries the stream offset of the record or field at fault.
  */
 import type { LoadSectionContext, SaveVMHandlers } from '../savevm/handlers.js';
-import { StreamError, TARGET_PAGE_SIZE, type StreamErrorCode, type StreamLocation, type StreamReader } from '../wire/index.js';
+import { IncompleteStreamError, StreamError, TARGET_PAGE_SIZE, type StreamErrorCode, type StreamLocation, type StreamReader } from '../wire/index.js';
 import type { RamBlock } from './block.js';
 import type { RamBlockTable } from './block-table.js';
 import {
@@ -19,6 +19,7 @@ import {
   RAM_FLAG_PAGE,
   RAM_FLAG_XBZRLE,
   RAM_FLAG_ZERO,
+  RAM_IDSTR,
   RAM_PAGE_RECORD_FLAGS,
   RAM_SECTION_VERSION,
   XBZRLE_ENCODING_FLAG,
@@ -80,8 +81,21 @@ function freshStats(): RamLoadStats {
   return { sections: 0, records: 0, eosRecords: 0, blockListRecords: 0, blocks: [], firstOffsets: {} };
 }
 
+/** How far the `ram` entry got, for the completeness check at EOF. */
+export interface RamLoadProgress {
+  /** A START section of this entry was loaded. */
+  started: boolean;
+  /** Blocks named by the block list(s) received (MEM_SIZE). */
+  listedBlocks: ReadonlySet<string>;
+  /** An END section of this entry was loaded through its EOS. */
+  ended: boolean;
+}
+
 export class RamLoadHandler implements SaveVMHandlers {
   private lastBlock: RamBlock | undefined;
+  private started = false;
+  private ended = false;
+  private readonly listed = new Set<string>();
   private counters = freshStats();
   private readonly blockStats = new Map<string, RamLoadBlockStats>();
   private lastStatsBlock: RamBlock | undefined;
@@ -100,6 +114,47 @@ export class RamLoadHandler implements SaveVMHandlers {
     this.blockStats.clear();
     this.lastStatsBlock = undefined;
     this.lastStats = undefined;
+    this.started = false;
+    this.ended = false;
+    this.listed.clear();
+  }
+
+  /** What arrived so far: START, the blocks listed, END. */
+  get progress(): RamLoadProgress {
+    return { started: this.started, listedBlocks: new Set(this.listed), ended: this.ended };
+  }
+
+  /**
+   * Why the RAM received so far cannot run a guest, or undefined when it can:
+   * no `ram` section at all, no block list, a block of the table (the local
+   * machine's) missing from the block list, or no END section (the source
+   * never completed). For a destination at EOF; `livemig analyze` does not
+   * ask. Per-page coverage is not checked (see docs in checkComplete).
+   */
+  incompleteReason(): string | undefined {
+    if (this.counters.sections === 0) return "the stream has no RAM section ('ram'): guest RAM would be left blank";
+    if (!this.started || this.counters.blockListRecords === 0) return "the RAM section never started: no START section with the RAM block list";
+    const missing = this.table.blocks().filter((b) => !this.listed.has(b.idstr));
+    if (missing.length > 0) {
+      const names = missing.map((b) => `${b.idstr} (0x${b.lengthBytes.toString(16)} bytes)`).join(', ');
+      return `RAM block${missing.length > 1 ? 's' : ''} ${names} of this machine ${missing.length > 1 ? 'are' : 'is'} missing from the stream's block list`;
+    }
+    if (!this.ended) return 'the RAM section never ended: no END section (the source did not complete the migration)';
+    return undefined;
+  }
+
+  /**
+   * Throw an IncompleteStreamError (code 'incomplete-stream', section 'ram',
+   * at `offset`, the EOF offset) when incompleteReason() gives one. For
+   * loadVmState's `onEof`.
+   *
+   * Pages are not checked one by one: with multifd, worker threads write
+   * pages straight into shared guest memory and only report counts, so a
+   * per-page record would need a shared bitmap updated by every channel.
+   */
+  checkComplete(offset = 0): void {
+    const reason = this.incompleteReason();
+    if (reason !== undefined) throw new IncompleteStreamError(`incomplete stream: ${reason}`, { offset, section: { idstr: RAM_IDSTR } });
   }
 
   /** statsFor(block.idstr), remembered for the block of the previous record (most records continue it). */
@@ -132,6 +187,7 @@ export class RamLoadHandler implements SaveVMHandlers {
     }
     const c = this.counters;
     c.sections++;
+    if (context.kind === 'start') this.started = true;
 
     for (;;) {
       const at = input.offset;
@@ -211,6 +267,7 @@ export class RamLoadHandler implements SaveVMHandlers {
           c.eosRecords++;
           c.firstOffsets.eos ??= at;
           if (this.options.multifdSync) await this.options.multifdSync();
+          if (context.kind === 'end') this.ended = true;
           return;
         default:
           if (flags & RAM_FLAG_HOOK) {
@@ -251,6 +308,7 @@ export class RamLoadHandler implements SaveVMHandlers {
       const lengthBytes = await input.be64Number('RAM block length');
       const result = this.table.announce(idstr, lengthBytes);
       if (!result.block) throw new StreamError('bad-ram-record', result.error, { offset: entryAt, section });
+      this.listed.add(idstr);
       const s = this.statsFor(idstr);
       s.listedLengthBytes = lengthBytes;
       if (this.options.ignoreShared) s.guestPhysicalAddress = await input.be64Number('guest physical address');

@@ -14,6 +14,7 @@ import {
   readSectionFooter,
   readTopLevel,
   readVmdescTrailer,
+  IncompleteStreamError,
   StreamError,
   type StreamConfiguration,
   type StreamReader,
@@ -38,6 +39,21 @@ export interface LoadOptions {
   onSection?: (section: LoadedSection) => void;
   /** Called for every COMMAND record; without it any command fails as unsupported. */
   onCommand?: (command: { offset: number; command: number; name: string; payload: Uint8Array }) => void | Promise<void>;
+  /**
+   * At EOF, refuse the stream (IncompleteStreamError, code 'incomplete-stream')
+   * when an entry registered with `required: true` got no START or FULL
+   * section; the error names every one missing. Default true (a registry
+   * without required entries, as analysis builds, is unaffected).
+   */
+  checkRequired?: boolean;
+  /**
+   * Completeness checks at EOF: called once the EOF byte and the vmdesc
+   * trailer were read and the required entries checked, before the result is
+   * returned. Throw to refuse the stream, e.g.
+   * `onEof: (eof) => ram.checkComplete(eof.offset)`. A StreamError passes
+   * through; anything else becomes one ('incomplete-stream').
+   */
+  onEof?: (eof: { offset: number; totalBytes: number }) => void | Promise<void>;
 }
 
 /** What a section looked like on the wire. */
@@ -64,6 +80,8 @@ export interface LoadResult {
 }
 
 interface LoadingEntry {
+  /** The registered entry; undefined for a section resolveUnknown took. */
+  entry: SaveStateEntry | undefined;
   handlers: SaveVMHandlers;
   idstr: string;
   instanceId: number;
@@ -86,6 +104,8 @@ export async function loadVmState(input: StreamReader, registry: SaveStateRegist
 
   const started = new Set<SaveVMHandlers>();
   const byStreamId = new Map<number, LoadingEntry>();
+  /** Entries a START or FULL section was loaded for. */
+  const arrived = new Set<SaveStateEntry>();
   try {
     for (const entry of registry.entries()) {
       if (entry.handlers?.loadSetup) {
@@ -97,7 +117,10 @@ export async function loadVmState(input: StreamReader, registry: SaveStateRegist
       const record = await readTopLevel(input);
       if (record.type === 'eof') {
         const vmdesc = await readVmdescTrailer(input);
-        return { configuration, eofOffset: record.offset, vmdesc, totalBytes: input.offset };
+        const result = { configuration, eofOffset: record.offset, vmdesc, totalBytes: input.offset };
+        if (options.checkRequired ?? true) checkRequiredEntries(registry, arrived, record.offset);
+        if (options.onEof) await runEofCheck(options.onEof, result);
+        return result;
       }
       if (record.type === 'command') {
         if (!options.onCommand) {
@@ -128,10 +151,29 @@ export async function loadVmState(input: StreamReader, registry: SaveStateRegist
         // A handler bug or a value it could not take: still a clean, located error.
         throw new StreamError('handler-failed', `loading failed: ${(err as Error).message}`, { offset: input.offset, section }, { cause: err });
       }
+      if (loading.entry && (record.type === 'start' || record.type === 'full')) arrived.add(loading.entry);
       options.onSection?.({ ...context, sizeBytes: input.offset - record.offset });
     }
   } finally {
     for (const handlers of started) await handlers.loadCleanup?.();
+  }
+}
+
+/** Every entry registered `required` must have had a START or FULL section by EOF. */
+function checkRequiredEntries(registry: SaveStateRegistry, arrived: ReadonlySet<SaveStateEntry>, eofOffset: number): void {
+  const missing = registry.entries().filter((e) => e.required && !arrived.has(e));
+  if (missing.length === 0) return;
+  const names = missing.map((e) => `'${e.idstr}' instance ${e.instanceId}`).join(', ');
+  const reason = `incomplete stream: EOF without the required section${missing.length > 1 ? 's' : ''} ${names} (the guest cannot run without ${missing.length > 1 ? 'them' : 'it'})`;
+  throw new IncompleteStreamError(reason, { offset: eofOffset }, missing.map((e) => ({ idstr: e.idstr, instanceId: e.instanceId })));
+}
+
+async function runEofCheck(onEof: NonNullable<LoadOptions['onEof']>, result: LoadResult): Promise<void> {
+  try {
+    await onEof({ offset: result.eofOffset, totalBytes: result.totalBytes });
+  } catch (err) {
+    if (err instanceof StreamError) throw err;
+    throw new StreamError('incomplete-stream', `incomplete stream: ${(err as Error).message}`, { offset: result.eofOffset }, { cause: err });
   }
 }
 
@@ -183,7 +225,7 @@ function resolveSection(
       throw new StreamError('unknown-section', `unknown savevm section or instance '${idstr}' ${instanceId}`, { offset: record.offset, section });
     }
   }
-  const loading = { handlers, idstr, instanceId, versionId };
+  const loading = { entry, handlers, idstr, instanceId, versionId };
   byStreamId.set(sectionId, loading);
   return loading;
 }

@@ -21,6 +21,13 @@ interface EntryCommon {
   aliasId?: number;
   /** Section id to write; default: the registry's counter, as QEMU numbers at registration. */
   sectionId?: number;
+  /**
+   * Loading only: a stream that reaches EOF without a START or FULL section
+   * for this entry is refused as incomplete (the guest cannot run without
+   * it). Default false, as QEMU, which leaves such a device at its reset
+   * state. Saving ignores it.
+   */
+  required?: boolean;
 }
 
 export interface VmstateEntryOptions<T extends object> extends EntryCommon {
@@ -46,6 +53,8 @@ export interface SaveStateEntry {
   readonly handlers: SaveVMHandlers | undefined;
   /** Has a setup handler: sends START/PART/END sections instead of one FULL. */
   readonly isIterative: boolean;
+  /** A load must see this entry's section before EOF (see EntryCommon.required). */
+  readonly required: boolean;
 }
 
 const MAX_IDSTR_BYTES = 255;
@@ -89,6 +98,7 @@ export class SaveStateRegistry {
       opaque: isVmstate ? options.opaque : undefined,
       handlers: isVmstate ? undefined : options.handlers,
       isIterative: !isVmstate && options.handlers.saveSetup !== undefined,
+      required: options.required ?? false,
     };
     // Insert after every entry of higher or equal priority (FIFO within a priority).
     let at = this.list.length;

@@ -32,7 +32,8 @@ export type StreamErrorCode =
   | 'bad-vmstate'
   | 'bad-vmdesc'
   | 'too-large' // a length in the stream exceeds a bound we enforce
-  | 'handler-failed';
+  | 'handler-failed'
+  | 'incomplete-stream'; // the stream ended (EOF) without state the guest needs: RAM never completed, a required section missing
 
 function describeLocation(loc: StreamLocation): string {
   const at = `at offset ${loc.offset} (0x${loc.offset.toString(16)})`;
@@ -65,6 +66,28 @@ export class StreamError extends Error {
   withSection(section: NonNullable<StreamLocation['section']>): StreamError {
     if (this.section) return this;
     return new StreamError(this.code, this.reason, { offset: this.offset, section }, { cause: this.cause });
+  }
+}
+
+/** What an incomplete stream lacked: a required entry that never arrived. */
+export interface MissingSection {
+  idstr: string;
+  instanceId: number;
+}
+
+/**
+ * A well-formed stream reached EOF without everything a guest needs (code
+ * 'incomplete-stream'): loading it would start a guest with blank RAM or
+ * default devices. `missing` names the required entries that never arrived
+ * (empty when the cause is elsewhere, e.g. RAM).
+ */
+export class IncompleteStreamError extends StreamError {
+  readonly missing: readonly MissingSection[];
+
+  constructor(reason: string, location: StreamLocation, missing: readonly MissingSection[] = []) {
+    super('incomplete-stream', reason, location);
+    this.name = 'IncompleteStreamError';
+    this.missing = missing;
   }
 }
 
