@@ -176,7 +176,7 @@ export class IncomingMigration extends EventEmitter<IncomingEvents> {
       const input = reader;
       this.setStatus('active');
       const receiver = this.receiver;
-      const { registry, manifest, block, globalState } = assembleIncoming(this.machine, {
+      const { registry, ram, manifest, block, globalState } = assembleIncoming(this.machine, {
         table,
         ...(receiver ? { multifdSync: () => receiver.syncMain() } : {}),
         ...(this.options.diskHint ? { diskHint: this.options.diskHint } : {}),
@@ -186,6 +186,8 @@ export class IncomingMigration extends EventEmitter<IncomingEvents> {
       await watchdog.busy(() =>
         loadVmState(input, registry, {
           machineName: this.machine.machineName,
+          // Never start a blank guest: the RAM section must have listed every block and ended.
+          onEof: (eof) => ram.checkComplete(eof.offset),
           onCommand: async (command) => {
             if (command.command === MigCommand.OpenReturnPath) {
               if (!output) throw new StreamError('unsupported-command', 'OPEN_RETURN_PATH on a one-way channel', { offset: command.offset });

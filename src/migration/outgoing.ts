@@ -30,6 +30,7 @@ import { OUTCOME_UNKNOWN_ADVICE, SourceReturnPath, type PeerKind } from './hando
 import { PeerWatchdog, watchSink } from './liveness.js';
 import { MigrationConfig, type MigrationCapabilities, type MigrationParameters } from './config.js';
 import { RateWindow } from './rate-window.js';
+import { decideSwitchover, INITIAL_SWITCHOVER_STATE } from './switchover.js';
 import { ACTIVE_STATES, canTransition, type MigrationStatus } from './state.js';
 
 /** What the loop saw when it decided to switch over (for tests and post-mortems). */
@@ -40,6 +41,8 @@ export interface SwitchoverRecord {
   bandwidthBytesPerMs: number;
   downtimeLimitMs: number;
   thresholdBytes: number;
+  /** The policy's reason, with its numbers. */
+  reason?: string;
   /** Which handover the destination spoke: livemig's held one, or QEMU's (also for one-way channels). */
   handover?: PeerKind | 'one-way';
   /** Where the downtime went, ms: stopping the guest, the END sections (last dirty pages, device state), putting the rest on the wire, the destination's load until its confirmation. */
@@ -82,8 +85,6 @@ export interface StartOptions {
 }
 
 const now = (): number => performance.now();
-/** What is left counts as drained when it would take this long to send (the pass is over, bar a straggler). */
-const DRAINED_MS = 2;
 /** Keepalive PINGs go out this often (at most a quarter of the peer timeout). */
 const KEEPALIVE_MS = 1000;
 
@@ -399,46 +400,31 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
     const window = new RateWindow(now(), sentBytes(), pagesSent());
     run.window = window;
     let idleInWindow = false; // ran out of dirty pages during this window
-    let fitsSinceMs: number | undefined; // when the estimate first fitted the budget in this pass
-    let liveDrainLimitMs = 0; // how long the rest of the pass may be sent live once it fits
+    let policy = INITIAL_SWITCHOVER_STATE;
     const deviceStateBytes = run.deviceStateBytes;
     for (;;) {
       this.throwIfStopped(run);
       if (this.keepaliveDue(run)) await this.keepalive(run);
+      // When to stop the guest is switchover.ts's pure decision; here are its inputs and its I/O.
       const downtimeLimitMs = params()['downtime-limit'];
-      // The pause starts with one more dirty-log sync, which costs what the last one did
-      // (a few ms for an exact log, a shadow compare of all RAM for v86).
-      const thresholdBytes = window.bandwidthBytesPerMs * Math.max(0, downtimeLimitMs - run.lastSyncMs);
-      let ramPendingBytes = await save.pendingBytes(false);
-      // QEMU syncs and stops the guest as soon as the rest fits the budget, so
-      // even a guest that writes nothing pauses for about a downtime-limit's
-      // worth of sending. We keep sending live until this pass is drained (or
-      // for at most twice the time that should take, at least a downtime-limit), then sync: what the
-      // guest dirtied meanwhile is what the pause must carry, ~0 for an idle guest.
-      const fits = ramPendingBytes + deviceStateBytes <= thresholdBytes;
-      if (!fits) fitsSinceMs = undefined;
-      else if (fitsSinceMs === undefined) {
-        fitsSinceMs = now();
-        liveDrainLimitMs = Math.max(downtimeLimitMs, (2 * ramPendingBytes) / Math.max(1, window.bandwidthBytesPerMs));
-      }
-      const drained = ramPendingBytes <= window.bandwidthBytesPerMs * DRAINED_MS;
-      if (ramPendingBytes === 0 || (fits && (drained || now() - fitsSinceMs! >= liveDrainLimitMs))) {
+      const link = { deviceStateBytes, bandwidthBytesPerMs: window.bandwidthBytesPerMs, downtimeLimitMs, lastSyncCostMs: run.lastSyncMs };
+      let step = decideSwitchover({ ...link, ramPendingBytes: await save.pendingBytes(false), exact: false, nowMs: now() }, policy);
+      if (step.decision === 'sync-and-check') {
         // What the destination has not loaded yet (records still in socket buffers: for
         // zero pages, hundreds of thousands) would be loaded inside the pause. Let it
         // catch up while the guest runs: QEMU's PING is answered once all before it is loaded.
-        if (fits && run.returnPath) {
+        if (step.waitForDestination && run.returnPath) {
           await run.returnPath.ping(downtimeLimitMs);
           run.lastKeepaliveMs = now();
         }
-        ramPendingBytes = await save.pendingBytes(true); // exact: sync the dirty log
-        fitsSinceMs = undefined;
-        const pendingBytes = ramPendingBytes + deviceStateBytes;
-        if (pendingBytes <= thresholdBytes || ramPendingBytes === 0) {
-          this.switchover = { pendingBytes, ramPendingBytes, deviceStateBytes, bandwidthBytesPerMs: window.bandwidthBytesPerMs, downtimeLimitMs, thresholdBytes };
-          return;
-        }
+        step = decideSwitchover({ ...link, ramPendingBytes: await save.pendingBytes(true), exact: true, nowMs: now() }, step.state);
       }
-      const pendingBytes = ramPendingBytes + deviceStateBytes;
+      policy = step.state;
+      if (step.decision === 'switchover') {
+        this.switchover = { pendingBytes: step.pendingBytes, ramPendingBytes: step.ramPendingBytes, deviceStateBytes, bandwidthBytesPerMs: window.bandwidthBytesPerMs, downtimeLimitMs, thresholdBytes: step.thresholdBytes, reason: step.reason };
+        return;
+      }
+      const pendingBytes = step.pendingBytes;
       const allSent = await run.watchdog.busy(() =>
         save.iterate(() => run.cancelRequested || run.abortReason !== undefined || window.overBudget(sentBytes(), params()['max-bandwidth'])),
       );
