@@ -29,6 +29,7 @@
  *   ---- point of no return: before it, cancel resumes the source ----
  *   "LMGO"                    ------------>  start guest
  *                             <------------  SHUT 0
+ *   "LMOK", close             ------------>  (confirmed: the source knows where the guest runs)
  *   completed
  *
  * Before the go-ahead, any failure (cancel, cut, stall, a timeout) leaves the
@@ -49,6 +50,8 @@ export const HANDOVER_ACCEPT = 0x4c4d4881;
 export const HANDOVER_LOADED = 0x4c4d4c44;
 /** The go-ahead, written by the source after the stream's trailer: ASCII "LMGO". */
 export const HANDOVER_GO = 0x4c4d474f;
+/** The source's acknowledgement of SHUT 0, the last bytes of the stream: ASCII "LMOK". */
+export const HANDOVER_ACK = 0x4c4d4f4b;
 /** PING values the source numbers its own pings from (keepalives, catch-up waits). */
 const FIRST_PING = 0x100;
 
@@ -209,6 +212,11 @@ export class SourceReturnPath {
     this.out.be32(HANDOVER_GO);
     await this.out.flush();
   }
+
+  /** After SHUT 0: tell the destination its confirmation arrived (then the stream ends). */
+  acknowledge(): void {
+    this.out.be32(HANDOVER_ACK);
+  }
 }
 
 /**
@@ -244,6 +252,20 @@ export class DestinationHandover {
       writePong(rp, value);
     }
     await rp.flush();
+  }
+
+  /**
+   * Held handover, after SHUT 0: whether the source acknowledged it within
+   * `timeoutMs` (if not, it may not know that the guest runs here).
+   */
+  async acknowledged(input: StreamReader, timeoutMs: number): Promise<boolean> {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), timeoutMs)));
+    try {
+      return await Promise.race([input.be32().then((v) => v === HANDOVER_ACK, () => false), timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /** Held handover, after the whole stream loaded: say so, then read the go-ahead (or fail). */

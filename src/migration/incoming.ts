@@ -232,6 +232,8 @@ export class IncomingMigration extends EventEmitter<IncomingEvents> {
         writeShut(rp, 0);
         try {
           await rp.close();
+          // A livemig source acknowledges our SHUT: then it knows where the guest runs.
+          if (handover.held && !(await handover.acknowledged(input, this.peerTimeoutMs()))) throw new Error('the source did not acknowledge the confirmation');
         } catch (err) {
           warning = `${(err as Error).message}: ${UNCONFIRMED_ADVICE}`;
         }

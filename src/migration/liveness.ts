@@ -47,10 +47,13 @@ export class PeerWatchdog {
   constructor(private readonly options: PeerWatchdogOptions) {
     this.now = options.now ?? (() => performance.now());
     this.lastProgressMs = this.now();
+    this.lastProgressValue = options.progress?.() ?? -1;
   }
 
   /** Check every quarter of the timeout (at most every 250 ms) until stop(). */
   start(): this {
+    this.lastProgressMs = this.now();
+    this.lastProgressValue = this.options.progress?.() ?? -1;
     const tick = (): void => {
       this.check();
       if (!this.stalled) this.timer = setTimeout(tick, Math.min(250, Math.max(10, this.options.timeoutMs() / 4))).unref();
@@ -125,8 +128,9 @@ export class PeerWatchdog {
     if (!reason && this.busyDepth > 0 && since(this.busySinceMs) > timeoutMs) {
       reason = `no data has moved to or from the ${this.options.peer} for ${seconds(since(this.busySinceMs))}`;
     }
-    if (!reason && this.replyWantedSinceMs !== undefined && since(this.replyWantedSinceMs) > timeoutMs) {
-      reason = `the ${this.options.peer} has not answered for ${seconds(since(this.replyWantedSinceMs))}`;
+    // Only an answer answers: bytes flowing the other way do not.
+    if (!reason && this.replyWantedSinceMs !== undefined && now - this.replyWantedSinceMs > timeoutMs) {
+      reason = `the ${this.options.peer} has not answered for ${seconds(now - this.replyWantedSinceMs)}`;
     }
     if (reason) {
       this.stalled = true;

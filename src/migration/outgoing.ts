@@ -470,21 +470,24 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
     await run.watchdog.busy(() => save.completePrecopy());
     this.throwIfStopped(run);
     const completedMs = now();
+    let flushedMs: number;
     if (handover === 'livemig') {
       // The destination holds the loaded guest until our go-ahead: up to here, cancel resumes the guest here.
       await rp!.loaded();
+      flushedMs = now();
       this.throwIfStopped(run);
       run.pointOfNoReturn = true;
       await run.watchdog.busy(() => rp!.sendGo());
+      await this.expectShut(rp!);
+      // The destination learns that its confirmation arrived (else it warns that we may not know).
+      rp!.acknowledge();
+      await run.watchdog.busy(() => out.close());
     } else {
       // A QEMU destination (or a one-way channel) starts the guest once it has the EOF: no going back.
       run.pointOfNoReturn = true;
-    }
-    await run.watchdog.busy(() => out.close());
-    const flushedMs = now();
-    if (rp) {
-      const value = await rp.shut();
-      if (value !== 0) throw new MigrationError('destination-failed', `the destination could not load the stream (SHUT ${value})`);
+      await run.watchdog.busy(() => out.close());
+      flushedMs = now();
+      if (rp) await this.expectShut(rp);
     }
     run.downtimeMs = Math.round(now() - downtimeStartMs);
     if (this.switchover) {
@@ -497,6 +500,11 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
     run.expectedDowntimeMs = undefined;
     await run.channel!.close().catch(() => {});
     await rp?.done;
+  }
+
+  private async expectShut(rp: SourceReturnPath): Promise<void> {
+    const value = await rp.shut();
+    if (value !== 0) throw new MigrationError('destination-failed', `the destination could not load the stream (SHUT ${value})`);
   }
 
   /** `pre-switchover`: wait for migrate-continue (or cancel), keeping the destination's watchdog fed. */
