@@ -14,6 +14,7 @@ import { test } from 'node:test';
 import { createTestMachine, type TestMachine } from '../src/machine/index.js';
 import {
   HANDOVER_GO,
+  HANDOVER_LOADED,
   IncomingMigration,
   MigrationConfig,
   OutgoingMigration,
@@ -71,7 +72,7 @@ class Proxy {
   private readonly pairs: Array<{ client: Socket; upstream: Socket }> = [];
   private stalled = false;
   private dropped = new Set<Direction>();
-  private trigger: { pattern: Buffer; seen: Buffer; then: () => void } | undefined;
+  private trigger: { direction: Direction; pattern: Buffer; seen: Buffer; then: () => void } | undefined;
   port = 0;
 
   constructor(targetPort: number) {
@@ -98,7 +99,7 @@ class Proxy {
   private forward(direction: Direction, chunk: Buffer, to: Socket): void {
     if (this.stalled || this.dropped.has(direction)) return;
     to.write(chunk);
-    if (direction === 'up' && this.trigger) {
+    if (this.trigger?.direction === direction) {
       const t = this.trigger;
       t.seen = Buffer.concat([t.seen, chunk]).subarray(-64);
       if (t.seen.includes(t.pattern)) {
@@ -108,9 +109,9 @@ class Proxy {
     }
   }
 
-  /** Once `pattern` went up, run `then` (e.g. drop `down`). */
-  when(pattern: Buffer, then: () => void): void {
-    this.trigger = { pattern, seen: Buffer.alloc(0), then };
+  /** Once `pattern` went through in `direction`, run `then` (e.g. drop the other direction). */
+  when(direction: Direction, pattern: Buffer, then: () => void): void {
+    this.trigger = { direction, pattern, seen: Buffer.alloc(0), then };
   }
 
   drop(direction: Direction): void {
@@ -131,11 +132,40 @@ class Proxy {
 }
 
 const portOf = (address: string): number => Number(/:(\d+)$/.exec(address)![1]);
-const goBytes = (): Buffer => {
+const be32 = (value: number): Buffer => {
   const b = Buffer.alloc(4);
-  b.writeUInt32BE(HANDOVER_GO);
+  b.writeUInt32BE(value);
   return b;
 };
+/** The return-path message PONG LOADED: type 2, length 4, the value. */
+const loadedMessage = (): Buffer => Buffer.concat([Buffer.from([0, 2, 0, 4]), be32(HANDOVER_LOADED)]);
+
+interface Pair {
+  src: TestMachine;
+  dst: Awaited<ReturnType<typeof destination>>;
+  config: MigrationConfig;
+  migration: OutgoingMigration;
+  /** Where the source migrates to: the proxy's address. */
+  uri: string;
+  proxy: Proxy;
+}
+
+/** A source, a destination and a proxy between them (peer timeout `peerTimeoutMs` on both sides); everything torn down after `body`. */
+async function withPair(peerTimeoutMs: number | undefined, body: (p: Pair) => Promise<void>): Promise<void> {
+  const src = await source();
+  const config = new MigrationConfig(peerTimeoutMs ? { parameters: { 'x-livemig-peer-timeout-ms': peerTimeoutMs } } : {});
+  const dst = await destination(config);
+  const proxy = new Proxy(portOf(dst.address));
+  try {
+    const uri = await proxy.listen();
+    await body({ src, dst, config, migration: new OutgoingMigration(src, config), uri, proxy });
+  } finally {
+    proxy.close();
+    await src.destroy();
+    await dst.machine.destroy();
+    await dst.result;
+  }
+}
 
 test('livemig to livemig: the held handover is used; the destination starts the guest only on the go-ahead', { timeout: 60_000 }, async () => {
   const src = await source();
@@ -194,13 +224,8 @@ for (const moment of ['stop', 'pre-switchover', 'device'] as const) {
   });
 }
 
-test('a link stalled after switchover: migrate-continue, then cancel works and the source resumes (the QEMU-frozen case)', { timeout: 60_000 }, async () => {
-  const src = await source();
-  const dst = await destination();
-  const proxy = new Proxy(portOf(dst.address));
-  try {
-    const uri = await proxy.listen();
-    const migration = new OutgoingMigration(src);
+test('a link stalled after switchover: migrate-continue, then cancel works and the source resumes (the QEMU-frozen case)', { timeout: 60_000 }, () =>
+  withPair(undefined, async ({ src, dst, migration, uri, proxy }) => {
     migration.setCapabilities({ 'pause-before-switchover': true });
     migration.on('status', (s) => {
       if (s !== 'pre-switchover') return;
@@ -212,74 +237,31 @@ test('a link stalled after switchover: migrate-continue, then cancel works and t
     assert.equal(await migration.finished, 'cancelled');
     await assertSourceGuestIntact(src);
     assert.equal(dst.machine.running, false);
-  } finally {
-    proxy.close();
-    await src.destroy();
-    await dst.machine.destroy();
-    await dst.result;
-  }
-});
+  }));
 
-test('liveness: a blackholed link during active fails both sides within the peer timeout; the source resumes', { timeout: 60_000 }, async () => {
-  const src = await source();
-  const config = new MigrationConfig({ parameters: { 'x-livemig-peer-timeout-ms': 1000 } });
-  const dst = await destination(config);
-  const proxy = new Proxy(portOf(dst.address));
-  try {
-    const uri = await proxy.listen();
-    const migration = new OutgoingMigration(src, config);
-    migration.setParameters({ 'max-bandwidth': 8 << 20 });
-    migration.on('status', (s) => s === 'active' && setTimeout(() => proxy.stall(), 200));
-    const t0 = performance.now();
-    migration.start(uri);
-    assert.equal(await migration.finished, 'failed');
-    const elapsedMs = performance.now() - t0;
-    assert.equal(migration.error?.code, 'peer-timeout', migration.error?.message);
-    assert.ok(elapsedMs < 6000, `noticed in ${elapsedMs} ms`);
-    await assertSourceGuestIntact(src);
-    const result = await dst.result;
-    assert.equal(result.status, 'failed');
-    assert.equal(result.started, false);
-    assert.ok(['peer-timeout', 'peer-closed'].includes(result.error!.code), result.error!.message);
-  } finally {
-    proxy.close();
-    await src.destroy();
-    await dst.machine.destroy();
-  }
-});
+for (const fault of ['blackholed link', 'return path alone dropped (destination -> source)'] as const) {
+  test(`liveness: ${fault} during active: the source notices within the peer timeout and resumes; the destination starts nothing`, { timeout: 60_000 }, () =>
+    withPair(1000, async ({ src, dst, migration, uri, proxy }) => {
+      migration.setParameters({ 'max-bandwidth': 8 << 20 });
+      migration.on('status', (s) => s === 'active' && setTimeout(() => (fault === 'blackholed link' ? proxy.stall() : proxy.drop('down')), 200));
+      const t0 = performance.now();
+      migration.start(uri);
+      assert.equal(await migration.finished, 'failed');
+      const elapsedMs = performance.now() - t0;
+      assert.equal(migration.error?.code, 'peer-timeout', migration.error?.message);
+      assert.ok(elapsedMs < 6000, `noticed in ${elapsedMs} ms`);
+      await assertSourceGuestIntact(src);
+      const result = await dst.result;
+      assert.equal(result.status, 'failed');
+      assert.equal(result.started, false);
+      // A blackholed destination notices by itself; with only the return path dropped it sees the source go.
+      assert.ok(['peer-timeout', 'peer-closed'].includes(result.error!.code), result.error!.message);
+    }));
+}
 
-test('liveness: the return path alone dropped (destination -> source): the source notices and resumes', { timeout: 60_000 }, async () => {
-  const src = await source();
-  const config = new MigrationConfig({ parameters: { 'x-livemig-peer-timeout-ms': 1000 } });
-  const dst = await destination(config);
-  const proxy = new Proxy(portOf(dst.address));
-  try {
-    const uri = await proxy.listen();
-    const migration = new OutgoingMigration(src, config);
-    migration.setParameters({ 'max-bandwidth': 8 << 20 });
-    migration.on('status', (s) => s === 'active' && proxy.drop('down'));
-    migration.start(uri);
-    assert.equal(await migration.finished, 'failed');
-    assert.equal(migration.error?.code, 'peer-timeout', migration.error?.message);
-    await assertSourceGuestIntact(src);
-    const result = await dst.result;
-    assert.equal(result.started, false);
-  } finally {
-    proxy.close();
-    await src.destroy();
-    await dst.machine.destroy();
-  }
-});
-
-test('the confirmation lost after the go-ahead: the source keeps its guest paused and says the outcome is unknown; the destination runs it and says the source may not know', { timeout: 60_000 }, async () => {
-  const src = await source();
-  const config = new MigrationConfig({ parameters: { 'x-livemig-peer-timeout-ms': 1000 } });
-  const dst = await destination(config);
-  const proxy = new Proxy(portOf(dst.address));
-  try {
-    const uri = await proxy.listen();
-    proxy.when(goBytes(), () => proxy.drop('down'));
-    const migration = new OutgoingMigration(src, config);
+test('the confirmation lost after the go-ahead: the source keeps its guest paused and says the outcome is unknown; the destination runs it and says the source may not know', { timeout: 60_000 }, () =>
+  withPair(1000, async ({ src, dst, migration, uri, proxy }) => {
+    proxy.when('up', be32(HANDOVER_GO), () => proxy.drop('down'));
     migration.start(uri);
     assert.equal(await migration.finished, 'failed');
     const err = migration.error as MigrationError;
@@ -293,41 +275,22 @@ test('the confirmation lost after the go-ahead: the source keeps its guest pause
     assert.equal(result.started, true);
     assert.match(result.warning ?? '', /Do not cont the source/);
     assert.equal(dst.machine.running, true, 'the guest runs on exactly one side: the destination');
-  } finally {
-    proxy.close();
-    await src.destroy();
-    await dst.machine.destroy();
-  }
-});
+  }));
 
-test('the go-ahead lost: the destination gives up and discards; the source is paused with the outcome unknown, and cont runs it again', { timeout: 60_000 }, async () => {
-  const src = await source();
-  const config = new MigrationConfig({ parameters: { 'x-livemig-peer-timeout-ms': 1000 } });
-  const dst = await destination(config);
-  const proxy = new Proxy(portOf(dst.address));
-  try {
-    const uri = await proxy.listen();
-    // Everything up to and including the trailer passes; the go-ahead does not.
-    const migration = new OutgoingMigration(src, config);
-    migration.on('status', (s) => s === 'device' && proxy.when(Buffer.from('}'), () => proxy.stall()));
+test('the go-ahead lost: the destination gives up and starts nothing; the source is paused with the outcome unknown, and cont runs it again', { timeout: 60_000 }, () =>
+  withPair(1000, async ({ src, dst, migration, uri, proxy }) => {
+    // LOADED reaches the source, so it sends the go-ahead; that does not get through.
+    proxy.when('down', loadedMessage(), () => proxy.drop('up'));
     migration.start(uri);
     assert.equal(await migration.finished, 'failed');
+    assert.equal(migration.error?.code, 'outcome-unknown', migration.error?.message);
+    assert.equal(src.running, false, 'paused: the source cannot know');
     const result = await dst.result;
     assert.equal(result.started, false, 'no go-ahead: not started');
     assert.equal(dst.machine.running, false);
-    // Which failure the source saw depends on whether the LOADED message got through before the stall.
-    const code = migration.error!.code;
-    if (code === 'outcome-unknown') {
-      assert.equal(src.running, false);
-      src.resume(); // what the operator does after query-status on the destination says it is not running
-    }
+    src.resume(); // the operator's `cont`, after query-status on the destination said it is not running
     await assertSourceGuestIntact(src);
-  } finally {
-    proxy.close();
-    await src.destroy();
-    await dst.machine.destroy();
-  }
-});
+  }));
 
 test('a waiting destination can be cancelled; one that is receiving too, and the source resumes', { timeout: 60_000 }, async () => {
   const waiting = await destination();
