@@ -58,6 +58,8 @@ export class Vm {
   readonly qmpEvents: QmpEvent[] = [];
   /** Listening URI (destinations). */
   uri = '';
+  /** Index into qmpEvents where the current outgoing migration started (startMigration sets it). */
+  migrateMark = -1;
   killed = false;
   constructor(
     readonly name: string,
@@ -102,6 +104,32 @@ export class Vm {
   /** Migration statuses seen in MIGRATION events, in order. */
   statuses(): string[] {
     return this.qmpEvents.filter((e) => e.event === 'MIGRATION').map((e) => String(e.data.status));
+  }
+
+  /** The last MIGRATION status of the outgoing migration started by startMigration, from its events. */
+  eventStatus(): string | undefined {
+    if (this.migrateMark < 0) return undefined;
+    const e = this.qmpEvents.slice(this.migrateMark).filter((x) => x.event === 'MIGRATION').at(-1);
+    return e ? String(e.data.status) : undefined;
+  }
+
+  /**
+   * The outgoing migration's status: from its own MIGRATION events when it was
+   * started by startMigration (capability `events` is always on here), since
+   * query-migrate may report another migration; else query-migrate's.
+   */
+  async migrationStatus(): Promise<{ status: string | undefined; info: MigrationInfo | undefined }> {
+    const info = await this.query();
+    if (this.migrateMark < 0) return { status: info?.status, info };
+    return { status: this.eventStatus() ?? 'setup', info };
+  }
+
+  /** Once settled: does query-migrate agree with this migration's events? */
+  async queryMismatch(): Promise<string | undefined> {
+    const ev = this.eventStatus();
+    const q = (await this.query())?.status;
+    if (ev === undefined || q === undefined || ev === q) return undefined;
+    return `query-migrate reports '${q}' but this migration's MIGRATION events say '${ev}'`;
   }
 
   sawEvent(name: string): boolean {
@@ -192,7 +220,8 @@ export class Scenario {
 
   /** A destination waiting on tcp:127.0.0.1:PORT (its real port from the `listening` event). */
   async destination(o: MachineOptions = {}): Promise<Vm> {
-    const vm = await this.startVm('destination', ['--incoming', 'tcp:127.0.0.1:0'], o);
+    // The dirty rate is the host's setting: the same on destinations, so chains behave alike at every hop.
+    const vm = await this.startVm('destination', ['--incoming', 'tcp:127.0.0.1:0', '--dirty-rate', String(o.dirtyRate ?? 8000)], o);
     const listening = await vm.proc.waitFor('listening', () => true, 20_000);
     vm.uri = String(listening.address);
     this.note(`${vm.name} listening on ${vm.uri}`);
@@ -208,6 +237,19 @@ export class Scenario {
 
   path(name: string): string {
     return join(this.dir, name);
+  }
+
+  /** Stop one process and forget it (long chains). */
+  async retire(vm: Vm): Promise<void> {
+    await vm.stop().catch(() => {});
+    const i = this.vms.indexOf(vm);
+    if (i >= 0) this.vms.splice(i, 1);
+  }
+
+  async retireProxy(proxy: FaultProxy): Promise<void> {
+    await proxy.close().catch(() => {});
+    const i = this.proxies.indexOf(proxy);
+    if (i >= 0) this.proxies.splice(i, 1);
   }
 
   /** Stop every process (SIGTERM, then SIGKILL), close proxies, remove the temp dir. */
@@ -229,6 +271,7 @@ export async function startMigration(src: Vm, uri: string, o: MigrateOptions = {
   const caps = ['events', ...(o.caps ?? [])];
   await src.exec('migrate-set-capabilities', { capabilities: caps.map((capability) => ({ capability, state: true })) });
   if (o.params && Object.keys(o.params).length > 0) await src.exec('migrate-set-parameters', o.params);
+  src.migrateMark = src.qmpEvents.length;
   await src.exec('migrate', { uri, ...(o.blk ? { blk: true } : {}) });
 }
 
@@ -243,10 +286,12 @@ export async function resetMigrationSettings(vm: Vm): Promise<void> {
 export async function pollMigration(vm: Vm, until: (i: MigrationInfo) => boolean = () => false, timeoutMs = 60_000): Promise<MigrationInfo | undefined> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const info = await vm.query();
+    const { status, info } = await vm.migrationStatus();
     if (!info) return undefined;
-    if (until(info) || FINAL.has(info.status ?? '')) return info;
-    if (Date.now() > deadline) return info;
+    // A migration started by startMigration is judged by its own events: query-migrate may show an older one.
+    const own = { ...info, status };
+    if (until(own) || FINAL.has(own.status ?? '')) return own;
+    if (Date.now() > deadline) return own;
     await sleep(20);
   }
 }
@@ -310,12 +355,15 @@ export async function settleAndCheck(s: Scenario, src: Vm, dst: Vm, settleMs = S
   const deadline = Date.now() + settleMs;
   // 1. The source's migration ends.
   let info: MigrationInfo | undefined;
+  let status: string | undefined;
   for (;;) {
-    info = await src.query();
-    if (!info || FINAL.has(info.status ?? '') || Date.now() > deadline) break;
+    ({ status, info } = await src.migrationStatus());
+    if (!info || FINAL.has(status ?? '') || Date.now() > deadline) break;
     await sleep(50);
   }
-  const srcStatus = src.killed ? 'killed' : src.alive ? info?.status ?? 'none' : `exited(${src.proc.exitCode})`;
+  const mismatch = src.alive ? await src.queryMismatch() : undefined;
+  if (mismatch) violations.push(`source: ${mismatch}`);
+  const srcStatus = src.killed ? 'killed' : src.alive ? status ?? 'none' : `exited(${src.proc.exitCode})`;
   const errorDesc = info?.['error-desc'];
   if (src.alive && !src.killed && !FINAL.has(srcStatus)) violations.push(`source migration still '${srcStatus}' ${settleMs} ms after the fault (no peer timeout?)`);
   if (!src.alive && !src.killed) violations.push(`source process exited (${src.proc.exitCode ?? src.proc.signal}): ${src.tail()}`);
@@ -356,6 +404,9 @@ export async function settleAndCheck(s: Scenario, src: Vm, dst: Vm, settleMs = S
     if (src.killed && !src.sawEvent('STOP')) violations.push('the destination started the guest although the killed source never stopped it (no go-ahead can have been sent)');
     if (srcStatus === 'cancelled') violations.push('source reports cancelled but the destination runs the guest');
     if (srcStatus === 'failed' && !clearUnknownMessage(errorDesc)) violations.push(`source reports failed without saying the outcome is unknown, but the destination runs the guest: ${errorDesc}`);
+  } else if (dst.killed && srcStatus === 'completed') {
+    // The destination had the only running copy.
+    where = 'killed';
   } else if (src.alive && (srcState === 'paused' || srcState === 'postmigrate' || srcState === 'finish-migrate')) {
     if (srcStatus === 'failed' && clearUnknownMessage(errorDesc)) {
       where = 'source-paused';
