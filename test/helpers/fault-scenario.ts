@@ -363,7 +363,7 @@ export async function settleAndCheck(s: Scenario, src: Vm, dst: Vm, settleMs = S
   }
   const mismatch = src.alive ? await src.queryMismatch() : undefined;
   if (mismatch) violations.push(`source: ${mismatch}`);
-  const srcStatus = src.killed ? 'killed' : src.alive ? status ?? 'none' : `exited(${src.proc.exitCode})`;
+  const srcStatus = src.killed ? 'killed' : src.alive ? status ?? 'none' : `exited(${src.proc.exitCode ?? src.proc.signal})`;
   const errorDesc = info?.['error-desc'];
   if (src.alive && !src.killed && !FINAL.has(srcStatus)) violations.push(`source migration still '${srcStatus}' ${settleMs} ms after the fault (no peer timeout?)`);
   if (!src.alive && !src.killed) violations.push(`source process exited (${src.proc.exitCode ?? src.proc.signal}): ${src.tail()}`);
@@ -371,8 +371,9 @@ export async function settleAndCheck(s: Scenario, src: Vm, dst: Vm, settleMs = S
   let dstState = 'gone';
   for (;;) {
     const st = await dst.status();
-    dstState = st ?? (dst.killed ? 'killed' : `exited(${dst.proc.exitCode})`);
-    if (st !== 'inmigrate' || Date.now() > deadline) break;
+    dstState = st ?? (dst.killed ? 'killed' : dst.alive ? 'unreachable' : `exited(${dst.proc.exitCode ?? dst.proc.signal}: ${dst.tail().slice(0, 160)})`);
+    // Alive but not answering: it is going away (a failed destination exits), look again.
+    if ((st !== 'inmigrate' && !(st === undefined && dst.alive)) || Date.now() > deadline) break;
     await sleep(50);
   }
   if (dstState === 'inmigrate') {
