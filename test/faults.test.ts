@@ -24,6 +24,7 @@ import {
   sleep,
   startMigration,
   waitEvent,
+  type MachineOptions,
   type Outcome,
   type Vm,
 } from './helpers/fault-scenario.js';
@@ -49,7 +50,13 @@ interface Ctx {
 }
 
 /** One case: pair + proxy, the fault (`body`), then invariants and a second migration. */
-function faultCase(name: string, body: (c: Ctx) => Promise<void>, extra: (c: Ctx, o: Outcome) => void = () => {}): void {
+function faultCase(
+  name: string,
+  body: (c: Ctx) => Promise<void>,
+  extraOrOptions: ((c: Ctx, o: Outcome) => void) | { dst?: MachineOptions } = () => {},
+): void {
+  const extra = typeof extraOrOptions === 'function' ? extraOrOptions : () => {};
+  const dstOptions = typeof extraOrOptions === 'function' ? {} : extraOrOptions.dst ?? {};
   const seed = SEED + 7919 * ++caseNo;
   it(`${name} [seed ${seed}]`, { timeout: CASE_TIMEOUT }, async (t) => {
     const s = await Scenario.create();
@@ -60,7 +67,7 @@ function faultCase(name: string, body: (c: Ctx) => Promise<void>, extra: (c: Ctx
     };
     try {
       const src = await s.source();
-      const dst = await s.destination();
+      const dst = await s.destination(dstOptions);
       const proxy = await s.proxy(dst, seed);
       await sleep(800); // the guest touches all its pages: a stream of about 32 MiB
       const c: Ctx = { s, rng, src, dst, proxy, diag };
@@ -87,6 +94,15 @@ describe('faults between two livemig processes', { timeout: 300_000 }, () => {
     proxy.cutAfter(n, 'up');
     await startMigration(src, proxy.uri, { params: SLOW });
   });
+
+  faultCase('cut after N bytes with multifd (every channel goes through the proxy)', async ({ src, dst, proxy, rng, diag }) => {
+    const n = rng.range(1024, 36 * MiB);
+    diag(`cut after ${n} bytes up, multifd`);
+    proxy.cutAfter(n, 'up');
+    await startMigration(src, proxy.uri, { params: SLOW, caps: ['multifd'] });
+    await pollMigration(src, () => false, 20_000);
+    diag(`${proxy.connections} connections through the proxy`);
+  }, { dst: { caps: ['multifd'] } });
 
   faultCase('a stream that ends before the RAM and device state never starts a guest', async ({ src, proxy, rng, diag }) => {
     const n = rng.range(1, 4096);

@@ -203,6 +203,9 @@ export class Scenario {
       await proc.waitFor('qmp', () => true, 20_000);
       await vm.connect();
       await vm.exec('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
+      // `run --param` reaches only destinations and --migrate-to sources; a QMP-driven source takes them here.
+      const params = { ...FAULT_PARAMS, ...(o.params ?? {}) };
+      if (Object.keys(params).length > 0) await vm.exec('migrate-set-parameters', params);
     } catch (e) {
       await sleep(200);
       const why = proc.stderr.trim() || (e as Error).message;
