@@ -268,7 +268,7 @@ async function runHop(src: Vm, dst: Vm, proxy: FaultProxy, h: Hop, r: Prng, s: S
     case 'cut': {
       // The return path carries a few dozen bytes; the main stream tens of MiB.
       const dir = r.chance(0.8) ? 'up' : 'down';
-      const n = dir === 'up' ? r.range(1, (h.disk ? 70 : 36) * MiB) : r.range(1, 24);
+      const n = dir === 'up' ? r.range(1, (h.disk ? 100 : 66) * MiB) : r.range(1, 24);
       h.faultDetail = `after ${n} bytes ${dir}`;
       proxy.cutAfter(n, dir);
       await startMigration(src, proxy.uri, { caps, params, blk: h.disk });
