@@ -149,6 +149,30 @@ describe('faults between two livemig processes', { timeout: 300_000 }, () => {
     proxy.drop('down');
   }, (_c, o) => assert.notEqual(o.srcStatus, 'completed', 'no completion without the destination\'s confirmation'));
 
+  faultCase('drop the return path on STOP: either the source resumes, or the destination runs and the source says the outcome is unknown', async ({ src, proxy, diag }) => {
+    src.qmp!.on('event', (e) => {
+      if (e.event === 'STOP') proxy.drop('down');
+    });
+    await startMigration(src, proxy.uri, { params: SLOW });
+    await waitEvent(src, 'STOP', () => true, 30_000);
+    diag(`return path dropped on STOP at ${proxy.bytes.up} bytes up, ${proxy.bytes.down} down`);
+  }, (_c, o) => {
+    if (o.dstState === 'running') {
+      assert.equal(o.srcStatus, 'failed', 'no confirmation: the source cannot report completed');
+      assert.ok(clearUnknownMessage(o.errorDesc), `error-desc says the outcome is unknown and names the command: ${o.errorDesc}`);
+    } else assert.equal(o.where, 'source');
+  });
+
+  faultCase('SIGKILL of the destination on STOP', async ({ src, dst, proxy, diag }) => {
+    src.qmp!.on('event', (e) => {
+      if (e.event === 'STOP') void dst.kill();
+    });
+    await startMigration(src, proxy.uri, { params: SLOW });
+    await waitEvent(src, 'STOP', () => true, 30_000);
+    await dst.proc.exited;
+    diag(`destination killed on STOP at ${proxy.bytes.up} bytes up`);
+  }, (_c, o) => assert.ok(o.where === 'source' || o.where === 'source-paused', `guest ${o.where}`));
+
   faultCase('delay on every chunk: the migration still completes', async ({ src, proxy, rng, diag }) => {
     const ms = rng.range(2, 15);
     diag(`delay ${ms} ms (+ up to 5 ms jitter)`);
