@@ -325,8 +325,9 @@ describe('faults between two livemig processes', { timeout: 300_000 }, () => {
       for (let i = 0; i < 50 && (await b.status()) !== 'running'; i++) await sleep(100);
       assert.equal((await b.query())?.status, 'completed', 'B reports its incoming migration');
       const c = await s.destination();
+      const eventsBefore = b.qmpEvents.length; // B's incoming migration had its own 'active'
       await startMigration(b, c.uri, { params: SLOW });
-      assert.ok(await waitEvent(b, 'MIGRATION', (e) => e.data.status === 'active', 10_000), 'B→C is active (by its events)');
+      assert.ok(await waitEvent(b, 'MIGRATION', (e) => e.data.status === 'active', 10_000, eventsBefore), 'B→C is active (by its events)');
       const during = await b.query();
       assert.equal(during?.status, 'active', `B's query-migrate during B→C: ${JSON.stringify(during)}`);
       assert.ok(during?.ram, 'B reports the outgoing RAM figures');

@@ -300,10 +300,11 @@ export async function pollMigration(vm: Vm, until: (i: MigrationInfo) => boolean
 }
 
 /** Wait for a QMP event on `vm` (from those already seen, or later). */
-export async function waitEvent(vm: Vm, name: string, test: (e: QmpEvent) => boolean = () => true, timeoutMs = 30_000): Promise<QmpEvent | undefined> {
+/** The first event `name` satisfying `test`, among those from index `from` of the VM's event log on. */
+export async function waitEvent(vm: Vm, name: string, test: (e: QmpEvent) => boolean = () => true, timeoutMs = 30_000, from = 0): Promise<QmpEvent | undefined> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const e = vm.qmpEvents.find((x) => x.event === name && test(x));
+    const e = vm.qmpEvents.slice(from).find((x) => x.event === name && test(x));
     if (e) return e;
     if (!vm.alive || Date.now() > deadline) return undefined;
     await sleep(10);
