@@ -45,3 +45,45 @@ test('livemig migrate --json drives a migration between two livemig machines; qu
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+test('a chain A -> B -> C -> D through livemig migrate: every hop reports its own migration, never the incoming one', { timeout: 180_000 }, async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'livemig-chain-'));
+  const env = { ...process.env };
+  delete env.NODE_TEST_CONTEXT;
+  const names = ['a', 'b', 'c', 'd'];
+  const vms = names.map((name, i) =>
+    LivemigProcess.start([
+      '--machine', 'test', '--ram', '32M', '--dirty-rate', '20000', '--pattern', 'sequential',
+      '--qmp', `unix:${join(dir, `${name}.qmp`)}`, ...(i > 0 ? ['--incoming', `unix:${join(dir, `${name}.mig`)}`] : []),
+    ]),
+  );
+  try {
+    await Promise.all(vms.map((vm) => vm.waitFor('qmp')));
+    for (let hop = 0; hop < 3; hop++) {
+      const from = names[hop]!;
+      const to = names[hop + 1]!;
+      // Slow enough that a client believing the incoming migration's `completed` would return at once.
+      const t0 = performance.now();
+      const { stdout } = await run(process.execPath, [cliPath, 'migrate', '--qmp', `unix:${join(dir, `${from}.qmp`)}`, '--json', '--param', 'max-bandwidth=40M', `unix:${join(dir, `${to}.mig`)}`], { env });
+      const elapsedMs = performance.now() - t0;
+      const lines = stdout.trim().split('\n').map((l) => JSON.parse(l));
+      const final = lines.at(-1);
+      assert.equal(final.status, 'completed', `${from} -> ${to}`);
+      assert.ok(final.transferred >= 32 << 20, `${from} -> ${to} reports its own RAM figures (${final.transferred} bytes)`);
+      assert.ok(elapsedMs > 500, `${from} -> ${to} took ${elapsedMs} ms: it really waited for its own migration`);
+      const q = await run(process.execPath, [cliPath, 'query', '--qmp', `unix:${join(dir, `${from}.qmp`)}`, '--json'], { env });
+      assert.equal(JSON.parse(q.stdout).status, 'completed');
+      assert.ok(JSON.parse(q.stdout).ram, `${from}'s query-migrate is its outgoing migration's`);
+    }
+    // The guest ran through all four: D runs it, with its memory intact.
+    const d = await QmpClient.connect(`unix:${join(dir, 'd.qmp')}`);
+    assert.equal(((await d.execute('query-status')) as { status: string }).status, 'running');
+    await d.execute('stop');
+    const check = (await d.execute('x-livemig-check-guest')) as { memoryCheck: { ok: boolean; reason?: string } };
+    assert.equal(check.memoryCheck.ok, true, check.memoryCheck.reason);
+    await d.close();
+  } finally {
+    await Promise.all(vms.map((vm) => vm.stop()));
+    await rm(dir, { recursive: true, force: true });
+  }
+});

@@ -119,9 +119,11 @@ export class Vm {
    * query-migrate may report another migration; else query-migrate's.
    */
   async migrationStatus(): Promise<{ status: string | undefined; info: MigrationInfo | undefined }> {
+    // The event first: the query that follows is at least as new (its error-desc belongs to that status).
+    const status = this.eventStatus();
     const info = await this.query();
     if (this.migrateMark < 0) return { status: info?.status, info };
-    return { status: this.eventStatus() ?? 'setup', info };
+    return { status: status ?? 'setup', info };
   }
 
   /** Once settled: does query-migrate agree with this migration's events? */
@@ -382,7 +384,18 @@ export async function settleAndCheck(s: Scenario, src: Vm, dst: Vm, settleMs = S
   }
   if (dstState === 'inmigrate') {
     const q = await dst.query();
-    violations.push(`destination still waiting in its incoming migration (${q?.status ?? '?'}) ${settleMs} ms after the fault`);
+    if (q?.status === 'setup') {
+      // Still waiting for a source: nothing of the guest reached it (the source died or gave up before its
+      // stream began; a silent connection is dropped after the peer timeout). Not a lost guest: a waiting
+      // destination must be cancellable, so cancel it.
+      await dst.qmp?.execute('migrate_cancel').catch(() => {});
+      for (let i = 0; i < 40 && (await dst.query())?.status === 'setup'; i++) await sleep(50);
+      const after = (await dst.query())?.status;
+      if (after !== undefined && after !== 'cancelled') violations.push(`a waiting destination did not cancel (status ${after})`);
+      dstState = (await dst.status()) ?? 'gone';
+    } else {
+      violations.push(`destination still waiting in its incoming migration (${q?.status ?? '?'}) ${settleMs} ms after the fault`);
+    }
   }
   // A source that completed must have a running destination; the destination may take a moment.
   if (srcStatus === 'completed' && dstState !== 'running') {
