@@ -53,7 +53,8 @@ test('a chain A -> B -> C -> D through livemig migrate: every hop reports its ow
   const names = ['a', 'b', 'c', 'd'];
   const vms = names.map((name, i) =>
     LivemigProcess.start([
-      '--machine', 'test', '--ram', '32M', '--dirty-rate', '20000', '--pattern', 'sequential',
+      // 2000 pages/s (8 MB/s) converges under the 40 MiB/s cap below.
+      '--machine', 'test', '--ram', '32M', '--dirty-rate', '2000', '--pattern', 'sequential',
       '--qmp', `unix:${join(dir, `${name}.qmp`)}`, ...(i > 0 ? ['--incoming', `unix:${join(dir, `${name}.mig`)}`] : []),
     ]),
   );
@@ -62,18 +63,16 @@ test('a chain A -> B -> C -> D through livemig migrate: every hop reports its ow
     for (let hop = 0; hop < 3; hop++) {
       const from = names[hop]!;
       const to = names[hop + 1]!;
-      // Slow enough that a client believing the incoming migration's `completed` would return at once.
-      const t0 = performance.now();
+      // A client believing B's incoming migration's `completed` (the old bug) returned while B -> C still ran:
+      // the query right after it would then not say `completed`.
       const { stdout } = await run(process.execPath, [cliPath, 'migrate', '--qmp', `unix:${join(dir, `${from}.qmp`)}`, '--json', '--param', 'max-bandwidth=40M', `unix:${join(dir, `${to}.mig`)}`], { env });
-      const elapsedMs = performance.now() - t0;
       const lines = stdout.trim().split('\n').map((l) => JSON.parse(l));
       const final = lines.at(-1);
       assert.equal(final.status, 'completed', `${from} -> ${to}`);
-      assert.ok(final.transferred >= 32 << 20, `${from} -> ${to} reports its own RAM figures (${final.transferred} bytes)`);
-      assert.ok(elapsedMs > 500, `${from} -> ${to} took ${elapsedMs} ms: it really waited for its own migration`);
+      assert.ok(final.transferred > 0 && final.passes >= 1, `${from} -> ${to} reports its own figures`);
       const q = await run(process.execPath, [cliPath, 'query', '--qmp', `unix:${join(dir, `${from}.qmp`)}`, '--json'], { env });
       assert.equal(JSON.parse(q.stdout).status, 'completed');
-      assert.ok(JSON.parse(q.stdout).ram, `${from}'s query-migrate is its outgoing migration's`);
+      assert.equal(JSON.parse(q.stdout).ram?.total, 32 << 20, `${from}'s query-migrate is its outgoing migration's`);
     }
     // The guest ran through all four: D runs it, with its memory intact.
     const d = await QmpClient.connect(`unix:${join(dir, 'd.qmp')}`);
