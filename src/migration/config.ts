@@ -80,8 +80,8 @@ export interface MigrationParameters {
    * livemig's own: how long, in ms, a peer may send or acknowledge nothing
    * before the migration fails (default 10 s, range 100 ms..1 h). QEMU has no
    * such limit and waits on a silent peer for as long as TCP does; livemig
-   * fails instead, so the source guest keeps running and a new attempt can start.
-   * (Checked and stored; the engine's liveness check is still to read it.)
+   * fails instead, so the source guest keeps running and a new attempt can start
+   * (liveness.ts; read live, so a change applies to a running migration).
    */
   'x-livemig-peer-timeout-ms': number;
 }
