@@ -96,8 +96,14 @@ test('convergence: a low dirty rate switches over within the downtime limit', { 
     migration.start(address);
     assert.equal(await migration.finished, 'completed', queryMigrate(migration)['error-desc']);
     const s = migration.switchover!;
-    assert.ok(s.thresholdBytes > 0, 'a bandwidth was measured before switching over');
-    assert.ok(s.pendingBytes <= s.bandwidthBytesPerMs * s.downtimeLimitMs, `pending ${s.pendingBytes} <= ${s.bandwidthBytesPerMs} B/ms x ${s.downtimeLimitMs} ms`);
+    // Either what was left fitted the measured budget, or nothing at all was left at the last sync (the
+    // policy's other way out: a starved guest on a loaded machine may dirty nothing for a whole pass).
+    if (s.ramPendingBytes > 0) {
+      assert.ok(s.thresholdBytes > 0, `a bandwidth was measured before switching over (${s.reason})`);
+      assert.ok(s.pendingBytes <= s.bandwidthBytesPerMs * s.downtimeLimitMs, `pending ${s.pendingBytes} <= ${s.bandwidthBytesPerMs} B/ms x ${s.downtimeLimitMs} ms`);
+    } else {
+      assert.match(s.reason ?? '', /no RAM is pending/, `switched over with nothing pending: ${s.reason}`);
+    }
     assert.ok(s.deviceStateBytes > 0, 'device state counts in what is pending');
     const downtime = queryMigrate(migration).downtime!;
     assert.ok(downtime <= 500, `measured downtime ${downtime} ms within the 500 ms limit`);
