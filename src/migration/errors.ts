@@ -52,7 +52,3 @@ export class MigrationError extends Error {
   }
 }
 
-/** The code of any error: a MigrationError's own, else what `MigrationError.from` would give. */
-export function migrationErrorCode(err: unknown): MigrationErrorCode {
-  return MigrationError.from(err).code;
-}

@@ -66,22 +66,37 @@ export const UNCONFIRMED_ADVICE =
 
 export type PeerKind = 'livemig' | 'qemu';
 
+/** A value the return path delivers once, or its failure. Never an unhandled rejection: waiters attach later. */
+class Milestone<T> {
+  readonly promise: Promise<T>;
+  resolve!: (value: T) => void;
+  reject!: (err: Error) => void;
+  constructor() {
+    this.promise = new Promise<T>((resolve, reject) => {
+      this.resolve = resolve;
+      this.reject = reject;
+    });
+    this.promise.catch(() => {});
+  }
+}
+
 /**
  * The source's end of the return path: reads the destination's messages,
- * answers pings, learns which handover the peer speaks, and resolves the
- * handover's milestones. A broken or closed return path fails every wait.
+ * learns which handover the peer speaks, and resolves the handover's
+ * milestones. A broken or closed return path fails every wait.
  */
 export class SourceReturnPath {
   private pingValue = FIRST_PING;
   private readonly pongWaiters = new Map<number, () => void>();
   private failure: MigrationError | undefined;
-  private failureListeners: Array<(err: MigrationError) => void> = [];
-  private peer: PeerKind | undefined;
-  private peerListeners: Array<(peer: PeerKind) => void> = [];
-  private loadedFlag = false;
-  private loadedListeners: Array<() => void> = [];
-  private shutValue: number | undefined;
-  private shutListeners: Array<(value: number) => void> = [];
+  /** The destination's answer to the offer: a livemig destination accepts, a QEMU one echoes. */
+  private readonly peer = new Milestone<PeerKind>();
+  /** PONG LOADED: the destination holds the loaded guest (held handover only). */
+  private readonly loadedMilestone = new Milestone<void>();
+  /** The SHUT value (0: the destination runs the guest). */
+  private readonly shutMilestone = new Milestone<number>();
+  /** Rejects with the failure (ends a ping's wait early). */
+  private readonly failedMilestone = new Milestone<never>();
   /** Resolves when the reading loop ends (after SHUT, or on failure). */
   readonly done: Promise<void>;
 
@@ -116,22 +131,17 @@ export class SourceReturnPath {
         if (message === null) throw new MigrationError('peer-closed', 'the destination closed the connection before confirming that it runs the guest');
         this.watchdog.replied();
         if (message.type === 'shut') {
-          this.shutValue = message.value;
-          for (const f of this.shutListeners.splice(0)) f(message.value);
+          this.shutMilestone.resolve(message.value);
           if (message.value !== 0) {
             throw new MigrationError('destination-failed', `the destination could not load the stream (SHUT ${message.value}); its log says why`);
           }
           return;
         }
         const value = message.value;
-        if (value === HANDOVER_ACCEPT || value === HANDOVER_OFFER) {
-          // Accepted: a livemig destination. Echoed: a QEMU destination answering a PING.
-          this.peer = value === HANDOVER_ACCEPT ? 'livemig' : 'qemu';
-          for (const f of this.peerListeners.splice(0)) f(this.peer);
-        } else if (value === HANDOVER_LOADED) {
-          this.loadedFlag = true;
-          for (const f of this.loadedListeners.splice(0)) f();
-        } else {
+        if (value === HANDOVER_ACCEPT) this.peer.resolve('livemig');
+        else if (value === HANDOVER_OFFER) this.peer.resolve('qemu'); // a QEMU destination answering a PING
+        else if (value === HANDOVER_LOADED) this.loadedMilestone.resolve();
+        else {
           // PONG: the destination has loaded everything sent before that PING.
           this.pongWaiters.get(value)?.();
           this.pongWaiters.delete(value);
@@ -146,7 +156,8 @@ export class SourceReturnPath {
   fail(err: MigrationError): void {
     if (this.failure) return;
     this.failure = err;
-    for (const f of this.failureListeners.splice(0)) f(err);
+    // A milestone already reached keeps its value; the others fail.
+    for (const m of [this.peer, this.loadedMilestone, this.shutMilestone, this.failedMilestone]) m.reject(err);
     this.onFailure(err);
   }
 
@@ -154,32 +165,21 @@ export class SourceReturnPath {
     return this.failure;
   }
 
-  /** Resolve with a value set by `listen`, or reject on the return path's failure. */
-  private waitFor<T>(ready: () => T | undefined, listen: (resolve: (v: T) => void) => void): Promise<T> {
-    const now = ready();
-    if (now !== undefined) return Promise.resolve(now);
-    if (this.failure) return Promise.reject(this.failure);
-    return new Promise<T>((resolve, reject) => {
-      listen(resolve);
-      this.failureListeners.push(reject);
-    });
-  }
-
   /** Which handover the destination speaks (its answer to the offer). */
   peerKind(): Promise<PeerKind> {
-    return this.waitFor(() => this.peer, (resolve) => this.peerListeners.push(resolve));
+    return this.peer.promise;
   }
 
   /** The destination loaded the whole stream and holds the guest (held handover only). */
   loaded(): Promise<void> {
     this.watchdog.expectReply();
-    return this.waitFor(() => (this.loadedFlag ? true : undefined), (resolve) => this.loadedListeners.push(() => resolve(true))).then(() => {});
+    return this.loadedMilestone.promise;
   }
 
   /** The destination's SHUT value (0: it runs the guest). */
   shut(): Promise<number> {
     this.watchdog.expectReply();
-    return this.waitFor(() => this.shutValue, (resolve) => this.shutListeners.push(resolve));
+    return this.shutMilestone.promise;
   }
 
   /**
@@ -191,14 +191,16 @@ export class SourceReturnPath {
     this.writePing(value);
     await this.out.flush();
     let timer: NodeJS.Timeout | undefined;
-    await new Promise<void>((resolve) => {
+    const answered = new Promise<void>((resolve) => {
       this.pongWaiters.set(value, resolve);
-      this.failureListeners.push(() => resolve());
       timer = setTimeout(resolve, timeoutMs);
     });
-    clearTimeout(timer);
-    this.pongWaiters.delete(value);
-    if (this.failure) throw this.failure;
+    try {
+      await Promise.race([answered, this.failedMilestone.promise]);
+    } finally {
+      clearTimeout(timer);
+      this.pongWaiters.delete(value);
+    }
   }
 
   /** A keepalive PING (not awaited): the watchdog expects an answer within the timeout. */

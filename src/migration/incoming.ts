@@ -312,7 +312,7 @@ export class IncomingMigration extends EventEmitter<IncomingEvents> {
       const maybeStopListening = (): void => {
         if (main && multifdCount >= wantedChannels) void listener.close().catch(() => {});
       };
-      const reject1 = (why: string, ch: MigrationChannel): void => {
+      const drop = (why: string, ch: MigrationChannel): void => {
         ch.abort(new Error(why));
         this.emit('rejected', why);
       };
@@ -333,7 +333,7 @@ export class IncomingMigration extends EventEmitter<IncomingEvents> {
             }),
           ]);
         } catch (err) {
-          reject1(`${what} dropped: ${(err as Error).message}`, ch);
+          drop(`${what} dropped: ${(err as Error).message}`, ch);
           return;
         } finally {
           clearTimeout(timer);
@@ -366,7 +366,7 @@ export class IncomingMigration extends EventEmitter<IncomingEvents> {
           magic === QEMU_VM_FILE_MAGIC ? (main ? 'a second migration stream' : `a migration stream of an unsupported version (first bytes ${hex})`)
           : magic === MULTIFD_MAGIC ? 'a multifd channel, but multifd is off here (set capability multifd before migrate-incoming)'
           : `not a migration stream (first bytes ${hex})`;
-        reject1(`${what} dropped: ${kind}`, ch);
+        drop(`${what} dropped: ${kind}`, ch);
       };
       void (async () => {
         for (;;) {
@@ -378,7 +378,7 @@ export class IncomingMigration extends EventEmitter<IncomingEvents> {
             if (!main) reject(this.abortReason ?? MigrationError.from(err, 'transport'));
             return;
           }
-          void classify(ch).catch((err: Error) => reject1(`a connection to ${listener.address} dropped: ${err.message}`, ch));
+          void classify(ch).catch((err: Error) => drop(`a connection to ${listener.address} dropped: ${err.message}`, ch));
         }
       })();
     });
