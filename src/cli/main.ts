@@ -55,7 +55,7 @@ program
   .option('--migrate-to <uri>', 'migrate the running guest to URI')
   .option('--migrate-after-ms <ms>', 'let the guest run this long before migrating', '1000')
   .option('--dirty-rate <pages>', 'test machine: cap on pages written per second (0 = unlimited)', '0')
-  .option('--pattern <pattern>', 'test machine: sequential or random page order', 'sequential')
+  .option('--pattern <pattern>', 'test machine: sequential or random page order; none: RAM content zero, sequential or random[:SEED]', 'sequential')
   .option('--disk <path[,size=SIZE][,id=NAME]>', 'test machine: a raw disk image (created sparse with size=); with --incoming, where the migrated disk goes (written as PATH.livemig-incoming, renamed when complete)')
   .option('--disk-rate <blocks>', 'test machine: 4 KiB disk blocks the guest writes per second (0 = none)', '0')
   .option('--disk-pattern <pattern>', 'test machine: sequential or random disk block order', 'random')

@@ -7,10 +7,12 @@
 import type { Guest, GuestOptions, GuestType } from './guest.js';
 import { testGuestType } from './test-guest.js';
 import { v86GuestType } from './v86-guest.js';
+import { noneGuestType } from './none-guest.js';
 
 const BUILT_IN: readonly GuestType[] = [
   testGuestType,
   v86GuestType,
+  noneGuestType,
 ];
 
 const registry = new Map<string, GuestType>();
