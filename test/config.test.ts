@@ -13,6 +13,7 @@ import {
   ConfigError,
   DEFAULT_CAPABILITIES,
   DEFAULT_PARAMETERS,
+  IMPLEMENTED_PARAMETERS,
   MigrationConfig,
   PARAMETER_TABLE,
   parameterSpec,
@@ -56,14 +57,62 @@ test('every type from its text, the same in both scopes', () => {
   assert.equal(parseParameterText('max-postcopy-bandwidth', '1G', 'qmp'), 2 ** 30);
 });
 
-test('every implemented parameter: its default, written as text, reads back the same in both scopes', () => {
+test('every listed parameter: its default, written as text, reads back the same in both scopes', () => {
   for (const [name, value] of Object.entries(DEFAULT_PARAMETERS)) {
     const text = typeof value === 'boolean' ? (value ? 'on' : 'off') : String(value);
     for (const scope of SCOPES) assert.deepEqual(parseParameterText(name, text, scope), value, `${scope}: ${name}=${text}`);
-    assert.ok(parameterSpec(name)?.implemented, `${name} is implemented in the table`);
+    const spec = parameterSpec(name)!;
+    assert.ok(spec.implemented || spec.onlyDefault, `${name} is implemented or taken at its default`);
   }
-  const implemented = Object.entries(PARAMETER_TABLE).filter(([, spec]) => 'implemented' in spec).map(([name]) => name);
-  assert.deepEqual(implemented.sort(), Object.keys(DEFAULT_PARAMETERS).sort());
+  // Listed: every accepted name but block-bitmap-mapping (QEMU lists it only once set).
+  const accepted = Object.entries(PARAMETER_TABLE).filter(([, spec]) => 'implemented' in spec || 'onlyDefault' in spec).map(([name]) => name);
+  assert.deepEqual(accepted.filter((n) => n !== 'block-bitmap-mapping').sort(), Object.keys(DEFAULT_PARAMETERS).sort());
+  assert.deepEqual(IMPLEMENTED_PARAMETERS, Object.entries(PARAMETER_TABLE).filter(([, spec]) => 'implemented' in spec).map(([name]) => name));
+});
+
+/** QEMU 7.2's query-migrate-parameters on `-M none` (7.2.22), as a management tool would set them all back. */
+const QEMU_72_DEFAULTS: Record<string, unknown> = {
+  'announce-initial': 50, 'announce-max': 550, 'announce-rounds': 5, 'announce-step': 100,
+  'compress-level': 1, 'compress-threads': 8, 'compress-wait-thread': true, 'decompress-threads': 2,
+  'throttle-trigger-threshold': 50, 'cpu-throttle-initial': 20, 'cpu-throttle-increment': 10, 'cpu-throttle-tailslow': false,
+  'tls-creds': '', 'tls-hostname': '', 'tls-authz': '', 'max-bandwidth': 134217728, 'downtime-limit': 300,
+  'x-checkpoint-delay': 20000, 'block-incremental': false, 'multifd-channels': 2, 'xbzrle-cache-size': 67108864,
+  'max-postcopy-bandwidth': 0, 'max-cpu-throttle': 99, 'multifd-compression': 'none', 'multifd-zlib-level': 1, 'multifd-zstd-level': 1,
+};
+
+test("QEMU 7.2's parameters: all accepted at their defaults, the unimplemented refused at any other value", () => {
+  const all = applyParameters(DEFAULT_PARAMETERS, QEMU_72_DEFAULTS);
+  assert.deepEqual({ ...all, 'x-livemig-peer-timeout-ms': undefined }, { ...QEMU_72_DEFAULTS, 'x-livemig-peer-timeout-ms': undefined });
+  for (const [name, value] of Object.entries(DEFAULT_PARAMETERS)) {
+    if (name === 'max-bandwidth' || name.startsWith('x-livemig-')) continue;
+    assert.deepEqual(value, QEMU_72_DEFAULTS[name], `livemig's default of ${name} is QEMU 7.2's`);
+  }
+  const refused: Array<[string, unknown, string]> = [
+    ['compress-level', 9, '1'], ['compress-threads', 1, '8'], ['decompress-threads', 4, '2'], ['compress-wait-thread', false, 'true'],
+    ['announce-initial', 100, '50'], ['announce-max', 1, '550'], ['announce-rounds', 0, '5'], ['announce-step', 10, '100'],
+    ['x-checkpoint-delay', 100, '20000'], ['block-incremental', true, 'false'], ['max-postcopy-bandwidth', 1 << 20, '0'],
+  ];
+  for (const [name, value, only] of refused) {
+    throwsConfig(() => applyParameters(DEFAULT_PARAMETERS, { [name]: value }), 'not-implemented', `livemig does not implement '${name}'; only its default ${only} is accepted`);
+  }
+  throwsConfig(() => applyParameters(DEFAULT_PARAMETERS, { 'compress-level': 'high' }), 'invalid-value', "Parameter 'compress-level' expects a non-negative integer");
+  throwsConfig(() => applyParameters(DEFAULT_PARAMETERS, { 'block-incremental': 0 }), 'invalid-value', "Parameter 'block-incremental' expects a boolean");
+  // block-bitmap-mapping: listed once set, as QEMU; only the empty mapping (livemig migrates no bitmaps).
+  assert.equal('block-bitmap-mapping' in DEFAULT_PARAMETERS, false);
+  assert.deepEqual(applyParameters(DEFAULT_PARAMETERS, { 'block-bitmap-mapping': [] })['block-bitmap-mapping'], []);
+  throwsConfig(() => applyParameters(DEFAULT_PARAMETERS, { 'block-bitmap-mapping': [{ 'node-name': 'a', alias: 'b', bitmaps: [] }] }), 'not-implemented', "only its default [] is accepted");
+  throwsConfig(() => applyParameters(DEFAULT_PARAMETERS, { 'block-bitmap-mapping': {} }), 'invalid-value', 'expects an array');
+  // Newer QEMUs' parameters are unknown to a 7.2 monitor, as to QEMU 7.2.
+  throwsConfig(() => applyParameters(DEFAULT_PARAMETERS, { 'vcpu-dirty-limit': 1 }), 'unknown-parameter', "Parameter 'vcpu-dirty-limit' is unexpected");
+});
+
+test('tls-creds, tls-hostname, tls-authz: strings, empty by default; null is empty (StrOrNull)', () => {
+  const set = applyParameters(DEFAULT_PARAMETERS, { 'tls-creds': 'tls0', 'tls-hostname': 'dest.example', 'tls-authz': 'authz0' });
+  assert.deepEqual([set['tls-creds'], set['tls-hostname'], set['tls-authz']], ['tls0', 'dest.example', 'authz0']);
+  const cleared = applyParameters(set, { 'tls-creds': null, 'tls-hostname': null, 'tls-authz': null });
+  assert.deepEqual([cleared['tls-creds'], cleared['tls-hostname'], cleared['tls-authz']], ['', '', '']);
+  throwsConfig(() => applyParameters(DEFAULT_PARAMETERS, { 'tls-creds': 5 }), 'invalid-value', "Parameter 'tls-creds' expects a string");
+  assert.deepEqual(parseParameterArgs(['tls-creds=tls0', 'tls-hostname=', 'tls-authz=authz0'], 'livemig'), { 'tls-creds': 'tls0', 'tls-hostname': '', 'tls-authz': 'authz0' });
 });
 
 test('size suffixes: K, M, G, T (binary), KiB/MB spellings, any case, or plain bytes', () => {
@@ -106,7 +155,14 @@ test('bad values: a ConfigError naming the argument and what was wrong', () => {
 
 test('unknown names: an error for livemig, typed by guessing for a QMP monitor', () => {
   throwsConfig(() => parseParameterText('no-such-param', '1'), 'unknown-parameter', "--param no-such-param: there is no migration parameter 'no-such-param'", 'downtime-limit');
-  throwsConfig(() => parseParameterText('compress-level', '1', 'livemig'), 'not-implemented', "--param compress-level: livemig does not implement QEMU's parameter 'compress-level'");
+  // QEMU 7.2's parameters livemig lacks: their default is accepted, another value refused naming the default.
+  assert.equal(parseParameterText('compress-level', '1', 'livemig'), 1);
+  assert.equal(parseParameterText('max-postcopy-bandwidth', '0', 'livemig'), 0);
+  assert.equal(parseParameterText('compress-wait-thread', 'on', 'livemig'), true);
+  throwsConfig(() => parseParameterText('compress-level', '3', 'livemig'), 'not-implemented', "--param compress-level: livemig does not implement 'compress-level'; only its default 1 is accepted (got '3')");
+  throwsConfig(() => parseParameterText('block-incremental', 'on', 'livemig'), 'not-implemented', "only its default false is accepted");
+  // A newer QEMU's parameter: not implemented, naming the version.
+  throwsConfig(() => parseParameterText('mode', 'normal', 'livemig'), 'not-implemented', "--param mode: livemig does not implement QEMU 9.0's parameter 'mode'");
   throwsConfig(() => parseParameterText('constructor', '1'), 'unknown-parameter', 'constructor');
   assert.deepEqual(parseParameterArgs(['x-future-int=7', 'x-future-flag=off', 'x-future-json={"a":1}', 'x-future-text=abc', 'compress-level=3'], 'qmp'), {
     'x-future-int': 7, 'x-future-flag': false, 'x-future-json': { a: 1 }, 'x-future-text': 'abc', 'compress-level': 3,
@@ -214,6 +270,11 @@ test('livemig run: a destination takes --param multifd-compression=zstd; a bad -
   const bad = await runCli(['--machine', 'test', '--ram', '16M', '--incoming', 'defer', '--exit-after-ms', '200', '--param', 'downtime-limit=soon']);
   assert.equal(bad.code, 2);
   assert.match(bad.stderr, /--param downtime-limit: 'soon' is not an integer/);
+  const defaults = await runCli(['--machine', 'test', '--ram', '16M', '--incoming', 'defer', '--exit-after-ms', '200', '--param', 'compress-level=1', '--param', 'announce-rounds=5', '--param', 'tls-creds=']);
+  assert.equal(defaults.code, 0, defaults.stderr);
+  const unimplemented = await runCli(['--machine', 'test', '--ram', '16M', '--incoming', 'defer', '--exit-after-ms', '200', '--param', 'compress-level=5']);
+  assert.equal(unimplemented.code, 2);
+  assert.match(unimplemented.stderr, /--param compress-level: livemig does not implement 'compress-level'; only its default 1 is accepted/);
   const unknown = await runCli(['--machine', 'test', '--ram', '16M', '--exit-after-ms', '200', '--cap', 'no-such-cap']);
   assert.equal(unknown.code, 2);
   assert.match(unknown.stderr, /--cap 'no-such-cap': there is no migration capability/);

@@ -10,7 +10,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { LIVEMIG_PARAMETER_PREFIX, parameterSpec } from '../src/migration/config.js';
+import { LIVEMIG_PARAMETER_PREFIX, parameterSpec, QEMU_DEFAULT_MAX_BANDWIDTH } from '../src/migration/config.js';
 import { LivemigProcess } from './helpers/livemig-process.js';
 import { qemuSkipReason, QEMU_BINARY } from './helpers/qemu.js';
 import { RawQmp, type QmpMessage } from './helpers/raw-qmp.js';
@@ -85,6 +85,38 @@ function assertSameShape(ours: Record<string, unknown>, qemus: Record<string, un
   }
 }
 
+/**
+ * query-migrate-parameters: the same names and defaults as QEMU 7.2 (but
+ * max-bandwidth, whose default livemig changes on purpose, and livemig's own
+ * x-livemig-*); QEMU's whole list set back is accepted (as tools do);
+ * block-bitmap-mapping is listed once set; tls-* take null; an unimplemented
+ * parameter at another value is refused by livemig, naming its default.
+ */
+async function parametersLikeQemu(qemu: RawQmp, ours: RawQmp): Promise<void> {
+  const qParams = (await qemu.execute('query-migrate-parameters')).return as Record<string, unknown>;
+  const lParams = (await ours.execute('query-migrate-parameters')).return as Record<string, unknown>;
+  const shared = Object.fromEntries(Object.entries(lParams).filter(([name]) => !name.startsWith(LIVEMIG_PARAMETER_PREFIX)));
+  assert.deepEqual(Object.keys(shared).sort(), Object.keys(qParams).sort(), 'the same parameter names as QEMU 7.2');
+  assert.equal(qParams['max-bandwidth'], QEMU_DEFAULT_MAX_BANDWIDTH, "QEMU 7.2's max-bandwidth default as config.ts says");
+  assert.deepEqual({ ...shared, 'max-bandwidth': qParams['max-bandwidth'] }, qParams, "QEMU 7.2's defaults (max-bandwidth aside)");
+  assert.deepEqual((await ours.execute('migrate-set-parameters', qParams)).return, {}, "QEMU's whole parameter list, set back, is accepted");
+  assert.equal((await ours.execute('query-migrate-parameters')).return['max-bandwidth'], QEMU_DEFAULT_MAX_BANDWIDTH);
+  assert.deepEqual((await ours.execute('migrate-set-parameters', { 'max-bandwidth': 0 })).return, {});
+  for (const p of [qemu, ours]) {
+    assert.equal('block-bitmap-mapping' in (await p.execute('query-migrate-parameters')).return, false, 'block-bitmap-mapping is not listed until set');
+    assert.deepEqual((await p.execute('migrate-set-parameters', { 'block-bitmap-mapping': [], 'tls-creds': 'c0', 'tls-hostname': 'h', 'tls-authz': 'a' })).return, {});
+    const set = (await p.execute('query-migrate-parameters')).return;
+    assert.deepEqual([set['block-bitmap-mapping'], set['tls-creds'], set['tls-hostname'], set['tls-authz']], [[], 'c0', 'h', 'a']);
+    assert.deepEqual((await p.execute('migrate-set-parameters', { 'tls-creds': null, 'tls-hostname': null, 'tls-authz': null })).return, {});
+    const cleared = (await p.execute('query-migrate-parameters')).return;
+    assert.deepEqual([cleared['tls-creds'], cleared['tls-hostname'], cleared['tls-authz']], ['', '', ''], 'null clears a tls-* parameter');
+  }
+  const refused = await ours.execute('migrate-set-parameters', { 'compress-level': 9 });
+  assert.equal(refused.error?.class, 'GenericError');
+  assert.match(refused.error?.desc, /livemig does not implement 'compress-level'; only its default 1 is accepted/);
+  assert.deepEqual((await qemu.execute('migrate-set-parameters', { 'compress-level': 9 })).return, {}, 'QEMU takes it (it implements compression)');
+}
+
 test('query-migrate, capabilities and parameters: same names and types as QEMU 7.2', { skip: qemuSkipReason(), timeout: 180_000 }, async () => {
   const dir = await mkdtemp(join(tmpdir(), 'livemig-parity-'));
   const pairs: Pair[] = [];
@@ -110,6 +142,7 @@ test('query-migrate, capabilities and parameters: same names and types as QEMU 7
     const sharedParams = Object.fromEntries(Object.entries(ourParams).filter(([name]) => !livemigOwn.includes(name)));
     assertSameShape(sharedParams, (await qemu.src.execute('query-migrate-parameters')).return, 'query-migrate-parameters');
     assert.deepEqual((await ours.src.execute('query-migrate')).return, (await qemu.src.execute('query-migrate')).return, 'before any migration: {}');
+    await parametersLikeQemu(qemu.dst, ours.dst);
 
     const qInfo = await migrate(qemu, join(dir, 'q.sock'));
     const lInfo = await migrate(ours, join(dir, 'l.sock'));

@@ -5,9 +5,14 @@
  * messages), their text forms on the command line (`--param NAME=VALUE`,
  * `--cap NAME[=on|off]`), and MigrationConfig, the settings of one machine.
  *
+ * Every QEMU 7.2 parameter is accepted and listed (query-migrate-parameters)
+ * with QEMU 7.2's default, because management tools set them all, mostly to
+ * their defaults. One livemig does not implement takes only its default; any
+ * other value is refused, naming the parameter and the default.
+ *
  * Text is read in one of two scopes, the same text always giving the same value:
  *  - 'livemig': settings for livemig's own migrations (`livemig run`). A name
- *    livemig does not implement is an error, and so is a value it would refuse.
+ *    not in QEMU 7.2 or livemig is an error, and so is a value it would refuse.
  *  - 'qmp': settings sent to a QMP monitor that may be real QEMU's (`livemig
  *    migrate`). Every name in the table is typed from it, a name not in it (a
  *    newer QEMU's) by guessing from the text; the monitor checks the values.
@@ -51,6 +56,35 @@ export class ConfigError extends Error {
 // ---------- the parameters ----------
 
 export interface MigrationParameters {
+  /** Self-announce after migration (ms; rounds): livemig has no network devices to announce; QEMU's defaults only. */
+  'announce-initial': number;
+  'announce-max': number;
+  'announce-rounds': number;
+  'announce-step': number;
+  /** The `compress` capability's settings (not implemented; QEMU's defaults only). */
+  'compress-level': number;
+  'compress-threads': number;
+  'compress-wait-thread': boolean;
+  'decompress-threads': number;
+  /**
+   * TLS: the id of a tls-creds object ('' = no TLS), the name the peer's
+   * certificate must carry ('' = the URI's host), the id of an authz object
+   * for the client's certificate ('' = none). QMP also takes null for '' (QEMU 7.2's StrOrNull).
+   */
+  'tls-creds': string;
+  'tls-hostname': string;
+  'tls-authz': string;
+  /** COLO's checkpoint interval (ms; not implemented; QEMU's default only). */
+  'x-checkpoint-delay': number;
+  /** Block migration of only the top image (not implemented; QEMU's default only). */
+  'block-incremental': boolean;
+  /** Postcopy's rate limit (not implemented; QEMU's default 0 only). */
+  'max-postcopy-bandwidth': number;
+  /**
+   * Dirty-bitmap aliases; QEMU lists it only once set. livemig migrates no
+   * bitmaps, so only an empty mapping (a no-op here) is accepted.
+   */
+  'block-bitmap-mapping'?: readonly unknown[];
   /**
    * Rate limit in bytes per second; 0 = unlimited. QEMU 7.2 defaults to
    * 128 MiB/s, a known cause of slow migrations on fast links; livemig
@@ -90,17 +124,38 @@ export const DEFAULT_PEER_TIMEOUT_MS = 10_000;
 /** livemig's own parameters carry this prefix (QEMU's `x-` marks experimental ones); no QEMU parameter does. */
 export const LIVEMIG_PARAMETER_PREFIX = 'x-livemig-';
 
-/** The order is query-migrate-parameters' order (QEMU's, livemig's own last). */
+/** QEMU 7.2's max-bandwidth default (MAX_THROTTLE), which livemig does not share (see MigrationParameters). */
+export const QEMU_DEFAULT_MAX_BANDWIDTH = 128 << 20;
+
+/**
+ * In QEMU 7.2's MigrationParameters order (livemig's own last), as
+ * query-migrate-parameters lists them. Checked against real QEMU 7.2's
+ * query-migrate-parameters by test/qmp-parity.test.ts.
+ */
 export const DEFAULT_PARAMETERS: Readonly<MigrationParameters> = Object.freeze({
-  'max-bandwidth': 0,
-  'downtime-limit': 300,
-  'xbzrle-cache-size': DEFAULT_XBZRLE_CACHE_BYTES,
+  'announce-initial': 50,
+  'announce-max': 550,
+  'announce-rounds': 5,
+  'announce-step': 100,
+  'compress-level': 1,
+  'compress-threads': 8,
+  'compress-wait-thread': true,
+  'decompress-threads': 2,
+  'throttle-trigger-threshold': 50,
   'cpu-throttle-initial': 20,
   'cpu-throttle-increment': 10,
-  'max-cpu-throttle': 99,
-  'throttle-trigger-threshold': 50,
   'cpu-throttle-tailslow': false,
+  'tls-creds': '',
+  'tls-hostname': '',
+  'tls-authz': '',
+  'max-bandwidth': 0,
+  'downtime-limit': 300,
+  'x-checkpoint-delay': 20_000,
+  'block-incremental': false,
   'multifd-channels': DEFAULT_MULTIFD_CHANNELS,
+  'xbzrle-cache-size': DEFAULT_XBZRLE_CACHE_BYTES,
+  'max-postcopy-bandwidth': 0,
+  'max-cpu-throttle': 99,
   'multifd-compression': 'none',
   'multifd-zlib-level': MULTIFD_DEFAULT_LEVEL,
   'multifd-zstd-level': MULTIFD_DEFAULT_LEVEL,
@@ -120,6 +175,8 @@ export type AcceptedValues =
   | { readonly min: number; readonly max: number; readonly unit?: string; readonly powerOfTwo?: boolean }
   /** string: one of these. */
   | { readonly oneOf: readonly string[] }
+  /** string: any (QMP's null reads as ''). */
+  | { readonly anyString: true }
   /** boolean: either. */
   | 'any';
 
@@ -129,6 +186,11 @@ export interface ParameterSpec {
   readonly since?: string;
   /** Present if livemig implements the parameter: what it accepts. */
   readonly implemented?: AcceptedValues;
+  /**
+   * QEMU 7.2's parameters livemig does not implement: the one value accepted,
+   * QEMU 7.2's default (so a tool that sets every parameter to its default works).
+   */
+  readonly onlyDefault?: true;
 }
 
 const MILLISECONDS = 'milliseconds';
@@ -139,33 +201,33 @@ const MILLISECONDS = 'milliseconds';
  * StrOrNull are strings), a few newer QEMU parameters, and livemig's own.
  */
 export const PARAMETER_TABLE = {
-  'announce-initial': { type: 'integer' },
-  'announce-max': { type: 'integer' },
-  'announce-rounds': { type: 'integer' },
-  'announce-step': { type: 'integer' },
-  'compress-level': { type: 'integer' },
-  'compress-threads': { type: 'integer' },
-  'compress-wait-thread': { type: 'boolean' },
-  'decompress-threads': { type: 'integer' },
+  'announce-initial': { type: 'integer', onlyDefault: true },
+  'announce-max': { type: 'integer', onlyDefault: true },
+  'announce-rounds': { type: 'integer', onlyDefault: true },
+  'announce-step': { type: 'integer', onlyDefault: true },
+  'compress-level': { type: 'integer', onlyDefault: true },
+  'compress-threads': { type: 'integer', onlyDefault: true },
+  'compress-wait-thread': { type: 'boolean', onlyDefault: true },
+  'decompress-threads': { type: 'integer', onlyDefault: true },
   'throttle-trigger-threshold': { type: 'integer', implemented: { min: 1, max: 100 } },
   'cpu-throttle-initial': { type: 'integer', implemented: { min: 1, max: 99 } },
   'cpu-throttle-increment': { type: 'integer', implemented: { min: 1, max: 99 } },
   'cpu-throttle-tailslow': { type: 'boolean', implemented: 'any' },
-  'tls-creds': { type: 'string' },
-  'tls-hostname': { type: 'string' },
-  'tls-authz': { type: 'string' },
+  'tls-creds': { type: 'string', implemented: { anyString: true } },
+  'tls-hostname': { type: 'string', implemented: { anyString: true } },
+  'tls-authz': { type: 'string', implemented: { anyString: true } },
   'max-bandwidth': { type: 'size', implemented: { min: 0, max: Number.MAX_SAFE_INTEGER, unit: 'bytes/second' } },
   'downtime-limit': { type: 'integer', implemented: { min: 0, max: 2_000_000, unit: MILLISECONDS } },
-  'x-checkpoint-delay': { type: 'integer' },
-  'block-incremental': { type: 'boolean' },
+  'x-checkpoint-delay': { type: 'integer', onlyDefault: true },
+  'block-incremental': { type: 'boolean', onlyDefault: true },
   'multifd-channels': { type: 'integer', implemented: { min: 1, max: 255 } },
   'xbzrle-cache-size': { type: 'size', implemented: { min: 4096, max: 2 ** 40, powerOfTwo: true } },
-  'max-postcopy-bandwidth': { type: 'size' },
+  'max-postcopy-bandwidth': { type: 'size', onlyDefault: true },
   'max-cpu-throttle': { type: 'integer', implemented: { min: 1, max: 99 } },
   'multifd-compression': { type: 'string', implemented: { oneOf: Object.keys(MULTIFD_COMPRESSION_FLAGS) } },
   'multifd-zlib-level': { type: 'integer', implemented: levels('zlib') },
   'multifd-zstd-level': { type: 'integer', implemented: levels('zstd') },
-  'block-bitmap-mapping': { type: 'json' },
+  'block-bitmap-mapping': { type: 'json', onlyDefault: true },
   // Newer QEMUs' (livemig migrate may drive one).
   'x-vcpu-dirty-limit-period': { type: 'integer', since: '8.1' },
   'vcpu-dirty-limit': { type: 'integer', since: '8.1' },
@@ -183,11 +245,16 @@ function levels(method: MultifdCompression): AcceptedValues {
 
 export type ParameterName = keyof typeof PARAMETER_TABLE;
 
-/** The names with `implemented` in the table. */
-type ImplementedName = { [K in ParameterName]: (typeof PARAMETER_TABLE)[K] extends { implemented: AcceptedValues } ? K : never }[ParameterName];
-// Compile-time: MigrationParameters' fields are exactly the implemented names.
-const implementedMatchesInterface: [ImplementedName, keyof MigrationParameters] extends [keyof MigrationParameters, ImplementedName] ? true : never = true;
-void implementedMatchesInterface;
+/** The names livemig accepts: implemented, or QEMU 7.2's taken at their default. */
+type AcceptedName = { [K in ParameterName]: (typeof PARAMETER_TABLE)[K] extends { implemented: AcceptedValues } | { onlyDefault: true } ? K : never }[ParameterName];
+// Compile-time: MigrationParameters' fields are exactly the accepted names.
+const acceptedMatchesInterface: [AcceptedName, keyof MigrationParameters] extends [keyof MigrationParameters, AcceptedName] ? true : never = true;
+void acceptedMatchesInterface;
+
+/** The parameters livemig implements (the others take only QEMU 7.2's default). */
+export const IMPLEMENTED_PARAMETERS: readonly string[] = Object.entries(PARAMETER_TABLE)
+  .filter(([, spec]) => 'implemented' in spec)
+  .map(([name]) => name);
 
 /** The table entry for `name`, if any (own properties only: `constructor` is no parameter). */
 export function parameterSpec(name: string): ParameterSpec | undefined {
@@ -241,13 +308,52 @@ export const QEMU_CAPABILITIES: readonly string[] = [
 
 // ---------- checking typed values (QMP) ----------
 
-const isImplementedParameter = (name: string): name is keyof MigrationParameters => Object.hasOwn(DEFAULT_PARAMETERS, name);
+/** The values of the parameters that take only their default; block-bitmap-mapping's is the empty mapping. */
+const ONLY_DEFAULT: Readonly<Record<string, unknown>> = { ...DEFAULT_PARAMETERS, 'block-bitmap-mapping': [] };
 
-/** Check one typed value of a parameter livemig implements; QEMU's messages. */
-function checkParameterValue(name: keyof MigrationParameters, value: unknown): number | boolean | string {
-  const accepted = PARAMETER_TABLE[name].implemented as AcceptedValues;
+/** Implemented, or taken at QEMU 7.2's default. */
+const isAcceptedParameter = (name: string): name is keyof MigrationParameters => {
+  const spec = parameterSpec(name);
+  return spec?.implemented !== undefined || spec?.onlyDefault === true;
+};
+
+const sameJson = (a: unknown, b: unknown): boolean => JSON.stringify(a) === JSON.stringify(b);
+
+/** What a JSON value must be for `type`, as an error names it; undefined if `value` is one. */
+function typeProblem(type: ParameterType, value: unknown): string | undefined {
+  switch (type) {
+    case 'integer':
+    case 'size':
+      return typeof value === 'number' && Number.isSafeInteger(value) && value >= 0 ? undefined : 'a non-negative integer';
+    case 'boolean':
+      return typeof value === 'boolean' ? undefined : 'a boolean';
+    case 'string':
+      return typeof value === 'string' ? undefined : 'a string';
+    case 'json':
+      return Array.isArray(value) ? undefined : 'an array';
+  }
+}
+
+/** Check one typed value of a parameter livemig accepts; QEMU's messages where QEMU has them. */
+function checkParameterValue(name: keyof MigrationParameters, value: unknown): unknown {
+  const spec: ParameterSpec = PARAMETER_TABLE[name];
+  if (!spec.implemented) {
+    const problem = typeProblem(spec.type, value);
+    if (problem) throw new ConfigError('invalid-value', `Parameter '${name}' expects ${problem}`);
+    const only = ONLY_DEFAULT[name];
+    if (!sameJson(value, only)) {
+      throw new ConfigError('not-implemented', `livemig does not implement '${name}'; only its default ${JSON.stringify(only)} is accepted`);
+    }
+    return value;
+  }
+  const accepted = spec.implemented;
   if (accepted === 'any') {
     if (typeof value !== 'boolean') throw new ConfigError('invalid-value', `Parameter '${name}' expects a boolean`);
+    return value;
+  }
+  if ('anyString' in accepted) {
+    if (value === null) return ''; // QEMU 7.2's StrOrNull: null is ''
+    if (typeof value !== 'string') throw new ConfigError('invalid-value', `Parameter '${name}' expects a string`);
     return value;
   }
   if ('oneOf' in accepted) {
@@ -272,7 +378,7 @@ function checkParameterValue(name: keyof MigrationParameters, value: unknown): n
 export function applyParameters(current: Readonly<MigrationParameters>, update: Partial<Record<string, unknown>>): MigrationParameters {
   const next: MigrationParameters = { ...current };
   for (const [name, value] of Object.entries(update)) {
-    if (!isImplementedParameter(name)) throw new ConfigError('unknown-parameter', `Parameter '${name}' is unexpected`);
+    if (!isAcceptedParameter(name)) throw new ConfigError('unknown-parameter', `Parameter '${name}' is unexpected`);
     (next as unknown as Record<string, unknown>)[name] = checkParameterValue(name, value);
   }
   if (next['cpu-throttle-initial'] > next['max-cpu-throttle']) {
@@ -356,8 +462,8 @@ export function parseParameterText(name: string, text: string, scope: ConfigScop
   if (!NAME_TEXT.test(name)) throw new ConfigError('syntax', `--param '${name}=${text}': '${name}' is not a parameter name`);
   const spec = parameterSpec(name);
   if (scope === 'qmp') return readText(spec?.type ?? guessType(text), text, argument);
-  if (!spec) throw new ConfigError('unknown-parameter', `${argument}: there is no migration parameter '${name}' (livemig's: ${Object.keys(DEFAULT_PARAMETERS).join(', ')})`);
-  if (!isImplementedParameter(name)) throw new ConfigError('not-implemented', `${argument}: livemig does not implement QEMU's parameter '${name}'`);
+  if (!spec) throw new ConfigError('unknown-parameter', `${argument}: there is no migration parameter '${name}' (livemig implements: ${IMPLEMENTED_PARAMETERS.join(', ')})`);
+  if (!isAcceptedParameter(name)) throw new ConfigError('not-implemented', `${argument}: livemig does not implement QEMU ${spec.since}'s parameter '${name}'`);
   const value = readText(spec.type, text, argument);
   try {
     return checkParameterValue(name, value);
