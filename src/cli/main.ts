@@ -62,6 +62,7 @@ program
   .option('-S, --no-autostart', 'incoming: leave the guest paused after the migration until QMP cont (as QEMU -S)')
   .option('--param <name=value>', 'migration parameter, e.g. downtime-limit=300 (repeatable)', collect, [])
   .option('--cap <name[=on|off]>', 'migration capability, e.g. xbzrle (repeatable)', collect, [])
+  .option('--object <type,id=ID,...>', 'create an object as QEMU -object: tls-creds-x509,id=tls0,dir=DIR,endpoint=server|client[,verify-peer=on]; tls-creds-psk,id=tls0,dir=DIR,endpoint=...[,username=NAME]; authz-simple,id=auth0,identity=DN; authz-list (JSON form) (repeatable)', collect, [])
   .option('--verify', 'incoming: report the RAM hash and memory check of the state as loaded (costs a RAM copy in the downtime)')
   .option('--json', 'print JSON events, one per line')
   .option('--exit-after-ms <ms>', 'exit this long after the guest runs (default: run until SIGINT/SIGTERM)')

@@ -10,6 +10,7 @@ import { checkMemory, ramSha256 } from '../machine/index.js';
 import { createGuest, type Guest } from '../guests/index.js';
 import { MigrationConfig, OutgoingMigration } from '../migration/index.js';
 import { MachineMonitor } from '../monitor/machine-monitor.js';
+import { ObjectRegistry } from '../security/index.js';
 import { formatBytes } from './format.js';
 import { parseDiskSpec } from './disk-spec.js';
 import { parseSize } from '../migration/size.js';
@@ -24,6 +25,8 @@ export interface RunOptions {
   pattern: string;
   param: string[];
   cap: string[];
+  /** `--object TYPE,id=ID,...` (QEMU's -object): TLS credentials and authorization objects. */
+  object?: string[];
   json?: boolean;
   exitAfterMs?: string;
   qmp?: string;
@@ -42,6 +45,9 @@ export async function runCommand(options: RunOptions): Promise<number> {
   if (options.incoming && options.migrateTo) throw new Error('--incoming and --migrate-to exclude each other');
   // Read --param/--cap before the guest starts, so a typo costs nothing.
   const config = MigrationConfig.fromArgs(options.param, options.cap);
+  // So are the objects: a missing certificate or a bad keys.psk is reported before anything runs.
+  const objects = new ObjectRegistry();
+  for (const text of options.object ?? []) objects.addFromText(text);
   const emit = (event: string, data: Record<string, unknown>, human: string): void => {
     process.stdout.write(options.json ? JSON.stringify({ event, ...data }) + '\n' : human + '\n');
   };
@@ -76,6 +82,7 @@ export async function runCommand(options: RunOptions): Promise<number> {
     // --cap/--param apply to every migration of this machine: a destination's too (multifd must be on at
     // both ends, as QEMU's migrate-set-* before migrate-incoming), and one started later over QMP.
     config,
+    objects,
   });
   const stop = new Promise<number>((resolve) => {
     process.once('SIGINT', () => resolve(130));

@@ -22,6 +22,8 @@ export type MigrationErrorCode =
   | 'bad-stream'
   /** Opening a channel failed (a TransportError is the cause). */
   | 'transport'
+  /** TLS failed: the handshake, a certificate, a key, or the peer's authorization (tls-authz). */
+  | 'tls'
   /** The configuration does not allow this migration (e.g. multifd over exec:). */
   | 'refused'
   /** Anything else: a local failure (disk, handler). */
@@ -42,7 +44,8 @@ export class MigrationError extends Error {
     if (err instanceof MigrationError) return err;
     if (err instanceof Error) {
       const derived: MigrationErrorCode =
-        err instanceof UnexpectedEndError || err instanceof ChannelError ? 'peer-closed'
+        isTlsFailure(err) ? 'tls'
+        : err instanceof UnexpectedEndError || err instanceof ChannelError ? 'peer-closed'
         : err instanceof StreamError ? 'bad-stream'
         : err instanceof TransportError ? 'transport'
         : code;
@@ -52,3 +55,13 @@ export class MigrationError extends Error {
   }
 }
 
+
+/** A TLS handshake failure, or a TLS alert that arrived after it (TLS 1.3 checks client certificates late). */
+function isTlsFailure(err: Error): boolean {
+  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 8; e = e.cause, depth++) {
+    if (e instanceof TransportError && e.code === 'tls-failed') return true;
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === 'string' && code.startsWith('ERR_SSL_')) return true;
+  }
+  return false;
+}

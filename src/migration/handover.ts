@@ -89,6 +89,8 @@ export class SourceReturnPath {
   private pingValue = FIRST_PING;
   private readonly pongWaiters = new Map<number, () => void>();
   private failure: MigrationError | undefined;
+  /** Any message came back: the destination reads our stream. */
+  heardFromPeer = false;
   /** The destination's answer to the offer: a livemig destination accepts, a QEMU one echoes. */
   private readonly peer = new Milestone<PeerKind>();
   /** PONG LOADED: the destination holds the loaded guest (held handover only). */
@@ -138,6 +140,7 @@ export class SourceReturnPath {
           return;
         }
         const value = message.value;
+        this.heardFromPeer = true;
         if (value === HANDOVER_ACCEPT) this.peer.resolve('livemig');
         else if (value === HANDOVER_OFFER) this.peer.resolve('qemu'); // a QEMU destination answering a PING
         else if (value === HANDOVER_LOADED) this.loadedMilestone.resolve();

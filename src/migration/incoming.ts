@@ -12,6 +12,7 @@ import type { Machine } from '../machine/machine.js';
 import { FixedRamBlockTable } from '../ram/index.js';
 import { MULTIFD_MAGIC, MULTIFD_PROTOCOL_ERROR, MultifdReceiver, type MultifdCompression, type MultifdReceiverStats } from '../ram/multifd/index.js';
 import { loadVmState } from '../savevm/index.js';
+import type { TlsServerSettings } from '../transport/tls.js';
 import { listenIncoming, parseMigrationUri, type IncomingListener, type MigrationChannel } from '../transport/index.js';
 import { MigCommand, QEMU_VM_FILE_MAGIC, QEMU_VM_FILE_VERSION, StreamError, StreamReader, StreamWriter, writeShut } from '../wire/index.js';
 import { assembleIncoming } from './assemble.js';
@@ -34,6 +35,11 @@ export interface IncomingResult {
   bytes: number;
 }
 
+/** A TLS record carrying a handshake (0x16), version 3.x: a ClientHello. */
+function isTlsClientHello(head: Uint8Array): boolean {
+  return head.length >= 3 && head[0] === 0x16 && head[1] === 0x03 && head[2]! <= 0x04;
+}
+
 export interface IncomingOptions {
   /**
    * Disks this destination receives: written under a temporary name, renamed
@@ -44,6 +50,8 @@ export interface IncomingOptions {
   autostart?: boolean;
   /** Appended to "has no disk of that name" (how to give this destination one). */
   diskHint?(name: string): string;
+  /** tls-creds and tls-authz resolved (serverTlsFor): every connection runs a TLS handshake and the authorization check first. */
+  tls?: TlsServerSettings;
   /** `x-livemig-peer-timeout-ms`, read when needed (so a change before or during the migration applies). */
   peerTimeoutMs?(): number;
   /**
@@ -109,7 +117,12 @@ export class IncomingMigration extends EventEmitter<IncomingEvents> {
     const kind = parseMigrationUri(uri).kind;
     if (this.options.multifd && kind !== 'tcp' && kind !== 'unix') throw new MigrationError('refused', MULTIFD_PROTOCOL_ERROR);
     // Sockets keep listening until the source's stream is found, so a stray connection does not end the wait.
-    this.listener = await listenIncoming(uri, { multiChannel: kind === 'tcp' || kind === 'unix' });
+    this.listener = await listenIncoming(uri, {
+      multiChannel: kind === 'tcp' || kind === 'unix',
+      ...(this.options.tls ? { tls: this.options.tls } : {}),
+      // A failed handshake is a stranger (or a misconfigured source): say why, keep waiting.
+      onRejected: (why) => this.emit('rejected', why),
+    });
     this.prepareRam();
     this.setStatus('setup');
     return this.listener.address;
@@ -333,7 +346,9 @@ export class IncomingMigration extends EventEmitter<IncomingEvents> {
             }),
           ]);
         } catch (err) {
-          drop(`${what} dropped: ${(err as Error).message}`, ch);
+          // Node's TLS client checks the server's certificate after the handshake and just closes.
+          const hint = this.options.tls ? ' (after the TLS handshake: the source may have refused our certificate, e.g. the name it carries; the source says why)' : '';
+          drop(`${what} dropped: ${(err as Error).message}${hint}`, ch);
           return;
         } finally {
           clearTimeout(timer);
@@ -365,6 +380,7 @@ export class IncomingMigration extends EventEmitter<IncomingEvents> {
         const kind =
           magic === QEMU_VM_FILE_MAGIC ? (main ? 'a second migration stream' : `a migration stream of an unsupported version (first bytes ${hex})`)
           : magic === MULTIFD_MAGIC ? 'a multifd channel, but multifd is off here (set capability multifd before migrate-incoming)'
+          : isTlsClientHello(head) ? 'a TLS handshake, but this destination has no tls-creds (the source has; set tls-creds here too)'
           : `not a migration stream (first bytes ${hex})`;
         drop(`${what} dropped: ${kind}`, ch);
       };

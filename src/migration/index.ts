@@ -9,3 +9,4 @@ export * from './handover.js';
 export * from './assemble.js';
 export * from './switchover.js';
 export * from './liveness.js';
+export * from './security.js';

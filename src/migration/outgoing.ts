@@ -30,6 +30,8 @@ import { OUTCOME_UNKNOWN_ADVICE, SourceReturnPath, type PeerKind } from './hando
 import { PeerWatchdog, watchSink } from './liveness.js';
 import { MigrationConfig, type MigrationCapabilities, type MigrationParameters } from './config.js';
 import { RateWindow } from './rate-window.js';
+import { clientTlsFor, type ChannelSecurity } from './security.js';
+import type { TlsClientSettings } from '../transport/tls.js';
 import { decideSwitchover, INITIAL_SWITCHOVER_STATE } from './switchover.js';
 import { ACTIVE_STATES, canTransition, type MigrationStatus } from './state.js';
 
@@ -91,6 +93,8 @@ const KEEPALIVE_MS = 1000;
 /** One migration's working state; a new one per start(). */
 interface Run {
   readonly uri: string;
+  /** tls-creds resolved at start(): every channel of this migration runs its handshake with these. */
+  readonly tls: TlsClientSettings | undefined;
   /** Fixed for the migration's life, as QEMU's. */
   readonly capabilities: Readonly<MigrationCapabilities>;
   readonly startedMs: number;
@@ -142,6 +146,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
   constructor(
     private readonly machine: Machine,
     readonly config: MigrationConfig = new MigrationConfig(),
+    private readonly options: { security?: ChannelSecurity } = {},
   ) {
     super();
     config.on('parameters', () => this.wakeLoop?.());
@@ -186,6 +191,8 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
   start(uri: string, options: StartOptions = {}): void {
     if (ACTIVE_STATES.has(this.currentStatus)) throw new MigrationError('refused', "There's a migration process in progress");
     parseMigrationUri(uri); // a bad URI is refused now, not reported later as a failed migration
+    // So are unknown credentials, as QEMU's `migrate` refuses them.
+    const tls = clientTlsFor(this.config.parameters, uri, this.options.security);
     this.switchover = undefined;
     this.autoConverge = new AutoConverge();
     const watchdog = new PeerWatchdog({
@@ -205,6 +212,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
     const t = now();
     this.run = {
       uri,
+      tls,
       capabilities,
       startedMs: t,
       assembly,
@@ -347,7 +355,8 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
     if (multifd && !['tcp', 'unix'].includes(parseMigrationUri(run.uri).kind)) throw new MigrationError('refused', MULTIFD_PROTOCOL_ERROR);
     // Dirty logging from here to the end of the migration (v86 keeps a RAM-sized shadow meanwhile).
     await this.machine.startDirtyLog();
-    const channel = await run.watchdog.busy(() => connectOutgoing(run.uri));
+    const connect = (): Promise<MigrationChannel> => connectOutgoing(run.uri, run.tls ? { tls: run.tls } : {});
+    const channel = await run.watchdog.busy(connect);
     run.channel = channel;
     this.throwIfStopped(run);
     if (multifd) {
@@ -356,7 +365,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
       run.multifd = await run.watchdog.busy(() =>
         MultifdSender.open({
           uri: run.uri,
-          connect: () => connectOutgoing(run.uri),
+          connect,
           channels: p['multifd-channels'],
           blocks: this.machine.ramBlocks(),
           compression: p['multifd-compression'],
@@ -539,6 +548,13 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
       // may fail first. Give its message a moment to arrive: it is the reason.
       await Promise.race([rp.done, new Promise((r) => setTimeout(r, 500).unref())]);
       if (rp.failed?.code === 'destination-failed') err = rp.failed;
+    }
+    if (err.code === 'peer-closed' && !rp?.heardFromPeer && !run.pointOfNoReturn) {
+      // All a source sees of a destination that refuses it before reading: a closed connection.
+      const why = run.tls
+        ? 'after the TLS handshake, before answering: it may not trust our certificate or not authorize our identity (tls-authz); its log says why'
+        : 'before answering; if it expects TLS, set tls-creds here too';
+      err = new MigrationError('peer-closed', `${err.message} (the destination closed the connection ${why})`, { cause: err });
     }
     run.channel?.abort(err);
     run.multifd?.abort(err);

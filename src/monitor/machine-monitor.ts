@@ -15,6 +15,8 @@ import {
   type IncomingResult,
   type MigrationCapabilities,
 } from '../migration/index.js';
+import { serverTlsFor } from '../migration/security.js';
+import { ObjectError, ObjectRegistry } from '../security/index.js';
 import { checkArguments } from './arguments.js';
 import { incomingInfo, outgoingInfo } from './query-migrate.js';
 import { QmpCommandError, QmpServer, type QmpCommand } from './qmp-server.js';
@@ -37,11 +39,14 @@ export interface MachineMonitorOptions {
   checkGuest?(): Promise<Record<string, unknown>>;
   /** The machine's migration parameters and capabilities (e.g. from `run --param/--cap`), shared by both directions. */
   config?: MigrationConfig;
+  /** Credentials and authorization objects (`--object`, QMP object-add): what tls-creds and tls-authz name. */
+  objects?: ObjectRegistry;
 }
 
 export class MachineMonitor extends EventEmitter<{ quit: []; loaded: []; incoming: [IncomingResult]; listening: [string]; rejected: [string] }> {
   readonly migration: OutgoingMigration;
   readonly config: MigrationConfig;
+  readonly objects: ObjectRegistry;
   readonly server: QmpServer;
   runState: RunState;
   private incoming: IncomingMigration | undefined;
@@ -58,7 +63,8 @@ export class MachineMonitor extends EventEmitter<{ quit: []; loaded: []; incomin
     super();
     this.runState = options.incoming !== undefined ? 'inmigrate' : machine.running ? 'running' : 'paused';
     this.config = options.config ?? new MigrationConfig();
-    this.migration = new OutgoingMigration(machine, this.config);
+    this.objects = options.objects ?? new ObjectRegistry();
+    this.migration = new OutgoingMigration(machine, this.config, { security: this.objects });
     this.server = new QmpServer({ version: QMP_VERSION, commands: this.commands() });
     this.wireOutgoingEvents();
   }
@@ -99,8 +105,16 @@ export class MachineMonitor extends EventEmitter<{ quit: []; loaded: []; incomin
     this.incomingStarted = true;
     // Capabilities and parameters set before migrate-incoming apply to the destination (multifd, as QEMU).
     const { capabilities: caps, parameters: params } = this.config.snapshot();
+    let tls;
+    try {
+      tls = serverTlsFor(params, uri, this.objects);
+    } catch (err) {
+      this.incomingStarted = false;
+      throw new QmpCommandError('GenericError', (err as Error).message);
+    }
     const incomingOptions: IncomingOptions = {
       ...this.options.incomingOptions,
+      ...(tls ? { tls } : {}),
       peerTimeoutMs: () => this.config.parameters['x-livemig-peer-timeout-ms'],
       ...(caps.multifd ? { multifd: { channels: params['multifd-channels'], compression: params['multifd-compression'] } } : {}),
     };
@@ -208,6 +222,27 @@ export class MachineMonitor extends EventEmitter<{ quit: []; loaded: []; incomin
         if (!this.options.checkGuest) throw new QmpCommandError('GenericError', 'this guest has no self-checks');
         if (this.machine.running) throw new QmpCommandError('GenericError', 'the guest must be paused (stop) for its self-checks');
         return this.options.checkGuest();
+      },
+      'object-add': (args) => {
+        const { 'qom-type': type, ...props } = args;
+        if (typeof type !== 'string') throw new QmpCommandError('GenericError', "Parameter 'qom-type' is missing");
+        try {
+          this.objects.add(type, props);
+        } catch (err) {
+          if (err instanceof ObjectError) throw new QmpCommandError('GenericError', err.message);
+          throw err;
+        }
+        return {};
+      },
+      'object-del': (args) => {
+        const a = checkArguments(args, { id: 'string' });
+        try {
+          this.objects.delete(a.id as string);
+        } catch (err) {
+          if (err instanceof ObjectError) throw new QmpCommandError('GenericError', err.message);
+          throw err;
+        }
+        return {};
       },
       'query-version': () => QMP_VERSION,
       'query-commands': () => this.server.commandNames().map((name) => ({ name })),

@@ -3,6 +3,7 @@
  * (the interface itself is src/wire/channel.ts).
  */
 import { Socket } from 'node:net';
+import { TLSSocket } from 'node:tls';
 import { ChannelError, type AdoptDetachedSocket, type ByteSink, type ByteSource, type DetachedSocket, type MigrationChannel } from '../wire/index.js';
 import { asChannelError } from './errors.js';
 import { GuardedSink, GuardedSource, NodeReadableSource, NodeWritableSink, ringReads, type RingReads } from './stream-io.js';
@@ -170,6 +171,8 @@ export function socketChannel(
       // Node has no public way to hand a socket to a worker thread; this takes
       // its libuv handle out of the Socket (Node 20's net.Socket._handle): reading
       // stops, and the Socket no longer closes the descriptor when destroyed.
+      // A TLS session's state lives in this thread: its socket cannot move.
+      if (socket instanceof TLSSocket) return undefined;
       const internals = socket as unknown as SocketInternals;
       const handle = internals._handle;
       if (!handle || socket.destroyed || typeof handle.fd !== 'number' || handle.fd < 0 || typeof handle.readStop !== 'function') return undefined;

@@ -16,6 +16,7 @@ export type TransportErrorCode =
   | 'spawn-failed'
   | 'open-failed'
   | 'timeout'
+  | 'tls-failed' // the TLS handshake or the peer's authorization failed
   | 'aborted'
   | 'closed'; // the listener was closed, or its only connection was already taken
 

@@ -12,6 +12,7 @@ import { FileSource } from '../wire/index.js';
 import { fileChannel, socketChannel, type MigrationChannel } from './channel.js';
 import { TransportError } from './errors.js';
 import { ExecChild, execIncomingChannel } from './exec.js';
+import { secureServer, type TlsServerSettings } from './tls.js';
 import { formatTcpUri, parseMigrationUri } from './uri.js';
 
 export interface AcceptOptions {
@@ -24,7 +25,18 @@ export interface ListenOptions {
    * hand out every connection in arrival order (multifd's extra channels).
    */
   multiChannel?: boolean;
+  /**
+   * tcp/unix: every connection runs a TLS handshake (and tls-authz) before it
+   * is accepted; one that fails is dropped, reported to onRejected, and the
+   * listener keeps listening (a stranger cannot end the wait).
+   */
+  tls?: TlsServerSettings;
+  /** Why a connection was dropped before it was handed out (TLS handshake or authorization). */
+  onRejected?(reason: string): void;
 }
+
+/** Connections in their TLS handshake at once; more are dropped at once (a flood must not pile up). */
+export const MAX_PENDING_HANDSHAKES = 16;
 
 export interface IncomingListener {
   /** The URI as given. */
@@ -40,13 +52,16 @@ export interface IncomingListener {
 export async function listenIncoming(uri: string, options: ListenOptions = {}): Promise<IncomingListener> {
   const address = parseMigrationUri(uri);
   const multi = options.multiChannel === true;
+  if (options.tls && address.kind !== 'tcp' && address.kind !== 'unix') {
+    throw new TransportError('unsupported', uri, `${uri}: TLS (tls-creds) runs on tcp: and unix: channels only`);
+  }
   switch (address.kind) {
     case 'tcp':
       // An empty host listens on every address, like QEMU.
-      return SocketListener.listen(uri, 'tcp', { port: address.port, ...(address.host ? { host: address.host } : {}) }, multi);
+      return SocketListener.listen(uri, 'tcp', { port: address.port, ...(address.host ? { host: address.host } : {}) }, multi, options);
     case 'unix':
       await removeStaleSocket(uri, address.path);
-      return SocketListener.listen(uri, 'unix', { path: address.path }, multi);
+      return SocketListener.listen(uri, 'unix', { path: address.path }, multi, options);
     case 'exec':
       return new ReadyListener(uri, execIncomingChannel(await ExecChild.spawn(uri, address.command, 'incoming')));
     case 'file': {
@@ -79,6 +94,10 @@ async function removeStaleSocket(uri: string, path: string): Promise<void> {
   });
 }
 
+function peerName(socket: Socket): string {
+  return socket.remoteAddress ? formatTcpUri(socket.remoteAddress, socket.remotePort ?? 0).slice(4) : 'a local peer';
+}
+
 type Waiter = { resolve(channel: MigrationChannel): void; reject(err: Error): void };
 
 class SocketListener implements IncomingListener {
@@ -91,17 +110,31 @@ class SocketListener implements IncomingListener {
   /** multiChannel: connections arrived after the first, not yet accepted. */
   private readonly more: MigrationChannel[] = [];
 
-  private constructor(readonly uri: string, private readonly kind: 'tcp' | 'unix', private readonly server: Server, private readonly multi = false) {
+  private pendingHandshakes = 0;
+
+  private constructor(
+    readonly uri: string,
+    private readonly kind: 'tcp' | 'unix',
+    private readonly server: Server,
+    private readonly multi = false,
+    private readonly options: ListenOptions = {},
+  ) {
     const bound = server.address();
     this.address = typeof bound === 'object' && bound !== null ? formatTcpUri(bound.address, bound.port) : uri;
-    server.on('connection', (socket) => this.onConnection(socket));
+    server.on('connection', (socket) => (options.tls ? this.onTlsConnection(socket, options.tls) : this.onConnection(socket)));
     server.on('error', (err) => {
       this.failure ??= new TransportError('listen-failed', uri, `${uri}: ${err.message}`, { cause: err });
       this.settle();
     });
   }
 
-  static async listen(uri: string, kind: 'tcp' | 'unix', target: { host?: string; port: number } | { path: string }, multi = false): Promise<SocketListener> {
+  static async listen(
+    uri: string,
+    kind: 'tcp' | 'unix',
+    target: { host?: string; port: number } | { path: string },
+    multi = false,
+    options: ListenOptions = {},
+  ): Promise<SocketListener> {
     const server = createServer({ allowHalfOpen: true });
     await new Promise<void>((resolve, reject) => {
       const onError = (err: Error): void =>
@@ -112,7 +145,32 @@ class SocketListener implements IncomingListener {
         resolve();
       });
     });
-    return new SocketListener(uri, kind, server, multi);
+    return new SocketListener(uri, kind, server, multi, options);
+  }
+
+  /** Handshake first; only a secured, authorized connection arrives. */
+  private onTlsConnection(socket: Socket, tls: TlsServerSettings): void {
+    if (this.closed || (!this.multi && (this.arrived || this.taken))) {
+      socket.destroy();
+      return;
+    }
+    if (this.pendingHandshakes >= MAX_PENDING_HANDSHAKES) {
+      socket.destroy();
+      this.options.onRejected?.(`a connection from ${peerName(socket)} was dropped: ${MAX_PENDING_HANDSHAKES} TLS handshakes are already in progress`);
+      return;
+    }
+    this.pendingHandshakes++;
+    const from = peerName(socket);
+    secureServer(socket, tls, this.uri).then(
+      ({ socket: secure }) => {
+        this.pendingHandshakes--;
+        this.onConnection(secure as unknown as Socket);
+      },
+      (err: Error) => {
+        this.pendingHandshakes--;
+        if (!this.closed) this.options.onRejected?.(`a connection from ${from} was refused: ${err.message}`);
+      },
+    );
   }
 
   private onConnection(socket: Socket): void {

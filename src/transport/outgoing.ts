@@ -4,6 +4,7 @@ import { FileSink } from '../wire/index.js';
 import { fileChannel, socketChannel, type MigrationChannel } from './channel.js';
 import { TransportError } from './errors.js';
 import { EXEC_EXIT_TIMEOUT_MS, ExecChild, execOutgoingChannel } from './exec.js';
+import { secureClient, type TlsClientSettings } from './tls.js';
 import { parseMigrationUri } from './uri.js';
 
 export interface ConnectOptions {
@@ -13,6 +14,8 @@ export interface ConnectOptions {
   connectTimeoutMs?: number;
   /** exec: how long closing waits for the command to exit after the end of the stream. */
   execExitTimeoutMs?: number;
+  /** tcp/unix: run a TLS handshake first (tls-creds); the channel then carries the session. */
+  tls?: TlsClientSettings;
 }
 
 function abortedError(uri: string, signal: AbortSignal): TransportError {
@@ -23,15 +26,21 @@ export async function connectOutgoing(uri: string, options: ConnectOptions = {})
   const address = parseMigrationUri(uri);
   const { signal } = options;
   if (signal?.aborted) throw abortedError(uri, signal);
+  const { tls } = options;
+  if (tls && address.kind !== 'tcp' && address.kind !== 'unix') {
+    throw new TransportError('unsupported', uri, `${uri}: TLS (tls-creds) runs on tcp: and unix: channels only`);
+  }
   switch (address.kind) {
     case 'tcp': {
       if (address.host === '') throw new TransportError('bad-uri', uri, `${uri}: a host is needed to connect`);
       if (address.port === 0) throw new TransportError('bad-uri', uri, `${uri}: port 0 is only for listening`);
       const socket = await connectSocket(uri, { host: address.host, port: address.port }, options);
-      return socketChannel(socket, uri, 'tcp');
+      return socketChannel(tls ? await secureClient(socket, tls, uri, signal) : socket, uri, 'tcp');
     }
-    case 'unix':
-      return socketChannel(await connectSocket(uri, { path: address.path }, options), uri, 'unix');
+    case 'unix': {
+      const socket = await connectSocket(uri, { path: address.path }, options);
+      return socketChannel(tls ? await secureClient(socket, tls, uri, signal) : socket, uri, 'unix');
+    }
     case 'exec': {
       const child = await ExecChild.spawn(uri, address.command, 'outgoing');
       const channel = execOutgoingChannel(child, options.execExitTimeoutMs ?? EXEC_EXIT_TIMEOUT_MS);
