@@ -1,8 +1,8 @@
 /**
  * Authorization of a TLS peer's identity (QEMU's authz/ objects): the
  * destination's `tls-authz` names one. The identity is the client
- * certificate's distinguished name (`CN=...,O=...,C=GB`, RFC 4514 order as
- * GnuTLS prints it) or the PSK username.
+ * certificate's distinguished name (`C=GB,O=...,CN=...`, in the certificate's
+ * order, as QEMU 7.2 prints it) or the PSK username.
  *
  * - `authz-simple,identity=DN`: exactly one identity is allowed.
  * - `authz-list`: rules `{match, policy: allow|deny, format: exact|glob}` tried

@@ -152,7 +152,7 @@ export class X509Creds {
    */
   checkClientCertificate(certificate: X509Certificate | undefined): string | undefined {
     if (!certificate) return 'the source sent no certificate, and verify-peer is on';
-    const subject = printable(certificate.subject.split('\n').reverse().join(','));
+    const subject = printable(certificate.subject.split('\n').join(','));
     const cas = certificatesOf(this.files.ca, this.path('ca-cert.pem'), this.props.id);
     if (!cas.some((ca) => certificate.checkIssued(ca) && certificate.verify(ca.publicKey))) {
       return `the source's certificate '${subject}' (issuer ${printable(certificate.issuer.replace(/\n/g, ', '))}) is not signed by a CA in ${printable(this.path('ca-cert.pem'))}`;

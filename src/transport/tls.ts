@@ -11,6 +11,7 @@
  */
 import { X509Certificate } from 'node:crypto';
 import { isIP, type Socket } from 'node:net';
+import { Duplex } from 'node:stream';
 import { checkServerIdentity, connect as tlsConnect, TLSSocket, type ConnectionOptions, type TLSSocketOptions } from 'node:tls';
 import { TransportError } from './errors.js';
 
@@ -50,13 +51,90 @@ export interface TlsServerSettings {
   describe: string;
 }
 
+/** The ALPN protocol a livemig source offers; a QEMU source offers none. */
+export const LIVEMIG_ALPN = 'x-livemig-1';
+
+/**
+ * The connection under a destination's TLS session, holding back what the
+ * session writes between the handshake and our first write.
+ *
+ * Why: OpenSSL's TLS 1.3 server sends session tickets right after the
+ * handshake (Node cannot turn that off), and GnuTLS's (QEMU's) sends none.
+ * A QEMU source never reads its main channel without the return path, nor its
+ * multifd channels: the tickets stay unread in its socket, so its close()
+ * at the end becomes a TCP reset, and the reset throws away the stream's
+ * last megabytes still queued here. Held back, they go out only in front
+ * of our first own bytes, which a peer that reads will read. A livemig
+ * source (ALPN x-livemig-1) reads them at once and gets them at once.
+ */
+class TicketHold extends Duplex {
+  private held: Buffer[] | undefined;
+
+  constructor(private readonly raw: Socket) {
+    super({ allowHalfOpen: true });
+    raw.setNoDelay?.(true);
+    raw.on('data', (chunk: Buffer) => {
+      if (!this.push(chunk)) raw.pause();
+    });
+    raw.on('end', () => this.push(null));
+    raw.on('error', (err) => this.destroy(err));
+    raw.on('close', () => this.destroy());
+  }
+
+  /** From now on, keep what is written until `session` writes (or ends) itself. */
+  holdUntilWritten(session: TLSSocket): void {
+    this.held = [];
+    const release = (): void => {
+      session.write = write;
+      session.end = end;
+      const held = this.held ?? [];
+      this.held = undefined;
+      for (const chunk of held) this.raw.write(chunk);
+    };
+    const write = session.write;
+    const end = session.end;
+    session.write = ((...args: Parameters<TLSSocket['write']>) => {
+      release();
+      return write.apply(session, args);
+    }) as TLSSocket['write'];
+    session.end = ((...args: Parameters<TLSSocket['end']>) => {
+      release();
+      return end.apply(session, args);
+    }) as TLSSocket['end'];
+  }
+
+  override _read(): void {
+    this.raw.resume();
+  }
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (err?: Error | null) => void): void {
+    if (this.held) {
+      this.held.push(chunk);
+      callback();
+    } else this.raw.write(chunk, callback);
+  }
+
+  override _final(callback: (err?: Error | null) => void): void {
+    this.raw.end(callback);
+  }
+
+  override _destroy(err: Error | null, callback: (err?: Error | null) => void): void {
+    this.raw.destroy();
+    callback(err);
+  }
+}
+
 /** How long a peer may take over its handshake before its connection is dropped. */
 export const TLS_HANDSHAKE_TIMEOUT_MS = 10_000;
 
-/** `CN=...,O=...,C=GB`: the subject in RFC 4514 order (most specific first), as GnuTLS and QEMU's authz see it. */
+/**
+ * `C=GB,O=...,CN=...`: the subject as QEMU 7.2 hands it to tls-authz
+ * (gnutls_x509_crt_get_dn: the certificate's own order, joined by commas;
+ * checked against real QEMU), so one authz identity works for both.
+ */
 export function distinguishedName(certificate: X509Certificate): string {
-  // Node prints one attribute per line, in the certificate's order (C first).
-  return certificate.subject.split('\n').filter((line) => line !== '').reverse().join(',');
+  // Node prints one attribute per line, in the certificate's order.
+  return certificate.subject.split('\n').filter((line) => line !== '').join(',');
 }
 
 /** The PSK identity a server-side socket was offered (recorded by pskCallback). */
@@ -80,6 +158,8 @@ export function secureClient(socket: Socket, settings: TlsClientSettings, uri: s
   const options: ConnectionOptions = {
     ...settings.options,
     socket,
+    // Tells a livemig destination that we read what it sends (see TicketHold).
+    ALPNProtocols: [LIVEMIG_ALPN],
     // SNI carries names only, never addresses (RFC 6066).
     ...(hostname !== undefined && isIP(hostname) === 0 ? { servername: hostname } : {}),
     // Node would check the name it connected to; QEMU checks tls-hostname when it is set.
@@ -149,7 +229,8 @@ export const TLS13_CONFIRM_MS = 300;
  */
 export function secureServer(socket: Socket, settings: TlsServerSettings, uri: string): Promise<{ socket: TLSSocket; peer: TlsPeer }> {
   return new Promise((resolve, reject) => {
-    const secure = new TLSSocket(socket, { ...settings.options, isServer: true });
+    const wire = new TicketHold(socket);
+    const secure = new TLSSocket(wire, { ...settings.options, isServer: true, ALPNProtocols: [LIVEMIG_ALPN] });
     const timer = setTimeout(() => fail(new Error(`no TLS handshake within ${TLS_HANDSHAKE_TIMEOUT_MS} ms`)), TLS_HANDSHAKE_TIMEOUT_MS);
     const done = (): void => {
       clearTimeout(timer);
@@ -171,6 +252,8 @@ export function secureServer(socket: Socket, settings: TlsServerSettings, uri: s
     secure.once('end', onClose);
     secure.once('secure', () => {
       done();
+      // A peer that is not livemig (QEMU) gets our session tickets only once we have something to say.
+      if (secure.alpnProtocol !== LIVEMIG_ALPN) wire.holdUntilWritten(secure);
       const peer = peerOf(secure);
       const refusal = (peer.kind === 'x509' ? settings.verifyPeer?.(secure.getPeerX509Certificate()) : undefined) ?? settings.authorize?.(peer);
       if (refusal !== undefined) {
