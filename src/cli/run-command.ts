@@ -102,7 +102,7 @@ export async function runCommand(options: RunOptions): Promise<number> {
   });
   try {
     if (options.qmp) {
-      const address = await monitor.server.listen(options.qmp);
+      const address = await monitor.server.listen(options.qmp, { onWarning: (text) => process.stderr.write(`livemig: warning: ${text}\n`) });
       emit('qmp', { address }, `QMP monitor on ${address}`);
     }
     if (options.incoming) {

@@ -1,13 +1,26 @@
 /**
  * Argument checks for QMP commands, with QEMU's error texts: a missing,
  * mistyped or unexpected argument is a GenericError naming it.
+ *
+ * Every command declares its schema (QmpCommandDefinition.args) and the
+ * server checks it before the command runs, so no command can forget to
+ * refuse unexpected arguments. Names are looked up as own properties only:
+ * `constructor` or `__proto__` is no argument of anything.
  */
-import { QmpCommandError, type QmpArguments } from './qmp-server.js';
+import { printable } from '../wire/printable.js';
 
-type Kind = 'string' | 'bool' | 'int' | 'array' | 'object' | 'number';
-const TYPE_NAMES: Record<Kind, string> = { string: 'string', bool: 'boolean', int: 'integer', array: 'array', object: 'object', number: 'number' };
+/** Thrown for arguments that do not match the schema; the server replies GenericError with its message. */
+export class QmpArgumentError extends Error {}
 
-function matches(kind: Kind, v: unknown): boolean {
+export type ArgumentKind = 'string' | 'bool' | 'int' | 'array' | 'object' | 'number' | 'any';
+/** Argument name → kind; a trailing '?' makes it optional. */
+export type ArgumentSchema = Readonly<Record<string, ArgumentKind | `${ArgumentKind}?`>>;
+
+const TYPE_NAMES: Record<ArgumentKind, string> = {
+  string: 'string', bool: 'boolean', int: 'integer', array: 'array', object: 'object', number: 'number', any: 'any',
+};
+
+function matches(kind: ArgumentKind, v: unknown): boolean {
   switch (kind) {
     case 'string':
       return typeof v === 'string';
@@ -21,25 +34,27 @@ function matches(kind: Kind, v: unknown): boolean {
       return Array.isArray(v);
     case 'object':
       return typeof v === 'object' && v !== null && !Array.isArray(v);
+    case 'any':
+      return true;
   }
 }
 
 /**
- * Check `args` against a schema `{ name: 'string' | 'string?' ... }` ('?' =
- * optional). Returns the arguments typed loosely for the caller to pick.
+ * Check `args` against `schema`; throws QmpArgumentError. Returns the
+ * arguments typed loosely for the caller to pick.
  */
-export function checkArguments(args: QmpArguments, schema: Record<string, `${Kind}` | `${Kind}?`>): QmpArguments {
+export function checkArguments(args: Readonly<Record<string, unknown>>, schema: ArgumentSchema): Record<string, unknown> {
   for (const key of Object.keys(args)) {
-    if (!(key in schema)) throw new QmpCommandError('GenericError', `Parameter '${key}' is unexpected`);
+    if (!Object.hasOwn(schema, key)) throw new QmpArgumentError(`Parameter '${printable(key)}' is unexpected`);
   }
   for (const [name, spec] of Object.entries(schema)) {
     const optional = spec.endsWith('?');
-    const kind = spec.replace('?', '') as Kind;
-    if (!(name in args)) {
+    const kind = spec.replace('?', '') as ArgumentKind;
+    if (!Object.hasOwn(args, name)) {
       if (optional) continue;
-      throw new QmpCommandError('GenericError', `Parameter '${name}' is missing`);
+      throw new QmpArgumentError(`Parameter '${name}' is missing`);
     }
-    if (!matches(kind, args[name])) throw new QmpCommandError('GenericError', `Invalid parameter type for '${name}', expected: ${TYPE_NAMES[kind]}`);
+    if (!matches(kind, args[name])) throw new QmpArgumentError(`Invalid parameter type for '${name}', expected: ${TYPE_NAMES[kind]}`);
   }
-  return args;
+  return args as Record<string, unknown>;
 }

@@ -8,6 +8,7 @@ import type { Machine } from '../machine/machine.js';
 import {
   ACTIVE_STATES,
   DEFAULT_CAPABILITIES,
+  DEFAULT_PARAMETERS,
   IncomingMigration,
   MigrationConfig,
   OutgoingMigration,
@@ -16,10 +17,12 @@ import {
   type MigrationCapabilities,
 } from '../migration/index.js';
 import { serverTlsFor } from '../migration/security.js';
-import { ObjectError, ObjectRegistry } from '../security/index.js';
+import { OBJECT_PROPERTY_NAMES, ObjectError, ObjectRegistry } from '../security/index.js';
 import { checkArguments } from './arguments.js';
 import { incomingInfo, outgoingInfo } from './query-migrate.js';
-import { QmpCommandError, QmpServer, type QmpCommand } from './qmp-server.js';
+import { QmpCommandError, QmpServer, type QmpCommandDefinition } from './qmp-server.js';
+import { parseMigrationUri, TransportError } from '../transport/index.js';
+import { printable } from '../wire/printable.js';
 
 export type RunState = 'running' | 'paused' | 'inmigrate' | 'finish-migrate' | 'postmigrate';
 
@@ -137,115 +140,154 @@ export class MachineMonitor extends EventEmitter<{ quit: []; loaded: []; incomin
     return address;
   }
 
-  private commands(): Record<string, QmpCommand> {
+  /** Each command with the arguments it accepts: the server refuses any other before running it. */
+  /** Object errors as QMP's GenericError. */
+  private objectCommand(action: () => unknown): void {
+    try {
+      action();
+    } catch (err) {
+      if (err instanceof ObjectError) throw new QmpCommandError('GenericError', err.message);
+      throw err;
+    }
+  }
+
+  private commands(): Record<string, QmpCommandDefinition> {
     const caps = (): Readonly<MigrationCapabilities> => this.config.capabilities;
     return {
-      migrate: async (args) => {
-        const a = checkArguments(args, { uri: 'string', blk: 'bool?', inc: 'bool?', detach: 'bool?', resume: 'bool?' });
-        if (this.runState === 'inmigrate') throw new QmpCommandError('GenericError', 'Guest is waiting for an incoming migration');
-        if (ACTIVE_STATES.has(this.migration.status)) throw new QmpCommandError('GenericError', "There's a migration process in progress");
-        if (this.runState === 'postmigrate') throw new QmpCommandError('GenericError', "Can't migrate the vm that was paused due to previous migration");
-        if (a.inc) throw new QmpCommandError('GenericError', 'incremental block migration (inc) is not supported: livemig disks have no shared backing image; use blk');
-        if (a.resume) throw new QmpCommandError('GenericError', 'postcopy is not supported; there is nothing to resume');
-        this.migration.start(a.uri as string, { blk: a.blk === true });
-        this.latest = 'outgoing';
-        return {};
-      },
-      'migrate-incoming': async (args) => {
-        const a = checkArguments(args, { uri: 'string' });
-        if (this.options.incoming === undefined) throw new QmpCommandError('GenericError', "'-incoming' was not specified on the command line");
-        await this.startIncoming(a.uri as string);
-        return {};
-      },
-      'query-migrate': (args) => {
-        checkArguments(args, {});
-        if (this.latest === 'incoming' && this.incoming) {
-          const e = this.incoming.error;
-          return incomingInfo(this.incoming.status, this.incomingAddress, e ? { code: e.code, message: e.message } : undefined);
-        }
-        return outgoingInfo(this.migration.snapshot());
-      },
-      'migrate-set-capabilities': (args) => {
-        const a = checkArguments(args, { capabilities: 'array' });
-        const update: Record<string, boolean> = {};
-        for (const item of a.capabilities as unknown[]) {
-          const c = checkArguments((item ?? {}) as Record<string, unknown>, { capability: 'string', state: 'bool' });
-          if (!((c.capability as string) in DEFAULT_CAPABILITIES)) {
-            throw new QmpCommandError('GenericError', `Parameter 'capability' does not accept value '${c.capability}'`);
+      migrate: {
+        args: { uri: 'string', blk: 'bool?', inc: 'bool?', detach: 'bool?', resume: 'bool?' },
+        run: async (a) => {
+          if (this.runState === 'inmigrate') throw new QmpCommandError('GenericError', 'Guest is waiting for an incoming migration');
+          if (ACTIVE_STATES.has(this.migration.status)) throw new QmpCommandError('GenericError', "There's a migration process in progress");
+          if (this.runState === 'postmigrate') throw new QmpCommandError('GenericError', "Can't migrate the vm that was paused due to previous migration");
+          if (a.inc) throw new QmpCommandError('GenericError', 'incremental block migration (inc) is not supported: livemig disks have no shared backing image; use blk');
+          if (a.resume) throw new QmpCommandError('GenericError', 'postcopy is not supported; there is nothing to resume');
+          // A bad URI is refused now, as QEMU does, not reported later as a failed migration.
+          try {
+            parseMigrationUri(a.uri as string);
+          } catch (err) {
+            if (err instanceof TransportError) throw new QmpCommandError('GenericError', `Parameter 'uri' expects a valid migration URI: ${printable(err.message)}`);
+            throw err;
           }
-          update[c.capability as string] = c.state as boolean;
-        }
-        this.migration.setCapabilities(update);
-        return {};
+          this.migration.start(a.uri as string, { blk: a.blk === true });
+          this.latest = 'outgoing';
+          return {};
+        },
       },
-      'query-migrate-capabilities': () => Object.entries(caps()).map(([capability, state]) => ({ capability, state })),
-      'migrate-set-parameters': (args) => {
-        this.migration.setParameters(args);
-        return {};
+      'migrate-incoming': {
+        args: { uri: 'string' },
+        run: async (a) => {
+          if (this.options.incoming === undefined) throw new QmpCommandError('GenericError', "'-incoming' was not specified on the command line");
+          await this.startIncoming(a.uri as string);
+          return {};
+        },
       },
-      'query-migrate-parameters': () => ({ ...this.config.parameters }),
-      migrate_cancel: (args) => {
-        checkArguments(args, {});
-        // The latest migration: a destination that waits or receives can be cancelled too (QEMU 7.2 cannot).
-        if (this.latest === 'incoming' && this.incoming) this.incoming.cancel();
-        else this.migration.cancel();
-        return {};
+      'query-migrate': {
+        args: {},
+        run: () => {
+          if (this.latest === 'incoming' && this.incoming) {
+            const e = this.incoming.error;
+            return incomingInfo(this.incoming.status, this.incomingAddress, e ? { code: e.code, message: e.message } : undefined);
+          }
+          return outgoingInfo(this.migration.snapshot());
+        },
       },
-      'migrate-continue': (args) => {
-        const a = checkArguments(args, { state: 'string' });
-        if (this.migration.status !== a.state) throw new QmpCommandError('GenericError', `Migration not in expected state: ${this.migration.status}`);
-        this.migration.continue(this.migration.status);
-        return {};
+      'migrate-set-capabilities': {
+        args: { capabilities: 'array' },
+        run: (a) => {
+          const update: Record<string, boolean> = {};
+          for (const item of a.capabilities as unknown[]) {
+            if (typeof item !== 'object' || item === null || Array.isArray(item)) throw new QmpCommandError('GenericError', "Invalid parameter type for 'capabilities', expected: array of objects");
+            const c = checkArguments(item as Record<string, unknown>, { capability: 'string', state: 'bool' });
+            if (!Object.hasOwn(DEFAULT_CAPABILITIES, c.capability as string)) {
+              throw new QmpCommandError('GenericError', `Parameter 'capability' does not accept value '${printable(c.capability as string)}'`);
+            }
+            update[c.capability as string] = c.state as boolean;
+          }
+          this.migration.setCapabilities(update);
+          return {};
+        },
       },
-      'query-status': () => ({ status: this.runState, singlestep: false, running: this.runState === 'running' }),
-      stop: async (args) => {
-        checkArguments(args, {});
-        if (this.runState === 'inmigrate') throw new QmpCommandError('GenericError', 'Guest is waiting for an incoming migration');
-        if (this.machine.running) await this.machine.pause();
-        if (this.runState === 'running') this.setRunState('paused');
-        return {};
+      'query-migrate-capabilities': { args: {}, run: () => Object.entries(caps()).map(([capability, state]) => ({ capability, state })) },
+      'migrate-set-parameters': {
+        // Every parameter optional; values are checked by the configuration (QEMU's ranges and texts).
+        args: Object.fromEntries(Object.keys(DEFAULT_PARAMETERS).map((name) => [name, 'any?'] as const)),
+        run: (a) => {
+          this.migration.setParameters(a);
+          return {};
+        },
       },
-      cont: (args) => {
-        checkArguments(args, {});
-        if (this.runState === 'inmigrate') throw new QmpCommandError('GenericError', 'Guest is waiting for an incoming migration; it starts when the migration completes');
-        if (this.runState === 'finish-migrate') throw new QmpCommandError('GenericError', 'Migration is in its final stage');
-        this.machine.resume();
-        this.setRunState('running');
-        return {};
+      'query-migrate-parameters': { args: {}, run: () => ({ ...this.config.parameters }) },
+      migrate_cancel: {
+        args: {},
+        run: () => {
+          // The latest migration: a destination that waits or receives can be cancelled too (QEMU 7.2 cannot).
+          if (this.latest === 'incoming' && this.incoming) this.incoming.cancel();
+          else this.migration.cancel();
+          return {};
+        },
       },
-      quit: () => {
-        setTimeout(() => this.emit('quit'), 20);
-        return {};
+      'migrate-continue': {
+        args: { state: 'string' },
+        run: (a) => {
+          if (this.migration.status !== a.state) throw new QmpCommandError('GenericError', `Migration not in expected state: ${this.migration.status}`);
+          this.migration.continue(this.migration.status);
+          return {};
+        },
       },
-      'x-livemig-check-guest': async (args) => {
-        checkArguments(args, {});
-        if (!this.options.checkGuest) throw new QmpCommandError('GenericError', 'this guest has no self-checks');
-        if (this.machine.running) throw new QmpCommandError('GenericError', 'the guest must be paused (stop) for its self-checks');
-        return this.options.checkGuest();
+      'query-status': { args: {}, run: () => ({ status: this.runState, singlestep: false, running: this.runState === 'running' }) },
+      stop: {
+        args: {},
+        run: async () => {
+          if (this.runState === 'inmigrate') throw new QmpCommandError('GenericError', 'Guest is waiting for an incoming migration');
+          if (this.machine.running) await this.machine.pause();
+          if (this.runState === 'running') this.setRunState('paused');
+          return {};
+        },
       },
-      'object-add': (args) => {
-        const { 'qom-type': type, ...props } = args;
-        if (typeof type !== 'string') throw new QmpCommandError('GenericError', "Parameter 'qom-type' is missing");
-        try {
-          this.objects.add(type, props);
-        } catch (err) {
-          if (err instanceof ObjectError) throw new QmpCommandError('GenericError', err.message);
-          throw err;
-        }
-        return {};
+      'object-add': {
+        // Each type's own properties are checked by the registry, as QEMU's object_new_with_props.
+        args: { 'qom-type': 'string', id: 'string', ...Object.fromEntries(OBJECT_PROPERTY_NAMES.map((name) => [name, 'any?'] as const)) },
+        run: (a) => {
+          const { 'qom-type': type, ...props } = a;
+          this.objectCommand(() => this.objects.add(type as string, props));
+          return {};
+        },
       },
-      'object-del': (args) => {
-        const a = checkArguments(args, { id: 'string' });
-        try {
-          this.objects.delete(a.id as string);
-        } catch (err) {
-          if (err instanceof ObjectError) throw new QmpCommandError('GenericError', err.message);
-          throw err;
-        }
-        return {};
+      'object-del': {
+        args: { id: 'string' },
+        run: (a) => {
+          this.objectCommand(() => this.objects.delete(a.id as string));
+          return {};
+        },
       },
-      'query-version': () => QMP_VERSION,
-      'query-commands': () => this.server.commandNames().map((name) => ({ name })),
+      cont: {
+        args: {},
+        run: () => {
+          if (this.runState === 'inmigrate') throw new QmpCommandError('GenericError', 'Guest is waiting for an incoming migration; it starts when the migration completes');
+          if (this.runState === 'finish-migrate') throw new QmpCommandError('GenericError', 'Migration is in its final stage');
+          this.machine.resume();
+          this.setRunState('running');
+          return {};
+        },
+      },
+      quit: {
+        args: {},
+        run: () => {
+          setTimeout(() => this.emit('quit'), 20);
+          return {};
+        },
+      },
+      'x-livemig-check-guest': {
+        args: {},
+        run: async () => {
+          if (!this.options.checkGuest) throw new QmpCommandError('GenericError', 'this guest has no self-checks');
+          if (this.machine.running) throw new QmpCommandError('GenericError', 'the guest must be paused (stop) for its self-checks');
+          return this.options.checkGuest();
+        },
+      },
+      'query-version': { args: {}, run: () => QMP_VERSION },
+      'query-commands': { args: {}, run: () => this.server.commandNames().map((name) => ({ name })) },
     };
   }
 }

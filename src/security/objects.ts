@@ -47,6 +47,9 @@ const SCHEMAS: Record<string, Record<string, PropSpec>> = {
   'authz-list': { policy: { type: 'policy' }, rules: { type: 'rules' } },
 };
 
+/** Every property any object type has (QMP object-add's argument names besides qom-type and id). */
+export const OBJECT_PROPERTY_NAMES: readonly string[] = [...new Set(Object.values(SCHEMAS).flatMap((schema) => Object.keys(schema)))];
+
 const NOT_SUPPORTED: Record<string, string> = {
   'tls-creds-anon': 'anonymous TLS authenticates nobody, and OpenSSL does not offer it; use tls-creds-psk or tls-creds-x509',
   'authz-listfile': 'use authz-list (its rules given in the object itself)',

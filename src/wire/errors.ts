@@ -4,7 +4,14 @@
  * Every error about bad input carries the byte offset in the stream where the
  * problem was found and, when known, the section it belongs to, so that a user
  * can locate it with `livemig analyze` or a hex dump.
+ *
+ * Messages are built from strings the stream supplied (section idstrs, RAM
+ * block and device names, vmdesc names) and end up on an operator's
+ * terminal: StreamError escapes them with printable() once, here, so no
+ * call site can forget (call sites pass raw text; errors of other classes
+ * they embed are escaped with it).
  */
+import { printable } from './printable.js';
 
 /** Where in a stream something happened. */
 export interface StreamLocation {
@@ -39,7 +46,7 @@ function describeLocation(loc: StreamLocation): string {
   const at = `at offset ${loc.offset} (0x${loc.offset.toString(16)})`;
   const s = loc.section;
   if (!s) return at;
-  const name = s.idstr !== undefined ? `section '${s.idstr}'` : 'section';
+  const name = s.idstr !== undefined ? `section '${printable(s.idstr)}'` : 'section';
   const inst = s.instanceId !== undefined ? ` instance ${s.instanceId}` : '';
   const id = s.sectionId !== undefined ? ` (id ${s.sectionId})` : '';
   return `in ${name}${inst}${id} ${at}`;
@@ -50,14 +57,17 @@ export class StreamError extends Error {
   readonly code: StreamErrorCode;
   readonly offset: number;
   section: StreamLocation['section'];
-  /** The message without the location suffix. */
+  /** The message without the location suffix (escaped, as the message). */
   readonly reason: string;
+  /** As given, for withSection to build the message again without escaping twice. */
+  private readonly rawReason: string;
 
   constructor(code: StreamErrorCode, reason: string, location: StreamLocation, options?: { cause?: unknown }) {
-    super(`${reason} ${describeLocation(location)}`, options);
+    super(`${printable(reason)} ${describeLocation(location)}`, options);
     this.name = 'StreamError';
     this.code = code;
-    this.reason = reason;
+    this.reason = printable(reason);
+    this.rawReason = reason;
     this.offset = location.offset;
     this.section = location.section;
   }
@@ -65,7 +75,7 @@ export class StreamError extends Error {
   /** Attach the enclosing section to an error raised deeper down (keeps the innermost one). */
   withSection(section: NonNullable<StreamLocation['section']>): StreamError {
     if (this.section) return this;
-    return new StreamError(this.code, this.reason, { offset: this.offset, section }, { cause: this.cause });
+    return new StreamError(this.code, this.rawReason, { offset: this.offset, section }, { cause: this.cause });
   }
 }
 

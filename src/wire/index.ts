@@ -5,3 +5,4 @@ export * from './reader.js';
 export * from './writer.js';
 export * from './framing.js';
 export * from './return-path.js';
+export * from './printable.js';
