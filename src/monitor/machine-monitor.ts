@@ -8,7 +8,7 @@ import type { Machine } from '../machine/machine.js';
 import {
   ACTIVE_STATES,
   DEFAULT_CAPABILITIES,
-  DEFAULT_PARAMETERS,
+  PARAMETER_TABLE,
   IncomingMigration,
   MigrationConfig,
   OutgoingMigration,
@@ -211,7 +211,7 @@ export class MachineMonitor extends EventEmitter<{ quit: []; loaded: []; incomin
       'query-migrate-capabilities': { args: {}, run: () => Object.entries(caps()).map(([capability, state]) => ({ capability, state })) },
       'migrate-set-parameters': {
         // Every parameter optional; values are checked by the configuration (QEMU's ranges and texts).
-        args: Object.fromEntries(Object.keys(DEFAULT_PARAMETERS).map((name) => [name, 'any?'] as const)),
+        args: Object.fromEntries(Object.keys(PARAMETER_TABLE).map((name) => [name, 'any?'] as const)),
         run: (a) => {
           this.migration.setParameters(a);
           return {};
