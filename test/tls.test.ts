@@ -11,6 +11,8 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { connect, createServer, type AddressInfo } from 'node:net';
+import { fillNoneRam } from '../src/machine/none-machine.js';
 import { join } from 'node:path';
 import { QmpClient, QmpError } from '../src/monitor/qmp-client.js';
 import { makeTestPki, opensslSkipReason, type TestPki } from './helpers/certs.js';
@@ -255,5 +257,80 @@ test('QMP: object-add checks like --object; migrate refuses unknown or wrong-end
   } finally {
     await qmp.close().catch(() => {});
     await src.stop();
+  }
+});
+
+/** A TCP relay that keeps every byte the source sends, per connection: what a wiretap on the link sees. */
+async function capturingRelay(targetPort: number): Promise<{ port: number; captured: Buffer[][]; close(): void }> {
+  const captured: Buffer[][] = [];
+  const server = createServer((inbound) => {
+    const chunks: Buffer[] = [];
+    captured.push(chunks);
+    const outbound = connect(targetPort, '127.0.0.1');
+    inbound.on('data', (chunk: Buffer) => chunks.push(chunk));
+    inbound.pipe(outbound).pipe(inbound);
+    inbound.on('error', () => outbound.destroy());
+    outbound.on('error', () => inbound.destroy());
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return { port: (server.address() as AddressInfo).port, captured, close: () => server.close() };
+}
+
+test('a capture of the link during a TLS migration (main channel and multifd) shows no plaintext; the same capture without TLS does', { skip, timeout: 120_000 }, async () => {
+  const ram = new Uint8Array(16 << 20);
+  fillNoneRam(ram, { kind: 'random', seed: 42 });
+  // Markers of plaintext: the stream's magic, section names, the JSON trailer, and the guest's own pages.
+  const pages = [3, 1000, 4000].map((page) => Buffer.from(ram.subarray(page * 4096, page * 4096 + 64))).filter((b) => b.some((x) => x !== 0));
+  const markers = [Buffer.from('QEVM'), Buffer.from('globalstate'), Buffer.from('"vmsd_name"'), ...pages];
+  for (const tls of [true, false]) {
+    const tlsArgs = (endpoint: 'server' | 'client'): string[] => (tls ? [...x509('tls0', endpoint === 'server' ? pki.server : pki.client, endpoint), '--param', 'tls-creds=tls0'] : []);
+    const dst = LivemigProcess.start(['--machine', 'none', '--ram', '16M', '--incoming', 'tcp:127.0.0.1:0', '--cap', 'multifd', ...tlsArgs('server')]);
+    const port = Number(String((await dst.waitFor('listening')).address).split(':').at(-1));
+    const relay = await capturingRelay(port);
+    const src = LivemigProcess.start(['--machine', 'none', '--ram', '16M', '--pattern', 'random:42', '--cap', 'multifd', '--migrate-to', `tcp:localhost:${relay.port}`, '--migrate-after-ms', '0', ...tlsArgs('client')]);
+    try {
+      await src.waitFor('completed');
+      await dst.waitFor('resumed');
+      assert.ok(relay.captured.length >= 3, `the main channel and two multifd channels went through the relay (${relay.captured.length})`);
+      const streams = relay.captured.map((chunks) => Buffer.concat(chunks));
+      const total = streams.reduce((n, s) => n + s.length, 0);
+      assert.ok(total > 8 << 20, `the guest's RAM crossed the link (${total} bytes)`);
+      const found = markers.filter((m) => streams.some((s) => s.includes(m))).map((m) => m.subarray(0, 12).toString('hex'));
+      if (tls) {
+        assert.ok(streams.every((s) => s[0] === 0x16 && s[1] === 0x03), 'every connection starts with a TLS handshake record');
+        assert.deepEqual(found, [], 'no plaintext marker on the link');
+      } else {
+        assert.equal(found.length, markers.length, 'without TLS every marker is on the link (the check can fail)');
+      }
+    } finally {
+      relay.close();
+      await src.stop();
+      await dst.stop();
+    }
+  }
+});
+
+test('QMP over TLS: run --qmp tcp:...,tls-creds=,tls-authz= and livemig migrate --object ... --qmp tcp:...,tls-creds=; a client without credentials gets nothing', { skip, timeout: 120_000 }, async () => {
+  const run = promisify(execFile);
+  const env = { ...process.env };
+  delete env.NODE_TEST_CONTEXT;
+  const dst = await destination([...x509('tls0', pki.server, 'server'), '--param', 'tls-creds=tls0']);
+  const qmpServerArgs = [...x509('qmp0', pki.server, 'server'), '--object', JSON.stringify({ 'qom-type': 'authz-simple', id: 'qauth', identity: pki.clientDn })];
+  const src = LivemigProcess.start(['--machine', 'test', '--ram', '32M', '--dirty-rate', '5000', ...qmpServerArgs, '--qmp', 'tcp:127.0.0.1:0,tls-creds=qmp0,tls-authz=qauth', ...x509('tls0', pki.client, 'client'), '--param', 'tls-creds=tls0']);
+  try {
+    const qmpPort = Number(String((await src.waitFor('qmp')).address).split(':').at(-1));
+    // A plain client and one whose certificate tls-authz refuses are dropped without a greeting.
+    const plain = await run(process.execPath, [cliPath, 'query', '--qmp', `tcp:127.0.0.1:${qmpPort}`], { env }).then(() => undefined, (err: { code: number; stderr: string }) => err);
+    assert.equal(plain?.code, 2);
+    const intruder = await run(process.execPath, [cliPath, 'query', ...x509('c', pki.clientIntruder, 'client'), '--qmp', `tcp:localhost:${qmpPort},tls-creds=c`], { env }).then(() => undefined, (err: { code: number; stderr: string }) => err);
+    assert.equal(intruder?.code, 2);
+    assert.match(intruder!.stderr, /QMP/);
+    const { stdout } = await run(process.execPath, [cliPath, 'migrate', ...x509('c', pki.client, 'client'), '--qmp', `tcp:localhost:${qmpPort},tls-creds=c`, '--json', `tcp:localhost:${dst.port}`], { env });
+    const final = stdout.trim().split('\n').map((l) => JSON.parse(l)).at(-1);
+    assert.equal(final.status, 'completed');
+    assert.equal((await dst.proc.waitFor('loaded')).memoryCheck.ok, true);
+  } finally {
+    await src.stop();
+    await dst.proc.stop();
   }
 });

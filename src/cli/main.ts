@@ -51,7 +51,7 @@ program
   .option('--serial-stdin', 'type standard input into the serial console')
   .option('--ram <size>', 'guest RAM (e.g. 128M, 1G)', '128M')
   .option('--incoming <uri>', "wait for a migration on URI (tcp:HOST:PORT, unix:PATH, exec:CMD, file:PATH), or 'defer' for QMP migrate-incoming")
-  .option('--qmp <uri>', 'serve the QMP monitor on unix:PATH or tcp:HOST:PORT')
+  .option('--qmp <uri>', 'serve the QMP monitor on unix:PATH (owner-only) or tcp:HOST:PORT[,tls-creds=ID[,tls-authz=ID]]')
   .option('--migrate-to <uri>', 'migrate the running guest to URI')
   .option('--migrate-after-ms <ms>', 'let the guest run this long before migrating', '1000')
   .option('--dirty-rate <pages>', 'test machine: cap on pages written per second (0 = unlimited)', '0')

@@ -12,6 +12,8 @@
  *   command that tells which (query-status on the destination).
  */
 import type { Command } from 'commander';
+import { ObjectRegistry } from '../security/index.js';
+import { parseQmpAddress, qmpClientTls } from './qmp-address.js';
 import { performance } from 'node:perf_hooks';
 import { MIGRATION_FINAL_STATES, QmpClient, QmpError, type MigrationInfo, type QmpEvent } from '../monitor/qmp-client.js';
 import { parseCapabilityArgs, parseParameterArgs, type CapabilitySetting } from '../migration/config.js';
@@ -28,15 +30,17 @@ export const DEFAULT_CANCEL_TIMEOUT_MS = 60_000;
 const STALE_STATUS_GRACE_MS = 1000;
 
 const collect = (value: string, previous: string[]): string[] => [...previous, value];
+const OBJECT_HELP = 'TLS credentials for the monitor connection, as QEMU -object (e.g. tls-creds-x509,id=tls0,dir=DIR,endpoint=client); then --qmp tcp:HOST:PORT,tls-creds=tls0 (repeatable)';
 
 export function registerMigrateCommands(program: Command): void {
   program
     .command('migrate')
     .description('migrate a VM (QEMU, or livemig run --qmp) to DEST_URI through its QMP monitor, with live progress')
     .argument('<dest-uri>', 'where the source sends its state: tcp:HOST:PORT, unix:PATH, exec:CMD, ...')
-    .requiredOption('--qmp <uri>', "the source's QMP monitor: unix:PATH or tcp:HOST:PORT")
+    .requiredOption('--qmp <uri>', "the source's QMP monitor: unix:PATH or tcp:HOST:PORT[,tls-creds=ID]")
     .option('--cap <name[=on|off]>', 'set a migration capability first, e.g. xbzrle or auto-converge=on (repeatable)', collect, [])
     .option('--param <name=value>', 'set a migration parameter first, e.g. max-bandwidth=100M, downtime-limit=300 (repeatable)', collect, [])
+    .option('--object <type,id=ID,...>', OBJECT_HELP, collect, [])
     .option('--blk', "copy the VM's disks too (migrate with blk: true; the destination needs disks of the same names and sizes)")
     .option('--json', 'print each query-migrate snapshot as one JSON line, then a final summary line')
     .option('--interval-ms <ms>', 'how often to ask query-migrate', String(DEFAULT_POLL_INTERVAL_MS))
@@ -52,25 +56,28 @@ export function registerMigrateCommands(program: Command): void {
   program
     .command('query')
     .description("show a VM's migration status (one query-migrate)")
-    .requiredOption('--qmp <uri>', 'the QMP monitor: unix:PATH or tcp:HOST:PORT')
+    .requiredOption('--qmp <uri>', 'the QMP monitor: unix:PATH or tcp:HOST:PORT[,tls-creds=ID]')
     .option('--json', 'print the query-migrate answer as JSON')
-    .action(async (options: { qmp: string; json?: boolean }) => {
+    .option('--object <type,id=ID,...>', OBJECT_HELP, collect, [])
+    .action(async (options: { qmp: string; json?: boolean; object?: string[] }) => {
       process.exitCode = await queryCommand(options);
     });
 
   program
     .command('cancel')
     .description("cancel a VM's outgoing migration (migrate_cancel) and wait until it has stopped")
-    .requiredOption('--qmp <uri>', 'the QMP monitor: unix:PATH or tcp:HOST:PORT')
+    .requiredOption('--qmp <uri>', 'the QMP monitor: unix:PATH or tcp:HOST:PORT[,tls-creds=ID]')
     .option('--json', 'print the final query-migrate answer as JSON')
     .option('--timeout-ms <ms>', 'give up waiting after this long', String(DEFAULT_CANCEL_TIMEOUT_MS))
-    .action(async (options: { qmp: string; json?: boolean; timeoutMs: string }) => {
+    .option('--object <type,id=ID,...>', OBJECT_HELP, collect, [])
+    .action(async (options: { qmp: string; json?: boolean; timeoutMs: string; object?: string[] }) => {
       process.exitCode = await cancelCommand(options);
     });
 }
 
 export interface MigrateOptions {
   qmp: string;
+  object?: string[];
   cap: string[];
   param: string[];
   json?: boolean;
@@ -86,9 +93,14 @@ function parseMs(text: string, what: string, min: number): number {
 const message = (err: unknown): string => (err instanceof Error ? err.message : String(err));
 const complain = (text: string): void => void process.stderr.write(`livemig: ${text}\n`);
 
-async function connectOrComplain(uri: string): Promise<QmpClient | undefined> {
+/** `--qmp ADDRESS` with `--object`s: TLS when the address names tls-creds. */
+async function connectOrComplain(qmp: string, objectTexts: readonly string[] = []): Promise<QmpClient | undefined> {
   try {
-    return await QmpClient.connect(uri);
+    const address = parseQmpAddress(qmp);
+    const objects = new ObjectRegistry();
+    for (const text of objectTexts) objects.addFromText(text);
+    const tls = qmpClientTls(address, objects);
+    return await QmpClient.connect(address.uri, tls ? { tls } : {});
   } catch (err) {
     complain(message(err));
     return undefined;
@@ -116,7 +128,7 @@ export async function migrateCommand(destUri: string, options: MigrateOptions): 
     complain(message(err));
     return 2;
   }
-  const client = await connectOrComplain(options.qmp);
+  const client = await connectOrComplain(options.qmp, options.object);
   if (!client) return 2;
   try {
     return await new MigrationRun(client, settings).run();
@@ -364,8 +376,8 @@ function askKey(out: NodeJS.WriteStream, question: string, onClose: (close: () =
 
 // ---------- livemig query / cancel ----------
 
-export async function queryCommand(options: { qmp: string; json?: boolean }): Promise<number> {
-  const client = await connectOrComplain(options.qmp);
+export async function queryCommand(options: { qmp: string; json?: boolean; object?: string[] }): Promise<number> {
+  const client = await connectOrComplain(options.qmp, options.object);
   if (!client) return 2;
   try {
     const info = await client.execute<MigrationInfo>('query-migrate');
@@ -382,7 +394,7 @@ export async function queryCommand(options: { qmp: string; json?: boolean }): Pr
 /** Statuses in which no outgoing migration runs (`none`: there never was one). */
 const SETTLED_STATES = new Set([...MIGRATION_FINAL_STATES, 'none']);
 
-export async function cancelCommand(options: { qmp: string; json?: boolean; timeoutMs?: string }): Promise<number> {
+export async function cancelCommand(options: { qmp: string; json?: boolean; timeoutMs?: string; object?: string[] }): Promise<number> {
   let timeoutMs: number;
   try {
     timeoutMs = parseMs(options.timeoutMs ?? String(DEFAULT_CANCEL_TIMEOUT_MS), '--timeout-ms', 0);
@@ -390,7 +402,7 @@ export async function cancelCommand(options: { qmp: string; json?: boolean; time
     complain(message(err));
     return 2;
   }
-  const client = await connectOrComplain(options.qmp);
+  const client = await connectOrComplain(options.qmp, options.object);
   if (!client) return 2;
   try {
     await client.execute('migrate_cancel');

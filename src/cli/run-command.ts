@@ -11,6 +11,7 @@ import { createGuest, type Guest } from '../guests/index.js';
 import { MigrationConfig, OutgoingMigration } from '../migration/index.js';
 import { MachineMonitor } from '../monitor/machine-monitor.js';
 import { ObjectRegistry } from '../security/index.js';
+import { parseQmpAddress, qmpServerTls } from './qmp-address.js';
 import { formatBytes } from './format.js';
 import { parseDiskSpec } from './disk-spec.js';
 import { parseSize } from '../migration/size.js';
@@ -102,7 +103,11 @@ export async function runCommand(options: RunOptions): Promise<number> {
   });
   try {
     if (options.qmp) {
-      const address = await monitor.server.listen(options.qmp, { onWarning: (text) => process.stderr.write(`livemig: warning: ${text}\n`) });
+      const qmpAddress = parseQmpAddress(options.qmp);
+      const address = await monitor.server.listen(qmpAddress.uri, {
+        ...qmpServerTls(qmpAddress, objects),
+        onWarning: (text) => process.stderr.write(`livemig: warning: ${text}\n`),
+      });
       emit('qmp', { address }, `QMP monitor on ${address}`);
     }
     if (options.incoming) {

@@ -11,6 +11,7 @@
  *
  * Addresses use the migration URI syntax (`unix:PATH`, `tcp:HOST:PORT`), as QEMU's `-qmp` does.
  */
+import { secureClient, type TlsClientSettings } from '../transport/tls.js';
 import { EventEmitter } from 'node:events';
 import { connect as netConnect, type Socket } from 'node:net';
 import { parseMigrationUri } from '../transport/uri.js';
@@ -71,6 +72,8 @@ export interface QmpConnectOptions {
   greetingTimeoutMs?: number;
   /** Send `qmp_capabilities` right after the greeting (default true). */
   negotiate?: boolean;
+  /** tcp: a TLS session first (a QEMU chardev's tls-creds, or livemig's `--qmp tcp:...,tls-creds=ID`). */
+  tls?: TlsClientSettings;
 }
 
 type Pending = { command: string; resolve: (value: unknown) => void; reject: (err: Error) => void };
@@ -118,6 +121,13 @@ export class QmpClient extends EventEmitter {
           throw new QmpConnectionError(uri, `cannot connect to QMP at ${uri}: ${(err as Error).message}`, { cause: err });
         }
         await sleep(50);
+      }
+    }
+    if (options.tls) {
+      try {
+        socket = await secureClient(socket, options.tls, uri);
+      } catch (err) {
+        throw new QmpConnectionError(uri, `cannot connect to QMP at ${uri}: ${(err as Error).message}`, { cause: err });
       }
     }
     socket.setEncoding('utf8');

@@ -168,6 +168,9 @@ export class X509Creds {
   /** Node's options for the destination's end: with verify-peer the client must show a certificate from our CA. */
   serverOptions(): TLSSocketOptions {
     return {
+      // Both forms: a TLSSocket uses the context, a tls.Server (QMP) builds its own from the files.
+      ...this.contextOptions(this.files),
+      minVersion: 'TLSv1.2',
       secureContext: createSecureContext({ ...this.contextOptions(this.files), minVersion: 'TLSv1.2' }),
       requestCert: this.props.verifyPeer,
       rejectUnauthorized: this.props.verifyPeer,

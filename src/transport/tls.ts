@@ -145,7 +145,8 @@ export function notePskIdentity(socket: object, identity: string): void {
   pskIdentities.set(socket, identity);
 }
 
-function peerOf(socket: TLSSocket): TlsPeer {
+/** Who the peer of a server-side session proved to be. */
+export function tlsPeerOf(socket: TLSSocket): TlsPeer {
   const psk = pskIdentities.get(socket);
   if (psk !== undefined) return { kind: 'psk', identity: psk };
   const certificate = socket.getPeerX509Certificate();
@@ -254,7 +255,7 @@ export function secureServer(socket: Socket, settings: TlsServerSettings, uri: s
       done();
       // A peer that is not livemig (QEMU) gets our session tickets only once we have something to say.
       if (secure.alpnProtocol !== LIVEMIG_ALPN) wire.holdUntilWritten(secure);
-      const peer = peerOf(secure);
+      const peer = tlsPeerOf(secure);
       const refusal = (peer.kind === 'x509' ? settings.verifyPeer?.(secure.getPeerX509Certificate()) : undefined) ?? settings.authorize?.(peer);
       if (refusal !== undefined) {
         secure.destroy();
