@@ -13,8 +13,9 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Machine } from '../src/machine/index.js';
-import { OutgoingMigration } from '../src/migration/index.js';
+import { MigrationConfig, OutgoingMigration } from '../src/migration/index.js';
 import { QmpClient } from '../src/monitor/qmp-client.js';
+import { ObjectRegistry } from '../src/security/index.js';
 import { cpuDelta, cpuSeconds, jsonEvent, LineChild, LIVEMIG_MAIN, MiB, PeakRssSampler, peakRssBytes, sleep, type RunResult, type ScenarioSpec } from './util.js';
 
 /** Capabilities a destination must have turned on as well (QEMU requires it for multifd). */
@@ -49,6 +50,7 @@ export async function runLivemigMigration(o: LivemigRunOptions): Promise<RunResu
     `${spec.ramBytes / MiB}M`,
     ...(bothSides.length > 0 ? ['--incoming', 'defer', '--qmp', qmpUri] : ['--incoming', 'tcp:127.0.0.1:0']),
     '--json',
+    ...(spec.tlsDirs ? ['--object', `tls-creds-x509,id=tls0,dir=${spec.tlsDirs.server},endpoint=server,verify-peer=on`, '--param', 'tls-creds=tls0'] : []),
     ...(o.destArgs ?? []),
   ]);
   const destRss = new PeakRssSampler(() => dest.pid);
@@ -65,8 +67,10 @@ export async function runLivemigMigration(o: LivemigRunOptions): Promise<RunResu
     machine = await o.makeSource();
     if (o.warmupMs) await sleep(o.warmupMs);
 
-    const migration = new OutgoingMigration(machine);
-    migration.setParameters({ 'max-bandwidth': spec.maxBandwidth, 'downtime-limit': spec.downtimeLimitMs, ...spec.params });
+    const objects = new ObjectRegistry();
+    if (spec.tlsDirs) objects.addFromText(`tls-creds-x509,id=tls0,dir=${spec.tlsDirs.client},endpoint=client`);
+    const migration = new OutgoingMigration(machine, new MigrationConfig(), { security: objects });
+    migration.setParameters({ 'max-bandwidth': spec.maxBandwidth, 'downtime-limit': spec.downtimeLimitMs, ...spec.params, ...(spec.tlsDirs ? { 'tls-creds': 'tls0' } : {}) });
     migration.setCapabilities(Object.fromEntries(spec.caps.map((c) => [c, true])));
     const cpu0 = [cpuSeconds(process.pid), cpuSeconds(dest.pid)];
     const passes0 = o.guestPasses?.(machine);

@@ -122,8 +122,12 @@ export async function qemuMigration(spec: ScenarioSpec): Promise<RunResult | str
   let srcRss: PeakRssSampler | undefined;
   let dstRss: PeakRssSampler | undefined;
   try {
-    dst = await QemuProcess.start([...base, ...dstArgs, '-pidfile', join(dir, 'dst.pid'), '-incoming', 'defer']);
-    src = await QemuProcess.start([...base, ...srcArgs, '-pidfile', join(dir, 'src.pid')]);
+    const tls = spec.tlsDirs;
+    const dstTls = tls ? ['-object', `tls-creds-x509,id=tls0,dir=${tls.server},endpoint=server,verify-peer=on`] : [];
+    const srcTls = tls ? ['-object', `tls-creds-x509,id=tls0,dir=${tls.client},endpoint=client`] : [];
+    dst = await QemuProcess.start([...base, ...dstArgs, ...dstTls, '-pidfile', join(dir, 'dst.pid'), '-incoming', 'defer']);
+    src = await QemuProcess.start([...base, ...srcArgs, ...srcTls, '-pidfile', join(dir, 'src.pid')]);
+    if (tls) for (const q of [src, dst]) await q.execute('migrate-set-parameters', { 'tls-creds': 'tls0' });
     const pids = [await pidOf(join(dir, 'src.pid')), await pidOf(join(dir, 'dst.pid'))];
     srcRss = new PeakRssSampler(() => pids[0]);
     dstRss = new PeakRssSampler(() => pids[1]);

@@ -21,11 +21,14 @@
  */
 import { execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
-import { cpus, loadavg, totalmem } from 'node:os';
+import { mkdtemp } from 'node:fs/promises';
+import { join } from 'node:path';
+import { cpus, loadavg, tmpdir, totalmem } from 'node:os';
 import { parseArgs } from 'node:util';
 import { iperf3BytesPerSecond, loopbackTcpBytesPerSecond, memoryCopyBytesPerSecond } from './limits.js';
 import { qemuMigration } from './qemu-ref.js';
 import { livemigHas, scenarios } from './scenarios.js';
+import { makeTestPki } from '../test/helpers/certs.js';
 import { LineChild, type RunResult, type ScenarioSpec } from './util.js';
 import type { V86BenchResult } from './v86.js';
 
@@ -364,6 +367,11 @@ async function main(): Promise<void> {
   console.log(`limits: loopback TCP ${(tcpStart / MB).toFixed(0)} MB/s (Node socket pair, 2 GiB in 1 MiB writes, process to process); ${iperfText}; ${memcpyText}`);
 
   const list = scenarios({ quick, boundMs }).filter(selected);
+  if (list.some((spec) => spec.tls)) {
+    // One set of certificates (openssl) for every TLS row, livemig's and QEMU's.
+    const pki = makeTestPki(await mkdtemp(join(tmpdir(), 'livemig-bench-pki-')));
+    for (const spec of list) if (spec.tls) spec.tlsDirs = { server: pki.server, client: pki.client };
+  }
   const qemuUsable = withQemu && qemu !== 'not installed';
   const summaries: Summary[] = [];
   const pairs: Array<[Summary, Summary]> = [];

@@ -36,6 +36,11 @@ export function scenarios(o: ScenarioOptions): ScenarioSpec[] {
   if (livemigHas('multifd')) {
     list.push({ ...idle(1), id: 'a-1g-multifd', label: '1 GiB random RAM, idle, multifd 2 channels', caps: ['multifd'], params: { 'multifd-channels': 2 } });
   }
+  // The cost of encryption (x509, verify-peer), against QEMU with the same certificates.
+  list.push({ ...idle(1), id: 'a-1g-tls', label: '1 GiB random RAM, idle, TLS x509', tls: true });
+  if (livemigHas('multifd') && !o.quick) {
+    list.push({ ...idle(1), id: 'a-1g-multifd-tls', label: '1 GiB random RAM, idle, multifd 2 channels, TLS x509', caps: ['multifd'], params: { 'multifd-channels': 2 }, tls: true });
+  }
   const zeroGiB = o.quick ? 1 : 4;
   list.push({ ...base, id: `b-${zeroGiB}g`, group: 'b', label: `${zeroGiB} GiB mostly zero (64 MiB random), idle`, ramBytes: zeroGiB * GiB, fill: 'mostly-zero', nonZeroBytes: 64 * MiB, boundMs: idleBound });
   const bandwidths: Array<[string, number]> = [

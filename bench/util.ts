@@ -196,6 +196,10 @@ export interface ScenarioSpec {
   params: Record<string, number>;
   /** Cancel and report "did not converge" after this long. */
   boundMs: number;
+  /** TLS x509 on every channel (verify-peer on): the same certificates for livemig and QEMU. */
+  tls?: boolean;
+  /** Set by the runner when `tls`: tls-creds-x509 directories (server, client). */
+  tlsDirs?: { server: string; client: string };
 }
 
 /** Reads `--spec JSON` from argv (children of bench/run.ts). */
