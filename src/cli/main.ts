@@ -8,6 +8,14 @@ import { demoCommand, type DemoOptions } from './demo-command.js';
 import { registerMigrateCommands } from './migrate-command.js';
 import { runCommand } from './run-command.js';
 
+// A reader that went away (`livemig run --json | head`) is not a crash: stop quietly, as a shell tool does.
+for (const stream of [process.stdout, process.stderr]) {
+  stream.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+    throw err;
+  });
+}
+
 const program = new Command();
 program.name('livemig').description('Live migration of virtual machines, wire-compatible with QEMU 7.2').version('0.1.0');
 
