@@ -334,3 +334,22 @@ test('QMP over TLS: run --qmp tcp:...,tls-creds=,tls-authz= and livemig migrate 
     await dst.proc.stop();
   }
 });
+
+test('a migration listener on a non-loopback address without TLS warns; with TLS or on 127.0.0.1 it does not', { skip, timeout: 60_000 }, async () => {
+  const warning = /warning: the migration listener on tcp:0\.0\.0\.0:\d+ takes a plaintext stream from any host/;
+  const cases: Array<[string[], boolean]> = [
+    [['--incoming', 'tcp:0.0.0.0:0'], true],
+    [['--incoming', 'tcp:127.0.0.1:0'], false],
+    [['--incoming', 'tcp:0.0.0.0:0', ...x509('tls0', pki.server, 'server'), '--param', 'tls-creds=tls0'], false],
+  ];
+  for (const [args, warns] of cases) {
+    const proc = LivemigProcess.start(['--machine', 'test', '--ram', '16M', ...args]);
+    try {
+      await proc.waitFor('listening');
+      await new Promise((r) => setTimeout(r, 100));
+      assert.equal(warning.test(proc.stderr), warns, `${args.join(' ')}: ${proc.stderr}`);
+    } finally {
+      await proc.stop();
+    }
+  }
+});

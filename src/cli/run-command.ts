@@ -85,6 +85,7 @@ export async function runCommand(options: RunOptions): Promise<number> {
     config,
     objects,
   });
+  monitor.on('warning', (text) => process.stderr.write(`livemig: warning: ${text}\n`));
   const stop = new Promise<number>((resolve) => {
     process.once('SIGINT', () => resolve(130));
     process.once('SIGTERM', () => resolve(0));

@@ -21,7 +21,7 @@ import { OBJECT_PROPERTY_NAMES, ObjectError, ObjectRegistry } from '../security/
 import { checkArguments } from './arguments.js';
 import { incomingInfo, outgoingInfo } from './query-migrate.js';
 import { QmpCommandError, QmpServer, type QmpCommandDefinition } from './qmp-server.js';
-import { parseMigrationUri, TransportError } from '../transport/index.js';
+import { isLoopbackHost, parseMigrationUri, TransportError } from '../transport/index.js';
 import { printable } from '../wire/printable.js';
 
 export type RunState = 'running' | 'paused' | 'inmigrate' | 'finish-migrate' | 'postmigrate';
@@ -46,7 +46,7 @@ export interface MachineMonitorOptions {
   objects?: ObjectRegistry;
 }
 
-export class MachineMonitor extends EventEmitter<{ quit: []; loaded: []; incoming: [IncomingResult]; listening: [string]; rejected: [string] }> {
+export class MachineMonitor extends EventEmitter<{ quit: []; loaded: []; incoming: [IncomingResult]; listening: [string]; rejected: [string]; warning: [string] }> {
   readonly migration: OutgoingMigration;
   readonly config: MigrationConfig;
   readonly objects: ObjectRegistry;
@@ -132,6 +132,14 @@ export class MachineMonitor extends EventEmitter<{ quit: []; loaded: []; incomin
     incoming.on('resume', () => this.setRunState('running'));
     const address = await incoming.listen(uri);
     this.incomingAddress = address;
+    const parsed = parseMigrationUri(uri);
+    if (!tls && parsed.kind === 'tcp' && !isLoopbackHost(parsed.host)) {
+      this.emit(
+        'warning',
+        `the migration listener on ${address} takes a plaintext stream from any host that can reach it: the guest's memory ` +
+          'crosses the network unencrypted and anyone may send a guest; use tls-creds (README: Security) or listen on 127.0.0.1',
+      );
+    }
     this.emit('listening', address);
     void incoming.run().then((result) => {
       if (result.status === 'completed' && !result.started) this.runState = 'paused';

@@ -14,7 +14,7 @@ import { createServer as createTlsServer, type TlsOptions, type TLSSocket } from
 import { chmod, mkdtemp, rename, rmdir, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
-import { parseMigrationUri, UNIX_PATH_MAX_BYTES } from '../transport/index.js';
+import { isLoopbackHost, parseMigrationUri, UNIX_PATH_MAX_BYTES } from '../transport/index.js';
 import { printable } from '../wire/printable.js';
 import { checkArguments, QmpArgumentError, type ArgumentSchema } from './arguments.js';
 import { JsonSplitter, type SplitItem } from './json-splitter.js';
@@ -86,9 +86,6 @@ function timestamp(): { seconds: number; microseconds: number } {
   return { seconds: Math.floor(ms / 1000), microseconds: Math.floor((ms % 1000) * 1000) };
 }
 
-function isLoopback(host: string): boolean {
-  return host === 'localhost' || host === '::1' || /^(::ffff:)?127\./i.test(host);
-}
 
 function itemBytes(item: SplitItem): number {
   return 'json' in item ? item.json.length : item.error.length;
@@ -125,7 +122,7 @@ export class QmpServer {
     await listenOn(server, (done) => server.listen(address.port, address.host, done));
     const a = server.address() as { address: string; port: number };
     this.address = `tcp:${a.address.includes(':') ? `[${a.address}]` : a.address}:${a.port}`;
-    if (!listenOptions.tls && !isLoopback(address.host)) {
+    if (!listenOptions.tls && !isLoopbackHost(address.host)) {
       listenOptions.onWarning?.(
         `the QMP monitor on ${this.address} accepts plain TCP from other hosts without authentication: ` +
           'anyone who can reach it controls the machine (an exec: migration URI runs shell commands); ' +

@@ -4,6 +4,7 @@ export {
   parseMigrationUri,
   formatMigrationUri,
   formatTcpUri,
+  isLoopbackHost,
   UNIX_PATH_MAX_BYTES,
   type MigrationAddress,
   type TransportKind,

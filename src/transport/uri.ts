@@ -101,3 +101,8 @@ export function formatMigrationUri(address: MigrationAddress): string {
       return `exec:${address.command}`;
   }
 }
+
+/** A host only this machine can reach (listening there exposes nothing to the network). */
+export function isLoopbackHost(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^(::ffff:)?127\./i.test(host);
+}
