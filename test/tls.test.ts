@@ -16,6 +16,7 @@ import { fillNoneRam } from '../src/machine/none-machine.js';
 import { join } from 'node:path';
 import { QmpClient, QmpError } from '../src/monitor/qmp-client.js';
 import { makeTestPki, opensslSkipReason, type TestPki } from './helpers/certs.js';
+import { FaultProxy } from './helpers/fault-proxy.js';
 import { LivemigProcess } from './helpers/livemig-process.js';
 import { cliPath } from './helpers/paths.js';
 
@@ -350,6 +351,38 @@ test('a migration listener on a non-loopback address without TLS warns; with TLS
       assert.equal(warning.test(proc.stderr), warns, `${args.join(' ')}: ${proc.stderr}`);
     } finally {
       await proc.stop();
+    }
+  }
+});
+
+test('faults on a TLS link (cut inside the stream, stall, destination killed): the source guest runs on, no guest starts on the destination', { skip, timeout: 180_000 }, async () => {
+  const faults: Array<{ name: string; inject: (proxy: FaultProxy, dst: LivemigProcess) => void }> = [
+    { name: 'cut after 5 MiB', inject: (proxy) => proxy.cutAfter(5 << 20, 'up') },
+    { name: 'stall both ways', inject: (proxy) => setTimeout(() => proxy.stall(), 300) },
+    { name: 'destination killed', inject: (_proxy, dst) => setTimeout(() => dst.child.kill('SIGKILL'), 300) },
+  ];
+  for (const fault of faults) {
+    // The none machine with random RAM: a 32 MiB stream, so a cut at 5 MiB lands inside it.
+    const dst = LivemigProcess.start(['--machine', 'none', '--ram', '32M', '--incoming', 'tcp:127.0.0.1:0', ...x509('tls0', pki.server, 'server'), '--param', 'tls-creds=tls0', '--param', 'x-livemig-peer-timeout-ms=1500']);
+    const port = Number(String((await dst.waitFor('listening')).address).split(':').at(-1));
+    const proxy = await FaultProxy.start({ targetPort: port, seed: 14 });
+    const qmpPath = join(dir, `fault-${fault.name.replace(/\W/g, '')}.sock`);
+    const src = LivemigProcess.start(['--machine', 'none', '--ram', '32M', '--pattern', 'random:9', '--qmp', `unix:${qmpPath}`, ...x509('tls0', pki.client, 'client'), '--param', 'tls-creds=tls0', '--param', 'x-livemig-peer-timeout-ms=1500', '--param', 'max-bandwidth=20M']);
+    const qmp = await QmpClient.connect(`unix:${qmpPath}`, { retryForMs: 10_000 });
+    try {
+      fault.inject(proxy, dst);
+      await qmp.execute('migrate', { uri: `tcp:localhost:${proxy.port}` });
+      const info = await waitFinal(qmp, 30_000);
+      assert.equal(info.status, 'failed', `${fault.name}: the migration fails`);
+      assert.doesNotMatch(String(info['error-desc']), /outcome|may run/, `${fault.name}: the source knows the guest is here`);
+      assert.equal((await qmp.execute<Info>('query-status')).status, 'running', `${fault.name}: the source guest runs on`);
+      await new Promise((r) => setTimeout(r, 500));
+      assert.ok(!dst.events.some((e) => e.event === 'resumed'), `${fault.name}: no guest started on the destination`);
+    } finally {
+      await qmp.close().catch(() => {});
+      await proxy.close();
+      await src.stop();
+      await dst.stop();
     }
   }
 });
