@@ -16,7 +16,7 @@ import type { Machine } from '../src/machine/index.js';
 import { MigrationConfig, OutgoingMigration } from '../src/migration/index.js';
 import { QmpClient } from '../src/monitor/qmp-client.js';
 import { ObjectRegistry } from '../src/security/index.js';
-import { cpuDelta, cpuSeconds, jsonEvent, LineChild, LIVEMIG_MAIN, MiB, PeakRssSampler, peakRssBytes, sleep, type RunResult, type ScenarioSpec } from './util.js';
+import { cpuDelta, CpuSampler, cpuUsed, jsonEvent, LineChild, LIVEMIG_MAIN, MiB, optNumber, ownCpuSeconds, PeakRssSampler, peakRssBytes, sleep, type RunResult, type ScenarioSpec } from './util.js';
 
 /** Capabilities a destination must have turned on as well (QEMU requires it for multifd). */
 const BOTH_SIDES = new Set(['multifd']);
@@ -54,6 +54,8 @@ export async function runLivemigMigration(o: LivemigRunOptions): Promise<RunResu
     ...(o.destArgs ?? []),
   ]);
   const destRss = new PeakRssSampler(() => dest.pid);
+  // The destination's CPU (/proc/PID/stat, every thread), its last reading kept should it exit (a cancel).
+  const destCpu = new CpuSampler(() => dest.pid);
   let machine: Machine | undefined;
   let qmp: QmpClient | undefined;
   try {
@@ -72,7 +74,8 @@ export async function runLivemigMigration(o: LivemigRunOptions): Promise<RunResu
     const migration = new OutgoingMigration(machine, new MigrationConfig(), { security: objects });
     migration.setParameters({ 'max-bandwidth': spec.maxBandwidth, 'downtime-limit': spec.downtimeLimitMs, ...spec.params, ...(spec.tlsDirs ? { 'tls-creds': 'tls0' } : {}) });
     migration.setCapabilities(Object.fromEntries(spec.caps.map((c) => [c, true])));
-    const cpu0 = [cpuSeconds(process.pid), cpuSeconds(dest.pid)];
+    // The source is this process: its own CPU (process.cpuUsage, every thread), in microseconds.
+    const cpu0 = [ownCpuSeconds(), destCpu.sample()];
     const passes0 = o.guestPasses?.(machine);
     const mt0 = performance.now();
     // Passes when the guest stopped (switchover) or when the migration ended.
@@ -93,10 +96,12 @@ export async function runLivemigMigration(o: LivemigRunOptions): Promise<RunResu
     const passes1 = passesAtStop ?? o.guestPasses?.(machine);
     const info = queryMigrate(migration);
     if (process.env.LIVEMIG_BENCH_DEBUG) process.stderr.write(`switchover: ${JSON.stringify(migration.switchover)}\n`);
-    const cpu1 = [cpuSeconds(process.pid), cpuSeconds(dest.pid)];
+    const srcCpu1 = ownCpuSeconds();
     if (status === 'completed') {
       await Promise.race([dest.waitFor(jsonEvent('resumed'), 'destination'), sleep(30_000)]);
     }
+    // The destination's work ends when it has loaded everything ('resumed'), after the source's.
+    const cpu1 = [srcCpu1, destCpu.stop()];
     const ram = info.ram;
     const x = info['xbzrle-cache'];
     return {
@@ -116,6 +121,8 @@ export async function runLivemigMigration(o: LivemigRunOptions): Promise<RunResu
       ...(destRss.stop() !== undefined ? { destPeakRssBytes: destRss.stop()! } : {}),
       sourceCpu: cpuDelta(cpu0[0], cpu1[0]),
       destCpu: cpuDelta(cpu0[1], cpu1[1]),
+      ...optNumber('sourceCpuSeconds', cpuUsed(cpu0[0], cpu1[0])),
+      ...optNumber('destCpuSeconds', cpuUsed(cpu0[1], cpu1[1])),
       ...(ram ? { downtimeBytes: ram['downtime-bytes'] } : {}),
       ...(x ? { xbzrle: { bytes: x.bytes, pages: x.pages, cacheMiss: x['cache-miss'], overflow: x.overflow } } : {}),
       ...(passes0 !== undefined && passes1 !== undefined ? { guestPassesPerSecond: (passes1 - passes0) / ((mt1 - mt0) / 1000) } : {}),
@@ -123,6 +130,7 @@ export async function runLivemigMigration(o: LivemigRunOptions): Promise<RunResu
     };
   } finally {
     destRss.stop();
+    destCpu.stop();
     await qmp?.close().catch(() => {});
     await dest.stop('SIGTERM');
     await machine?.destroy();

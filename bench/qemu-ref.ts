@@ -26,7 +26,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { QemuProcess, qemuSkipReason } from '../test/helpers/qemu.js';
 import { sequentialReadBytesPerSecond, writeRandomImage } from './disk-image.js';
-import { cpuDelta, cpuSeconds, MiB, PeakRssSampler, sleep, type RunResult, type ScenarioSpec } from './util.js';
+import { cpuDelta, CpuSampler, cpuUsed, MiB, optNumber, PeakRssSampler, sleep, type RunResult, type ScenarioSpec } from './util.js';
 
 export const MULTIBOOT_KERNEL = new URL('../../guests/multiboot/livemig-test-kernel.bin', import.meta.url).pathname;
 /**
@@ -121,6 +121,7 @@ export async function qemuMigration(spec: ScenarioSpec): Promise<RunResult | str
   let dst: QemuProcess | undefined;
   let srcRss: PeakRssSampler | undefined;
   let dstRss: PeakRssSampler | undefined;
+  let cpuSamplers: CpuSampler[] = [];
   try {
     const tls = spec.tlsDirs;
     const dstTls = tls ? ['-object', `tls-creds-x509,id=tls0,dir=${tls.server},endpoint=server,verify-peer=on`] : [];
@@ -131,6 +132,9 @@ export async function qemuMigration(spec: ScenarioSpec): Promise<RunResult | str
     const pids = [await pidOf(join(dir, 'src.pid')), await pidOf(join(dir, 'dst.pid'))];
     srcRss = new PeakRssSampler(() => pids[0]);
     dstRss = new PeakRssSampler(() => pids[1]);
+    // CPU of each QEMU process from /proc/PID/stat (utime + stime: every thread, the migration and
+    // multifd threads included, also after they exited); the last reading is kept should one exit.
+    cpuSamplers = pids.map((pid) => new CpuSampler(() => pid));
     const caps = [{ capability: 'return-path', state: true }, { capability: 'events', state: true }, ...spec.caps.map((capability) => ({ capability, state: true }))];
     const bothSides = spec.caps.filter((c) => c === 'multifd');
     if (bothSides.length > 0) {
@@ -149,7 +153,7 @@ export async function qemuMigration(spec: ScenarioSpec): Promise<RunResult | str
 
     const serialPasses = async (): Promise<number | undefined> =>
       spec.fill === 'workload' ? (await readFile(join(dir, 'serial.txt'), 'latin1').catch(() => '')).split('B').length - 1 : undefined;
-    const cpu0 = pids.map(cpuSeconds);
+    const cpu0 = cpuSamplers.map((c) => c.sample());
     const passes0 = await serialPasses();
     const t0 = performance.now();
     const wallT0 = Date.now();
@@ -169,11 +173,13 @@ export async function qemuMigration(spec: ScenarioSpec): Promise<RunResult | str
       }
       await sleep(100);
     }
-    const cpu1 = pids.map(cpuSeconds);
+    const srcCpu1 = cpuSamplers[0]!.stop();
     const t1 = performance.now();
     // The guest stops at switchover: its passes then (if a poll saw it stopped) or now.
     const passes1 = passesAtStop ?? (await serialPasses());
     if (info.status === 'completed') await dst.waitForMigrationStatus(['completed'], 30_000).catch(() => {});
+    // The destination's work ends when it has loaded everything, after the source's.
+    const cpu1 = [srcCpu1, cpuSamplers[1]!.stop()];
     // QEMU 7.2 sometimes reports total-time and downtime 0 for a completed
     // migration (seen on this machine); then take them from the QMP events'
     // timestamps: MIGRATION completed on the source minus the time `migrate` was
@@ -218,6 +224,8 @@ export async function qemuMigration(spec: ScenarioSpec): Promise<RunResult | str
       ...(dstRss.stop() !== undefined ? { destPeakRssBytes: dstRss.stop()! } : {}),
       sourceCpu: cpuDelta(cpu0[0], cpu1[0]),
       destCpu: cpuDelta(cpu0[1], cpu1[1]),
+      ...optNumber('sourceCpuSeconds', cpuUsed(cpu0[0], cpu1[0])),
+      ...optNumber('destCpuSeconds', cpuUsed(cpu0[1], cpu1[1])),
       ...(x ? { xbzrle: { bytes: x.bytes, pages: x.pages, cacheMiss: x['cache-miss'], overflow: x.overflow } } : {}),
       ...(readBytesPerSecond !== undefined ? { readBytesPerSecond } : {}),
       ...(passes0 !== undefined && passes1 !== undefined ? { guestPassesPerSecond: (passes1 - passes0) / ((t1 - t0) / 1000) } : {}),
@@ -226,6 +234,7 @@ export async function qemuMigration(spec: ScenarioSpec): Promise<RunResult | str
   } finally {
     srcRss?.stop();
     dstRss?.stop();
+    for (const c of cpuSamplers) c.stop();
     await src?.stop();
     await dst?.stop();
     await rm(dir, { recursive: true, force: true });

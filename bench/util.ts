@@ -106,10 +106,52 @@ export function cpuSeconds(pid: number | undefined): { user: number; sys: number
   }
 }
 
+/** This process's CPU seconds (user, system) so far, all its threads (getrusage RUSAGE_SELF, microseconds). */
+export function ownCpuSeconds(): { user: number; sys: number } {
+  const u = process.cpuUsage();
+  return { user: u.user / 1e6, sys: u.system / 1e6 };
+}
+
+/** user + system seconds used between two readings; undefined when either is missing. */
+export function cpuUsed(before: ReturnType<typeof cpuSeconds>, after: ReturnType<typeof cpuSeconds>): number | undefined {
+  return before && after ? after.user - before.user + (after.sys - before.sys) : undefined;
+}
+
+/**
+ * Samples another process's CPU time (cpuSeconds) every `everyMs` and keeps
+ * the last reading, so it is known even after the process exited (a
+ * destination that exits when its migration is cancelled or fails): the
+ * figure is then at most `everyMs` short.
+ */
+export class CpuSampler {
+  private last: ReturnType<typeof cpuSeconds>;
+  private readonly timer: NodeJS.Timeout;
+  constructor(private readonly pid: () => number | undefined, everyMs = 200) {
+    this.last = cpuSeconds(pid());
+    this.timer = setInterval(() => this.sample(), everyMs);
+    this.timer.unref();
+  }
+  sample(): ReturnType<typeof cpuSeconds> {
+    const v = cpuSeconds(this.pid());
+    if (v) this.last = v;
+    return this.last;
+  }
+  /** Take a last sample and stop. */
+  stop(): ReturnType<typeof cpuSeconds> {
+    clearInterval(this.timer);
+    return this.sample();
+  }
+}
+
 /** CPU used between two cpuSeconds() readings, as "user+sys s". */
 export function cpuDelta(before: ReturnType<typeof cpuSeconds>, after: ReturnType<typeof cpuSeconds>): string {
   if (!before || !after) return '?';
   return `${(after.user - before.user).toFixed(1)}+${(after.sys - before.sys).toFixed(1)}`;
+}
+
+/** `{ [key]: value }`, or nothing when the value is undefined (optional RunResult fields). */
+export function optNumber<K extends string>(key: K, value: number | undefined): Partial<Record<K, number>> {
+  return value === undefined ? {} : ({ [key]: value } as Record<K, number>);
 }
 
 export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
@@ -159,8 +201,18 @@ export interface RunResult {
   guestRamBytes: number;
   sourcePeakRssBytes?: number;
   destPeakRssBytes?: number;
+  /** CPU used from `migrate` to the end, user+system seconds as "user+sys" (printed per run). */
   sourceCpu: string;
   destCpu: string;
+  /**
+   * The same as numbers (user + system seconds, every thread of the process):
+   * livemig source = the bench child itself (process.cpuUsage), livemig
+   * destination = its `livemig run` child, QEMU = each QEMU process
+   * (/proc/PID/stat: utime + stime, which count all threads, those that have
+   * exited too). Workload rows include the guest's vCPU.
+   */
+  sourceCpuSeconds?: number;
+  destCpuSeconds?: number;
   /** Bytes sent while the guest was stopped (livemig only). */
   downtimeBytes?: number;
   xbzrle?: { bytes: number; pages: number; cacheMiss: number; overflow: number };
