@@ -11,7 +11,7 @@
  *   d  a 1 GiB fully written disk, 64 MiB idle guest (block migration)
  *
  * Rows for capabilities appear only when livemig has them
- * (src/migration/parameters.ts DEFAULT_CAPABILITIES): multifd (2 channels)
+ * (src/migration/config.ts DEFAULT_CAPABILITIES): multifd (2 and 4 channels)
  * for 1 GiB idle; xbzrle for c.
  */
 import { DEFAULT_CAPABILITIES } from '../src/migration/config.js';
@@ -35,6 +35,8 @@ export function scenarios(o: ScenarioOptions): ScenarioSpec[] {
   if (!o.quick) list.push(idle(4));
   if (livemigHas('multifd')) {
     list.push({ ...idle(1), id: 'a-1g-multifd', label: '1 GiB random RAM, idle, multifd 2 channels', caps: ['multifd'], params: { 'multifd-channels': 2 } });
+    // Issue 15: more channels must be faster, not just possible.
+    list.push({ ...idle(1), id: 'a-1g-multifd4', label: '1 GiB random RAM, idle, multifd 4 channels', caps: ['multifd'], params: { 'multifd-channels': 4 } });
   }
   // The cost of encryption (x509, verify-peer), against QEMU with the same certificates.
   list.push({ ...idle(1), id: 'a-1g-tls', label: '1 GiB random RAM, idle, TLS x509', tls: true });
