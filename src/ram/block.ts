@@ -53,6 +53,13 @@ export interface RamBlock {
   /** Tell the block a pageForUpdate() view was changed. */
   pageUpdated(pageIndex: number): void;
   /**
+   * Blocks over one contiguous memory: a page is written in place at
+   * pageOffsetForUpdate() (which stands for pageForUpdate() and
+   * pageUpdated() around the write), with no view per page.
+   */
+  readonly memory?: Uint8Array;
+  pageOffsetForUpdate?(pageIndex: number): number;
+  /**
    * Change the used length (QEMU's resizeable blocks). Absent or returning an
    * error message when the block cannot take that length.
    */
@@ -160,6 +167,11 @@ export class DenseRamBlock implements RamBlock {
   }
 
   pageUpdated(_pageIndex: number): void {}
+
+  pageOffsetForUpdate(pageIndex: number): number {
+    if (this.knownZero !== undefined) this.knownZero[pageIndex] = 0;
+    return pageIndex * TARGET_PAGE_SIZE;
+  }
 
   prepareForLoad(options: { trackZeroPages?: boolean } = {}): void {
     const pages = this.pageCount;
