@@ -151,6 +151,34 @@ describe('RAM blocks', () => {
     assert.match(block.resize(PAGE) ?? '', /Size mismatch/);
   });
 
+  it('dense: prepareForLoad tracks pages still zero; every write through the block forgets them', () => {
+    const memory = new Uint8Array(40 * PAGE);
+    memory[3 * PAGE + 7] = 9; // a page already non-zero before the load (in the first group of 16)
+    memory[20 * PAGE] = 1; // and one in the second group
+    const block = new DenseRamBlock('ram', memory);
+    block.prepareForLoad({ trackZeroPages: true });
+    block.fillPage(3, 0);
+    assert.ok(memory.subarray(3 * PAGE, 4 * PAGE).every((b) => b === 0), 'a non-zero page is zeroed');
+    block.fillPage(20, 0);
+    assert.equal(memory[20 * PAGE], 0);
+    block.writePage(5, new Uint8Array(PAGE).fill(4));
+    block.fillPage(5, 0);
+    assert.equal(memory[5 * PAGE + 100], 0, 'written page, then ZERO: zeroed');
+    block.pageForUpdate(6)[1] = 2;
+    block.pageUpdated(6);
+    block.fillPage(6, 0);
+    assert.equal(memory[6 * PAGE + 1], 0, 'updated page, then ZERO: zeroed');
+    block.fillPage(7, 0x33);
+    block.fillPage(7, 0);
+    assert.equal(memory[7 * PAGE], 0, 'filled page, then ZERO: zeroed');
+    block.fillPage(8, 0);
+    assert.ok(memory.subarray(8 * PAGE, 9 * PAGE).every((b) => b === 0));
+    block.endLoad();
+    memory[9 * PAGE] = 5; // behind the block's back: only safe once the load is over
+    block.fillPage(9, 0);
+    assert.equal(memory[9 * PAGE], 0, 'after endLoad every ZERO page is checked again');
+  });
+
   it('dense over an unaligned view still works', () => {
     const backing = new Uint8Array(2 * PAGE + 1);
     const block = new DenseRamBlock('ram', backing.subarray(1));

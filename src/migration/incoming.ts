@@ -135,6 +135,11 @@ export class IncomingMigration extends EventEmitter<IncomingEvents> {
    */
   private prepareRam(): void {
     for (const block of this.machine.ramBlocks()) {
+      // Zero pages are tracked unless multifd's worker threads may write guest RAM behind the blocks' backs.
+      if (block.prepareForLoad) {
+        block.prepareForLoad({ trackZeroPages: !this.options.multifd });
+        continue;
+      }
       for (let page = 0; page < block.pageCount; page++) {
         const view = block.pageForUpdate(page);
         view[0] = view[0]!;
@@ -214,6 +219,7 @@ export class IncomingMigration extends EventEmitter<IncomingEvents> {
           },
         }),
       );
+      this.endRamLoad();
       // Disks to receive must have come (listed, or at least written to), flushed before the guest may run.
       for (const image of this.options.disks ?? []) {
         const name = image.device.name;
@@ -268,8 +274,14 @@ export class IncomingMigration extends EventEmitter<IncomingEvents> {
       this.setStatus(status);
       return { status, error: err, started: false, loadTimeMs: performance.now() - this.startedMs, bytes: reader?.offset ?? 0 };
     } finally {
+      this.endRamLoad();
       await this.listener.close().catch(() => {});
     }
+  }
+
+  /** The stream is loaded (or failed): what prepareRam() noted about zero pages no longer holds once the guest runs. */
+  private endRamLoad(): void {
+    for (const block of this.machine.ramBlocks()) block.endLoad?.();
   }
 
   private throwIfAborted(): void {

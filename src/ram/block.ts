@@ -12,6 +12,9 @@ const ZERO_PAGE = new Uint8Array(TARGET_PAGE_SIZE);
 
 /** True when every byte is zero (word-at-a-time when aligned). */
 const ZERO_PAGE_BUFFER = Buffer.alloc(TARGET_PAGE_SIZE);
+/** prepareForLoad() checks pages for zero this many at a time (one memcmp for a zero group). */
+const PREPARE_GROUP_PAGES = 16;
+const ZERO_GROUP_BUFFER = Buffer.alloc(PREPARE_GROUP_PAGES * TARGET_PAGE_SIZE);
 
 export function isZeroBytes(data: Uint8Array): boolean {
   let i = 0;
@@ -50,10 +53,30 @@ export interface RamBlock {
   /** Tell the block a pageForUpdate() view was changed. */
   pageUpdated(pageIndex: number): void;
   /**
+   * Blocks over one contiguous memory: a page is written in place at
+   * pageOffsetForUpdate() (which stands for pageForUpdate() and
+   * pageUpdated() around the write), with no view per page.
+   */
+  readonly memory?: Uint8Array;
+  pageOffsetForUpdate?(pageIndex: number): number;
+  /**
    * Change the used length (QEMU's resizeable blocks). Absent or returning an
    * error message when the block cannot take that length.
    */
   resize?(lengthBytes: number): string | undefined;
+  /**
+   * A destination before the stream arrives: touch every page (the first
+   * write to a never-used page costs a page fault and zeroing by the kernel,
+   * which would otherwise land in the downtime). With `trackZeroPages`, also
+   * note which pages are all zero, while they are hot in the cache: until
+   * endLoad(), a zero fillPage() on a page still zero since then costs
+   * nothing. Only for loads where every write to the block's memory goes
+   * through this interface (not multifd: its worker threads write guest RAM
+   * directly).
+   */
+  prepareForLoad?(options?: { trackZeroPages?: boolean }): void;
+  /** The load is over (whatever its outcome): forget what prepareForLoad() noted. */
+  endLoad?(): void;
 }
 
 function checkLength(what: string, lengthBytes: number): void {
@@ -79,6 +102,11 @@ export class DenseRamBlock implements RamBlock {
   private usedBytes: number;
   /** A Buffer over all of the memory: zero checks by memcmp, with no per-page allocation. */
   private readonly bytes: Buffer;
+  /**
+   * Between prepareForLoad() and endLoad(): 1 for a page known to be all zero
+   * (every write through this block clears it); undefined otherwise.
+   */
+  private knownZero: Uint8Array | undefined;
 
   constructor(readonly idstr: string, readonly memory: Uint8Array, private readonly options: DenseRamBlockOptions = {}) {
     checkIdstr(idstr);
@@ -107,14 +135,24 @@ export class DenseRamBlock implements RamBlock {
   }
 
   writePage(pageIndex: number, data: Uint8Array): void {
+    if (this.knownZero !== undefined) this.knownZero[pageIndex] = 0;
     this.memory.set(data.subarray(0, TARGET_PAGE_SIZE), pageIndex * TARGET_PAGE_SIZE);
   }
 
   fillPage(pageIndex: number, byte: number): void {
-    // As QEMU's ram_handle_compressed: leave an already-zero page alone (no write fault).
-    if (byte === 0 && this.isPageZero(pageIndex)) return;
+    const knownZero = this.knownZero;
+    if (byte === 0) {
+      // Still zero since prepareForLoad(): nothing to compare, nothing to write.
+      if (knownZero !== undefined && knownZero[pageIndex] === 1) return;
+      // As QEMU's ram_handle_compressed: leave an already-zero page alone (no write fault).
+      if (this.isPageZero(pageIndex)) {
+        if (knownZero !== undefined) knownZero[pageIndex] = 1;
+        return;
+      }
+    }
     const at = pageIndex * TARGET_PAGE_SIZE;
     this.memory.fill(byte, at, at + TARGET_PAGE_SIZE);
+    if (knownZero !== undefined) knownZero[pageIndex] = byte === 0 ? 1 : 0;
   }
 
   isPageZero(pageIndex: number): boolean {
@@ -124,10 +162,39 @@ export class DenseRamBlock implements RamBlock {
   }
 
   pageForUpdate(pageIndex: number): Uint8Array {
+    if (this.knownZero !== undefined) this.knownZero[pageIndex] = 0;
     return this.pageView(pageIndex);
   }
 
   pageUpdated(_pageIndex: number): void {}
+
+  pageOffsetForUpdate(pageIndex: number): number {
+    if (this.knownZero !== undefined) this.knownZero[pageIndex] = 0;
+    return pageIndex * TARGET_PAGE_SIZE;
+  }
+
+  prepareForLoad(options: { trackZeroPages?: boolean } = {}): void {
+    const pages = this.pageCount;
+    const memory = this.memory;
+    const knownZero = options.trackZeroPages ? new Uint8Array(memory.length / TARGET_PAGE_SIZE) : undefined;
+    for (let first = 0; first < pages; first += PREPARE_GROUP_PAGES) {
+      const end = Math.min(pages, first + PREPARE_GROUP_PAGES);
+      for (let page = first; page < end; page++) {
+        const at = page * TARGET_PAGE_SIZE;
+        memory[at] = memory[at]!;
+      }
+      if (knownZero === undefined) continue;
+      const from = first * TARGET_PAGE_SIZE;
+      const to = end * TARGET_PAGE_SIZE;
+      if (this.bytes.compare(ZERO_GROUP_BUFFER, 0, to - from, from, to) === 0) knownZero.fill(1, first, end);
+      else for (let page = first; page < end; page++) if (this.isPageZero(page)) knownZero[page] = 1;
+    }
+    this.knownZero = knownZero;
+  }
+
+  endLoad(): void {
+    this.knownZero = undefined;
+  }
 
   resize(lengthBytes: number): string | undefined {
     if (!this.options.resizeable) return `Size mismatch: ${this.idstr}: 0x${lengthBytes.toString(16)} != 0x${this.usedBytes.toString(16)}`;

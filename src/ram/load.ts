@@ -238,12 +238,17 @@ export class RamLoadHandler implements SaveVMHandlers {
         }
         case RAM_FLAG_PAGE: {
           // Straight from the received chunk(s) into guest RAM; no await when the page is already here.
-          const page = block!.pageForUpdate(pageIndex);
-          try {
-            if (input.buffered >= TARGET_PAGE_SIZE) input.readIntoSync(page, 0, TARGET_PAGE_SIZE);
-            else await input.readInto(page, 0, TARGET_PAGE_SIZE);
-          } finally {
-            block!.pageUpdated(pageIndex);
+          const memory = block!.memory;
+          if (memory !== undefined && input.buffered >= TARGET_PAGE_SIZE) {
+            input.readIntoSync(memory, block!.pageOffsetForUpdate!(pageIndex), TARGET_PAGE_SIZE);
+          } else {
+            const page = block!.pageForUpdate(pageIndex);
+            try {
+              if (input.buffered >= TARGET_PAGE_SIZE) input.readIntoSync(page, 0, TARGET_PAGE_SIZE);
+              else await input.readInto(page, 0, TARGET_PAGE_SIZE);
+            } finally {
+              block!.pageUpdated(pageIndex);
+            }
           }
           const s = this.statsOf(block!);
           s.normalPages++;

@@ -207,6 +207,36 @@ export function adoptDetachedSocket(detached: DetachedSocket, options: { ring?: 
 // This module is what its DetachedSockets name as `adopter`: its export must fit the contract.
 adoptDetachedSocket satisfies AdoptDetachedSocket;
 
+/**
+ * Ring reads for a socket a listener accepted (the destination's channels):
+ * a ring of 16 × 256 KiB buffers instead of a fresh 64 KiB buffer per read.
+ */
+export const ACCEPTED_SOCKET_RING: RingReads = { chunkBytes: 256 * 1024, chunks: 16 };
+
+/**
+ * The channel over a socket a server just accepted (called from its
+ * 'connection' event, before any byte was read), reading into a ring of
+ * reused buffers (ringReads): `onread` can only be given when a Socket is
+ * built, so the accepted socket's handle moves into a new Socket that has it.
+ * Consumers must not keep views into chunks for long (RingReads); every
+ * reader of a destination's stream copies what it keeps. A TLS socket, or a
+ * socket without the expected handle, keeps the ordinary reads.
+ */
+export function acceptedSocketChannel(socket: Socket, uri: string, kind: 'tcp' | 'unix', ring: RingReads = ACCEPTED_SOCKET_RING): MigrationChannel {
+  if (socket instanceof TLSSocket) return socketChannel(socket, uri, kind);
+  const internals = socket as unknown as SocketInternals;
+  const handle = internals._handle;
+  if (!handle || socket.destroyed || typeof handle.readStop !== 'function') return socketChannel(socket, uri, kind);
+  // Nothing was read yet: the connection's reads start in a later turn of the event loop.
+  handle.readStop();
+  handle.reading = false;
+  internals._handle = null;
+  socket.destroy(); // the Socket object only (it has no handle any more); the server forgets it
+  const { onread, deliver } = ringReads(ring);
+  const adopted = new Socket({ handle, readable: true, writable: true, allowHalfOpen: true, onread } as unknown as ConstructorParameters<typeof Socket>[0]);
+  return socketChannel(adopted, uri, kind, [], { ring, deliver });
+}
+
 /** A file: written by the source, read by the destination; no return path. */
 export function fileChannel(uri: string, inner: { input: ByteSource } | { output: ByteSink }): MigrationChannel {
   const controller = new AbortController();

@@ -9,7 +9,7 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import { lstat, unlink } from 'node:fs/promises';
 import { FileSource } from '../wire/index.js';
-import { fileChannel, socketChannel, type MigrationChannel } from './channel.js';
+import { acceptedSocketChannel, fileChannel, type MigrationChannel } from './channel.js';
 import { TransportError } from './errors.js';
 import { ExecChild, execIncomingChannel } from './exec.js';
 import { secureServer, type TlsServerSettings } from './tls.js';
@@ -175,7 +175,7 @@ class SocketListener implements IncomingListener {
 
   private onConnection(socket: Socket): void {
     if (this.multi && !this.closed) {
-      const channel = socketChannel(socket, this.kind === 'tcp' ? this.address : this.uri, this.kind);
+      const channel = acceptedSocketChannel(socket, this.kind === 'tcp' ? this.address : this.uri, this.kind);
       if (this.arrived || this.taken) this.more.push(channel);
       else this.arrived = channel;
       this.settle();
@@ -185,7 +185,7 @@ class SocketListener implements IncomingListener {
       socket.destroy(); // connections racing the first one, before the listener closed
       return;
     }
-    this.arrived = socketChannel(socket, this.kind === 'tcp' ? this.address : this.uri, this.kind);
+    this.arrived = acceptedSocketChannel(socket, this.kind === 'tcp' ? this.address : this.uri, this.kind);
     this.stopListening();
     this.settle();
   }
