@@ -1,8 +1,10 @@
 /**
  * The destination side: wait for the channel the migration stream comes in on.
  *
- * tcp/unix listen until the first connection arrives, then stop listening
- * (one channel per migration; multifd is not supported). exec/file start the
+ * tcp/unix listen until the first connection arrives and then stop, or with
+ * multiChannel (multifd, and a destination that must survive strangers) keep
+ * listening until closed; with TLS every connection runs its handshake first
+ * (tls.ts). Plain sockets read into a ring of reused buffers. exec/file start the
  * command or open the file right away, like QEMU's `-incoming`, so a bad
  * command or missing file fails early; accept() then hands that channel out.
  */
