@@ -356,22 +356,31 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
     // Dirty logging from here to the end of the migration (v86 keeps a RAM-sized shadow meanwhile).
     await this.machine.startDirtyLog();
     const connect = (): Promise<MigrationChannel> => connectOutgoing(run.uri, run.tls ? { tls: run.tls } : {});
-    const channel = await run.watchdog.busy(connect);
-    run.channel = channel;
-    this.throwIfStopped(run);
-    if (multifd) {
-      // After the main channel is connected (a 7.2 destination takes the first connection as main).
-      const p = this.parameters;
-      run.multifd = await run.watchdog.busy(() =>
-        MultifdSender.open({
+    const connected = run.watchdog.busy(connect);
+    // The channels' threads start now; their connections follow the main one
+    // (a 7.2 destination takes the first connection as main).
+    const p = this.parameters;
+    const opening = multifd
+      ? MultifdSender.open({
           uri: run.uri,
           connect,
+          after: connected,
           channels: p['multifd-channels'],
           blocks: this.machine.ramBlocks(),
           compression: p['multifd-compression'],
           level: p['multifd-compression'] === 'zstd' ? p['multifd-zstd-level'] : p['multifd-zlib-level'],
-        }),
-      );
+        })
+      : undefined;
+    opening?.catch(() => {});
+    const channel = await connected;
+    run.channel = channel;
+    if (opening) {
+      const sender = await run.watchdog.busy(() => opening);
+      // A stop (cancel) that came meanwhile finds it here.
+      run.multifd = sender;
+    }
+    this.throwIfStopped(run);
+    if (run.multifd) {
       ram.attachMultifd(run.multifd);
       this.throwIfStopped(run);
     }

@@ -73,12 +73,35 @@ export class MultifdReceiver {
   private readonly uuid: Uint8Array;
   private readonly started = performance.now();
   private readonly shared: RecvWorkerData['blocks'] | undefined;
+  /** Threads started ahead of their connections (one per expected channel), waiting for an 'adopt' message. */
+  private readonly spare: Worker[] = [];
 
   constructor(private readonly options: MultifdReceiverOptions) {
     this.uuid = options.uuid ?? ZERO_UUID;
     const blocks = options.table.blocks();
     const shared = options.useWorkers === false ? undefined : sharedBlocks(blocks);
     this.shared = shared?.map((b, i) => ({ ...b, usedBytes: blocks[i]!.lengthBytes }));
+    // A worker thread takes tens of milliseconds to start (more with every channel starting at
+    // once on few cores): start them now, while the source connects, not when its pages arrive.
+    if (this.shared) for (let i = 0; i < options.channels; i++) this.spare.push(this.startWorker(undefined));
+  }
+
+  private startWorker(socket: DetachedSocket | undefined): Worker {
+    const data: RecvWorkerData = {
+      ...(socket ? { socket } : {}),
+      uuid: this.uuid,
+      channels: this.options.channels,
+      compression: this.options.compression ?? 'none',
+      blocks: this.shared!,
+      ...(this.options.codecModule ? { codecModule: this.options.codecModule } : {}),
+    };
+    const worker = new Worker(new URL('./recv-worker.js', import.meta.url), { workerData: data });
+    if (!socket) {
+      // Idle until adopted: it neither keeps the process alive nor fails the receiver.
+      worker.unref();
+      worker.on('error', () => {});
+    }
+    return worker;
   }
 
   get error(): Error | undefined {
@@ -111,6 +134,7 @@ export class MultifdReceiver {
   fail(err: Error): void {
     if (this.failure) return;
     this.failure = err;
+    for (const w of this.spare.splice(0)) void w.terminate();
     for (const ch of this.all) ch.close();
     this.wake();
     this.onError?.(err);
@@ -183,15 +207,13 @@ export class MultifdReceiver {
   addDetachedChannel(socket: DetachedSocket): void {
     const shared = this.shared;
     if (!shared) throw new Error('multifd: worker threads need guest RAM in SharedArrayBuffers');
-    const data: RecvWorkerData = {
-      socket,
-      uuid: this.uuid,
-      channels: this.options.channels,
-      compression: this.options.compression ?? 'none',
-      blocks: shared,
-      ...(this.options.codecModule ? { codecModule: this.options.codecModule } : {}),
-    };
-    const worker = new Worker(new URL('./recv-worker.js', import.meta.url), { workerData: data });
+    let worker = this.spare.shift();
+    if (worker) {
+      worker.ref();
+      worker.postMessage({ type: 'adopt', socket });
+    } else {
+      worker = this.startWorker(socket);
+    }
     let endOffset = 0;
     let last: RecvChannelCounters = { packets: 0, pages: 0, bytes: 0 };
     let done = false;
@@ -299,6 +321,7 @@ export class MultifdReceiver {
   /** Tear every channel down. */
   close(): void {
     this.closed = true;
+    for (const w of this.spare.splice(0)) void w.terminate();
     for (const ch of this.all) ch.close();
     this.wake();
   }

@@ -126,8 +126,28 @@ async function receivePackets(reader: StreamReader, ctx: RecvChannelContext, id:
   }
 }
 
-/** Pages straight from the received chunks into guest RAM. */
+/**
+ * Pages straight from the received chunks into guest RAM. A block over one
+ * memory takes each run of consecutive pages as one read into its place (no
+ * view per page; a run's bytes may span chunks, readInto copies each part).
+ */
 async function readPages(reader: StreamReader, block: RamBlock, offsets: Float64Array, count: number): Promise<void> {
+  const memory = block.memory;
+  if (memory !== undefined && block.pageOffsetForUpdate !== undefined) {
+    for (let i = 0; i < count; ) {
+      const first = offsets[i]!;
+      let run = 1;
+      while (i + run < count && offsets[i + run] === first + run * MULTIFD_PAGE_SIZE) run++;
+      // Every page of the run is marked written before its bytes land (as pageForUpdate would).
+      const at = block.pageOffsetForUpdate(first / MULTIFD_PAGE_SIZE);
+      for (let k = 1; k < run; k++) block.pageOffsetForUpdate(first / MULTIFD_PAGE_SIZE + k);
+      const bytes = run * MULTIFD_PAGE_SIZE;
+      if (reader.buffered >= bytes) reader.readIntoSync(memory, at, bytes);
+      else await reader.readInto(memory, at, bytes);
+      i += run;
+    }
+    return;
+  }
   for (let i = 0; i < count; i++) {
     const pageIndex = offsets[i]! / MULTIFD_PAGE_SIZE;
     const page = block.pageForUpdate(pageIndex);

@@ -11,7 +11,12 @@
  * (DetachedSocket.adopter, set by the transport that detached it): this core
  * module does not import the transports.
  *
- * Messages in:  { type: 'release' } after a SYNC, { type: 'close' }.
+ * A thread may be started before its connection arrives (the receiver starts
+ * them when it is created, so a thread's start-up is not paid while the
+ * source already sends): it then waits for { type: 'adopt', socket }.
+ *
+ * Messages in:  { type: 'adopt', socket } (threads started ahead),
+ *               { type: 'release' } after a SYNC, { type: 'close' }.
  * Messages out: { type: 'init', id }, { type: 'sync', counters },
  *               { type: 'ended', offset, counters } at the channel's clean end,
  *               { type: 'error', channel, offset, reason }.
@@ -24,7 +29,8 @@ import type { MultifdCompression } from './codec.js';
 import { asMultifdError, receiveMultifdChannel, type RecvChannelCounters } from './recv-channel.js';
 
 export interface RecvWorkerData {
-  socket: DetachedSocket;
+  /** The connection; absent for a thread started ahead of it, which gets it in an 'adopt' message. */
+  socket?: DetachedSocket;
   uuid: Uint8Array;
   channels: number;
   compression: MultifdCompression;
@@ -51,8 +57,13 @@ let release: (() => void) | undefined;
 let channel: MigrationChannel | undefined;
 const post = (message: RecvWorkerMessage): void => port.postMessage(message);
 
-port.on('message', (message: { type: 'release' | 'close' }) => {
-  if (message.type === 'release') {
+let adopt: ((socket: DetachedSocket) => void) | undefined;
+const adopted = data.socket ? Promise.resolve(data.socket) : new Promise<DetachedSocket>((resolve) => (adopt = resolve));
+
+port.on('message', (message: { type: 'release' | 'close' } | { type: 'adopt'; socket: DetachedSocket }) => {
+  if (message.type === 'adopt') {
+    adopt?.(message.socket);
+  } else if (message.type === 'release') {
     const go = release;
     release = undefined;
     go?.();
@@ -68,11 +79,13 @@ async function main(): Promise<void> {
   let reader: StreamReader | undefined;
   try {
     if (data.codecModule) await import(data.codecModule);
+    const socket = await adopted;
+    if (stopped) return;
     // Reads into a ring of reused buffers: the loop below copies every page out
     // (or decodes a payload) before it reads on, so no chunk is kept for long.
-    const { adoptDetachedSocket } = (await import(data.socket.adopter)) as { adoptDetachedSocket: AdoptDetachedSocket };
-    if (typeof adoptDetachedSocket !== 'function') throw new Error(`${data.socket.adopter} does not export adoptDetachedSocket`);
-    channel = adoptDetachedSocket(data.socket, { ring: RECV_RING });
+    const { adoptDetachedSocket } = (await import(socket.adopter)) as { adoptDetachedSocket: AdoptDetachedSocket };
+    if (typeof adoptDetachedSocket !== 'function') throw new Error(`${socket.adopter} does not export adoptDetachedSocket`);
+    channel = adoptDetachedSocket(socket, { ring: RECV_RING });
     reader = new StreamReader(channel.input!);
     const counters: RecvChannelCounters = { packets: 0, pages: 0, bytes: 0 };
     await receiveMultifdChannel(reader, {

@@ -13,7 +13,8 @@
  * it is sent again after the next sync. Compressed packets copy the pages
  * into the packet buffer for the encoder.
  *
- * Messages in:  { type: 'job', seq, packetNum, flags, blockIndex, count, offsets }
+ * Messages in:  { type: 'adopt', fd, what } (a thread started before its connection)
+ *               { type: 'job', seq, packetNum, flags, blockIndex, count, offsets }
  *               { type: 'finish' }
  * Messages out: { type: 'ready' } once the init packet is written,
  *               { type: 'done', seq } once a job's packet is handed to the OS
@@ -26,8 +27,11 @@ import { createSendCodec, ensureMultifdCodecs, type MultifdCompression, type Mul
 import { encodeInitPacket, MULTIFD_HEADER_BYTES, MULTIFD_PAGE_SIZE, MULTIFD_PAGES_PER_PACKET, writePacketHeader } from './packet.js';
 
 export interface SendWorkerData {
-  /** The connected socket's descriptor (MigrationChannel.detach()); this thread owns it. */
-  fd: number;
+  /**
+   * The connected socket's descriptor (MigrationChannel.detach()); this thread owns it.
+   * Absent for a thread started before its connection: it comes in { type: 'adopt', fd, what }.
+   */
+  fd?: number;
   what: string;
   id: number;
   uuid: Uint8Array;
@@ -64,10 +68,24 @@ function fail(message: string): void {
 }
 
 async function main(): Promise<void> {
+  let adoptMessage: ((msg: { type: string; fd?: number; what?: string }) => void) | undefined;
+  const adopted =
+    data.fd !== undefined
+      ? Promise.resolve(data.fd)
+      : new Promise<number>((resolve) => {
+          adoptMessage = (msg) => {
+            if (msg.type !== 'adopt') return;
+            port.off('message', adoptMessage!);
+            data.what = msg.what ?? data.what;
+            resolve(msg.fd!);
+          };
+          port.on('message', adoptMessage);
+        });
   if (data.codecModule) await import(data.codecModule);
   await ensureMultifdCodecs(data.compression);
   codec = createSendCodec(data.compression, data.level);
-  const socket = new Socket({ fd: data.fd, readable: true, writable: true, allowHalfOpen: true });
+  const fd = await adopted;
+  const socket = new Socket({ fd, readable: true, writable: true, allowHalfOpen: true });
   socket.setNoDelay(true);
   socket.on('error', (err) => fail(`${data.what}: ${err.message}`));
   socket.on('close', () => {

@@ -55,6 +55,12 @@ export interface MultifdSenderOptions {
   maxInflight?: number;
   /** A module (URL or path) that registers compression codecs, loaded in each worker. */
   codecModule?: string;
+  /**
+   * Settles once the main channel is connected: the channels connect after it
+   * (a 7.2 destination takes the first connection as the main one), but their
+   * worker threads start at once, so their start-up overlaps the main connect.
+   */
+  after?: Promise<unknown>;
 }
 
 type Job = Omit<SendJob, 'type' | 'seq'>;
@@ -119,7 +125,16 @@ export class MultifdSender {
     const opened: SenderChannel[] = [];
     const sender = new MultifdSender(opened, options.maxInflight ?? DEFAULT_MAX_INFLIGHT, useWorkers);
     let allWorkers = useWorkers;
+    // Threads start before their connections (tens of milliseconds each; they get the descriptor later).
+    const spare: WorkerSenderChannel[] = [];
     try {
+      if (useWorkers) {
+        for (let id = 0; id < n; id++) {
+          const data: SendWorkerData = { what: `multifd channel ${id}`, id, uuid, blocks: shared!, compression, level, ...(options.codecModule ? { codecModule: options.codecModule } : {}) };
+          spare.push(new WorkerSenderChannel(id, data, (err) => sender.fail(err)));
+        }
+      }
+      await options.after;
       const pending = [];
       for (let id = 0; id < n; id++) {
         pending.push(
@@ -131,13 +146,18 @@ export class MultifdSender {
             }
             const what = `multifd channel ${id} (${options.uri ?? channel.uri})`;
             const detached = useWorkers ? channel.detach?.() : undefined;
-            if (detached) {
+            const started = spare[id];
+            if (detached && started) {
               // The worker owns the descriptor from here on (the detached channel never touches it again).
-              const data: SendWorkerData = { fd: detached.fd, what, id, uuid, blocks: shared!, compression, level, ...(options.codecModule ? { codecModule: options.codecModule } : {}) };
-              const ch = new WorkerSenderChannel(id, data, (err) => sender.fail(err));
-              opened.push(ch);
-              await ch.ready;
+              spare[id] = undefined!;
+              opened.push(started);
+              started.adopt(detached.fd, what);
+              await started.ready;
             } else {
+              if (started) {
+                spare[id] = undefined!;
+                started.dispose();
+              }
               allWorkers = false;
               const ch = new LocalSenderChannel(id, channel, options.blocks, createSendCodec(compression, level), (err) => sender.fail(err));
               opened.push(ch);
@@ -153,6 +173,7 @@ export class MultifdSender {
       sender.workers = allWorkers;
       return sender;
     } catch (err) {
+      for (const ch of spare) ch?.dispose();
       sender.abort(err as Error);
       throw err;
     }
@@ -364,6 +385,18 @@ class WorkerSenderChannel implements SenderChannel {
       if (!this.finishing) failWith(new Error(`multifd channel ${id}: its thread ended`));
       this.onFinished?.();
     });
+  }
+
+  /** Hand the thread its connection's descriptor (it owns it from now on). */
+  adopt(fd: number, what: string): void {
+    this.worker.postMessage({ type: 'adopt', fd, what });
+  }
+
+  /** A thread that got no connection: end it quietly. */
+  dispose(): void {
+    this.finishing = true;
+    this.failure ??= new Error('multifd channel not used');
+    void this.worker.terminate();
   }
 
   submit(job: Job): Promise<void> {
