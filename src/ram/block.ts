@@ -12,6 +12,7 @@ const ZERO_PAGE = new Uint8Array(TARGET_PAGE_SIZE);
 
 /** True when every byte is zero (word-at-a-time when aligned). */
 const ZERO_PAGE_BUFFER = Buffer.alloc(TARGET_PAGE_SIZE);
+const PAGE_WORDS = TARGET_PAGE_SIZE / 8;
 /** prepareForLoad() checks pages for zero this many at a time (one memcmp for a zero group). */
 const PREPARE_GROUP_PAGES = 16;
 const ZERO_GROUP_BUFFER = Buffer.alloc(PREPARE_GROUP_PAGES * TARGET_PAGE_SIZE);
@@ -103,6 +104,12 @@ export class DenseRamBlock implements RamBlock {
   /** A Buffer over all of the memory: zero checks by memcmp, with no per-page allocation. */
   private readonly bytes: Buffer;
   /**
+   * The memory as 8-byte words (when aligned): a page whose first word is not 0
+   * is not a zero page, decided without a call into native code (most pages of
+   * a busy guest). A word reads as 0 only for the +0/-0 bit patterns.
+   */
+  private readonly words: Float64Array | undefined;
+  /**
    * Between prepareForLoad() and endLoad(): 1 for a page known to be all zero
    * (every write through this block clears it); undefined otherwise.
    */
@@ -115,6 +122,7 @@ export class DenseRamBlock implements RamBlock {
     checkLength(`RAM block '${idstr}'`, this.usedBytes);
     if (this.usedBytes > memory.length) throw new RangeError(`RAM block '${idstr}': length ${this.usedBytes} exceeds its memory (${memory.length})`);
     this.bytes = Buffer.from(memory.buffer, memory.byteOffset, memory.length);
+    this.words = memory.byteOffset % 8 === 0 ? new Float64Array(memory.buffer, memory.byteOffset, Math.floor(memory.length / 8)) : undefined;
   }
 
   get lengthBytes(): number {
@@ -156,6 +164,7 @@ export class DenseRamBlock implements RamBlock {
   }
 
   isPageZero(pageIndex: number): boolean {
+    if (this.words !== undefined && this.words[pageIndex * PAGE_WORDS] !== 0) return false;
     const at = pageIndex * TARGET_PAGE_SIZE;
     // memcmp against a zero page: about 3x faster than a word loop in JS.
     return this.bytes.compare(ZERO_PAGE_BUFFER, 0, TARGET_PAGE_SIZE, at, at + TARGET_PAGE_SIZE) === 0;

@@ -17,7 +17,7 @@
 import { performance } from 'node:perf_hooks';
 import type { LoadSectionContext, SaveVMHandlers } from '../savevm/handlers.js';
 import { TARGET_PAGE_SIZE, type StreamReader, type StreamWriter } from '../wire/index.js';
-import { DenseRamBlock, type RamBlock } from './block.js';
+import type { RamBlock } from './block.js';
 import { FixedRamBlockTable } from './block-table.js';
 import { DirtyBitmap } from './dirty-bitmap.js';
 import { RAM_RECORD_HEADER_BYTES } from './flags.js';
@@ -94,22 +94,6 @@ interface BlockState {
   basePage: number;
   /** Position in the block list (multifd packets name blocks by it). */
   index: number;
-  /**
-   * The block's memory as 8-byte words when it is a dense block at an aligned
-   * offset: a page whose first word is non-zero is not a zero page, decided
-   * without a call into native code (most pages of a busy guest).
-   */
-  words: Float64Array | undefined;
-}
-
-/** Float64Array words per page (a word reads as 0 only for +0/-0 bit patterns, so `!== 0` proves a non-zero page). */
-const PAGE_WORDS = TARGET_PAGE_SIZE / 8;
-
-function wordsOf(block: RamBlock): Float64Array | undefined {
-  if (!(block instanceof DenseRamBlock)) return undefined;
-  const m = block.memory;
-  if (m.byteOffset % 8 !== 0) return undefined;
-  return new Float64Array(m.buffer, m.byteOffset, Math.floor(m.length / 8));
 }
 
 export class RamSaveHandler implements SaveVMHandlers {
@@ -137,7 +121,7 @@ export class RamSaveHandler implements SaveVMHandlers {
     let basePage = 0;
     this.states = blocks.map((block, index) => {
       if (this.byName.has(block.idstr)) throw new RangeError(`duplicate RAM block name '${block.idstr}'`);
-      const state = { block, dirty: new DirtyBitmap(block.pageCount), basePage, index, words: wordsOf(block) };
+      const state = { block, dirty: new DirtyBitmap(block.pageCount), basePage, index };
       basePage += block.pageCount;
       this.byName.set(block.idstr, state);
       return state;
@@ -385,8 +369,7 @@ export class RamSaveHandler implements SaveVMHandlers {
     const globalPage = state.basePage + page;
     const generation = c.dirtySyncCount;
 
-    const words = state.words;
-    if ((words === undefined || words[page * PAGE_WORDS] === 0) && block.isPageZero(page)) {
+    if (block.isPageZero(page)) {
       const n = this.records.writeZero(out, block.idstr, offsetBytes, 0);
       c.duplicatePages++;
       c.transferredBytes += n;

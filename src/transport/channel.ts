@@ -80,6 +80,25 @@ export class Channel implements MigrationChannel {
 }
 
 /**
+ * Take the libuv handle out of a Socket (Node 20's net.Socket._handle; Node
+ * has no public way to move a connection): reading stops, and the Socket no
+ * longer closes the connection when destroyed. Undefined, and the Socket left
+ * as it is, for a TLS socket (its session lives in this thread) or when the
+ * handle is not where Node 20 keeps it.
+ */
+function takeHandle(socket: Socket, o: { needsFd: boolean }): NonNullable<SocketInternals['_handle']> | undefined {
+  if (socket instanceof TLSSocket || socket.destroyed) return undefined;
+  const internals = socket as unknown as SocketInternals;
+  const handle = internals._handle;
+  if (!handle || typeof handle.readStop !== 'function') return undefined;
+  if (o.needsFd && (typeof handle.fd !== 'number' || handle.fd < 0)) return undefined;
+  handle.readStop();
+  handle.reading = false;
+  internals._handle = null;
+  return handle;
+}
+
+/**
  * Handles whose descriptors were given to another thread. Node closes a
  * handle's descriptor when the handle is closed, and the descriptor number
  * may by then belong to something else: these handles are kept here, out of
@@ -171,16 +190,10 @@ export function socketChannel(
       // Node has no public way to hand a socket to a worker thread; this takes
       // its libuv handle out of the Socket (Node 20's net.Socket._handle): reading
       // stops, and the Socket no longer closes the descriptor when destroyed.
-      // A TLS session's state lives in this thread: its socket cannot move.
-      if (socket instanceof TLSSocket) return undefined;
-      const internals = socket as unknown as SocketInternals;
-      const handle = internals._handle;
-      if (!handle || socket.destroyed || typeof handle.fd !== 'number' || handle.fd < 0 || typeof handle.readStop !== 'function') return undefined;
-      handle.readStop();
-      handle.reading = false;
-      internals._handle = null;
+      const handle = takeHandle(socket, { needsFd: true });
+      if (!handle) return undefined;
       detachedHandles.add(handle);
-      const fd = handle.fd;
+      const fd = handle.fd!;
       // What Node read before the stop: in the reader's queue, or still in the stream's buffer.
       const received = input.takeQueued();
       void input.close(); // stops listening for 'data': the reads below must not be queued twice
@@ -223,14 +236,9 @@ export const ACCEPTED_SOCKET_RING: RingReads = { chunkBytes: 256 * 1024, chunks:
  * socket without the expected handle, keeps the ordinary reads.
  */
 export function acceptedSocketChannel(socket: Socket, uri: string, kind: 'tcp' | 'unix', ring: RingReads = ACCEPTED_SOCKET_RING): MigrationChannel {
-  if (socket instanceof TLSSocket) return socketChannel(socket, uri, kind);
-  const internals = socket as unknown as SocketInternals;
-  const handle = internals._handle;
-  if (!handle || socket.destroyed || typeof handle.readStop !== 'function') return socketChannel(socket, uri, kind);
   // Nothing was read yet: the connection's reads start in a later turn of the event loop.
-  handle.readStop();
-  handle.reading = false;
-  internals._handle = null;
+  const handle = takeHandle(socket, { needsFd: false });
+  if (!handle) return socketChannel(socket, uri, kind);
   socket.destroy(); // the Socket object only (it has no handle any more); the server forgets it
   const { onread, deliver } = ringReads(ring);
   const adopted = new Socket({ handle, readable: true, writable: true, allowHalfOpen: true, onread } as unknown as ConstructorParameters<typeof Socket>[0]);
