@@ -115,7 +115,9 @@ export async function runCommand(options: RunOptions): Promise<number> {
       return await runIncoming(guest, monitor, options.incoming, options.verify === true, emit, stop);
     }
     if (options.migrateTo) return await runOutgoing(guest, monitor.migration, options, emit, () => serialBytes, stop);
-    emit('running', { machine: machine.machineName, ramBytes: guest.memory().length }, `guest running: ${formatBytes(guest.memory().length)} of RAM; Ctrl-C stops it`);
+    // From the blocks, not guest.memory(): handing RAM out costs the test machine its never-written pages.
+    const ramBytes = machine.ramBlocks().reduce((sum, block) => sum + block.lengthBytes, 0);
+    emit('running', { machine: machine.machineName, ramBytes }, `guest running: ${formatBytes(ramBytes)} of RAM; Ctrl-C stops it`);
     return await stop;
   } finally {
     clearInterval(guestTicker);

@@ -195,7 +195,7 @@ export const testCpuVmsd = defineVmsd<CpuSection>({
   },
   postLoad(s) {
     const c = requireStopped(s.machine, 'test-cpu load');
-    const ramBytes = BigInt(s.machine.memory.length);
+    const ramBytes = BigInt(s.machine.ramSizeBytes);
     const page = BigInt(PAGE_SIZE_BYTES);
     // The range is the guest's code, so it comes from the source; it must still fit this RAM.
     if (s.range_start % page !== 0n || s.range_end % page !== 0n || s.range_start >= s.range_end || s.range_end > ramBytes) {
@@ -331,14 +331,26 @@ const WAIT_SLICE_MS = 50;
 export class TestMachine implements Machine {
   readonly kind = 'test';
   readonly machineName = TEST_MACHINE_NAME;
-  /** Guest RAM (a view over a SharedArrayBuffer the vCPU writes). */
-  readonly memory: Uint8Array;
   readonly serial: Readable;
   /** Duration of the last pause(), from request to the vCPU's acknowledgement, in ms. */
   lastPauseLatencyMs = 0;
 
+  /** Guest RAM (a view over a SharedArrayBuffer the vCPU writes). */
+  private readonly ram: Uint8Array;
   private readonly ctrl: Int32Array;
   private readonly dirty: Int32Array;
+  /**
+   * Pages the vCPU or load() has written since boot, as far as syncs have
+   * collected them from the dirty log (the log's current words hold the rest):
+   * every other page is still the zero the SharedArrayBuffer started with.
+   */
+  private readonly everWritten: Uint32Array;
+  /**
+   * Someone may have written RAM where the log cannot see it: the machine was
+   * an incoming one (the loader writes RAM), or `memory` was handed out.
+   * From then on it vouches for no page (pristinePages() is undefined).
+   */
+  private ramUnaccounted: boolean;
   private readonly block: DenseRamBlock;
   private readonly worker: Worker;
   private failure: Error | undefined;
@@ -402,10 +414,12 @@ export class TestMachine implements Machine {
     const pageCount = ramSizeBytes / PAGE_SIZE_BYTES;
     const dirtyBuffer = new SharedArrayBuffer(Math.ceil(pageCount / 32) * 4);
     const ctrlBuffer = new SharedArrayBuffer(CTRL_WORDS * 4);
-    this.memory = new Uint8Array(ramBuffer);
+    this.ram = new Uint8Array(ramBuffer);
     this.dirty = new Int32Array(dirtyBuffer);
     this.ctrl = new Int32Array(ctrlBuffer);
-    this.block = new DenseRamBlock(TEST_RAM_BLOCK, this.memory);
+    this.everWritten = new Uint32Array(this.dirty.length);
+    this.ramUnaccounted = options.incoming === true;
+    this.block = new DenseRamBlock(TEST_RAM_BLOCK, this.ram, { pristinePages: () => this.pristinePages() });
 
     const c = this.ctrl;
     c[Ctrl.Pattern] = pattern === 'random' ? Pattern.Random : Pattern.Sequential;
@@ -458,6 +472,54 @@ export class TestMachine implements Machine {
     this.worker.on('exit', (code) => {
       if (!this.destroyed) this.failure ??= new Error(`test machine vCPU exited unexpectedly (code ${code})`);
     });
+  }
+
+  /**
+   * Guest RAM, for callers that read or write it directly (tests, checks).
+   * Writes through this view bypass the dirty log, so once it has been handed
+   * out the machine no longer tells the engine which pages were never written
+   * (see pristinePages); write with load() to keep that.
+   */
+  get memory(): Uint8Array {
+    this.ramUnaccounted = true;
+    return this.ram;
+  }
+
+  get ramSizeBytes(): number {
+    return this.ram.length;
+  }
+
+  /**
+   * Write `data` into guest RAM at `addressBytes` (QEMU's `-device loader`):
+   * the pages go through the dirty log like the vCPU's writes, so a migration
+   * in progress sends them again and untouched pages stay known as zero.
+   */
+  load(addressBytes: number, data: Uint8Array): void {
+    this.checkAlive();
+    if (!Number.isSafeInteger(addressBytes) || addressBytes < 0 || addressBytes + data.length > this.ram.length) {
+      throw new RangeError(`load: ${data.length} bytes at ${addressBytes} do not fit in ${this.ram.length} bytes of RAM`);
+    }
+    if (data.length === 0) return;
+    this.ram.set(data, addressBytes);
+    // After the write, as the vCPU does (see syncDirtyLog).
+    const last = Math.floor((addressBytes + data.length - 1) / PAGE_SIZE_BYTES);
+    for (let page = Math.floor(addressBytes / PAGE_SIZE_BYTES); page <= last; page++) Atomics.or(this.dirty, page >>> 5, 1 << (page & 31));
+  }
+
+  /**
+   * Pages never written since boot (zero without reading them), or undefined
+   * when RAM may have been written behind the log. Written pages are those the
+   * syncs collected plus the log's current bits; a write racing with this call
+   * sets its bit afterwards and the next sync reports it (the engine then
+   * takes the page out of its pristine set).
+   */
+  private pristinePages(): Uint32Array | undefined {
+    if (this.ramUnaccounted) return undefined;
+    const pages = this.block.pageCount;
+    const out = new Uint32Array(this.everWritten.length);
+    for (let w = 0; w < out.length; w++) out[w] = ~(this.everWritten[w]! | Atomics.load(this.dirty, w)) >>> 0;
+    if (pages % 32) out[out.length - 1]! &= (1 << pages % 32) - 1;
+    return out;
   }
 
   /** Resolves once the worker is up and stopped. */
@@ -513,9 +575,13 @@ export class TestMachine implements Machine {
     this.startDirtyLog();
     const words = this.dirty;
     const out = new Uint32Array(words.length);
+    const everWritten = this.everWritten;
     for (let w = 0; w < words.length; w++) {
       // Plain atomic load first: skipping clean words keeps us off the vCPU's cache lines.
-      if (Atomics.load(words, w) !== 0) out[w] = Atomics.exchange(words, w, 0) >>> 0;
+      if (Atomics.load(words, w) !== 0) {
+        out[w] = Atomics.exchange(words, w, 0) >>> 0;
+        everWritten[w] = everWritten[w]! | out[w]!;
+      }
     }
     if (this.dirtyLogFresh) {
       this.dirtyLogFresh = false;
@@ -686,7 +752,7 @@ export class TestMachine implements Machine {
   diskGenerations(): Uint32Array {
     const layout = this.diskLayout;
     if (!layout) return new Uint32Array(0);
-    const view = new DataView(this.memory.buffer, this.memory.byteOffset + layout.genTableAddress, layout.blockCount * 4);
+    const view = new DataView(this.ram.buffer, this.ram.byteOffset + layout.genTableAddress, layout.blockCount * 4);
     const out = new Uint32Array(layout.blockCount);
     for (let b = 0; b < out.length; b++) out[b] = view.getUint32(b * 4, true);
     return out;
@@ -751,12 +817,12 @@ export class TestMachine implements Machine {
   /** QEMU's memory check over the vCPU's range (meaningful for the sequential pattern, with the vCPU paused). */
   checkMemory(): MemoryCheckResult {
     const c = this.ctrl;
-    return checkMemory(this.memory, (c[Ctrl.RangeStartPage]! >>> 0) * PAGE_SIZE_BYTES, (c[Ctrl.RangeEndPage]! >>> 0) * PAGE_SIZE_BYTES);
+    return checkMemory(this.ram, (c[Ctrl.RangeStartPage]! >>> 0) * PAGE_SIZE_BYTES, (c[Ctrl.RangeEndPage]! >>> 0) * PAGE_SIZE_BYTES);
   }
 
   /** SHA-256 of all of RAM (hex). */
   ramHash(): string {
-    return ramSha256(this.memory);
+    return ramSha256(this.ram);
   }
 
   async destroy(): Promise<void> {

@@ -78,6 +78,16 @@ export interface RamBlock {
   prepareForLoad?(options?: { trackZeroPages?: boolean }): void;
   /** The load is over (whatever its outcome): forget what prepareForLoad() noted. */
   endLoad?(): void;
+  /**
+   * Pages nothing has written since the memory was allocated, so they are
+   * zero without reading them (bit n = page n, LSB first; a fresh copy), or
+   * undefined when the owner cannot vouch for that (as virtio-balloon's free
+   * page hints: a hint the source may use to skip work). Reading a page that
+   * was never written costs a page fault per 4 KiB in JavaScript (no huge zero
+   * page), which dominates a mostly empty guest. Asked after dirty tracking
+   * started: a page written after the answer is in the dirty log.
+   */
+  pristinePages?(): Uint32Array | undefined;
 }
 
 function checkLength(what: string, lengthBytes: number): void {
@@ -96,6 +106,12 @@ export interface DenseRamBlockOptions {
   lengthBytes?: number;
   /** Allow the incoming block list to change the used length, up to memory.length. */
   resizeable?: boolean;
+  /**
+   * The owner's account of pages never written since the memory was
+   * allocated (see RamBlock.pristinePages). The block itself stops answering
+   * once anything wrote through it (a load).
+   */
+  pristinePages?: () => Uint32Array | undefined;
 }
 
 /** A block over caller-owned memory; page views are windows into it. */
@@ -114,6 +130,8 @@ export class DenseRamBlock implements RamBlock {
    * (every write through this block clears it); undefined otherwise.
    */
   private knownZero: Uint8Array | undefined;
+  /** Something wrote through this block (a load): the owner's pristine-page account no longer holds. */
+  private writtenThrough = false;
 
   constructor(readonly idstr: string, readonly memory: Uint8Array, private readonly options: DenseRamBlockOptions = {}) {
     checkIdstr(idstr);
@@ -143,11 +161,13 @@ export class DenseRamBlock implements RamBlock {
   }
 
   writePage(pageIndex: number, data: Uint8Array): void {
+    this.writtenThrough = true;
     if (this.knownZero !== undefined) this.knownZero[pageIndex] = 0;
     this.memory.set(data.subarray(0, TARGET_PAGE_SIZE), pageIndex * TARGET_PAGE_SIZE);
   }
 
   fillPage(pageIndex: number, byte: number): void {
+    this.writtenThrough = true;
     const knownZero = this.knownZero;
     if (byte === 0) {
       // Still zero since prepareForLoad(): nothing to compare, nothing to write.
@@ -171,6 +191,7 @@ export class DenseRamBlock implements RamBlock {
   }
 
   pageForUpdate(pageIndex: number): Uint8Array {
+    this.writtenThrough = true;
     if (this.knownZero !== undefined) this.knownZero[pageIndex] = 0;
     return this.pageView(pageIndex);
   }
@@ -178,11 +199,13 @@ export class DenseRamBlock implements RamBlock {
   pageUpdated(_pageIndex: number): void {}
 
   pageOffsetForUpdate(pageIndex: number): number {
+    this.writtenThrough = true;
     if (this.knownZero !== undefined) this.knownZero[pageIndex] = 0;
     return pageIndex * TARGET_PAGE_SIZE;
   }
 
   prepareForLoad(options: { trackZeroPages?: boolean } = {}): void {
+    this.writtenThrough = true;
     const pages = this.pageCount;
     const memory = this.memory;
     const knownZero = options.trackZeroPages ? new Uint8Array(memory.length / TARGET_PAGE_SIZE) : undefined;
@@ -203,6 +226,10 @@ export class DenseRamBlock implements RamBlock {
 
   endLoad(): void {
     this.knownZero = undefined;
+  }
+
+  pristinePages(): Uint32Array | undefined {
+    return this.writtenThrough ? undefined : this.options.pristinePages?.();
   }
 
   resize(lengthBytes: number): string | undefined {

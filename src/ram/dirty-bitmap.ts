@@ -100,6 +100,22 @@ export class DirtyBitmap {
     return bit < this.sizeBits ? bit : this.sizeBits;
   }
 
+  /** Clear every bit that is set in `source` (same word layout); returns how many were cleared. */
+  subtract(source: Uint32Array | DirtyBitmap): number {
+    const src = source instanceof DirtyBitmap ? source.words : source;
+    const n = Math.min(src.length, this.words.length);
+    let removed = 0;
+    for (let w = 0; w < n; w++) {
+      const gone = this.words[w]! & src[w]!;
+      if (gone) {
+        this.words[w] = this.words[w]! & ~gone;
+        removed += popcount32(gone);
+      }
+    }
+    this.setBits -= removed;
+    return removed;
+  }
+
   /**
    * OR a dirty log into the bitmap (same word layout; bits past sizeBits are
    * ignored). Returns how many bits were newly set.

@@ -94,6 +94,12 @@ interface BlockState {
   basePage: number;
   /** Position in the block list (multifd packets name blocks by it). */
   index: number;
+  /**
+   * Pages the block vouched at setup were never written (RamBlock.pristinePages),
+   * less every page a sync or markDirty has reported since: sent as zero pages
+   * without reading them. A page leaves the set when it is sent or reported.
+   */
+  pristine: DirtyBitmap | undefined;
 }
 
 export class RamSaveHandler implements SaveVMHandlers {
@@ -121,7 +127,7 @@ export class RamSaveHandler implements SaveVMHandlers {
     let basePage = 0;
     this.states = blocks.map((block, index) => {
       if (this.byName.has(block.idstr)) throw new RangeError(`duplicate RAM block name '${block.idstr}'`);
-      const state = { block, dirty: new DirtyBitmap(block.pageCount), basePage, index };
+      const state: BlockState = { block, dirty: new DirtyBitmap(block.pageCount), basePage, index, pristine: undefined };
       basePage += block.pageCount;
       this.byName.set(block.idstr, state);
       return state;
@@ -182,17 +188,24 @@ export class RamSaveHandler implements SaveVMHandlers {
 
   /** Mark one page for (re)sending. */
   markDirty(idstr: string, pageIndex: number): void {
-    this.stateOf(idstr).dirty.set(pageIndex);
+    const state = this.stateOf(idstr);
+    state.dirty.set(pageIndex);
+    state.pristine?.clear(pageIndex);
   }
 
   /** Mark `count` pages from `firstPage`. */
   markDirtyRange(idstr: string, firstPage: number, count: number): void {
-    this.stateOf(idstr).dirty.setRange(firstPage, count);
+    const state = this.stateOf(idstr);
+    state.dirty.setRange(firstPage, count);
+    if (state.pristine) for (let page = firstPage; page < firstPage + count; page++) state.pristine.clear(page);
   }
 
   /** OR a dirty log (bit i = page i, LSB first) into the block's bitmap; returns newly dirty pages. */
   mergeDirty(idstr: string, log: Uint32Array | DirtyBitmap): number {
-    return this.stateOf(idstr).dirty.merge(log);
+    const state = this.stateOf(idstr);
+    // A reported page was written: it is not pristine any more, whatever setup was told.
+    state.pristine?.subtract(log);
+    return state.dirty.merge(log);
   }
 
   /** A dirty-bitmap sync: pull the machine's dirty log and start a new cache generation. */
@@ -214,9 +227,20 @@ export class RamSaveHandler implements SaveVMHandlers {
     this.cache = this.options.xbzrle
       ? new XbzrlePageCache(this.options.xbzrleCacheBytes ?? DEFAULT_XBZRLE_CACHE_BYTES, TARGET_PAGE_SIZE)
       : undefined;
-    for (const s of this.states) s.dirty.setAll();
+    for (const s of this.states) {
+      s.dirty.setAll();
+      s.pristine = undefined;
+    }
     // QEMU syncs once at setup (dirty-sync-count 1); it also resets the machine's log.
     await this.syncDirty();
+    // Asked after the sync, so every later write shows in the next one (which takes it out again).
+    for (const s of this.states) {
+      const words = s.block.pristinePages?.();
+      if (words === undefined) continue;
+      const pristine = new DirtyBitmap(s.block.pageCount);
+      pristine.merge(words);
+      if (pristine.count > 0) s.pristine = pristine;
+    }
     this.records.writeBlockList(out, this.states.map((s) => s.block));
     if (this.multifd) await this.multifd.sync(); // QEMU syncs the channels before every RAM EOS
     // Setup framing is not counted in `transferred` (QEMU does not count it).
@@ -299,6 +323,7 @@ export class RamSaveHandler implements SaveVMHandlers {
 
   saveCleanup(): void {
     this.cache = undefined;
+    for (const s of this.states) s.pristine = undefined;
     // Closes channels that are still open (failure, cancel); a no-op after finish().
     this.multifd?.abort(new Error('migration ended'));
     this.multifd = undefined;
@@ -340,10 +365,12 @@ export class RamSaveHandler implements SaveVMHandlers {
    */
   private sendNextDirtyPage(out: StreamWriter): number {
     const blockCount = this.states.length;
-    while (this.dirtyPageCount > 0) {
+    for (;;) {
       const state = this.states[this.cursorBlock]!;
       const page = state.dirty.nextSetBit(this.cursorPage);
       if (page >= state.block.pageCount) {
+        // Counted at a block's end only (not per page): some block has a dirty page, or we are done.
+        if (this.dirtyPageCount === 0) return -1;
         this.cursorPage = 0;
         if (++this.cursorBlock >= blockCount) {
           // Wrapped: a full round is complete and XBZRLE may start (QEMU's find_dirty_block).
@@ -358,7 +385,6 @@ export class RamSaveHandler implements SaveVMHandlers {
       const bytes = this.sendPage(out, state, page);
       if (bytes > 0) return bytes;
     }
-    return -1;
   }
 
   /** Send one page; 0 when XBZRLE found it unchanged. */
@@ -369,7 +395,9 @@ export class RamSaveHandler implements SaveVMHandlers {
     const globalPage = state.basePage + page;
     const generation = c.dirtySyncCount;
 
-    if (block.isPageZero(page)) {
+    // A pristine page is zero without being read (reading it would fault it in).
+    const pristine = state.pristine !== undefined && state.pristine.clear(page);
+    if (pristine || block.isPageZero(page)) {
       const n = this.records.writeZero(out, block.idstr, offsetBytes, 0);
       c.duplicatePages++;
       c.transferredBytes += n;
