@@ -16,7 +16,7 @@ import type { Machine } from '../src/machine/index.js';
 import { MigrationConfig, OutgoingMigration } from '../src/migration/index.js';
 import { QmpClient } from '../src/monitor/qmp-client.js';
 import { ObjectRegistry } from '../src/security/index.js';
-import { cpuDelta, CpuSampler, cpuUsed, jsonEvent, LineChild, LIVEMIG_MAIN, MiB, optNumber, ownCpuSeconds, PeakRssSampler, peakRssBytes, sleep, type RunResult, type ScenarioSpec } from './util.js';
+import { cpuDelta, CpuSampler, cpuUsed, currentRssBytes, jsonEvent, LineChild, LIVEMIG_MAIN, MiB, optNumber, ownCpuSeconds, PeakRssSampler, peakRssBytes, sleep, type RunResult, type ScenarioSpec } from './util.js';
 
 /** Capabilities a destination must have turned on as well (QEMU requires it for multifd). */
 const BOTH_SIDES = new Set(['multifd']);
@@ -77,6 +77,7 @@ export async function runLivemigMigration(o: LivemigRunOptions): Promise<RunResu
     // The source is this process: its own CPU (process.cpuUsage, every thread), in microseconds.
     const cpu0 = [ownCpuSeconds(), destCpu.sample()];
     const passes0 = o.guestPasses?.(machine);
+    const rssBeforeMigrate = currentRssBytes(process.pid);
     const mt0 = performance.now();
     // Passes when the guest stopped (switchover) or when the migration ended.
     let passesAtStop: number | undefined;
@@ -118,6 +119,7 @@ export async function runLivemigMigration(o: LivemigRunOptions): Promise<RunResu
       // VmHWM, not getrusage's maxRSS: Linux carries ru_maxrss over fork+exec, so that would
       // report the bench parent's RSS (about 0.5 GiB) whenever the migration itself used less.
       sourcePeakRssBytes: peakRssBytes(process.pid) ?? process.resourceUsage().maxRSS * 1024,
+      ...optNumber('sourceRssBeforeMigrateBytes', rssBeforeMigrate),
       ...(destRss.stop() !== undefined ? { destPeakRssBytes: destRss.stop()! } : {}),
       sourceCpu: cpuDelta(cpu0[0], cpu1[0]),
       destCpu: cpuDelta(cpu0[1], cpu1[1]),

@@ -20,6 +20,16 @@ export function peakRssBytes(pid: number | undefined): number | undefined {
   }
 }
 
+/** Resident set now (VmRSS) of a live process, from /proc; undefined when unavailable. */
+export function currentRssBytes(pid: number): number | undefined {
+  try {
+    const m = /^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) * 1024 : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /** A child process whose stdout lines are awaited one at a time. */
 export class LineChild {
   readonly child: ChildProcess;
@@ -200,6 +210,12 @@ export interface RunResult {
   passes: number;
   guestRamBytes: number;
   sourcePeakRssBytes?: number;
+  /**
+   * livemig only: the source's resident set just before `migrate` (Node, the
+   * machine with its RAM resident, the destination already listening): the
+   * peak minus this is what the migration itself added.
+   */
+  sourceRssBeforeMigrateBytes?: number;
   destPeakRssBytes?: number;
   /** CPU used from `migrate` to the end, user+system seconds as "user+sys" (printed per run). */
   sourceCpu: string;

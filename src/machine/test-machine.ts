@@ -500,7 +500,8 @@ export class TestMachine implements Machine {
       throw new RangeError(`load: ${data.length} bytes at ${addressBytes} do not fit in ${this.ram.length} bytes of RAM`);
     }
     if (data.length === 0) return;
-    this.ram.set(data, addressBytes);
+    // One native memcpy (Buffer#fill with the data as its pattern): set() into shared memory goes word by word.
+    Buffer.prototype.fill.call(this.ram, data, addressBytes, addressBytes + data.length);
     // After the write, as the vCPU does (see syncDirtyLog).
     const last = Math.floor((addressBytes + data.length - 1) / PAGE_SIZE_BYTES);
     for (let page = Math.floor(addressBytes / PAGE_SIZE_BYTES); page <= last; page++) Atomics.or(this.dirty, page >>> 5, 1 << (page & 31));
