@@ -66,6 +66,7 @@ export async function runLivemigMigration(o: LivemigRunOptions): Promise<RunResu
       await qmp.execute('migrate-incoming', { uri: 'tcp:127.0.0.1:0' });
     }
     const { address } = (await dest.waitFor(jsonEvent('listening'), 'destination')) as { address: string };
+    const rssBeforeMachine = currentRssBytes(process.pid);
     machine = await o.makeSource();
     if (o.warmupMs) await sleep(o.warmupMs);
 
@@ -119,6 +120,7 @@ export async function runLivemigMigration(o: LivemigRunOptions): Promise<RunResu
       // VmHWM, not getrusage's maxRSS: Linux carries ru_maxrss over fork+exec, so that would
       // report the bench parent's RSS (about 0.5 GiB) whenever the migration itself used less.
       sourcePeakRssBytes: peakRssBytes(process.pid) ?? process.resourceUsage().maxRSS * 1024,
+      ...optNumber('sourceRssBeforeMachineBytes', rssBeforeMachine),
       ...optNumber('sourceRssBeforeMigrateBytes', rssBeforeMigrate),
       ...(destRss.stop() !== undefined ? { destPeakRssBytes: destRss.stop()! } : {}),
       sourceCpu: cpuDelta(cpu0[0], cpu1[0]),

@@ -216,6 +216,8 @@ export interface RunResult {
    * peak minus this is what the migration itself added.
    */
   sourceRssBeforeMigrateBytes?: number;
+  /** livemig only: the source's resident set before the machine was created (Node with livemig's modules loaded). */
+  sourceRssBeforeMachineBytes?: number;
   destPeakRssBytes?: number;
   /** CPU used from `migrate` to the end, user+system seconds as "user+sys" (printed per run). */
   sourceCpu: string;
