@@ -10,8 +10,11 @@
  * Measures, on the source: the guest's instructions/s over 2 s before the
  * migration; the cost of one dirty-log pass (V86Machine.syncDirtyLog, a
  * compare of RAM with the shadow copy, after the first pass that creates the
- * shadow); then the migration (total, setup, downtime, throughput, passes,
- * final throttle) and the guest's instructions/s over the migration.
+ * shadow): its wall time (the emulator's turns between its slices included)
+ * and its own time; then the migration (total, setup, downtime, throughput,
+ * passes, final throttle), the guest's instructions/s over the migration, the
+ * share of the source thread's wall time the guest ran (v86's main loop)
+ * before and during it, and the migration's own syncs.
  */
 import { queryMigrate } from '../src/monitor/query-migrate.js';
 import { createV86Machine } from '../src/machine/v86-machine.js';
@@ -27,8 +30,16 @@ export interface V86BenchResult {
   /** Shadow-compare dirty-log passes (not the first, which only copies RAM into the shadow). */
   syncMs: number[];
   syncDirtyPages: number[];
+  /** Their own time (comparing and copying, without the emulator turns between slices), and slices. */
+  syncBusyMs: number[];
+  syncSlices: number[];
   /** The first pass (allocates and fills the shadow). */
   firstSyncMs: number;
+  /** The migration's syncs: wall ms, own ms, dirty pages (the last one is the final, paused sync). */
+  migrationSyncs: { ms: number; busyMs: number; dirtyPages: number }[];
+  /** Share of the wall time the guest ran (v86's main loop), before and during the migration. */
+  guestShareBefore: number;
+  guestShareDuring: number;
   /** Highest auto-converge throttle (%) during the migration. */
   maxThrottlePercent: number;
   ipsBefore: number;
@@ -53,19 +64,26 @@ async function main(): Promise<void> {
     await sleep(1000); // boot and reach the write loop
 
     const i0 = machine.stats().instructions;
+    const e0 = machine.stats().emulatorMs;
     const t0 = performance.now();
     await sleep(2000);
     const ipsBefore = (machine.stats().instructions - i0) / ((performance.now() - t0) / 1000);
+    const guestShareBefore = (machine.stats().emulatorMs - e0) / (performance.now() - t0);
 
     const noop = (): void => {};
     await machine.syncDirtyLog(noop); // creates the shadow
     const firstSyncMs = machine.stats().lastSyncMs;
     const syncMs: number[] = [];
     const syncDirtyPages: number[] = [];
+    const syncBusyMs: number[] = [];
+    const syncSlices: number[] = [];
+    const round1 = (x: number): number => Math.round(x * 10) / 10;
     for (let i = 0; i < 3; i++) {
       await machine.syncDirtyLog(noop);
       const s = machine.stats();
-      syncMs.push(Math.round(s.lastSyncMs * 10) / 10);
+      syncMs.push(round1(s.lastSyncMs));
+      syncBusyMs.push(round1(s.lastSyncBusyMs));
+      syncSlices.push(s.lastSyncSlices);
       syncDirtyPages.push(s.lastSyncDirtyPages);
     }
 
@@ -75,8 +93,17 @@ async function main(): Promise<void> {
     migration.setCapabilities({ 'auto-converge': true });
     let maxThrottlePercent = 0;
     migration.on('throttle', (percent) => (maxThrottlePercent = Math.max(maxThrottlePercent, percent)));
+    const migrationSyncs: V86BenchResult['migrationSyncs'] = [];
+    let lastSyncs = machine.stats().syncs;
+    migration.on('pass', () => {
+      const s = machine.stats();
+      if (s.syncs === lastSyncs) return;
+      lastSyncs = s.syncs;
+      migrationSyncs.push({ ms: round1(s.lastSyncMs), busyMs: round1(s.lastSyncBusyMs), dirtyPages: s.lastSyncDirtyPages });
+    });
     const cpu0 = [cpuSeconds(process.pid), cpuSeconds(dest.pid)];
     const m0 = machine.stats().instructions;
+    const me0 = machine.stats().emulatorMs;
     const mt0 = performance.now();
     migration.start(address);
     const status = await migration.finished;
@@ -84,6 +111,7 @@ async function main(): Promise<void> {
     const info = queryMigrate(migration);
     const cpu1 = [cpuSeconds(process.pid), cpuSeconds(dest.pid)];
     const ipsDuring = (machine.stats().instructions - m0) / ((mt1 - mt0) / 1000);
+    const guestShareDuring = (machine.stats().emulatorMs - me0) / (mt1 - mt0);
     if (status === 'completed') await dest.waitFor(jsonEvent('resumed'), 'destination');
 
     const result: V86BenchResult = {
@@ -93,7 +121,12 @@ async function main(): Promise<void> {
       ramBytes,
       syncMs,
       syncDirtyPages,
+      syncBusyMs,
+      syncSlices,
       firstSyncMs: Math.round(firstSyncMs),
+      migrationSyncs,
+      guestShareBefore: Math.round(guestShareBefore * 1000) / 1000,
+      guestShareDuring: Math.round(guestShareDuring * 1000) / 1000,
       maxThrottlePercent,
       ipsBefore,
       ipsDuring,

@@ -5,8 +5,9 @@
  * - RAM is one block (`pc.ram`) over v86's own WebAssembly memory; the view
  *   is rebuilt whenever a memory grow detaches the old buffer.
  * - v86 has no dirty log: syncDirtyLog() compares RAM with a shadow copy, in
- *   bounded chunks that yield so the emulator (scheduled with setImmediate on
- *   this same thread) keeps running. The RAM block also records in the shadow
+ *   slices of about 8 ms that yield so the emulator (scheduled with
+ *   setImmediate on this same thread) keeps running; a paused machine is
+ *   compared in one go. The RAM block also records in the shadow
  *   what the engine sends (the page's contents when it checks or reads it for
  *   sending), so the shadow always equals what the destination holds and a
  *   page that goes A → B → A between a sync and its send is not lost.
@@ -38,8 +39,13 @@ const KiB = 1024;
 const MiB = 1024 * KiB;
 /** v86 sizes RAM in 128 KiB units. */
 const V86_RAM_GRANULE = 128 * KiB;
-/** Bytes compared between yields to the emulator (about 1–2 ms at memcmp speed). */
-const DEFAULT_SYNC_CHUNK_BYTES = 8 * MiB;
+/**
+ * A sync compares in slices and yields to the emulator between them: a slice
+ * ends after this long (checked every SYNC_UNIT_BYTES) or at syncChunkBytes.
+ * About one v86 turn (main_loop runs ~5 ms): 256 MiB take ~4 slices, not 32.
+ */
+const DEFAULT_SYNC_SLICE_MS = 8;
+const SYNC_UNIT_BYTES = 1 * MiB;
 /** Pages compared as one group first; only a differing group is compared page by page. */
 const GROUP_BYTES = 64 * KiB;
 const THROTTLE_SLICE_MS = 10;
@@ -70,8 +76,10 @@ export interface V86MachineOptions {
   incoming?: boolean;
   /** Do not start the CPU (a non-incoming machine otherwise runs at once). */
   startPaused?: boolean;
-  /** Bytes compared by syncDirtyLog between yields (default 8 MiB). */
+  /** At most this many bytes compared by syncDirtyLog between yields to the emulator (default: no limit but the time). */
   syncChunkBytes?: number;
+  /** A syncDirtyLog slice ends after this many ms (checked every 1 MiB) and yields to the emulator (default 8). */
+  syncSliceMs?: number;
 }
 
 export interface V86MachineStats {
@@ -79,10 +87,14 @@ export interface V86MachineStats {
   instructions: number;
   /** Bytes written by the guest to COM1. */
   serialBytes: number;
-  /** Dirty-log syncs done, and the last one's duration, pages compared and pages reported. */
+  /** Dirty-log syncs done; the last one's wall time (emulator turns between its slices included), its own time (comparing and copying), its slices and the pages it reported. */
   syncs: number;
   lastSyncMs: number;
+  lastSyncBusyMs: number;
+  lastSyncSlices: number;
   lastSyncDirtyPages: number;
+  /** Wall time spent in v86's main loop (running the guest), in ms since start. */
+  emulatorMs: number;
   /** Bytes the dirty log holds (the shadow copy of RAM while tracking is on, else 0). */
   dirtyLogBytes: number;
   throttlePercent: number;
@@ -120,6 +132,8 @@ interface V86Cpu {
   instruction_pointer: Int32Array;
   flags: Int32Array;
   protected_mode: Int32Array;
+  /** Runs the guest for one turn (~5 ms); returns the ms until the next one is due. */
+  main_loop: () => number;
   pack_memory: () => unknown;
   unpack_memory: (bitmap: unknown, packed: unknown) => void;
 }
@@ -223,6 +237,40 @@ function imageBuffer(image: Uint8Array | string): ArrayBuffer {
   return bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length) as ArrayBuffer;
 }
 
+/**
+ * Compare RAM with the shadow over [from, to) (page-aligned): 64 KiB groups
+ * first (memcmp), then the pages of a differing group (first word, then
+ * memcmp); each differing page is set in `bitmap` and copied into the shadow
+ * (adjacent ones in one copy). Returns the number of differing pages.
+ */
+function comparePages(ram: Buffer, shadow: Buffer, from: number, to: number, bitmap: Uint32Array): number {
+  // First-word peek: a page written at its start (common) costs no memcmp call. Only for 4-aligned views.
+  const aligned = (ram.byteOffset & 3) === 0 && (shadow.byteOffset & 3) === 0;
+  const ram32 = aligned ? new Int32Array(ram.buffer, ram.byteOffset + from, (to - from) >>> 2) : undefined;
+  const shadow32 = aligned ? new Int32Array(shadow.buffer, shadow.byteOffset + from, (to - from) >>> 2) : undefined;
+  let dirty = 0;
+  for (let g = from; g < to; g += GROUP_BYTES) {
+    const gEnd = Math.min(to, g + GROUP_BYTES);
+    if (ram.compare(shadow, g, gEnd, g, gEnd) === 0) continue;
+    let run = -1; // start of the current run of differing pages
+    for (let p = g; p < gEnd; p += PAGE) {
+      const w = (p - from) >>> 2;
+      const same = (ram32 === undefined || ram32[w] === shadow32![w]) && ram.compare(shadow, p, p + PAGE, p, p + PAGE) === 0;
+      if (same) {
+        if (run >= 0) ram.copy(shadow, run, run, p);
+        run = -1;
+        continue;
+      }
+      if (run < 0) run = p;
+      const page = p / PAGE;
+      bitmap[page >>> 5]! |= 1 << (page & 31);
+      dirty++;
+    }
+    if (run >= 0) ram.copy(shadow, run, run, gEnd);
+  }
+  return dirty;
+}
+
 /** A RamBlock over whatever view of v86's memory is current; records sent pages in the shadow. */
 class V86RamBlock implements RamBlock {
   readonly idstr = V86_RAM_BLOCK;
@@ -289,6 +337,8 @@ export class V86Machine implements Machine {
   /** The shadow's contents are not RAM's yet (just started, or RAM was written behind it): the next sync copies all and reports every page. */
   private shadowStale = false;
   private readonly syncChunkBytes: number;
+  private readonly syncSliceMs: number;
+  private ramBuf: Buffer | undefined;
   private wantRunning = false;
   private pausing = false;
   private throttle = 0;
@@ -299,7 +349,10 @@ export class V86Machine implements Machine {
   private instructionsLast = 0;
   private syncs = 0;
   private lastSyncMs = 0;
+  private lastSyncBusyMs = 0;
+  private lastSyncSlices = 0;
   private lastSyncDirtyPages = 0;
+  private emulatorMs = 0;
   private readonly configSection: ConfigSection;
   private readonly stateSection: StateSection;
 
@@ -317,14 +370,17 @@ export class V86Machine implements Machine {
     if (!Number.isSafeInteger(disk) || disk < 512 || disk % 512 !== 0 || disk > 64 * MiB) {
       throw new RangeError(`v86 disk ${disk} must be a multiple of 512 up to 64 MiB`);
     }
-    const chunk = options.syncChunkBytes ?? DEFAULT_SYNC_CHUNK_BYTES;
+    const chunk = options.syncChunkBytes ?? ram;
     if (!Number.isSafeInteger(chunk) || chunk < GROUP_BYTES || chunk % GROUP_BYTES !== 0) {
       throw new RangeError(`syncChunkBytes ${chunk} must be a positive multiple of ${GROUP_BYTES}`);
     }
+    const sliceMs = options.syncSliceMs ?? DEFAULT_SYNC_SLICE_MS;
+    if (!Number.isFinite(sliceMs) || sliceMs < 0) throw new RangeError(`syncSliceMs ${sliceMs} must be a number >= 0`);
     this.ramSizeBytes = ram;
     this.vgaMemorySizeBytes = vga;
     this.diskSizeBytes = disk;
     this.syncChunkBytes = chunk;
+    this.syncSliceMs = sliceMs;
     this.workloadRange = { startBytes: MiB, endBytes: Math.min(ram, 100 * MiB) };
     this.block = new V86RamBlock(this);
     this.serial = new Readable({ read() {} });
@@ -369,6 +425,16 @@ export class V86Machine implements Machine {
       throw new Error(`v86 made ${this.cpu.memory_size[0]} bytes of RAM, not ${this.ramSizeBytes}`);
     }
     this.ramOffset = this.cpu.mem8.byteOffset;
+    // Time spent running the guest (stats().emulatorMs): v86's main loop is a property we can wrap.
+    const mainLoop = this.cpu.main_loop;
+    this.cpu.main_loop = () => {
+      const t = performance.now();
+      try {
+        return mainLoop();
+      } finally {
+        this.emulatorMs += performance.now() - t;
+      }
+    };
     emulator.add_listener('serial0-output-byte', ((byte: number) => {
       this.serialBytes++;
       if (!this.serial.destroyed) this.serial.push(Buffer.of(byte));
@@ -383,6 +449,13 @@ export class V86Machine implements Machine {
       this.dense = undefined;
     }
     return this.view;
+  }
+
+  /** RAM as a Buffer (for its memcmp), over the current view. */
+  private ramBuffer(): Buffer {
+    const view = this.memory;
+    if (!this.ramBuf || this.ramBuf.buffer !== view.buffer) this.ramBuf = Buffer.from(view.buffer, view.byteOffset, view.length);
+    return this.ramBuf;
   }
 
   /** @internal A DenseRamBlock over the current view. */
@@ -438,8 +511,9 @@ export class V86Machine implements Machine {
   }
 
   /**
-   * Pages that differ from the shadow copy, in chunks of `syncChunkBytes`
-   * with a yield to the emulator between them; the shadow takes the current
+   * Pages that differ from the shadow copy, in slices (`syncSliceMs`, at most
+   * `syncChunkBytes`) with a yield to the emulator between them while it
+   * runs; the shadow takes the current
    * contents of every reported page. Never misses a write: a page written
    * after its chunk was compared differs from the shadow at the next call.
    * The first call after startDirtyLog() (implicit when tracking is off)
@@ -449,49 +523,58 @@ export class V86Machine implements Machine {
     this.checkAlive();
     this.startDirtyLog();
     const shadow = this.shadow!;
-    const stillTracking = (): void => {
-      this.checkAlive();
-      if (this.shadow !== shadow) throw new Error('v86 machine: the dirty log was stopped during a sync');
-    };
     const t0 = performance.now();
     const pages = this.ramSizeBytes / PAGE;
     const bitmap = new Uint32Array(Math.ceil(pages / 32));
     let dirty = 0;
+    let busyMs = 0;
+    let slices = 0;
+    // One slice: [at, end) at most, stopping early at a unit boundary once the slice's time is up.
+    // Within one slice no guest code runs (same thread), so compare and copy see the same bytes.
+    const slice = (at: number, work: (from: number, to: number) => void): number => {
+      const s0 = performance.now();
+      const limit = Math.min(this.ramSizeBytes, at + this.syncChunkBytes);
+      let end = at;
+      while (end < limit) {
+        const next = Math.min(limit, end + SYNC_UNIT_BYTES);
+        work(end, next);
+        end = next;
+        // While the guest is stopped there is nobody to yield to: one slice does it all.
+        if (this.wantRunning && performance.now() - s0 >= this.syncSliceMs) break;
+      }
+      busyMs += performance.now() - s0;
+      slices++;
+      return end;
+    };
+    const yieldToGuest = async (): Promise<void> => {
+      await nextTurn();
+      this.checkAlive();
+      if (this.shadow !== shadow) throw new Error('v86 machine: the dirty log was stopped during a sync');
+    };
     if (this.shadowStale) {
-      for (let at = 0; at < this.ramSizeBytes; at += this.syncChunkBytes) {
-        const end = Math.min(this.ramSizeBytes, at + this.syncChunkBytes);
-        shadow.set(this.memory.subarray(at, end), at);
-        if (end < this.ramSizeBytes) await nextTurn();
-        stillTracking();
+      for (let at = 0; at < this.ramSizeBytes; ) {
+        at = slice(at, (from, to) => shadow.set(this.memory.subarray(from, to), from));
+        if (at < this.ramSizeBytes) await yieldToGuest();
       }
       this.shadowStale = false;
       bitmap.fill(0xffffffff);
       if (pages % 32) bitmap[bitmap.length - 1] = (1 << pages % 32) - 1;
       dirty = pages;
     } else {
+      const compare = (from: number, to: number): void => {
+        dirty += comparePages(this.ramBuffer(), shadow, from, to, bitmap);
+      };
       for (let at = 0; at < this.ramSizeBytes; ) {
-        const end = Math.min(this.ramSizeBytes, at + this.syncChunkBytes);
-        // Within one chunk no guest code runs (same thread), so compare and copy see the same bytes.
-        const ram = this.memory;
-        const ramBuf = Buffer.from(ram.buffer, ram.byteOffset, ram.length);
-        for (let g = at; g < end; g += GROUP_BYTES) {
-          const gEnd = Math.min(end, g + GROUP_BYTES);
-          if (ramBuf.compare(shadow, g, gEnd, g, gEnd) === 0) continue;
-          for (let p = g; p < gEnd; p += PAGE) {
-            if (ramBuf.compare(shadow, p, p + PAGE, p, p + PAGE) === 0) continue;
-            shadow.set(ram.subarray(p, p + PAGE), p);
-            const page = p / PAGE;
-            bitmap[page >>> 5]! |= 1 << (page & 31);
-            dirty++;
-          }
-        }
-        at = end;
-        if (at < this.ramSizeBytes) await nextTurn();
-        stillTracking();
+        at = slice(at, compare);
+        if (at < this.ramSizeBytes) await yieldToGuest();
       }
     }
+    // Always yield at least once (a small or paused RAM takes one slice): a stopDirtyLog() meanwhile still rejects this sync.
+    if (slices === 1) await yieldToGuest();
     this.syncs++;
     this.lastSyncMs = performance.now() - t0;
+    this.lastSyncBusyMs = busyMs;
+    this.lastSyncSlices = slices;
     this.lastSyncDirtyPages = dirty;
     sink(V86_RAM_BLOCK, bitmap);
   }
@@ -586,7 +669,10 @@ export class V86Machine implements Machine {
       serialBytes: this.serialBytes,
       syncs: this.syncs,
       lastSyncMs: this.lastSyncMs,
+      lastSyncBusyMs: this.lastSyncBusyMs,
+      lastSyncSlices: this.lastSyncSlices,
       lastSyncDirtyPages: this.lastSyncDirtyPages,
+      emulatorMs: this.emulatorMs,
       dirtyLogBytes: this.dirtyLogBytes,
       throttlePercent: this.throttle,
     };
