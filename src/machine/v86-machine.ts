@@ -11,6 +11,9 @@
  *   what the engine sends (the page's contents when it checks or reads it for
  *   sending), so the shadow always equals what the destination holds and a
  *   page that goes A → B → A between a sync and its send is not lost.
+ *   The shadow (shadow-copy.ts) starts zeroed and uncommitted; RAM's zero
+ *   64 KiB groups are compared with a zero group, not copied, so it costs
+ *   about the guest's non-zero memory.
  *   The shadow exists only between startDirtyLog() (or the first sync) and
  *   stopDirtyLog(), which frees it.
  * - CPU and device state is v86's save_state() with RAM left out, in the
@@ -30,6 +33,7 @@ import type { SaveStateRegistry } from '../savevm/index.js';
 import { defineVmsd, field } from '../vmstate/index.js';
 import type { DirtyLogSink, Machine } from './machine.js';
 import { checkMemory, ramSha256, type MemoryCheckResult } from './memory-check.js';
+import { SHADOW_GROUP_BYTES, ShadowCopy } from './shadow-copy.js';
 
 export const V86_MACHINE_NAME = 'livemig-v86';
 export const V86_RAM_BLOCK = 'pc.ram';
@@ -46,8 +50,6 @@ const V86_RAM_GRANULE = 128 * KiB;
  */
 const DEFAULT_SYNC_SLICE_MS = 8;
 const SYNC_UNIT_BYTES = 1 * MiB;
-/** Pages compared as one group first; only a differing group is compared page by page. */
-const GROUP_BYTES = 64 * KiB;
 const THROTTLE_SLICE_MS = 10;
 const LOAD_TIMEOUT_MS = 30_000;
 
@@ -237,40 +239,6 @@ function imageBuffer(image: Uint8Array | string): ArrayBuffer {
   return bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length) as ArrayBuffer;
 }
 
-/**
- * Compare RAM with the shadow over [from, to) (page-aligned): 64 KiB groups
- * first (memcmp), then the pages of a differing group (first word, then
- * memcmp); each differing page is set in `bitmap` and copied into the shadow
- * (adjacent ones in one copy). Returns the number of differing pages.
- */
-function comparePages(ram: Buffer, shadow: Buffer, from: number, to: number, bitmap: Uint32Array): number {
-  // First-word peek: a page written at its start (common) costs no memcmp call. Only for 4-aligned views.
-  const aligned = (ram.byteOffset & 3) === 0 && (shadow.byteOffset & 3) === 0;
-  const ram32 = aligned ? new Int32Array(ram.buffer, ram.byteOffset + from, (to - from) >>> 2) : undefined;
-  const shadow32 = aligned ? new Int32Array(shadow.buffer, shadow.byteOffset + from, (to - from) >>> 2) : undefined;
-  let dirty = 0;
-  for (let g = from; g < to; g += GROUP_BYTES) {
-    const gEnd = Math.min(to, g + GROUP_BYTES);
-    if (ram.compare(shadow, g, gEnd, g, gEnd) === 0) continue;
-    let run = -1; // start of the current run of differing pages
-    for (let p = g; p < gEnd; p += PAGE) {
-      const w = (p - from) >>> 2;
-      const same = (ram32 === undefined || ram32[w] === shadow32![w]) && ram.compare(shadow, p, p + PAGE, p, p + PAGE) === 0;
-      if (same) {
-        if (run >= 0) ram.copy(shadow, run, run, p);
-        run = -1;
-        continue;
-      }
-      if (run < 0) run = p;
-      const page = p / PAGE;
-      bitmap[page >>> 5]! |= 1 << (page & 31);
-      dirty++;
-    }
-    if (run >= 0) ram.copy(shadow, run, run, gEnd);
-  }
-  return dirty;
-}
-
 /** A RamBlock over whatever view of v86's memory is current; records sent pages in the shadow. */
 class V86RamBlock implements RamBlock {
   readonly idstr = V86_RAM_BLOCK;
@@ -333,7 +301,7 @@ export class V86Machine implements Machine {
   private dense: DenseRamBlock | undefined;
   private readonly block: V86RamBlock;
   /** The dirty log: RAM as the destination holds it; allocated by startDirtyLog(), freed by stopDirtyLog(). */
-  private shadow: Buffer | undefined;
+  private shadow: ShadowCopy | undefined;
   /** The shadow's contents are not RAM's yet (just started, or RAM was written behind it): the next sync copies all and reports every page. */
   private shadowStale = false;
   private readonly syncChunkBytes: number;
@@ -371,8 +339,8 @@ export class V86Machine implements Machine {
       throw new RangeError(`v86 disk ${disk} must be a multiple of 512 up to 64 MiB`);
     }
     const chunk = options.syncChunkBytes ?? ram;
-    if (!Number.isSafeInteger(chunk) || chunk < GROUP_BYTES || chunk % GROUP_BYTES !== 0) {
-      throw new RangeError(`syncChunkBytes ${chunk} must be a positive multiple of ${GROUP_BYTES}`);
+    if (!Number.isSafeInteger(chunk) || chunk < SHADOW_GROUP_BYTES || chunk % SHADOW_GROUP_BYTES !== 0) {
+      throw new RangeError(`syncChunkBytes ${chunk} must be a positive multiple of ${SHADOW_GROUP_BYTES}`);
     }
     const sliceMs = options.syncSliceMs ?? DEFAULT_SYNC_SLICE_MS;
     if (!Number.isFinite(sliceMs) || sliceMs < 0) throw new RangeError(`syncSliceMs ${sliceMs} must be a number >= 0`);
@@ -469,9 +437,7 @@ export class V86Machine implements Machine {
   noteSent(pageIndex: number, view: Uint8Array | undefined): void {
     const shadow = this.shadow;
     if (!shadow || this.shadowStale) return;
-    const at = pageIndex * PAGE;
-    if (view) shadow.set(view, at);
-    else shadow.fill(0, at, at + PAGE);
+    shadow.setPage(pageIndex * PAGE, view);
   }
 
   get running(): boolean {
@@ -488,14 +454,14 @@ export class V86Machine implements Machine {
   }
 
   /**
-   * Dirty tracking on: allocates the RAM-sized shadow (its pages are only
-   * committed as the first sync fills it). The first sync copies RAM into it
-   * and reports every page.
+   * Dirty tracking on: allocates the RAM-sized shadow, zeroed (calloc: its
+   * pages are only committed when written). The first sync copies RAM into
+   * it, except where RAM is zero, and reports every page.
    */
   startDirtyLog(): void {
     this.checkAlive();
     if (this.shadow) return;
-    this.shadow = Buffer.allocUnsafe(this.ramSizeBytes);
+    this.shadow = new ShadowCopy(this.ramSizeBytes);
     this.shadowStale = true;
   }
 
@@ -552,8 +518,9 @@ export class V86Machine implements Machine {
       if (this.shadow !== shadow) throw new Error('v86 machine: the dirty log was stopped during a sync');
     };
     if (this.shadowStale) {
+      const copy = (from: number, to: number): void => shadow.copyFrom(this.ramBuffer(), from, to);
       for (let at = 0; at < this.ramSizeBytes; ) {
-        at = slice(at, (from, to) => shadow.set(this.memory.subarray(from, to), from));
+        at = slice(at, copy);
         if (at < this.ramSizeBytes) await yieldToGuest();
       }
       this.shadowStale = false;
@@ -562,7 +529,7 @@ export class V86Machine implements Machine {
       dirty = pages;
     } else {
       const compare = (from: number, to: number): void => {
-        dirty += comparePages(this.ramBuffer(), shadow, from, to, bitmap);
+        dirty += shadow.compare(this.ramBuffer(), from, to, bitmap);
       };
       for (let at = 0; at < this.ramSizeBytes; ) {
         at = slice(at, compare);
