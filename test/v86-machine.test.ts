@@ -223,6 +223,36 @@ test('v86: dirty log pass cost over 128 MiB (informational)', async () => {
   });
 });
 
+test('v86: fair share: while the dirty log is on, a thread hog (10 ms a turn) still leaves the guest about half of the thread', async () => {
+  const shareWithHog = async (fairShare: boolean): Promise<number> => {
+    let share = 0;
+    await withMachine({ ramSizeBytes: 32 * MiB, fairShare }, async (m) => {
+      await sleep(100);
+      m.startDirtyLog();
+      let stop = false;
+      const hog = (async () => {
+        while (!stop) {
+          const t = performance.now();
+          while (performance.now() - t < 10); // e.g. the migration sending
+          await new Promise((resolve) => setImmediate(resolve));
+        }
+      })();
+      const e0 = m.stats().emulatorMs;
+      const t0 = performance.now();
+      await sleep(600);
+      stop = true;
+      await hog;
+      share = (m.stats().emulatorMs - e0) / (performance.now() - t0);
+    });
+    return share;
+  };
+  const off = await shareWithHog(false);
+  const on = await shareWithHog(true);
+  console.log(`# v86 guest share of the thread beside a 10 ms hog: fair share on ${on.toFixed(2)}, off ${off.toFixed(2)}`);
+  assert.ok(on >= 0.4, `the guest ran ${on.toFixed(2)} of the time with the fair share`);
+  assert.ok(on > off + 0.08, `more than without it (${off.toFixed(2)})`);
+});
+
 test('v86: device state save → restore into an incoming machine with RAM copied: the guest continues there', async () => {
   await withMachine({ ramSizeBytes: 64 * MiB }, async (src) => {
     const srcSerial = collectSerial(src);

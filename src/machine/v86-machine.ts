@@ -51,6 +51,8 @@ const V86_RAM_GRANULE = 128 * KiB;
 const DEFAULT_SYNC_SLICE_MS = 8;
 const SYNC_UNIT_BYTES = 1 * MiB;
 const THROTTLE_SLICE_MS = 10;
+/** The longest turn the fair share gives the guest. */
+const MAX_FAIR_TURN_MS = 20;
 const LOAD_TIMEOUT_MS = 30_000;
 
 export interface V86MachineOptions {
@@ -82,6 +84,13 @@ export interface V86MachineOptions {
   syncChunkBytes?: number;
   /** A syncDirtyLog slice ends after this many ms (checked every 1 MiB) and yields to the emulator (default 8). */
   syncSliceMs?: number;
+  /**
+   * While dirty tracking is on and the guest is not throttled, give it at
+   * least half of this thread: a turn lasts as long as the other work (the
+   * migration's sending, the sync's slices) ran since the previous one, up
+   * to 20 ms (default true).
+   */
+  fairShare?: boolean;
 }
 
 export interface V86MachineStats {
@@ -306,6 +315,7 @@ export class V86Machine implements Machine {
   private shadowStale = false;
   private readonly syncChunkBytes: number;
   private readonly syncSliceMs: number;
+  private readonly fairShare: boolean;
   private ramBuf: Buffer | undefined;
   private wantRunning = false;
   private pausing = false;
@@ -349,6 +359,7 @@ export class V86Machine implements Machine {
     this.diskSizeBytes = disk;
     this.syncChunkBytes = chunk;
     this.syncSliceMs = sliceMs;
+    this.fairShare = options.fairShare ?? true;
     this.workloadRange = { startBytes: MiB, endBytes: Math.min(ram, 100 * MiB) };
     this.block = new V86RamBlock(this);
     this.serial = new Readable({ read() {} });
@@ -393,14 +404,23 @@ export class V86Machine implements Machine {
       throw new Error(`v86 made ${this.cpu.memory_size[0]} bytes of RAM, not ${this.ramSizeBytes}`);
     }
     this.ramOffset = this.cpu.mem8.byteOffset;
-    // Time spent running the guest (stats().emulatorMs): v86's main loop is a property we can wrap.
+    // v86's main loop (one turn, ~5 ms) is a property we can wrap: for stats().emulatorMs and the fair share.
     const mainLoop = this.cpu.main_loop;
+    let lastTurnEnd = performance.now();
     this.cpu.main_loop = () => {
       const t = performance.now();
       try {
-        return mainLoop();
+        let next = mainLoop();
+        // While a migration shares this thread (dirty log on, no throttle), the guest runs at least as
+        // long as the other work ran since its last turn, up to MAX_FAIR_TURN_MS; not while it idles (next >= 1).
+        if (this.fairShare && this.shadow && this.throttle === 0) {
+          const budget = Math.min(MAX_FAIR_TURN_MS, t - lastTurnEnd);
+          while (next < 1 && performance.now() - t < budget && this.wantRunning) next = mainLoop();
+        }
+        return next;
       } finally {
-        this.emulatorMs += performance.now() - t;
+        lastTurnEnd = performance.now();
+        this.emulatorMs += lastTurnEnd - t;
       }
     };
     emulator.add_listener('serial0-output-byte', ((byte: number) => {
