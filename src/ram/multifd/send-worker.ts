@@ -14,11 +14,13 @@
  * into the packet buffer for the encoder.
  *
  * Messages in:  { type: 'adopt', fd, what } (a thread started before its connection)
- *               { type: 'job', seq, packetNum, flags, blockIndex, count, offsets }
+ *               { type: 'job', seq, packetNum, flags, blockIndex, count, offsets },
+ *               { type: 'jobs', jobs } (several jobs queued at once)
  *               { type: 'finish' }
  * Messages out: { type: 'ready' } once the init packet is written,
- *               { type: 'done', seq } once a job's packet is handed to the OS
- *               (the callback of its last write),
+ *               { type: 'done', seq } once the packets of every job up to seq are
+ *               handed to the OS (the callback of their last write; one message
+ *               per turn of the event loop),
  *               { type: 'finished' }, { type: 'error', message }.
  */
 import { Socket } from 'node:net';
@@ -95,11 +97,23 @@ async function main(): Promise<void> {
   socket.write(encodeInitPacket(data.uuid, data.id), (err) => {
     if (!err) port.postMessage({ type: 'ready' });
   });
-  port.on('message', (msg: SendJob | { type: 'finish' }) => {
+  port.on('message', (msg: SendJob | { type: 'jobs'; jobs: SendJob[] } | { type: 'finish' }) => {
     if (failed) return;
+    if (msg.type === 'jobs') {
+      for (const job of msg.jobs) {
+        try {
+          send(socket, job);
+        } catch (err) {
+          fail(`${data.what}: ${(err as Error).message}`);
+          return;
+        }
+      }
+      return;
+    }
     if (msg.type === 'finish') {
       finishing = true;
       socket.end(() => {
+        flushDone();
         port.postMessage({ type: 'finished' });
         port.close();
       });
@@ -111,6 +125,21 @@ async function main(): Promise<void> {
       fail(`${data.what}: ${(err as Error).message}`);
     }
   });
+}
+
+/** The last job handed to the OS and not yet reported; reported once per turn of the event loop (jobs complete in order). */
+let doneSeq = -1;
+let doneScheduled = false;
+function reportDone(seq: number): void {
+  doneSeq = seq;
+  if (doneScheduled) return;
+  doneScheduled = true;
+  setImmediate(flushDone);
+}
+function flushDone(): void {
+  if (!doneScheduled) return;
+  doneScheduled = false;
+  port.postMessage({ type: 'done', seq: doneSeq });
 }
 
 /** A pooled buffer of at least `bytes` bytes (every pooled buffer fits a header; the compressed path needs room for the pages). */
@@ -142,7 +171,7 @@ function send(socket: Socket, job: SendJob): void {
   // order, so the last write's callback says the whole packet was handed to the OS.
   const done = (err?: Error | null): void => {
     free.push(packet);
-    if (!err) port.postMessage({ type: 'done', seq: job.seq });
+    if (!err) reportDone(job.seq);
   };
   if (compressed) {
     const memory = memories[job.blockIndex]!;

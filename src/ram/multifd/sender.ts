@@ -339,6 +339,8 @@ class WorkerSenderChannel implements SenderChannel {
   readonly ready: Promise<void>;
   private readonly worker: Worker;
   private seq = 0;
+  private resolvedUpTo = -1;
+  private outbox: SendJob[] = [];
   private readonly pending = new Map<number, { resolve(): void; reject(err: Error): void }>();
   private failure: Error | undefined;
   private onFinished: (() => void) | undefined;
@@ -366,12 +368,9 @@ class WorkerSenderChannel implements SenderChannel {
         case 'ready':
           resolveReady();
           break;
-        case 'done': {
-          const p = this.pending.get(msg.seq!);
-          this.pending.delete(msg.seq!);
-          p?.resolve();
+        case 'done':
+          this.doneUpTo(msg.seq!);
           break;
-        }
         case 'finished':
           this.onFinished?.();
           break;
@@ -403,15 +402,35 @@ class WorkerSenderChannel implements SenderChannel {
     if (this.failure) return Promise.reject(this.failure);
     const seq = this.seq++;
     const message: SendJob = { type: 'job', seq, ...job };
+    // Jobs queued in one run of the producer go to the thread as one message (a message costs a wake-up on both sides).
+    if (this.outbox.length === 0) queueMicrotask(this.flush);
+    this.outbox.push(message);
     return new Promise<void>((resolve, reject) => {
       this.pending.set(seq, { resolve, reject });
-      this.worker.postMessage(message);
     });
+  }
+
+  private readonly flush = (): void => {
+    const jobs = this.outbox;
+    this.outbox = [];
+    if (this.failure || jobs.length === 0) return;
+    this.worker.postMessage(jobs.length === 1 ? jobs[0] : { type: 'jobs', jobs });
+  };
+
+  /** The thread handed every job up to `seq` to the OS (it reports several at once). */
+  private doneUpTo(seq: number): void {
+    for (; this.resolvedUpTo < seq; ) {
+      const s = ++this.resolvedUpTo;
+      const p = this.pending.get(s);
+      this.pending.delete(s);
+      p?.resolve();
+    }
   }
 
   finish(): Promise<void> {
     if (this.failure) return Promise.reject(this.failure);
     this.finishing = true;
+    this.flush();
     return new Promise<void>((resolve) => {
       this.onFinished = resolve;
       this.worker.postMessage({ type: 'finish' });
