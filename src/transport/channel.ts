@@ -4,7 +4,7 @@
  */
 import { Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
-import { ChannelError, type AdoptDetachedSocket, type ByteSink, type ByteSource, type DetachedSocket, type MigrationChannel } from '../wire/index.js';
+import { ChannelError, type AdoptDetachedSocket, type AdoptDetachedSocketReads, type ByteSink, type ByteSource, type DetachedSocket, type MigrationChannel, type PlacedReads, type PlacedReadSocket } from '../wire/index.js';
 import { asChannelError } from './errors.js';
 import { GuardedSink, GuardedSource, NodeReadableSource, NodeWritableSink, ringReads, type RingReads } from './stream-io.js';
 import type { TransportKind } from './uri.js';
@@ -219,6 +219,43 @@ export function adoptDetachedSocket(detached: DetachedSocket, options: { ring?: 
 }
 // This module is what its DetachedSockets name as `adopter`: its export must fit the contract.
 adoptDetachedSocket satisfies AdoptDetachedSocket;
+
+/**
+ * The descriptor another thread detached, as a socket whose reads land where
+ * `reads` says (net.Socket `onread` with a buffer function: Node 20 asks for
+ * the buffer when reading starts and after every read; a callback returning
+ * false makes it call readStop, and Socket.resume() calls readStart again).
+ * Reading starts at once. The bytes in `detached.received` are the caller's
+ * to take first.
+ */
+export function adoptDetachedSocketReads(detached: DetachedSocket, reads: PlacedReads): PlacedReadSocket {
+  const what = detached.uri;
+  const socket = new Socket({
+    fd: detached.fd,
+    readable: true,
+    writable: true,
+    allowHalfOpen: true,
+    onread: { buffer: () => reads.buffer(), callback: (n: number, buf: Uint8Array) => reads.callback(n, buf) },
+  } as ConstructorParameters<typeof Socket>[0]);
+  let aborted: ChannelError | undefined;
+  const ended = new Promise<void>((resolve, reject) => {
+    socket.once('end', resolve);
+    socket.on('error', (err: Error) => reject(new ChannelError(`${what}: read failed: ${err.message}`, { cause: err })));
+    socket.once('close', () => reject(aborted ?? new ChannelError(`${what}: connection closed before the end of the stream`)));
+  });
+  ended.catch(() => {});
+  return {
+    resume: () => {
+      if (!socket.destroyed) socket.resume();
+    },
+    ended,
+    close: (reason?: unknown) => {
+      if (reason !== undefined) aborted ??= asChannelError(reason, `${what}: aborted`);
+      socket.destroy();
+    },
+  };
+}
+adoptDetachedSocketReads satisfies AdoptDetachedSocketReads;
 
 /**
  * Ring reads for a socket a listener accepted (the destination's channels):

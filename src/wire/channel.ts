@@ -264,3 +264,32 @@ export interface RingReadOptions {
 
 /** What a DetachedSocket's `adopter` module exports as `adoptDetachedSocket`. */
 export type AdoptDetachedSocket = (detached: DetachedSocket, options?: { ring?: RingReadOptions }) => MigrationChannel;
+
+/**
+ * Reads that land where the consumer says (net.Socket `onread` with a buffer
+ * function): buffer() is asked for the place of the next read (Node asks once
+ * when reading starts and again after every read), callback() hears how many
+ * bytes landed in it; callback() returning false stops reading until resume().
+ */
+export interface PlacedReads {
+  buffer(): Uint8Array;
+  callback(n: number, buf: Uint8Array): boolean;
+}
+
+/** A socket reading through PlacedReads (see AdoptDetachedSocketReads). */
+export interface PlacedReadSocket {
+  /** Start reading again after callback() returned false. */
+  resume(): void;
+  /** Resolves at the peer's end of stream; rejects with a ChannelError on a read error, a close before the end, or abort(). */
+  readonly ended: Promise<void>;
+  /** Release the socket (after the end, or to give up). Never throws. */
+  close(reason?: unknown): void;
+}
+
+/**
+ * What a DetachedSocket's `adopter` module may also export as
+ * `adoptDetachedSocketReads`: the descriptor as a socket whose reads land
+ * where `reads` says. The socket's earlier bytes (`received`) are not
+ * replayed: the caller takes them first.
+ */
+export type AdoptDetachedSocketReads = (detached: DetachedSocket, reads: PlacedReads) => PlacedReadSocket;

@@ -21,6 +21,7 @@ import {
   MULTIFD_PAGES_PER_PACKET,
   MultifdError,
   parseInitPacket,
+  type MultifdPacketHeader,
   parsePacketHeader,
 } from './packet.js';
 
@@ -74,6 +75,36 @@ export function asMultifdError(err: unknown, channel: number | undefined, offset
   return new MultifdError(channel, at, what, { cause: e });
 }
 
+/**
+ * multifd_recv_unfill_packet: the header at stream offset `at` parsed and
+ * checked (fixed part, compression flags, block, offsets), with QEMU 7.2's
+ * texts. `block` is set when the packet has pages.
+ */
+export function checkPacket(
+  header: Uint8Array,
+  id: number,
+  at: number,
+  offsets: Float64Array,
+  ctx: { compression: MultifdCompression; table: RamBlockTable },
+): { h: MultifdPacketHeader; block: RamBlock | undefined } {
+  const expectedFlags = MULTIFD_COMPRESSION_FLAGS[ctx.compression];
+  const h = parsePacketHeader(header, id, at, offsets);
+  // As 7.2, only packets with pages are checked (QEMU sets no compression bits on the others).
+  if (h.normalPages > 0 && (h.flags & MULTIFD_FLAG_COMPRESSION_MASK) !== expectedFlags) {
+    const name = compressionOfFlags(h.flags) ?? 'unknown';
+    throw new MultifdError(id, at + 8, `multifd ${id}: flags received ${(h.flags & MULTIFD_FLAG_COMPRESSION_MASK).toString(16)} flags expected ${expectedFlags.toString(16)} (compression ${name}, expected ${ctx.compression})`);
+  }
+  if (h.normalPages === 0) return { h, block: undefined };
+  const found = ctx.table.lookup(h.ramblock);
+  if (!found.block) throw new MultifdError(id, at + 64, `multifd: unknown ram block ${h.ramblock}`);
+  const block = found.block;
+  const bad = findBadOffset(h, block.lengthBytes);
+  if (bad >= 0) {
+    throw new MultifdError(id, at + 320 + 8 * bad, `multifd: offset too long ${h.offsets[bad]!.toString(16)} (max ${block.lengthBytes.toString(16)})${h.offsets[bad]! % MULTIFD_PAGE_SIZE ? ' (not page-aligned)' : ''}`);
+  }
+  return { h, block };
+}
+
 async function receivePackets(reader: StreamReader, ctx: RecvChannelContext, id: number): Promise<void> {
   const expectedFlags = MULTIFD_COMPRESSION_FLAGS[ctx.compression];
   const counters = ctx.counters;
@@ -85,22 +116,10 @@ async function receivePackets(reader: StreamReader, ctx: RecvChannelContext, id:
     if (await reader.atEnd()) return;
     const at = reader.offset;
     await reader.readInto(header, 0, MULTIFD_HEADER_BYTES);
-    const h = parsePacketHeader(header, id, at, offsets);
-    // As 7.2, only packets with pages are checked (QEMU sets no compression bits on the others).
-    if (h.normalPages > 0 && (h.flags & MULTIFD_FLAG_COMPRESSION_MASK) !== expectedFlags) {
-      const name = compressionOfFlags(h.flags) ?? 'unknown';
-      throw new MultifdError(id, at + 8, `multifd ${id}: flags received ${(h.flags & MULTIFD_FLAG_COMPRESSION_MASK).toString(16)} flags expected ${expectedFlags.toString(16)} (compression ${name}, expected ${ctx.compression})`);
-    }
+    const { h, block } = checkPacket(header, id, at, offsets, ctx);
     counters.packets++;
     counters.bytes += MULTIFD_HEADER_BYTES;
-    if (h.normalPages > 0) {
-      const found = ctx.table.lookup(h.ramblock);
-      if (!found.block) throw new MultifdError(id, at + 64, `multifd: unknown ram block ${h.ramblock}`);
-      const block = found.block;
-      const bad = findBadOffset(h, block.lengthBytes);
-      if (bad >= 0) {
-        throw new MultifdError(id, at + 320 + 8 * bad, `multifd: offset too long ${h.offsets[bad]!.toString(16)} (max ${block.lengthBytes.toString(16)})${h.offsets[bad]! % MULTIFD_PAGE_SIZE ? ' (not page-aligned)' : ''}`);
-      }
+    if (block) {
       if (expectedFlags === 0) {
         await readPages(reader, block, h.offsets, h.normalPages);
         counters.bytes += h.normalPages * MULTIFD_PAGE_SIZE;

@@ -22,11 +22,12 @@
  *               { type: 'error', channel, offset, reason }.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { StreamReader, type AdoptDetachedSocket, type DetachedSocket, type MigrationChannel } from '../../wire/index.js';
+import { StreamReader, type AdoptDetachedSocket, type AdoptDetachedSocketReads, type DetachedSocket, type MigrationChannel, type PlacedReadSocket } from '../../wire/index.js';
 import { DenseRamBlock } from '../block.js';
 import { FixedRamBlockTable } from '../block-table.js';
 import type { MultifdCompression } from './codec.js';
 import { asMultifdError, receiveMultifdChannel, type RecvChannelCounters } from './recv-channel.js';
+import { DirectMultifdReceiver } from './recv-direct.js';
 
 export interface RecvWorkerData {
   /** The connection; absent for a thread started ahead of it, which gets it in an 'adopt' message. */
@@ -55,6 +56,8 @@ const table = new FixedRamBlockTable(data.blocks.map((b) => new DenseRamBlock(b.
 let stopped = false;
 let release: (() => void) | undefined;
 let channel: MigrationChannel | undefined;
+/** The plain channel's socket (receiveDirect). */
+let placed: PlacedReadSocket | undefined;
 const post = (message: RecvWorkerMessage): void => port.postMessage(message);
 
 let adopt: ((socket: DetachedSocket) => void) | undefined;
@@ -70,6 +73,7 @@ port.on('message', (message: { type: 'release' | 'close' } | { type: 'adopt'; so
   } else {
     stopped = true;
     channel?.abort(new Error('multifd receiver closed'));
+    placed?.close(new Error('multifd receiver closed'));
     release?.();
     port.close();
   }
@@ -83,7 +87,12 @@ async function main(): Promise<void> {
     if (stopped) return;
     // Reads into a ring of reused buffers: the loop below copies every page out
     // (or decodes a payload) before it reads on, so no chunk is kept for long.
-    const { adoptDetachedSocket } = (await import(socket.adopter)) as { adoptDetachedSocket: AdoptDetachedSocket };
+    const adopter = (await import(socket.adopter)) as { adoptDetachedSocket: AdoptDetachedSocket; adoptDetachedSocketReads?: AdoptDetachedSocketReads };
+    if (data.compression === 'none' && typeof adopter.adoptDetachedSocketReads === 'function') {
+      await receiveDirect(socket, adopter.adoptDetachedSocketReads);
+      return;
+    }
+    const { adoptDetachedSocket } = adopter;
     if (typeof adoptDetachedSocket !== 'function') throw new Error(`${socket.adopter} does not export adoptDetachedSocket`);
     channel = adoptDetachedSocket(socket, { ring: RECV_RING });
     reader = new StreamReader(channel.input!);
@@ -111,6 +120,99 @@ async function main(): Promise<void> {
   } finally {
     port.close();
   }
+}
+
+/**
+ * A plain channel: reads land in guest RAM in place (DirectMultifdReceiver
+ * says where each read goes), so each page byte is copied once, by the
+ * kernel. Reading stops at a SYNC until the main thread's release.
+ */
+async function receiveDirect(socket: DetachedSocket, adoptReads: AdoptDetachedSocketReads): Promise<void> {
+  const counters: RecvChannelCounters = { packets: 0, pages: 0, bytes: 0 };
+  const rx = new DirectMultifdReceiver({
+    uuid: data.uuid,
+    channels: data.channels,
+    table,
+    counters,
+    onInit: (id) => post({ type: 'init', id }),
+    onSync: () => {
+      release = () => {
+        rx.release();
+        pump();
+      };
+      post({ type: 'sync', counters: { ...counters } });
+    },
+  });
+  // The bytes read before the hand-over go first, copied in.
+  const early = socket.received.filter((c) => c.length > 0);
+  let settle!: (err?: unknown) => void;
+  const done = new Promise<void>((resolve, reject) => {
+    let settled = false;
+    settle = (err) => {
+      if (settled) return;
+      settled = true;
+      if (err === undefined) resolve();
+      else reject(err);
+    };
+  });
+  const fail = (err: unknown): void => {
+    const e = asMultifdError(err, rx.id < 0 ? undefined : rx.id, rx.offset);
+    placed?.close(e);
+    settle(e);
+  };
+  // Early bytes first, then the socket's reads (started, or resumed after a SYNC).
+  const pump = (): void => {
+    if (stopped) return settle();
+    try {
+      while (early.length > 0 && !rx.atSync) {
+        const taken = rx.feed(early[0]!);
+        if (taken === early[0]!.length) early.shift();
+        else early[0] = early[0]!.subarray(taken);
+      }
+    } catch (err) {
+      return fail(err);
+    }
+    if (rx.atSync || early.length > 0) return;
+    if (placed) {
+      placed.resume();
+      return;
+    }
+    placed = adoptReads(socket, {
+      buffer: () => rx.next(),
+      callback: (n) => {
+        try {
+          return rx.filled(n);
+        } catch (err) {
+          fail(err);
+          return false;
+        }
+      },
+    });
+    placed.ended.then(
+      () => {
+        try {
+          rx.end();
+          settle();
+        } catch (err) {
+          fail(err);
+        }
+      },
+      (err: unknown) => fail(stopped ? err : (rx.failure ?? err)),
+    );
+  };
+  pump();
+  try {
+    await done;
+  } catch (err) {
+    const e = asMultifdError(err, rx.id < 0 ? undefined : rx.id, rx.offset);
+    if (!stopped) post({ type: 'error', channel: e.channel, offset: e.offset, reason: e.reason });
+    return;
+  } finally {
+    // Also when it failed or stopped before its socket was made (on the bytes read before the hand-over): the descriptor is this thread's to close.
+    placed ??= adoptReads(socket, { buffer: () => rx.next(), callback: () => false });
+    placed.close();
+  }
+  if (!stopped) post({ type: 'ended', offset: rx.offset, counters });
 }
 
 void main();

@@ -1,9 +1,13 @@
 /**
- * One multifd send channel in a worker thread: it takes over the connection's
- * socket descriptor (connected and detached by the main thread), sends the init packet, then turns jobs (a block and up to
- * 128 page offsets) into packets and writes them to its socket. The main
- * thread keeps the page choice, packet numbering and accounting; this thread
- * does the encoding and the socket work, so a second core is used.
+ * Multifd send channels in a worker thread: one thread may send several
+ * channels (the sender starts no more threads than there are cores: a thread
+ * costs tens of milliseconds of CPU to start, and its work is mostly the
+ * kernel's). For each channel it takes over the connection's socket
+ * descriptor (connected and detached by the main thread), sends the init
+ * packet, then turns jobs (a block and up to 128 page offsets) into packets
+ * and writes them to that socket. The main thread keeps the page choice,
+ * packet numbering and accounting; this thread does the encoding and the
+ * socket work, so another core is used.
  *
  * Uncompressed packets are not copied: the header and, per run of
  * consecutive pages, a view of guest RAM (a SharedArrayBuffer) go out as one
@@ -13,13 +17,17 @@
  * it is sent again after the next sync. Compressed packets copy the pages
  * into the packet buffer for the encoder.
  *
- * Messages in:  { type: 'adopt', fd, what } (a thread started before its connection)
- *               { type: 'job', seq, packetNum, flags, blockIndex, count, offsets }
- *               { type: 'finish' }
- * Messages out: { type: 'ready' } once the init packet is written,
- *               { type: 'done', seq } once a job's packet is handed to the OS
- *               (the callback of its last write),
- *               { type: 'finished' }, { type: 'error', message }.
+ * Every message names its channel (`ch`).
+ * Messages in:  { type: 'adopt', ch, fd, what } (threads start before their connections),
+ *               { type: 'job', ch, seq, packetNum, flags, blockIndex, count, offsets },
+ *               { type: 'jobs', ch, jobs } (several jobs queued at once),
+ *               { type: 'finish', ch }, { type: 'drop', ch } (a channel that got no connection).
+ * Messages out: { type: 'ready', ch } once the init packet is written,
+ *               { type: 'done', ch, seq } once the packets of every job up to seq are
+ *               handed to the OS (the callback of their last write; one message
+ *               per turn of the event loop),
+ *               { type: 'finished', ch }, { type: 'error', ch, message }.
+ * The thread ends once every channel finished or was dropped.
  */
 import { Socket } from 'node:net';
 import { parentPort, workerData } from 'node:worker_threads';
@@ -27,13 +35,8 @@ import { createSendCodec, ensureMultifdCodecs, type MultifdCompression, type Mul
 import { encodeInitPacket, MULTIFD_HEADER_BYTES, MULTIFD_PAGE_SIZE, MULTIFD_PAGES_PER_PACKET, writePacketHeader } from './packet.js';
 
 export interface SendWorkerData {
-  /**
-   * The connected socket's descriptor (MigrationChannel.detach()); this thread owns it.
-   * Absent for a thread started before its connection: it comes in { type: 'adopt', fd, what }.
-   */
-  fd?: number;
-  what: string;
-  id: number;
+  /** The channels this thread sends (each gets its descriptor later, in { type: 'adopt', ch, fd, what }). */
+  channels: number[];
   uuid: Uint8Array;
   blocks: Array<{ idstr: string; buffer: SharedArrayBuffer; byteOffset: number; lengthBytes: number }>;
   compression: MultifdCompression;
@@ -44,6 +47,8 @@ export interface SendWorkerData {
 
 export interface SendJob {
   type: 'job';
+  /** The channel (one thread may send several). */
+  ch: number;
   seq: number;
   packetNum: number;
   flags: number;
@@ -52,69 +57,118 @@ export interface SendJob {
   offsets: Float64Array;
 }
 
+type Incoming =
+  | SendJob
+  | { type: 'jobs'; ch: number; jobs: SendJob[] }
+  | { type: 'adopt'; ch: number; fd: number; what: string }
+  | { type: 'finish'; ch: number }
+  | { type: 'drop'; ch: number };
+
 const data = workerData as SendWorkerData;
 const port = parentPort!;
 const memories = data.blocks.map((b) => new Uint8Array(b.buffer, b.byteOffset, b.lengthBytes));
-const free: Buffer[] = [];
-let lastBlock: string | undefined;
-let failed = false;
-let finishing = false;
 let codec: MultifdSendCodec | undefined;
 
-function fail(message: string): void {
-  if (failed) return;
-  failed = true;
-  port.postMessage({ type: 'error', message });
+/** One channel of this thread. */
+class SendChannel {
+  socket: Socket | undefined;
+  what = '';
+  lastBlock: string | undefined;
+  failed = false;
+  finishing = false;
+  /** Finished or dropped: the thread ends once every channel is. */
+  over = false;
+  /** Header (and compressed packet) buffers, reused. */
+  readonly free: Buffer[] = [];
+  /** The last job handed to the OS and not yet reported; reported once per turn of the event loop (jobs complete in order). */
+  doneSeq = -1;
+  doneScheduled = false;
+  constructor(readonly id: number) {}
+
+  fail(message: string): void {
+    if (this.failed) return;
+    this.failed = true;
+    port.postMessage({ type: 'error', ch: this.id, message });
+  }
+
+  reportDone(seq: number): void {
+    this.doneSeq = seq;
+    if (this.doneScheduled) return;
+    this.doneScheduled = true;
+    setImmediate(this.flushDone);
+  }
+
+  readonly flushDone = (): void => {
+    if (!this.doneScheduled) return;
+    this.doneScheduled = false;
+    port.postMessage({ type: 'done', ch: this.id, seq: this.doneSeq });
+  };
+}
+
+const channels = new Map(data.channels.map((id) => [id, new SendChannel(id)]));
+
+function ended(ch: SendChannel): void {
+  ch.over = true;
+  if ([...channels.values()].every((c) => c.over)) port.close();
+}
+
+function adopt(ch: SendChannel, fd: number, what: string): void {
+  ch.what = what;
+  const socket = new Socket({ fd, readable: true, writable: true, allowHalfOpen: true });
+  ch.socket = socket;
+  socket.setNoDelay(true);
+  socket.on('error', (err) => ch.fail(`${ch.what}: ${err.message}`));
+  socket.on('close', () => {
+    if (!ch.finishing) ch.fail(`${ch.what}: connection closed`);
+  });
+  socket.on('data', () => {}); // nothing is expected from the destination on this channel
+  socket.write(encodeInitPacket(data.uuid, ch.id), (err) => {
+    if (!err) port.postMessage({ type: 'ready', ch: ch.id });
+  });
 }
 
 async function main(): Promise<void> {
-  let adoptMessage: ((msg: { type: string; fd?: number; what?: string }) => void) | undefined;
-  const adopted =
-    data.fd !== undefined
-      ? Promise.resolve(data.fd)
-      : new Promise<number>((resolve) => {
-          adoptMessage = (msg) => {
-            if (msg.type !== 'adopt') return;
-            port.off('message', adoptMessage!);
-            data.what = msg.what ?? data.what;
-            resolve(msg.fd!);
-          };
-          port.on('message', adoptMessage);
-        });
-  if (data.codecModule) await import(data.codecModule);
-  await ensureMultifdCodecs(data.compression);
-  codec = createSendCodec(data.compression, data.level);
-  const fd = await adopted;
-  const socket = new Socket({ fd, readable: true, writable: true, allowHalfOpen: true });
-  socket.setNoDelay(true);
-  socket.on('error', (err) => fail(`${data.what}: ${err.message}`));
-  socket.on('close', () => {
-    if (!finishing) fail(`${data.what}: connection closed`);
-  });
-  socket.on('data', () => {}); // nothing is expected from the destination on this channel
-  socket.write(encodeInitPacket(data.uuid, data.id), (err) => {
-    if (!err) port.postMessage({ type: 'ready' });
-  });
-  port.on('message', (msg: SendJob | { type: 'finish' }) => {
-    if (failed) return;
+  // Messages wait until the codecs are ready (they come in order).
+  const queued: Incoming[] = [];
+  let ready = false;
+  const handle = (msg: Incoming): void => {
+    const ch = channels.get(msg.ch);
+    if (!ch) return;
+    if (msg.type === 'adopt') return adopt(ch, msg.fd, msg.what);
+    if (msg.type === 'drop') return ended(ch);
+    if (ch.failed || !ch.socket) return;
     if (msg.type === 'finish') {
-      finishing = true;
-      socket.end(() => {
-        port.postMessage({ type: 'finished' });
-        port.close();
+      ch.finishing = true;
+      ch.socket.end(() => {
+        ch.flushDone();
+        port.postMessage({ type: 'finished', ch: ch.id });
+        ended(ch);
       });
       return;
     }
-    try {
-      send(socket, msg);
-    } catch (err) {
-      fail(`${data.what}: ${(err as Error).message}`);
+    const jobs = msg.type === 'jobs' ? msg.jobs : [msg];
+    for (const job of jobs) {
+      try {
+        send(ch, job);
+      } catch (err) {
+        ch.fail(`${ch.what}: ${(err as Error).message}`);
+        return;
+      }
     }
+  };
+  port.on('message', (msg: Incoming) => {
+    if (ready) handle(msg);
+    else queued.push(msg);
   });
+  if (data.codecModule) await import(data.codecModule);
+  await ensureMultifdCodecs(data.compression);
+  codec = createSendCodec(data.compression, data.level);
+  ready = true;
+  for (const msg of queued.splice(0)) handle(msg);
 }
 
 /** A pooled buffer of at least `bytes` bytes (every pooled buffer fits a header; the compressed path needs room for the pages). */
-function packetBuffer(bytes: number): Buffer {
+function packetBuffer(free: Buffer[], bytes: number): Buffer {
   const buf = free.pop();
   if (buf && buf.length >= bytes) return buf;
   return Buffer.allocUnsafe(codec ? MULTIFD_HEADER_BYTES + MULTIFD_PAGES_PER_PACKET * MULTIFD_PAGE_SIZE : MULTIFD_HEADER_BYTES);
@@ -132,17 +186,19 @@ function forEachRun(job: SendJob, visit: (byteOffset: number, lengthBytes: numbe
   }
 }
 
-function send(socket: Socket, job: SendJob): void {
+function send(ch: SendChannel, job: SendJob): void {
+  const socket = ch.socket!;
   const count = job.count;
   const payloadBytes = count * MULTIFD_PAGE_SIZE;
-  if (count > 0) lastBlock = data.blocks[job.blockIndex]!.idstr;
+  if (count > 0) ch.lastBlock = data.blocks[job.blockIndex]!.idstr;
+  const lastBlock = ch.lastBlock;
   const compressed = codec !== undefined && count > 0;
-  const packet = packetBuffer(compressed ? MULTIFD_HEADER_BYTES + payloadBytes : MULTIFD_HEADER_BYTES);
+  const packet = packetBuffer(ch.free, compressed ? MULTIFD_HEADER_BYTES + payloadBytes : MULTIFD_HEADER_BYTES);
   // The header buffer returns to the pool once its write is done; callbacks come in
   // order, so the last write's callback says the whole packet was handed to the OS.
   const done = (err?: Error | null): void => {
-    free.push(packet);
-    if (!err) port.postMessage({ type: 'done', seq: job.seq });
+    ch.free.push(packet);
+    if (!err) ch.reportDone(job.seq);
   };
   if (compressed) {
     const memory = memories[job.blockIndex]!;
@@ -178,4 +234,6 @@ function send(socket: Socket, job: SendJob): void {
   socket.uncork();
 }
 
-main().catch((err) => fail(`${data.what}: ${(err as Error).message}`));
+main().catch((err) => {
+  for (const ch of channels.values()) ch.fail(`${ch.what || `multifd channel ${ch.id}`}: ${(err as Error).message}`);
+});

@@ -16,6 +16,7 @@
  * A failed channel fails the sender: every later call rejects with that
  * error, so the migration fails while the guest still runs on the source.
  */
+import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import type { RamBlock } from '../block.js';
 import { DenseRamBlock } from '../block.js';
@@ -53,6 +54,8 @@ export interface MultifdSenderOptions {
   /** Worker threads: default when every block's memory is a SharedArrayBuffer. */
   useWorkers?: boolean;
   maxInflight?: number;
+  /** Worker threads for the channels (default: the number of cores; a thread may send several channels). */
+  sendThreads?: number;
   /** A module (URL or path) that registers compression codecs, loaded in each worker. */
   codecModule?: string;
   /**
@@ -63,7 +66,7 @@ export interface MultifdSenderOptions {
   after?: Promise<unknown>;
 }
 
-type Job = Omit<SendJob, 'type' | 'seq'>;
+type Job = Omit<SendJob, 'type' | 'seq' | 'ch'>;
 
 interface SenderChannel {
   readonly id: number;
@@ -129,9 +132,14 @@ export class MultifdSender {
     const spare: WorkerSenderChannel[] = [];
     try {
       if (useWorkers) {
-        for (let id = 0; id < n; id++) {
-          const data: SendWorkerData = { what: `multifd channel ${id}`, id, uuid, blocks: shared!, compression, level, ...(options.codecModule ? { codecModule: options.codecModule } : {}) };
-          spare.push(new WorkerSenderChannel(id, data, (err) => sender.fail(err)));
+        // No more threads than cores: channel `id` is sent by thread `id % threads`.
+        const threads = Math.max(1, Math.min(n, options.sendThreads ?? availableParallelism()));
+        for (let t = 0; t < threads; t++) {
+          const ids: number[] = [];
+          for (let id = t; id < n; id += threads) ids.push(id);
+          const data: SendWorkerData = { channels: ids, uuid, blocks: shared!, compression, level, ...(options.codecModule ? { codecModule: options.codecModule } : {}) };
+          const thread = new SendThread(data);
+          for (const id of ids) spare[id] = new WorkerSenderChannel(id, thread, (err) => sender.fail(err));
         }
       }
       await options.after;
@@ -334,87 +342,151 @@ export class MultifdSender {
   }
 }
 
+/** A worker thread that sends one or more channels (send-worker.ts); messages name their channel. */
+class SendThread {
+  readonly worker: Worker;
+  private readonly channels = new Map<number, WorkerSenderChannel>();
+  private readonly dropped = new Set<number>();
+  private exited = false;
+
+  constructor(private readonly data: SendWorkerData) {
+    this.worker = new Worker(new URL('./send-worker.js', import.meta.url), { workerData: data });
+    this.worker.on('message', (msg: { type: string; ch: number; seq?: number; message?: string }) => this.channels.get(msg.ch)?.onMessage(msg));
+    this.worker.on('error', (err) => {
+      for (const ch of this.channels.values()) ch.threadFailed(new Error(`multifd channel ${ch.id}: ${err.message}`, { cause: err }));
+    });
+    this.worker.on('exit', () => {
+      this.exited = true;
+      for (const ch of this.channels.values()) ch.threadExited();
+    });
+  }
+
+  attach(ch: WorkerSenderChannel): void {
+    this.channels.set(ch.id, ch);
+  }
+
+  post(message: unknown): void {
+    if (!this.exited) this.worker.postMessage(message);
+  }
+
+  /** A channel that got no connection: the thread no longer waits for it; ends the thread if no channel is left. */
+  drop(id: number): void {
+    this.dropped.add(id);
+    this.channels.delete(id);
+    this.post({ type: 'drop', ch: id });
+    if (this.data.channels.every((c) => this.dropped.has(c))) void this.worker.terminate();
+  }
+
+  terminate(): void {
+    void this.worker.terminate();
+  }
+}
+
 class WorkerSenderChannel implements SenderChannel {
   inflight = 0;
   readonly ready: Promise<void>;
-  private readonly worker: Worker;
   private seq = 0;
+  private resolvedUpTo = -1;
+  private outbox: SendJob[] = [];
   private readonly pending = new Map<number, { resolve(): void; reject(err: Error): void }>();
   private failure: Error | undefined;
   private onFinished: (() => void) | undefined;
   private finishing = false;
+  private resolveReady!: () => void;
+  private rejectReady!: (err: Error) => void;
 
-  constructor(readonly id: number, data: SendWorkerData, private readonly onFail: (err: Error) => void) {
-    this.worker = new Worker(new URL('./send-worker.js', import.meta.url), { workerData: data });
-    let resolveReady!: () => void;
-    let rejectReady!: (err: Error) => void;
+  constructor(readonly id: number, private readonly thread: SendThread, private readonly onFail: (err: Error) => void) {
     this.ready = new Promise((resolve, reject) => {
-      resolveReady = resolve;
-      rejectReady = reject;
+      this.resolveReady = resolve;
+      this.rejectReady = reject;
     });
     this.ready.catch(() => {});
-    const failWith = (err: Error): void => {
-      if (this.failure) return;
-      this.failure = err;
-      rejectReady(err);
-      for (const p of this.pending.values()) p.reject(err);
-      this.pending.clear();
-      this.onFail(err);
-    };
-    this.worker.on('message', (msg: { type: string; seq?: number; message?: string }) => {
-      switch (msg.type) {
-        case 'ready':
-          resolveReady();
-          break;
-        case 'done': {
-          const p = this.pending.get(msg.seq!);
-          this.pending.delete(msg.seq!);
-          p?.resolve();
-          break;
-        }
-        case 'finished':
-          this.onFinished?.();
-          break;
-        case 'error':
-          failWith(new Error(msg.message));
-          break;
-      }
-    });
-    this.worker.on('error', (err) => failWith(new Error(`multifd channel ${id}: ${err.message}`, { cause: err })));
-    this.worker.on('exit', () => {
-      if (!this.finishing) failWith(new Error(`multifd channel ${id}: its thread ended`));
-      this.onFinished?.();
-    });
+    thread.attach(this);
+  }
+
+  private failWith(err: Error): void {
+    if (this.failure) return;
+    this.failure = err;
+    this.rejectReady(err);
+    for (const p of this.pending.values()) p.reject(err);
+    this.pending.clear();
+    this.onFail(err);
+  }
+
+  onMessage(msg: { type: string; seq?: number; message?: string }): void {
+    switch (msg.type) {
+      case 'ready':
+        this.resolveReady();
+        break;
+      case 'done':
+        this.doneUpTo(msg.seq!);
+        break;
+      case 'finished':
+        this.onFinished?.();
+        break;
+      case 'error':
+        this.failWith(new Error(msg.message));
+        break;
+    }
+  }
+
+  threadFailed(err: Error): void {
+    this.failWith(err);
+  }
+
+  threadExited(): void {
+    if (!this.finishing) this.failWith(new Error(`multifd channel ${this.id}: its thread ended`));
+    this.onFinished?.();
   }
 
   /** Hand the thread its connection's descriptor (it owns it from now on). */
   adopt(fd: number, what: string): void {
-    this.worker.postMessage({ type: 'adopt', fd, what });
+    this.thread.post({ type: 'adopt', ch: this.id, fd, what });
   }
 
-  /** A thread that got no connection: end it quietly. */
+  /** A channel that got no connection: its thread no longer waits for it. */
   dispose(): void {
     this.finishing = true;
     this.failure ??= new Error('multifd channel not used');
-    void this.worker.terminate();
+    this.thread.drop(this.id);
   }
 
   submit(job: Job): Promise<void> {
     if (this.failure) return Promise.reject(this.failure);
     const seq = this.seq++;
-    const message: SendJob = { type: 'job', seq, ...job };
+    const message: SendJob = { type: 'job', ch: this.id, seq, ...job };
+    // Jobs queued in one run of the producer go to the thread as one message (a message costs a wake-up on both sides).
+    if (this.outbox.length === 0) queueMicrotask(this.flush);
+    this.outbox.push(message);
     return new Promise<void>((resolve, reject) => {
       this.pending.set(seq, { resolve, reject });
-      this.worker.postMessage(message);
     });
+  }
+
+  private readonly flush = (): void => {
+    const jobs = this.outbox;
+    this.outbox = [];
+    if (this.failure || jobs.length === 0) return;
+    this.thread.post(jobs.length === 1 ? jobs[0] : { type: 'jobs', ch: this.id, jobs });
+  };
+
+  /** The thread handed every job up to `seq` to the OS (it reports several at once). */
+  private doneUpTo(seq: number): void {
+    for (; this.resolvedUpTo < seq; ) {
+      const s = ++this.resolvedUpTo;
+      const p = this.pending.get(s);
+      this.pending.delete(s);
+      p?.resolve();
+    }
   }
 
   finish(): Promise<void> {
     if (this.failure) return Promise.reject(this.failure);
     this.finishing = true;
+    this.flush();
     return new Promise<void>((resolve) => {
       this.onFinished = resolve;
-      this.worker.postMessage({ type: 'finish' });
+      this.thread.post({ type: 'finish', ch: this.id });
     });
   }
 
@@ -423,7 +495,8 @@ class WorkerSenderChannel implements SenderChannel {
     this.failure ??= reason;
     for (const p of this.pending.values()) p.reject(reason);
     this.pending.clear();
-    void this.worker.terminate();
+    // The thread's other channels go with it: an abort is for the whole sender.
+    this.thread.terminate();
   }
 }
 
