@@ -7,22 +7,24 @@
  * all (multifd_recv_sync_main), so data of a later section never lands before
  * the main channel has applied the earlier one.
  *
- * Where guest RAM is SharedArrayBuffers, each channel runs in its own worker
- * thread (recv-worker.ts), which owns the connection's descriptor; otherwise,
- * or when the connection cannot be handed over, on this thread. The per-channel
- * loop is the same (recv-channel.ts).
+ * Where guest RAM is SharedArrayBuffers, channels are received in worker
+ * threads (recv-worker.ts), which own the connections' descriptors: no more
+ * threads than cores (channel k goes to thread k mod threads), since threads
+ * beyond the cores only compete for them; otherwise, or when the connection
+ * cannot be handed over, on this thread (recv-channel.ts).
  *
  * Bad input is a MultifdError naming the channel and the byte offset in that
  * channel's stream; reads are bounded (fixed header, pages read in place,
  * compressed payloads capped).
  */
+import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import type { RamBlockTable } from '../block-table.js';
 import type { DetachedSocket, StreamReader } from '../../wire/index.js';
 import type { MultifdCompression } from './codec.js';
 import { MultifdError, ZERO_UUID } from './packet.js';
 import { receiveMultifdChannel, type RecvChannelCounters } from './recv-channel.js';
-import type { RecvWorkerData, RecvWorkerMessage } from './recv-worker.js';
+import type { RecvWorkerCommand, RecvWorkerData, RecvWorkerMessage } from './recv-worker.js';
 import { sharedBlocks } from './sender.js';
 
 export interface MultifdReceiverOptions {
@@ -36,6 +38,8 @@ export interface MultifdReceiverOptions {
   connectTimeoutMs?: number;
   /** Worker threads for detached connections (default: when every block is a SharedArrayBuffer). */
   useWorkers?: boolean;
+  /** How many worker threads share the channels (default: the number of cores, at most one per channel). */
+  recvThreads?: number;
   /** Optional module that registers compression codecs in worker threads. */
   codecModule?: string;
 }
@@ -48,6 +52,13 @@ export interface MultifdReceiverStats {
   pages: number;
   syncs: number;
   bytes: number;
+}
+
+/** A receive thread and the channels it was given, by key. */
+interface RecvThread {
+  worker: Worker;
+  channels: Map<number, { onMessage(message: RecvWorkerMessage): void; onLost(why: string, cause?: Error): void }>;
+  exited: boolean;
 }
 
 interface RecvChannel {
@@ -73,35 +84,63 @@ export class MultifdReceiver {
   private readonly uuid: Uint8Array;
   private readonly started = performance.now();
   private readonly shared: RecvWorkerData['blocks'] | undefined;
-  /** Threads started ahead of their connections (one per expected channel), waiting for an 'adopt' message. */
-  private readonly spare: Worker[] = [];
+  /** Receive threads, started ahead of the connections; channel k is adopted by threads[k % length]. */
+  private readonly threads: RecvThread[] = [];
+  /** Threads for connections beyond the expected channels (their init packets will be refused). */
+  private readonly extraThreads: RecvThread[] = [];
+  /** Connections handed to threads so far: the next one's key. */
+  private nextKey = 0;
 
   constructor(private readonly options: MultifdReceiverOptions) {
     this.uuid = options.uuid ?? ZERO_UUID;
     const blocks = options.table.blocks();
     const shared = options.useWorkers === false ? undefined : sharedBlocks(blocks);
     this.shared = shared?.map((b, i) => ({ ...b, usedBytes: blocks[i]!.lengthBytes }));
-    // A worker thread takes tens of milliseconds to start (more with every channel starting at
+    // A worker thread takes tens of milliseconds to start (more with every thread starting at
     // once on few cores): start them now, while the source connects, not when its pages arrive.
-    if (this.shared) for (let i = 0; i < options.channels; i++) this.spare.push(this.startWorker(undefined));
+    if (this.shared) {
+      const n = options.channels;
+      const threads = Math.max(1, Math.min(n, options.recvThreads ?? availableParallelism()));
+      for (let t = 0; t < threads; t++) this.threads.push(this.startThread(Math.ceil((n - t) / threads)));
+    }
   }
 
-  private startWorker(socket: DetachedSocket | undefined): Worker {
+  /** A thread that will receive `threadChannels` channels; idle (unref'd) until it adopts one. */
+  private startThread(threadChannels: number): RecvThread {
     const data: RecvWorkerData = {
-      ...(socket ? { socket } : {}),
       uuid: this.uuid,
       channels: this.options.channels,
+      threadChannels,
       compression: this.options.compression ?? 'none',
       blocks: this.shared!,
       ...(this.options.codecModule ? { codecModule: this.options.codecModule } : {}),
     };
     const worker = new Worker(new URL('./recv-worker.js', import.meta.url), { workerData: data });
-    if (!socket) {
-      // Idle until adopted: it neither keeps the process alive nor fails the receiver.
-      worker.unref();
-      worker.on('error', () => {});
+    const thread: RecvThread = { worker, channels: new Map(), exited: false };
+    // Idle until it adopts a channel: it neither keeps the process alive nor fails the receiver.
+    worker.unref();
+    worker.on('message', (message: RecvWorkerMessage) => thread.channels.get(message.key)?.onMessage(message));
+    const lost = (why: string, cause?: Error): void => {
+      thread.exited = true;
+      for (const c of thread.channels.values()) c.onLost(why, cause);
+    };
+    worker.on('error', (err) => lost(`its thread failed: ${err.message}`, err));
+    worker.on('exit', () => lost('its thread ended'));
+    return thread;
+  }
+
+  private command(thread: RecvThread, command: RecvWorkerCommand): void {
+    if (!thread.exited) thread.worker.postMessage(command);
+  }
+
+  /** Ask every thread to stop, and make sure it does. */
+  private stopThreads(): void {
+    for (const thread of [...this.threads, ...this.extraThreads]) {
+      if (thread.exited) continue;
+      this.command(thread, { type: 'close' });
+      // A thread closes its sockets on 'close'; terminate also closes them if it is stuck.
+      setTimeout(() => void thread.worker.terminate(), 1000).unref();
     }
-    return worker;
   }
 
   get error(): Error | undefined {
@@ -134,8 +173,8 @@ export class MultifdReceiver {
   fail(err: Error): void {
     if (this.failure) return;
     this.failure = err;
-    for (const w of this.spare.splice(0)) void w.terminate();
     for (const ch of this.all) ch.close();
+    this.stopThreads();
     this.wake();
     this.onError?.(err);
   }
@@ -205,15 +244,15 @@ export class MultifdReceiver {
    * it. The bytes already read from it travel along.
    */
   addDetachedChannel(socket: DetachedSocket): void {
-    const shared = this.shared;
-    if (!shared) throw new Error('multifd: worker threads need guest RAM in SharedArrayBuffers');
-    let worker = this.spare.shift();
-    if (worker) {
-      worker.ref();
-      worker.postMessage({ type: 'adopt', socket });
-    } else {
-      worker = this.startWorker(socket);
+    if (!this.shared) throw new Error('multifd: worker threads need guest RAM in SharedArrayBuffers');
+    const key = this.nextKey++;
+    let thread = key < this.options.channels ? this.threads[key % this.threads.length]! : undefined;
+    if (thread === undefined || thread.exited || this.stopped) {
+      // An extra connection, or one after a failure: a thread of its own adopts it (and, once stopped, closes it).
+      thread = this.startThread(1);
+      this.extraThreads.push(thread);
     }
+    const owner = thread;
     let endOffset = 0;
     let last: RecvChannelCounters = { packets: 0, pages: 0, bytes: 0 };
     let done = false;
@@ -226,13 +265,9 @@ export class MultifdReceiver {
       close: () => {
         if (done) return;
         done = true;
-        worker.postMessage({ type: 'close' });
-        // The worker closes its socket on 'close'; terminate also closes it if the worker is stuck.
-        setTimeout(() => void worker.terminate(), 1000).unref();
+        this.command(owner, { type: 'close', key });
       },
     };
-    if (!this.add(ch, () => ch.close())) return;
-    this.stats.workerChannels++;
     const account = (c: RecvChannelCounters): void => {
       this.stats.packets += c.packets - last.packets;
       this.stats.pages += c.pages - last.pages;
@@ -242,35 +277,42 @@ export class MultifdReceiver {
     const failWith = (err: Error): void => {
       if (!this.stopped) this.fail(err);
     };
-    worker.on('message', (message: RecvWorkerMessage) => {
-      switch (message.type) {
-        case 'init':
-          try {
-            this.named(ch, message.id);
-          } catch (err) {
-            failWith(err as Error);
-          }
-          break;
-        case 'sync':
-          account(message.counters);
-          this.synced(ch, () => worker.postMessage({ type: 'release' }));
-          break;
-        case 'ended':
-          account(message.counters);
-          endOffset = message.offset;
-          done = true;
-          this.ended(ch);
-          break;
-        case 'error':
-          done = true;
-          failWith(new MultifdError(message.channel, message.offset, message.reason));
-          break;
-      }
+    owner.channels.set(key, {
+      onMessage: (message) => {
+        switch (message.type) {
+          case 'init':
+            try {
+              this.named(ch, message.id);
+            } catch (err) {
+              failWith(err as Error);
+            }
+            break;
+          case 'sync':
+            account(message.counters);
+            this.synced(ch, () => this.command(owner, { type: 'release', key }));
+            break;
+          case 'ended':
+            account(message.counters);
+            endOffset = message.offset;
+            done = true;
+            this.ended(ch);
+            break;
+          case 'error':
+            done = true;
+            failWith(new MultifdError(message.channel, message.offset, message.reason));
+            break;
+        }
+      },
+      onLost: (why, cause) => {
+        if (!done) failWith(new MultifdError(ch.id < 0 ? undefined : ch.id, endOffset, why, cause ? { cause } : undefined));
+      },
     });
-    worker.on('error', (err) => failWith(new MultifdError(ch.id < 0 ? undefined : ch.id, endOffset, `its thread failed: ${err.message}`, { cause: err })));
-    worker.on('exit', () => {
-      if (!done) failWith(new MultifdError(ch.id < 0 ? undefined : ch.id, endOffset, 'its thread ended'));
-    });
+    // The thread keeps the process alive while it receives (it ends by itself after its last channel).
+    owner.worker.ref();
+    this.command(owner, { type: 'adopt', key, socket });
+    // After the adopt: a receiver that has stopped closes the channel, and the thread its descriptor.
+    if (!this.add(ch, () => ch.close())) return;
+    this.stats.workerChannels++;
   }
 
   /** At a RAM EOS on the main channel: one SYNC from every channel, then release them all. */
@@ -321,8 +363,8 @@ export class MultifdReceiver {
   /** Tear every channel down. */
   close(): void {
     this.closed = true;
-    for (const w of this.spare.splice(0)) void w.terminate();
     for (const ch of this.all) ch.close();
+    this.stopThreads();
     this.wake();
   }
 }

@@ -1,25 +1,28 @@
 /**
- * One multifd receive channel in a worker thread: it adopts the connection's
- * descriptor (detached by the main thread after it read the first bytes to
- * tell the connection apart), then runs the same loop as the main thread
- * would (recv-channel.ts), writing pages straight into guest RAM, a
- * SharedArrayBuffer. The main thread keeps the SYNC rendezvous with the main
- * channel and the failure handling; this thread does the socket reads and
- * the copying, so a second core is used.
+ * Multifd receive channels in a worker thread: the thread adopts each
+ * connection's descriptor (detached by the main thread after it read the
+ * first bytes to tell the connection apart) and receives it, writing pages
+ * straight into guest RAM, a SharedArrayBuffer. The main thread keeps the
+ * SYNC rendezvous with the main channel and the failure handling; threads do
+ * the socket reads, so other cores are used. A thread serves several channels
+ * (the receiver starts no more threads than cores: more threads than cores
+ * only compete for them), each by its own key.
  *
  * The descriptor is turned back into a channel by the module the socket names
  * (DetachedSocket.adopter, set by the transport that detached it): this core
  * module does not import the transports.
  *
- * A thread may be started before its connection arrives (the receiver starts
+ * Threads are started before their connections arrive (the receiver starts
  * them when it is created, so a thread's start-up is not paid while the
- * source already sends): it then waits for { type: 'adopt', socket }.
+ * source already sends); each connection comes as { type: 'adopt', key, socket }.
+ * The thread ends once `workerData.channels` channels have ended or failed,
+ * or on 'close' without a key.
  *
- * Messages in:  { type: 'adopt', socket } (threads started ahead),
- *               { type: 'release' } after a SYNC, { type: 'close' }.
- * Messages out: { type: 'init', id }, { type: 'sync', counters },
- *               { type: 'ended', offset, counters } at the channel's clean end,
- *               { type: 'error', channel, offset, reason }.
+ * Messages in:  { type: 'adopt', key, socket }, { type: 'release', key } after
+ *               a SYNC, { type: 'close', key? } (one channel, or all of them).
+ * Messages out: { type: 'init', key, id }, { type: 'sync', key, counters },
+ *               { type: 'ended', key, offset, counters } at a channel's clean end,
+ *               { type: 'error', key, channel, offset, reason }.
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { StreamReader, type AdoptDetachedSocket, type AdoptDetachedSocketReads, type DetachedSocket, type MigrationChannel, type PlacedReadSocket } from '../../wire/index.js';
@@ -30,10 +33,11 @@ import { asMultifdError, receiveMultifdChannel, type RecvChannelCounters } from 
 import { DirectMultifdReceiver } from './recv-direct.js';
 
 export interface RecvWorkerData {
-  /** The connection; absent for a thread started ahead of it, which gets it in an 'adopt' message. */
-  socket?: DetachedSocket;
   uuid: Uint8Array;
+  /** Channels of the whole migration (init packets name ids below it). */
   channels: number;
+  /** Channels this thread will be given: it ends once they have all ended or failed. */
+  threadChannels: number;
   compression: MultifdCompression;
   /** Guest RAM: every block's SharedArrayBuffer, its whole memory and its used length. */
   blocks: Array<{ idstr: string; buffer: SharedArrayBuffer; byteOffset: number; lengthBytes: number; usedBytes: number }>;
@@ -42,10 +46,12 @@ export interface RecvWorkerData {
 }
 
 export type RecvWorkerMessage =
-  | { type: 'init'; id: number }
-  | { type: 'sync'; counters: RecvChannelCounters }
-  | { type: 'ended'; offset: number; counters: RecvChannelCounters }
-  | { type: 'error'; channel: number | undefined; offset: number; reason: string };
+  | { type: 'init'; key: number; id: number }
+  | { type: 'sync'; key: number; counters: RecvChannelCounters }
+  | { type: 'ended'; key: number; offset: number; counters: RecvChannelCounters }
+  | { type: 'error'; key: number; channel: number | undefined; offset: number; reason: string };
+
+export type RecvWorkerCommand = { type: 'adopt'; key: number; socket: DetachedSocket } | { type: 'release'; key: number } | { type: 'close'; key?: number };
 
 /** 16 × 256 KiB per channel: large reads, no allocation per read (halves the receive cost, measured). */
 const RECV_RING = { chunkBytes: 256 * 1024, chunks: 16 };
@@ -53,49 +59,79 @@ const RECV_RING = { chunkBytes: 256 * 1024, chunks: 16 };
 const data = workerData as RecvWorkerData;
 const port = parentPort!;
 const table = new FixedRamBlockTable(data.blocks.map((b) => new DenseRamBlock(b.idstr, new Uint8Array(b.buffer, b.byteOffset, b.lengthBytes), { lengthBytes: b.usedBytes })));
-let stopped = false;
-let release: (() => void) | undefined;
-let channel: MigrationChannel | undefined;
-/** The plain channel's socket (receiveDirect). */
-let placed: PlacedReadSocket | undefined;
 const post = (message: RecvWorkerMessage): void => port.postMessage(message);
 
-let adopt: ((socket: DetachedSocket) => void) | undefined;
-const adopted = data.socket ? Promise.resolve(data.socket) : new Promise<DetachedSocket>((resolve) => (adopt = resolve));
+/** One channel's state in this thread. */
+class Slot {
+  stopped = false;
+  release: (() => void) | undefined;
+  channel: MigrationChannel | undefined;
+  /** The plain channel's socket (receiveDirect). */
+  placed: PlacedReadSocket | undefined;
+  constructor(readonly key: number) {}
 
-port.on('message', (message: { type: 'release' | 'close' } | { type: 'adopt'; socket: DetachedSocket }) => {
-  if (message.type === 'adopt') {
-    adopt?.(message.socket);
-  } else if (message.type === 'release') {
-    const go = release;
-    release = undefined;
+  stop(): void {
+    this.stopped = true;
+    this.channel?.abort(new Error('multifd receiver closed'));
+    this.placed?.close(new Error('multifd receiver closed'));
+    const go = this.release;
+    this.release = undefined;
     go?.();
+  }
+}
+
+const slots = new Map<number, Slot>();
+let finished = 0;
+let closing = false;
+
+function finish(): void {
+  if (++finished >= data.threadChannels) port.close();
+}
+
+port.on('message', (message: RecvWorkerCommand) => {
+  if (message.type === 'adopt') {
+    const slot = new Slot(message.key);
+    slots.set(message.key, slot);
+    if (closing) slot.stopped = true;
+    void receive(slot, message.socket).finally(() => {
+      slots.delete(slot.key);
+      finish();
+    });
+  } else if (message.type === 'release') {
+    const slot = slots.get(message.key);
+    const go = slot?.release;
+    if (slot) slot.release = undefined;
+    go?.();
+  } else if (message.key !== undefined) {
+    slots.get(message.key)?.stop();
   } else {
-    stopped = true;
-    channel?.abort(new Error('multifd receiver closed'));
-    placed?.close(new Error('multifd receiver closed'));
-    release?.();
+    closing = true;
+    for (const slot of slots.values()) slot.stop();
     port.close();
   }
 });
 
-async function main(): Promise<void> {
+async function receive(slot: Slot, socket: DetachedSocket): Promise<void> {
+  const key = slot.key;
   let reader: StreamReader | undefined;
   try {
     if (data.codecModule) await import(data.codecModule);
-    const socket = await adopted;
-    if (stopped) return;
-    // Reads into a ring of reused buffers: the loop below copies every page out
-    // (or decodes a payload) before it reads on, so no chunk is kept for long.
     const adopter = (await import(socket.adopter)) as { adoptDetachedSocket: AdoptDetachedSocket; adoptDetachedSocketReads?: AdoptDetachedSocketReads };
-    if (data.compression === 'none' && typeof adopter.adoptDetachedSocketReads === 'function') {
-      await receiveDirect(socket, adopter.adoptDetachedSocketReads);
+    if (slot.stopped) {
+      // Closed before it began: the descriptor is this thread's to close.
+      adopter.adoptDetachedSocket(socket).abort(new Error('multifd receiver closed'));
       return;
     }
+    if (data.compression === 'none' && typeof adopter.adoptDetachedSocketReads === 'function') {
+      await receiveDirect(slot, socket, adopter.adoptDetachedSocketReads);
+      return;
+    }
+    // Reads into a ring of reused buffers: the loop below copies every page out
+    // (or decodes a payload) before it reads on, so no chunk is kept for long.
     const { adoptDetachedSocket } = adopter;
     if (typeof adoptDetachedSocket !== 'function') throw new Error(`${socket.adopter} does not export adoptDetachedSocket`);
-    channel = adoptDetachedSocket(socket, { ring: RECV_RING });
-    reader = new StreamReader(channel.input!);
+    slot.channel = adoptDetachedSocket(socket, { ring: RECV_RING });
+    reader = new StreamReader(slot.channel.input!);
     const counters: RecvChannelCounters = { packets: 0, pages: 0, bytes: 0 };
     await receiveMultifdChannel(reader, {
       uuid: data.uuid,
@@ -103,22 +139,20 @@ async function main(): Promise<void> {
       compression: data.compression,
       table,
       counters,
-      onInit: (id) => post({ type: 'init', id }),
+      onInit: (id) => post({ type: 'init', key, id }),
       onSync: () =>
         new Promise<void>((resolve) => {
-          release = resolve;
-          post({ type: 'sync', counters: { ...counters } });
+          slot.release = resolve;
+          post({ type: 'sync', key, counters: { ...counters } });
         }),
-      stopped: () => stopped,
+      stopped: () => slot.stopped,
     });
-    if (!stopped) post({ type: 'ended', offset: reader.offset, counters });
-    await channel.close().catch(() => {});
+    if (!slot.stopped) post({ type: 'ended', key, offset: reader.offset, counters });
+    await slot.channel.close().catch(() => {});
   } catch (err) {
     const e = asMultifdError(err, undefined, reader?.offset ?? 0);
-    if (!stopped) post({ type: 'error', channel: e.channel, offset: e.offset, reason: e.reason });
-    channel?.abort(e);
-  } finally {
-    port.close();
+    if (!slot.stopped) post({ type: 'error', key, channel: e.channel, offset: e.offset, reason: e.reason });
+    slot.channel?.abort(e);
   }
 }
 
@@ -127,20 +161,21 @@ async function main(): Promise<void> {
  * says where each read goes), so each page byte is copied once, by the
  * kernel. Reading stops at a SYNC until the main thread's release.
  */
-async function receiveDirect(socket: DetachedSocket, adoptReads: AdoptDetachedSocketReads): Promise<void> {
+async function receiveDirect(slot: Slot, socket: DetachedSocket, adoptReads: AdoptDetachedSocketReads): Promise<void> {
+  const key = slot.key;
   const counters: RecvChannelCounters = { packets: 0, pages: 0, bytes: 0 };
   const rx = new DirectMultifdReceiver({
     uuid: data.uuid,
     channels: data.channels,
     table,
     counters,
-    onInit: (id) => post({ type: 'init', id }),
+    onInit: (id) => post({ type: 'init', key, id }),
     onSync: () => {
-      release = () => {
+      slot.release = () => {
         rx.release();
         pump();
       };
-      post({ type: 'sync', counters: { ...counters } });
+      post({ type: 'sync', key, counters: { ...counters } });
     },
   });
   // The bytes read before the hand-over go first, copied in.
@@ -157,12 +192,12 @@ async function receiveDirect(socket: DetachedSocket, adoptReads: AdoptDetachedSo
   });
   const fail = (err: unknown): void => {
     const e = asMultifdError(err, rx.id < 0 ? undefined : rx.id, rx.offset);
-    placed?.close(e);
+    slot.placed?.close(e);
     settle(e);
   };
   // Early bytes first, then the socket's reads (started, or resumed after a SYNC).
   const pump = (): void => {
-    if (stopped) return settle();
+    if (slot.stopped) return settle();
     try {
       while (early.length > 0 && !rx.atSync) {
         const taken = rx.feed(early[0]!);
@@ -173,11 +208,11 @@ async function receiveDirect(socket: DetachedSocket, adoptReads: AdoptDetachedSo
       return fail(err);
     }
     if (rx.atSync || early.length > 0) return;
-    if (placed) {
-      placed.resume();
+    if (slot.placed) {
+      slot.placed.resume();
       return;
     }
-    placed = adoptReads(socket, {
+    const placed = adoptReads(socket, {
       buffer: () => rx.next(),
       callback: (n) => {
         try {
@@ -197,22 +232,22 @@ async function receiveDirect(socket: DetachedSocket, adoptReads: AdoptDetachedSo
           fail(err);
         }
       },
-      (err: unknown) => fail(stopped ? err : (rx.failure ?? err)),
+      (err: unknown) => fail(slot.stopped ? err : (rx.failure ?? err)),
     );
+    slot.placed = placed;
   };
   pump();
   try {
     await done;
   } catch (err) {
     const e = asMultifdError(err, rx.id < 0 ? undefined : rx.id, rx.offset);
-    if (!stopped) post({ type: 'error', channel: e.channel, offset: e.offset, reason: e.reason });
+    if (!slot.stopped) post({ type: 'error', key, channel: e.channel, offset: e.offset, reason: e.reason });
     return;
   } finally {
     // Also when it failed or stopped before its socket was made (on the bytes read before the hand-over): the descriptor is this thread's to close.
-    placed ??= adoptReads(socket, { buffer: () => rx.next(), callback: () => false });
-    placed.close();
+    slot.placed ??= adoptReads(socket, { buffer: () => rx.next(), callback: () => false });
+    slot.placed.close();
   }
-  if (!stopped) post({ type: 'ended', offset: rx.offset, counters });
+  if (!slot.stopped) post({ type: 'ended', key, offset: rx.offset, counters });
 }
 
-void main();
