@@ -9,25 +9,24 @@ export const GiB = 1024 * MiB;
 /** The livemig CLI as built by `tsc -p .` (dist/bench/ → dist/src/cli/main.js). */
 export const LIVEMIG_MAIN = new URL('../src/cli/main.js', import.meta.url).pathname;
 
-/** Peak resident set (VmHWM) of a live process, from /proc; undefined when unavailable. */
-export function peakRssBytes(pid: number | undefined): number | undefined {
-  if (pid === undefined) return undefined;
+/** A size field of /proc/PID/status (VmHWM, VmRSS, ...) in bytes; undefined when unavailable. */
+function procStatusBytes(pid: number, field: 'VmHWM' | 'VmRSS'): number | undefined {
   try {
-    const m = /^VmHWM:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    const m = new RegExp(`^${field}:\\s+(\\d+) kB$`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
     return m ? Number(m[1]) * 1024 : undefined;
   } catch {
     return undefined;
   }
 }
 
+/** Peak resident set (VmHWM) of a live process, from /proc; undefined when unavailable. */
+export function peakRssBytes(pid: number | undefined): number | undefined {
+  return pid === undefined ? undefined : procStatusBytes(pid, 'VmHWM');
+}
+
 /** Resident set now (VmRSS) of a live process, from /proc; undefined when unavailable. */
 export function currentRssBytes(pid: number): number | undefined {
-  try {
-    const m = /^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return m ? Number(m[1]) * 1024 : undefined;
-  } catch {
-    return undefined;
-  }
+  return procStatusBytes(pid, 'VmRSS');
 }
 
 /** A child process whose stdout lines are awaited one at a time. */

@@ -5,32 +5,21 @@
  * channel and multifd, RAM equal byte for byte; and the failures a peer of
  * the other kind must report clearly.
  */
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fillNoneRam } from '../src/machine/none-machine.js';
-import { makeTestPki, opensslSkipReason, type TestPki } from './helpers/certs.js';
+import { opensslSkipReason, pkiSuite } from './helpers/certs.js';
 import type { LivemigProcess } from './helpers/livemig-process.js';
 import { qemuSkipReason, type QemuProcess } from './helpers/qemu.js';
 import { livemigListening, qemuListen, readQemuRam, setQemuCapabilities, startLivemigNone, startQemuNone } from './helpers/qemu-none.js';
 
 const RAM_BYTES = 16 << 20;
 const skip = qemuSkipReason() ?? opensslSkipReason();
-let dir = '';
-let pki: TestPki;
 let runIndex = 0;
 
-before(() => {
-  if (skip) return;
-  dir = mkdtempSync(join(tmpdir(), 'livemig-tls-qemu-'));
-  pki = makeTestPki(join(dir, 'pki'));
-});
-after(() => {
-  if (dir) rmSync(dir, { recursive: true, force: true });
-});
+const suite = pkiSuite('livemig-tls-qemu-', skip);
 
 const sha256 = (bytes: Uint8Array): string => createHash('sha256').update(bytes).digest('hex');
 function seededRam(seed: number): Uint8Array {
@@ -42,7 +31,7 @@ function seededRam(seed: number): Uint8Array {
 type Kind = 'x509' | 'psk';
 /** The same credentials as QEMU's -object and as livemig's --object. */
 function credsObject(kind: Kind, endpoint: 'server' | 'client', credsDir?: string): string {
-  const d = credsDir ?? (kind === 'psk' ? pki.pskA : endpoint === 'server' ? pki.server : pki.client);
+  const d = credsDir ?? (kind === 'psk' ? suite.pki.pskA : endpoint === 'server' ? suite.pki.server : suite.pki.client);
   return kind === 'psk' ? `tls-creds-psk,id=tls0,dir=${d},endpoint=${endpoint}` : `tls-creds-x509,id=tls0,dir=${d},endpoint=${endpoint},verify-peer=on`;
 }
 /** authz-simple for the test client's DN in keyval syntax (commas doubled), as both QEMU and livemig read it. */
@@ -63,10 +52,10 @@ for (const kind of ['x509', 'psk'] as const) {
       let qemu: QemuProcess | undefined;
       let livemig: LivemigProcess | undefined;
       try {
-        const authz = kind === 'x509' ? ['--object', authzObject(pki.clientDn), '--param', 'tls-authz=auth0'] : [];
+        const authz = kind === 'x509' ? ['--object', authzObject(suite.pki.clientDn), '--param', 'tls-authz=auth0'] : [];
         livemig = startLivemigNone(['--incoming', 'tcp:127.0.0.1:0', '--verify', '--object', credsObject(kind, 'server'), '--param', 'tls-creds=tls0', ...authz, ...livemigCaps]);
         const address = await livemigListening(livemig);
-        qemu = await startQemuNone({ ramFile: join(dir, `qemu-ram-${runIndex}.bin`), ramSizeBytes: RAM_BYTES, contents: ram, args: ['-object', credsObject(kind, 'client')] });
+        qemu = await startQemuNone({ ramFile: join(suite.dir, `qemu-ram-${runIndex}.bin`), ramSizeBytes: RAM_BYTES, contents: ram, args: ['-object', credsObject(kind, 'client')] });
         await setQemuCapabilities(qemu, caps); // no return-path: QEMU then never reads its channels (see TicketHold)
         await qemuParams(qemu, { 'tls-creds': 'tls0' });
         const started = Date.now();
@@ -89,11 +78,11 @@ for (const kind of ['x509', 'psk'] as const) {
 
     test(`livemig -> QEMU 7.2 over TLS (${how}${kind === 'x509' ? ', tls-hostname, tls-authz on QEMU' : ''}): RAM byte for byte`, { skip, timeout: 120_000 }, async (t) => {
       const seed = 200 + runIndex++;
-      const ramFile = join(dir, `qemu-ram-${runIndex}.bin`);
+      const ramFile = join(suite.dir, `qemu-ram-${runIndex}.bin`);
       let qemu: QemuProcess | undefined;
       let livemig: LivemigProcess | undefined;
       try {
-        const authz = kind === 'x509' ? ['-object', authzObject(pki.clientDn)] : [];
+        const authz = kind === 'x509' ? ['-object', authzObject(suite.pki.clientDn)] : [];
         qemu = await startQemuNone({ ramFile, ramSizeBytes: RAM_BYTES, incoming: 'defer', args: ['-object', credsObject(kind, 'server'), ...authz] });
         await setQemuCapabilities(qemu, caps);
         await qemuParams(qemu, { 'tls-creds': 'tls0', ...(kind === 'x509' ? { 'tls-authz': 'auth0' } : {}) });
@@ -121,8 +110,8 @@ for (const kind of ['x509', 'psk'] as const) {
 
 test('failures with QEMU as the source: livemig refuses it with the reason and keeps waiting; QEMU keeps its guest running', { skip, timeout: 120_000 }, async () => {
   const cases: Array<{ name: string; livemig: string[]; qemuCreds: string; params?: Record<string, unknown>; reason: RegExp }> = [
-    { name: 'client certificate not authorized', livemig: ['--object', credsObject('x509', 'server'), '--object', authzObject(pki.clientDn), '--param', 'tls-creds=tls0', '--param', 'tls-authz=auth0'], qemuCreds: credsObject('x509', 'client', pki.clientIntruder), reason: /C=GB,O=livemig test,CN=intruder\.example' is not allowed by tls-authz 'auth0'/ },
-    { name: 'PSK mismatch', livemig: ['--object', credsObject('psk', 'server', pki.pskB), '--param', 'tls-creds=tls0'], qemuCreds: credsObject('psk', 'client', pki.pskA), reason: /TLS handshake failed/ },
+    { name: 'client certificate not authorized', livemig: ['--object', credsObject('x509', 'server'), '--object', authzObject(suite.pki.clientDn), '--param', 'tls-creds=tls0', '--param', 'tls-authz=auth0'], qemuCreds: credsObject('x509', 'client', suite.pki.clientIntruder), reason: /C=GB,O=livemig test,CN=intruder\.example' is not allowed by tls-authz 'auth0'/ },
+    { name: 'PSK mismatch', livemig: ['--object', credsObject('psk', 'server', suite.pki.pskB), '--param', 'tls-creds=tls0'], qemuCreds: credsObject('psk', 'client', suite.pki.pskA), reason: /TLS handshake failed/ },
     { name: 'a plaintext QEMU', livemig: ['--object', credsObject('x509', 'server'), '--param', 'tls-creds=tls0'], qemuCreds: '', reason: /did not start a TLS handshake/ },
     { name: 'QEMU with TLS, livemig without', livemig: [], qemuCreds: credsObject('x509', 'client'), reason: /a TLS handshake, but this destination has no tls-creds/ },
   ];
@@ -132,7 +121,7 @@ test('failures with QEMU as the source: livemig refuses it with the reason and k
     try {
       livemig = startLivemigNone(['--incoming', 'tcp:127.0.0.1:0', ...c.livemig]);
       const address = await livemigListening(livemig);
-      qemu = await startQemuNone({ ramFile: join(dir, `qemu-fail-${runIndex++}.bin`), ramSizeBytes: RAM_BYTES, contents: seededRam(7), args: c.qemuCreds ? ['-object', c.qemuCreds] : [] });
+      qemu = await startQemuNone({ ramFile: join(suite.dir, `qemu-fail-${runIndex++}.bin`), ramSizeBytes: RAM_BYTES, contents: seededRam(7), args: c.qemuCreds ? ['-object', c.qemuCreds] : [] });
       // Without a return path a QEMU source calls a migration completed once its socket took the bytes.
       await setQemuCapabilities(qemu, ['return-path']);
       if (c.qemuCreds) await qemuParams(qemu, { 'tls-creds': 'tls0' });
@@ -151,9 +140,9 @@ test('failures with QEMU as the source: livemig refuses it with the reason and k
 
 test('failures with QEMU as the destination: the livemig source says why and its guest runs on', { skip, timeout: 120_000 }, async () => {
   const cases: Array<{ name: string; qemuArgs: string[]; qemuParams: Record<string, unknown>; livemig: string[]; reason: RegExp }> = [
-    { name: 'not authorized by QEMU', qemuArgs: ['-object', credsObject('x509', 'server'), '-object', authzObject(pki.clientDn)], qemuParams: { 'tls-creds': 'tls0', 'tls-authz': 'auth0' }, livemig: ['--object', credsObject('x509', 'client', pki.clientIntruder), '--param', 'tls-creds=tls0'], reason: /destination closed the connection|refused our certificate|TLS/ },
+    { name: 'not authorized by QEMU', qemuArgs: ['-object', credsObject('x509', 'server'), '-object', authzObject(suite.pki.clientDn)], qemuParams: { 'tls-creds': 'tls0', 'tls-authz': 'auth0' }, livemig: ['--object', credsObject('x509', 'client', suite.pki.clientIntruder), '--param', 'tls-creds=tls0'], reason: /destination closed the connection|refused our certificate|TLS/ },
     { name: "QEMU's certificate does not carry tls-hostname", qemuArgs: ['-object', credsObject('x509', 'server')], qemuParams: { 'tls-creds': 'tls0' }, livemig: ['--object', credsObject('x509', 'client'), '--param', 'tls-creds=tls0', '--param', 'tls-hostname=wrong.example'], reason: /does not name the host we expect/ },
-    { name: 'PSK mismatch', qemuArgs: ['-object', credsObject('psk', 'server', pki.pskB)], qemuParams: { 'tls-creds': 'tls0' }, livemig: ['--object', credsObject('psk', 'client', pki.pskA), '--param', 'tls-creds=tls0'], reason: /TLS handshake .*failed/ },
+    { name: 'PSK mismatch', qemuArgs: ['-object', credsObject('psk', 'server', suite.pki.pskB)], qemuParams: { 'tls-creds': 'tls0' }, livemig: ['--object', credsObject('psk', 'client', suite.pki.pskA), '--param', 'tls-creds=tls0'], reason: /TLS handshake .*failed/ },
     { name: 'a plaintext QEMU', qemuArgs: [], qemuParams: {}, livemig: ['--object', credsObject('x509', 'client'), '--param', 'tls-creds=tls0', '--param', 'tls-hostname=localhost'], reason: /TLS handshake .*failed/ },
     { name: 'QEMU with TLS, livemig without', qemuArgs: ['-object', credsObject('x509', 'server')], qemuParams: { 'tls-creds': 'tls0' }, livemig: [], reason: /if it expects TLS, set tls-creds here too/ },
   ];
@@ -161,7 +150,7 @@ test('failures with QEMU as the destination: the livemig source says why and its
     let qemu: QemuProcess | undefined;
     let livemig: LivemigProcess | undefined;
     try {
-      qemu = await startQemuNone({ ramFile: join(dir, `qemu-fail-${runIndex++}.bin`), ramSizeBytes: RAM_BYTES, incoming: 'defer', args: c.qemuArgs });
+      qemu = await startQemuNone({ ramFile: join(suite.dir, `qemu-fail-${runIndex++}.bin`), ramSizeBytes: RAM_BYTES, incoming: 'defer', args: c.qemuArgs });
       if (Object.keys(c.qemuParams).length) await qemuParams(qemu, c.qemuParams);
       const address = await qemuListen(qemu);
       livemig = startLivemigNone(['--pattern', 'random:5', '--migrate-to', address.replace('127.0.0.1', 'localhost'), '--migrate-after-ms', '0', ...c.livemig]);

@@ -5,33 +5,22 @@
  * reason on both sides, the source guest running on, and the destination
  * still waiting (it then takes a correct migration).
  */
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { connect, createServer, type AddressInfo } from 'node:net';
 import { fillNoneRam } from '../src/machine/none-machine.js';
 import { join } from 'node:path';
 import { QmpClient, QmpError } from '../src/monitor/qmp-client.js';
-import { makeTestPki, opensslSkipReason, type TestPki } from './helpers/certs.js';
+import { opensslSkipReason, pkiSuite } from './helpers/certs.js';
 import { FaultProxy } from './helpers/fault-proxy.js';
 import { LivemigProcess } from './helpers/livemig-process.js';
 import { cliPath } from './helpers/paths.js';
 
 const skip = opensslSkipReason();
-let dir = '';
-let pki: TestPki;
 
-before(() => {
-  if (skip) return;
-  dir = mkdtempSync(join(tmpdir(), 'livemig-tls-'));
-  pki = makeTestPki(join(dir, 'pki'));
-});
-after(() => {
-  if (dir) rmSync(dir, { recursive: true, force: true });
-});
+const suite = pkiSuite('livemig-tls-', skip);
 
 const x509 = (id: string, credsDir: string, endpoint: 'server' | 'client', extra = ''): string[] => ['--object', `tls-creds-x509,id=${id},dir=${credsDir},endpoint=${endpoint}${extra}`];
 const psk = (id: string, credsDir: string, endpoint: 'server' | 'client'): string[] => ['--object', `tls-creds-psk,id=${id},dir=${credsDir},endpoint=${endpoint}`];
@@ -59,33 +48,33 @@ test('x509 with verify-peer, the URI host and tls-authz; then PSK; one channel a
   const cases: Array<{ name: string; dst: string[]; src: string[]; uri: (port: number) => string; multifd?: boolean }> = [
     {
       name: 'x509 + authz, one channel',
-      dst: [...x509('tls0', pki.server, 'server'), ...authzFor(pki.clientDn), '--param', 'tls-creds=tls0', '--param', 'tls-authz=auth0'],
-      src: [...x509('tls0', pki.client, 'client'), '--param', 'tls-creds=tls0'],
+      dst: [...x509('tls0', suite.pki.server, 'server'), ...authzFor(suite.pki.clientDn), '--param', 'tls-creds=tls0', '--param', 'tls-authz=auth0'],
+      src: [...x509('tls0', suite.pki.client, 'client'), '--param', 'tls-creds=tls0'],
       uri: (port) => `tcp:localhost:${port}`,
     },
     {
       name: 'x509 + authz, multifd',
-      dst: [...x509('tls0', pki.server, 'server'), ...authzFor(pki.clientDn), '--param', 'tls-creds=tls0', '--param', 'tls-authz=auth0', '--cap', 'multifd'],
-      src: [...x509('tls0', pki.client, 'client'), '--param', 'tls-creds=tls0', '--cap', 'multifd'],
+      dst: [...x509('tls0', suite.pki.server, 'server'), ...authzFor(suite.pki.clientDn), '--param', 'tls-creds=tls0', '--param', 'tls-authz=auth0', '--cap', 'multifd'],
+      src: [...x509('tls0', suite.pki.client, 'client'), '--param', 'tls-creds=tls0', '--cap', 'multifd'],
       uri: (port) => `tcp:127.0.0.1:${port}`,
       multifd: true,
     },
     {
       name: 'x509, tls-hostname overrides the URI host',
-      dst: [...x509('tls0', pki.serverOtherName, 'server'), '--param', 'tls-creds=tls0'],
-      src: [...x509('tls0', pki.client, 'client'), '--param', 'tls-creds=tls0', '--param', 'tls-hostname=other.example'],
+      dst: [...x509('tls0', suite.pki.serverOtherName, 'server'), '--param', 'tls-creds=tls0'],
+      src: [...x509('tls0', suite.pki.client, 'client'), '--param', 'tls-creds=tls0', '--param', 'tls-hostname=other.example'],
       uri: (port) => `tcp:127.0.0.1:${port}`,
     },
     {
       name: 'PSK, one channel',
-      dst: [...psk('tls0', pki.pskA, 'server'), '--param', 'tls-creds=tls0'],
-      src: [...psk('tls0', pki.pskA, 'client'), '--param', 'tls-creds=tls0'],
+      dst: [...psk('tls0', suite.pki.pskA, 'server'), '--param', 'tls-creds=tls0'],
+      src: [...psk('tls0', suite.pki.pskA, 'client'), '--param', 'tls-creds=tls0'],
       uri: (port) => `tcp:127.0.0.1:${port}`,
     },
     {
       name: 'PSK, multifd',
-      dst: [...psk('tls0', pki.pskA, 'server'), '--param', 'tls-creds=tls0', '--cap', 'multifd'],
-      src: [...psk('tls0', pki.pskA, 'client'), '--param', 'tls-creds=tls0', '--cap', 'multifd'],
+      dst: [...psk('tls0', suite.pki.pskA, 'server'), '--param', 'tls-creds=tls0', '--cap', 'multifd'],
+      src: [...psk('tls0', suite.pki.pskA, 'client'), '--param', 'tls-creds=tls0', '--cap', 'multifd'],
       uri: (port) => `tcp:127.0.0.1:${port}`,
       multifd: true,
     },
@@ -112,18 +101,18 @@ test('x509 with verify-peer, the URI host and tls-authz; then PSK; one channel a
 });
 
 test('failures, source side: each refused with its reason on both sides; the source guest runs on; the destination keeps waiting and then takes a good migration', { skip, timeout: 180_000 }, async () => {
-  const { proc: dst, port } = await destination([...x509('tls0', pki.server, 'server'), ...authzFor(pki.clientDn), '--param', 'tls-creds=tls0', '--param', 'tls-authz=auth0']);
-  const qmpPath = join(dir, 'src-qmp.sock');
+  const { proc: dst, port } = await destination([...x509('tls0', suite.pki.server, 'server'), ...authzFor(suite.pki.clientDn), '--param', 'tls-creds=tls0', '--param', 'tls-authz=auth0']);
+  const qmpPath = join(suite.dir, 'src-qmp.sock');
   const src = LivemigProcess.start(['--machine', 'test', '--ram', '32M', '--dirty-rate', '5000', '--qmp', `unix:${qmpPath}`]);
   const qmp = await QmpClient.connect(`unix:${qmpPath}`, { retryForMs: 10_000 });
   const uri = `tcp:localhost:${port}`;
   const cases: Array<{ name: string; creds?: { 'qom-type': string; [k: string]: unknown }; params?: Record<string, string>; source: RegExp; destination: RegExp }> = [
-    { name: 'client certificate not authorized (tls-authz)', creds: { 'qom-type': 'tls-creds-x509', dir: pki.clientIntruder, endpoint: 'client' }, source: /closed the connection after the TLS handshake.*tls-authz/, destination: /C=GB,O=livemig test,CN=intruder\.example' is not allowed by tls-authz 'auth0'/ },
-    { name: 'no client certificate', creds: { 'qom-type': 'tls-creds-x509', dir: pki.clientNoCert, endpoint: 'client' }, source: /requires a client certificate/, destination: /sent no certificate/ },
-    { name: 'a CA the destination does not know (and the source does not know the destination\'s)', creds: { 'qom-type': 'tls-creds-x509', dir: pki.clientOtherCa, endpoint: 'client' }, source: /certificate is not signed by the CA we trust/, destination: /refused|closed|dropped/ },
-    { name: 'a client certificate from a CA the destination does not trust', creds: { 'qom-type': 'tls-creds-x509', dir: pki.clientForeign, endpoint: 'client', 'sanity-check': false }, source: /closed the connection after the TLS handshake/, destination: /certificate 'CN=foreigner\.example' \(issuer CN=some other CA\) is not signed by a CA in/ },
-    { name: 'the destination\'s certificate does not carry tls-hostname', creds: { 'qom-type': 'tls-creds-x509', dir: pki.client, endpoint: 'client' }, params: { 'tls-hostname': 'wrong.example' }, source: /does not name the host we expect.*wrong\.example/, destination: /dropped|closed/ },
-    { name: 'PSK against x509', creds: { 'qom-type': 'tls-creds-psk', dir: pki.pskA, endpoint: 'client' }, source: /TLS handshake .*failed/, destination: /TLS handshake failed/ },
+    { name: 'client certificate not authorized (tls-authz)', creds: { 'qom-type': 'tls-creds-x509', dir: suite.pki.clientIntruder, endpoint: 'client' }, source: /closed the connection after the TLS handshake.*tls-authz/, destination: /C=GB,O=livemig test,CN=intruder\.example' is not allowed by tls-authz 'auth0'/ },
+    { name: 'no client certificate', creds: { 'qom-type': 'tls-creds-x509', dir: suite.pki.clientNoCert, endpoint: 'client' }, source: /requires a client certificate/, destination: /sent no certificate/ },
+    { name: 'a CA the destination does not know (and the source does not know the destination\'s)', creds: { 'qom-type': 'tls-creds-x509', dir: suite.pki.clientOtherCa, endpoint: 'client' }, source: /certificate is not signed by the CA we trust/, destination: /refused|closed|dropped/ },
+    { name: 'a client certificate from a CA the destination does not trust', creds: { 'qom-type': 'tls-creds-x509', dir: suite.pki.clientForeign, endpoint: 'client', 'sanity-check': false }, source: /closed the connection after the TLS handshake/, destination: /certificate 'CN=foreigner\.example' \(issuer CN=some other CA\) is not signed by a CA in/ },
+    { name: 'the destination\'s certificate does not carry tls-hostname', creds: { 'qom-type': 'tls-creds-x509', dir: suite.pki.client, endpoint: 'client' }, params: { 'tls-hostname': 'wrong.example' }, source: /does not name the host we expect.*wrong\.example/, destination: /dropped|closed/ },
+    { name: 'PSK against x509', creds: { 'qom-type': 'tls-creds-psk', dir: suite.pki.pskA, endpoint: 'client' }, source: /TLS handshake .*failed/, destination: /TLS handshake failed/ },
     { name: 'a plaintext source', source: /if it expects TLS, set tls-creds here too/, destination: /did not start a TLS handshake/ },
   ];
   try {
@@ -150,7 +139,7 @@ test('failures, source side: each refused with its reason on both sides; the sou
       if (c.creds) await qmp.execute('object-del', { id: 'tls-case' });
     }
     // The destination waited through all of that; a correct source now gets through.
-    await qmp.execute('object-add', { 'qom-type': 'tls-creds-x509', id: 'tls-good', dir: pki.client, endpoint: 'client' });
+    await qmp.execute('object-add', { 'qom-type': 'tls-creds-x509', id: 'tls-good', dir: suite.pki.client, endpoint: 'client' });
     await qmp.execute('migrate-set-parameters', { 'tls-creds': 'tls-good', 'tls-hostname': '' });
     await qmp.execute('migrate', { uri });
     const info = await waitFinal(qmp);
@@ -166,15 +155,15 @@ test('failures, source side: each refused with its reason on both sides; the sou
 
 test('failures, destination side: expired, not yet valid, another name, another PSK, no TLS at all; the source guest runs on', { skip, timeout: 120_000 }, async () => {
   type Creds = { 'qom-type': string; dir: string };
-  const client: Creds = { 'qom-type': 'tls-creds-x509', dir: pki.client };
+  const client: Creds = { 'qom-type': 'tls-creds-x509', dir: suite.pki.client };
   const cases: Array<{ name: string; dst: string[]; creds: Creds; source: RegExp; destination?: RegExp }> = [
-    { name: 'expired', dst: [...x509('tls0', pki.serverExpired, 'server', ',sanity-check=off'), '--param', 'tls-creds=tls0'], creds: client, source: /destination's certificate has expired/ },
-    { name: 'not yet valid', dst: [...x509('tls0', pki.serverFuture, 'server', ',sanity-check=off'), '--param', 'tls-creds=tls0'], creds: client, source: /destination's certificate is not valid yet/ },
-    { name: 'another name', dst: [...x509('tls0', pki.serverOtherName, 'server'), '--param', 'tls-creds=tls0'], creds: client, source: /does not name the host we expect/ },
-    { name: 'PSK mismatch', dst: [...psk('tls0', pki.pskB, 'server'), '--param', 'tls-creds=tls0'], creds: { 'qom-type': 'tls-creds-psk', dir: pki.pskA }, source: /TLS handshake .*failed/, destination: /TLS handshake failed/ },
+    { name: 'expired', dst: [...x509('tls0', suite.pki.serverExpired, 'server', ',sanity-check=off'), '--param', 'tls-creds=tls0'], creds: client, source: /destination's certificate has expired/ },
+    { name: 'not yet valid', dst: [...x509('tls0', suite.pki.serverFuture, 'server', ',sanity-check=off'), '--param', 'tls-creds=tls0'], creds: client, source: /destination's certificate is not valid yet/ },
+    { name: 'another name', dst: [...x509('tls0', suite.pki.serverOtherName, 'server'), '--param', 'tls-creds=tls0'], creds: client, source: /does not name the host we expect/ },
+    { name: 'PSK mismatch', dst: [...psk('tls0', suite.pki.pskB, 'server'), '--param', 'tls-creds=tls0'], creds: { 'qom-type': 'tls-creds-psk', dir: suite.pki.pskA }, source: /TLS handshake .*failed/, destination: /TLS handshake failed/ },
     { name: 'a plaintext destination', dst: [], creds: client, source: /closed the connection during the TLS handshake/, destination: /a TLS handshake, but this destination has no tls-creds/ },
   ];
-  const qmpPath = join(dir, 'src2-qmp.sock');
+  const qmpPath = join(suite.dir, 'src2-qmp.sock');
   const src = LivemigProcess.start(['--machine', 'test', '--ram', '32M', '--dirty-rate', '5000', '--qmp', `unix:${qmpPath}`]);
   const qmp = await QmpClient.connect(`unix:${qmpPath}`, { retryForMs: 10_000 });
   try {
@@ -216,38 +205,38 @@ test('credentials are checked when created: expired or not-yet-valid certificate
     assert.equal(result.code, 2, args.join(' '));
     assert.match(result.stderr, pattern);
   };
-  await refuse(x509('tls0', pki.serverExpired, 'server'), /certificate .*server-cert\.pem has expired/);
-  await refuse(x509('tls0', pki.serverFuture, 'server'), /is not yet active/);
-  await refuse(x509('tls0', pki.client, 'server'), /server-cert\.pem: No such file or directory/);
-  await refuse(x509('tls0', join(dir, 'nowhere'), 'client'), /ca-cert\.pem: No such file or directory/);
-  await refuse(['--object', `tls-creds-x509,id=tls0,dir=${pki.server},endpoint=sideways`], /Parameter 'endpoint' does not accept value 'sideways'/);
-  await refuse(['--object', `tls-creds-x509,id=tls0,dir=${pki.server},colour=blue`], /Property 'tls-creds-x509\.colour' not found/);
-  await refuse(['--object', `tls-creds-psk,id=tls0,dir=${pki.pskA},endpoint=client,username=nobody`], /no key for username 'nobody'/);
+  await refuse(x509('tls0', suite.pki.serverExpired, 'server'), /certificate .*server-cert\.pem has expired/);
+  await refuse(x509('tls0', suite.pki.serverFuture, 'server'), /is not yet active/);
+  await refuse(x509('tls0', suite.pki.client, 'server'), /server-cert\.pem: No such file or directory/);
+  await refuse(x509('tls0', join(suite.dir, 'nowhere'), 'client'), /ca-cert\.pem: No such file or directory/);
+  await refuse(['--object', `tls-creds-x509,id=tls0,dir=${suite.pki.server},endpoint=sideways`], /Parameter 'endpoint' does not accept value 'sideways'/);
+  await refuse(['--object', `tls-creds-x509,id=tls0,dir=${suite.pki.server},colour=blue`], /Property 'tls-creds-x509\.colour' not found/);
+  await refuse(['--object', `tls-creds-psk,id=tls0,dir=${suite.pki.pskA},endpoint=client,username=nobody`], /no key for username 'nobody'/);
   await refuse(['--object', 'tls-creds-anon,id=tls0,endpoint=server'], /not supported/);
   await refuse(['--param', 'tls-creds=tls0', '--incoming', 'tcp:127.0.0.1:0'], /No TLS credentials with id 'tls0'/);
-  await refuse([...x509('tls0', pki.client, 'client'), '--param', 'tls-creds=tls0', '--incoming', 'tcp:127.0.0.1:0'], /Expecting TLS credentials with a server endpoint/);
+  await refuse([...x509('tls0', suite.pki.client, 'client'), '--param', 'tls-creds=tls0', '--incoming', 'tcp:127.0.0.1:0'], /Expecting TLS credentials with a server endpoint/);
 });
 
 test('QMP: object-add checks like --object; migrate refuses unknown or wrong-endpoint credentials at once', { skip, timeout: 60_000 }, async () => {
-  const qmpPath = join(dir, 'qmp-objects.sock');
+  const qmpPath = join(suite.dir, 'qmp-objects.sock');
   const src = LivemigProcess.start(['--machine', 'test', '--ram', '16M', '--qmp', `unix:${qmpPath}`]);
   const qmp = await QmpClient.connect(`unix:${qmpPath}`, { retryForMs: 10_000 });
   const refused = async (command: string, args: Record<string, unknown>, pattern: RegExp): Promise<void> => {
     await assert.rejects(qmp.execute(command, args), (err: unknown) => err instanceof QmpError && pattern.test(err.message));
   };
   try {
-    await refused('object-add', { 'qom-type': 'tls-creds-x509', id: 'a', dir: pki.client, endpoint: 'client', 'verify-peer': 'on' }, /Invalid parameter type for 'verify-peer', expected: boolean/);
+    await refused('object-add', { 'qom-type': 'tls-creds-x509', id: 'a', dir: suite.pki.client, endpoint: 'client', 'verify-peer': 'on' }, /Invalid parameter type for 'verify-peer', expected: boolean/);
     await refused('object-add', { 'qom-type': 'no-such-type', id: 'a' }, /invalid object type: no-such-type/);
     await refused('object-add', { 'qom-type': 'authz-simple', id: '1bad' }, /Parameter 'id' expects an identifier/);
-    await qmp.execute('object-add', { 'qom-type': 'tls-creds-x509', id: 'srv', dir: pki.server, endpoint: 'server' });
-    await refused('object-add', { 'qom-type': 'tls-creds-x509', id: 'srv', dir: pki.server, endpoint: 'server' }, /duplicate/);
+    await qmp.execute('object-add', { 'qom-type': 'tls-creds-x509', id: 'srv', dir: suite.pki.server, endpoint: 'server' });
+    await refused('object-add', { 'qom-type': 'tls-creds-x509', id: 'srv', dir: suite.pki.server, endpoint: 'server' }, /duplicate/);
     await qmp.execute('migrate-set-parameters', { 'tls-creds': 'srv' });
     await refused('migrate', { uri: 'tcp:127.0.0.1:1' }, /Expecting TLS credentials with a client endpoint/);
     await qmp.execute('migrate-set-parameters', { 'tls-creds': 'missing' });
     await refused('migrate', { uri: 'tcp:127.0.0.1:1' }, /No TLS credentials with id 'missing'/);
-    await qmp.execute('object-add', { 'qom-type': 'tls-creds-x509', id: 'cli', dir: pki.client, endpoint: 'client' });
+    await qmp.execute('object-add', { 'qom-type': 'tls-creds-x509', id: 'cli', dir: suite.pki.client, endpoint: 'client' });
     await qmp.execute('migrate-set-parameters', { 'tls-creds': 'cli' });
-    await refused('migrate', { uri: `unix:${join(dir, 'x.sock')}` }, /No hostname available for TLS/);
+    await refused('migrate', { uri: `unix:${join(suite.dir, 'x.sock')}` }, /No hostname available for TLS/);
     await refused('migrate', { uri: 'exec:cat > /dev/null' }, /TLS \(tls-creds\) runs on tcp: and unix: channels only/);
     await qmp.execute('object-del', { id: 'cli' });
     await refused('object-del', { id: 'cli' }, /object 'cli' not found/);
@@ -284,7 +273,7 @@ test('a capture of the link during a TLS migration (main channel and multifd) sh
   const pages = [3, 1000, 4000].map((page) => Buffer.from(ram.subarray(page * 4096, page * 4096 + 64))).filter((b) => b.some((x) => x !== 0));
   const markers = [Buffer.from('QEVM'), Buffer.from('globalstate'), Buffer.from('"vmsd_name"'), ...pages];
   for (const tls of [true, false]) {
-    const tlsArgs = (endpoint: 'server' | 'client'): string[] => (tls ? [...x509('tls0', endpoint === 'server' ? pki.server : pki.client, endpoint), '--param', 'tls-creds=tls0'] : []);
+    const tlsArgs = (endpoint: 'server' | 'client'): string[] => (tls ? [...x509('tls0', endpoint === 'server' ? suite.pki.server : suite.pki.client, endpoint), '--param', 'tls-creds=tls0'] : []);
     const dst = LivemigProcess.start(['--machine', 'none', '--ram', '16M', '--incoming', 'tcp:127.0.0.1:0', '--cap', 'multifd', ...tlsArgs('server')]);
     const port = Number(String((await dst.waitFor('listening')).address).split(':').at(-1));
     const relay = await capturingRelay(port);
@@ -315,18 +304,18 @@ test('QMP over TLS: run --qmp tcp:...,tls-creds=,tls-authz= and livemig migrate 
   const run = promisify(execFile);
   const env = { ...process.env };
   delete env.NODE_TEST_CONTEXT;
-  const dst = await destination([...x509('tls0', pki.server, 'server'), '--param', 'tls-creds=tls0']);
-  const qmpServerArgs = [...x509('qmp0', pki.server, 'server'), '--object', JSON.stringify({ 'qom-type': 'authz-simple', id: 'qauth', identity: pki.clientDn })];
-  const src = LivemigProcess.start(['--machine', 'test', '--ram', '32M', '--dirty-rate', '5000', ...qmpServerArgs, '--qmp', 'tcp:127.0.0.1:0,tls-creds=qmp0,tls-authz=qauth', ...x509('tls0', pki.client, 'client'), '--param', 'tls-creds=tls0']);
+  const dst = await destination([...x509('tls0', suite.pki.server, 'server'), '--param', 'tls-creds=tls0']);
+  const qmpServerArgs = [...x509('qmp0', suite.pki.server, 'server'), '--object', JSON.stringify({ 'qom-type': 'authz-simple', id: 'qauth', identity: suite.pki.clientDn })];
+  const src = LivemigProcess.start(['--machine', 'test', '--ram', '32M', '--dirty-rate', '5000', ...qmpServerArgs, '--qmp', 'tcp:127.0.0.1:0,tls-creds=qmp0,tls-authz=qauth', ...x509('tls0', suite.pki.client, 'client'), '--param', 'tls-creds=tls0']);
   try {
     const qmpPort = Number(String((await src.waitFor('qmp')).address).split(':').at(-1));
     // A plain client and one whose certificate tls-authz refuses are dropped without a greeting.
     const plain = await run(process.execPath, [cliPath, 'query', '--qmp', `tcp:127.0.0.1:${qmpPort}`], { env }).then(() => undefined, (err: { code: number; stderr: string }) => err);
     assert.equal(plain?.code, 2);
-    const intruder = await run(process.execPath, [cliPath, 'query', ...x509('c', pki.clientIntruder, 'client'), '--qmp', `tcp:localhost:${qmpPort},tls-creds=c`], { env }).then(() => undefined, (err: { code: number; stderr: string }) => err);
+    const intruder = await run(process.execPath, [cliPath, 'query', ...x509('c', suite.pki.clientIntruder, 'client'), '--qmp', `tcp:localhost:${qmpPort},tls-creds=c`], { env }).then(() => undefined, (err: { code: number; stderr: string }) => err);
     assert.equal(intruder?.code, 2);
     assert.match(intruder!.stderr, /QMP/);
-    const { stdout } = await run(process.execPath, [cliPath, 'migrate', ...x509('c', pki.client, 'client'), '--qmp', `tcp:localhost:${qmpPort},tls-creds=c`, '--json', `tcp:localhost:${dst.port}`], { env });
+    const { stdout } = await run(process.execPath, [cliPath, 'migrate', ...x509('c', suite.pki.client, 'client'), '--qmp', `tcp:localhost:${qmpPort},tls-creds=c`, '--json', `tcp:localhost:${dst.port}`], { env });
     const final = stdout.trim().split('\n').map((l) => JSON.parse(l)).at(-1);
     assert.equal(final.status, 'completed');
     assert.equal((await dst.proc.waitFor('loaded')).memoryCheck.ok, true);
@@ -341,7 +330,7 @@ test('a migration listener on a non-loopback address without TLS warns; with TLS
   const cases: Array<[string[], boolean]> = [
     [['--incoming', 'tcp:0.0.0.0:0'], true],
     [['--incoming', 'tcp:127.0.0.1:0'], false],
-    [['--incoming', 'tcp:0.0.0.0:0', ...x509('tls0', pki.server, 'server'), '--param', 'tls-creds=tls0'], false],
+    [['--incoming', 'tcp:0.0.0.0:0', ...x509('tls0', suite.pki.server, 'server'), '--param', 'tls-creds=tls0'], false],
   ];
   for (const [args, warns] of cases) {
     const proc = LivemigProcess.start(['--machine', 'test', '--ram', '16M', ...args]);
@@ -363,11 +352,11 @@ test('faults on a TLS link (cut inside the stream, stall, destination killed): t
   ];
   for (const fault of faults) {
     // The none machine with random RAM: a 32 MiB stream, so a cut at 5 MiB lands inside it.
-    const dst = LivemigProcess.start(['--machine', 'none', '--ram', '32M', '--incoming', 'tcp:127.0.0.1:0', ...x509('tls0', pki.server, 'server'), '--param', 'tls-creds=tls0', '--param', 'x-livemig-peer-timeout-ms=1500']);
+    const dst = LivemigProcess.start(['--machine', 'none', '--ram', '32M', '--incoming', 'tcp:127.0.0.1:0', ...x509('tls0', suite.pki.server, 'server'), '--param', 'tls-creds=tls0', '--param', 'x-livemig-peer-timeout-ms=1500']);
     const port = Number(String((await dst.waitFor('listening')).address).split(':').at(-1));
     const proxy = await FaultProxy.start({ targetPort: port, seed: 14 });
-    const qmpPath = join(dir, `fault-${fault.name.replace(/\W/g, '')}.sock`);
-    const src = LivemigProcess.start(['--machine', 'none', '--ram', '32M', '--pattern', 'random:9', '--qmp', `unix:${qmpPath}`, ...x509('tls0', pki.client, 'client'), '--param', 'tls-creds=tls0', '--param', 'x-livemig-peer-timeout-ms=1500', '--param', 'max-bandwidth=20M']);
+    const qmpPath = join(suite.dir, `fault-${fault.name.replace(/\W/g, '')}.sock`);
+    const src = LivemigProcess.start(['--machine', 'none', '--ram', '32M', '--pattern', 'random:9', '--qmp', `unix:${qmpPath}`, ...x509('tls0', suite.pki.client, 'client'), '--param', 'tls-creds=tls0', '--param', 'x-livemig-peer-timeout-ms=1500', '--param', 'max-bandwidth=20M']);
     const qmp = await QmpClient.connect(`unix:${qmpPath}`, { retryForMs: 10_000 });
     try {
       fault.inject(proxy, dst);

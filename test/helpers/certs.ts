@@ -6,8 +6,10 @@
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { after, before } from 'node:test';
 
 /** Undefined when openssl runs, else why the test is skipped and what to install. */
 export function opensslSkipReason(): string | undefined {
@@ -131,4 +133,25 @@ export function makeTestPki(root: string): TestPki {
     writeFileSync(join(dir, 'keys.psk'), `qemu:${hex}\n`, { mode: 0o600 });
   }
   return pki;
+}
+
+/** A test file's scratch directory and certificates, made in `before` (unless skipped) and removed in `after`. */
+export interface PkiSuite {
+  /** The scratch directory (the certificates are in its `pki` folder). */
+  dir: string;
+  pki: TestPki;
+}
+
+/** Register the hooks that make (and remove) a PkiSuite for the calling test file. */
+export function pkiSuite(prefix: string, skip: string | undefined): PkiSuite {
+  const suite = { dir: '' } as PkiSuite;
+  before(() => {
+    if (skip) return;
+    suite.dir = mkdtempSync(join(tmpdir(), prefix));
+    suite.pki = makeTestPki(join(suite.dir, 'pki'));
+  });
+  after(() => {
+    if (suite.dir) rmSync(suite.dir, { recursive: true, force: true });
+  });
+  return suite;
 }

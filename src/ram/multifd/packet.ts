@@ -187,6 +187,17 @@ export function parsePacketHeader(b: Uint8Array, channel: number, offset: number
   return { flags, pagesAlloc, normalPages, nextPacketSize, packetNum, ramblock, offsets };
 }
 
+/**
+ * How many pages from `from` (at most up to `count`) are consecutive in guest
+ * RAM: such a run is one read or one write of guest memory on either side.
+ */
+export function pageRunLength(offsets: ArrayLike<number>, from: number, count: number): number {
+  const first = offsets[from]!;
+  let run = 1;
+  while (from + run < count && offsets[from + run] === first + run * MULTIFD_PAGE_SIZE) run++;
+  return run;
+}
+
 /** The per-offset check of multifd_recv_unfill_packet; returns the index of a bad offset or -1. */
 export function findBadOffset(h: MultifdPacketHeader, blockLengthBytes: number): number {
   for (let i = 0; i < h.normalPages; i++) {

@@ -20,6 +20,7 @@ import {
   MULTIFD_PAGE_SIZE,
   MULTIFD_PAGES_PER_PACKET,
   MultifdError,
+  pageRunLength,
   parseInitPacket,
   type MultifdPacketHeader,
   parsePacketHeader,
@@ -155,8 +156,7 @@ async function readPages(reader: StreamReader, block: RamBlock, offsets: Float64
   if (memory !== undefined && block.pageOffsetForUpdate !== undefined) {
     for (let i = 0; i < count; ) {
       const first = offsets[i]!;
-      let run = 1;
-      while (i + run < count && offsets[i + run] === first + run * MULTIFD_PAGE_SIZE) run++;
+      const run = pageRunLength(offsets, i, count);
       // Every page of the run is marked written before its bytes land (as pageForUpdate would).
       const at = block.pageOffsetForUpdate(first / MULTIFD_PAGE_SIZE);
       for (let k = 1; k < run; k++) block.pageOffsetForUpdate(first / MULTIFD_PAGE_SIZE + k);

@@ -18,7 +18,7 @@
 import type { RamBlock } from '../block.js';
 import type { RamBlockTable } from '../block-table.js';
 import { UnexpectedEndError } from '../../wire/index.js';
-import { MULTIFD_FLAG_SYNC, MULTIFD_HEADER_BYTES, MULTIFD_INIT_BYTES, MULTIFD_PAGE_SIZE, MULTIFD_PAGES_PER_PACKET, MultifdError, parseInitPacket } from './packet.js';
+import { MULTIFD_FLAG_SYNC, MULTIFD_HEADER_BYTES, MULTIFD_INIT_BYTES, MULTIFD_PAGE_SIZE, MULTIFD_PAGES_PER_PACKET, MultifdError, pageRunLength, parseInitPacket } from './packet.js';
 import { asMultifdError, checkPacket, type RecvChannelCounters } from './recv-channel.js';
 
 export interface DirectRecvContext {
@@ -192,8 +192,7 @@ export class DirectMultifdReceiver {
       this.expect(block.pageForUpdate(this.pendingPage), 0, MULTIFD_PAGE_SIZE);
       return;
     }
-    let run = 1;
-    while (i + run < this.pages && offsets[i + run] === first + run * MULTIFD_PAGE_SIZE) run++;
+    const run = pageRunLength(offsets, i, this.pages);
     // Every page of the run is marked written before its bytes land (as pageForUpdate would).
     const at = block.pageOffsetForUpdate!(first / MULTIFD_PAGE_SIZE);
     for (let k = 1; k < run; k++) block.pageOffsetForUpdate!(first / MULTIFD_PAGE_SIZE + k);

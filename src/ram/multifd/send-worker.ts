@@ -32,7 +32,7 @@
 import { Socket } from 'node:net';
 import { parentPort, workerData } from 'node:worker_threads';
 import { createSendCodec, ensureMultifdCodecs, type MultifdCompression, type MultifdSendCodec } from './codec.js';
-import { encodeInitPacket, MULTIFD_HEADER_BYTES, MULTIFD_PAGE_SIZE, MULTIFD_PAGES_PER_PACKET, writePacketHeader } from './packet.js';
+import { encodeInitPacket, MULTIFD_HEADER_BYTES, MULTIFD_PAGE_SIZE, MULTIFD_PAGES_PER_PACKET, pageRunLength, writePacketHeader } from './packet.js';
 
 export interface SendWorkerData {
   /** The channels this thread sends (each gets its descriptor later, in { type: 'adopt', ch, fd, what }). */
@@ -179,8 +179,7 @@ function forEachRun(job: SendJob, visit: (byteOffset: number, lengthBytes: numbe
   const count = job.count;
   for (let i = 0; i < count; ) {
     const first = job.offsets[i]!;
-    let run = 1;
-    while (i + run < count && job.offsets[i + run] === first + run * MULTIFD_PAGE_SIZE) run++;
+    const run = pageRunLength(job.offsets, i, count);
     visit(first, run * MULTIFD_PAGE_SIZE);
     i += run;
   }
