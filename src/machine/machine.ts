@@ -11,6 +11,31 @@ import type { SaveStateRegistry } from '../savevm/index.js';
 /** Receives the pages written since the last sync, one bitmap per RAM block (bit n = page n, LSB first in each word). */
 export type DirtyLogSink = (blockIdstr: string, dirtyPages: Uint32Array) => void;
 
+/**
+ * A destination machine's side of postcopy (QEMU's userfaultfd, done by the
+ * guest type): the guest runs before all of its RAM has arrived, and any
+ * access to a page not received yet waits until the engine has it.
+ */
+export interface PostcopyGuestAccess {
+  /**
+   * From now until disarm(): before the guest (every vCPU, and anything else
+   * of the machine that reads or writes guest RAM, e.g. a device or a disk
+   * workload) touches page `page` of block `idstr`, it checks bit `page` of
+   * `present.get(idstr)` (bit n = page n, LSB first in each Int32 word; shared
+   * memory the engine sets with Atomics.or and wakes with Atomics.notify on
+   * the word). A missing page: `onFault(idstr, page)` is called on the main
+   * thread (at least once per wait) and the access waits until the bit is set.
+   * The engine never writes a page once its bit is set, and the guest never
+   * touches a page before: neither sees the other's half-written page.
+   * Called before the guest first runs on the destination.
+   */
+  arm(present: ReadonlyMap<string, Int32Array>, onFault: (idstr: string, page: number) => void): void;
+  /** Every page has arrived: stop checking (and stop calling onFault). */
+  disarm(): void;
+  /** Time the guest spent waiting for missing pages since arm(): in all and per vCPU, ms (QEMU's postcopy-blocktime). */
+  blocktime(): { totalMs: number; perVcpuMs: number[] };
+}
+
 export interface Machine {
   /** Guest type, e.g. `test`, `v86`. */
   readonly kind: string;
@@ -53,6 +78,12 @@ export interface Machine {
    * on a destination, where incoming chunks are written (matched by name).
    */
   blockDevices?(): BlockDevice[];
+  /**
+   * Postcopy on a destination: how the guest waits for pages that have not
+   * arrived. Absent: the guest type cannot run with pages missing, and
+   * postcopy is refused for it.
+   */
+  readonly postcopy?: PostcopyGuestAccess;
   /** Register CPU and device state (not RAM) in the registry; RAM is the engine's `ram` entry. */
   registerDevices(registry: SaveStateRegistry): void;
   /** Serial console output. */
