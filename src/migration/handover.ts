@@ -101,6 +101,9 @@ export class SourceReturnPath {
   private readonly failedMilestone = new Milestone<never>();
   /** Resolves when the reading loop ends (after SHUT, or on failure). */
   readonly done: Promise<void>;
+  /** Postcopy: where page requests go (the RAM handler's queue); a request without it is a protocol error. */
+  onPageRequest: ((idstr: string, startBytes: number, lengthBytes: number) => void) | undefined;
+  private lastRequestedBlock: string | undefined;
 
   constructor(
     private readonly input: StreamReader,
@@ -139,8 +142,18 @@ export class SourceReturnPath {
           }
           return;
         }
-        const value = message.value;
         this.heardFromPeer = true;
+        if (message.type === 'req-pages') {
+          // REQ_PAGES names no block: the one of the last REQ_PAGES_ID.
+          const idstr = message.idstr ?? this.lastRequestedBlock;
+          if (idstr === undefined) throw new MigrationError('bad-stream', `return path: REQ_PAGES at offset ${message.offset} before any REQ_PAGES_ID named a block`);
+          this.lastRequestedBlock = idstr;
+          if (!this.onPageRequest) throw new MigrationError('bad-stream', `return path: a page request (${idstr} at 0x${message.startBytes.toString(16)}) outside postcopy`);
+          this.onPageRequest(idstr, message.startBytes, message.lengthBytes);
+          continue;
+        }
+        if (message.type !== 'pong') throw new MigrationError('bad-stream', `return path: unexpected ${message.type} message`);
+        const value = message.value;
         if (value === HANDOVER_ACCEPT) this.peer.resolve('livemig');
         else if (value === HANDOVER_OFFER) this.peer.resolve('qemu'); // a QEMU destination answering a PING
         else if (value === HANDOVER_LOADED) this.loadedMilestone.resolve();

@@ -5,4 +5,5 @@ export * from './reader.js';
 export * from './writer.js';
 export * from './framing.js';
 export * from './return-path.js';
+export * from './postcopy.js';
 export * from './printable.js';
