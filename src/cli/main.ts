@@ -62,6 +62,7 @@ program
   .option('--qmp <uri>', 'serve the QMP monitor on unix:PATH (owner-only) or tcp:HOST:PORT[,tls-creds=ID[,tls-authz=ID]]')
   .option('--migrate-to <uri>', 'migrate the running guest to URI')
   .option('--migrate-after-ms <ms>', 'let the guest run this long before migrating', '1000')
+  .option('--postcopy-after-ms <ms>', 'with --migrate-to and --cap postcopy-ram: switch to postcopy this long after the migration started (as QMP migrate-start-postcopy)')
   .option('--dirty-rate <pages>', 'test machine: cap on pages written per second (0 = unlimited)', '0')
   .option('--pattern <pattern>', 'test machine: sequential or random page order; none: RAM content zero, sequential or random[:SEED]', 'sequential')
   .option('--disk <path[,size=SIZE][,id=NAME]>', 'test machine: a raw disk image (created sparse with size=); with --incoming, where the migrated disk goes (written as PATH.livemig-incoming, renamed when complete)')

@@ -38,6 +38,8 @@ export interface RunOptions {
   disk?: string;
   diskRate: string;
   diskPattern: string;
+  /** With --migrate-to: switch to postcopy this long after the migration started (needs --cap postcopy-ram). */
+  postcopyAfterMs?: string;
   /** False with -S: a destination stays paused after the migration until `cont`. */
   autostart: boolean;
 }
@@ -149,6 +151,13 @@ async function runIncoming(guest: Guest, monitor: MachineMonitor, uri: string, v
   monitor.on('rejected', (why) => emit('rejected', { reason: why }, `${why}; still waiting`));
   const result = new Promise<number>((resolve) => {
     monitor.once('incoming', (r) => {
+      if (r.status === 'postcopy-paused') {
+        // The guest runs here and waits for pages the source still has: this process must stay.
+        emit(r.status, { error: r.error?.message, code: r.error?.code }, `incoming migration ${r.status}: ${r.error?.message}`);
+        process.stderr.write(`livemig: incoming migration ${r.status}: ${r.error?.message}\n`);
+        resolve(stop);
+        return;
+      }
       if (r.status !== 'completed') {
         // The guest was not started here; the source keeps (or resumes) it.
         emit(r.status, { error: r.error?.message, code: r.error?.code }, `incoming migration ${r.status}: ${r.error?.message}; the guest was not started here`);
@@ -172,6 +181,16 @@ async function runOutgoing(guest: Guest, migration: OutgoingMigration, options: 
   migration.on('status', (status) => emit('status', { status }, `migration: ${status}`));
   migration.on('pass', (pass) => emit('pass', { pass }, `migration: pass ${pass}`));
   migration.start(options.migrateTo!);
+  if (options.postcopyAfterMs !== undefined) {
+    const timer = setTimeout(() => {
+      try {
+        migration.startPostcopy();
+      } catch (err) {
+        process.stderr.write(`livemig: --postcopy-after-ms: ${(err as Error).message}\n`);
+      }
+    }, Number(options.postcopyAfterMs));
+    void migration.finished.finally(() => clearTimeout(timer));
+  }
   const progress = setInterval(() => emit('progress', { info: queryMigrate(migration) }, progressLine(migration)), 200);
   // A signal cancels the migration (the guest stays here, intact) and then exits.
   const signalled = stop.then((code) => {
@@ -185,6 +204,11 @@ async function runOutgoing(guest: Guest, migration: OutgoingMigration, options: 
   const status = await Promise.race([migration.finished, signalled.then(() => migration.finished)]);
   clearInterval(progress);
   const info = queryMigrate(migration);
+  if (status === 'postcopy-paused') {
+    // The destination runs the guest and needs pages only this process has: stay until told otherwise.
+    emit(status, { info }, `migration ${status}: ${info['error-desc'] ?? ''}`);
+    return await stop;
+  }
   if (status !== 'completed') {
     emit(status, { info }, `migration ${status}: ${info['error-desc'] ?? ''}`);
     return 1;

@@ -78,7 +78,7 @@ export interface MigrationParameters {
   'x-checkpoint-delay': number;
   /** Block migration of only the top image (not implemented; QEMU's default only). */
   'block-incremental': boolean;
-  /** Postcopy's rate limit (not implemented; QEMU's default 0 only). */
+  /** Postcopy's rate limit for the background stream, bytes/second (0 = none); page requests go out regardless. */
   'max-postcopy-bandwidth': number;
   /**
    * Dirty-bitmap aliases; QEMU lists it only once set. livemig migrates no
@@ -222,7 +222,7 @@ export const PARAMETER_TABLE = {
   'block-incremental': { type: 'boolean', onlyDefault: true },
   'multifd-channels': { type: 'integer', implemented: { min: 1, max: 255 } },
   'xbzrle-cache-size': { type: 'size', implemented: { min: 4096, max: 2 ** 40, powerOfTwo: true } },
-  'max-postcopy-bandwidth': { type: 'size', onlyDefault: true },
+  'max-postcopy-bandwidth': { type: 'size', implemented: { min: 0, max: Number.MAX_SAFE_INTEGER, unit: 'bytes/second' } },
   'max-cpu-throttle': { type: 'integer', implemented: { min: 1, max: 99 } },
   'multifd-compression': { type: 'string', implemented: { oneOf: Object.keys(MULTIFD_COMPRESSION_FLAGS) } },
   'multifd-zlib-level': { type: 'integer', implemented: levels('zlib') },
@@ -285,6 +285,14 @@ export interface MigrationCapabilities {
   'zero-blocks': boolean;
   /** Page contents over `multifd-channels` extra connections (tcp: and unix: only), QEMU 7.2's format. */
   multifd: boolean;
+  /**
+   * Postcopy, on both sides: `migrate-start-postcopy` moves the guest to the
+   * destination before all its RAM has gone; the rest follows, pages the
+   * guest touches first. Needs the return path; not with multifd or block migration (as 7.2).
+   */
+  'postcopy-ram': boolean;
+  /** Destination: measure the time the guest waits for pages (query-migrate `postcopy-blocktime`, `postcopy-vcpu-blocktime`). */
+  'postcopy-blocktime': boolean;
 }
 
 /** In the order of QEMU's MigrationCapability enum, which query-migrate-capabilities follows. */
@@ -293,10 +301,12 @@ export const DEFAULT_CAPABILITIES: Readonly<MigrationCapabilities> = Object.free
   'auto-converge': false,
   'zero-blocks': true,
   events: false,
+  'postcopy-ram': false,
   block: false,
   'return-path': true,
   'pause-before-switchover': false,
   multifd: false,
+  'postcopy-blocktime': false,
 });
 
 /** QEMU 7.2's MigrationCapability enum, for telling "not implemented" from "no such capability". */

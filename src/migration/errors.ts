@@ -18,6 +18,10 @@ export type MigrationErrorCode =
   | 'destination-failed'
   /** The go-ahead (or the whole stream, with a QEMU peer) was sent, then the peer went silent: it may run the guest. */
   | 'outcome-unknown'
+  /** Postcopy: the link broke while the guest ran on the destination; both sides wait for recovery. */
+  | 'postcopy-paused'
+  /** Postcopy: the destination failed after it ran the guest; neither side has the guest's current state. */
+  | 'postcopy-lost'
   /** The stream is bad or incomplete (a StreamError is the cause). */
   | 'bad-stream'
   /** Opening a channel failed (a TransportError is the cause). */

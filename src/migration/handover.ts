@@ -60,6 +60,16 @@ export const OUTCOME_UNKNOWN_ADVICE =
   'the outcome is unknown: the destination may be running the guest. The source keeps its copy paused. ' +
   "Run query-status on the destination: if it is 'running', the guest moved (quit this source); if not, or the destination is gone, run cont here";
 
+/** What the source tells its operator when the link broke in postcopy. */
+export const POSTCOPY_PAUSED_ADVICE =
+  'postcopy paused: the guest runs on the destination and waits there for pages only this source has; this source keeps them and its own copy stays paused (it is not current). ' +
+  "Recover: on the destination migrate-recover with a new URI, then here migrate with that URI and resume=true. If the destination is gone, the guest's state since the switch is lost";
+
+/** What the source says when the destination failed after it ran the guest in postcopy. */
+export const POSTCOPY_LOST_ADVICE =
+  "the guest had run on the destination since the switch to postcopy, so this source's copy is not current; it stays paused. " +
+  'cont here starts that older copy (the writes the guest made on the destination are lost); quit here to drop it';
+
 /** What a destination says when it runs the guest but could not tell the source. */
 export const UNCONFIRMED_ADVICE =
   'the guest runs here, but the source may not have heard it: it keeps its copy paused and reports the outcome as unknown. Do not cont the source; quit it';
@@ -219,6 +229,11 @@ export class SourceReturnPath {
     }
   }
 
+  /** A PING of a given value, not awaited (postcopy's numbered pings, the postcopy go-ahead); the caller flushes. */
+  sendPing(value: number): void {
+    this.writePing(value);
+  }
+
   /** A keepalive PING (not awaited): the watchdog expects an answer within the timeout. */
   async keepalive(): Promise<void> {
     this.writePing(++this.pingValue);
@@ -286,11 +301,16 @@ export class DestinationHandover {
     }
   }
 
-  /** Held handover, after the whole stream loaded: say so, then read the go-ahead (or fail). */
-  async awaitGo(input: StreamReader): Promise<void> {
+  /** Held handover: the state is loaded (the whole stream; in postcopy, the device state) and the guest waits for the go-ahead. */
+  async sayLoaded(): Promise<void> {
     const rp = this.returnPath!;
     writePong(rp, HANDOVER_LOADED);
     await rp.flush();
+  }
+
+  /** Held handover, after the whole stream loaded: say so, then read the go-ahead (or fail). */
+  async awaitGo(input: StreamReader): Promise<void> {
+    await this.sayLoaded();
     let go: number;
     try {
       go = await input.be32();

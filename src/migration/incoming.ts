@@ -17,14 +17,16 @@ import { listenIncoming, parseMigrationUri, type IncomingListener, type Migratio
 import { MigCommand, QEMU_VM_FILE_MAGIC, QEMU_VM_FILE_VERSION, StreamError, StreamReader, StreamWriter, writeShut } from '../wire/index.js';
 import { assembleIncoming } from './assemble.js';
 import { MigrationError } from './errors.js';
-import { DestinationHandover, UNCONFIRMED_ADVICE } from './handover.js';
+import { DestinationHandover, HANDOVER_GO, UNCONFIRMED_ADVICE } from './handover.js';
+import { DestinationPostcopy } from './postcopy-destination.js';
 import { PeerWatchdog, watchSource } from './liveness.js';
 import { DEFAULT_PARAMETERS } from './config.js';
 
-export type IncomingStatus = 'none' | 'setup' | 'active' | 'completed' | 'failed' | 'cancelled';
+export type IncomingStatus = 'none' | 'setup' | 'active' | 'postcopy-active' | 'postcopy-paused' | 'completed' | 'failed' | 'cancelled';
 
 export interface IncomingResult {
-  status: 'completed' | 'failed' | 'cancelled';
+  /** `postcopy-paused`: the guest runs here, but the link broke before all of its RAM arrived. */
+  status: 'completed' | 'failed' | 'cancelled' | 'postcopy-paused';
   error?: MigrationError;
   /** Whether the guest was started (false when the source had it paused, with -S, or on failure). */
   started: boolean;
@@ -52,6 +54,8 @@ export interface IncomingOptions {
   diskHint?(name: string): string;
   /** tls-creds and tls-authz resolved (serverTlsFor): every connection runs a TLS handshake and the authorization check first. */
   tls?: TlsServerSettings;
+  /** Capability `postcopy-ram` on this destination: the source may switch to postcopy. */
+  postcopy?: boolean;
   /** `x-livemig-peer-timeout-ms`, read when needed (so a change before or during the migration applies). */
   peerTimeoutMs?(): number;
   /**
@@ -94,6 +98,8 @@ export class IncomingMigration extends EventEmitter<IncomingEvents> {
   private abortReason: MigrationError | undefined;
   private startedMs = 0;
   private mainReader: StreamReader | undefined;
+  /** Postcopy's destination side, for the migration under way. */
+  postcopy: DestinationPostcopy | undefined;
 
   constructor(
     private readonly machine: Machine,
@@ -201,18 +207,58 @@ export class IncomingMigration extends EventEmitter<IncomingEvents> {
         onDiskProgress: (p) => this.emit('diskProgress', p),
       });
       const output = main.channel.output;
+      const postcopy = new DestinationPostcopy(this.machine, ram, this.options.postcopy === true, () => handover.writer);
+      this.postcopy = postcopy;
+      /** Postcopy with a livemig source: RUN came, the guest waits for the go-ahead. */
+      let awaitingGo = false;
+      let started = false;
+      const startGuest = (): void => {
+        // Postcopy: the device state (and globalstate) came in the package; RAM follows while the guest runs.
+        this.cancelClosed = true;
+        started = (this.options.autostart ?? true) && (!globalState.received || globalState.state === 'running');
+        if (started) {
+          this.machine.resume();
+          this.emit('resume');
+        }
+      };
       await watchdog.busy(() =>
         loadVmState(input, registry, {
           machineName: this.machine.machineName,
           // Never start a blank guest: the RAM section must have listed every block and ended.
-          onEof: (eof) => ram.checkComplete(eof.offset),
+          onEof: (eof) => {
+            ram.checkComplete(eof.offset);
+            if (awaitingGo) throw new StreamError('incomplete-stream', 'EOF before the go-ahead that was to follow POSTCOPY_RUN', { offset: eof.offset });
+            postcopy.end(eof.offset);
+          },
           onCommand: async (command) => {
             if (command.command === MigCommand.OpenReturnPath) {
               if (!output) throw new StreamError('unsupported-command', 'OPEN_RETURN_PATH on a one-way channel', { offset: command.offset });
               handover.open(new StreamWriter(output, 512));
             } else if (command.command === MigCommand.Ping) {
               if (!handover.writer) throw new StreamError('bad-command', 'PING without a return path', { offset: command.offset });
-              await handover.ping(new DataView(command.payload.buffer, command.payload.byteOffset, 4).getUint32(0));
+              const value = new DataView(command.payload.buffer, command.payload.byteOffset, 4).getUint32(0);
+              if (value === HANDOVER_GO && awaitingGo) {
+                awaitingGo = false;
+                startGuest();
+              } else {
+                await handover.ping(value);
+              }
+            } else if (command.command === MigCommand.PostcopyAdvise) {
+              postcopy.advise(command.payload, command.offset);
+            } else if (command.command === MigCommand.PostcopyRamDiscard) {
+              postcopy.discard(command.payload, command.offset);
+            } else if (command.command === MigCommand.PostcopyListen) {
+              postcopy.listen(command.offset);
+              this.setStatus('postcopy-active');
+            } else if (command.command === MigCommand.PostcopyRun) {
+              postcopy.run(command.offset);
+              if (handover.held) {
+                // The device state is loaded: say so, and start the guest at the source's go-ahead (a PING after the package).
+                awaitingGo = true;
+                await handover.sayLoaded();
+              } else {
+                startGuest();
+              }
             } else {
               throw new StreamError('unsupported-command', `command ${command.name} is not supported`, { offset: command.offset });
             }
@@ -228,7 +274,7 @@ export class IncomingMigration extends EventEmitter<IncomingEvents> {
         }
       }
       await block.flush();
-      if (handover.held) {
+      if (handover.held && !postcopy.advised) {
         // Say LOADED and wait for the go-ahead; from LOADED on, a cancel here could lose the guest.
         this.cancelClosed = true;
         await watchdog.busy(() => handover.awaitGo(input));
@@ -237,12 +283,15 @@ export class IncomingMigration extends EventEmitter<IncomingEvents> {
       this.cancelClosed = true;
       watchdog.stop();
       for (const image of this.options.disks ?? []) await image.commit();
-      // The whole stream is in: start the guest unless the source had it paused (L11) or -S.
-      const start = (this.options.autostart ?? true) && (!globalState.received || globalState.state === 'running');
-      this.emit('loaded');
-      if (start) {
-        this.machine.resume();
-        this.emit('resume');
+      let start = started;
+      if (postcopy.state === 'none') {
+        // The whole stream is in: start the guest unless the source had it paused (L11) or -S.
+        start = (this.options.autostart ?? true) && (!globalState.received || globalState.state === 'running');
+        this.emit('loaded');
+        if (start) {
+          this.machine.resume();
+          this.emit('resume');
+        }
       }
       const loadTimeMs = performance.now() - this.startedMs;
       let warning: string | undefined;
@@ -265,6 +314,13 @@ export class IncomingMigration extends EventEmitter<IncomingEvents> {
       watchdog.stop();
       // A multifd channel's failure, a stall or a cancel is the reason the main channel was aborted.
       const err = this.abortReason ?? MigrationError.from(this.receiver?.error ?? caught);
+      if (this.postcopy && (this.postcopy.state === 'running' || this.postcopy.state === 'ended') && this.cancelClosed) {
+        // The guest runs here and the source has the pages it still lacks: keep it (waiting for them), drop nothing.
+        this.channel?.abort(err);
+        this.error = new MigrationError('postcopy-paused', `${err.message}; postcopy paused: the guest runs here and waits for ${this.postcopy.stats.missingPages} pages that only the source has; do not quit this destination`, { cause: err });
+        this.setStatus('postcopy-paused');
+        return { status: 'postcopy-paused', error: this.error, started: true, loadTimeMs: performance.now() - this.startedMs, bytes: reader?.offset ?? 0 };
+      }
       this.receiver?.close();
       await this.tellSourceWeFailed(handover.writer);
       this.channel?.abort(err);

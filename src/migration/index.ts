@@ -10,3 +10,4 @@ export * from './assemble.js';
 export * from './switchover.js';
 export * from './liveness.js';
 export * from './security.js';
+export * from './postcopy-destination.js';

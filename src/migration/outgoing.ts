@@ -22,18 +22,18 @@ import type { RamSaveHandler, RamSaveStats } from '../ram/index.js';
 import { MULTIFD_PROTOCOL_ERROR, MultifdSender } from '../ram/multifd/index.js';
 import { saveCleanup, SaveVmState, storeGlobalState } from '../savevm/index.js';
 import { connectOutgoing, parseMigrationUri, type MigrationChannel } from '../transport/index.js';
-import { StreamReader, StreamWriter, TARGET_PAGE_SIZE } from '../wire/index.js';
+import { MemorySink, MigCommand, StreamReader, StreamWriter, TARGET_PAGE_SIZE, writeCommand, writePackaged, writePostcopyAdvise, writeRamDiscard } from '../wire/index.js';
 import { assembleOutgoing, type OutgoingAssembly } from './assemble.js';
 import { AutoConverge } from './auto-converge.js';
 import { MigrationError } from './errors.js';
-import { OUTCOME_UNKNOWN_ADVICE, SourceReturnPath, type PeerKind } from './handover.js';
+import { HANDOVER_GO, OUTCOME_UNKNOWN_ADVICE, POSTCOPY_LOST_ADVICE, POSTCOPY_PAUSED_ADVICE, SourceReturnPath, type PeerKind } from './handover.js';
 import { PeerWatchdog, watchSink } from './liveness.js';
 import { MigrationConfig, type MigrationCapabilities, type MigrationParameters } from './config.js';
 import { RateWindow } from './rate-window.js';
 import { clientTlsFor, type ChannelSecurity } from './security.js';
 import type { TlsClientSettings } from '../transport/tls.js';
 import { decideSwitchover, INITIAL_SWITCHOVER_STATE } from './switchover.js';
-import { ACTIVE_STATES, canTransition, type MigrationStatus } from './state.js';
+import { ACTIVE_STATES, canTransition, POSTCOPY_STATES, type MigrationStatus } from './state.js';
 
 /** What the loop saw when it decided to switch over (for tests and post-mortems). */
 export interface SwitchoverRecord {
@@ -109,6 +109,10 @@ interface Run {
   deviceStateBytes: number;
   pausedByUs: boolean;
   cancelRequested: boolean;
+  /** `migrate-start-postcopy` (or the auto-switch) asked for postcopy; the loop switches at its next turn. */
+  postcopyRequested: boolean;
+  /** When the guest started on the destination in postcopy (ms, performance.now()). */
+  postcopyStartMs?: number;
   /** Set once the destination may run the guest: from then on the source never resumes it by itself. */
   pointOfNoReturn: boolean;
   /** The first reason to give up that came from outside the loop (stall, return path). */
@@ -190,7 +194,8 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
   /** Start migrating to `uri`; returns at once. `finished` tells how it ended. */
   start(uri: string, options: StartOptions = {}): void {
     if (ACTIVE_STATES.has(this.currentStatus)) throw new MigrationError('refused', "There's a migration process in progress");
-    parseMigrationUri(uri); // a bad URI is refused now, not reported later as a failed migration
+    const uriKind = parseMigrationUri(uri).kind; // a bad URI is refused now, not reported later as a failed migration
+    if (this.config.capabilities['postcopy-ram']) this.checkPostcopyPossible(uriKind, options);
     // So are unknown credentials, as QEMU's `migrate` refuses them.
     const tls = clientTlsFor(this.config.parameters, uri, this.options.security);
     this.switchover = undefined;
@@ -220,6 +225,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
       deviceStateBytes: 0,
       pausedByUs: false,
       cancelRequested: false,
+      postcopyRequested: false,
       pointOfNoReturn: false,
       lastKeepaliveMs: t,
       lastSyncMs: 0,
@@ -233,6 +239,25 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
     this.finished = this.execute(this.run);
   }
 
+  /** Postcopy's limits, as QEMU 7.2 (multifd) and livemig (block migration, one-way channels). */
+  private checkPostcopyPossible(uriKind: string, options: StartOptions): void {
+    const caps = this.config.capabilities;
+    if (caps.multifd) throw new MigrationError('refused', 'Postcopy is not yet compatible with multifd');
+    if (caps.block || options.blk) throw new MigrationError('refused', 'postcopy-ram with block migration is not supported: the disks would have to be handed over while the guest already runs on the destination; migrate the disks first (a precopy migration with blk), or share them');
+    if (uriKind !== 'tcp' && uriKind !== 'unix') throw new MigrationError('refused', `postcopy-ram needs a two-way channel (tcp: or unix:) for the destination's page requests, not ${uriKind}:`);
+  }
+
+  /**
+   * QMP `migrate-start-postcopy`: switch to postcopy at the loop's next turn
+   * (the guest stops here and runs on the destination; the rest of RAM follows).
+   */
+  startPostcopy(): void {
+    if (!this.capabilities['postcopy-ram']) throw new MigrationError('refused', 'Enable postcopy with migrate_set_capability before the start of migration');
+    if (this.currentStatus === 'none' || !this.run) throw new MigrationError('refused', 'Postcopy must be started after migration has been started');
+    this.run.postcopyRequested = true;
+    this.wakeLoop?.();
+  }
+
   /**
    * Cancel: the source guest keeps (or resumes) running, status `cancelled`.
    * A no-op when nothing runs. Refused once the destination may run the guest
@@ -241,6 +266,9 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
   cancel(): void {
     const run = this.run;
     if (!run || !ACTIVE_STATES.has(this.currentStatus) || this.currentStatus === 'cancelling') return;
+    if (run.pointOfNoReturn && POSTCOPY_STATES.has(this.currentStatus)) {
+      throw new MigrationError('refused', 'cannot cancel in postcopy: the guest runs on the destination, which needs the pages only this source has; let it complete (or recover it after a break)');
+    }
     if (run.pointOfNoReturn) {
       throw new MigrationError('refused', 'too late to cancel: the destination has been told to run the guest; waiting for its confirmation');
     }
@@ -330,8 +358,13 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
     run.watchdog.start();
     try {
       await this.setup(run);
-      await this.iterate(run);
-      await this.complete(run);
+      if ((await this.iterate(run)) === 'postcopy') {
+        await this.switchToPostcopy(run);
+        await this.iteratePostcopy(run);
+        await this.completePostcopy(run);
+      } else {
+        await this.complete(run);
+      }
       this.transition('completed');
       return 'completed';
     } catch (caught) {
@@ -390,9 +423,15 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
     run.save = save;
     await run.watchdog.busy(async () => {
       await save.writeHeader();
-      if (this.capabilities['return-path'] && channel.supportsReturnPath && channel.input) {
+      const postcopy = this.capabilities['postcopy-ram'];
+      // Postcopy needs the return path whatever `return-path` says (QEMU opens it for either).
+      if ((this.capabilities['return-path'] || postcopy) && channel.supportsReturnPath && channel.input) {
         run.returnPath = new SourceReturnPath(new StreamReader(channel.input), out, run.watchdog, (err) => this.abortRun(err));
         run.returnPath.open();
+      }
+      if (postcopy) {
+        if (!run.returnPath) throw new MigrationError('refused', 'postcopy-ram needs a return path, and this channel has none');
+        writePostcopyAdvise(out);
       }
       run.periodStartMs = now();
       await save.setup();
@@ -403,8 +442,8 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
     this.transition('active');
   }
 
-  // ---- Phase 2: iterate while the guest runs ----
-  private async iterate(run: Run): Promise<void> {
+  // ---- Phase 2: iterate while the guest runs (until the switchover, or postcopy is asked for) ----
+  private async iterate(run: Run): Promise<'complete' | 'postcopy'> {
     const { ram } = run.assembly;
     const save = run.save!;
     const out = run.out!;
@@ -423,6 +462,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
     for (;;) {
       this.throwIfStopped(run);
       if (this.keepaliveDue(run)) await this.keepalive(run);
+      if (run.postcopyRequested) return 'postcopy';
       // When to stop the guest is switchover.ts's pure decision; here are its inputs and its I/O.
       const downtimeLimitMs = params()['downtime-limit'];
       const link = { deviceStateBytes, bandwidthBytesPerMs: window.bandwidthBytesPerMs, downtimeLimitMs, lastSyncCostMs: run.lastSyncMs };
@@ -440,7 +480,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
       policy = step.state;
       if (step.decision === 'switchover') {
         this.switchover = { pendingBytes: step.pendingBytes, ramPendingBytes: step.ramPendingBytes, deviceStateBytes, bandwidthBytesPerMs: window.bandwidthBytesPerMs, downtimeLimitMs, thresholdBytes: step.thresholdBytes, reason: step.reason };
-        return;
+        return 'complete';
       }
       const pendingBytes = step.pendingBytes;
       const allSent = await run.watchdog.busy(() =>
@@ -521,6 +561,111 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
     await rp?.done;
   }
 
+  // ---- Postcopy, phase 3a: stop the guest, send the device state, let the destination run it ----
+  private async switchToPostcopy(run: Run): Promise<void> {
+    const { ram, globalState } = run.assembly;
+    const save = run.save!;
+    const out = run.out!;
+    const rp = run.returnPath!;
+    // A livemig destination holds the guest until our go-ahead; a QEMU one runs it once it has the package.
+    const handover = await run.watchdog.busy(() => rp.peerKind());
+    this.throwIfStopped(run);
+    this.transition('postcopy-active'); // before the guest stops, as QEMU
+    const downtimeStartMs = now();
+    const wasRunning = this.machine.running;
+    if (wasRunning) {
+      await this.machine.pause();
+      run.pausedByUs = true;
+    }
+    this.emit('stop');
+    storeGlobalState(globalState, wasRunning ? 'running' : 'paused');
+    // The last sync: what is dirty now is all the destination still needs (and must drop what it has of it).
+    await ram.syncDirty();
+    const pendingBytes = ram.dirtyPageCount * TARGET_PAGE_SIZE;
+    for (const { idstr, ranges } of ram.startPostcopy()) writeRamDiscard(out, idstr, ranges);
+    rp.onPageRequest = (idstr, startBytes, lengthBytes) => {
+      ram.requestPages(idstr, startBytes, lengthBytes);
+      this.wakeLoop?.();
+    };
+    rp.sendPing(2);
+    // The package: LISTEN, every device's state, RUN; loaded by the destination as one piece.
+    const pkgSink = new MemorySink();
+    const pkg = new StreamWriter(pkgSink);
+    writeCommand(pkg, MigCommand.PostcopyListen);
+    await save.savePostcopyDeviceState(pkg);
+    writeCommand(pkg, MigCommand.Ping, Uint8Array.of(0, 0, 0, 3));
+    writeCommand(pkg, MigCommand.PostcopyRun);
+    await pkg.flush();
+    const packageBytes = pkgSink.bytes();
+    writePackaged(out, packageBytes);
+    if (handover === 'livemig') {
+      await run.watchdog.busy(() => out.flush());
+      // LOADED: the destination has the device state and holds the guest; until our go-ahead a failure resumes it here.
+      await run.watchdog.busy(() => rp.loaded());
+      this.throwIfStopped(run);
+      run.pointOfNoReturn = true;
+      rp.sendPing(HANDOVER_GO);
+    } else {
+      // A QEMU destination runs the guest once it has the package: no going back from here.
+      run.pointOfNoReturn = true;
+      rp.sendPing(4);
+    }
+    await run.watchdog.busy(() => out.flush());
+    run.postcopyStartMs = now();
+    // QEMU's postcopy downtime: from stopping the guest to the device state sent.
+    run.downtimeMs = Math.round(run.postcopyStartMs - downtimeStartMs);
+    this.switchover = {
+      pendingBytes,
+      ramPendingBytes: pendingBytes,
+      deviceStateBytes: packageBytes.length,
+      bandwidthBytesPerMs: run.window?.bandwidthBytesPerMs ?? 0,
+      downtimeLimitMs: this.parameters['downtime-limit'],
+      thresholdBytes: 0,
+      reason: `postcopy: ${pendingBytes} bytes of RAM follow while the guest runs on the destination`,
+      handover,
+    };
+  }
+
+  // ---- Postcopy, phase 3b: the rest of RAM while the guest runs there; its requests first ----
+  private async iteratePostcopy(run: Run): Promise<void> {
+    const { ram } = run.assembly;
+    const save = run.save!;
+    const out = run.out!;
+    const sentBytes = (): number => out.bytesWritten;
+    const pagesSent = (): number => ram.stats.normalPages + ram.stats.duplicatePages;
+    const window = new RateWindow(now(), sentBytes(), pagesSent());
+    run.window = window;
+    const limit = (): number => this.parameters['max-postcopy-bandwidth'];
+    const stopped = (): boolean => run.cancelRequested || run.abortReason !== undefined;
+    while (ram.dirtyPageCount > 0) {
+      this.throwIfStopped(run);
+      if (this.keepaliveDue(run)) await this.keepalive(run);
+      // Requested pages go out whatever the limit (saveIterate sends them first and flushes each).
+      await run.watchdog.busy(() => save.iterate(() => stopped() || window.overBudget(sentBytes(), limit())));
+      const t = now();
+      if (!window.maybeClose(t, sentBytes(), pagesSent()) && window.overBudget(sentBytes(), limit()) && !ram.hasPageRequests) {
+        await this.sleep(window.msUntilEnd(t)); // woken early by a page request
+      }
+      await yieldToEventLoop(); // the return path's requests come in here
+    }
+  }
+
+  // ---- Postcopy, phase 3c: nothing left; END, EOF and the destination's confirmation ----
+  private async completePostcopy(run: Run): Promise<void> {
+    const save = run.save!;
+    const out = run.out!;
+    const rp = run.returnPath!;
+    await run.watchdog.busy(() => save.completePostcopy());
+    await this.expectShut(rp);
+    if (this.switchover?.handover === 'livemig') rp.acknowledge();
+    await out.close().catch(() => {});
+    run.totalTimeMs = Math.round(now() - run.startedMs);
+    run.finalMbps = (run.assembly.ram.stats.transferredBytes * 8) / (run.totalTimeMs / 1000) / 1e6;
+    run.expectedDowntimeMs = undefined;
+    await run.channel!.close().catch(() => {});
+    await rp.done;
+  }
+
   private async expectShut(rp: SourceReturnPath): Promise<void> {
     const value = await rp.shut();
     if (value !== 0) throw new MigrationError('destination-failed', `the destination could not load the stream (SHUT ${value})`);
@@ -569,6 +714,19 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
     run.multifd?.abort(err);
     await rp?.done.catch(() => {});
     run.totalTimeMs = Math.round(now() - run.startedMs);
+    if (run.pointOfNoReturn && POSTCOPY_STATES.has(this.currentStatus)) {
+      if (err.code === 'destination-failed') {
+        // It ran the guest and then failed: never resume our older copy without the operator.
+        run.error = new MigrationError('postcopy-lost', `${err.message}; ${POSTCOPY_LOST_ADVICE}`, { cause: err });
+        this.transition('postcopy-paused');
+        this.transition('failed');
+        return 'failed';
+      }
+      // The guest runs on the destination and waits for pages only we have: neither copy is whole.
+      run.error = new MigrationError('postcopy-paused', `${err.message}; ${POSTCOPY_PAUSED_ADVICE}`, { cause: err });
+      this.transition('postcopy-paused');
+      return 'postcopy-paused';
+    }
     // A destination that said it failed does not run the guest, whatever the point reached.
     const guestIsHere = !run.pointOfNoReturn || err.code === 'destination-failed';
     if (run.pausedByUs && guestIsHere) this.machine.resume();

@@ -7,6 +7,7 @@ import { EventEmitter } from 'node:events';
 import type { Machine } from '../machine/machine.js';
 import {
   ACTIVE_STATES,
+  POSTCOPY_STATES,
   DEFAULT_CAPABILITIES,
   PARAMETER_TABLE,
   IncomingMigration,
@@ -120,6 +121,7 @@ export class MachineMonitor extends EventEmitter<{ quit: []; loaded: []; incomin
       ...(tls ? { tls } : {}),
       peerTimeoutMs: () => this.config.parameters['x-livemig-peer-timeout-ms'],
       ...(caps.multifd ? { multifd: { channels: params['multifd-channels'], compression: params['multifd-compression'] } } : {}),
+      postcopy: caps['postcopy-ram'],
     };
     const incoming = new IncomingMigration(this.machine, incomingOptions);
     this.incoming = incoming;
@@ -195,7 +197,11 @@ export class MachineMonitor extends EventEmitter<{ quit: []; loaded: []; incomin
         run: () => {
           if (this.latest === 'incoming' && this.incoming) {
             const e = this.incoming.error;
-            return incomingInfo(this.incoming.status, this.incomingAddress, e ? { code: e.code, message: e.message } : undefined);
+            const pc = this.incoming.postcopy;
+            const postcopy = pc?.advised
+              ? { ...pc.stats, ...(this.config.capabilities['postcopy-blocktime'] && pc.blocktime() ? { blocktime: pc.blocktime()! } : {}) }
+              : undefined;
+            return incomingInfo(this.incoming.status, this.incomingAddress, e ? { code: e.code, message: e.message } : undefined, postcopy);
           }
           return outgoingInfo(this.migration.snapshot());
         },
@@ -232,6 +238,13 @@ export class MachineMonitor extends EventEmitter<{ quit: []; loaded: []; incomin
           // The latest migration: a destination that waits or receives can be cancelled too (QEMU 7.2 cannot).
           if (this.latest === 'incoming' && this.incoming) this.incoming.cancel();
           else this.migration.cancel();
+          return {};
+        },
+      },
+      'migrate-start-postcopy': {
+        args: {},
+        run: () => {
+          this.migration.startPostcopy();
           return {};
         },
       },
@@ -274,6 +287,9 @@ export class MachineMonitor extends EventEmitter<{ quit: []; loaded: []; incomin
         run: () => {
           if (this.runState === 'inmigrate') throw new QmpCommandError('GenericError', 'Guest is waiting for an incoming migration; it starts when the migration completes');
           if (this.runState === 'finish-migrate') throw new QmpCommandError('GenericError', 'Migration is in its final stage');
+          if (POSTCOPY_STATES.has(this.migration.status)) {
+            throw new QmpCommandError('GenericError', `the migration is in ${this.migration.status}: the guest runs on the destination, and this copy is not current; it must stay paused`);
+          }
           this.machine.resume();
           this.setRunState('running');
           return {};

@@ -40,6 +40,11 @@ export interface MigrationInfo {
   /** livemig: the error's code (MigrationErrorCode), so scripts need not parse `error-desc`. */
   'x-livemig-error-code'?: string;
   'socket-address'?: Array<Record<string, unknown>>;
+  /** Destination with capability postcopy-blocktime: ms the guest waited for pages, in all and per vCPU. */
+  'postcopy-blocktime'?: number;
+  'postcopy-vcpu-blocktime'?: number[];
+  /** livemig, destination in postcopy: pages requested from the source, and pages still missing. */
+  'x-livemig-postcopy'?: { requests: number; 'missing-pages': number; 'placed-pages': number };
 }
 
 /** The source's `query-migrate`. */
@@ -68,9 +73,9 @@ export function outgoingInfo(s: OutgoingSnapshot): MigrationInfo {
       'pages-per-second': s.pagesPerSecond,
       'precopy-bytes': r.precopyBytes,
       'downtime-bytes': r.downtimeBytes,
-      'postcopy-bytes': 0,
+      'postcopy-bytes': r.postcopyBytes,
       'multifd-bytes': r.multifdBytes,
-      'postcopy-requests': 0,
+      'postcopy-requests': r.postcopyRequests,
     };
     if (s.xbzrle) {
       const x = r.xbzrle;
@@ -100,9 +105,24 @@ export function socketAddress(uri: string): Record<string, unknown> {
 }
 
 /** The destination's `query-migrate`. */
-export function incomingInfo(status: IncomingStatus, address: string | undefined, error?: { code: string; message: string }): MigrationInfo {
+export interface IncomingPostcopyInfo {
+  requests: number;
+  missingPages: number;
+  placedPages: number;
+  /** Only with capability postcopy-blocktime. */
+  blocktime?: { totalMs: number; perVcpuMs: number[] };
+}
+
+export function incomingInfo(status: IncomingStatus, address: string | undefined, error?: { code: string; message: string }, postcopy?: IncomingPostcopyInfo): MigrationInfo {
   if (status === 'none') return {};
   const info: MigrationInfo = { status };
+  if (postcopy) {
+    info['x-livemig-postcopy'] = { requests: postcopy.requests, 'missing-pages': postcopy.missingPages, 'placed-pages': postcopy.placedPages };
+    if (postcopy.blocktime) {
+      info['postcopy-blocktime'] = Math.round(postcopy.blocktime.totalMs);
+      info['postcopy-vcpu-blocktime'] = postcopy.blocktime.perVcpuMs.map((ms) => Math.round(ms));
+    }
+  }
   if (address && (status === 'setup' || status === 'active')) info['socket-address'] = [socketAddress(address)];
   if (error) {
     info['error-desc'] = error.message;

@@ -27,6 +27,18 @@ import {
 } from './flags.js';
 import { xbzrleDecode } from './xbzrle.js';
 
+function countBits(words: Int32Array, bitCount: number): number {
+  let n = 0;
+  for (let w = 0; w < words.length; w++) {
+    let v = Atomics.load(words, w) >>> 0;
+    if (w === words.length - 1 && bitCount % 32) v &= (1 << bitCount % 32) - 1;
+    v -= (v >>> 1) & 0x55555555;
+    v = (v & 0x33333333) + ((v >>> 2) & 0x33333333);
+    n += (((v + (v >>> 4)) & 0x0f0f0f0f) * 0x01010101) >>> 24;
+  }
+  return n;
+}
+
 /** QEMU's loader yields to the main loop every 32768 records; so do we (event loop). */
 const YIELD_EVERY_RECORDS = 32768;
 
@@ -91,8 +103,33 @@ export interface RamLoadProgress {
   ended: boolean;
 }
 
+/**
+ * Postcopy on the destination (QEMU's receivedmap): from ADVISE on, which
+ * pages have arrived, one bit per page in shared memory, so the guest can
+ * check a page before it touches it (Machine.postcopy). After LISTEN a page is
+ * placed once: its contents are written, *then* its bit set and the word's
+ * waiters woken; a page already here is dropped (the guest may have written it).
+ */
+export interface ReceivedPages {
+  /** Per block, the bitmap the guest checks (Int32 words over a SharedArrayBuffer). */
+  readonly bitmaps: ReadonlyMap<string, Int32Array>;
+  /** Pages of all blocks that have not arrived. */
+  missingPages(): number;
+  /** Whether page `page` of `idstr` has arrived. */
+  has(idstr: string, page: number): boolean;
+}
+
 export class RamLoadHandler implements SaveVMHandlers {
   private lastBlock: RamBlock | undefined;
+  /** Postcopy: set by adviseReceivedMap(). */
+  private received: Map<RamBlock, Int32Array> | undefined;
+  /** Postcopy: after LISTEN, place pages once and wake waiting guests. */
+  private placing = false;
+  /** Postcopy: pages placed after LISTEN, and pages dropped because they were here already. */
+  postcopyPlacedPages = 0;
+  postcopyDroppedPages = 0;
+  /** Called (after LISTEN) for every page placed, once its bit is set. */
+  onPagePlaced: ((block: RamBlock, page: number) => void) | undefined;
   private started = false;
   private ended = false;
   private readonly listed = new Set<string>();
@@ -117,6 +154,76 @@ export class RamLoadHandler implements SaveVMHandlers {
     this.started = false;
     this.ended = false;
     this.listed.clear();
+  }
+
+  /**
+   * POSTCOPY_ADVISE: record from now on which pages arrive. Every page of the
+   * precopy phase counts (a ZERO record too): a page not recorded is missing.
+   */
+  adviseReceivedMap(): ReceivedPages {
+    if (!this.received) {
+      this.received = new Map();
+      for (const block of this.table.blocks()) this.received.set(block, new Int32Array(new SharedArrayBuffer(Math.ceil(block.pageCount / 32) * 4)));
+    }
+    const received = this.received;
+    const byName = new Map([...received].map(([block, bits]) => [block.idstr, bits] as const));
+    return {
+      bitmaps: byName,
+      missingPages: () => {
+        let missing = 0;
+        for (const [block, bits] of received) missing += block.pageCount - countBits(bits, block.pageCount);
+        return missing;
+      },
+      has: (idstr, page) => {
+        const bits = byName.get(idstr);
+        return bits !== undefined && (Atomics.load(bits, page >>> 5) & (1 << (page & 31))) !== 0;
+      },
+    };
+  }
+
+  /**
+   * POSTCOPY_RAM_DISCARD: pages the source sent but the guest wrote again
+   * since; they count as missing until they arrive again. Ranges in bytes.
+   */
+  discard(idstr: string, ranges: readonly { startBytes: number; lengthBytes: number }[], offset: number): void {
+    const fail = (reason: string): StreamError => new StreamError('bad-command', `POSTCOPY_RAM_DISCARD: ${reason}`, { offset });
+    if (!this.received) throw fail('before POSTCOPY_ADVISE');
+    if (this.placing) throw fail('after POSTCOPY_LISTEN (the guest may run: pages cannot be taken back)');
+    const found = this.table.lookup(idstr);
+    if (!found.block) throw fail(found.error);
+    const bits = this.received.get(found.block)!;
+    for (const { startBytes, lengthBytes } of ranges) {
+      if (startBytes % TARGET_PAGE_SIZE !== 0 || lengthBytes % TARGET_PAGE_SIZE !== 0) throw fail(`range 0x${startBytes.toString(16)}+0x${lengthBytes.toString(16)} of '${idstr}' is not page aligned`);
+      if (startBytes + lengthBytes > found.block.lengthBytes) throw fail(`range 0x${startBytes.toString(16)}+0x${lengthBytes.toString(16)} runs past the end of '${idstr}' (0x${found.block.lengthBytes.toString(16)} bytes)`);
+      const last = (startBytes + lengthBytes) / TARGET_PAGE_SIZE;
+      for (let page = startBytes / TARGET_PAGE_SIZE; page < last; page++) bits[page >>> 5]! &= ~(1 << (page & 31));
+    }
+  }
+
+  /** POSTCOPY_LISTEN: from now on a page is placed once, and its waiters are woken. */
+  listen(offset: number): void {
+    if (!this.received) throw new StreamError('bad-command', 'POSTCOPY_LISTEN before POSTCOPY_ADVISE', { offset });
+    this.placing = true;
+  }
+
+  /** After a page record's contents are in guest RAM: record it (and wake a guest waiting for it). */
+  private recordReceived(block: RamBlock, page: number): void {
+    const bits = this.received!.get(block)!;
+    const word = page >>> 5;
+    if (!this.placing) {
+      bits[word]! |= 1 << (page & 31);
+      return;
+    }
+    Atomics.or(bits, word, 1 << (page & 31));
+    Atomics.notify(bits, word);
+    this.postcopyPlacedPages++;
+    this.onPagePlaced?.(block, page);
+  }
+
+  /** Postcopy after LISTEN: the page is here already (the guest may have written it since). */
+  private alreadyPlaced(block: RamBlock, page: number): boolean {
+    if (!this.placing) return false;
+    return (Atomics.load(this.received!.get(block)!, page >>> 5) & (1 << (page & 31))) !== 0;
   }
 
   /** What arrived so far: START, the blocks listed, END. */
@@ -228,7 +335,15 @@ export class RamLoadHandler implements SaveVMHandlers {
           break;
         case RAM_FLAG_ZERO: {
           const fill = input.buffered >= 1 || input.available(1) ? input.u8Sync() : await input.u8();
-          block!.fillPage(pageIndex, fill);
+          if (this.received) {
+            if (this.alreadyPlaced(block!, pageIndex)) this.postcopyDroppedPages++;
+            else {
+              block!.fillPage(pageIndex, fill);
+              this.recordReceived(block!, pageIndex);
+            }
+          } else {
+            block!.fillPage(pageIndex, fill);
+          }
           const s = this.statsOf(block!);
           s.zeroPages++;
           if (fill !== 0) s.nonZeroFillPages++;
@@ -239,7 +354,10 @@ export class RamLoadHandler implements SaveVMHandlers {
         case RAM_FLAG_PAGE: {
           // Straight from the received chunk(s) into guest RAM; no await when the page is already here.
           const memory = block!.memory;
-          if (memory !== undefined && input.buffered >= TARGET_PAGE_SIZE) {
+          if (this.received && this.alreadyPlaced(block!, pageIndex)) {
+            await input.skip(TARGET_PAGE_SIZE);
+            this.postcopyDroppedPages++;
+          } else if (memory !== undefined && input.buffered >= TARGET_PAGE_SIZE) {
             input.readIntoSync(memory, block!.pageOffsetForUpdate!(pageIndex), TARGET_PAGE_SIZE);
           } else {
             const page = block!.pageForUpdate(pageIndex);
@@ -250,6 +368,7 @@ export class RamLoadHandler implements SaveVMHandlers {
               block!.pageUpdated(pageIndex);
             }
           }
+          if (this.received && !this.alreadyPlaced(block!, pageIndex)) this.recordReceived(block!, pageIndex);
           const s = this.statsOf(block!);
           s.normalPages++;
           s.normalBytes += input.offset - at;
@@ -257,11 +376,13 @@ export class RamLoadHandler implements SaveVMHandlers {
           break;
         }
         case RAM_FLAG_XBZRLE: {
+          if (this.placing) throw fail('bad-ram-record', 'an XBZRLE record during postcopy (QEMU allows only ZERO, PAGE and EOS there)', at);
           // Records already received are decoded without a promise per field (the common case);
           // anything else (split over chunks, or bad) takes the general path.
           let encodedBytes = this.loadXbzrleBuffered(input, block!, pageIndex, section);
           if (encodedBytes < 0) encodedBytes = await this.loadXbzrle(input, block!, pageIndex, section);
           const s = this.statsOf(block!);
+          if (this.received) this.recordReceived(block!, pageIndex);
           s.xbzrlePages++;
           s.xbzrleBytes += input.offset - at;
           s.xbzrleEncodedBytes += encodedBytes;

@@ -31,6 +31,8 @@ import type { MultifdSender } from './multifd/sender.js';
 export const RAM_ITERATE_MAX_WAIT_MS = 50;
 /** Hand buffered output to the sink once this much is queued, so END sections stay bounded in memory. */
 const DRAIN_THRESHOLD_BYTES = 4 << 20;
+/** In postcopy: a requested page waits behind at most this much output. */
+const POSTCOPY_DRAIN_THRESHOLD_BYTES = 256 << 10;
 
 const ZERO_PAGE = new Uint8Array(TARGET_PAGE_SIZE);
 
@@ -74,6 +76,10 @@ export interface RamSaveStats {
    * end of a pass over RAM; XBZRLE is used from then on).
    */
   completedRounds: number;
+  /** Postcopy: page requests the destination sent (QEMU's `postcopy-requests`). */
+  postcopyRequests: number;
+  /** Postcopy: bytes sent after the switch to postcopy (QEMU's `postcopy-bytes`). */
+  postcopyBytes: number;
   xbzrle: {
     cacheSizeBytes: number;
     /** Encoded bytes + 3-byte sub-header + block name; 4096 per overflow (QEMU's accounting). */
@@ -122,6 +128,10 @@ export class RamSaveHandler implements SaveVMHandlers {
   /** Multifd channels: page contents go there, zero pages and EOS stay on the main stream (7.2). */
   private multifd: MultifdSender | undefined;
   private counters: RamSaveStats;
+  /** Postcopy: set by startPostcopy(); from then on requested pages go first and XBZRLE is off. */
+  private postcopy = false;
+  /** Postcopy: pages the destination asked for, oldest first. */
+  private requestedPages: { state: BlockState; page: number }[] = [];
 
   constructor(blocks: readonly RamBlock[], private readonly options: RamSaveOptions = {}) {
     let basePage = 0;
@@ -151,6 +161,8 @@ export class RamSaveHandler implements SaveVMHandlers {
       multifdBytes: 0,
       dirtySyncCount: 0,
       completedRounds: 0,
+      postcopyRequests: 0,
+      postcopyBytes: 0,
       xbzrle: {
         cacheSizeBytes: this.options.xbzrle ? (this.options.xbzrleCacheBytes ?? DEFAULT_XBZRLE_CACHE_BYTES) : 0,
         bytes: 0,
@@ -224,6 +236,8 @@ export class RamSaveHandler implements SaveVMHandlers {
     this.xbzrleHitWireBytes = 0;
     this.cachedDirtyShare = 0;
     this.lastStage = false;
+    this.postcopy = false;
+    this.requestedPages = [];
     this.cache = this.options.xbzrle
       ? new XbzrlePageCache(this.options.xbzrleCacheBytes ?? DEFAULT_XBZRLE_CACHE_BYTES, TARGET_PAGE_SIZE)
       : undefined;
@@ -285,33 +299,41 @@ export class RamSaveHandler implements SaveVMHandlers {
     const started = performance.now();
     let done = false;
     // As QEMU, the rate limit is consulted before every page, the first included.
-    for (let sent = 0; !shouldStop(); sent++) {
+    // In postcopy the guest may be waiting for a page: hand output over sooner, so requests are read and served sooner.
+    const drainBytes = this.postcopy ? POSTCOPY_DRAIN_THRESHOLD_BYTES : DRAIN_THRESHOLD_BYTES;
+    for (let sent = 0; !shouldStop() || this.requestedPages.length > 0; sent++) {
+      const urgent = this.requestedPages.length > 0;
       const bytes = this.sendNextDirtyPage(out);
       if (bytes < 0) {
         done = true;
         break;
       }
-      this.counters.precopyBytes += bytes;
-      if ((sent & 63) === 0 && performance.now() - started > maxMs) break;
-      if (out.pendingBytes >= DRAIN_THRESHOLD_BYTES) await out.drain();
+      if (this.postcopy) this.counters.postcopyBytes += bytes;
+      else this.counters.precopyBytes += bytes;
+      if (urgent) await out.flush(); // a guest waits for it
+      else if ((sent & 63) === 0 && performance.now() - started > maxMs) break;
+      if (out.pendingBytes >= drainBytes) await out.drain();
       if (this.multifd?.mustWait) await this.multifd.waitForRoom();
     }
     if (this.multifd) await this.multifd.sync();
     // The iterate EOS counts in `transferred` (QEMU: ram_transferred_add(8)).
     const eos = this.records.writeEos(out);
     this.counters.transferredBytes += eos;
-    this.counters.precopyBytes += eos;
+    if (this.postcopy) this.counters.postcopyBytes += eos;
+    else this.counters.precopyBytes += eos;
     if (this.multifd) await out.flush();
     return done;
   }
 
   async saveCompletePrecopy(out: StreamWriter): Promise<void> {
     this.lastStage = true;
-    await this.syncDirty();
+    // In postcopy the source guest has been stopped since the switch, whose sync was the last.
+    if (!this.postcopy) await this.syncDirty();
     for (;;) {
       const bytes = this.sendNextDirtyPage(out);
       if (bytes < 0) break;
-      this.counters.downtimeBytes += bytes;
+      if (this.postcopy) this.counters.postcopyBytes += bytes;
+      else this.counters.downtimeBytes += bytes;
       if (out.pendingBytes >= DRAIN_THRESHOLD_BYTES) await out.drain();
       if (this.multifd?.mustWait) await this.multifd.waitForRoom();
     }
@@ -321,7 +343,55 @@ export class RamSaveHandler implements SaveVMHandlers {
     this.records.writeEos(out);
   }
 
+  /**
+   * Switch to postcopy (the guest is stopped; call after the last sync): the
+   * pages still dirty, as byte ranges per block, for POSTCOPY_RAM_DISCARD.
+   * The destination drops what it has of them and waits for them again.
+   */
+  startPostcopy(): { idstr: string; ranges: { startBytes: number; lengthBytes: number }[] }[] {
+    this.postcopy = true;
+    // QEMU 7.2 sends postcopy pages raw: the destination places whole pages.
+    this.xbzrleActive = false;
+    const discards = [];
+    for (const s of this.states) {
+      const ranges: { startBytes: number; lengthBytes: number }[] = [];
+      for (let page = s.dirty.nextSetBit(0); page < s.block.pageCount; ) {
+        let end = page + 1;
+        while (end < s.block.pageCount && s.dirty.test(end)) end++;
+        ranges.push({ startBytes: page * TARGET_PAGE_SIZE, lengthBytes: (end - page) * TARGET_PAGE_SIZE });
+        page = s.dirty.nextSetBit(end);
+      }
+      if (ranges.length > 0) discards.push({ idstr: s.block.idstr, ranges });
+    }
+    return discards;
+  }
+
+  get inPostcopy(): boolean {
+    return this.postcopy;
+  }
+
+  /**
+   * A page request from the destination (REQ_PAGES): those pages go out
+   * before any other. Throws (a protocol error) for a block or range that does not exist.
+   */
+  requestPages(idstr: string, startBytes: number, lengthBytes: number): void {
+    const state = this.byName.get(idstr);
+    if (!state) throw new RangeError(`the destination asked for pages of an unknown RAM block '${idstr}'`);
+    if (!this.postcopy) throw new RangeError(`the destination asked for pages of '${idstr}' before postcopy started`);
+    if (startBytes % TARGET_PAGE_SIZE !== 0 || lengthBytes === 0 || lengthBytes % TARGET_PAGE_SIZE !== 0 || startBytes + lengthBytes > state.block.lengthBytes) {
+      throw new RangeError(`the destination asked for 0x${lengthBytes.toString(16)} bytes at 0x${startBytes.toString(16)} of '${idstr}' (0x${state.block.lengthBytes.toString(16)} bytes, whole pages only)`);
+    }
+    this.counters.postcopyRequests++;
+    for (let page = startBytes / TARGET_PAGE_SIZE; page < (startBytes + lengthBytes) / TARGET_PAGE_SIZE; page++) this.requestedPages.push({ state, page });
+  }
+
+  /** Requested pages are waiting: send now, whatever the rate limit says. */
+  get hasPageRequests(): boolean {
+    return this.requestedPages.length > 0;
+  }
+
   saveCleanup(): void {
+    this.requestedPages = [];
     this.cache = undefined;
     for (const s of this.states) s.pristine = undefined;
     // Closes channels that are still open (failure, cancel); a no-op after finish().
@@ -364,6 +434,16 @@ export class RamSaveHandler implements SaveVMHandlers {
    * goes on. Returns the bytes written, or -1 when no dirty page is left.
    */
   private sendNextDirtyPage(out: StreamWriter): number {
+    while (this.requestedPages.length > 0) {
+      const { state, page } = this.requestedPages.shift()!;
+      // Not dirty: it went out already (it is on its way, or the destination asked twice).
+      if (!state.dirty.clear(page)) continue;
+      // The background scan goes on from there: the guest is likely to want the pages after it next.
+      this.cursorBlock = state.index;
+      this.cursorPage = page + 1;
+      const bytes = this.sendPage(out, state, page);
+      if (bytes > 0) return bytes;
+    }
     const blockCount = this.states.length;
     for (;;) {
       const state = this.states[this.cursorBlock]!;

@@ -15,9 +15,12 @@ import {
   readTopLevel,
   readVmdescTrailer,
   IncompleteStreamError,
+  MemorySource,
+  MigCommand,
+  parsePackagedLength,
   StreamError,
+  StreamReader,
   type StreamConfiguration,
-  type StreamReader,
   type TopLevelRecord,
 } from '../wire/index.js';
 import type { LoadSectionContext, SaveVMHandlers, SectionKind } from './handlers.js';
@@ -106,27 +109,41 @@ export async function loadVmState(input: StreamReader, registry: SaveStateRegist
   const byStreamId = new Map<number, LoadingEntry>();
   /** Entries a START or FULL section was loaded for. */
   const arrived = new Set<SaveStateEntry>();
-  try {
-    for (const entry of registry.entries()) {
-      if (entry.handlers?.loadSetup) {
-        await entry.handlers.loadSetup();
-        started.add(entry.handlers);
-      }
-    }
+
+  /** Sections and commands until EOF (the stream) or POSTCOPY_RUN / its end (a package). */
+  const loadRecords = async (reader: StreamReader, packageAt: number | undefined): Promise<LoadResult | undefined> => {
     for (;;) {
-      const record = await readTopLevel(input);
+      if (packageAt !== undefined && (await reader.atEnd())) return undefined;
+      const record = await readTopLevel(reader);
       if (record.type === 'eof') {
-        const vmdesc = await readVmdescTrailer(input);
-        const result = { configuration, eofOffset: record.offset, vmdesc, totalBytes: input.offset };
+        if (packageAt !== undefined) throw new StreamError('bad-command', `EOF inside the PACKAGED command at offset ${packageAt}`, { offset: packageAt });
+        const vmdesc = await readVmdescTrailer(reader);
+        const result = { configuration, eofOffset: record.offset, vmdesc, totalBytes: reader.offset };
         if (options.checkRequired ?? true) checkRequiredEntries(registry, arrived, record.offset);
         if (options.onEof) await runEofCheck(options.onEof, result);
         return result;
       }
       if (record.type === 'command') {
+        if (record.command === MigCommand.Packaged && options.onCommand) {
+          if (packageAt !== undefined) throw new StreamError('bad-command', 'PACKAGED inside a package', { offset: record.offset });
+          // QEMU's loadvm_handle_cmd_packaged: the package is read whole, then loaded as a stream of its own.
+          const length = parsePackagedLength(record.payload, record.offset);
+          const pkg = (await reader.bytes(length, length, 'PACKAGED data')).slice();
+          const pkgReader = new StreamReader(new MemorySource(pkg, Math.max(1, pkg.length)));
+          try {
+            await loadRecords(pkgReader, record.offset);
+          } catch (err) {
+            if (err instanceof StreamError) throw err.inPackage(record.offset);
+            throw err;
+          }
+          continue;
+        }
         if (!options.onCommand) {
           throw new StreamError('unsupported-command', `command ${record.name} (${record.command}) is not supported yet`, { offset: record.offset });
         }
         await options.onCommand(record);
+        // POSTCOPY_RUN ends the package it came in (QEMU's LOADVM_QUIT).
+        if (record.command === MigCommand.PostcopyRun && packageAt !== undefined) return undefined;
         continue;
       }
       const loading = resolveSection(record, registry, options, byStreamId);
@@ -144,16 +161,26 @@ export async function loadVmState(input: StreamReader, registry: SaveStateRegist
       };
       const section = { idstr: loading.idstr, instanceId: loading.instanceId, sectionId: record.sectionId };
       try {
-        await loading.handlers.loadState(input, context);
-        await readSectionFooter(input, record.sectionId, loading.idstr);
+        await loading.handlers.loadState(reader, context);
+        await readSectionFooter(reader, record.sectionId, loading.idstr);
       } catch (err) {
         if (err instanceof StreamError) throw err.withSection(section);
         // A handler bug or a value it could not take: still a clean, located error.
-        throw new StreamError('handler-failed', `loading failed: ${(err as Error).message}`, { offset: input.offset, section }, { cause: err });
+        throw new StreamError('handler-failed', `loading failed: ${(err as Error).message}`, { offset: reader.offset, section }, { cause: err });
       }
       if (loading.entry && (record.type === 'start' || record.type === 'full')) arrived.add(loading.entry);
-      options.onSection?.({ ...context, sizeBytes: input.offset - record.offset });
+      options.onSection?.({ ...context, sizeBytes: reader.offset - record.offset });
     }
+  };
+
+  try {
+    for (const entry of registry.entries()) {
+      if (entry.handlers?.loadSetup) {
+        await entry.handlers.loadSetup();
+        started.add(entry.handlers);
+      }
+    }
+    return (await loadRecords(input, undefined))!;
   } finally {
     for (const handlers of started) await handlers.loadCleanup?.();
   }

@@ -140,22 +140,46 @@ export class SaveVmState {
     await this.out.flush();
   }
 
+  /**
+   * Postcopy's switch: the FULL sections of every non-iterative entry into
+   * `pkg` (the package, which the caller wraps in LISTEN ... RUN), as QEMU's
+   * qemu_savevm_state_complete_precopy_non_iterable. No EOF, no vmdesc.
+   */
+  async savePostcopyDeviceState(pkg: StreamWriter): Promise<void> {
+    if (!this.setupDone) throw new Error('postcopy before setup');
+    for (const entry of this.registry.entries()) {
+      if (!entry.isIterative) await this.saveFull(entry, pkg);
+    }
+  }
+
+  /** Postcopy's end: END for every iterative entry (the rest of RAM), then EOF; no vmdesc (QEMU sends none in postcopy). */
+  async completePostcopy(): Promise<void> {
+    for (const entry of this.iterativeEntries()) {
+      writeShortSectionHeader(this.out, SectionType.End, entry.sectionId);
+      await entry.handlers!.saveCompletePrecopy?.(this.out);
+      writeSectionFooter(this.out, entry.sectionId);
+      await this.out.drain();
+    }
+    writeEof(this.out);
+    await this.out.flush();
+  }
+
   /** One FULL section and its vmdesc entry; null when the entry sends nothing. */
-  private async saveFull(entry: SaveStateEntry): Promise<VmdescDevice | null> {
+  private async saveFull(entry: SaveStateEntry, out: StreamWriter = this.out): Promise<VmdescDevice | null> {
     if (entry.vmsd) {
       if (!vmstateSectionNeeded(entry.vmsd, entry.opaque!)) return null;
-      writeFullSectionHeader(this.out, SectionType.Full, entry.sectionId, entry.idstr, entry.instanceId, entry.version);
-      const description = vmstateSave(this.out, entry.vmsd, entry.opaque!);
-      writeSectionFooter(this.out, entry.sectionId);
+      writeFullSectionHeader(out, SectionType.Full, entry.sectionId, entry.idstr, entry.instanceId, entry.version);
+      const description = vmstateSave(out, entry.vmsd, entry.opaque!);
+      writeSectionFooter(out, entry.sectionId);
       return vmdescDevice(entry.idstr, entry.instanceId, description);
     }
     const handlers = entry.handlers!;
     if (!handlers.saveState || !this.active(entry)) return null;
-    writeFullSectionHeader(this.out, SectionType.Full, entry.sectionId, entry.idstr, entry.instanceId, entry.version);
-    const before = this.out.bytesWritten;
-    await handlers.saveState(this.out);
-    const size = this.out.bytesWritten - before;
-    writeSectionFooter(this.out, entry.sectionId);
+    writeFullSectionHeader(out, SectionType.Full, entry.sectionId, entry.idstr, entry.instanceId, entry.version);
+    const before = out.bytesWritten;
+    await handlers.saveState(out);
+    const size = out.bytesWritten - before;
+    writeSectionFooter(out, entry.sectionId);
     // QEMU describes a legacy body as one opaque buffer (vmstate_save_old_style).
     return { name: entry.idstr, instance_id: entry.instanceId, size, fields: [{ name: 'data', size, type: 'buffer' }] };
   }

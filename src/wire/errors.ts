@@ -77,6 +77,14 @@ export class StreamError extends Error {
     if (this.section) return this;
     return new StreamError(this.code, this.rawReason, { offset: this.offset, section }, { cause: this.cause });
   }
+
+  /**
+   * The same error, for a fault inside a PACKAGED command's package: the
+   * offset stays the package's own, and the reason says which package.
+   */
+  inPackage(commandOffset: number): StreamError {
+    return new StreamError(this.code, `${this.rawReason} (at offset ${this.offset} of the package of the PACKAGED command at stream offset ${commandOffset})`, { offset: commandOffset, ...(this.section ? { section: this.section } : {}) }, { cause: this.cause });
+  }
 }
 
 /** What an incomplete stream lacked: a required entry that never arrived. */

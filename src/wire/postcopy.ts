@@ -24,7 +24,7 @@ export const MAX_DISCARD_RANGES_PER_COMMAND = 12;
  * holds device state only (13 KB for a -M pc guest); reading gigabytes into
  * memory because a stream says so would be an unbounded allocation.
  */
-export const MAX_PACKAGE_BYTES = 256 * 1024 * 1024;
+export const MAX_PACKAGE_BYTES = 64 * 1024 * 1024;
 
 export interface PostcopyAdvice {
   /** OR of every RAM block's page size. */
