@@ -202,6 +202,12 @@ function runVcpu(data: VcpuWorkerData): void {
 
   /** The engine's present bitmap while postcopy is armed, else null (the unarmed fast path: one null check per access). */
   let present: Int32Array | null = null;
+  /**
+   * A word of `present` last seen with all 32 bits set, -1 if none: bits are
+   * only ever set, so its pages need no atomic load (the sequential pattern
+   * then checks the bitmap once per 32 pages).
+   */
+  let presentFullWord = -1;
 
   let serialPending: number[] = [];
   let lastSerialFlushMs = 0;
@@ -463,9 +469,14 @@ function runVcpu(data: VcpuWorkerData): void {
           index = position;
         }
         const page = startPage + index;
-        if (present !== null && (Atomics.load(present, page >>> 5) & (1 << (page & 31))) === 0) {
-          const go = waitForPage(present, page);
-          if (go !== true) return go;
+        if (present !== null && page >>> 5 !== presentFullWord) {
+          const bits = Atomics.load(present, page >>> 5);
+          if (bits === -1) {
+            presentFullWord = page >>> 5;
+          } else if ((bits & (1 << (page & 31))) === 0) {
+            const go = waitForPage(present, page);
+            if (go !== true) return go;
+          }
         }
         prng = nextPrng;
         const at = page * PAGE_SIZE_BYTES;
@@ -505,6 +516,7 @@ function runVcpu(data: VcpuWorkerData): void {
   const takePostcopyBitmap = (): void => {
     for (let m = receiveMessageOnPort(data.postcopyPort); m !== undefined; m = receiveMessageOnPort(data.postcopyPort)) {
       present = (m.message as PostcopyArmMessage).present;
+      presentFullWord = -1;
     }
     if (Atomics.load(ctrl, Ctrl.PostcopyArmed) === 0) present = null;
   };
