@@ -12,7 +12,7 @@ import { PassThrough } from 'node:stream';
 import { DenseRamBlock, RAM_IDSTR, type RamBlock } from '../ram/index.js';
 import type { SaveStateRegistry } from '../savevm/index.js';
 import { defineVmsd, field } from '../vmstate/index.js';
-import type { DirtyLogSink, Machine } from './machine.js';
+import type { DirtyLogSink, Machine, PostcopyGuestAccess } from './machine.js';
 import { ramSha256 } from './memory-check.js';
 
 export const NONE_MACHINE_NAME = 'none';
@@ -119,6 +119,12 @@ export class NoneMachine implements Machine {
   /** QEMU counts ticks in host cycles; livemig has none to read, so ticks are kept as the loaded offset plus clock ns. */
   ticksAtZero = 0n;
   private readonly section: TimerSection;
+  /** Postcopy: no vCPU or device touches RAM (only the loader, which is the engine), so there is never a page to wait for. */
+  readonly postcopy: PostcopyGuestAccess = {
+    arm() {},
+    disarm() {},
+    blocktime: () => ({ totalMs: 0, perVcpuMs: [] }),
+  };
 
   constructor(options: NoneMachineOptions) {
     const { ramSizeBytes } = options;

@@ -26,11 +26,19 @@
  *   `RunRequested` (which the main thread stored after writing them), so a
  *   destination that loaded state while stopped is seen whole.
  *
+ * Postcopy (a destination running before all of its RAM has arrived): once
+ * armed, every guest RAM access (the page write, the disk workload's
+ * generation-table entry) first checks the page's bit in the engine's shared
+ * present bitmap. A missing page: the vCPU posts a fault to the main thread
+ * and sleeps on the bitmap's word until the engine sets the bit, staying
+ * responsive to pause and exit; a stop while waiting leaves the registers as
+ * before the access, so the next run retries it.
+ *
  * This module is also imported by the main thread for its layout constants;
  * the vCPU only runs when loaded as the worker (see the guard at the end).
  */
 import { writeSync } from 'node:fs';
-import { isMainThread, parentPort, workerData } from 'node:worker_threads';
+import { isMainThread, parentPort, receiveMessageOnPort, workerData, type MessagePort } from 'node:worker_threads';
 import { DISK_BLOCK_SIZE_BYTES, encodeDiskBlock } from './disk-workload.js';
 
 export const PAGE_SIZE_BYTES = 4096;
@@ -95,6 +103,14 @@ export const Ctrl = {
   DiskPrngState: 39,
   DiskBlocksWrittenLo: 40,
   DiskBlocksWrittenHi: 41,
+  // Postcopy.
+  /** Non-zero while armed; disarm() clears it while the vCPU may be running (read per chunk and while waiting). */
+  PostcopyArmed: 42,
+  /** The present-bitmap word the vCPU is waiting on, -1 when not waiting: pause()/disarm()/destroy() notify it. */
+  PostcopyWaitWord: 43,
+  /** Time spent waiting for missing pages since arm(), in µs (the vCPU adds to it every wait slice). */
+  PostcopyBlocktimeUsLo: 44,
+  PostcopyBlocktimeUsHi: 45,
 } as const;
 export const CTRL_WORDS = 48;
 
@@ -105,6 +121,19 @@ export interface VcpuWorkerData {
   ctrl: SharedArrayBuffer;
   /** The disk, when one is attached: its image's fd (shared by all threads) and its shared chunk dirty log. */
   disk?: { fd: number; dirtyLog: SharedArrayBuffer; chunkSizeBytes: number };
+  /** Where arm() puts the present bitmap; polled when the vCPU picks up a run request (it never yields to its event loop). */
+  postcopyPort: MessagePort;
+}
+
+/** Main → vCPU on `postcopyPort`: the present bitmap of the RAM block (bit n = page n), from arm(). */
+export interface PostcopyArmMessage {
+  present: Int32Array;
+}
+
+/** vCPU → main on parentPort (the other messages are serial bytes, as Uint8Array): the vCPU waits for `page`. */
+export interface VcpuFaultMessage {
+  kind: 'fault';
+  page: number;
 }
 
 const TWO_POW_32 = 4294967296;
@@ -127,6 +156,11 @@ const CHUNK_DISK_BLOCKS = 8;
 const THROTTLE_SLICE_MS = 10;
 /** Serial bytes are batched into one message at most this often (a tiny range can pass very fast). */
 const SERIAL_FLUSH_MS = 2;
+
+/** A vCPU blocked on a missing page sleeps at most this long before checking pause/exit/disarm (notifies usually wake it earlier). */
+const FAULT_WAIT_SLICE_MS = 20;
+/** ... and re-posts its fault at most this often (the engine may have lost it over a broken link; repeats are harmless). */
+const FAULT_REPOST_MS = 100;
 
 /** Why a run ended. */
 const enum RunEnd {
@@ -165,6 +199,15 @@ function runVcpu(data: VcpuWorkerData): void {
   const diskBuffer = new Uint8Array(DISK_BLOCK_SIZE_BYTES);
   // The generation table is little-endian u32s in guest RAM, whatever the host's byte order.
   const ramView = new DataView(data.ram);
+
+  /** The engine's present bitmap while postcopy is armed, else null (the unarmed fast path: one null check per access). */
+  let present: Int32Array | null = null;
+  /**
+   * A word of `present` last seen with all 32 bits set, -1 if none: bits are
+   * only ever set, so its pages need no atomic load (the sequential pattern
+   * then checks the bitmap once per 32 pages).
+   */
+  let presentFullWord = -1;
 
   let serialPending: number[] = [];
   let lastSerialFlushMs = 0;
@@ -214,15 +257,9 @@ function runVcpu(data: VcpuWorkerData): void {
    * chunk's bit, then the generation into the table in RAM and that page's
    * bit. The pause check is outside, so a stopped guest's table matches its disk.
    */
-  const diskWrite = (): void => {
-    let block: number;
-    if (diskPattern === Pattern.Random) {
-      diskPrng = (diskPrng + MULBERRY32_STEP) >>> 0;
-      block = Math.floor((mulberry32(diskPrng) * diskBlocks) / TWO_POW_32);
-    } else {
-      block = diskCursor;
-      if (++diskCursor >= diskBlocks) diskCursor = 0;
-    }
+  const diskWrite = (block: number): void => {
+    if (diskPattern === Pattern.Random) diskPrng = (diskPrng + MULBERRY32_STEP) >>> 0;
+    else if (++diskCursor >= diskBlocks) diskCursor = 0;
     const entryAt = genTableAt + block * 4;
     // u32 wrap after 2^32 writes of one block gives 0 ("never written"): not reachable in a test.
     const generation = (ramView.getUint32(entryAt, true) + 1) >>> 0;
@@ -237,6 +274,10 @@ function runVcpu(data: VcpuWorkerData): void {
     Atomics.or(dirty, page >>> 5, 1 << (page & 31));
     diskBlocksWritten++;
   };
+
+  /** The block the next disk write takes, without advancing the workload (so a wait for its table page can stop before it). */
+  const nextDiskBlock = (): number =>
+    diskPattern === Pattern.Random ? Math.floor((mulberry32((diskPrng + MULBERRY32_STEP) >>> 0) * diskBlocks) / TWO_POW_32) : diskCursor;
 
   const flushSerial = (): void => {
     if (serialPending.length === 0) return;
@@ -285,6 +326,55 @@ function runVcpu(data: VcpuWorkerData): void {
     }
   };
 
+  const addBlocktime = (ms: number): void => {
+    const us = (ctrl[Ctrl.PostcopyBlocktimeUsHi]! >>> 0) * TWO_POW_32 + (ctrl[Ctrl.PostcopyBlocktimeUsLo]! >>> 0) + Math.round(ms * 1000);
+    Atomics.store(ctrl, Ctrl.PostcopyBlocktimeUsHi, Math.floor(us / TWO_POW_32) | 0);
+    Atomics.store(ctrl, Ctrl.PostcopyBlocktimeUsLo, us % TWO_POW_32 | 0);
+  };
+
+  /**
+   * Page `page` is missing from `bitmap`: fault and wait until the engine sets
+   * its bit (true: go on with the access) or the run must end (the access has
+   * not happened; the caller returns with its registers untouched). Disarm
+   * also ends the wait: the engine disarms only once every page is here.
+   */
+  const waitForPage = (bitmap: Int32Array, page: number): true | RunEnd => {
+    const word = page >>> 5;
+    const bit = 1 << (page & 31);
+    // The wait may be long: show where the guest stands and what it said so far.
+    publishStats();
+    flushSerial();
+    Atomics.store(ctrl, Ctrl.PostcopyWaitWord, word);
+    const fault: VcpuFaultMessage = { kind: 'fault', page };
+    port.postMessage(fault);
+    let lastFaultMs = performance.now();
+    let accountedMs = lastFaultMs;
+    try {
+      for (;;) {
+        const seen = Atomics.load(bitmap, word);
+        if ((seen & bit) !== 0) return true;
+        if (Atomics.load(ctrl, Ctrl.PostcopyArmed) === 0) {
+          present = null;
+          return true;
+        }
+        if (Atomics.load(ctrl, Ctrl.State) !== VcpuState.Running) {
+          const go = control();
+          if (go !== true) return go;
+        }
+        Atomics.wait(bitmap, word, seen, FAULT_WAIT_SLICE_MS);
+        const now = performance.now();
+        addBlocktime(now - accountedMs);
+        accountedMs = now;
+        if (now - lastFaultMs >= FAULT_REPOST_MS) {
+          port.postMessage(fault);
+          lastFaultMs = now;
+        }
+      }
+    } finally {
+      Atomics.store(ctrl, Ctrl.PostcopyWaitWord, -1);
+    }
+  };
+
   /** The guest loop, until a stop request, the end of a step, or exit. */
   const run = (): RunEnd => {
     const stepPages = Atomics.load(ctrl, Ctrl.StepPages);
@@ -299,6 +389,7 @@ function runVcpu(data: VcpuWorkerData): void {
         const go = control();
         if (go !== true) return go;
       }
+      if (present !== null && Atomics.load(ctrl, Ctrl.PostcopyArmed) === 0) present = null;
       const throttlePercent = Atomics.load(ctrl, Ctrl.ThrottlePercent);
       const ratePagesPerSecond = Atomics.load(ctrl, Ctrl.DirtyRatePagesPerSecond);
       const diskRateBlocksPerSecond = disk && diskBlocks > 0 ? Atomics.load(ctrl, Ctrl.DiskRateBlocksPerSecond) : 0;
@@ -350,7 +441,16 @@ function runVcpu(data: VcpuWorkerData): void {
           const go = control();
           if (go !== true) return go;
         }
-        diskWrite();
+        const block = nextDiskBlock();
+        if (present !== null) {
+          // The generation-table entry's page, before the disk write (the table and the disk change together).
+          const page = Math.floor((genTableAt + block * 4) / PAGE_SIZE_BYTES);
+          if ((Atomics.load(present, page >>> 5) & (1 << (page & 31))) === 0) {
+            const go = waitForPage(present, page);
+            if (go !== true) return go;
+          }
+        }
+        diskWrite(block);
         diskTokens--;
       }
       for (let i = 0; i < n; i++) {
@@ -360,13 +460,25 @@ function runVcpu(data: VcpuWorkerData): void {
           if (go !== true) return go;
         }
         let index: number;
+        // The PRNG advances only once the access is done: a stop while waiting for the page retries it.
+        let nextPrng = prng;
         if (pattern === Pattern.Random) {
-          prng = (prng + MULBERRY32_STEP) >>> 0;
-          index = Math.floor((mulberry32(prng) * rangePages) / TWO_POW_32);
+          nextPrng = (prng + MULBERRY32_STEP) >>> 0;
+          index = Math.floor((mulberry32(nextPrng) * rangePages) / TWO_POW_32);
         } else {
           index = position;
         }
         const page = startPage + index;
+        if (present !== null && page >>> 5 !== presentFullWord) {
+          const bits = Atomics.load(present, page >>> 5);
+          if (bits === -1) {
+            presentFullWord = page >>> 5;
+          } else if ((bits & (1 << (page & 31))) === 0) {
+            const go = waitForPage(present, page);
+            if (go !== true) return go;
+          }
+        }
+        prng = nextPrng;
         const at = page * PAGE_SIZE_BYTES;
         const value = (ram[at]! + 1) & 0xff;
         ram[at] = value;
@@ -400,6 +512,15 @@ function runVcpu(data: VcpuWorkerData): void {
     }
   };
 
+  /** The latest bitmap arm() posted (it arms only while we are stopped, so before this run request), or none if disarmed. */
+  const takePostcopyBitmap = (): void => {
+    for (let m = receiveMessageOnPort(data.postcopyPort); m !== undefined; m = receiveMessageOnPort(data.postcopyPort)) {
+      present = (m.message as PostcopyArmMessage).present;
+      presentFullWord = -1;
+    }
+    if (Atomics.load(ctrl, Ctrl.PostcopyArmed) === 0) present = null;
+  };
+
   if (!ackStopped()) return;
   for (;;) {
     const s = Atomics.load(ctrl, Ctrl.State);
@@ -415,6 +536,7 @@ function runVcpu(data: VcpuWorkerData): void {
     if (s === VcpuState.RunRequested && Atomics.compareExchange(ctrl, Ctrl.State, s, VcpuState.Running) !== s) continue;
     Atomics.notify(ctrl, Ctrl.State);
     loadRegs();
+    takePostcopyBitmap();
     if (ctrl[Ctrl.Booted] === 0) boot();
     const end = run();
     Atomics.store(ctrl, Ctrl.StepPages, 0); // a step interrupted by pause() must not limit the next run

@@ -8,17 +8,30 @@
  * the same vCPU: 4096-byte blocks whose generation the guest records in a
  * table at the top of its RAM, so checkDisk() can tell after a migration
  * whether every block holds what the guest last wrote.
+ *
+ * Postcopy (`postcopy`): the vCPU checks the engine's present bitmap before
+ * each RAM access and waits for missing pages (see test-machine-worker.ts).
  */
 import { Readable } from 'node:stream';
-import { Worker } from 'node:worker_threads';
+import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
 import { CHUNK_SIZE, formatSize, SECTOR_SIZE, type BlockDevice } from '../block/block-device.js';
 import { DenseRamBlock, type RamBlock } from '../ram/index.js';
 import type { SaveStateRegistry } from '../savevm/index.js';
 import { defineVmsd, field } from '../vmstate/index.js';
-import type { DirtyLogSink, Machine } from './machine.js';
+import type { DirtyLogSink, Machine, PostcopyGuestAccess } from './machine.js';
 import { checkMemory, ramSha256, type MemoryCheckResult } from './memory-check.js';
 import { DISK_BLOCK_SIZE_BYTES, verifyDiskBlock } from './disk-workload.js';
-import { CTRL_WORDS, Ctrl, PAGE_SIZE_BYTES, Pattern, VcpuState, WORKER_KIND, type VcpuWorkerData } from './test-machine-worker.js';
+import {
+  CTRL_WORDS,
+  Ctrl,
+  PAGE_SIZE_BYTES,
+  Pattern,
+  VcpuState,
+  WORKER_KIND,
+  type PostcopyArmMessage,
+  type VcpuFaultMessage,
+  type VcpuWorkerData,
+} from './test-machine-worker.js';
 
 export const TEST_MACHINE_NAME = 'livemig-test';
 export const TEST_RAM_BLOCK = 'pc.ram';
@@ -362,6 +375,17 @@ export class TestMachine implements Machine {
   private readonly serialSection: SerialSection;
   private readonly disk: BlockDevice | undefined;
   private readonly diskSection: DiskSection | undefined;
+  /** Main's end of the channel arm() hands the present bitmap over on. */
+  private readonly postcopyPort: MessagePort;
+  /** The armed bitmap (to wake a vCPU waiting on it) and fault callback; undefined while disarmed. */
+  private postcopyPresent: Int32Array | undefined;
+  private postcopyOnFault: ((idstr: string, page: number) => void) | undefined;
+  /** The guest side of postcopy: the vCPU waits for pages the engine has not delivered yet. */
+  readonly postcopy: PostcopyGuestAccess = {
+    arm: (present, onFault) => this.armPostcopy(present, onFault),
+    disarm: () => this.disarmPostcopy(),
+    blocktime: () => this.postcopyBlocktime(),
+  };
   /** @internal The disk workload's layout (undefined without a disk), for this module's VMState hooks. */
   readonly diskLayout: { readonly diskSizeBytes: number; readonly blockCount: number; readonly genTableAddress: number } | undefined;
 
@@ -427,6 +451,7 @@ export class TestMachine implements Machine {
     c[Ctrl.RangeStartPage] = rangeStartBytes / PAGE_SIZE_BYTES;
     c[Ctrl.RangeEndPage] = rangeEndBytes / PAGE_SIZE_BYTES;
     c[Ctrl.SerialEveryPasses] = serialEveryPasses | 0;
+    c[Ctrl.PostcopyWaitWord] = -1;
     this.setDirtyRateLimit(options.dirtyRatePagesPerSecond ?? 0);
     if (disk) {
       c[Ctrl.DiskBlockCount] = diskBlocks;
@@ -456,15 +481,22 @@ export class TestMachine implements Machine {
       : undefined;
 
     this.serial = new Readable({ read() {} });
-    const workerData: VcpuWorkerData = { kind: WORKER_KIND, ram: ramBuffer, dirty: dirtyBuffer, ctrl: ctrlBuffer };
+    const postcopyChannel = new MessageChannel();
+    this.postcopyPort = postcopyChannel.port1;
+    const workerData: VcpuWorkerData = { kind: WORKER_KIND, ram: ramBuffer, dirty: dirtyBuffer, ctrl: ctrlBuffer, postcopyPort: postcopyChannel.port2 };
     if (disk) {
       // The disk's own log, so the block migration handler sees the vCPU's writes through collectDirty().
       const dirtyLog = disk.sharedDirtyLog ?? disk.attachSharedDirtyLog();
       workerData.disk = { fd: disk.fd, dirtyLog, chunkSizeBytes: CHUNK_SIZE };
     }
-    this.worker = new Worker(new URL('./test-machine-worker.js', import.meta.url), { workerData });
-    this.worker.on('message', (bytes: Uint8Array) => {
-      if (!this.serial.destroyed) this.serial.push(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length));
+    this.worker = new Worker(new URL('./test-machine-worker.js', import.meta.url), { workerData, transferList: [postcopyChannel.port2] });
+    this.worker.on('message', (msg: Uint8Array | VcpuFaultMessage) => {
+      if (msg instanceof Uint8Array) {
+        if (!this.serial.destroyed) this.serial.push(Buffer.from(msg.buffer, msg.byteOffset, msg.length));
+        return;
+      }
+      // A fault posted before disarm() may arrive after it: the contract says no calls once disarmed.
+      this.postcopyOnFault?.(TEST_RAM_BLOCK, msg.page);
     });
     this.worker.on('error', (err) => {
       this.failure ??= err;
@@ -634,6 +666,7 @@ export class TestMachine implements Machine {
         if (requested) throw new Error('test machine: resume() was called before the vCPU stopped');
         if (Atomics.compareExchange(c, Ctrl.State, s, VcpuState.StopRequested) === s) {
           Atomics.notify(c, Ctrl.State);
+          this.wakePostcopyWaiter();
           requested = true;
         }
         continue;
@@ -831,9 +864,59 @@ export class TestMachine implements Machine {
     this.destroyed = true;
     Atomics.store(this.ctrl, Ctrl.State, VcpuState.Exit);
     Atomics.notify(this.ctrl, Ctrl.State);
+    this.wakePostcopyWaiter();
+    this.postcopyOnFault = undefined;
+    this.postcopyPort.close();
     // The vCPU leaves its loop at the next page; terminate() covers a wedged one.
     await this.worker.terminate();
     this.serial.push(null);
+  }
+
+  /**
+   * Postcopy's arm(): the vCPU must be stopped (a destination arms before the
+   * guest first runs). The bitmap goes to the vCPU through its port, which it
+   * reads when it next picks up a run request; the armed flag is shared memory,
+   * so disarm() reaches it while running.
+   */
+  private armPostcopy(present: ReadonlyMap<string, Int32Array>, onFault: (idstr: string, page: number) => void): void {
+    this.checkAlive();
+    if (!this.isStopped) throw new Error('postcopy arm: the vCPU must be paused first');
+    const bitmap = present.get(TEST_RAM_BLOCK);
+    if (!bitmap) throw new Error(`postcopy arm: no present bitmap for RAM block ${TEST_RAM_BLOCK}`);
+    for (const idstr of present.keys()) if (idstr !== TEST_RAM_BLOCK) throw new Error(`postcopy arm: this machine has no RAM block ${idstr}`);
+    if (!(bitmap.buffer instanceof SharedArrayBuffer)) throw new Error('postcopy arm: the present bitmap must be shared memory (the vCPU thread reads it)');
+    const words = Math.ceil(this.block.pageCount / 32);
+    if (bitmap.length < words) throw new RangeError(`postcopy arm: the present bitmap has ${bitmap.length} words, ${TEST_RAM_BLOCK}'s ${this.block.pageCount} pages need ${words}`);
+    const c = this.ctrl;
+    // The vCPU is stopped: it writes neither counter until it runs again.
+    Atomics.store(c, Ctrl.PostcopyBlocktimeUsHi, 0);
+    Atomics.store(c, Ctrl.PostcopyBlocktimeUsLo, 0);
+    this.postcopyPresent = bitmap;
+    this.postcopyOnFault = onFault;
+    const message: PostcopyArmMessage = { present: bitmap };
+    this.postcopyPort.postMessage(message);
+    Atomics.store(c, Ctrl.PostcopyArmed, 1);
+  }
+
+  private disarmPostcopy(): void {
+    Atomics.store(this.ctrl, Ctrl.PostcopyArmed, 0);
+    // A vCPU still waiting (it should not be: every page is here) sees the flag now rather than after its slice.
+    this.wakePostcopyWaiter();
+    this.postcopyPresent = undefined;
+    this.postcopyOnFault = undefined;
+  }
+
+  private postcopyBlocktime(): { totalMs: number; perVcpuMs: number[] } {
+    const ms = loadU64(this.ctrl, Ctrl.PostcopyBlocktimeUsHi, Ctrl.PostcopyBlocktimeUsLo) / 1000;
+    return { totalMs: ms, perVcpuMs: [ms] };
+  }
+
+  /** Wake the vCPU if it sleeps on a missing page, so it sees a stop, exit or disarm at once. */
+  private wakePostcopyWaiter(): void {
+    const bitmap = this.postcopyPresent;
+    if (!bitmap) return;
+    const word = Atomics.load(this.ctrl, Ctrl.PostcopyWaitWord);
+    if (word >= 0) Atomics.notify(bitmap, word);
   }
 
   private checkAlive(): void {

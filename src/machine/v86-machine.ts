@@ -291,6 +291,11 @@ class V86RamBlock implements RamBlock {
   }
 }
 
+/**
+ * No `postcopy`: v86's vCPU and devices read and write guest RAM straight in
+ * WebAssembly memory, with no hook to stop an access to a page that has not
+ * arrived (short of forking v86), so postcopy is refused for this guest type.
+ */
 export class V86Machine implements Machine {
   readonly kind = 'v86';
   readonly machineName = V86_MACHINE_NAME;
