@@ -62,8 +62,9 @@ export const OUTCOME_UNKNOWN_ADVICE =
 
 /** What the source tells its operator when the link broke in postcopy. */
 export const POSTCOPY_PAUSED_ADVICE =
-  'postcopy paused: the guest runs on the destination and waits there for pages only this source has; this source keeps them and its own copy stays paused (it is not current). ' +
-  "Recover: on the destination migrate-recover with a new URI, then here migrate with that URI and resume=true. If the destination is gone, the guest's state since the switch is lost";
+  'postcopy paused: the guest runs on the destination and waits there for pages only this source has; this source keeps them and its own copy stays paused. ' +
+  'Recover: on the destination migrate-recover with a new URI, then here migrate with that URI and resume=true. ' +
+  "If the destination is gone, or its query-migrate says it failed without starting the guest: migrate_cancel here, then cont (this copy is the guest as it was at the switch)";
 
 /** What the source says when the destination failed after it ran the guest in postcopy. */
 export const POSTCOPY_LOST_ADVICE =

@@ -225,6 +225,7 @@ export class IncomingMigration extends EventEmitter<IncomingEvents> {
         loadVmState(input, registry, {
           machineName: this.machine.machineName,
           // Never start a blank guest: the RAM section must have listed every block and ended.
+          expectVmdesc: () => !postcopy.switched,
           onEof: (eof) => {
             ram.checkComplete(eof.offset);
             if (awaitingGo) throw new StreamError('incomplete-stream', 'EOF before the go-ahead that was to follow POSTCOPY_RUN', { offset: eof.offset });
@@ -274,7 +275,7 @@ export class IncomingMigration extends EventEmitter<IncomingEvents> {
         }
       }
       await block.flush();
-      if (handover.held && !postcopy.advised) {
+      if (handover.held && !postcopy.switched) {
         // Say LOADED and wait for the go-ahead; from LOADED on, a cancel here could lose the guest.
         this.cancelClosed = true;
         await watchdog.busy(() => handover.awaitGo(input));
@@ -284,7 +285,7 @@ export class IncomingMigration extends EventEmitter<IncomingEvents> {
       watchdog.stop();
       for (const image of this.options.disks ?? []) await image.commit();
       let start = started;
-      if (postcopy.state === 'none') {
+      if (!postcopy.switched) {
         // The whole stream is in: start the guest unless the source had it paused (L11) or -S.
         start = (this.options.autostart ?? true) && (!globalState.received || globalState.state === 'running');
         this.emit('loaded');

@@ -266,6 +266,12 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
   cancel(): void {
     const run = this.run;
     if (!run || !ACTIVE_STATES.has(this.currentStatus) || this.currentStatus === 'cancelling') return;
+    if (this.currentStatus === 'postcopy-paused') {
+      // The operator gives up on the destination (gone, or it says it never started the guest): this copy, as at the switch, is the guest now.
+      run.error = new MigrationError('postcopy-lost', `postcopy abandoned (migrate_cancel while paused): ${POSTCOPY_LOST_ADVICE}`);
+      this.transition('failed');
+      return;
+    }
     if (run.pointOfNoReturn && POSTCOPY_STATES.has(this.currentStatus)) {
       throw new MigrationError('refused', 'cannot cancel in postcopy: the guest runs on the destination, which needs the pages only this source has; let it complete (or recover it after a break)');
     }

@@ -48,9 +48,14 @@ export class DestinationPostcopy {
     private readonly returnPath: () => StreamWriter | undefined,
   ) {}
 
-  /** Postcopy was advised: the guest may start before the stream ends. */
+  /** Postcopy was advised: the source may switch (and its counters mean something). */
   get advised(): boolean {
     return this.state !== 'none';
+  }
+
+  /** The source switched to postcopy (LISTEN came): the guest starts before the stream ends. */
+  get switched(): boolean {
+    return this.state === 'listening' || this.state === 'running' || this.state === 'ended';
   }
 
   advise(payload: Uint8Array, offset: number): void {
@@ -108,7 +113,7 @@ export class DestinationPostcopy {
 
   /** EOF in postcopy: every page must have come; then the guest runs unchecked. */
   end(offset: number): void {
-    if (this.state === 'none') return;
+    if (!this.switched) return; // advised only: a pre-copy stream, checked as such
     const missing = this.received!.missingPages();
     if (missing > 0) {
       throw new StreamError('incomplete-stream', `incomplete stream: ${missing} page${missing > 1 ? 's' : ''} of RAM never arrived in postcopy`, { offset, section: { idstr: 'ram' } });

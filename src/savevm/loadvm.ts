@@ -40,6 +40,8 @@ export interface LoadOptions {
   onConfiguration?: (configuration: StreamConfiguration) => void;
   /** Called for every section after its footer was checked (for listings). */
   onSection?: (section: LoadedSection) => void;
+  /** Whether the JSON trailer may follow EOF (default true); false once a postcopy stream switched to postcopy. */
+  expectVmdesc?: () => boolean;
   /** Called for every COMMAND record; without it any command fails as unsupported. */
   onCommand?: (command: { offset: number; command: number; name: string; payload: Uint8Array }) => void | Promise<void>;
   /**
@@ -117,7 +119,8 @@ export async function loadVmState(input: StreamReader, registry: SaveStateRegist
       const record = await readTopLevel(reader);
       if (record.type === 'eof') {
         if (packageAt !== undefined) throw new StreamError('bad-command', `EOF inside the PACKAGED command at offset ${packageAt}`, { offset: packageAt });
-        const vmdesc = await readVmdescTrailer(reader);
+        // No trailer follows a postcopy stream (QEMU's should_send_vmdesc): reading for it would wait forever.
+        const vmdesc = (options.expectVmdesc?.() ?? true) ? await readVmdescTrailer(reader) : null;
         const result = { configuration, eofOffset: record.offset, vmdesc, totalBytes: reader.offset };
         if (options.checkRequired ?? true) checkRequiredEntries(registry, arrived, record.offset);
         if (options.onEof) await runEofCheck(options.onEof, result);
