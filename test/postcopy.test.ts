@@ -163,40 +163,71 @@ test('postcopy refusals: migrate-start-postcopy without the capability, with mul
   }
 });
 
-test('postcopy: a link cut after the switch pauses both sides; neither resumes the guest on its own', { timeout: 120_000 }, async () => {
+/** Postcopy through a proxy, cut once the destination runs the guest and pages are still missing: both sides pause. */
+async function cutAfterSwitch(machine: TestMachine, d: Destination, proxy: FaultProxy): Promise<OutgoingMigration> {
+  const { migration } = postcopyMigration(machine);
+  // Slow the background stream so the cut lands while pages are still missing.
+  migration.setParameters({ 'max-postcopy-bandwidth': 20 * MiB });
+  migration.start(proxy.uri);
+  await startPostcopyAfterFirstPass(migration);
+  await waitUntil(() => migration.status === 'postcopy-active' && (migration.snapshot().ram?.postcopyBytes ?? 0) > MiB);
+  // Cut once the destination runs the guest (before that, the destination fails and the guest stays here).
+  for (let i = 0; ((await d.qmp.execute('query-status')) as { status: string }).status !== 'running'; i++) {
+    assert.ok(i < 500, 'the destination starts the guest');
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  proxy.cut();
+  assert.equal(await migration.finished, 'postcopy-paused');
+  const info = queryMigrate(migration);
+  assert.equal(info.status, 'postcopy-paused');
+  assert.match(info['error-desc']!, /migrate-recover/);
+  assert.equal(machine.running, false, 'the source keeps its copy paused');
+
+  const paused = await d.dst.waitFor('postcopy-paused');
+  assert.match(paused.error, /waits for \d+ pages that only the source has/);
+  const dstInfo = (await d.qmp.execute('query-migrate')) as Record<string, any>;
+  assert.equal(dstInfo.status, 'postcopy-paused');
+  assert.ok(dstInfo['x-livemig-postcopy']['missing-pages'] > 0);
+  const status = (await d.qmp.execute('query-status')) as Record<string, any>;
+  assert.equal(status.status, 'running', 'the destination keeps the guest (it waits for its pages)');
+  assert.equal(d.dst.exitCode, null, 'the destination process stays');
+  return migration;
+}
+
+test('postcopy: a link cut after the switch pauses both sides; migrate-recover and resume finish it with no write lost', { timeout: 120_000 }, async () => {
   const machine = await busySource();
   const d = await destination(['postcopy-ram']);
   const port = Number(d.address.split(':').pop());
   const proxy = await FaultProxy.start({ targetPort: port });
   try {
-    const { migration } = postcopyMigration(machine);
-    // Slow the background stream so the cut lands while pages are still missing.
-    migration.setParameters({ 'max-postcopy-bandwidth': 20 * MiB });
-    migration.start(proxy.uri);
-    await startPostcopyAfterFirstPass(migration);
-    await waitUntil(() => migration.status === 'postcopy-active' && (migration.snapshot().ram?.postcopyBytes ?? 0) > MiB);
-    // Cut once the destination runs the guest (before that, the destination fails and the guest stays here).
-    for (let i = 0; ((await d.qmp.execute('query-status')) as { status: string }).status !== 'running'; i++) {
-      assert.ok(i < 500, 'the destination starts the guest');
-      await new Promise((r) => setTimeout(r, 10));
-    }
-    proxy.cut();
-    assert.equal(await migration.finished, 'postcopy-paused');
-    const info = queryMigrate(migration);
-    assert.equal(info.status, 'postcopy-paused');
-    assert.match(info['error-desc']!, /migrate-recover/);
-    assert.equal(machine.running, false, 'the source keeps its copy paused');
-
-    const paused = await d.dst.waitFor('postcopy-paused');
-    assert.match(paused.error, /waits for \d+ pages that only the source has/);
+    const migration = await cutAfterSwitch(machine, d, proxy);
+    const at = d.dst.events.length;
+    await d.qmp.execute('migrate-recover', { uri: 'tcp:127.0.0.1:0' });
+    const { address } = await d.dst.waitFor('recovering', () => true, 10_000, at);
+    migration.setParameters({ 'max-postcopy-bandwidth': 0 });
+    migration.resume(address);
+    assert.equal(migration.status, 'postcopy-recover');
+    assert.equal(await migration.finished, 'completed', queryMigrate(migration)['error-desc']);
+    await d.dst.waitFor('resumed');
     const dstInfo = (await d.qmp.execute('query-migrate')) as Record<string, any>;
-    assert.equal(dstInfo.status, 'postcopy-paused');
-    assert.ok(dstInfo['x-livemig-postcopy']['missing-pages'] > 0);
-    const status = (await d.qmp.execute('query-status')) as Record<string, any>;
-    assert.equal(status.status, 'running', 'the destination keeps the guest (it waits for its pages)');
-    assert.equal(d.dst.exitCode, null, 'the destination process stays');
+    assert.equal(dstInfo.status, 'completed');
+    assert.equal(dstInfo['x-livemig-postcopy']['missing-pages'], 0);
+    const check = await checkDestinationGuest(d);
+    assert.equal(check.memoryCheck.ok, true, `no write lost across the cut and the recovery: ${check.memoryCheck.reason}`);
+  } finally {
+    await proxy.close();
+    await machine.destroy();
+    await closeDestination(d);
+  }
+});
 
-    // Giving up on the destination takes two deliberate steps here: migrate_cancel, then cont.
+test('postcopy: after a cut, the operator may give up on the destination: migrate_cancel, then the source copy waits for cont', { timeout: 120_000 }, async () => {
+  const machine = await busySource();
+  const d = await destination(['postcopy-ram']);
+  const port = Number(d.address.split(':').pop());
+  const proxy = await FaultProxy.start({ targetPort: port });
+  try {
+    const migration = await cutAfterSwitch(machine, d, proxy);
     migration.cancel();
     assert.equal(migration.status, 'failed');
     assert.equal(migration.error?.code, 'postcopy-lost');

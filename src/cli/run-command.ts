@@ -148,13 +148,20 @@ async function runIncoming(guest: Guest, monitor: MachineMonitor, uri: string, v
     });
   });
   monitor.on('listening', (address) => emit('listening', { address }, `waiting for a migration on ${address}`));
+  monitor.on('incomingStatus', (status, error) => {
+    if (status === 'postcopy-paused') {
+      emit('postcopy-paused', { error: error?.message, code: error?.code }, `incoming migration postcopy-paused: ${error?.message}`);
+      process.stderr.write(`livemig: incoming migration postcopy-paused: ${error?.message}\n`);
+    } else if (status === 'postcopy-recover' || status === 'postcopy-active') {
+      emit(status, {}, `incoming migration ${status}`);
+    }
+  });
+  monitor.on('recovering', (address) => emit('recovering', { address }, `waiting for the source to resume postcopy on ${address}`));
   monitor.on('rejected', (why) => emit('rejected', { reason: why }, `${why}; still waiting`));
   const result = new Promise<number>((resolve) => {
     monitor.once('incoming', (r) => {
       if (r.status === 'postcopy-paused') {
-        // The guest runs here and waits for pages the source still has: this process must stay.
-        emit(r.status, { error: r.error?.message, code: r.error?.code }, `incoming migration ${r.status}: ${r.error?.message}`);
-        process.stderr.write(`livemig: incoming migration ${r.status}: ${r.error?.message}\n`);
+        // The guest runs here and waits for pages the source still has: this process must stay (the event said so).
         resolve(stop);
         return;
       }

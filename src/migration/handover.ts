@@ -38,7 +38,7 @@
  * then hears nothing, the outcome is unknown to it and it says so, keeping its
  * guest paused (see OUTCOME_UNKNOWN_ADVICE).
  */
-import { readReturnPathMessage, type StreamReader, StreamWriter, writeCommand, writePong, MigCommand } from '../wire/index.js';
+import { readRecvBitmap, readReturnPathMessage, type StreamReader, StreamWriter, writeCommand, writePong, MigCommand } from '../wire/index.js';
 import { MigrationError } from './errors.js';
 import type { PeerWatchdog } from './liveness.js';
 
@@ -112,6 +112,10 @@ export class SourceReturnPath {
   private readonly failedMilestone = new Milestone<never>();
   /** Resolves when the reading loop ends (after SHUT, or on failure). */
   readonly done: Promise<void>;
+  /** Postcopy recovery: the bitmaps asked for (RECV_BITMAP), by block. */
+  private readonly recvBitmaps = new Map<string, { pageCount: number; milestone: Milestone<Uint32Array> }>();
+  /** Postcopy recovery: RESUME_ACK. */
+  private readonly resumeAck = new Milestone<void>();
   /** Postcopy: where page requests go (the RAM handler's queue); a request without it is a protocol error. */
   onPageRequest: ((idstr: string, startBytes: number, lengthBytes: number) => void) | undefined;
   private lastRequestedBlock: string | undefined;
@@ -163,7 +167,17 @@ export class SourceReturnPath {
           this.onPageRequest(idstr, message.startBytes, message.lengthBytes);
           continue;
         }
-        if (message.type !== 'pong') throw new MigrationError('bad-stream', `return path: unexpected ${message.type} message`);
+        if (message.type === 'recv-bitmap') {
+          const wanted = this.recvBitmaps.get(message.idstr);
+          if (!wanted) throw new MigrationError('bad-stream', `return path: a received bitmap for '${message.idstr}', which was not asked for`);
+          wanted.milestone.resolve(await readRecvBitmap(this.input, message.idstr, wanted.pageCount));
+          continue;
+        }
+        if (message.type === 'resume-ack') {
+          if (message.value !== 1) throw new MigrationError('bad-stream', `return path: RESUME_ACK ${message.value}, expected 1`);
+          this.resumeAck.resolve();
+          continue;
+        }
         const value = message.value;
         if (value === HANDOVER_ACCEPT) this.peer.resolve('livemig');
         else if (value === HANDOVER_OFFER) this.peer.resolve('qemu'); // a QEMU destination answering a PING
@@ -184,7 +198,7 @@ export class SourceReturnPath {
     if (this.failure) return;
     this.failure = err;
     // A milestone already reached keeps its value; the others fail.
-    for (const m of [this.peer, this.loadedMilestone, this.shutMilestone, this.failedMilestone]) m.reject(err);
+    for (const m of [this.peer, this.loadedMilestone, this.shutMilestone, this.failedMilestone, this.resumeAck, ...[...this.recvBitmaps.values()].map((b) => b.milestone)]) m.reject(err);
     this.onFailure(err);
   }
 
@@ -201,6 +215,21 @@ export class SourceReturnPath {
   loaded(): Promise<void> {
     this.watchdog.expectReply();
     return this.loadedMilestone.promise;
+  }
+
+  /** Recovery: the destination's received bitmap of a block, once its RECV_BITMAP answer came (ask before sending the command). */
+  expectRecvBitmap(idstr: string, pageCount: number): Promise<Uint32Array> {
+    const milestone = new Milestone<Uint32Array>();
+    if (this.failure) milestone.reject(this.failure);
+    this.recvBitmaps.set(idstr, { pageCount, milestone });
+    this.watchdog.expectReply();
+    return milestone.promise;
+  }
+
+  /** Recovery: RESUME_ACK came (the destination is postcopy-active again). */
+  resumeAcknowledged(): Promise<void> {
+    this.watchdog.expectReply();
+    return this.resumeAck.promise;
   }
 
   /** The destination's SHUT value (0: it runs the guest). */
@@ -272,6 +301,11 @@ export class DestinationHandover {
 
   get writer(): StreamWriter | undefined {
     return this.returnPath;
+  }
+
+  /** Postcopy recovery: the new channel's output is the return path from now on. */
+  reopen(out: StreamWriter): void {
+    this.returnPath = out;
   }
 
   /** A PING: answer it (after everything before it was loaded, which stream order gives us). */

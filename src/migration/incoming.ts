@@ -14,7 +14,7 @@ import { MULTIFD_MAGIC, MULTIFD_PROTOCOL_ERROR, MultifdReceiver, type MultifdCom
 import { loadVmState } from '../savevm/index.js';
 import type { TlsServerSettings } from '../transport/tls.js';
 import { listenIncoming, parseMigrationUri, type IncomingListener, type MigrationChannel } from '../transport/index.js';
-import { MigCommand, QEMU_VM_FILE_MAGIC, QEMU_VM_FILE_VERSION, StreamError, StreamReader, StreamWriter, writeShut } from '../wire/index.js';
+import { MigCommand, parseRecvBitmapCommand, QEMU_VM_FILE_MAGIC, QEMU_VM_FILE_VERSION, StreamError, StreamReader, StreamWriter, writeResumeAck, writeShut } from '../wire/index.js';
 import { assembleIncoming } from './assemble.js';
 import { MigrationError } from './errors.js';
 import { DestinationHandover, HANDOVER_GO, UNCONFIRMED_ADVICE } from './handover.js';
@@ -22,7 +22,7 @@ import { DestinationPostcopy } from './postcopy-destination.js';
 import { PeerWatchdog, watchSource } from './liveness.js';
 import { DEFAULT_PARAMETERS } from './config.js';
 
-export type IncomingStatus = 'none' | 'setup' | 'active' | 'postcopy-active' | 'postcopy-paused' | 'completed' | 'failed' | 'cancelled';
+export type IncomingStatus = 'none' | 'setup' | 'active' | 'postcopy-active' | 'postcopy-paused' | 'postcopy-recover' | 'completed' | 'failed' | 'cancelled';
 
 export interface IncomingResult {
   /** `postcopy-paused`: the guest runs here, but the link broke before all of its RAM arrived. */
@@ -100,6 +100,8 @@ export class IncomingMigration extends EventEmitter<IncomingEvents> {
   private mainReader: StreamReader | undefined;
   /** Postcopy's destination side, for the migration under way. */
   postcopy: DestinationPostcopy | undefined;
+  /** Postcopy paused: hands the listener of `migrate-recover` to the waiting load. */
+  private recoverWaiter: ((listener: IncomingListener) => void) | undefined;
 
   constructor(
     private readonly machine: Machine,
@@ -223,6 +225,13 @@ export class IncomingMigration extends EventEmitter<IncomingEvents> {
       };
       await watchdog.busy(() =>
         loadVmState(input, registry, {
+          // Postcopy: once the guest runs here, a broken stream pauses (the guest waits for its pages) until migrate-recover.
+          onStreamBroken: async (err) => {
+            if (!postcopy.switched || !this.cancelClosed || this.cancelRequested) return undefined;
+            const next = await this.pauseForRecovery(err, watchdog, handover);
+            reader = next;
+            return next;
+          },
           machineName: this.machine.machineName,
           // Never start a blank guest: the RAM section must have listed every block and ended.
           expectVmdesc: () => !postcopy.switched,
@@ -251,6 +260,18 @@ export class IncomingMigration extends EventEmitter<IncomingEvents> {
             } else if (command.command === MigCommand.PostcopyListen) {
               postcopy.listen(command.offset);
               this.setStatus('postcopy-active');
+            } else if (command.command === MigCommand.RecvBitmap) {
+              // Recovery: which pages we have, so the source resends the rest.
+              if (this.status !== 'postcopy-recover' || !handover.writer) throw new StreamError('bad-command', 'RECV_BITMAP outside postcopy recovery', { offset: command.offset });
+              postcopy.sendReceivedBitmap(handover.writer, parseRecvBitmapCommand(command.payload, command.offset), command.offset);
+              await handover.writer.flush();
+            } else if (command.command === MigCommand.PostcopyResume) {
+              if (this.status !== 'postcopy-recover' || !handover.writer) throw new StreamError('bad-command', 'POSTCOPY_RESUME outside postcopy recovery', { offset: command.offset });
+              this.setStatus('postcopy-active');
+              writeResumeAck(handover.writer);
+              // Requests that went out on the broken link may be lost: ask again.
+              postcopy.resendOutstanding();
+              await handover.writer.flush();
             } else if (command.command === MigCommand.PostcopyRun) {
               postcopy.run(command.offset);
               if (handover.held) {
@@ -302,7 +323,7 @@ export class IncomingMigration extends EventEmitter<IncomingEvents> {
         try {
           await rp.close();
           // A livemig source acknowledges our SHUT: then it knows where the guest runs.
-          if (handover.held && !(await handover.acknowledged(input, this.peerTimeoutMs()))) throw new Error('the source did not acknowledge the confirmation');
+          if (handover.held && !(await handover.acknowledged(reader, this.peerTimeoutMs()))) throw new Error('the source did not acknowledge the confirmation');
         } catch (err) {
           warning = `${(err as Error).message}: ${UNCONFIRMED_ADVICE}`;
         }
@@ -310,7 +331,7 @@ export class IncomingMigration extends EventEmitter<IncomingEvents> {
       await main.channel.close().catch(() => {});
       this.receiver?.close();
       this.setStatus('completed');
-      return { status: 'completed', started: start, loadTimeMs, bytes: input.offset, ...(warning ? { warning } : {}) };
+      return { status: 'completed', started: start, loadTimeMs, bytes: reader.offset, ...(warning ? { warning } : {}) };
     } catch (caught) {
       watchdog.stop();
       // A multifd channel's failure, a stall or a cancel is the reason the main channel was aborted.
@@ -334,6 +355,67 @@ export class IncomingMigration extends EventEmitter<IncomingEvents> {
       this.endRamLoad();
       await this.listener.close().catch(() => {});
     }
+  }
+
+  /**
+   * Postcopy, the stream broke while the guest runs here: pause (the guest
+   * waits for missing pages; nothing is dropped) until `migrate-recover`
+   * gives a new address and the source connects to it. Returns the reader of
+   * the new channel, whose return path replaces the old one.
+   */
+  private async pauseForRecovery(err: unknown, watchdog: PeerWatchdog, handover: DestinationHandover): Promise<StreamReader> {
+    watchdog.stop();
+    const reason = this.abortReason ?? MigrationError.from(err, 'peer-closed');
+    this.abortReason = undefined;
+    this.channel?.abort(reason);
+    const missing = this.postcopy?.stats.missingPages ?? 0;
+    this.error = new MigrationError(
+      'postcopy-paused',
+      `${reason.message}; postcopy paused: the guest runs here and waits for ${missing} pages that only the source has; do not quit this destination. ` +
+        'Recover: migrate-recover with a new URI here, then migrate with that URI and resume=true on the source',
+      { cause: reason },
+    );
+    this.setStatus('postcopy-paused');
+    for (;;) {
+      const listener = await new Promise<IncomingListener>((resolve) => (this.recoverWaiter = resolve));
+      this.recoverWaiter = undefined;
+      let channel: MigrationChannel;
+      try {
+        channel = await listener.accept();
+      } catch {
+        continue; // the listener closed before a source came: wait for another migrate-recover
+      } finally {
+        await listener.close().catch(() => {});
+      }
+      if (!channel.input || !channel.output) {
+        channel.abort(new Error('recovery needs a two-way channel'));
+        continue;
+      }
+      this.channel = channel;
+      const reader = new StreamReader(watchSource(channel.input, watchdog));
+      this.mainReader = reader;
+      handover.reopen(new StreamWriter(channel.output, 512));
+      this.error = undefined;
+      this.setStatus('postcopy-recover');
+      watchdog.start();
+      return reader;
+    }
+  }
+
+  /**
+   * QMP `migrate-recover` (postcopy paused only): listen on `uri` for the
+   * source's new channel; resolves with the address.
+   */
+  async recover(uri: string): Promise<string> {
+    const waiter = this.recoverWaiter;
+    if (this.status !== 'postcopy-paused' || !waiter) throw new MigrationError('refused', 'Migrate recover can only be run when postcopy is paused.');
+    const listener = await listenIncoming(uri, { multiChannel: false, ...(this.options.tls ? { tls: this.options.tls } : {}), onRejected: (why) => this.emit('rejected', why) });
+    if (this.recoverWaiter !== waiter) {
+      await listener.close().catch(() => {});
+      throw new MigrationError('refused', 'Migrate recover can only be run when postcopy is paused.');
+    }
+    waiter(listener);
+    return listener.address;
   }
 
   /** The stream is loaded (or failed): what prepareRam() noted about zero pages no longer holds once the guest runs. */

@@ -22,7 +22,7 @@ import type { RamSaveHandler, RamSaveStats } from '../ram/index.js';
 import { MULTIFD_PROTOCOL_ERROR, MultifdSender } from '../ram/multifd/index.js';
 import { saveCleanup, SaveVmState, storeGlobalState } from '../savevm/index.js';
 import { connectOutgoing, parseMigrationUri, type MigrationChannel } from '../transport/index.js';
-import { MemorySink, MigCommand, StreamReader, StreamWriter, TARGET_PAGE_SIZE, writeCommand, writePackaged, writePostcopyAdvise, writeRamDiscard } from '../wire/index.js';
+import { MemorySink, MigCommand, StreamReader, StreamWriter, TARGET_PAGE_SIZE, writeCommand, writePackaged, writePostcopyAdvise, writeRamDiscard, writeRecvBitmapCommand } from '../wire/index.js';
 import { assembleOutgoing, type OutgoingAssembly } from './assemble.js';
 import { AutoConverge } from './auto-converge.js';
 import { MigrationError } from './errors.js';
@@ -245,6 +245,61 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
     if (caps.multifd) throw new MigrationError('refused', 'Postcopy is not yet compatible with multifd');
     if (caps.block || options.blk) throw new MigrationError('refused', 'postcopy-ram with block migration is not supported: the disks would have to be handed over while the guest already runs on the destination; migrate the disks first (a precopy migration with blk), or share them');
     if (uriKind !== 'tcp' && uriKind !== 'unix') throw new MigrationError('refused', `postcopy-ram needs a two-way channel (tcp: or unix:) for the destination's page requests, not ${uriKind}:`);
+  }
+
+  /**
+   * QMP `migrate` with `resume: true`: after a break in postcopy, reconnect to
+   * the destination's `migrate-recover` address, learn which pages it has
+   * (RECV_BITMAP), resend every other one, and finish. Returns at once;
+   * `finished` tells how it ended (postcopy-paused again if this link breaks too).
+   */
+  resume(uri: string): void {
+    const run = this.run;
+    if (this.currentStatus !== 'postcopy-paused' || !run) throw new MigrationError('refused', "Cannot resume if there is no paused migration");
+    if (!['tcp', 'unix'].includes(parseMigrationUri(uri).kind)) throw new MigrationError('refused', 'postcopy recovery needs a two-way channel (tcp: or unix:)');
+    run.abortReason = undefined;
+    run.error = undefined;
+    this.transition('postcopy-recover');
+    this.finished = this.resumePostcopy(run, uri);
+  }
+
+  private async resumePostcopy(run: Run, uri: string): Promise<MigrationStatus> {
+    run.watchdog.start();
+    try {
+      const { ram } = run.assembly;
+      const channel = await run.watchdog.busy(() => connectOutgoing(uri, run.tls ? { tls: run.tls } : {}));
+      run.channel = channel;
+      this.throwIfStopped(run);
+      if (!channel.input || !channel.output) throw new MigrationError('refused', 'postcopy recovery needs a two-way channel');
+      const out = new StreamWriter(watchSink(channel.output, run.watchdog));
+      run.out = out;
+      run.save!.redirect(out);
+      // No header: the destination goes on reading its stream where it broke off. The return path is this channel's.
+      const rp = new SourceReturnPath(new StreamReader(channel.input), out, run.watchdog, (err) => this.abortRun(err));
+      run.returnPath = rp;
+      const blocks = this.machine.ramBlocks();
+      const bitmaps = blocks.map((block) => rp.expectRecvBitmap(block.idstr, block.pageCount));
+      for (const block of blocks) writeRecvBitmapCommand(out, block.idstr);
+      await run.watchdog.busy(() => out.flush());
+      for (const [i, bitmap] of bitmaps.entries()) ram.resumeFromReceived(blocks[i]!.idstr, await run.watchdog.busy(() => bitmap));
+      rp.onPageRequest = (idstr, startBytes, lengthBytes) => {
+        ram.requestPages(idstr, startBytes, lengthBytes);
+        this.wakeLoop?.();
+      };
+      writeCommand(out, MigCommand.PostcopyResume);
+      await run.watchdog.busy(() => out.flush());
+      await run.watchdog.busy(() => rp.resumeAcknowledged());
+      this.throwIfStopped(run);
+      this.transition('postcopy-active');
+      await this.iteratePostcopy(run);
+      await this.completePostcopy(run);
+      this.transition('completed');
+      return 'completed';
+    } catch (caught) {
+      return await this.failed(run, caught);
+    } finally {
+      run.watchdog.stop();
+    }
   }
 
   /**
@@ -724,13 +779,13 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
       if (err.code === 'destination-failed') {
         // It ran the guest and then failed: never resume our older copy without the operator.
         run.error = new MigrationError('postcopy-lost', `${err.message}; ${POSTCOPY_LOST_ADVICE}`, { cause: err });
-        this.transition('postcopy-paused');
+        if (this.currentStatus !== 'postcopy-paused') this.transition('postcopy-paused');
         this.transition('failed');
         return 'failed';
       }
       // The guest runs on the destination and waits for pages only we have: neither copy is whole.
       run.error = new MigrationError('postcopy-paused', `${err.message}; ${POSTCOPY_PAUSED_ADVICE}`, { cause: err });
-      this.transition('postcopy-paused');
+      if (this.currentStatus !== 'postcopy-paused') this.transition('postcopy-paused');
       return 'postcopy-paused';
     }
     // A destination that said it failed does not run the guest, whatever the point reached.

@@ -14,7 +14,7 @@
  */
 import type { Machine } from '../machine/machine.js';
 import type { RamLoadHandler, ReceivedPages } from '../ram/index.js';
-import { parsePostcopyAdvise, parseRamDiscard, StreamError, TARGET_PAGE_SIZE, writeReqPages, type StreamWriter } from '../wire/index.js';
+import { parsePostcopyAdvise, parseRamDiscard, StreamError, TARGET_PAGE_SIZE, writeRecvBitmap, writeReqPages, type StreamWriter } from '../wire/index.js';
 
 export type DestinationPostcopyState = 'none' | 'advised' | 'listening' | 'running' | 'ended';
 
@@ -109,6 +109,27 @@ export class DestinationPostcopy {
     writeReqPages(rp, page * TARGET_PAGE_SIZE, TARGET_PAGE_SIZE, idstr === this.lastRequestedBlock ? undefined : idstr);
     this.lastRequestedBlock = idstr;
     rp.flush().catch((err: Error) => (this.requestError ??= err));
+  }
+
+  /** Recovery: RECV_BITMAP for `idstr`, answered with the pages received (the source resends every other one). */
+  sendReceivedBitmap(rp: StreamWriter, idstr: string, offset: number): void {
+    const bits = this.received?.bitmaps.get(idstr);
+    const block = this.ram.table.blocks().find((b) => b.idstr === idstr);
+    if (!bits || !block) throw new StreamError('bad-command', `RECV_BITMAP for '${idstr}', which is no RAM block here`, { offset });
+    const snapshot = new Uint32Array(bits.length);
+    for (let w = 0; w < bits.length; w++) snapshot[w] = Atomics.load(bits, w) >>> 0;
+    writeRecvBitmap(rp, idstr, snapshot, block.pageCount);
+  }
+
+  /** Recovery done: ask again for every page still outstanding (the old link may have lost the requests). */
+  resendOutstanding(): void {
+    const pending = [...this.outstanding];
+    this.outstanding.clear();
+    this.lastRequestedBlock = undefined;
+    for (const key of pending) {
+      const [idstr, page] = key.split('\0') as [string, string];
+      this.fault(idstr, Number(page));
+    }
   }
 
   /** EOF in postcopy: every page must have come; then the guest runs unchecked. */

@@ -15,6 +15,8 @@ import {
   OutgoingMigration,
   type IncomingOptions,
   type IncomingResult,
+  type IncomingStatus,
+  type MigrationError,
   type MigrationCapabilities,
 } from '../migration/index.js';
 import { serverTlsFor } from '../migration/security.js';
@@ -47,7 +49,18 @@ export interface MachineMonitorOptions {
   objects?: ObjectRegistry;
 }
 
-export class MachineMonitor extends EventEmitter<{ quit: []; loaded: []; incoming: [IncomingResult]; listening: [string]; rejected: [string]; warning: [string] }> {
+export class MachineMonitor extends EventEmitter<{
+  quit: [];
+  loaded: [];
+  incoming: [IncomingResult];
+  /** Every status change of the incoming migration (postcopy's pauses and recoveries among them), with its error if any. */
+  incomingStatus: [IncomingStatus, MigrationError | undefined];
+  /** migrate-recover listens at this address. */
+  recovering: [string];
+  listening: [string];
+  rejected: [string];
+  warning: [string];
+}> {
   readonly migration: OutgoingMigration;
   readonly config: MigrationConfig;
   readonly objects: ObjectRegistry;
@@ -129,6 +142,7 @@ export class MachineMonitor extends EventEmitter<{ quit: []; loaded: []; incomin
     incoming.on('rejected', (why) => this.emit('rejected', why));
     incoming.on('status', (status) => {
       if (this.events) this.server.emitEvent('MIGRATION', { status });
+      this.emit('incomingStatus', status, incoming.error);
     });
     incoming.on('loaded', () => this.emit('loaded'));
     incoming.on('resume', () => this.setRunState('running'));
@@ -167,11 +181,15 @@ export class MachineMonitor extends EventEmitter<{ quit: []; loaded: []; incomin
       migrate: {
         args: { uri: 'string', blk: 'bool?', inc: 'bool?', detach: 'bool?', resume: 'bool?' },
         run: async (a) => {
+          if (a.resume) {
+            // Postcopy recovery: only a paused postcopy migration resumes, to the destination's migrate-recover address.
+            this.migration.resume(a.uri as string);
+            return {};
+          }
           if (this.runState === 'inmigrate') throw new QmpCommandError('GenericError', 'Guest is waiting for an incoming migration');
           if (ACTIVE_STATES.has(this.migration.status)) throw new QmpCommandError('GenericError', "There's a migration process in progress");
           if (this.runState === 'postmigrate') throw new QmpCommandError('GenericError', "Can't migrate the vm that was paused due to previous migration");
           if (a.inc) throw new QmpCommandError('GenericError', 'incremental block migration (inc) is not supported: livemig disks have no shared backing image; use blk');
-          if (a.resume) throw new QmpCommandError('GenericError', 'postcopy is not supported; there is nothing to resume');
           // A bad URI is refused now, as QEMU does, not reported later as a failed migration.
           try {
             parseMigrationUri(a.uri as string);
@@ -181,6 +199,15 @@ export class MachineMonitor extends EventEmitter<{ quit: []; loaded: []; incomin
           }
           this.migration.start(a.uri as string, { blk: a.blk === true });
           this.latest = 'outgoing';
+          return {};
+        },
+      },
+      'migrate-recover': {
+        args: { uri: 'string' },
+        run: async (a) => {
+          if (!this.incoming) throw new QmpCommandError('GenericError', 'Migrate recover can only be run when postcopy is paused.');
+          const address = await this.incoming.recover(a.uri as string);
+          this.emit('recovering', address);
           return {};
         },
       },

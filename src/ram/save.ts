@@ -385,6 +385,24 @@ export class RamSaveHandler implements SaveVMHandlers {
     for (let page = startBytes / TARGET_PAGE_SIZE; page < (startBytes + lengthBytes) / TARGET_PAGE_SIZE; page++) this.requestedPages.push({ state, page });
   }
 
+  /**
+   * Postcopy recovery: the destination's received bitmap for `idstr`. Every
+   * page it lacks is dirty again (what was in flight when the link broke is
+   * lost), queued requests are dropped (it asks again), and the next record
+   * names its block (the new channel has no "last block").
+   */
+  resumeFromReceived(idstr: string, received: Uint32Array): void {
+    const state = this.stateOf(idstr);
+    state.dirty.clearAll();
+    const missing = new Uint32Array(received.length);
+    for (let w = 0; w < received.length; w++) missing[w] = ~received[w]! >>> 0;
+    const pages = state.block.pageCount;
+    if (pages % 32) missing[missing.length - 1]! &= (1 << pages % 32) - 1;
+    state.dirty.merge(missing);
+    this.requestedPages = this.requestedPages.filter((r) => r.state !== state);
+    this.records.reset();
+  }
+
   /** Requested pages are waiting: send now, whatever the rate limit says. */
   get hasPageRequests(): boolean {
     return this.requestedPages.length > 0;

@@ -40,6 +40,12 @@ export interface LoadOptions {
   onConfiguration?: (configuration: StreamConfiguration) => void;
   /** Called for every section after its footer was checked (for listings). */
   onSection?: (section: LoadedSection) => void;
+  /**
+   * The stream broke (any error while reading or loading): return a reader on
+   * a new channel to go on from the next top-level record (postcopy recovery,
+   * with every section's state kept), or undefined to fail with `err`.
+   */
+  onStreamBroken?: (err: unknown) => Promise<StreamReader | undefined>;
   /** Whether the JSON trailer may follow EOF (default true); false once a postcopy stream switched to postcopy. */
   expectVmdesc?: () => boolean;
   /** Called for every COMMAND record; without it any command fails as unsupported. */
@@ -183,7 +189,17 @@ export async function loadVmState(input: StreamReader, registry: SaveStateRegist
         started.add(entry.handlers);
       }
     }
-    return (await loadRecords(input, undefined))!;
+    let reader = input;
+    for (;;) {
+      try {
+        return (await loadRecords(reader, undefined))!;
+      } catch (err) {
+        // Postcopy recovery: the record being read is abandoned; the next one comes from a new channel.
+        const next = options.onStreamBroken ? await options.onStreamBroken(err) : undefined;
+        if (!next) throw err;
+        reader = next;
+      }
+    }
   } finally {
     for (const handlers of started) await handlers.loadCleanup?.();
   }

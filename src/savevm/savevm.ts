@@ -36,7 +36,7 @@ export class SaveVmState {
 
   constructor(
     private readonly registry: SaveStateRegistry,
-    private readonly out: StreamWriter,
+    private out: StreamWriter,
     private readonly options: SaveOptions,
   ) {
     this.sendVmdesc = options.sendVmdesc ?? true;
@@ -64,6 +64,11 @@ export class SaveVmState {
       else if (entry.handlers?.saveState) bytes += header;
     }
     return bytes;
+  }
+
+  /** Postcopy recovery: write to a new channel from now on. */
+  redirect(out: StreamWriter): void {
+    this.out = out;
   }
 
   /** File header and configuration section. */
