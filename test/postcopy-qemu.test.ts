@@ -3,7 +3,8 @@
  * a QEMU destination can register it with userfaultfd): QEMU -> livemig and
  * livemig -> QEMU with `postcopy-ram` on both sides, the switch made while the
  * first pre-copy pass is still running (max-bandwidth 32 MiB/s), RAM equal
- * byte for byte. The none machine has no vCPU, so neither destination faults.
+ * byte for byte. The none machine has no vCPU; QEMU's own read of guest
+ * memory (HMP xp) on a QEMU destination faults and sends a page request.
  * A third test rewrites pages at the switch (an in-process source), so QEMU
  * gets many POSTCOPY_RAM_DISCARD commands (12 ranges each) for pages it has.
  */
@@ -125,7 +126,7 @@ test('postcopy QEMU 7.2 -> livemig (none machine): QEMU goes postcopy-active and
   }
 });
 
-test('postcopy livemig (none machine) -> QEMU 7.2: QEMU loads the package and the PART sections and completes, RAM byte for byte', { skip: qemuSkipReason(), timeout: 60_000 }, async (t) => {
+test('postcopy livemig (none machine) -> QEMU 7.2: QEMU loads the package and the PART sections, its read of a missing page is served, it completes, RAM byte for byte', { skip: qemuSkipReason(), timeout: 60_000 }, async (t) => {
   const ramDir = await mkdtemp(join(RAM_DIR, 'livemig-postcopy-qemu-'));
   let qemu: QemuProcess | undefined;
   let livemig: LivemigProcess | undefined;
@@ -136,7 +137,21 @@ test('postcopy livemig (none machine) -> QEMU 7.2: QEMU loads the package and th
     await setQemuCapabilities(qemu, ['postcopy-ram', 'events']);
     const address = await qemuListen(qemu);
     const started = Date.now();
-    livemig = startLivemigNone(['--pattern', `random:${seed}`, '--migrate-to', address, '--migrate-after-ms', '0', '--cap', 'postcopy-ram', '--param', `max-bandwidth=${BANDWIDTH}`, '--postcopy-after-ms', '500'], { ram: `${RAM_BYTES / MiB}M` });
+    const expected = new Uint8Array(RAM_BYTES);
+    fillNoneRam(expected, { kind: 'random', seed });
+    // After the switch too, at 32 MiB/s: RAM's tail is still at the source when QEMU reads it below.
+    livemig = startLivemigNone(['--pattern', `random:${seed}`, '--migrate-to', address, '--migrate-after-ms', '0', '--cap', 'postcopy-ram', '--param', `max-bandwidth=${BANDWIDTH}`, '--param', `max-postcopy-bandwidth=${BANDWIDTH}`, '--postcopy-after-ms', '500'], { ram: `${RAM_BYTES / MiB}M` });
+    // No vCPU faults, but QEMU's own read of guest memory (HMP xp) does: its fault thread sends a page
+    // request, and the read waits until livemig has served the page.
+    assert.equal(await qemu.waitForMigrationStatus(['postcopy-active', 'completed', 'failed'], 15_000), 'postcopy-active');
+    const view = new DataView(expected.buffer);
+    let probe = RAM_BYTES - TARGET_PAGE_SIZE;
+    while (view.getBigUint64(probe, true) === 0n || view.getBigUint64(probe + 8, true) === 0n) probe -= TARGET_PAGE_SIZE;
+    const readAt = Date.now();
+    const xp = (await qemu.execute('human-monitor-command', { 'command-line': `xp /2xg 0x${probe.toString(16)}` })) as string;
+    const readMs = Date.now() - readAt;
+    const words = [...xp.matchAll(/0x([0-9a-f]{16})/g)].map((m) => BigInt(`0x${m[1]}`));
+    assert.deepEqual(words, [view.getBigUint64(probe, true), view.getBigUint64(probe + 8, true)], `QEMU read the requested page: ${xp}`);
     const completed = await livemig.waitFor('completed', () => true, 20_000).catch((err: Error) => {
       const failed = livemig!.events.find((e) => e.event === 'failed' || e.event === 'postcopy-paused');
       throw new Error(`${failed ? JSON.stringify(failed.info) : err.message}; livemig: ${livemig!.stderr}; QEMU: ${qemu!.stderr}`);
@@ -145,14 +160,14 @@ test('postcopy livemig (none machine) -> QEMU 7.2: QEMU loads the package and th
     const info = completed.info;
     t.diagnostic(`livemig states ${statuses.join(' -> ')}; completed in ${Date.now() - started} ms, downtime ${info.downtime} ms, postcopy-bytes ${info.ram['postcopy-bytes']}, postcopy-requests ${info.ram['postcopy-requests']}`);
     assert.deepEqual(statuses, ['setup', 'active', 'postcopy-active', 'completed']);
+    t.diagnostic(`QEMU's read of page ${probe / TARGET_PAGE_SIZE} (of ${RAM_BYTES / TARGET_PAGE_SIZE}) took ${readMs} ms`);
     assert.ok(info.ram['postcopy-bytes'] > 16 * MiB, `RAM went after the switch: ${info.ram['postcopy-bytes']}`);
+    assert.ok(info.ram['postcopy-requests'] >= 1, `livemig served QEMU's page request: ${info.ram['postcopy-requests']}`);
     assert.equal(await qemu.waitForMigrationStatus(['completed', 'failed'], 10_000), 'completed', qemu.stderr);
     const qemuStatuses = qemu.events.filter((e) => e.event === 'MIGRATION').map((e) => (e.data as { status: string }).status);
     t.diagnostic(`QEMU states ${qemuStatuses.join(' -> ')}`);
     assert.ok(qemuStatuses.includes('postcopy-active'), `QEMU went postcopy-active: ${qemuStatuses.join(', ')}`);
     assert.equal(((await qemu.execute('query-status')) as { status: string }).status, 'running', 'QEMU runs the guest');
-    const expected = new Uint8Array(RAM_BYTES);
-    fillNoneRam(expected, { kind: 'random', seed });
     assert.equal(firstDifference(await readQemuRam({ ramFile }), expected), 'none', "QEMU's RAM equals livemig's");
   } finally {
     await livemig?.stop();
