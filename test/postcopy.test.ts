@@ -239,3 +239,25 @@ test('postcopy: after a cut, the operator may give up on the destination: migrat
     await closeDestination(d);
   }
 });
+
+test('x-livemig-postcopy-auto: pre-copy that stops converging switches to postcopy by itself, and says why', { timeout: 120_000 }, async () => {
+  const machine = await busySource();
+  const d = await destination(['postcopy-ram']);
+  try {
+    const { migration, statuses } = postcopyMigration(machine);
+    migration.setParameters({ 'x-livemig-postcopy-auto': true });
+    const reasons: string[] = [];
+    migration.on('postcopy', (reason) => reasons.push(reason));
+    migration.start(d.address);
+    assert.equal(await migration.finished, 'completed', queryMigrate(migration)['error-desc']);
+    assert.deepEqual(statuses, ['setup', 'active', 'postcopy-active', 'completed']);
+    assert.equal(reasons.length, 1);
+    assert.match(reasons[0]!, /pre-copy is not converging: .* pending after the sync against the .* the pause may carry/);
+    assert.match(migration.switchover!.reason!, /not converging/);
+    const check = await checkDestinationGuest(d);
+    assert.equal(check.memoryCheck.ok, true, check.memoryCheck.reason);
+  } finally {
+    await machine.destroy();
+    await closeDestination(d);
+  }
+});

@@ -187,6 +187,7 @@ async function runOutgoing(guest: Guest, migration: OutgoingMigration, options: 
   await new Promise((r) => setTimeout(r, Number(options.migrateAfterMs)));
   migration.on('status', (status) => emit('status', { status }, `migration: ${status}`));
   migration.on('pass', (pass) => emit('pass', { pass }, `migration: pass ${pass}`));
+  migration.on('postcopy', (reason) => emit('postcopy', { reason }, `migration: switching to postcopy (${reason})`));
   migration.start(options.migrateTo!);
   if (options.postcopyAfterMs !== undefined) {
     const timer = setTimeout(() => {

@@ -118,6 +118,12 @@ export interface MigrationParameters {
    * (liveness.ts; read live, so a change applies to a running migration).
    */
   'x-livemig-peer-timeout-ms': number;
+  /**
+   * With capability postcopy-ram: switch to postcopy by itself once pre-copy
+   * stops converging (postcopy-policy.ts: two passes in a row that close less
+   * than 10 % of the gap to the downtime budget), not only on migrate-start-postcopy.
+   */
+  'x-livemig-postcopy-auto': boolean;
 }
 
 export const DEFAULT_PEER_TIMEOUT_MS = 10_000;
@@ -160,6 +166,7 @@ export const DEFAULT_PARAMETERS: Readonly<MigrationParameters> = Object.freeze({
   'multifd-zlib-level': MULTIFD_DEFAULT_LEVEL,
   'multifd-zstd-level': MULTIFD_DEFAULT_LEVEL,
   'x-livemig-peer-timeout-ms': DEFAULT_PEER_TIMEOUT_MS,
+  'x-livemig-postcopy-auto': false,
 });
 
 /**
@@ -236,6 +243,7 @@ export const PARAMETER_TABLE = {
   'zero-page-detection': { type: 'string', since: '9.0' },
   // livemig's own.
   'x-livemig-peer-timeout-ms': { type: 'integer', implemented: { min: 100, max: 3_600_000, unit: MILLISECONDS } },
+  'x-livemig-postcopy-auto': { type: 'boolean', implemented: 'any' },
 } as const satisfies Record<string, ParameterSpec>;
 
 function levels(method: MultifdCompression): AcceptedValues {

@@ -33,6 +33,7 @@ import { RateWindow } from './rate-window.js';
 import { clientTlsFor, type ChannelSecurity } from './security.js';
 import type { TlsClientSettings } from '../transport/tls.js';
 import { decideSwitchover, INITIAL_SWITCHOVER_STATE } from './switchover.js';
+import { decidePostcopyAuto, INITIAL_POSTCOPY_AUTO_STATE } from './postcopy-policy.js';
 import { ACTIVE_STATES, canTransition, POSTCOPY_STATES, type MigrationStatus } from './state.js';
 
 /** What the loop saw when it decided to switch over (for tests and post-mortems). */
@@ -79,6 +80,8 @@ export interface OutgoingMigrationEvents {
   throttle: [number, number];
   /** Block migration's bulk-phase progress (0–100) as written to the stream. */
   diskProgress: [number];
+  /** The switch to postcopy begins, and why (migrate-start-postcopy, or x-livemig-postcopy-auto's reason). */
+  postcopy: [string];
 }
 
 export interface StartOptions {
@@ -111,6 +114,8 @@ interface Run {
   cancelRequested: boolean;
   /** `migrate-start-postcopy` (or the auto-switch) asked for postcopy; the loop switches at its next turn. */
   postcopyRequested: boolean;
+  /** Why postcopy was asked for. */
+  postcopyReason?: string;
   /** When the guest started on the destination in postcopy (ms, performance.now()). */
   postcopyStartMs?: number;
   /** Set once the destination may run the guest: from then on the source never resumes it by itself. */
@@ -310,6 +315,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
     if (!this.capabilities['postcopy-ram']) throw new MigrationError('refused', 'Enable postcopy with migrate_set_capability before the start of migration');
     if (this.currentStatus === 'none' || !this.run) throw new MigrationError('refused', 'Postcopy must be started after migration has been started');
     this.run.postcopyRequested = true;
+    this.run.postcopyReason ??= 'migrate-start-postcopy';
     this.wakeLoop?.();
   }
 
@@ -519,11 +525,15 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
     run.window = window;
     let idleInWindow = false; // ran out of dirty pages during this window
     let policy = INITIAL_SWITCHOVER_STATE;
+    let autoPostcopy = INITIAL_POSTCOPY_AUTO_STATE;
     const deviceStateBytes = run.deviceStateBytes;
     for (;;) {
       this.throwIfStopped(run);
       if (this.keepaliveDue(run)) await this.keepalive(run);
-      if (run.postcopyRequested) return 'postcopy';
+      if (run.postcopyRequested) {
+        this.emit('postcopy', run.postcopyReason ?? 'migrate-start-postcopy');
+        return 'postcopy';
+      }
       // When to stop the guest is switchover.ts's pure decision; here are its inputs and its I/O.
       const downtimeLimitMs = params()['downtime-limit'];
       const link = { deviceStateBytes, bandwidthBytesPerMs: window.bandwidthBytesPerMs, downtimeLimitMs, lastSyncCostMs: run.lastSyncMs };
@@ -537,6 +547,15 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
           run.lastKeepaliveMs = now();
         }
         step = decideSwitchover({ ...link, ramPendingBytes: await save.pendingBytes(true), exact: true, nowMs: now() }, step.state);
+        if (step.decision !== 'switchover' && this.capabilities['postcopy-ram'] && params()['x-livemig-postcopy-auto']) {
+          // Pre-copy failed its check again: is it still getting anywhere? (postcopy-policy.ts)
+          const auto = decidePostcopyAuto({ pendingBytes: step.pendingBytes, thresholdBytes: step.thresholdBytes, completedRounds: ram.stats.completedRounds }, autoPostcopy);
+          autoPostcopy = auto.state;
+          if (auto.switchToPostcopy) {
+            run.postcopyRequested = true;
+            run.postcopyReason = auto.reason;
+          }
+        }
       }
       policy = step.state;
       if (step.decision === 'switchover') {
@@ -682,7 +701,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
       bandwidthBytesPerMs: run.window?.bandwidthBytesPerMs ?? 0,
       downtimeLimitMs: this.parameters['downtime-limit'],
       thresholdBytes: 0,
-      reason: `postcopy: ${pendingBytes} bytes of RAM follow while the guest runs on the destination`,
+      reason: `postcopy (${run.postcopyReason ?? 'migrate-start-postcopy'}): ${pendingBytes} bytes of RAM follow while the guest runs on the destination`,
       handover,
     };
   }
