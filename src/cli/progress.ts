@@ -33,6 +33,8 @@ export interface ProgressFigures {
   elapsedMs: number;
   /** remaining / throughput; undefined while nothing has been measured. */
   etaMs?: number;
+  /** In postcopy: page requests the destination made so far. */
+  postcopyRequests?: number;
 }
 
 /**
@@ -60,6 +62,7 @@ export function figuresOf(info: MigrationInfo, passFromEvents: number, localElap
     figures.dirtyBytesPerSecond = dirtyPages * (ram['page-size'] ?? 4096);
   }
   figures.throughputMbps = ram.mbps;
+  if (figures.status.startsWith('postcopy')) figures.postcopyRequests = ram['postcopy-requests'] ?? 0;
   if (ram.remaining !== undefined && !ENDED.has(figures.status)) figures.etaMs = etaMs(ram.remaining, ram);
   return figures;
 }
@@ -106,6 +109,11 @@ function dirtyText(f: ProgressFigures): string | undefined {
 function amountText(f: ProgressFigures): string {
   if (f.totalBytes === undefined) return '';
   const percent = `${Math.floor((f.doneFraction ?? 0) * 100)}%`.padStart(4);
+  // In postcopy the guest runs on the destination; what remains here is what it still lacks.
+  if (f.postcopyRequests !== undefined) {
+    const missingPages = Math.round((f.remainingBytes ?? 0) / 4096);
+    return `${percent}  postcopy: ${missingPages} pages (${formatBytes(f.remainingBytes ?? 0)}) still missing on the destination, ${f.postcopyRequests} requested by its guest`;
+  }
   // The first pass sends every page once; later passes resend what the guest dirtied.
   if (f.pass <= 1) return `${percent} of ${formatBytes(f.totalBytes)}, ${formatBytes(f.transferredBytes ?? 0)} sent`;
   return `${percent}  remaining ${formatBytes(f.remainingBytes ?? 0)} of ${formatBytes(f.totalBytes)}`;

@@ -250,6 +250,10 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
     if (caps.multifd) throw new MigrationError('refused', 'Postcopy is not yet compatible with multifd');
     if (caps.block || options.blk) throw new MigrationError('refused', 'postcopy-ram with block migration is not supported: the disks would have to be handed over while the guest already runs on the destination; migrate the disks first (a precopy migration with blk), or share them');
     if (uriKind !== 'tcp' && uriKind !== 'unix') throw new MigrationError('refused', `postcopy-ram needs a two-way channel (tcp: or unix:) for the destination's page requests, not ${uriKind}:`);
+    // The destination runs the same guest type: one that cannot run with pages missing cannot take postcopy there either.
+    if (!this.machine.postcopy) {
+      throw new MigrationError('refused', `postcopy-ram is not possible with a ${this.machine.kind} guest: it cannot run on the destination with pages missing${this.machine.kind === 'v86' ? " (v86 reads and writes guest memory straight in WebAssembly memory; there is no hook for a missing page short of forking v86)" : ''}; use pre-copy (with xbzrle or auto-converge for a busy guest)`);
+    }
   }
 
   /**

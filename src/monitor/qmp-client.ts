@@ -397,6 +397,7 @@ export interface MigrationRamStats {
   'precopy-bytes'?: number;
   'downtime-bytes'?: number;
   'postcopy-bytes'?: number;
+  'postcopy-requests'?: number;
   [field: string]: unknown;
 }
 
