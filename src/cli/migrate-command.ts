@@ -15,7 +15,7 @@ import type { Command } from 'commander';
 import { ObjectRegistry } from '../security/index.js';
 import { parseQmpAddress, qmpClientTls } from './qmp-address.js';
 import { performance } from 'node:perf_hooks';
-import { MIGRATION_FINAL_STATES, QmpClient, QmpError, type MigrationInfo, type QmpEvent } from '../monitor/qmp-client.js';
+import { MIGRATION_FINAL_STATES, MIGRATION_WAIT_STATES, QmpClient, QmpError, type MigrationInfo, type QmpEvent } from '../monitor/qmp-client.js';
 import { parseCapabilityArgs, parseParameterArgs, type CapabilitySetting } from '../migration/config.js';
 import { ProgressDisplay, buildReport, figuresOf, formatMigrationInfo, formatReport, reportJson } from './progress.js';
 
@@ -44,6 +44,8 @@ export function registerMigrateCommands(program: Command): void {
     .option('--blk', "copy the VM's disks too (migrate with blk: true; the destination needs disks of the same names and sizes)")
     .option('--json', 'print each query-migrate snapshot as one JSON line, then a final summary line')
     .option('--interval-ms <ms>', 'how often to ask query-migrate', String(DEFAULT_POLL_INTERVAL_MS))
+    .option('--postcopy-after-ms <ms>', 'switch to postcopy (migrate-start-postcopy) this long after migrate; needs --cap postcopy-ram on both sides')
+    .option('--resume', "resume a paused postcopy migration to DEST_URI, the destination's migrate-recover address (livemig recover)")
     .addHelpText(
       'after',
       '\nCtrl-C asks "Cancel the migration? [y/N]" (a second Ctrl-C at the question cancels at once);\n' +
@@ -51,6 +53,16 @@ export function registerMigrateCommands(program: Command): void {
     )
     .action(async (destUri: string, options: MigrateOptions) => {
       process.exitCode = await migrateCommand(destUri, options);
+    });
+
+  program
+    .command('recover')
+    .description("postcopy paused: make the destination listen for the source again (migrate-recover) at LISTEN_URI; then livemig migrate --resume")
+    .argument('<listen-uri>', 'where the destination listens: tcp:HOST:PORT or unix:PATH')
+    .requiredOption('--qmp <uri>', "the destination's QMP monitor: unix:PATH or tcp:HOST:PORT[,tls-creds=ID]")
+    .option('--object <type,id=ID,...>', OBJECT_HELP, collect, [])
+    .action(async (listenUri: string, options: { qmp: string; object?: string[] }) => {
+      process.exitCode = await recoverCommand(listenUri, options);
     });
 
   program
@@ -83,6 +95,24 @@ export interface MigrateOptions {
   json?: boolean;
   intervalMs: string;
   blk?: boolean;
+  postcopyAfterMs?: string;
+  resume?: boolean;
+}
+
+/** `livemig recover`: QMP migrate-recover on a destination whose postcopy paused. */
+export async function recoverCommand(listenUri: string, options: { qmp: string; object?: string[] }): Promise<number> {
+  const client = await connectOrComplain(options.qmp, options.object);
+  if (!client) return 2;
+  try {
+    await client.execute('migrate-recover', { uri: listenUri });
+    process.stdout.write(`the destination waits for the source on ${listenUri}: livemig migrate --resume ${listenUri} --qmp <the source's monitor>\n`);
+    return 0;
+  } catch (err) {
+    complain(err instanceof QmpError ? `migrate-recover refused: ${err.desc}` : message(err));
+    return 1;
+  } finally {
+    await client.close();
+  }
 }
 
 function parseMs(text: string, what: string, min: number): number {
@@ -122,6 +152,8 @@ export async function migrateCommand(destUri: string, options: MigrateOptions): 
       parameters: parseParameterArgs(options.param ?? [], 'qmp'),
       json: options.json === true,
       blk: options.blk === true,
+      resume: options.resume === true,
+      ...(options.postcopyAfterMs !== undefined ? { postcopyAfterMs: parseMs(options.postcopyAfterMs, '--postcopy-after-ms', 0) } : {}),
       intervalMs: parseMs(options.intervalMs ?? String(DEFAULT_POLL_INTERVAL_MS), '--interval-ms', 10),
     };
   } catch (err) {
@@ -147,6 +179,8 @@ interface RunSettings {
   json: boolean;
   intervalMs: number;
   blk: boolean;
+  resume: boolean;
+  postcopyAfterMs?: number;
 }
 
 type CancelState = 'none' | 'asking' | 'sent' | 'abandoned';
@@ -192,12 +226,19 @@ class MigrationRun {
       }
       this.startedAtMs = performance.now();
       try {
-        await client.execute('migrate', { uri: settings.destUri, ...(settings.blk ? { blk: true } : {}) });
+        await client.execute('migrate', { uri: settings.destUri, ...(settings.blk ? { blk: true } : {}), ...(settings.resume ? { resume: true } : {}) });
       } catch (err) {
         if (!(err instanceof QmpError)) throw err;
         return this.finish({ status: 'failed', 'error-desc': err.desc }, `migrate refused: ${err.desc}`);
       }
+      const postcopyTimer =
+        settings.postcopyAfterMs === undefined
+          ? undefined
+          : setTimeout(() => {
+              client.execute('migrate-start-postcopy').catch((err: unknown) => complain(`migrate-start-postcopy: ${err instanceof QmpError ? err.desc : message(err)}`));
+            }, settings.postcopyAfterMs);
       const last = await this.pollUntilFinal();
+      clearTimeout(postcopyTimer);
       if (!last) {
         complain('interrupted: migrate_cancel was sent, not waiting for the migration to stop');
         return 1;
@@ -218,7 +259,7 @@ class MigrationRun {
       if (this.abandoned()) return undefined;
       this.show(info);
       const status = info.status ?? 'none';
-      const final = MIGRATION_FINAL_STATES.includes(status);
+      const final = MIGRATION_FINAL_STATES.includes(status) || MIGRATION_WAIT_STATES.includes(status);
       if (!final && status !== 'none') this.sawThisMigration = true;
       if (final && (this.sawThisMigration || !this.eventsOn || this.elapsedMs() > STALE_STATUS_GRACE_MS)) return info;
       // After a cancel, `none` means there was nothing to cancel.
@@ -256,6 +297,8 @@ class MigrationRun {
     }
     const why = reason ?? report.errorDesc ?? (this.cancel === 'sent' ? 'cancelled on request' : 'no reason given');
     complain(`migration ${report.status}: ${why}`);
+    // Postcopy paused: the guest lives on the destination, which needs this source; the operator decides (recover or give up).
+    if (report.status === 'postcopy-paused') return 4;
     // livemig's source says when it cannot know where the guest runs (the error names the command that tells).
     return info['x-livemig-error-code'] === 'outcome-unknown' ? 3 : 1;
   }

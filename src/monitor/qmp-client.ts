@@ -421,3 +421,5 @@ export interface MigrationInfo {
 
 /** States after which a migration no longer runs (until the next `migrate`). */
 export const MIGRATION_FINAL_STATES: readonly string[] = ['completed', 'failed', 'cancelled'];
+/** Where `livemig migrate` stops watching without an end: postcopy waits for the operator (recover, or give up). */
+export const MIGRATION_WAIT_STATES: readonly string[] = ['postcopy-paused'];
