@@ -261,3 +261,90 @@ test('x-livemig-postcopy-auto: pre-copy that stops converging switches to postco
     await closeDestination(d);
   }
 });
+
+test('postcopy: a link that stalls before the go-ahead (the package in flight) fails the switch; the source resumes its guest', { timeout: 120_000 }, async () => {
+  const machine = await busySource();
+  const d = await destination(['postcopy-ram']);
+  const port = Number(d.address.split(':').pop());
+  const proxy = await FaultProxy.start({ targetPort: port });
+  try {
+    const { migration, statuses } = postcopyMigration(machine);
+    migration.setParameters({ 'x-livemig-peer-timeout-ms': 1000 });
+    // The moment the switch begins, nothing more gets through: the destination never gets the package.
+    migration.on('status', (s) => {
+      if (s === 'postcopy-active') proxy.stall();
+    });
+    migration.start(proxy.uri);
+    await startPostcopyAfterFirstPass(migration);
+    assert.equal(await migration.finished, 'failed', queryMigrate(migration)['error-desc']);
+    assert.deepEqual(statuses, ['setup', 'active', 'postcopy-active', 'failed']);
+    assert.equal(migration.error?.code, 'peer-timeout');
+    assert.equal(machine.running, true, 'before the go-ahead the guest is still here: resumed');
+    const status = (await d.qmp.execute('query-status')) as { status: string };
+    assert.notEqual(status.status, 'running', 'the destination never started it');
+  } finally {
+    await proxy.close();
+    await machine.destroy();
+    await closeDestination(d);
+  }
+});
+
+test('postcopy: a link that stalls after the switch pauses both sides (peer timeout); recovery finishes it', { timeout: 120_000 }, async () => {
+  const machine = await busySource();
+  const d = await destination(['postcopy-ram']);
+  await d.qmp.execute('migrate-set-parameters', { 'x-livemig-peer-timeout-ms': 1000 });
+  const port = Number(d.address.split(':').pop());
+  const proxy = await FaultProxy.start({ targetPort: port });
+  try {
+    const { migration } = postcopyMigration(machine);
+    migration.setParameters({ 'max-postcopy-bandwidth': 20 * MiB, 'x-livemig-peer-timeout-ms': 1000 });
+    migration.start(proxy.uri);
+    await startPostcopyAfterFirstPass(migration);
+    for (let i = 0; ((await d.qmp.execute('query-status')) as { status: string }).status !== 'running'; i++) {
+      assert.ok(i < 500, 'the destination starts the guest');
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    proxy.stall();
+    assert.equal(await migration.finished, 'postcopy-paused');
+    assert.match(queryMigrate(migration)['error-desc']!, /has not .*1\.?\d* s|not answered|timeout/i);
+    await d.dst.waitFor('postcopy-paused', () => true, 20_000);
+    const at = d.dst.events.length;
+    await d.qmp.execute('migrate-recover', { uri: 'tcp:127.0.0.1:0' });
+    const { address } = await d.dst.waitFor('recovering', () => true, 10_000, at);
+    migration.setParameters({ 'max-postcopy-bandwidth': 0 });
+    migration.resume(address);
+    assert.equal(await migration.finished, 'completed', queryMigrate(migration)['error-desc']);
+    const check = await checkDestinationGuest(d);
+    assert.equal(check.memoryCheck.ok, true, check.memoryCheck.reason);
+  } finally {
+    await proxy.close();
+    await machine.destroy();
+    await closeDestination(d);
+  }
+});
+
+test('postcopy: a destination killed after the switch: the source pauses, and only migrate_cancel then cont bring its copy back', { timeout: 120_000 }, async () => {
+  const machine = await busySource();
+  const d = await destination(['postcopy-ram']);
+  try {
+    const { migration } = postcopyMigration(machine);
+    migration.setParameters({ 'max-postcopy-bandwidth': 20 * MiB });
+    migration.start(d.address);
+    await startPostcopyAfterFirstPass(migration);
+    for (let i = 0; ((await d.qmp.execute('query-status')) as { status: string }).status !== 'running'; i++) {
+      assert.ok(i < 500, 'the destination starts the guest');
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    d.dst.child.kill('SIGKILL');
+    assert.equal(await migration.finished, 'postcopy-paused');
+    assert.equal(machine.running, false, 'no silent resume of a copy that is not current');
+    migration.cancel();
+    assert.equal(migration.error?.code, 'postcopy-lost');
+    machine.resume(); // the operator's cont
+    const before = machine.stats().pagesWritten;
+    await waitUntil(() => machine.stats().pagesWritten > before + 1000);
+  } finally {
+    await machine.destroy();
+    await closeDestination(d);
+  }
+});
