@@ -15,7 +15,7 @@ import { test } from 'node:test';
 import { BlockDevice } from '../src/block/block-device.js';
 import { NoneMachine } from '../src/machine/none-machine.js';
 import { createTestMachine, TEST_RAM_BLOCK, type TestMachine, type TestMachineOptions } from '../src/machine/test-machine.js';
-import { waitFor } from './helpers/wait.js';
+import { measurePagesPerSecond, waitFor } from './helpers/wait.js';
 
 const MiB = 1024 * 1024;
 const PAGE = 4096;
@@ -191,24 +191,15 @@ test('postcopy: the disk workload waits for its generation-table page before wri
   }
 });
 
-/** Pages written per second while running for about `ms`. */
-async function measureRate(m: TestMachine, ms: number): Promise<number> {
-  const before = m.stats().pagesWritten;
-  const t0 = performance.now();
-  m.resume();
-  await sleep(ms);
-  await m.pause();
-  return (m.stats().pagesWritten - before) / ((performance.now() - t0) / 1000);
-}
 
 test('postcopy: armed with every page present, and after disarm(), the guest runs at full speed', async (t) => {
   await withIncoming({}, async (m) => {
-    const unarmed = await measureRate(m, 300);
+    const unarmed = await measurePagesPerSecond(m, 300);
     const present = presentBitmap(() => true);
     const faults = arm(m, present);
-    const armed = await measureRate(m, 300);
+    const armed = await measurePagesPerSecond(m, 300);
     m.postcopy.disarm();
-    const disarmed = await measureRate(m, 300);
+    const disarmed = await measurePagesPerSecond(m, 300);
     t.diagnostic(`pages/s: unarmed ${Math.round(unarmed)}, armed (all present) ${Math.round(armed)}, disarmed ${Math.round(disarmed)}`);
     assert.equal(faults.length, 0);
     assert.equal(m.postcopy.blocktime().totalMs, 0);

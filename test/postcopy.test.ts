@@ -71,6 +71,14 @@ async function startPostcopyAfterFirstPass(migration: OutgoingMigration): Promis
   migration.startPostcopy();
 }
 
+/** Wait until the destination has started the guest (the go-ahead arrived). */
+async function destinationRuns(d: Destination): Promise<void> {
+  for (let i = 0; ((await d.qmp.execute('query-status')) as { status: string }).status !== 'running'; i++) {
+    assert.ok(i < 500, 'the destination starts the guest');
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
 /** The destination's guest: runs on, and its own memory check passes once paused. */
 async function checkDestinationGuest(d: Destination): Promise<Record<string, any>> {
   const first = await d.dst.waitFor('guest', (e) => e.running, 10_000, d.dst.events.length);
@@ -172,10 +180,7 @@ async function cutAfterSwitch(machine: TestMachine, d: Destination, proxy: Fault
   await startPostcopyAfterFirstPass(migration);
   await waitUntil(() => migration.status === 'postcopy-active' && (migration.snapshot().ram?.postcopyBytes ?? 0) > MiB);
   // Cut once the destination runs the guest (before that, the destination fails and the guest stays here).
-  for (let i = 0; ((await d.qmp.execute('query-status')) as { status: string }).status !== 'running'; i++) {
-    assert.ok(i < 500, 'the destination starts the guest');
-    await new Promise((r) => setTimeout(r, 10));
-  }
+  await destinationRuns(d);
   proxy.cut();
   assert.equal(await migration.finished, 'postcopy-paused');
   const info = queryMigrate(migration);
@@ -300,10 +305,7 @@ test('postcopy: a link that stalls after the switch pauses both sides (peer time
     migration.setParameters({ 'max-postcopy-bandwidth': 20 * MiB, 'x-livemig-peer-timeout-ms': 1000 });
     migration.start(proxy.uri);
     await startPostcopyAfterFirstPass(migration);
-    for (let i = 0; ((await d.qmp.execute('query-status')) as { status: string }).status !== 'running'; i++) {
-      assert.ok(i < 500, 'the destination starts the guest');
-      await new Promise((r) => setTimeout(r, 10));
-    }
+    await destinationRuns(d);
     proxy.stall();
     assert.equal(await migration.finished, 'postcopy-paused');
     assert.match(queryMigrate(migration)['error-desc']!, /has not .*1\.?\d* s|not answered|timeout/i);
@@ -331,10 +333,7 @@ test('postcopy: a destination killed after the switch: the source pauses, and on
     migration.setParameters({ 'max-postcopy-bandwidth': 20 * MiB });
     migration.start(d.address);
     await startPostcopyAfterFirstPass(migration);
-    for (let i = 0; ((await d.qmp.execute('query-status')) as { status: string }).status !== 'running'; i++) {
-      assert.ok(i < 500, 'the destination starts the guest');
-      await new Promise((r) => setTimeout(r, 10));
-    }
+    await destinationRuns(d);
     d.dst.child.kill('SIGKILL');
     assert.equal(await migration.finished, 'postcopy-paused');
     assert.equal(machine.running, false, 'no silent resume of a copy that is not current');

@@ -11,7 +11,7 @@ import { SaveStateRegistry } from '../src/savevm/index.js';
 import { vmstateSave } from '../src/vmstate/index.js';
 import { MemorySink, StreamWriter } from '../src/wire/index.js';
 import { loadDevices, saveDevices } from './helpers/devices.js';
-import { waitFor } from './helpers/wait.js';
+import { measurePagesPerSecond, waitFor } from './helpers/wait.js';
 
 const MiB = 1024 * 1024;
 const PAGE = 4096;
@@ -32,16 +32,6 @@ function collectSerial(m: TestMachine): { text: () => string } {
   return { text: () => text };
 }
 
-/** Pages written per second while running for about `ms`, measured around resume/pause. */
-async function measureRate(m: TestMachine, ms: number): Promise<number> {
-  const before = m.stats().pagesWritten;
-  const t0 = performance.now();
-  m.resume();
-  await sleep(ms);
-  await m.pause();
-  const seconds = (performance.now() - t0) / 1000;
-  return (m.stats().pagesWritten - before) / seconds;
-}
 
 
 test('workload: passes advance, serial says A once then B every N passes', async () => {
@@ -104,10 +94,10 @@ test('throttle keeps the vCPU off the CPU for the share asked', async (t) => {
     let throttledRate = Infinity;
     for (let round = 0; round < 3; round++) {
       m.setThrottle(0);
-      fullRate = Math.max(fullRate, await measureRate(m, 150));
+      fullRate = Math.max(fullRate, await measurePagesPerSecond(m, 150));
       m.setThrottle(75);
       assert.equal(m.throttlePercent, 75);
-      throttledRate = Math.min(throttledRate, await measureRate(m, 150));
+      throttledRate = Math.min(throttledRate, await measurePagesPerSecond(m, 150));
     }
     t.diagnostic(`pages/s: unthrottled ${fullRate.toFixed(0)}, throttled 75 % ${throttledRate.toFixed(0)}`);
     assert.ok(throttledRate > 0);
@@ -120,12 +110,12 @@ test('throttle keeps the vCPU off the CPU for the share asked', async (t) => {
 test('dirty-rate cap is roughly honoured', async (t) => {
   const cap = 20000;
   await withMachine({ ramSizeBytes: 8 * MiB, startPaused: true, dirtyRatePagesPerSecond: cap }, async (m) => {
-    const rate = await measureRate(m, 300);
+    const rate = await measurePagesPerSecond(m, 300);
     t.diagnostic(`capped at ${cap} pages/s: measured ${rate.toFixed(0)}`);
     assert.ok(rate < 1.3 * cap, `rate ${rate} above the cap ${cap}`);
     assert.ok(rate > 0.3 * cap, `rate ${rate} far below the cap ${cap}`);
     m.setDirtyRateLimit(0);
-    const free = await measureRate(m, 100);
+    const free = await measurePagesPerSecond(m, 100);
     assert.ok(free > 2 * cap, `uncapped rate ${free}`);
   });
 });

@@ -303,7 +303,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
       await this.iteratePostcopy(run);
       await this.completePostcopy(run);
       this.transition('completed');
-      return 'completed';
+      return 'completed' as const;
     } catch (caught) {
       return await this.failed(run, caught);
     } finally {
