@@ -84,7 +84,16 @@ export async function runLivemigMigration(o: LivemigRunOptions): Promise<RunResu
     // Passes when the guest stopped (switchover) or when the migration ended.
     let passesAtStop: number | undefined;
     const src = machine;
-    migration.once('stop', () => (passesAtStop = o.guestPasses?.(src)));
+    let stoppedAtWallMs: number | undefined;
+    migration.once('stop', () => {
+      stoppedAtWallMs = Date.now();
+      passesAtStop = o.guestPasses?.(src);
+    });
+    // The destination's RESUME (its guest running), for the postcopy pause as the guest sees it.
+    let resumedAtWallMs: number | undefined;
+    qmp?.on('event', (e: { event: string; timestampMs: number }) => {
+      if (e.event === 'RESUME') resumedAtWallMs ??= e.timestampMs;
+    });
     migration.start(address, o.blk ? { blk: true } : {});
     const bound = setTimeout(() => {
       try {
@@ -100,7 +109,10 @@ export async function runLivemigMigration(o: LivemigRunOptions): Promise<RunResu
     let startError: string | undefined;
     if (spec.postcopy) {
       migration.on('status', (s) => {
-        if (s === 'postcopy-active') postcopyActiveAt ??= performance.now();
+        if (s === 'postcopy-active') {
+          postcopyActiveAt ??= performance.now();
+          pc.switched = true;
+        }
         else if (s === 'completed' && postcopyActiveAt !== undefined) pc.postcopyMs = Math.round(performance.now() - postcopyActiveAt);
       });
       poll = setInterval(() => {
@@ -131,6 +143,8 @@ export async function runLivemigMigration(o: LivemigRunOptions): Promise<RunResu
       const d = (await qmp.execute('query-migrate').catch(() => ({}))) as { 'postcopy-blocktime'?: number; 'x-livemig-postcopy'?: { requests: number } };
       if (d['postcopy-blocktime'] !== undefined) pc.blocktimeMs = d['postcopy-blocktime'];
       if (d['x-livemig-postcopy']) pc.destRequests = d['x-livemig-postcopy'].requests;
+      pc.switched ??= false;
+      if (pc.switched && stoppedAtWallMs !== undefined && resumedAtWallMs !== undefined) pc.stopToRunningMs = Math.round(resumedAtWallMs - stoppedAtWallMs);
     }
     // The destination's work ends when it has loaded everything ('resumed'), after the source's.
     const cpu1 = [srcCpu1, destCpu.stop()];

@@ -196,6 +196,11 @@ export async function qemuMigration(spec: ScenarioSpec): Promise<RunResult | str
       };
       const p0 = at('postcopy-active');
       const p1 = at('completed');
+      pc.switched = p0 !== undefined;
+      // The pause as the guest sees it: the source's STOP until the destination's RESUME (one host clock).
+      const stop = src.events.find((e) => e.event === 'STOP');
+      const resume = dst.events.find((e) => e.event === 'RESUME');
+      if (pc.switched && stop && resume) pc.stopToRunningMs = Math.round(eventMs(resume) - eventMs(stop));
       if (p0 !== undefined && p1 !== undefined) pc.postcopyMs = Math.round(p1 - p0);
       // QEMU keeps the destination's blocktime in its query-migrate after completion.
       const d = (await dst.execute('query-migrate').catch(() => ({}))) as { 'postcopy-blocktime'?: number };

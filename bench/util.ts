@@ -256,6 +256,10 @@ export interface RunResult {
 export interface PostcopyFigures {
   /** ms from `migrate` until the first-pass rule held and `migrate-start-postcopy` was sent; undefined if it never was. */
   startedAtMs?: number;
+  /** The source went to `postcopy-active` (false: it completed in pre-copy before the switch). */
+  switched?: boolean;
+  /** ms from the source guest's stop until the destination's guest ran (wall clock: the source's stop, the destination's QMP RESUME event). */
+  stopToRunningMs?: number;
   /** ms from the source's status `postcopy-active` until `completed`. */
   postcopyMs?: number;
   /** Destination `postcopy-blocktime` (ms the guest waited for pages, all vCPUs). */
