@@ -164,6 +164,7 @@ export async function qemuMigration(spec: ScenarioSpec): Promise<RunResult | str
     let lastActive: QemuInfo = {};
     let cancelledAtMs: number | undefined;
     let passesAtStop: number | undefined;
+    const notes: string[] = [];
     const pc: PostcopyFigures = {};
     for (;;) {
       info = (await src.execute('query-migrate')) as QemuInfo;
@@ -173,7 +174,8 @@ export async function qemuMigration(spec: ScenarioSpec): Promise<RunResult | str
       if (spec.postcopy && pc.startedAtMs === undefined && info.status === 'active' && firstPassDone(info.ram)) {
         // The first-pass rule (bench/util.ts FIRST_PASS_RULE), as for livemig.
         pc.startedAtMs = Math.round(performance.now() - t0);
-        await src.execute('migrate-start-postcopy');
+        // Refused if QEMU has just begun completing in pre-copy: that run then counts as not switched.
+        await src.execute('migrate-start-postcopy').catch((err: unknown) => notes.push(`migrate-start-postcopy refused: ${err instanceof Error ? err.message : String(err)}`));
       }
       // No migrate_cancel once in postcopy: the guest runs on the destination (QEMU would leave it postcopy-paused).
       if (cancelledAtMs === undefined && performance.now() - t0 > spec.boundMs && !info.status?.startsWith('postcopy')) {
@@ -212,7 +214,6 @@ export async function qemuMigration(spec: ScenarioSpec): Promise<RunResult | str
     // migration (seen on this machine); then take them from the QMP events'
     // timestamps: MIGRATION completed on the source minus the time `migrate` was
     // sent, and the destination's RESUME minus the source's STOP.
-    const notes: string[] = [];
     let totalMs = info['total-time'];
     let downtimeMs = info.downtime;
     if (info.status === 'failed' && cancelledAtMs !== undefined) notes.push(`migrate_cancel ended as failed: ${info['error-desc'] ?? '?'}`);
