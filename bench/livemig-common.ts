@@ -16,10 +16,10 @@ import type { Machine } from '../src/machine/index.js';
 import { MigrationConfig, OutgoingMigration } from '../src/migration/index.js';
 import { QmpClient } from '../src/monitor/qmp-client.js';
 import { ObjectRegistry } from '../src/security/index.js';
-import { cpuDelta, CpuSampler, cpuUsed, currentRssBytes, jsonEvent, LineChild, LIVEMIG_MAIN, MiB, optNumber, ownCpuSeconds, PeakRssSampler, peakRssBytes, sleep, type RunResult, type ScenarioSpec } from './util.js';
+import { cpuDelta, CpuSampler, firstPassDone, POSTCOPY_POLL_MS, type PostcopyFigures, cpuUsed, currentRssBytes, jsonEvent, LineChild, LIVEMIG_MAIN, MiB, optNumber, ownCpuSeconds, PeakRssSampler, peakRssBytes, sleep, type RunResult, type ScenarioSpec } from './util.js';
 
-/** Capabilities a destination must have turned on as well (QEMU requires it for multifd). */
-const BOTH_SIDES = new Set(['multifd']);
+/** Capabilities a destination must have turned on as well (QEMU requires it for multifd and postcopy-ram). */
+const BOTH_SIDES = new Set(['multifd', 'postcopy-ram']);
 
 export interface LivemigRunOptions {
   spec: ScenarioSpec;
@@ -38,7 +38,8 @@ export interface LivemigRunOptions {
 export async function runLivemigMigration(o: LivemigRunOptions): Promise<RunResult> {
   const { spec } = o;
   const dir = await mkdtemp(join(tmpdir(), 'livemig-bench-'));
-  const bothSides = spec.caps.filter((c) => BOTH_SIDES.has(c));
+  // Postcopy: postcopy-ram on both sides, and the destination measures how long its guest waits for pages.
+  const bothSides = [...spec.caps.filter((c) => BOTH_SIDES.has(c)), ...(spec.postcopy ? ['postcopy-ram', 'postcopy-blocktime'] : [])].filter((c, i, all) => all.indexOf(c) === i);
   const qmpUri = `unix:${join(dir, 'dst.qmp')}`;
   const dest = new LineChild(process.execPath, [
     ...process.execArgv,
@@ -74,7 +75,7 @@ export async function runLivemigMigration(o: LivemigRunOptions): Promise<RunResu
     if (spec.tlsDirs) objects.addFromText(`tls-creds-x509,id=tls0,dir=${spec.tlsDirs.client},endpoint=client`);
     const migration = new OutgoingMigration(machine, new MigrationConfig(), { security: objects });
     migration.setParameters({ 'max-bandwidth': spec.maxBandwidth, 'downtime-limit': spec.downtimeLimitMs, ...spec.params, ...(spec.tlsDirs ? { 'tls-creds': 'tls0' } : {}) });
-    migration.setCapabilities(Object.fromEntries(spec.caps.map((c) => [c, true])));
+    migration.setCapabilities(Object.fromEntries([...spec.caps, ...(spec.postcopy ? ['postcopy-ram'] : [])].map((c) => [c, true])));
     // The source is this process: its own CPU (process.cpuUsage, every thread), in microseconds.
     const cpu0 = [ownCpuSeconds(), destCpu.sample()];
     const passes0 = o.guestPasses?.(machine);
@@ -83,7 +84,16 @@ export async function runLivemigMigration(o: LivemigRunOptions): Promise<RunResu
     // Passes when the guest stopped (switchover) or when the migration ended.
     let passesAtStop: number | undefined;
     const src = machine;
-    migration.once('stop', () => (passesAtStop = o.guestPasses?.(src)));
+    let stoppedAtWallMs: number | undefined;
+    migration.once('stop', () => {
+      stoppedAtWallMs = Date.now();
+      passesAtStop = o.guestPasses?.(src);
+    });
+    // The destination's RESUME (its guest running), for the postcopy pause as the guest sees it.
+    let resumedAtWallMs: number | undefined;
+    qmp?.on('event', (e: { event: string; timestampMs: number }) => {
+      if (e.event === 'RESUME') resumedAtWallMs ??= e.timestampMs;
+    });
     migration.start(address, o.blk ? { blk: true } : {});
     const bound = setTimeout(() => {
       try {
@@ -92,15 +102,49 @@ export async function runLivemigMigration(o: LivemigRunOptions): Promise<RunResu
         /* too late to cancel: the destination has the whole state; it completes */
       }
     }, spec.boundMs);
+    // Postcopy: the source's status changes (postcopy-active until completed), and the switch by the first-pass rule.
+    const pc: PostcopyFigures = {};
+    let postcopyActiveAt: number | undefined;
+    let poll: NodeJS.Timeout | undefined;
+    let startError: string | undefined;
+    if (spec.postcopy) {
+      migration.on('status', (s) => {
+        if (s === 'postcopy-active') {
+          postcopyActiveAt ??= performance.now();
+          pc.switched = true;
+        }
+        else if (s === 'completed' && postcopyActiveAt !== undefined) pc.postcopyMs = Math.round(performance.now() - postcopyActiveAt);
+      });
+      poll = setInterval(() => {
+        if (migration.status !== 'active') return;
+        if (!firstPassDone(queryMigrate(migration).ram)) return;
+        clearInterval(poll);
+        pc.startedAtMs = Math.round(performance.now() - mt0);
+        try {
+          migration.startPostcopy();
+        } catch (err) {
+          startError = `migrate-start-postcopy: ${(err as Error).message}`;
+        }
+      }, POSTCOPY_POLL_MS);
+    }
     const status = await migration.finished;
     const mt1 = performance.now();
     clearTimeout(bound);
+    clearInterval(poll);
     const passes1 = passesAtStop ?? o.guestPasses?.(machine);
     const info = queryMigrate(migration);
     if (process.env.LIVEMIG_BENCH_DEBUG) process.stderr.write(`switchover: ${JSON.stringify(migration.switchover)}\n`);
     const srcCpu1 = ownCpuSeconds();
     if (status === 'completed') {
       await Promise.race([dest.waitFor(jsonEvent('resumed'), 'destination'), sleep(30_000)]);
+    }
+    if (spec.postcopy && qmp) {
+      // Right after the destination completed: its blocktime and its own count of requested pages.
+      const d = (await qmp.execute('query-migrate').catch(() => ({}))) as { 'postcopy-blocktime'?: number; 'x-livemig-postcopy'?: { requests: number } };
+      if (d['postcopy-blocktime'] !== undefined) pc.blocktimeMs = d['postcopy-blocktime'];
+      if (d['x-livemig-postcopy']) pc.destRequests = d['x-livemig-postcopy'].requests;
+      pc.switched ??= false;
+      if (pc.switched && stoppedAtWallMs !== undefined && resumedAtWallMs !== undefined) pc.stopToRunningMs = Math.round(resumedAtWallMs - stoppedAtWallMs);
     }
     // The destination's work ends when it has loaded everything ('resumed'), after the source's.
     const cpu1 = [srcCpu1, destCpu.stop()];
@@ -131,6 +175,8 @@ export async function runLivemigMigration(o: LivemigRunOptions): Promise<RunResu
       ...(x ? { xbzrle: { bytes: x.bytes, pages: x.pages, cacheMiss: x['cache-miss'], overflow: x.overflow } } : {}),
       ...(passes0 !== undefined && passes1 !== undefined ? { guestPassesPerSecond: (passes1 - passes0) / ((mt1 - mt0) / 1000) } : {}),
       ...(status === 'failed' ? { error: info['error-desc'] ?? 'failed' } : {}),
+      ...(startError ? { note: startError } : {}),
+      ...(spec.postcopy ? { postcopy: { ...pc, ...(ram ? { requests: ram['postcopy-requests'], postcopyBytes: ram['postcopy-bytes'] } : {}) } } : {}),
     };
   } finally {
     destRss.stop();

@@ -26,7 +26,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { QemuProcess, qemuSkipReason } from '../test/helpers/qemu.js';
 import { sequentialReadBytesPerSecond, writeRandomImage } from './disk-image.js';
-import { cpuDelta, CpuSampler, cpuUsed, MiB, optNumber, PeakRssSampler, sleep, type RunResult, type ScenarioSpec } from './util.js';
+import { cpuDelta, CpuSampler, cpuUsed, firstPassDone, MiB, optNumber, PeakRssSampler, POSTCOPY_POLL_MS, sleep, type PostcopyFigures, type RunResult, type ScenarioSpec } from './util.js';
 
 export const MULTIBOOT_KERNEL = new URL('../../guests/multiboot/livemig-test-kernel.bin', import.meta.url).pathname;
 /**
@@ -69,7 +69,7 @@ type QemuInfo = {
   'total-time'?: number;
   'setup-time'?: number;
   downtime?: number;
-  ram?: { transferred: number; 'dirty-sync-count': number };
+  ram?: { transferred: number; 'dirty-sync-count': number; normal: number; duplicate: number; total: number; 'page-size'?: number; 'postcopy-requests'?: number; 'postcopy-bytes'?: number };
   disk?: { transferred: number; remaining: number; total: number };
   'xbzrle-cache'?: { bytes: number; pages: number; 'cache-miss': number; overflow: number };
   'error-desc'?: string;
@@ -135,8 +135,10 @@ export async function qemuMigration(spec: ScenarioSpec): Promise<RunResult | str
     // CPU of each QEMU process from /proc/PID/stat (utime + stime: every thread, the migration and
     // multifd threads included, also after they exited); the last reading is kept should one exit.
     cpuSamplers = pids.map((pid) => new CpuSampler(() => pid));
-    const caps = [{ capability: 'return-path', state: true }, { capability: 'events', state: true }, ...spec.caps.map((capability) => ({ capability, state: true }))];
-    const bothSides = spec.caps.filter((c) => c === 'multifd');
+    const srcCaps = [...spec.caps, ...(spec.postcopy ? ['postcopy-ram'] : [])];
+    const caps = [{ capability: 'return-path', state: true }, { capability: 'events', state: true }, ...srcCaps.map((capability) => ({ capability, state: true }))];
+    // Postcopy: postcopy-ram on both sides, and the destination measures how long its guest waits for pages.
+    const bothSides = [...spec.caps.filter((c) => c === 'multifd' || c === 'postcopy-ram'), ...(spec.postcopy ? ['postcopy-ram', 'postcopy-blocktime'] : [])].filter((c, i, all) => all.indexOf(c) === i);
     if (bothSides.length > 0) {
       await dst.execute('migrate-set-capabilities', { capabilities: bothSides.map((capability) => ({ capability, state: true })) });
       if (Object.keys(spec.params).length > 0) await dst.execute('migrate-set-parameters', spec.params);
@@ -162,29 +164,56 @@ export async function qemuMigration(spec: ScenarioSpec): Promise<RunResult | str
     let lastActive: QemuInfo = {};
     let cancelledAtMs: number | undefined;
     let passesAtStop: number | undefined;
+    const notes: string[] = [];
+    const pc: PostcopyFigures = {};
     for (;;) {
       info = (await src.execute('query-migrate')) as QemuInfo;
       if (info.ram) lastActive = { ...lastActive, ...info };
       if (info.status === 'completed' || info.status === 'failed' || info.status === 'cancelled') break;
-      if (info.status === 'device' || info.status === 'pre-switchover') passesAtStop ??= await serialPasses();
-      if (cancelledAtMs === undefined && performance.now() - t0 > spec.boundMs) {
+      if (info.status === 'device' || info.status === 'pre-switchover' || info.status === 'postcopy-active') passesAtStop ??= await serialPasses();
+      if (spec.postcopy && pc.startedAtMs === undefined && info.status === 'active' && firstPassDone(info.ram)) {
+        // The first-pass rule (bench/util.ts FIRST_PASS_RULE), as for livemig.
+        pc.startedAtMs = Math.round(performance.now() - t0);
+        // Refused if QEMU has just begun completing in pre-copy: that run then counts as not switched.
+        await src.execute('migrate-start-postcopy').catch((err: unknown) => notes.push(`migrate-start-postcopy refused: ${err instanceof Error ? err.message : String(err)}`));
+      }
+      // No migrate_cancel once in postcopy: the guest runs on the destination (QEMU would leave it postcopy-paused).
+      if (cancelledAtMs === undefined && performance.now() - t0 > spec.boundMs && !info.status?.startsWith('postcopy')) {
         cancelledAtMs = performance.now() - t0;
         await src.execute('migrate_cancel').catch(() => {});
       }
-      await sleep(100);
+      if (performance.now() - t0 > spec.boundMs + 120_000) throw new Error(`still ${info.status} ${spec.boundMs / 1000 + 120} s after migrate`);
+      await sleep(spec.postcopy && pc.startedAtMs === undefined ? POSTCOPY_POLL_MS : 100);
     }
     const srcCpu1 = cpuSamplers[0]!.stop();
     const t1 = performance.now();
     // The guest stops at switchover: its passes then (if a poll saw it stopped) or now.
     const passes1 = passesAtStop ?? (await serialPasses());
     if (info.status === 'completed') await dst.waitForMigrationStatus(['completed'], 30_000).catch(() => {});
+    if (spec.postcopy) {
+      // The source's MIGRATION events (capability events): postcopy-active until completed.
+      const at = (status: string): number | undefined => {
+        const e = src!.events.find((x) => x.event === 'MIGRATION' && (x.data as { status?: string } | undefined)?.status === status);
+        return e ? eventMs(e) : undefined;
+      };
+      const p0 = at('postcopy-active');
+      const p1 = at('completed');
+      pc.switched = p0 !== undefined;
+      // The pause as the guest sees it: the source's STOP until the destination's RESUME (one host clock).
+      const stop = src.events.find((e) => e.event === 'STOP');
+      const resume = dst.events.find((e) => e.event === 'RESUME');
+      if (pc.switched && stop && resume) pc.stopToRunningMs = Math.round(eventMs(resume) - eventMs(stop));
+      if (p0 !== undefined && p1 !== undefined) pc.postcopyMs = Math.round(p1 - p0);
+      // QEMU keeps the destination's blocktime in its query-migrate after completion.
+      const d = (await dst.execute('query-migrate').catch(() => ({}))) as { 'postcopy-blocktime'?: number };
+      if (d['postcopy-blocktime'] !== undefined) pc.blocktimeMs = d['postcopy-blocktime'];
+    }
     // The destination's work ends when it has loaded everything, after the source's.
     const cpu1 = [srcCpu1, cpuSamplers[1]!.stop()];
     // QEMU 7.2 sometimes reports total-time and downtime 0 for a completed
     // migration (seen on this machine); then take them from the QMP events'
     // timestamps: MIGRATION completed on the source minus the time `migrate` was
     // sent, and the destination's RESUME minus the source's STOP.
-    const notes: string[] = [];
     let totalMs = info['total-time'];
     let downtimeMs = info.downtime;
     if (info.status === 'failed' && cancelledAtMs !== undefined) notes.push(`migrate_cancel ended as failed: ${info['error-desc'] ?? '?'}`);
@@ -230,6 +259,7 @@ export async function qemuMigration(spec: ScenarioSpec): Promise<RunResult | str
       ...(readBytesPerSecond !== undefined ? { readBytesPerSecond } : {}),
       ...(passes0 !== undefined && passes1 !== undefined ? { guestPassesPerSecond: (passes1 - passes0) / ((t1 - t0) / 1000) } : {}),
       ...(info.status === 'failed' && cancelledAtMs === undefined ? { error: info['error-desc'] ?? 'failed' } : {}),
+      ...(spec.postcopy ? { postcopy: { ...pc, ...(ram ? optNumber('requests', ram['postcopy-requests']) : {}), ...(ram ? optNumber('postcopyBytes', ram['postcopy-bytes']) : {}) } } : {}),
     };
   } finally {
     srcRss?.stop();

@@ -15,6 +15,8 @@
  *    downtime, wire bytes, throughput, passes, peak RSS, CPU seconds per GiB
  *    (source, destination); livemig/QEMU ratios; the targets of issues 7 and
  *    15 as figures of this run (printed, never asserted).
+ *    Postcopy rows (issue 16) get a table of their own after the main one:
+ *    when the switch came, the pause, the postcopy phase, blocktime, requested pages.
  * 4. The v86 running-guest migration (bench/v86.ts), its own table.
  * 5. Unless --quick (or --no-write), the results replace the generated section
  *    of docs/benchmarks.md (between the markers), with the command and the
@@ -30,7 +32,7 @@ import { iperf3BytesPerSecond, loopbackTcpBytesPerSecond, memoryCopyBytesPerSeco
 import { qemuMigration } from './qemu-ref.js';
 import { livemigHas, scenarios } from './scenarios.js';
 import { makeTestPki } from '../test/helpers/certs.js';
-import { GiB, LineChild, type RunResult, type ScenarioSpec } from './util.js';
+import { FIRST_PASS_RULE, GiB, LineChild, type RunResult, type ScenarioSpec } from './util.js';
 import type { V86BenchResult } from './v86.js';
 
 const { values: opts } = parseArgs({
@@ -51,7 +53,7 @@ const { values: opts } = parseArgs({
 if (opts.help) {
   console.log(`usage: node dist/bench/run.js [options]   (also: npm run bench -- [options], livemig bench [options])
   --runs N       runs per scenario (default 3; 1 with --quick)
-  --only LIST    comma-separated groups (a, b, c, d, v86) or scenario ids (e.g. c-256m-50)
+  --only LIST    comma-separated groups (a, b, c, d, v86) or scenario ids (e.g. c-256m-50, c-unl-50-postcopy)
   --quick        a short smoke run: 1 run, 1 GiB sizes, two workload settings, 256 MiB disk, 10 s bound
   --bound-s S    cancel a workload run not completed after S seconds (default 20; 10 with --quick)
   --no-qemu      livemig only
@@ -97,7 +99,11 @@ function failedRun(engine: RunResult['engine'], spec: ScenarioSpec, err: unknown
 function describeRun(r: RunResult): string {
   if (r.status === 'error' || r.status === 'failed') return `${r.status}: ${r.error}`;
   const mbps = ((r.wireBytes / (r.totalMs / 1000)) / MB).toFixed(0);
-  const note = (r.guestPassesPerSecond !== undefined ? `, guest ${r.guestPassesPerSecond.toFixed(0)} passes/s` : '') + (r.note ? ` [${r.note}]` : '');
+  const p = r.postcopy;
+  const pc = p
+    ? `, postcopy: ${p.switched === false ? 'NOT SWITCHED (completed in pre-copy before migrate-start-postcopy took effect), ' : ''}started at ${p.startedAtMs ?? '–'} ms, stop→running ${p.stopToRunningMs ?? '–'} ms, postcopy ${p.postcopyMs ?? '–'} ms, blocktime ${p.blocktimeMs ?? '–'} ms, ${p.requests ?? '–'} requested pages${p.destRequests !== undefined ? ` (destination: ${p.destRequests})` : ''}, ${p.postcopyBytes !== undefined ? (p.postcopyBytes / MB).toFixed(0) : '–'} MB after the switch`
+    : '';
+  const note = pc + (r.guestPassesPerSecond !== undefined ? `, guest ${r.guestPassesPerSecond.toFixed(0)} passes/s` : '') + (r.note ? ` [${r.note}]` : '');
   if (!r.converged) return `did not converge (${r.status} after ${r.totalMs} ms, ${r.passes} passes, ${mbps} MB/s${note})`;
   return `${r.totalMs} ms, downtime ${r.downtimeMs} ms, ${(r.wireBytes / MB).toFixed(0)} MB, ${mbps} MB/s, ${r.passes} passes, CPU user+sys s: source ${r.sourceCpu}, destination ${r.destCpu}${note}`;
 }
@@ -148,6 +154,18 @@ interface Summary {
   /** CPU seconds (user + system) per GiB of guest state (movedBytes), source and destination. */
   srcCpu?: Stat;
   dstCpu?: Stat;
+  /** Postcopy rows (issue 16), completed runs: see PostcopyFigures. */
+  /** Postcopy rows: completed runs that switched to postcopy (the figures below are theirs). */
+  pcSwitched?: number;
+  pcPause?: Stat;
+  pcStopToRunning?: Stat;
+  pcTotal?: Stat;
+  pcStartedAt?: Stat;
+  pcTime?: Stat;
+  pcBlocktime?: Stat;
+  pcRequests?: Stat;
+  pcDestRequests?: Stat;
+  pcBytes?: Stat;
 }
 
 /**
@@ -181,6 +199,24 @@ function summarize(spec: ScenarioSpec, engine: RunResult['engine'], rs: RunResul
     ...opt('guestRate', stat(ok.map((r) => r.guestPassesPerSecond))),
     ...opt('srcCpu', stat(ok.map((r) => (r.sourceCpuSeconds === undefined ? undefined : r.sourceCpuSeconds / (movedBytes(spec) / GiB))))),
     ...opt('dstCpu', stat(ok.map((r) => (r.destCpuSeconds === undefined ? undefined : r.destCpuSeconds / (movedBytes(spec) / GiB))))),
+    ...(spec.postcopy ? postcopyStats(conv.filter((r) => r.postcopy?.switched)) : {}),
+  };
+}
+
+/** A postcopy row's figures, over the completed runs that did switch. */
+function postcopyStats(sw: RunResult[]): Partial<Summary> {
+  return {
+    pcSwitched: sw.length,
+    ...opt('pcTotal', stat(sw.map((r) => r.totalMs))),
+    ...opt('pcPause', stat(sw.map((r) => r.downtimeMs))),
+    ...opt('pcStopToRunning', stat(sw.map((r) => r.postcopy?.stopToRunningMs))),
+    ...opt('pcStartedAt', stat(sw.map((r) => r.postcopy?.startedAtMs))),
+    ...opt('pcTime', stat(sw.map((r) => r.postcopy?.postcopyMs))),
+    ...opt('pcBlocktime', stat(sw.map((r) => r.postcopy?.blocktimeMs))),
+    ...opt('pcRequests', stat(sw.map((r) => r.postcopy?.requests))),
+    ...opt('pcDestRequests', stat(sw.map((r) => r.postcopy?.destRequests))),
+    ...opt('pcBytes', stat(sw.map((r) => r.postcopy?.postcopyBytes))),
+    ...opt('guestRate', stat(sw.map((r) => r.guestPassesPerSecond))),
   };
 }
 
@@ -244,6 +280,35 @@ function mainTable(summaries: Summary[], tcp: number): Table {
   }
   return rows;
 }
+
+/** Issue 16: the postcopy rows' own figures (a separate table, so the main one does not grow). */
+function postcopyTable(summaries: Summary[]): Table {
+  const rows: Table = [['scenario', 'engine', 'completed', 'in postcopy', 'total ms', 'switch at ms', 'pause ms', 'stop→running ms', 'postcopy ms', 'blocktime ms', 'requested pages', 'MB after switch', 'guest passes/s']];
+  for (const s of summaries.filter((x) => x.spec.postcopy)) {
+    rows.push([
+      `${s.spec.id}: ${s.spec.label}`,
+      engineName(s.engine),
+      convergedCell(s),
+      `${s.pcSwitched ?? 0}/${s.runs.length}`,
+      s.pcSwitched ? cell(s.pcTotal) : s.runs.every((r) => r.status === 'error' || r.status === 'failed') ? 'failed' : '–',
+      cell(s.pcStartedAt),
+      cell(s.pcPause),
+      cell(s.pcStopToRunning),
+      cell(s.pcTime),
+      cell(s.pcBlocktime),
+      // The destination's own count beside the source's, only where they differ.
+      cell(s.pcRequests) + (s.pcDestRequests && cell(s.pcDestRequests) !== cell(s.pcRequests) ? `; dst ${cell(s.pcDestRequests)}` : ''),
+      cell(s.pcBytes, 0, MB),
+      cell(s.guestRate),
+    ]);
+  }
+  return rows;
+}
+
+const POSTCOPY_NOTES = [
+  `Postcopy rows (issue 16): capability postcopy-ram on both sides, postcopy-blocktime on the destination; ${FIRST_PASS_RULE}. In the postcopy table, figures of the completed runs that did switch ("in postcopy"; a run whose source had already begun completing in pre-copy when migrate-start-postcopy came is counted in the main table only).`,
+  'switch at = ms from `migrate` until `migrate-start-postcopy` was sent; pause = the source\'s `downtime`, which in postcopy is guest stop until the device state was sent (the same definition in QEMU 7.2 and livemig; livemig\'s includes waiting for its destination to confirm it loaded that state, its held handover); stop→running = the source\'s guest stop until the destination\'s QMP RESUME (the guest running there), wall clock of the one host; postcopy = the source\'s status `postcopy-active` until `completed` (livemig: its status events; QEMU: its MIGRATION events\' timestamps); blocktime = the destination\'s `postcopy-blocktime` from its query-migrate right after it completed (ms its guest waited for pages); requested pages = the source\'s `ram.postcopy-requests` (livemig: "dst" = the destination\'s own count, `x-livemig-postcopy.requests`); MB after switch = `ram.postcopy-bytes`; guest passes/s = the source guest\'s, from `migrate` until it stopped at the switch. After the switch both engines send at `max-postcopy-bandwidth`, 0 (unlimited) in both: the 256 MiB/s row differs only before it.',
+];
 
 function ratioTable(pairs: Array<[Summary, Summary]>): Table {
   const rows: Table = [['scenario', 'converged livemig / QEMU', 'total', 'downtime', 'wire', 'MB/s', 'passes', 'src peak RSS', 'src CPU/GiB', 'dst CPU/GiB']];
@@ -326,13 +391,13 @@ function targetsTable(summaries: Summary[], tcp: number): Table {
   }
   totalRatio('c-unl-300: livemig/QEMU total time (target <= 1)', find('c-unl-300', 'livemig'), find('c-unl-300', 'qemu'), 1);
   // Issue 7: the workload's downtime and convergence.
-  for (const s of summaries.filter((x) => x.engine === 'livemig' && x.spec.group === 'c')) {
+  for (const s of summaries.filter((x) => x.engine === 'livemig' && x.spec.group === 'c' && !x.spec.postcopy)) {
     const q = find(s.spec.id, 'qemu');
     if (q && q.converged === q.runs.length && q.downtime) {
       add(`${s.spec.id}: livemig/QEMU downtime where QEMU converges (target <= 1)`, s.downtime ? `${ratio(s.downtime, q.downtime)} (${s.downtime.median} / ${q.downtime.median} ms)` : `livemig did not converge (QEMU ${q.downtime.median} ms)`, s.downtime ? s.downtime.median <= q.downtime.median : false);
     }
   }
-  for (const s of summaries.filter((x) => x.engine === 'livemig' && x.spec.group === 'c' && x.spec.maxBandwidth === 256 * MiB)) {
+  for (const s of summaries.filter((x) => x.engine === 'livemig' && x.spec.group === 'c' && !x.spec.postcopy && x.spec.maxBandwidth === 256 * MiB)) {
     const q = find(s.spec.id, 'qemu');
     add(`${s.spec.id}: converged at 256 MiB/s & ${s.spec.downtimeLimitMs} ms${s.spec.caps.length ? ` (${s.spec.caps.join(', ')})` : ''}, no throttling (target: livemig yes)`, `livemig ${s.converged}/${s.runs.length}${q ? `, QEMU ${q.converged}/${q.runs.length}` : ''}`, s.converged === s.runs.length);
   }
@@ -433,7 +498,7 @@ async function main(): Promise<void> {
   const machine = `${cpus().length} × ${cpus()[0]?.model ?? '?'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB RAM`;
   const qemu = withQemu ? qemuVersion() : 'not run (--no-qemu)';
   console.log(`livemig bench — ${started.toISOString()}, node ${process.version}, ${machine}, QEMU: ${qemu}, load average ${load0}`);
-  console.log(`runs per scenario: ${runs}; workload bound: ${boundMs / 1000} s; livemig capabilities: multifd ${livemigHas('multifd') ? 'yes' : 'no'}, xbzrle ${livemigHas('xbzrle') ? 'yes' : 'no'}`);
+  console.log(`runs per scenario: ${runs}; workload bound: ${boundMs / 1000} s; livemig capabilities: multifd ${livemigHas('multifd') ? 'yes' : 'no'}, xbzrle ${livemigHas('xbzrle') ? 'yes' : 'no'}, postcopy-ram ${livemigHas('postcopy-ram') ? 'yes' : 'no'}`);
 
   // The loopback limit is measured at the start and again at the end; the higher one is "the limit"
   // (a capacity: other load on the machine can only lower a measurement).
@@ -508,11 +573,16 @@ async function main(): Promise<void> {
   const main = mainTable(summaries, tcp);
   const ratios = ratioTable(pairs);
   const targets = targetsTable(summaries, tcp);
+  const postcopy = summaries.some((s) => s.spec.postcopy) ? postcopyTable(summaries) : undefined;
   const elapsedS = Math.round((performance.now() - t0) / 1000);
   const load1 = loadavg().map((x) => x.toFixed(2)).join(' ');
 
   console.log('');
   printTable(main);
+  if (postcopy) {
+    console.log('\npostcopy (issue 16): the switch and what followed, completed runs that switched');
+    printTable(postcopy);
+  }
   if (pairs.length) {
     console.log('\nlivemig / QEMU (ratios of medians; total and downtime of converged runs only)');
     printTable(ratios);
@@ -531,6 +601,7 @@ async function main(): Promise<void> {
     'src/dst CPU s/GiB = user + system CPU seconds of the source / destination process (every thread) from `migrate` until it completed (the destination: until it had loaded everything), per GiB of guest RAM (+ disk for d), not per wire GiB: the same denominator for both engines, so sending more costs more. livemig source = the bench child itself (process.cpuUsage), livemig destination = its `livemig run` child, QEMU = each qemu-system-x86_64 process (/proc/PID/stat utime + stime, which include its migration and multifd threads). c rows include the guest vCPU.',
     'QEMU: -M none (a, b; no CPU, nothing writes RAM) or -M pc under TCG booting guests/multiboot/livemig-test-kernel.bin (c); destination RAM preallocated; return-path on; "unlimited" = max-bandwidth 100 GB/s.',
   ];
+  if (postcopy) notes.push(...POSTCOPY_NOTES);
   for (const [id, why] of qemuSkipped) notes.push(`${id}: no QEMU row: ${why}.`);
   for (const n of notes) console.log(n);
   console.log(`finished in ${elapsedS} s; load average ${load0} at the start, ${load1} at the end`);
@@ -543,11 +614,12 @@ async function main(): Promise<void> {
       `- **Date:** ${started.toISOString().replace('T', ' ').slice(0, 16)} UTC; took ${Math.round(elapsedS / 60)} min`,
       `- **Machine:** ${machine}; load average ${load0} at the start, ${load1} at the end`,
       `- **Software:** node ${process.version}; QEMU: ${qemu}`,
-      `- **livemig capabilities:** multifd ${livemigHas('multifd') ? 'yes' : 'not yet (no multifd rows)'}, xbzrle ${livemigHas('xbzrle') ? 'yes' : 'no'}`,
+      `- **livemig capabilities:** multifd ${livemigHas('multifd') ? 'yes' : 'not yet (no multifd rows)'}, xbzrle ${livemigHas('xbzrle') ? 'yes' : 'no'}, postcopy-ram ${livemigHas('postcopy-ram') ? 'yes' : 'no (no postcopy rows)'}`,
       `- **Limits:** ${limits}`,
       '',
       markdownTable(main),
       '',
+      ...(postcopy ? ['Postcopy (issue 16): the switch and what followed, completed runs that switched:', '', markdownTable(postcopy), ''] : []),
       ...(pairs.length ? ['livemig / QEMU, ratios of medians (total and downtime: converged runs only):', '', markdownTable(ratios, 2), ''] : []),
       'Targets (issues 7 and 15), as figures of this run — printed, not asserted:',
       '',

@@ -8,6 +8,9 @@
  *      page of [1 MiB, 100 MiB) flat out) at max-bandwidth unlimited, 1 GiB/s
  *      and 256 MiB/s, each at downtime-limit 300 ms and 50 ms; plus XBZRLE at
  *      256 MiB/s: 300 ms (default cache) and 50 ms (a 128 MiB cache, which holds the working set)
+ *      Postcopy (issue 16): the workload at unlimited and 256 MiB/s, 50 ms, with
+ *      postcopy-ram on both sides, switched to postcopy once the first pass over
+ *      RAM is complete (util.ts FIRST_PASS_RULE)
  *   d  a 1 GiB fully written disk, 64 MiB idle guest (block migration)
  *
  * Rows for capabilities appear only when livemig has them
@@ -76,6 +79,13 @@ export function scenarios(o: ScenarioOptions): ScenarioSpec[] {
     list.push({ ...s300, id: `${s300.id}-xbzrle`, label: `${s300.label}, XBZRLE`, caps: ['xbzrle'] });
     const s50 = workload('256 MiB/s', 256 * MiB, 50);
     list.push({ ...s50, id: `${s50.id}-xbzrle-128m`, label: `${s50.label}, XBZRLE 128 MiB cache`, caps: ['xbzrle'], params: { 'xbzrle-cache-size': 128 * MiB } });
+  }
+  if (livemigHas('postcopy-ram') && !o.quick) {
+    // Issue 16: what pre-copy cannot fit into 50 ms, moved in postcopy.
+    for (const [name, bw] of [bandwidths[0]!, bandwidths[2]!]) {
+      const s = workload(name, bw, 50);
+      list.push({ ...s, id: `${s.id}-postcopy`, label: `${s.label}, postcopy after the first pass`, postcopy: true });
+    }
   }
   const diskBytes = o.quick ? 256 * MiB : GiB;
   list.push({ ...base, id: 'd', group: 'd', label: `${diskBytes / MiB >= 1024 ? `${diskBytes / GiB} GiB` : `${diskBytes / MiB} MiB`} written disk, idle 64 MiB guest`, ramBytes: 64 * MiB, fill: 'disk', diskBytes, boundMs: idleBound });

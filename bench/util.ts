@@ -244,6 +244,32 @@ export interface RunResult {
   guestPassesPerSecond?: number;
   /** Anything unusual about this run's figures (printed with it). */
   note?: string;
+  /** Postcopy scenarios (spec.postcopy): figures of the switch and what followed. */
+  postcopy?: PostcopyFigures;
+}
+
+/**
+ * A postcopy run's own figures (issue 16). `pause` is RunResult.downtimeMs
+ * (the source's `downtime`: in postcopy, guest stop until the device state
+ * went out, as QEMU defines it).
+ */
+export interface PostcopyFigures {
+  /** ms from `migrate` until the first-pass rule held and `migrate-start-postcopy` was sent; undefined if it never was. */
+  startedAtMs?: number;
+  /** The source went to `postcopy-active` (false: it completed in pre-copy before the switch). */
+  switched?: boolean;
+  /** ms from the source guest's stop until the destination's guest ran (wall clock: the source's stop, the destination's QMP RESUME event). */
+  stopToRunningMs?: number;
+  /** ms from the source's status `postcopy-active` until `completed`. */
+  postcopyMs?: number;
+  /** Destination `postcopy-blocktime` (ms the guest waited for pages, all vCPUs). */
+  blocktimeMs?: number;
+  /** Source `ram.postcopy-requests`: pages the destination asked for. */
+  requests?: number;
+  /** livemig destination `x-livemig-postcopy.requests` (its own count of the pages it asked for). */
+  destRequests?: number;
+  /** Source `ram.postcopy-bytes`: RAM sent after the switch. */
+  postcopyBytes?: number;
 }
 
 /** What a scenario run does, passed to children as JSON. */
@@ -269,6 +295,27 @@ export interface ScenarioSpec {
   tls?: boolean;
   /** Set by the runner when `tls`: tls-creds-x509 directories (server, client). */
   tlsDirs?: { server: string; client: string };
+  /**
+   * Postcopy (issue 16): capability postcopy-ram on both sides (postcopy-blocktime on the
+   * destination) and `migrate-start-postcopy` once the first pass over RAM is complete
+   * (FIRST_PASS_RULE).
+   */
+  postcopy?: boolean;
+}
+
+/**
+ * When a postcopy scenario switches, the same for both engines: the source's
+ * `query-migrate`, polled every POSTCOPY_POLL_MS, shows every guest page
+ * handled once (`ram.normal + ram.duplicate >= ram.total / ram.page-size`: each
+ * page of the first pass is sent either as a page or as a zero page, and
+ * neither engine counts anything else there before the pass ends).
+ */
+export const POSTCOPY_POLL_MS = 10;
+export const FIRST_PASS_RULE = `migrate-start-postcopy once the source's query-migrate (polled every ${POSTCOPY_POLL_MS} ms) shows the first pass over RAM complete: ram.normal + ram.duplicate >= ram.total / ram.page-size`;
+
+export function firstPassDone(ram: { normal: number; duplicate: number; total: number; 'page-size'?: number } | undefined): boolean {
+  if (!ram || !(ram.total > 0)) return false;
+  return ram.normal + ram.duplicate >= ram.total / (ram['page-size'] || 4096);
 }
 
 /** Reads `--spec JSON` from argv (children of bench/run.ts). */
