@@ -264,6 +264,25 @@ export class SourceReturnPath {
     this.writePing(value);
   }
 
+  /**
+   * A PING whose PONG resolves the returned promise: everything sent before it
+   * has been loaded. Not awaited by the caller (postcopy's flow control); the
+   * caller flushes. Rejects if the return path fails first.
+   */
+  sendTrackedPing(onPong: () => void): Promise<void> {
+    const value = ++this.pingValue;
+    this.writePing(value);
+    const answered = new Promise<void>((resolve) => {
+      this.pongWaiters.set(value, () => {
+        onPong();
+        resolve();
+      });
+    });
+    const settled = Promise.race([answered, this.failedMilestone.promise]);
+    settled.catch(() => {});
+    return settled;
+  }
+
   /** A keepalive PING (not awaited): the watchdog expects an answer within the timeout. */
   async keepalive(): Promise<void> {
     this.writePing(++this.pingValue);

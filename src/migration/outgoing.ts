@@ -90,6 +90,10 @@ export interface StartOptions {
 }
 
 const now = (): number => performance.now();
+/** Postcopy: background bytes that may be on their way to the destination, unconfirmed (flow control). */
+const POSTCOPY_IN_FLIGHT_BYTES = 2 << 20;
+/** Postcopy: a tracked PING after this many bytes. */
+const POSTCOPY_PING_EVERY_BYTES = 512 << 10;
 /** Keepalive PINGs go out this often (at most a quarter of the peer timeout). */
 const KEEPALIVE_MS = 1000;
 
@@ -715,21 +719,44 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
     const { ram } = run.assembly;
     const save = run.save!;
     const out = run.out!;
+    const rp = run.returnPath!;
     const sentBytes = (): number => out.bytesWritten;
     const pagesSent = (): number => ram.stats.normalPages + ram.stats.duplicatePages;
     const window = new RateWindow(now(), sentBytes(), pagesSent());
     run.window = window;
     const limit = (): number => this.parameters['max-postcopy-bandwidth'];
     const stopped = (): boolean => run.cancelRequested || run.abortReason !== undefined;
+    // Flow control: a requested page queues behind every background byte already in the socket buffers,
+    // so keep at most POSTCOPY_IN_FLIGHT_BYTES that the destination has not confirmed loading (a PING every
+    // POSTCOPY_PING_EVERY_BYTES; its PONG says everything before it is loaded). QEMU 8 uses a second channel instead.
+    let loadedBytes = sentBytes();
+    let lastPingBytes = sentBytes();
+    let pingsInFlight = 0;
+    const windowFull = (): boolean => sentBytes() - loadedBytes >= POSTCOPY_IN_FLIGHT_BYTES;
     while (ram.dirtyPageCount > 0) {
       this.throwIfStopped(run);
       if (this.keepaliveDue(run)) await this.keepalive(run);
-      // Requested pages go out whatever the limit (saveIterate sends them first and flushes each).
-      await run.watchdog.busy(() => save.iterate(() => stopped() || window.overBudget(sentBytes(), limit())));
-      const t = now();
-      if (!window.maybeClose(t, sentBytes(), pagesSent()) && window.overBudget(sentBytes(), limit()) && !ram.hasPageRequests) {
-        await this.sleep(window.msUntilEnd(t)); // woken early by a page request
+      // Requested pages go out whatever the limits (saveIterate sends them first and flushes each).
+      await run.watchdog.busy(() =>
+        save.iterate(() => stopped() || (!ram.hasPageRequests && (windowFull() || sentBytes() - lastPingBytes >= POSTCOPY_PING_EVERY_BYTES || window.overBudget(sentBytes(), limit())))),
+      );
+      // A PING per POSTCOPY_PING_EVERY_BYTES; one more only when none is out to confirm the tail (no storm of PINGs for empty sections).
+      if (sentBytes() - lastPingBytes >= POSTCOPY_PING_EVERY_BYTES || (windowFull() && pingsInFlight === 0 && lastPingBytes < sentBytes())) {
+        const at = sentBytes();
+        lastPingBytes = at;
+        pingsInFlight++;
+        void rp.sendTrackedPing(() => {
+          pingsInFlight--;
+          loadedBytes = Math.max(loadedBytes, at);
+          this.wakeLoop?.();
+        });
+        run.lastKeepaliveMs = now();
+        await run.watchdog.busy(() => out.flush());
       }
+      const t = now();
+      if (ram.hasPageRequests) continue;
+      if (windowFull()) await this.sleep(50); // woken by the PONG, or at once by a page request
+      else if (!window.maybeClose(t, sentBytes(), pagesSent()) && window.overBudget(sentBytes(), limit())) await this.sleep(window.msUntilEnd(t));
       await yieldToEventLoop(); // the return path's requests come in here
     }
   }

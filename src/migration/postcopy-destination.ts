@@ -73,7 +73,9 @@ export class DestinationPostcopy {
       throw fail(`Postcopy needs matching RAM page sizes (s=${advice.pageSizeSummary.toString(16)} d=${TARGET_PAGE_SIZE.toString(16)}, target ${advice.targetPageSize.toString(16)})`);
     }
     this.received = this.ram.adviseReceivedMap();
-    this.ram.onPagePlaced = (block, page) => this.outstanding.delete(`${block.idstr}\0${page}`);
+    this.ram.onPagePlaced = (block, page) => {
+      if (this.outstanding.size > 0) this.outstanding.delete(`${block.idstr}\0${page}`);
+    };
     this.state = 'advised';
   }
 
