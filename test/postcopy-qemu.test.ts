@@ -10,7 +10,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -32,6 +32,21 @@ const BANDWIDTH = 32 * MiB;
 const RAM_DIR = existsSync('/dev/shm') ? '/dev/shm' : tmpdir();
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** A QEMU postcopy destination registers its RAM with userfaultfd: root, or vm.unprivileged_userfaultfd=1, and tmpfs. */
+function userfaultfdSkipReason(): string | undefined {
+  const qemu = qemuSkipReason();
+  if (qemu) return qemu;
+  if (!existsSync('/dev/shm')) return "QEMU's postcopy destination needs its RAM on tmpfs: no /dev/shm here";
+  const root = process.getuid?.() === 0;
+  let unprivileged = false;
+  try {
+    unprivileged = readFileSync('/proc/sys/vm/unprivileged_userfaultfd', 'utf8').trim() === '1';
+  } catch {
+    /* no such sysctl: only root */
+  }
+  return root || unprivileged ? undefined : "QEMU's postcopy destination needs userfaultfd: run the tests as root, or sysctl vm.unprivileged_userfaultfd=1";
+}
 
 function seededRam(seed: number): Uint8Array {
   const ram = new Uint8Array(RAM_BYTES);
@@ -126,7 +141,7 @@ test('postcopy QEMU 7.2 -> livemig (none machine): QEMU goes postcopy-active and
   }
 });
 
-test('postcopy livemig (none machine) -> QEMU 7.2: QEMU loads the package and the PART sections, its read of a missing page is served, it completes, RAM byte for byte', { skip: qemuSkipReason(), timeout: 60_000 }, async (t) => {
+test('postcopy livemig (none machine) -> QEMU 7.2: QEMU loads the package and the PART sections, its read of a missing page is served, it completes, RAM byte for byte', { skip: userfaultfdSkipReason(), timeout: 60_000 }, async (t) => {
   const ramDir = await mkdtemp(join(RAM_DIR, 'livemig-postcopy-qemu-'));
   let qemu: QemuProcess | undefined;
   let livemig: LivemigProcess | undefined;
@@ -200,7 +215,7 @@ class RewritingNoneMachine extends NoneMachine {
   }
 }
 
-test('postcopy livemig -> QEMU 7.2 with pages dirtied at the switch: QEMU takes the discards (12 ranges per command) and completes, RAM byte for byte', { skip: qemuSkipReason(), timeout: 60_000 }, async (t) => {
+test('postcopy livemig -> QEMU 7.2 with pages dirtied at the switch: QEMU takes the discards (12 ranges per command) and completes, RAM byte for byte', { skip: userfaultfdSkipReason(), timeout: 60_000 }, async (t) => {
   const ramDir = await mkdtemp(join(RAM_DIR, 'livemig-postcopy-qemu-'));
   let qemu: QemuProcess | undefined;
   const machine = new RewritingNoneMachine({ ramSizeBytes: RAM_BYTES, pattern: { kind: 'random', seed: 33 } });
