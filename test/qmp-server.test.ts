@@ -88,7 +88,7 @@ test('QMP commands: status, stop/cont with events, capabilities, parameters, ver
 
     assert.deepEqual((await qmp.execute('query-migrate')).return, {});
     const caps = (await qmp.execute('query-migrate-capabilities')).return as Array<{ capability: string; state: boolean }>;
-    assert.deepEqual(caps.map((c) => c.capability), ['xbzrle', 'auto-converge', 'zero-blocks', 'events', 'block', 'return-path', 'pause-before-switchover', 'multifd']);
+    assert.deepEqual(caps.map((c) => c.capability), ['xbzrle', 'auto-converge', 'zero-blocks', 'events', 'postcopy-ram', 'block', 'return-path', 'pause-before-switchover', 'multifd', 'postcopy-blocktime']);
     await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }, { capability: 'xbzrle', state: true }] });
     const caps2 = (await qmp.execute('query-migrate-capabilities')).return as Array<{ capability: string; state: boolean }>;
     assert.equal(caps2.find((c) => c.capability === 'events')!.state, true);
