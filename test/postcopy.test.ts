@@ -171,6 +171,21 @@ test('postcopy refusals: migrate-start-postcopy without the capability, with mul
   }
 });
 
+/** A busy source, a postcopy destination and a fault proxy in front of it; all torn down after `body`. */
+async function withProxiedPostcopy(body: (machine: TestMachine, d: Destination, proxy: FaultProxy) => Promise<void>, destinationParams: Record<string, unknown> = {}): Promise<void> {
+  const machine = await busySource();
+  const d = await destination(['postcopy-ram']);
+  if (Object.keys(destinationParams).length > 0) await d.qmp.execute('migrate-set-parameters', destinationParams);
+  const proxy = await FaultProxy.start({ targetPort: Number(d.address.split(':').pop()) });
+  try {
+    await body(machine, d, proxy);
+  } finally {
+    await proxy.close();
+    await machine.destroy();
+    await closeDestination(d);
+  }
+}
+
 /** Postcopy through a proxy, cut once the destination runs the guest and pages are still missing: both sides pause. */
 async function cutAfterSwitch(machine: TestMachine, d: Destination, proxy: FaultProxy): Promise<OutgoingMigration> {
   const { migration } = postcopyMigration(machine);
@@ -200,11 +215,7 @@ async function cutAfterSwitch(machine: TestMachine, d: Destination, proxy: Fault
 }
 
 test('postcopy: a link cut after the switch pauses both sides; migrate-recover and resume finish it with no write lost', { timeout: 120_000 }, async () => {
-  const machine = await busySource();
-  const d = await destination(['postcopy-ram']);
-  const port = Number(d.address.split(':').pop());
-  const proxy = await FaultProxy.start({ targetPort: port });
-  try {
+  await withProxiedPostcopy(async (machine, d, proxy) => {
     const migration = await cutAfterSwitch(machine, d, proxy);
     const at = d.dst.events.length;
     await d.qmp.execute('migrate-recover', { uri: 'tcp:127.0.0.1:0' });
@@ -219,30 +230,18 @@ test('postcopy: a link cut after the switch pauses both sides; migrate-recover a
     assert.equal(dstInfo['x-livemig-postcopy']['missing-pages'], 0);
     const check = await checkDestinationGuest(d);
     assert.equal(check.memoryCheck.ok, true, `no write lost across the cut and the recovery: ${check.memoryCheck.reason}`);
-  } finally {
-    await proxy.close();
-    await machine.destroy();
-    await closeDestination(d);
-  }
+  });
 });
 
 test('postcopy: after a cut, the operator may give up on the destination: migrate_cancel, then the source copy waits for cont', { timeout: 120_000 }, async () => {
-  const machine = await busySource();
-  const d = await destination(['postcopy-ram']);
-  const port = Number(d.address.split(':').pop());
-  const proxy = await FaultProxy.start({ targetPort: port });
-  try {
+  await withProxiedPostcopy(async (machine, d, proxy) => {
     const migration = await cutAfterSwitch(machine, d, proxy);
     migration.cancel();
     assert.equal(migration.status, 'failed');
     assert.equal(migration.error?.code, 'postcopy-lost');
     assert.match(migration.error!.message, /cont here starts that older copy/);
     assert.equal(machine.running, false, 'still paused until the operator says cont');
-  } finally {
-    await proxy.close();
-    await machine.destroy();
-    await closeDestination(d);
-  }
+  });
 });
 
 test('x-livemig-postcopy-auto: pre-copy that stops converging switches to postcopy by itself, and says why', { timeout: 120_000 }, async () => {
@@ -268,11 +267,7 @@ test('x-livemig-postcopy-auto: pre-copy that stops converging switches to postco
 });
 
 test('postcopy: a link that stalls before the go-ahead (the package in flight) fails the switch; the source resumes its guest', { timeout: 120_000 }, async () => {
-  const machine = await busySource();
-  const d = await destination(['postcopy-ram']);
-  const port = Number(d.address.split(':').pop());
-  const proxy = await FaultProxy.start({ targetPort: port });
-  try {
+  await withProxiedPostcopy(async (machine, d, proxy) => {
     const { migration, statuses } = postcopyMigration(machine);
     migration.setParameters({ 'x-livemig-peer-timeout-ms': 1000 });
     // The moment the switch begins, nothing more gets through: the destination never gets the package.
@@ -287,20 +282,11 @@ test('postcopy: a link that stalls before the go-ahead (the package in flight) f
     assert.equal(machine.running, true, 'before the go-ahead the guest is still here: resumed');
     const status = (await d.qmp.execute('query-status')) as { status: string };
     assert.notEqual(status.status, 'running', 'the destination never started it');
-  } finally {
-    await proxy.close();
-    await machine.destroy();
-    await closeDestination(d);
-  }
+  });
 });
 
 test('postcopy: a link that stalls after the switch pauses both sides (peer timeout); recovery finishes it', { timeout: 120_000 }, async () => {
-  const machine = await busySource();
-  const d = await destination(['postcopy-ram']);
-  await d.qmp.execute('migrate-set-parameters', { 'x-livemig-peer-timeout-ms': 1000 });
-  const port = Number(d.address.split(':').pop());
-  const proxy = await FaultProxy.start({ targetPort: port });
-  try {
+  await withProxiedPostcopy(async (machine, d, proxy) => {
     const { migration } = postcopyMigration(machine);
     migration.setParameters({ 'max-postcopy-bandwidth': 20 * MiB, 'x-livemig-peer-timeout-ms': 1000 });
     migration.start(proxy.uri);
@@ -318,11 +304,7 @@ test('postcopy: a link that stalls after the switch pauses both sides (peer time
     assert.equal(await migration.finished, 'completed', queryMigrate(migration)['error-desc']);
     const check = await checkDestinationGuest(d);
     assert.equal(check.memoryCheck.ok, true, check.memoryCheck.reason);
-  } finally {
-    await proxy.close();
-    await machine.destroy();
-    await closeDestination(d);
-  }
+  }, { 'x-livemig-peer-timeout-ms': 1000 });
 });
 
 test('postcopy: a destination killed after the switch: the source pauses, and only migrate_cancel then cont bring its copy back', { timeout: 120_000 }, async () => {

@@ -599,13 +599,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
     // Which handover: a livemig destination accepted the held one in setup; a QEMU one echoed the offer.
     const handover: PeerKind | 'one-way' = rp ? await run.watchdog.busy(() => rp.peerKind()) : 'one-way';
     this.throwIfStopped(run);
-    const downtimeStartMs = now();
-    const wasRunning = this.machine.running;
-    if (wasRunning) {
-      await this.machine.pause();
-      run.pausedByUs = true;
-    }
-    this.emit('stop');
+    const { downtimeStartMs, wasRunning } = await this.stopGuest(run);
     if (this.capabilities['pause-before-switchover']) {
       this.transition('pre-switchover');
       await this.waitForContinue(run);
@@ -659,13 +653,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
     const handover = await run.watchdog.busy(() => rp.peerKind());
     this.throwIfStopped(run);
     this.transition('postcopy-active'); // before the guest stops, as QEMU
-    const downtimeStartMs = now();
-    const wasRunning = this.machine.running;
-    if (wasRunning) {
-      await this.machine.pause();
-      run.pausedByUs = true;
-    }
-    this.emit('stop');
+    const { downtimeStartMs, wasRunning } = await this.stopGuest(run);
     storeGlobalState(globalState, wasRunning ? 'running' : 'paused');
     // The last sync: what is dirty now is all the destination still needs (and must drop what it has of it).
     await ram.syncDirty();
@@ -775,6 +763,18 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
     run.expectedDowntimeMs = undefined;
     await run.channel!.close().catch(() => {});
     await rp.done;
+  }
+
+  /** The downtime starts: stop the guest (if it runs) and say so. */
+  private async stopGuest(run: Run): Promise<{ downtimeStartMs: number; wasRunning: boolean }> {
+    const downtimeStartMs = now();
+    const wasRunning = this.machine.running;
+    if (wasRunning) {
+      await this.machine.pause();
+      run.pausedByUs = true;
+    }
+    this.emit('stop');
+    return { downtimeStartMs, wasRunning };
   }
 
   private async expectShut(rp: SourceReturnPath): Promise<void> {
