@@ -44,7 +44,8 @@ program
   .option('--machine <kind>', `guest type: ${describeGuestTypes()}`, 'test')
   .option('--guest <guest>', guestVariants)
   .option('--ram <size>', `guest RAM (default: ${demoRamDefaults})`)
-  .option('--dirty-rate <pages>', 'test machine: pages the guest writes per second', '50000')
+  .option('--dirty-rate <pages>', 'test machine: pages the guest writes per second (0 = as fast as it can)', '50000')
+  .option('--postcopy', 'test machine: migrate in postcopy (capability postcopy-ram on both sides, migrate-start-postcopy at once): the guest moves first, its RAM follows')
   .action(async (options: DemoOptions) => {
     process.exitCode = await demoCommand(options);
   });
