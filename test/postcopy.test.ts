@@ -211,6 +211,7 @@ async function cutAfterSwitch(machine: TestMachine, d: Destination, proxy: Fault
   const status = (await d.qmp.execute('query-status')) as Record<string, any>;
   assert.equal(status.status, 'running', 'the destination keeps the guest (it waits for its pages)');
   assert.equal(d.dst.exitCode, null, 'the destination process stays');
+  await assert.rejects(d.qmp.execute('quit'), /quit refused: the guest runs here in postcopy \(postcopy-paused\) and \d+ of its pages are still at the source/);
   return migration;
 }
 

@@ -325,6 +325,14 @@ export class MachineMonitor extends EventEmitter<{
       quit: {
         args: {},
         run: () => {
+          // In postcopy each side holds part of the guest: quitting either loses it (QEMU quits anyway).
+          const incomingStatus = this.incoming?.status;
+          if (incomingStatus === 'postcopy-active' || incomingStatus === 'postcopy-paused' || incomingStatus === 'postcopy-recover') {
+            throw new QmpCommandError('GenericError', `quit refused: the guest runs here in postcopy (${incomingStatus}) and ${this.incoming!.postcopy?.stats.missingPages ?? 'some'} of its pages are still at the source; quitting would lose it. Let the migration complete (or recover it)`);
+          }
+          if (POSTCOPY_STATES.has(this.migration.status)) {
+            throw new QmpCommandError('GenericError', `quit refused: the migration is in ${this.migration.status} and the destination's guest still needs pages only this process has; let it complete (or recover it, or migrate_cancel to take the guest back here)`);
+          }
           setTimeout(() => this.emit('quit'), 20);
           return {};
         },
