@@ -58,6 +58,7 @@ export type { DirtyLogSink, Machine, PostcopyGuestAccess } from './machine/machi
 export { DenseRamBlock, type DenseRamBlockOptions, type RamBlock } from './ram/block.js';
 export { DirtyBitmap } from './ram/dirty-bitmap.js';
 export { RAM_IDSTR } from './ram/flags.js';
+export type { RamSaveStats } from './ram/save.js';
 export { TARGET_PAGE_SIZE } from './wire/constants.js';
 export {
   INSTANCE_ID_ANY,
