@@ -160,11 +160,6 @@ async function runIncoming(guest: Guest, monitor: MachineMonitor, uri: string, v
   monitor.on('rejected', (why) => emit('rejected', { reason: why }, `${why}; still waiting`));
   const result = new Promise<number>((resolve) => {
     monitor.once('incoming', (r) => {
-      if (r.status === 'postcopy-paused') {
-        // The guest runs here and waits for pages the source still has: this process must stay (the event said so).
-        resolve(stop);
-        return;
-      }
       if (r.status !== 'completed') {
         // The guest was not started here; the source keeps (or resumes) it.
         emit(r.status, { error: r.error?.message, code: r.error?.code }, `incoming migration ${r.status}: ${r.error?.message}; the guest was not started here`);

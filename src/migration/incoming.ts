@@ -25,8 +25,7 @@ import { DEFAULT_PARAMETERS } from './config.js';
 export type IncomingStatus = 'none' | 'setup' | 'active' | 'postcopy-active' | 'postcopy-paused' | 'postcopy-recover' | 'completed' | 'failed' | 'cancelled';
 
 export interface IncomingResult {
-  /** `postcopy-paused`: the guest runs here, but the link broke before all of its RAM arrived. */
-  status: 'completed' | 'failed' | 'cancelled' | 'postcopy-paused';
+  status: 'completed' | 'failed' | 'cancelled';
   error?: MigrationError;
   /** Whether the guest was started (false when the source had it paused, with -S, or on failure). */
   started: boolean;
@@ -214,8 +213,8 @@ export class IncomingMigration extends EventEmitter<IncomingEvents> {
       /** Postcopy with a livemig source: RUN came, the guest waits for the go-ahead. */
       let awaitingGo = false;
       let started = false;
+      /** Start the guest unless the source had it paused (L11) or -S. In postcopy (at RUN or the go-ahead) the device state came in the package; RAM follows. */
       const startGuest = (): void => {
-        // Postcopy: the device state (and globalstate) came in the package; RAM follows while the guest runs.
         this.cancelClosed = true;
         started = (this.options.autostart ?? true) && (!globalState.received || globalState.state === 'running');
         if (started) {
@@ -305,15 +304,10 @@ export class IncomingMigration extends EventEmitter<IncomingEvents> {
       this.cancelClosed = true;
       watchdog.stop();
       for (const image of this.options.disks ?? []) await image.commit();
-      let start = started;
       if (!postcopy.switched) {
-        // The whole stream is in: start the guest unless the source had it paused (L11) or -S.
-        start = (this.options.autostart ?? true) && (!globalState.received || globalState.state === 'running');
+        // The whole stream is in (listeners see RAM as loaded before the guest runs).
         this.emit('loaded');
-        if (start) {
-          this.machine.resume();
-          this.emit('resume');
-        }
+        startGuest();
       }
       const loadTimeMs = performance.now() - this.startedMs;
       let warning: string | undefined;
@@ -331,18 +325,11 @@ export class IncomingMigration extends EventEmitter<IncomingEvents> {
       await main.channel.close().catch(() => {});
       this.receiver?.close();
       this.setStatus('completed');
-      return { status: 'completed', started: start, loadTimeMs, bytes: reader.offset, ...(warning ? { warning } : {}) };
+      return { status: 'completed', started, loadTimeMs, bytes: reader.offset, ...(warning ? { warning } : {}) };
     } catch (caught) {
       watchdog.stop();
       // A multifd channel's failure, a stall or a cancel is the reason the main channel was aborted.
       const err = this.abortReason ?? MigrationError.from(this.receiver?.error ?? caught);
-      if (this.postcopy && (this.postcopy.state === 'running' || this.postcopy.state === 'ended') && this.cancelClosed) {
-        // The guest runs here and the source has the pages it still lacks: keep it (waiting for them), drop nothing.
-        this.channel?.abort(err);
-        this.error = new MigrationError('postcopy-paused', `${err.message}; postcopy paused: the guest runs here and waits for ${this.postcopy.stats.missingPages} pages that only the source has; do not quit this destination`, { cause: err });
-        this.setStatus('postcopy-paused');
-        return { status: 'postcopy-paused', error: this.error, started: true, loadTimeMs: performance.now() - this.startedMs, bytes: reader?.offset ?? 0 };
-      }
       this.receiver?.close();
       await this.tellSourceWeFailed(handover.writer);
       this.channel?.abort(err);

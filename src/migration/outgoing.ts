@@ -120,8 +120,6 @@ interface Run {
   postcopyRequested: boolean;
   /** Why postcopy was asked for. */
   postcopyReason?: string;
-  /** When the guest started on the destination in postcopy (ms, performance.now()). */
-  postcopyStartMs?: number;
   /** Set once the destination may run the guest: from then on the source never resumes it by itself. */
   pointOfNoReturn: boolean;
   /** The first reason to give up that came from outside the loop (stall, return path). */
@@ -295,10 +293,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
       for (const block of blocks) writeRecvBitmapCommand(out, block.idstr);
       await run.watchdog.busy(() => out.flush());
       for (const [i, bitmap] of bitmaps.entries()) ram.resumeFromReceived(blocks[i]!.idstr, await run.watchdog.busy(() => bitmap));
-      rp.onPageRequest = (idstr, startBytes, lengthBytes) => {
-        ram.requestPages(idstr, startBytes, lengthBytes);
-        this.wakeLoop?.();
-      };
+      this.servePageRequests(run, rp);
       writeCommand(out, MigCommand.PostcopyResume);
       await run.watchdog.busy(() => out.flush());
       await run.watchdog.busy(() => rp.resumeAcknowledged());
@@ -636,11 +631,16 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
       this.switchover.handover = handover;
       this.switchover.downtimePhasesMs = { pause: ms(pausedMs - downtimeStartMs), complete: ms(completedMs - pausedMs), flush: ms(flushedMs - completedMs), confirm: ms(now() - flushedMs) };
     }
+    await this.closeCompleted(run);
+  }
+
+  /** The destination confirmed: final figures, and the channel and return path wound down. */
+  private async closeCompleted(run: Run): Promise<void> {
     run.totalTimeMs = Math.round(now() - run.startedMs);
     run.finalMbps = (run.assembly.ram.stats.transferredBytes * 8) / (run.totalTimeMs / 1000) / 1e6;
     run.expectedDowntimeMs = undefined;
     await run.channel!.close().catch(() => {});
-    await rp?.done;
+    await run.returnPath?.done;
   }
 
   // ---- Postcopy, phase 3a: stop the guest, send the device state, let the destination run it ----
@@ -659,10 +659,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
     await ram.syncDirty();
     const pendingBytes = ram.dirtyPageCount * TARGET_PAGE_SIZE;
     for (const { idstr, ranges } of ram.startPostcopy()) writeRamDiscard(out, idstr, ranges);
-    rp.onPageRequest = (idstr, startBytes, lengthBytes) => {
-      ram.requestPages(idstr, startBytes, lengthBytes);
-      this.wakeLoop?.();
-    };
+    this.servePageRequests(run, rp);
     rp.sendPing(2);
     // The package: LISTEN, every device's state, RUN; loaded by the destination as one piece.
     const pkgSink = new MemorySink();
@@ -687,9 +684,8 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
       rp.sendPing(4);
     }
     await run.watchdog.busy(() => out.flush());
-    run.postcopyStartMs = now();
     // QEMU's postcopy downtime: from stopping the guest to the device state sent.
-    run.downtimeMs = Math.round(run.postcopyStartMs - downtimeStartMs);
+    run.downtimeMs = Math.round(now() - downtimeStartMs);
     this.switchover = {
       pendingBytes,
       ramPendingBytes: pendingBytes,
@@ -699,6 +695,14 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
       thresholdBytes: 0,
       reason: `postcopy (${run.postcopyReason ?? 'migrate-start-postcopy'}): ${pendingBytes} bytes of RAM follow while the guest runs on the destination`,
       handover,
+    };
+  }
+
+  /** The destination's page requests go to RAM's queue and wake the loop (they pass every limit). */
+  private servePageRequests(run: Run, rp: SourceReturnPath): void {
+    rp.onPageRequest = (idstr, startBytes, lengthBytes) => {
+      run.assembly.ram.requestPages(idstr, startBytes, lengthBytes);
+      this.wakeLoop?.();
     };
   }
 
@@ -758,11 +762,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
     await this.expectShut(rp);
     if (this.switchover?.handover === 'livemig') rp.acknowledge();
     await out.close().catch(() => {});
-    run.totalTimeMs = Math.round(now() - run.startedMs);
-    run.finalMbps = (run.assembly.ram.stats.transferredBytes * 8) / (run.totalTimeMs / 1000) / 1e6;
-    run.expectedDowntimeMs = undefined;
-    await run.channel!.close().catch(() => {});
-    await rp.done;
+    await this.closeCompleted(run);
   }
 
   /** The downtime starts: stop the guest (if it runs) and say so. */

@@ -25,16 +25,16 @@ import {
   XBZRLE_ENCODING_FLAG,
   describeRamFlags,
 } from './flags.js';
+import { popcount32 } from './dirty-bitmap.js';
 import { xbzrleDecode } from './xbzrle.js';
 
+/** Set bits among the first `bitCount` of a shared bitmap. */
 function countBits(words: Int32Array, bitCount: number): number {
   let n = 0;
   for (let w = 0; w < words.length; w++) {
-    let v = Atomics.load(words, w) >>> 0;
+    let v = Atomics.load(words, w);
     if (w === words.length - 1 && bitCount % 32) v &= (1 << bitCount % 32) - 1;
-    v -= (v >>> 1) & 0x55555555;
-    v = (v & 0x33333333) + ((v >>> 2) & 0x33333333);
-    n += (((v + (v >>> 4)) & 0x0f0f0f0f) * 0x01010101) >>> 24;
+    n += popcount32(v);
   }
   return n;
 }
@@ -335,14 +335,11 @@ export class RamLoadHandler implements SaveVMHandlers {
           break;
         case RAM_FLAG_ZERO: {
           const fill = input.buffered >= 1 || input.available(1) ? input.u8Sync() : await input.u8();
-          if (this.received) {
-            if (this.alreadyPlaced(block!, pageIndex)) this.postcopyDroppedPages++;
-            else {
-              block!.fillPage(pageIndex, fill);
-              this.recordReceived(block!, pageIndex);
-            }
+          if (this.alreadyPlaced(block!, pageIndex)) {
+            this.postcopyDroppedPages++;
           } else {
             block!.fillPage(pageIndex, fill);
+            if (this.received) this.recordReceived(block!, pageIndex);
           }
           const s = this.statsOf(block!);
           s.zeroPages++;
@@ -354,7 +351,8 @@ export class RamLoadHandler implements SaveVMHandlers {
         case RAM_FLAG_PAGE: {
           // Straight from the received chunk(s) into guest RAM; no await when the page is already here.
           const memory = block!.memory;
-          if (this.received && this.alreadyPlaced(block!, pageIndex)) {
+          const dropped = this.alreadyPlaced(block!, pageIndex);
+          if (dropped) {
             await input.skip(TARGET_PAGE_SIZE);
             this.postcopyDroppedPages++;
           } else if (memory !== undefined && input.buffered >= TARGET_PAGE_SIZE) {
@@ -368,7 +366,7 @@ export class RamLoadHandler implements SaveVMHandlers {
               block!.pageUpdated(pageIndex);
             }
           }
-          if (this.received && !this.alreadyPlaced(block!, pageIndex)) this.recordReceived(block!, pageIndex);
+          if (this.received && !dropped) this.recordReceived(block!, pageIndex);
           const s = this.statsOf(block!);
           s.normalPages++;
           s.normalBytes += input.offset - at;

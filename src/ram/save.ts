@@ -366,10 +366,6 @@ export class RamSaveHandler implements SaveVMHandlers {
     return discards;
   }
 
-  get inPostcopy(): boolean {
-    return this.postcopy;
-  }
-
   /**
    * A page request from the destination (REQ_PAGES): those pages go out
    * before any other. Throws (a protocol error) for a block or range that does not exist.
@@ -393,12 +389,8 @@ export class RamSaveHandler implements SaveVMHandlers {
    */
   resumeFromReceived(idstr: string, received: Uint32Array): void {
     const state = this.stateOf(idstr);
-    state.dirty.clearAll();
-    const missing = new Uint32Array(received.length);
-    for (let w = 0; w < received.length; w++) missing[w] = ~received[w]! >>> 0;
-    const pages = state.block.pageCount;
-    if (pages % 32) missing[missing.length - 1]! &= (1 << pages % 32) - 1;
-    state.dirty.merge(missing);
+    state.dirty.setAll();
+    state.dirty.subtract(received);
     this.requestedPages = this.requestedPages.filter((r) => r.state !== state);
     this.records.reset();
   }
