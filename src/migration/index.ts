@@ -11,3 +11,4 @@ export * from './switchover.js';
 export * from './liveness.js';
 export * from './security.js';
 export * from './postcopy-destination.js';
+export * from './progress-model.js';

@@ -35,6 +35,7 @@ import type { TlsClientSettings } from '../transport/tls.js';
 import { decideSwitchover, INITIAL_SWITCHOVER_STATE } from './switchover.js';
 import { decidePostcopyAuto, INITIAL_POSTCOPY_AUTO_STATE } from './postcopy-policy.js';
 import { ACTIVE_STATES, canTransition, POSTCOPY_STATES, type MigrationStatus } from './state.js';
+import { ProgressModel, type ProgressReport } from './progress-model.js';
 
 /** What the loop saw when it decided to switch over (for tests and post-mortems). */
 export interface SwitchoverRecord {
@@ -70,6 +71,11 @@ export interface OutgoingSnapshot {
   xbzrle: boolean;
   throttlePercent: number;
   error?: MigrationError;
+  /** The progress model's reading of these figures (progress-model.ts). */
+  progress?: ProgressReport;
+  /** After the switchover: where the downtime went, and the limit it was decided with. */
+  downtimePhasesMs?: { pause: number; complete: number; flush: number; confirm: number };
+  downtimeLimitMs?: number;
 }
 
 export interface OutgoingMigrationEvents {
@@ -136,6 +142,8 @@ interface Run {
   expectedDowntimeMs?: number;
   finalMbps?: number;
   error?: MigrationError;
+  /** Per-pass figures and what they mean (percent, convergence, ETA, diagnosis). */
+  readonly progress: ProgressModel;
 }
 
 export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
@@ -241,6 +249,12 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
       periodStartTransferredBytes: 0,
       dirtyPagesRate: 0,
       expectedDowntimeMs: this.parameters['downtime-limit'],
+      progress: new ProgressModel(() => ({
+        downtimeLimitMs: this.parameters['downtime-limit'],
+        maxBandwidthBytesPerSecond: this.parameters['max-bandwidth'],
+        capabilities,
+        copiesDisks: assembly.block !== undefined,
+      })),
     };
     this.transition('setup');
     this.finished = this.execute(this.run);
@@ -421,6 +435,14 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
       run.periodDirtyPages = 0;
       run.periodStartTransferredBytes = stats.transferredBytes;
     }
+    run.progress.recordPass({
+      atMs: t - run.startedMs,
+      dirtySyncCount: stats.dirtySyncCount,
+      transferredBytes: stats.transferredBytes,
+      pagesSent: stats.normalPages + stats.duplicatePages + stats.xbzrle.pages,
+      remainingBytes: stats.remainingBytes,
+      dirtiedBytes: newlyDirty * TARGET_PAGE_SIZE,
+    });
     this.emit('pass', stats.dirtySyncCount);
   }
 
@@ -876,6 +898,26 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
       if (block) snap.disk = { transferredBytes: block.bytesTransferred, remainingBytes: block.bytesRemaining, totalBytes: block.bytesTotal };
     }
     if (run.error) snap.error = run.error;
+    if (this.switchover?.downtimePhasesMs) snap.downtimePhasesMs = this.switchover.downtimePhasesMs;
+    snap.downtimeLimitMs = this.switchover?.downtimeLimitMs ?? this.parameters['downtime-limit'];
+    snap.progress = run.progress.observe({
+      status,
+      elapsedMs: snap.elapsedMs,
+      ...(snap.ram && {
+        ram: {
+          totalBytes: snap.ram.totalBytes,
+          remainingBytes: done ? 0 : snap.ram.remainingBytes,
+          transferredBytes: snap.ram.transferredBytes,
+          pagesSent: snap.ram.normalPages + snap.ram.duplicatePages + snap.ram.xbzrle.pages,
+          dirtySyncCount: snap.ram.dirtySyncCount,
+          pagesPerSecond: snap.pagesPerSecond,
+          mbps: snap.mbps,
+          dirtyPagesRate: snap.dirtyPagesRate,
+        },
+      }),
+      ...(snap.disk && { disk: snap.disk }),
+      throttlePercent: snap.throttlePercent,
+    });
     return snap;
   }
 }

@@ -5,6 +5,7 @@
  */
 import type { IncomingStatus, MigrationStatus, OutgoingMigration, OutgoingSnapshot } from '../migration/index.js';
 import { TARGET_PAGE_SIZE } from '../wire/index.js';
+import type { ProgressReport } from '../migration/progress-model.js';
 
 /** `query-migrate`'s answer (only the fields livemig has; `x-livemig-*` are extensions). */
 export interface MigrationInfo {
@@ -45,6 +46,11 @@ export interface MigrationInfo {
   'postcopy-vcpu-blocktime'?: number[];
   /** livemig, destination in postcopy: pages requested from the source, and pages still missing. */
   'x-livemig-postcopy'?: { requests: number; 'missing-pages': number; 'placed-pages': number };
+  /** livemig, source: the progress model (src/migration/progress-model.ts): percent, passes, convergence, ETA, diagnosis. */
+  'x-livemig-progress'?: ProgressReport;
+  /** livemig, source after the switchover: where the downtime went, and the limit. */
+  'x-livemig-downtime-phases'?: { 'pause-ms': number; 'complete-ms': number; 'flush-ms': number; 'confirm-ms': number };
+  'x-livemig-downtime-limit-ms'?: number;
 }
 
 /** The source's `query-migrate`. */
@@ -88,6 +94,10 @@ export function outgoingInfo(s: OutgoingSnapshot): MigrationInfo {
     info['error-desc'] = s.error.message;
     info['x-livemig-error-code'] = s.error.code;
   }
+  if (s.progress) info['x-livemig-progress'] = s.progress;
+  const phases = s.downtimePhasesMs;
+  if (phases) info['x-livemig-downtime-phases'] = { 'pause-ms': phases.pause, 'complete-ms': phases.complete, 'flush-ms': phases.flush, 'confirm-ms': phases.confirm };
+  if (s.downtimeLimitMs !== undefined) info['x-livemig-downtime-limit-ms'] = s.downtimeLimitMs;
   return info;
 }
 
