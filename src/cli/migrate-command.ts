@@ -17,7 +17,8 @@ import { parseQmpAddress, qmpClientTls } from './qmp-address.js';
 import { performance } from 'node:perf_hooks';
 import { MIGRATION_FINAL_STATES, MIGRATION_WAIT_STATES, QmpClient, QmpError, type MigrationInfo, type QmpEvent } from '../monitor/qmp-client.js';
 import { parseCapabilityArgs, parseParameterArgs, type CapabilitySetting } from '../migration/config.js';
-import { ProgressDisplay, buildReport, figuresOf, formatMigrationInfo, formatReport, reportJson } from './progress.js';
+import { ProgressDisplay, buildReport, figuresOf, formatMigrationInfo, formatReport, progressOf, reportJson } from './progress.js';
+import { ProgressModel, type ProgressReport, type ProgressSettings } from '../migration/progress-model.js';
 
 export const DEFAULT_POLL_INTERVAL_MS = 250;
 /** `livemig cancel` gives up waiting for the migration to stop after this long. */
@@ -197,6 +198,11 @@ class MigrationRun {
   private closePrompt: (() => void) | undefined;
   private readonly display: ProgressDisplay | undefined;
   private readonly eventsOn: boolean;
+  /** The monitor's settings, for the model's levers (read once the ones given here are set). */
+  private progressSettings: ProgressSettings = {};
+  /** The model over this migration's snapshots (used when the source sends no x-livemig-progress, as QEMU). */
+  private readonly model = new ProgressModel(() => this.progressSettings);
+  private lastProgress: ProgressReport | undefined;
 
   constructor(
     private readonly client: QmpClient,
@@ -216,6 +222,7 @@ class MigrationRun {
       complain(`the monitor rejected the settings: ${err.message}`);
       return 2;
     }
+    await this.readSettings();
     const onEvent = (e: QmpEvent): void => this.onEvent(e);
     const onSigint = (): void => this.onSigint();
     client.on('event', onEvent);
@@ -252,6 +259,23 @@ class MigrationRun {
     }
   }
 
+  /** What the diagnosis's levers depend on; a monitor that does not answer leaves them generic. */
+  private async readSettings(): Promise<void> {
+    try {
+      const params = await this.client.execute<Record<string, unknown>>('query-migrate-parameters');
+      const caps = await this.client.execute<Array<{ capability: string; state: boolean }>>('query-migrate-capabilities');
+      const on = (name: string): boolean => caps.some((c) => c.capability === name && c.state);
+      this.progressSettings = {
+        ...(typeof params['downtime-limit'] === 'number' && { downtimeLimitMs: params['downtime-limit'] }),
+        ...(typeof params['max-bandwidth'] === 'number' && { maxBandwidthBytesPerSecond: params['max-bandwidth'] }),
+        capabilities: { 'auto-converge': on('auto-converge'), xbzrle: on('xbzrle'), 'postcopy-ram': on('postcopy-ram') },
+        copiesDisks: this.settings.blk || on('block'),
+      };
+    } catch (err) {
+      if (!(err instanceof QmpError)) throw err;
+    }
+  }
+
   /** The last snapshot, in a final state; undefined if the user stopped waiting for a cancel. */
   private async pollUntilFinal(): Promise<MigrationInfo | undefined> {
     for (;;) {
@@ -277,16 +301,20 @@ class MigrationRun {
   private show(info: MigrationInfo): void {
     if (info.ram) this.lastRam = info.ram;
     if (this.settings.json) {
-      process.stdout.write(JSON.stringify(info) + '\n');
+      // A QEMU source has no x-livemig-progress: the same model, derived here, so scripts read one shape.
+      this.lastProgress = progressOf(info, this.elapsedMs(), this.model);
+      process.stdout.write(JSON.stringify(info['x-livemig-progress'] ? info : { ...info, 'x-livemig-progress': this.lastProgress }) + '\n');
       return;
     }
-    this.display!.update(figuresOf(info, this.passFromEvents, this.elapsedMs()));
+    const figures = figuresOf(info, this.passFromEvents, this.elapsedMs(), this.model);
+    this.lastProgress = figures.progress;
+    this.display!.update(figures);
   }
 
   private finish(info: MigrationInfo, reason?: string): number {
     // QEMU drops the RAM figures of a cancelled migration; what was sent until then still counts.
     const withRam = info.ram || !this.lastRam ? info : { ...info, ram: this.lastRam };
-    const report = buildReport(withRam, this.passFromEvents, this.elapsedMs());
+    const report = buildReport(withRam, this.passFromEvents, this.elapsedMs(), this.lastProgress, this.progressSettings.downtimeLimitMs);
     this.closePrompt?.();
     this.display?.stop();
     if (this.settings.json) process.stdout.write(JSON.stringify(reportJson(report)) + '\n');
@@ -295,7 +323,13 @@ class MigrationRun {
       if (this.cancel === 'sent') complain('the migration completed before the cancel took effect');
       return 0;
     }
-    const why = reason ?? report.errorDesc ?? (this.cancel === 'sent' ? 'cancelled on request' : 'no reason given');
+    // QEMU gives no reason for a cancel: say whose it was (ours, or another client's migrate_cancel, e.g. livemig cancel).
+    const cancelledElsewhere = 'cancelled by migrate_cancel from another client of the monitor (not from here; e.g. livemig cancel)';
+    const why =
+      reason ??
+      (this.cancel === 'sent'
+        ? 'cancelled on request from here (migrate_cancel after Ctrl-C)'
+        : report.errorDesc ?? (report.status === 'cancelled' ? cancelledElsewhere : 'the monitor gave no reason (no error-desc)'));
     complain(`migration ${report.status}: ${why}`);
     // Postcopy paused: the guest lives on the destination, which needs this source; the operator decides (recover or give up).
     if (report.status === 'postcopy-paused') return 4;

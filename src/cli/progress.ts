@@ -9,6 +9,7 @@
 import cliProgress from 'cli-progress';
 import { formatBytes } from './format.js';
 import type { MigrationInfo, MigrationRamStats } from '../monitor/qmp-client.js';
+import { explainDowntime, ProgressModel, type ProgressObservation, type ProgressReport } from '../migration/progress-model.js';
 
 /** Lines without a terminal: one every this often (and one at each change of state). */
 export const PLAIN_LINE_INTERVAL_MS = 2000;
@@ -35,13 +36,49 @@ export interface ProgressFigures {
   etaMs?: number;
   /** In postcopy: page requests the destination made so far. */
   postcopyRequests?: number;
+  /** The progress model's reading (the source's x-livemig-progress, or derived here from QEMU's figures). */
+  progress?: ProgressReport;
+  /** Why it failed or was cancelled (error-desc). */
+  errorDesc?: string;
+}
+
+/** The model's input from a query-migrate answer (a QEMU's or livemig's). */
+export function observationOf(info: MigrationInfo, elapsedMs: number): ProgressObservation {
+  const ram = info.ram;
+  const o: ProgressObservation = { status: info.status ?? 'none', elapsedMs: info['total-time'] ?? elapsedMs };
+  if (ram && ram.total !== undefined) {
+    o.ram = {
+      totalBytes: ram.total,
+      remainingBytes: ram.remaining ?? 0,
+      transferredBytes: ram.transferred ?? 0,
+      pagesSent: (ram.normal ?? 0) + (ram.duplicate ?? 0) + (((info['xbzrle-cache'] as { pages?: number } | undefined)?.pages) ?? 0),
+      dirtySyncCount: ram['dirty-sync-count'] ?? 0,
+      ...(ram['page-size'] !== undefined && { pageSize: ram['page-size'] }),
+      ...(ram['pages-per-second'] !== undefined && { pagesPerSecond: ram['pages-per-second'] }),
+      ...(ram.mbps !== undefined && { mbps: ram.mbps }),
+      ...(ram['dirty-pages-rate'] !== undefined && { dirtyPagesRate: ram['dirty-pages-rate'] }),
+    };
+  }
+  if (info.disk) o.disk = { transferredBytes: info.disk.transferred, remainingBytes: info.disk.remaining, totalBytes: info.disk.total };
+  if (info['cpu-throttle-percentage'] !== undefined) o.throttlePercent = info['cpu-throttle-percentage'];
+  return o;
+}
+
+/**
+ * The progress report for a snapshot: the source's own (livemig) when it sent one, else the
+ * model's over the snapshots seen so far (a QEMU source); `model` keeps that history.
+ */
+export function progressOf(info: MigrationInfo, elapsedMs: number, model: ProgressModel = new ProgressModel()): ProgressReport {
+  const own = info['x-livemig-progress'] as ProgressReport | undefined;
+  if (own && typeof own.percent === 'number') return own;
+  return model.observe(observationOf(info, elapsedMs));
 }
 
 /**
  * @param passFromEvents the highest MIGRATION_PASS seen (0 if none)
  * @param localElapsedMs time since we sent `migrate`, for states QEMU gives no total-time in
  */
-export function figuresOf(info: MigrationInfo, passFromEvents: number, localElapsedMs: number): ProgressFigures {
+export function figuresOf(info: MigrationInfo, passFromEvents: number, localElapsedMs: number, model?: ProgressModel): ProgressFigures {
   const ram = info.ram;
   const figures: ProgressFigures = {
     status: info.status ?? 'none',
@@ -50,12 +87,16 @@ export function figuresOf(info: MigrationInfo, passFromEvents: number, localElap
     expectedDowntimeMs: info['expected-downtime'],
     throttlePercent: info['cpu-throttle-percentage'],
   };
-  if (!ram) return figures;
+  if (info['error-desc'] !== undefined) figures.errorDesc = info['error-desc'];
+  const progress = progressOf(info, localElapsedMs, model);
+  figures.progress = progress;
+  // QEMU adds a zeroed `ram` to a migration that failed before it began: no figures to draw.
+  if (!ram || (ENDED.has(figures.status) && !ram.total && !ram.transferred)) return figures;
   figures.totalBytes = ram.total;
   figures.remainingBytes = ram.remaining;
   figures.transferredBytes = ram.transferred;
-  if (ram.total > 0 && ram.remaining !== undefined) figures.doneFraction = clamp01((ram.total - ram.remaining) / ram.total);
-  else if (ram.total > 0) figures.doneFraction = clamp01(ram.transferred / ram.total);
+  // The model's percent: it never goes back (remaining rises again at every sync).
+  figures.doneFraction = clamp01(progress.percent / 100);
   const dirtyPages = ram['dirty-pages-rate'];
   if (dirtyPages !== undefined) {
     figures.dirtyPagesPerSecond = dirtyPages;
@@ -63,7 +104,9 @@ export function figuresOf(info: MigrationInfo, passFromEvents: number, localElap
   }
   figures.throughputMbps = ram.mbps;
   if (figures.status.startsWith('postcopy')) figures.postcopyRequests = ram['postcopy-requests'] ?? 0;
-  if (ram.remaining !== undefined && !ENDED.has(figures.status)) figures.etaMs = etaMs(ram.remaining, ram);
+  // The model's ETA: absent when not converging (the display says so), not remaining / throughput.
+  if (progress['eta-ms'] !== undefined && !ENDED.has(figures.status)) figures.etaMs = progress['eta-ms'];
+  else if (!figures.progress && ram.remaining !== undefined && !ENDED.has(figures.status)) figures.etaMs = etaMs(ram.remaining, ram);
   return figures;
 }
 
@@ -109,28 +152,61 @@ function dirtyText(f: ProgressFigures): string | undefined {
 function amountText(f: ProgressFigures): string {
   if (f.totalBytes === undefined) return '';
   const percent = `${Math.floor((f.doneFraction ?? 0) * 100)}%`.padStart(4);
+  const disk = diskText(f);
   // In postcopy the guest runs on the destination; what remains here is what it still lacks.
   if (f.postcopyRequests !== undefined) {
     const missingPages = Math.round((f.remainingBytes ?? 0) / 4096);
     return `${percent}  postcopy: ${missingPages} pages (${formatBytes(f.remainingBytes ?? 0)}) still missing on the destination, ${f.postcopyRequests} requested by its guest`;
   }
   // The first pass sends every page once; later passes resend what the guest dirtied.
-  if (f.pass <= 1) return `${percent} of ${formatBytes(f.totalBytes)}, ${formatBytes(f.transferredBytes ?? 0)} sent`;
-  return `${percent}  remaining ${formatBytes(f.remainingBytes ?? 0)} of ${formatBytes(f.totalBytes)}`;
+  if (f.pass <= 1) return `${percent} of ${formatBytes(f.totalBytes)}, ${formatBytes(f.transferredBytes ?? 0)} sent${disk}`;
+  return `${percent}  remaining ${formatBytes(f.remainingBytes ?? 0)} of ${formatBytes(f.totalBytes)}${disk}`;
+}
+
+/** Block migration's bulk copy, while it runs (RAM may be long done: the disks are then what remains). */
+function diskText(f: ProgressFigures): string {
+  const d = f.progress?.disk;
+  if (!d) return '';
+  return `; disks ${d.percent}%, ${formatBytes(d['transferred-bytes'])} of ${formatBytes(d['total-bytes'])}`;
+}
+
+/** The convergence ratio and its trend (dirty rate over the rate dirty pages are cleared). */
+function convergenceText(f: ProgressFigures): string | undefined {
+  const p = f.progress;
+  if (!p || p['convergence-ratio'] === undefined || p.phase !== 'iterate') return undefined;
+  const ratio = Number.isFinite(p['convergence-ratio']) ? p['convergence-ratio'].toFixed(2) : 'inf';
+  return `convergence ${ratio}${p.trend ? ` (${p.trend})` : ''}`;
+}
+
+/** ETA, or why there is none. */
+function etaText(f: ProgressFigures): string | undefined {
+  if (ENDED.has(f.status)) return undefined;
+  if (f.etaMs !== undefined) return `ETA ${formatDuration(f.etaMs)}`;
+  if (f.progress?.converging === false) return 'ETA none: not converging';
+  return 'ETA --';
+}
+
+/** A failed or cancelled migration: what it reached, and why it ended. */
+function endedText(f: ProgressFigures): string {
+  const percent = f.progress ? `${Math.floor(f.progress.percent)}% done` : undefined;
+  const reached = [percent, f.pass > 0 ? `pass ${f.pass}` : 'before the first pass', f.transferredBytes ? `${formatBytes(f.transferredBytes)} sent` : undefined].filter(Boolean).join(', ');
+  return `${f.status.toUpperCase()} at ${reached}${f.errorDesc ? `: ${f.errorDesc}` : ''}`;
 }
 
 /** The three lines drawn on a terminal; `bar` draws a bar for a fraction. */
 export function formatFrame(f: ProgressFigures, bar: (fraction: number) => string): [string, string, string] {
   const head = `${f.status.padEnd(8)} pass ${f.pass}`;
-  const line1 = f.totalBytes === undefined ? head : `${head}  [${bar(f.doneFraction ?? 0)}] ${amountText(f)}`;
+  const failedOrCancelled = f.status === 'failed' || f.status === 'cancelled';
+  const line1 = failedOrCancelled ? `${head}  ${endedText(f)}` : f.totalBytes === undefined ? head : `${head}  [${bar(f.doneFraction ?? 0)}] ${amountText(f)}`;
   const rates = [
     f.throughputMbps !== undefined ? formatMbps(f.throughputMbps) : undefined,
     dirtyText(f),
+    convergenceText(f),
     f.throttlePercent !== undefined ? `cpu throttle ${f.throttlePercent}%` : undefined,
   ].filter(Boolean);
   const times = [
     `elapsed ${formatDuration(f.elapsedMs)}`,
-    f.etaMs !== undefined ? `ETA ${formatDuration(f.etaMs)}` : ENDED.has(f.status) ? undefined : 'ETA --',
+    etaText(f),
     f.expectedDowntimeMs !== undefined ? `expected downtime ${formatDuration(f.expectedDowntimeMs)}` : undefined,
   ].filter(Boolean);
   return [line1, `  ${rates.join('  ') || 'waiting for the first figures'}`, `  ${times.join('  ')}`];
@@ -139,16 +215,25 @@ export function formatFrame(f: ProgressFigures, bar: (fraction: number) => strin
 /** One line, for logs and pipes. */
 export function formatProgressLine(f: ProgressFigures): string {
   const parts = [`[${formatDuration(f.elapsedMs).padStart(8)}] ${f.status}`];
+  if (f.status === 'failed' || f.status === 'cancelled') return `${parts[0]}: ${endedText(f)}`;
   if (f.totalBytes !== undefined) {
     parts.push(`pass ${f.pass}: ${amountText(f).trim()}`);
     if (f.throughputMbps !== undefined) parts.push(formatMbps(f.throughputMbps));
     const dirty = dirtyText(f);
     if (dirty) parts.push(dirty);
+    const convergence = convergenceText(f);
+    if (convergence) parts.push(convergence);
     if (f.throttlePercent !== undefined) parts.push(`cpu throttle ${f.throttlePercent}%`);
     if (f.expectedDowntimeMs !== undefined) parts.push(`expected downtime ${formatDuration(f.expectedDowntimeMs)}`);
-    if (f.etaMs !== undefined) parts.push(`ETA ${formatDuration(f.etaMs)}`);
+    const eta = etaText(f);
+    if (eta) parts.push(eta);
   }
   return parts.join(', ');
+}
+
+/** The not-converging diagnosis as lines (shown once, when it first appears). */
+export function formatDiagnosis(d: { summary: string; levers: string[] }): string {
+  return [`Not converging: ${d.summary.replace(/^not converging /, '')}`, '  levers:', ...d.levers.map((lever) => `    - ${lever}`)].join('\n');
 }
 
 // ---------- the live display ----------
@@ -167,6 +252,7 @@ export class ProgressDisplay {
   private lastStatus = '';
   private paused = false;
   private stopped = false;
+  private diagnosed = false;
 
   constructor(
     private readonly stream: Output,
@@ -179,6 +265,13 @@ export class ProgressDisplay {
       f = { ...this.latest, status: f.status, elapsedMs: f.elapsedMs, etaMs: undefined };
     }
     this.latest = f;
+    // The diagnosis once, above the frame (the frame keeps saying "not converging").
+    const diagnosis = f.progress?.diagnosis;
+    if (diagnosis && !this.diagnosed && !this.paused) {
+      this.diagnosed = true;
+      if (this.tty) this.ensureBars();
+      this.note(formatDiagnosis(diagnosis));
+    }
     if (this.paused) return;
     if (this.tty) {
       this.ensureBars();
@@ -263,12 +356,19 @@ export interface MigrationReport {
   averageMbps?: number;
   /** Block migration: the size of the disks copied. */
   diskBytes?: number;
+  /** Block migration: bytes of the bulk copy sent (all of diskBytes only when completed). */
+  diskTransferredBytes?: number;
   passes: number;
+  /** The progress model's last percent (never more than where it got). */
+  percent?: number;
+  /** Downtime over its limit, explained by its phases. */
+  downtimeExplanation?: string;
+  downtimeLimitMs?: number;
   /** Our own clock, from sending `migrate` to seeing the end. */
   wallTimeMs: number;
 }
 
-export function buildReport(info: MigrationInfo, passFromEvents: number, wallTimeMs: number): MigrationReport {
+export function buildReport(info: MigrationInfo, passFromEvents: number, wallTimeMs: number, progress?: ProgressReport, downtimeLimitMs?: number): MigrationReport {
   const ram = info.ram;
   const report: MigrationReport = {
     status: info.status ?? 'none',
@@ -280,7 +380,19 @@ export function buildReport(info: MigrationInfo, passFromEvents: number, wallTim
   if (info.downtime !== undefined) report.downtimeMs = info.downtime;
   if (info['setup-time'] !== undefined) report.setupTimeMs = info['setup-time'];
   if (ram) report.transferredBytes = ram.transferred;
-  if (info.disk) report.diskBytes = info.disk.total;
+  if (info.disk) {
+    report.diskBytes = info.disk.total;
+    report.diskTransferredBytes = report.status === 'completed' ? info.disk.total : info.disk.transferred;
+  }
+  const own = info['x-livemig-progress'] as ProgressReport | undefined;
+  const percent = (own ?? progress)?.percent;
+  if (percent !== undefined) report.percent = percent;
+  const limit = (info['x-livemig-downtime-limit-ms'] as number | undefined) ?? downtimeLimitMs;
+  if (limit !== undefined) report.downtimeLimitMs = limit;
+  if (report.downtimeMs !== undefined) {
+    const explanation = explainDowntime(report.downtimeMs, limit, info['x-livemig-downtime-phases'] as Parameters<typeof explainDowntime>[2]);
+    if (explanation) report.downtimeExplanation = explanation;
+  }
   const seconds = (report.totalTimeMs ?? wallTimeMs) / 1000;
   if (ram && seconds > 0) report.averageMbps = (ram.transferred * 8) / seconds / 1e6;
   return report;
@@ -298,6 +410,10 @@ export function reportJson(report: MigrationReport): Record<string, unknown> {
     ...(report.transferredBytes !== undefined && { transferred: report.transferredBytes }),
     ...(report.averageMbps !== undefined && { 'average-mbps': Number(report.averageMbps.toFixed(3)) }),
     ...(report.diskBytes !== undefined && { 'disk-total': report.diskBytes }),
+    ...(report.diskTransferredBytes !== undefined && { 'disk-transferred': report.diskTransferredBytes }),
+    ...(report.percent !== undefined && { percent: report.percent }),
+    ...(report.downtimeLimitMs !== undefined && { 'downtime-limit': report.downtimeLimitMs }),
+    ...(report.downtimeExplanation !== undefined && { 'downtime-over-limit': report.downtimeExplanation }),
     passes: report.passes,
     'wall-time': Math.round(report.wallTimeMs),
   };
@@ -306,14 +422,23 @@ export function reportJson(report: MigrationReport): Record<string, unknown> {
 export function formatReport(report: MigrationReport): string {
   const took = report.totalTimeMs ?? report.wallTimeMs;
   // The reason of a failure goes to stderr (livemig: migration failed: ...), not here twice.
-  const lines = [`Migration ${report.status} after ${formatDuration(took)}`];
+  const ended = report.status === 'failed' || report.status === 'cancelled';
+  const reached = ended && report.percent !== undefined ? ` at ${Math.floor(report.percent)}% (pass ${report.passes})` : '';
+  const lines = [`Migration ${report.status} after ${formatDuration(took)}${reached}`];
   const row = (name: string, value: string): number => lines.push(`  ${name.padEnd(13)}${value}`);
   row('total time', formatDuration(took));
-  if (report.downtimeMs !== undefined) row('downtime', formatDuration(report.downtimeMs));
+  if (report.downtimeMs !== undefined) {
+    const limit = report.downtimeLimitMs !== undefined ? (report.downtimeExplanation ? `, OVER the ${report.downtimeLimitMs} ms limit` : ` (limit ${report.downtimeLimitMs} ms)`) : '';
+    row('downtime', formatDuration(report.downtimeMs) + limit);
+    if (report.downtimeExplanation) lines.push(`    ${report.downtimeExplanation.replace(/^.*?limit of \d+ ms: /, 'where it went: ')}`);
+  }
   if (report.setupTimeMs !== undefined) row('setup time', formatDuration(report.setupTimeMs));
   if (report.transferredBytes !== undefined) row('transferred', `${formatBytes(report.transferredBytes)} (${report.transferredBytes} bytes)`);
   if (report.averageMbps !== undefined) row('throughput', `${formatMbps(report.averageMbps)} average`);
-  if (report.diskBytes !== undefined) row('disks', `${formatBytes(report.diskBytes)} copied`);
+  if (report.diskBytes !== undefined) {
+    const copied = report.diskTransferredBytes ?? 0;
+    row('disks', report.status === 'completed' ? `${formatBytes(report.diskBytes)} copied` : `${formatBytes(copied)} of ${formatBytes(report.diskBytes)} sent, not copied (the migration ${report.status})`);
+  }
   row('passes', String(report.passes));
   return lines.join('\n');
 }

@@ -198,7 +198,7 @@ async function runOutgoing(guest: Guest, migration: OutgoingMigration, options: 
   // A signal cancels the migration (the guest stays here, intact) and then exits.
   const signalled = stop.then((code) => {
     try {
-      migration.cancel();
+      migration.cancel(code === 130 ? 'livemig run on SIGINT' : 'livemig run stopping (SIGTERM, quit or --exit-after-ms)');
     } catch {
       /* too late: the destination has the whole state; wait for the end */
     }

@@ -144,6 +144,8 @@ interface Run {
   error?: MigrationError;
   /** Per-pass figures and what they mean (percent, convergence, ETA, diagnosis). */
   readonly progress: ProgressModel;
+  /** cancel()'s caller, as a phrase ("migrate_cancel on the QMP monitor"). */
+  cancelledBy?: string;
 }
 
 export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
@@ -341,7 +343,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
    * A no-op when nothing runs. Refused once the destination may run the guest
    * (the go-ahead, or with a QEMU destination the whole stream, went out).
    */
-  cancel(): void {
+  cancel(by?: string): void {
     const run = this.run;
     if (!run || !ACTIVE_STATES.has(this.currentStatus) || this.currentStatus === 'cancelling') return;
     if (this.currentStatus === 'postcopy-paused') {
@@ -357,6 +359,8 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
       throw new MigrationError('refused', 'too late to cancel: the destination has been told to run the guest; waiting for its confirmation');
     }
     run.cancelRequested = true;
+    // Who cancelled and how: a watcher of this migration (livemig migrate) did not, and says so.
+    run.cancelledBy = by;
     this.transition('cancelling');
     this.abortRun(new MigrationError('cancelled', 'migration cancelled'));
   }
@@ -864,7 +868,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
     const guestIsHere = !run.pointOfNoReturn || err.code === 'destination-failed';
     if (run.pausedByUs && guestIsHere) this.machine.resume();
     if (run.cancelRequested && guestIsHere) {
-      run.error = new MigrationError('cancelled', 'migration cancelled');
+      run.error = new MigrationError('cancelled', run.cancelledBy ? `migration cancelled by ${run.cancelledBy}` : 'migration cancelled');
       this.transition('cancelled');
       return 'cancelled';
     }

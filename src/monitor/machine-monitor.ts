@@ -264,7 +264,7 @@ export class MachineMonitor extends EventEmitter<{
         run: () => {
           // The latest migration: a destination that waits or receives can be cancelled too (QEMU 7.2 cannot).
           if (this.latest === 'incoming' && this.incoming) this.incoming.cancel();
-          else this.migration.cancel();
+          else this.migration.cancel('migrate_cancel on the QMP monitor');
           return {};
         },
       },
