@@ -17,6 +17,8 @@ import { fileURLToPath } from 'node:url';
 import { guestType } from '../guests/index.js';
 import { QmpClient } from '../monitor/qmp-client.js';
 import { formatBytes } from './format.js';
+import { figuresOf, formatDuration, formatProgressLine } from './progress.js';
+import { explainDowntime } from '../migration/progress-model.js';
 
 type Event = { event: string } & Record<string, any>;
 
@@ -128,10 +130,12 @@ export async function demoCommand(options: DemoOptions): Promise<number> {
       info = await src.execute('query-migrate');
       const r = info.ram;
       switched ||= String(info.status).startsWith('postcopy');
-      if (r) {
+      // The end is told by the summary below: QEMU's live figures (dirty rate, expected downtime) are gone by then.
+      if (r && !['completed', 'failed', 'cancelled'].includes(info.status)) {
+        // Pre-copy: the same line as livemig migrate, from the source's progress model (percent, ETA, convergence).
         const line = String(info.status).startsWith('postcopy')
           ? `  ${String(info.status).padEnd(15)} ${Math.round(r.remaining / r['page-size'])} pages still missing on the destination, ${r['postcopy-requests']} requested by its guest, ${formatBytes(r['postcopy-bytes'])} sent since the switch`
-          : `  ${String(info.status).padEnd(9)} pass ${r['dirty-sync-count']}  sent ${formatBytes(r.transferred).padStart(9)}  remaining ${formatBytes(r.remaining).padStart(9)}  ${r.mbps.toFixed(0).padStart(5)} Mbit/s  dirty ${r['dirty-pages-rate']} pages/s  expected downtime ${info['expected-downtime'] ?? '-'} ms`;
+          : `  ${formatProgressLine(figuresOf(info, 0, info['total-time'] ?? 0))}`;
         process.stdout.write(tty ? `\r${line}\x1b[K` : line + '\n');
       }
       if (['completed', 'failed', 'cancelled'].includes(info.status)) break;
@@ -148,8 +152,16 @@ export async function demoCommand(options: DemoOptions): Promise<number> {
     log('');
     log('migration completed');
     log(`  total time   ${info['total-time']} ms (setup ${info['setup-time']} ms)`);
-    log(`  downtime     ${info.downtime} ms (${postcopy && switched ? 'postcopy: from the guest stopping here until the destination ran it with its device state; RAM followed' : 'measured until the destination confirmed its guest runs'})`);
+    log(`  downtime     ${info.downtime} ms (${postcopy && switched ? 'postcopy: from the guest stopping here until the destination ran it with its device state; RAM followed' : 'measured until the destination confirmed its guest runs'}; limit ${info['x-livemig-downtime-limit-ms'] ?? '?'} ms)`);
+    const over = explainDowntime(info.downtime, info['x-livemig-downtime-limit-ms'], info['x-livemig-downtime-phases']);
+    if (over) log(`               ${over}`);
     log(`  passes       ${r['dirty-sync-count']}`);
+    // The guest's dirty rate, from the passes (QEMU's dirty-pages-rate is gone once completed).
+    const passes: Array<{ 'dirtied-bytes': number; 'duration-ms': number; pass: number }> = info['x-livemig-progress']?.passes ?? [];
+    const later = passes.filter((p) => p.pass >= 2);
+    const dirtiedBytes = later.reduce((sum, p) => sum + p['dirtied-bytes'], 0);
+    const passMs = later.reduce((sum, p) => sum + p['duration-ms'], 0);
+    if (passMs > 0) log(`  dirty rate   ${Math.round((dirtiedBytes / r['page-size'] / passMs) * 1000)} pages/s newly dirtied while it ran (${formatBytes(dirtiedBytes)} in ${formatDuration(passMs)} of passes)`);
     log(`  sent         ${formatBytes(r.transferred)}: ${r.normal} normal pages, ${r.duplicate} zero pages`);
     log(`  throughput   ${r.mbps.toFixed(0)} Mbit/s average`);
     if (postcopy && !switched) log('  (pre-copy completed before the switch to postcopy took effect: checked as pre-copy)');

@@ -181,7 +181,9 @@ function convergenceText(f: ProgressFigures): string | undefined {
 /** ETA, or why there is none. */
 function etaText(f: ProgressFigures): string | undefined {
   if (ENDED.has(f.status)) return undefined;
-  if (f.etaMs !== undefined) return `ETA ${formatDuration(f.etaMs)}`;
+  if (f.progress?.phase === 'switchover') return 'switching over (guest stopped)';
+  // In the first pass the model knows no dirty rate yet: the time to finish it is a lower bound.
+  if (f.etaMs !== undefined) return `ETA ${f.progress?.phase === 'first-pass' ? '≥ ' : ''}${formatDuration(f.etaMs)}`;
   if (f.progress?.converging === false) return 'ETA none: not converging';
   return 'ETA --';
 }

@@ -15,6 +15,8 @@ import { parseQmpAddress, qmpServerTls } from './qmp-address.js';
 import { formatBytes } from './format.js';
 import { parseDiskSpec } from './disk-spec.js';
 import { parseSize } from '../migration/size.js';
+import { figuresOf, formatDiagnosis, formatProgressLine } from './progress.js';
+import { explainDowntime } from '../migration/progress-model.js';
 
 export interface RunOptions {
   machine: string;
@@ -194,7 +196,17 @@ async function runOutgoing(guest: Guest, migration: OutgoingMigration, options: 
     }, Number(options.postcopyAfterMs));
     void migration.finished.finally(() => clearTimeout(timer));
   }
-  const progress = setInterval(() => emit('progress', { info: queryMigrate(migration) }, progressLine(migration)), 200);
+  let diagnosed = false;
+  const progress = setInterval(() => {
+    const info = queryMigrate(migration);
+    emit('progress', { info }, progressLine(info));
+    // The not-converging diagnosis once, as its own event (it is also in every progress event's info).
+    const diagnosis = info['x-livemig-progress']?.diagnosis;
+    if (diagnosis && !diagnosed) {
+      diagnosed = true;
+      emit('diagnosis', { diagnosis }, formatDiagnosis(diagnosis));
+    }
+  }, 200);
   // A signal cancels the migration (the guest stays here, intact) and then exits.
   const signalled = stop.then((code) => {
     try {
@@ -213,23 +225,27 @@ async function runOutgoing(guest: Guest, migration: OutgoingMigration, options: 
     return await stop;
   }
   if (status !== 'completed') {
-    emit(status, { info }, `migration ${status}: ${info['error-desc'] ?? ''}`);
+    emit(status, { info }, `migration ${status}${reachedText(info)}: ${info['error-desc'] ?? 'no reason recorded'}`);
     return 1;
   }
   emit('completed', { info, switchover: migration.switchover, ramHash: guest.ramHash(), serialBytes: serialBytes(), ...guest.progress() }, summary(info));
   return 0;
 }
 
-function progressLine(m: OutgoingMigration): string {
-  const q = queryMigrate(m);
-  const r = q.ram;
-  if (!r) return `migration: ${q.status}`;
-  const disk = q.disk ? `, disk ${formatBytes(q.disk.transferred)} of ${formatBytes(q.disk.total)}` : '';
-  return `migration: ${q.status}, pass ${r['dirty-sync-count']}, ${formatBytes(r.transferred)} sent, ${formatBytes(r.remaining)} remaining, ${r.mbps.toFixed(0)} Mbit/s, dirty ${r['dirty-pages-rate']} pages/s${disk}`;
+/** The same line as `livemig migrate` draws without a terminal, from the source's progress model. */
+function progressLine(q: MigrationInfo): string {
+  return `migration: ${formatProgressLine(figuresOf(q as Record<string, unknown>, 0, q['total-time'] ?? 0)).replace(/^\[ *[^\]]*\] /, '')}`;
+}
+
+/** " at 80% (pass 5)": how far a failed or cancelled migration got. */
+function reachedText(q: MigrationInfo): string {
+  const p = q['x-livemig-progress'];
+  return p ? ` at ${Math.floor(p.percent)}% (pass ${q.ram?.['dirty-sync-count'] ?? 0})` : '';
 }
 
 function summary(q: MigrationInfo): string {
   const r = q.ram!;
   const disk = q.disk ? `, disk ${formatBytes(q.disk.total)} copied` : '';
-  return `migration completed in ${q['total-time']} ms: downtime ${q.downtime} ms, ${r['dirty-sync-count']} passes, ${formatBytes(r.transferred)} of RAM sent, ${r.mbps.toFixed(0)} Mbit/s${disk}`;
+  const over = q.downtime !== undefined ? explainDowntime(q.downtime, q['x-livemig-downtime-limit-ms'], q['x-livemig-downtime-phases']) : undefined;
+  return `migration completed in ${q['total-time']} ms: downtime ${q.downtime} ms, ${r['dirty-sync-count']} passes, ${formatBytes(r.transferred)} of RAM sent, ${r.mbps.toFixed(0)} Mbit/s${disk}${over ? `\nmigration: ${over}` : ''}`;
 }
