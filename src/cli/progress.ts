@@ -235,7 +235,7 @@ export function formatProgressLine(f: ProgressFigures): string {
 
 /** The not-converging diagnosis as lines (shown once, when it first appears). */
 export function formatDiagnosis(d: { summary: string; levers: string[] }): string {
-  return [`Not converging: ${d.summary.replace(/^not converging /, '')}`, '  levers:', ...d.levers.map((lever) => `    - ${lever}`)].join('\n');
+  return [d.summary.replace(/^not converging/, 'Not converging'), '  levers:', ...d.levers.map((lever) => `    - ${lever}`)].join('\n');
 }
 
 // ---------- the live display ----------

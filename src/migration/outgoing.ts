@@ -148,6 +148,8 @@ interface Run {
   readonly progress: ProgressModel;
   /** cancel()'s caller, as a phrase ("migrate_cancel on the QMP monitor"). */
   cancelledBy?: string;
+  /** What the switchover policy last found pending (RAM, the disks' dirty chunks, device state), bytes. */
+  pendingBytes?: number;
 }
 
 export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
@@ -593,6 +595,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
         }
       }
       policy = step.state;
+      run.pendingBytes = step.pendingBytes;
       if (step.decision === 'switchover') {
         this.switchover = { pendingBytes: step.pendingBytes, ramPendingBytes: step.ramPendingBytes, deviceStateBytes, bandwidthBytesPerMs: window.bandwidthBytesPerMs, downtimeLimitMs, thresholdBytes: step.thresholdBytes, reason: step.reason };
         return 'complete';
@@ -926,6 +929,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
         },
       }),
       ...(snap.disk && { disk: snap.disk }),
+      ...(run.pendingBytes !== undefined && status === 'active' && { pendingBytes: run.pendingBytes }),
       throttlePercent: snap.throttlePercent,
     });
     return snap;

@@ -32,6 +32,8 @@ export const RATE_WINDOW_MS = 1000;
 export const PASSES_WITHOUT_PROGRESS = 4;
 /** ... and at least this long since the first full pass ended. */
 export const MIN_STUCK_MS = 1500;
+/** A convergence ratio at or above this is not converging (unless remaining visibly falls). */
+export const NOT_CONVERGING_RATIO = 0.95;
 /** Remaining must fall below this share of its earlier minimum to count as progress. */
 const PROGRESS_FACTOR = 0.9;
 const DEFAULT_PAGE_SIZE = 4096;
@@ -89,6 +91,8 @@ export interface ProgressObservation {
     dirtyPagesRate?: number;
   };
   disk?: { transferredBytes: number; remainingBytes: number; totalBytes: number };
+  /** The source's own: all it still has to send (RAM, the disks' dirty chunks, device state), bytes. */
+  pendingBytes?: number;
   throttlePercent?: number;
 }
 
@@ -140,6 +144,11 @@ export class ProgressModel {
   /** Set once a sample came from the source itself: snapshots then no longer derive passes. */
   private exactSamples = false;
   private last: ProgressReport | undefined;
+  /** When every RAM page and disk chunk had been sent once (the first pass over everything ended). */
+  private firstPassDoneMs: number | undefined;
+  /** The work figure behind the percent, and when it last moved (a first pass can stall: nothing of RAM goes out). */
+  private lastWorkPercent = -1;
+  private lastAdvanceMs = 0;
 
   constructor(private readonly settings: () => ProgressSettings = () => ({})) {}
 
@@ -196,7 +205,9 @@ export class ProgressModel {
         this.addPass({ atMs: o.elapsedMs, transferredBytes: ram.transferredBytes, pagesSent: ram.pagesSent ?? 0, remainingBytes: ram.remainingBytes, dirtySyncCount: sync }, undefined);
       }
     }
-    const phase = phaseOf(o.status, this.firstFullPassRemaining !== undefined || (ram?.dirtySyncCount ?? 0) >= 2, this.last?.phase);
+    // The first pass is over once every page and chunk went out once (a sync may not follow while the disks keep it busy).
+    if (this.firstPassDoneMs === undefined && ram && o.status === 'active' && (ram.dirtySyncCount >= 2 || (ram.remainingBytes === 0 && (o.disk?.remainingBytes ?? 0) === 0))) this.firstPassDoneMs = o.elapsedMs;
+    const phase = phaseOf(o.status, this.firstFullPassRemaining !== undefined || this.firstPassDoneMs !== undefined || (ram?.dirtySyncCount ?? 0) >= 2, this.last?.phase);
     const report: ProgressReport = { percent: 0, phase, passes: this.passes.map(({ clearedBytes: _, ...p }) => p) };
     const settings = this.settings();
     const rates = this.rates(o);
@@ -216,21 +227,31 @@ export class ProgressModel {
     let percent = this.percentShown;
     if (phase === 'completed') percent = 100;
     else if (phase === 'switchover') percent = Math.max(percent, BEFORE_COMPLETION_PERCENT);
-    else if (!ended && ram) percent = Math.max(percent, this.workPercent(o, thresholdBytes));
+    else if (!ended && ram) {
+      const work = this.workPercent(o, thresholdBytes);
+      if (work > this.lastWorkPercent + 0.1) {
+        this.lastWorkPercent = work;
+        this.lastAdvanceMs = o.elapsedMs;
+      }
+      percent = Math.max(percent, work);
+    }
     percent = phase === 'completed' ? 100 : Math.min(BEFORE_COMPLETION_PERCENT, percent);
     this.percentShown = Math.max(this.percentShown, percent);
     report.percent = Math.floor(this.percentShown * 10) / 10;
     // Convergence, ETA, diagnosis: only while pre-copy iterates.
     if (!ended && ram && (phase === 'first-pass' || phase === 'iterate')) {
-      const remaining = ram.remainingBytes;
-      const stuck = this.stuck(o.elapsedMs, thresholdBytes);
-      const notConverging = stuck || (rates.ratio !== undefined && rates.ratio >= 1 && phase === 'iterate' && trend !== 'converging' && this.laterPasses().length >= 2);
+      const remaining = phase === 'iterate' && o.pendingBytes !== undefined ? o.pendingBytes : ram.remainingBytes;
+      const stalledMs = phase === 'first-pass' && o.status === 'active' ? o.elapsedMs - this.lastAdvanceMs : 0;
+      const stalled = stalledMs >= 2 * MIN_STUCK_MS;
+      const stuck = stalled || this.stuck(o.elapsedMs, thresholdBytes) || this.stuckWithoutSync(o, thresholdBytes);
+      // A ratio this close to 1 gains too little per pass to call it converging (an ETA of hours helps nobody).
+      const notConverging = stuck || (rates.ratio !== undefined && rates.ratio >= NOT_CONVERGING_RATIO && phase === 'iterate' && trend !== 'converging' && this.laterPasses().length >= 2);
       if (phase === 'iterate' && (rates.ratio !== undefined || stuck)) report.converging = !notConverging;
       if (!notConverging) {
         const eta = etaMs(remaining, rates, thresholdBytes, phase, o);
         if (eta !== undefined) report['eta-ms'] = round(eta);
       }
-      if (stuck) report.diagnosis = this.diagnose(remaining, rates, thresholdBytes, settings, o);
+      if (stuck) report.diagnosis = this.diagnose(remaining, rates, thresholdBytes, settings, o, stalled ? stalledMs : undefined);
     }
     this.last = report;
     return report;
@@ -293,6 +314,16 @@ export class ProgressModel {
     return recentMin >= earlierMin * PROGRESS_FACTOR && latest > (thresholdBytes ?? 0);
   }
 
+  /**
+   * No sync for long after the first pass: what is pending never fits the threshold, so the policy never even
+   * checks (the disks' dirty chunks can do that: a guest writing all over its disk). Needs the source's pending figure.
+   */
+  private stuckWithoutSync(o: ProgressObservation, thresholdBytes: number | undefined): boolean {
+    if (this.firstPassDoneMs === undefined || o.pendingBytes === undefined || this.laterPasses().length > 0) return false;
+    if (this.firstFullPassRemaining !== undefined) return false;
+    return o.elapsedMs - this.firstPassDoneMs >= 2 * MIN_STUCK_MS && o.pendingBytes > (thresholdBytes ?? 0);
+  }
+
   /** First pass: its share of the work done; later: how far remaining has come towards the threshold. */
   private workPercent(o: ProgressObservation, thresholdBytes: number | undefined): number {
     const ram = o.ram!;
@@ -311,11 +342,19 @@ export class ProgressModel {
     return FIRST_PASS_PERCENT * firstFraction + (BEFORE_COMPLETION_PERCENT - FIRST_PASS_PERCENT) * closeness * firstFraction;
   }
 
-  private diagnose(remainingBytes: number, rates: { dirty?: number; throughput?: number; clear?: number; ratio?: number }, thresholdBytes: number | undefined, s: ProgressSettings, o: ProgressObservation): { summary: string; levers: string[] } {
+  private diagnose(remainingBytes: number, rates: { dirty?: number; throughput?: number; clear?: number; ratio?: number }, thresholdBytes: number | undefined, s: ProgressSettings, o: ProgressObservation, stalledMs?: number): { summary: string; levers: string[] } {
     const dirty = rates.dirty ?? 0;
     const throughput = rates.throughput ?? 0;
     const later = this.laterPasses().length;
-    const parts = [`not converging after ${later} passes since the first full one: the guest dirties ${mb(dirty)} while ${mb(throughput)} go out`];
+    const since = this.firstPassDoneMs !== undefined ? ` (${((o.elapsedMs - this.firstPassDoneMs) / 1000).toFixed(1)} s)` : '';
+    const parts = [
+      stalledMs !== undefined
+        ? `no progress for ${(stalledMs / 1000).toFixed(1)} s in the first pass: RAM remaining ${mib(o.ram?.remainingBytes ?? 0)} of ${mib(o.ram?.totalBytes ?? 0)} while ${mb(throughput)} go out${o.disk && o.disk.remainingBytes === 0 ? ", all of it to the disks' rewritten chunks (the guest writes its disks faster than they can be sent)" : ''}`
+        : later > 0
+        ? `not converging after ${later} passes since the first full one${since}: the guest dirties ${mb(dirty)} while ${mb(throughput)} go out`
+        : `not converging: no pass has ended since the first${since}, what is pending never came near the switchover threshold; ${mb(throughput)} go out`,
+    ];
+    if (o.disk && later === 0 && stalledMs === undefined) parts.push('(the guest keeps rewriting its disks: their dirty chunks count too)');
     if (rates.ratio !== undefined && Number.isFinite(rates.ratio)) parts.push(`(ratio ${rates.ratio.toFixed(2)})`);
     let summary = parts.join(' ') + `; remaining ${mib(remainingBytes)} stays above the switchover threshold`;
     if (thresholdBytes !== undefined && s.downtimeLimitMs !== undefined) summary += ` of ${mib(thresholdBytes)} (${mb(throughput)} × downtime-limit ${s.downtimeLimitMs} ms)`;
