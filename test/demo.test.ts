@@ -10,6 +10,13 @@ const run = promisify(execFile);
 test('livemig demo --machine test: pre-copy, and the RAM the destination resumed with is the source RAM at stop', { timeout: 120_000 }, async () => {
   const { stdout } = await run(process.execPath, [cliPath, 'demo', '--machine', 'test', '--ram', '64M'], { timeout: 110_000 });
   assert.match(stdout, /migration completed/);
+  // The guest writes 50,000 pages/s: never drawn as 0 (unknown before the first sync), and measured in the summary.
+  assert.doesNotMatch(stdout, /dirty 0 pages\/s/);
+  assert.doesNotMatch(stdout, /expected downtime - ms/);
+  assert.match(stdout, /^ {2}dirty rate +[1-9]\d* pages\/s newly dirtied while it ran/m);
+  assert.match(stdout, /^ {2}downtime +\d+ ms \(.*; limit 300 ms\)$/m);
+  // The same progress line as livemig migrate, from the source's model (a 64 MiB guest may be past its first pass at the first poll).
+  assert.match(stdout, /^ {2}\[ *[\d.]+ m?s\] [a-z-]+, pass \d+: +\d+%/m);
   assert.match(stdout, /destination RAM at resume equals source RAM at stop/);
   assert.match(stdout, /demo OK$/m);
 });

@@ -146,6 +146,8 @@ const formatMBps = (bytesPerSecond: number): string => `${(bytesPerSecond / 1e6)
 
 function dirtyText(f: ProgressFigures): string | undefined {
   if (f.dirtyPagesPerSecond === undefined) return undefined;
+  // Before the first sync after setup nothing has been measured: 0 would read as an idle guest.
+  if (f.dirtyPagesPerSecond === 0 && f.pass <= 1 && !ENDED.has(f.status)) return 'dirty rate known after the first pass';
   return `dirty ${Math.round(f.dirtyPagesPerSecond)} pages/s (${formatMBps(f.dirtyBytesPerSecond ?? 0)})`;
 }
 
@@ -264,7 +266,7 @@ export class ProgressDisplay {
   update(f: ProgressFigures): void {
     // QEMU drops the RAM figures of a cancelled migration: keep showing the last ones.
     if (f.totalBytes === undefined && this.latest?.totalBytes !== undefined) {
-      f = { ...this.latest, status: f.status, elapsedMs: f.elapsedMs, etaMs: undefined };
+      f = { ...this.latest, status: f.status, elapsedMs: f.elapsedMs, etaMs: undefined, ...(f.progress && { progress: f.progress }), ...(f.errorDesc !== undefined && { errorDesc: f.errorDesc }) };
     }
     this.latest = f;
     // The diagnosis once, above the frame (the frame keeps saying "not converging").
