@@ -146,3 +146,18 @@ test('a downtime over the limit is explained by its phases; one within it is not
   assert.match(text, /most of it went to the last dirty pages and the device state \(410 ms\)/);
   assert.equal(explainDowntime(120, 300, phases), undefined);
 });
+
+test('a first pass that stops moving (the disks\' rewritten chunks take the bandwidth) is diagnosed, without an ETA', () => {
+  const model = new ProgressModel(() => ({ downtimeLimitMs: 300, maxBandwidthBytesPerSecond: 5 << 20, copiesDisks: true }));
+  const disk = { transferredBytes: 64 * MiB, remainingBytes: 0, totalBytes: 64 * MiB };
+  let report: ProgressReport | undefined;
+  for (let t = 0; t <= 6000; t += 250) {
+    // RAM stuck at 4 MiB sent of 16 MiB; the link busy at its cap.
+    report = model.observe({ status: 'active', elapsedMs: t, ram: { totalBytes: 16 * MiB, remainingBytes: 12 * MiB, transferredBytes: 4 * MiB, dirtySyncCount: 1, mbps: 42 }, disk });
+    if (t < 3000) assert.equal(report.diagnosis, undefined, `no diagnosis yet at ${t} ms`);
+  }
+  assert.equal(report!.phase, 'first-pass');
+  assert.equal(report!['eta-ms'], undefined);
+  assert.match(report!.diagnosis!.summary, /^no progress for [\d.]+ s in the first pass: RAM remaining 12\.0 MiB of 16\.0 MiB while 5\.3 MB\/s go out, all of it to the disks' rewritten chunks/);
+  assert.doesNotMatch(report!.diagnosis!.levers.join('\n'), /^postcopy/m, 'no postcopy with disks');
+});

@@ -229,7 +229,7 @@ export class ProgressModel {
     else if (phase === 'switchover') percent = Math.max(percent, BEFORE_COMPLETION_PERCENT);
     else if (!ended && ram) {
       const work = this.workPercent(o, thresholdBytes);
-      if (work > this.lastWorkPercent + 0.1) {
+      if (work > this.lastWorkPercent + 0.01) {
         this.lastWorkPercent = work;
         this.lastAdvanceMs = o.elapsedMs;
       }
@@ -354,6 +354,7 @@ export class ProgressModel {
         ? `not converging after ${later} passes since the first full one${since}: the guest dirties ${mb(dirty)} while ${mb(throughput)} go out`
         : `not converging: no pass has ended since the first${since}, what is pending never came near the switchover threshold; ${mb(throughput)} go out`,
     ];
+    if (o.throttlePercent) parts.push(`(auto-converge throttles the guest at ${o.throttlePercent}% so far)`);
     if (o.disk && later === 0 && stalledMs === undefined) parts.push('(the guest keeps rewriting its disks: their dirty chunks count too)');
     if (rates.ratio !== undefined && Number.isFinite(rates.ratio)) parts.push(`(ratio ${rates.ratio.toFixed(2)})`);
     let summary = parts.join(' ') + `; remaining ${mib(remainingBytes)} stays above the switchover threshold`;
