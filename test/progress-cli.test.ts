@@ -149,3 +149,32 @@ test('a refused disk destination: drawn as failed with the reason, the report sa
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+test('livemig run --json: progress events carry x-livemig-progress (the contract\'s fields), completed carries the downtime phases and limit', { timeout: 60_000 }, async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'livemig-progress-run-'));
+  const dst = LivemigProcess.start(['--machine', 'test', '--ram', '32M', '--incoming', `unix:${join(dir, 'mig.sock')}`]);
+  const src = LivemigProcess.start(['--machine', 'test', '--ram', '32M', '--dirty-rate', '2000', '--migrate-to', `unix:${join(dir, 'mig.sock')}`, '--migrate-after-ms', '1500', '--param', 'max-bandwidth=10M']);
+  try {
+    await dst.waitFor('listening');
+    const completed = await src.waitFor('completed', () => true, 30_000);
+    const progress = src.events.filter((e) => e.event === 'progress' && e.info['x-livemig-progress']).map((e) => e.info['x-livemig-progress']);
+    assert.ok(progress.length >= 2, `${progress.length} progress events`);
+    for (let i = 1; i < progress.length; i++) assert.ok(progress[i].percent >= progress[i - 1].percent);
+    const last = completed.info['x-livemig-progress'];
+    assert.equal(last.phase, 'completed');
+    assert.equal(last.percent, 100);
+    assert.ok(last.passes.length >= 2);
+    for (const p of last.passes) {
+      for (const key of ['pass', 'start-ms', 'duration-ms', 'sent-bytes', 'dirtied-bytes', 'remaining-bytes', 'dirty-rate-bytes-per-second', 'throughput-bytes-per-second']) assert.equal(typeof p[key], 'number', key);
+    }
+    assert.deepEqual(last.passes.map((p: { pass: number }) => p.pass), [...last.passes.keys()].map((i) => i + 1), 'one per sync, 1-based');
+    assert.ok(last.passes.slice(1).some((p: { 'dirtied-bytes': number }) => p['dirtied-bytes'] > 0), 'the guest dirtied pages');
+    const phases = completed.info['x-livemig-downtime-phases'];
+    for (const key of ['pause-ms', 'complete-ms', 'flush-ms', 'confirm-ms']) assert.equal(typeof phases[key], 'number', key);
+    assert.equal(completed.info['x-livemig-downtime-limit-ms'], 300);
+  } finally {
+    await src.stop();
+    await dst.stop();
+    await rm(dir, { recursive: true, force: true });
+  }
+});
