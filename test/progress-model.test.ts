@@ -161,3 +161,16 @@ test('a first pass that stops moving (the disks\' rewritten chunks take the band
   assert.match(report!.diagnosis!.summary, /^no progress for [\d.]+ s in the first pass: RAM remaining 12\.0 MiB of 16\.0 MiB while 5\.3 MB\/s go out, all of it to the disks' rewritten chunks/);
   assert.doesNotMatch(report!.diagnosis!.levers.join('\n'), /^postcopy/m, 'no postcopy with disks');
 });
+
+test('postcopy: the rest of the bar follows what is still missing on the destination, with an ETA', () => {
+  const model = new ProgressModel(() => ({ downtimeLimitMs: 300 }));
+  const ram = (remainingBytes: number, sync: number) => ({ totalBytes: 64 * MiB, remainingBytes, transferredBytes: 64 * MiB - remainingBytes, dirtySyncCount: sync, mbps: 800 });
+  assert.equal(model.observe({ status: 'active', elapsedMs: 100, ram: ram(32 * MiB, 1) }).percent, 40);
+  const start = model.observe({ status: 'postcopy-active', elapsedMs: 200, ram: ram(40 * MiB, 2) });
+  assert.equal(start.phase, 'postcopy');
+  assert.equal(start.percent, 40);
+  const half = model.observe({ status: 'postcopy-active', elapsedMs: 300, ram: ram(20 * MiB, 2) });
+  assert.ok(half.percent > 65 && half.percent < 75, String(half.percent));
+  assert.ok(half['eta-ms']! > 0);
+  assert.equal(model.observe({ status: 'completed', elapsedMs: 400, ram: ram(0, 2) }).percent, 100);
+});

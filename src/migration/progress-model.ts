@@ -149,6 +149,8 @@ export class ProgressModel {
   /** The work figure behind the percent, and when it last moved (a first pass can stall: nothing of RAM goes out). */
   private lastWorkPercent = -1;
   private lastAdvanceMs = 0;
+  /** Postcopy: the percent and RAM remaining when it began (the rest of the bar follows what is still missing). */
+  private postcopyStart: { percent: number; remainingBytes: number } | undefined;
 
   constructor(private readonly settings: () => ProgressSettings = () => ({})) {}
 
@@ -227,7 +229,14 @@ export class ProgressModel {
     let percent = this.percentShown;
     if (phase === 'completed') percent = 100;
     else if (phase === 'switchover') percent = Math.max(percent, BEFORE_COMPLETION_PERCENT);
-    else if (!ended && ram) {
+    else if (phase === 'postcopy' && ram) {
+      this.postcopyStart ??= { percent: this.percentShown, remainingBytes: Math.max(1, ram.remainingBytes) };
+      const start = this.postcopyStart;
+      percent = Math.max(percent, start.percent + (BEFORE_COMPLETION_PERCENT - start.percent) * clamp01(1 - ram.remainingBytes / start.remainingBytes));
+      // What is still missing on the destination, at the rate it goes out (the guest's requests come first).
+      const live = liveRates(o).throughput;
+      if (live && live > 0 && o.status === 'postcopy-active') report['eta-ms'] = round((ram.remainingBytes * 1000) / live);
+    } else if (!ended && ram) {
       const work = this.workPercent(o, thresholdBytes);
       if (work > this.lastWorkPercent + 0.01) {
         this.lastWorkPercent = work;
