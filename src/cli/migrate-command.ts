@@ -17,6 +17,7 @@ import { parseQmpAddress, qmpClientTls } from './qmp-address.js';
 import { performance } from 'node:perf_hooks';
 import { MIGRATION_FINAL_STATES, MIGRATION_WAIT_STATES, QmpClient, QmpError, type MigrationInfo, type QmpEvent } from '../monitor/qmp-client.js';
 import { parseCapabilityArgs, parseParameterArgs, type CapabilitySetting } from '../migration/config.js';
+import { MigrationMetrics, parseMetricsAddress, serveMetrics, type MetricsAddress, type MetricsEndpoint } from '../monitor/metrics.js';
 import { ProgressDisplay, buildReport, figuresOf, formatMigrationInfo, formatReport, reportJson } from './progress.js';
 
 export const DEFAULT_POLL_INTERVAL_MS = 250;
@@ -46,6 +47,8 @@ export function registerMigrateCommands(program: Command): void {
     .option('--interval-ms <ms>', 'how often to ask query-migrate', String(DEFAULT_POLL_INTERVAL_MS))
     .option('--postcopy-after-ms <ms>', 'switch to postcopy (migrate-start-postcopy) this long after migrate; needs --cap postcopy-ram on both sides')
     .option('--resume', "resume a paused postcopy migration to DEST_URI, the destination's migrate-recover address (livemig recover)")
+    .option('--metrics <address>', "serve Prometheus metrics from the source's query-migrate at http://HOST:PORT/metrics while migrating: tcp:HOST:PORT")
+    .option('--name <name>', "the metrics' name label (default: the VM's query-name, else livemig)")
     .addHelpText(
       'after',
       '\nCtrl-C asks "Cancel the migration? [y/N]" (a second Ctrl-C at the question cancels at once);\n' +
@@ -97,6 +100,8 @@ export interface MigrateOptions {
   blk?: boolean;
   postcopyAfterMs?: string;
   resume?: boolean;
+  metrics?: string;
+  name?: string;
 }
 
 /** `livemig recover`: QMP migrate-recover on a destination whose postcopy paused. */
@@ -141,6 +146,7 @@ async function connectOrComplain(qmp: string, objectTexts: readonly string[] = [
 
 export async function migrateCommand(destUri: string, options: MigrateOptions): Promise<number> {
   let settings: RunSettings;
+  let metricsAddress: MetricsAddress | undefined;
   try {
     // Scope 'qmp': the monitor may be a QEMU's with parameters livemig lacks; it checks the values.
     const capabilities = parseCapabilityArgs(options.cap ?? [], 'qmp');
@@ -156,18 +162,32 @@ export async function migrateCommand(destUri: string, options: MigrateOptions): 
       ...(options.postcopyAfterMs !== undefined ? { postcopyAfterMs: parseMs(options.postcopyAfterMs, '--postcopy-after-ms', 0) } : {}),
       intervalMs: parseMs(options.intervalMs ?? String(DEFAULT_POLL_INTERVAL_MS), '--interval-ms', 10),
     };
+    metricsAddress = options.metrics !== undefined ? parseMetricsAddress(options.metrics) : undefined;
   } catch (err) {
     complain(message(err));
     return 2;
   }
   const client = await connectOrComplain(options.qmp, options.object);
   if (!client) return 2;
+  let metricsEndpoint: MetricsEndpoint | undefined;
   try {
+    if (metricsAddress) {
+      // Every scrape asks the source (QEMU or livemig) itself, as virt-handler asks libvirt.
+      const name = options.name ?? (await client.execute<{ name?: string }>('query-name').then((r) => r.name, () => undefined)) ?? 'livemig';
+      settings.metrics = new MigrationMetrics({ name, queryMigrate: () => client.execute<MigrationInfo>('query-migrate') });
+      metricsEndpoint = await serveMetrics(metricsAddress, settings.metrics).catch((err: unknown) => {
+        complain(message(err));
+        return undefined;
+      });
+      if (!metricsEndpoint) return 2;
+      if (!settings.json) process.stderr.write(`livemig: metrics on ${metricsEndpoint.url}\n`);
+    }
     return await new MigrationRun(client, settings).run();
   } catch (err) {
     complain(`${message(err)} (the migration's outcome is unknown)`);
     return 2;
   } finally {
+    await metricsEndpoint?.close();
     await client.close();
   }
 }
@@ -181,6 +201,8 @@ interface RunSettings {
   blk: boolean;
   resume: boolean;
   postcopyAfterMs?: number;
+  /** --metrics: told every status seen (start and end times, outcomes). */
+  metrics?: MigrationMetrics;
 }
 
 type CancelState = 'none' | 'asking' | 'sent' | 'abandoned';
@@ -275,6 +297,7 @@ class MigrationRun {
   }
 
   private show(info: MigrationInfo): void {
+    this.settings.metrics?.observe(info.status, info['total-time']);
     if (info.ram) this.lastRam = info.ram;
     if (this.settings.json) {
       process.stdout.write(JSON.stringify(info) + '\n');

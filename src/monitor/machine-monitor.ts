@@ -22,7 +22,7 @@ import {
 import { serverTlsFor } from '../migration/security.js';
 import { OBJECT_PROPERTY_NAMES, ObjectError, ObjectRegistry } from '../security/index.js';
 import { checkArguments } from './arguments.js';
-import { incomingInfo, outgoingInfo } from './query-migrate.js';
+import { incomingInfo, outgoingInfo, type MigrationInfo } from './query-migrate.js';
 import { QmpCommandError, QmpServer, type QmpCommandDefinition } from './qmp-server.js';
 import { isLoopbackHost, parseMigrationUri, TransportError } from '../transport/index.js';
 import { printable } from '../wire/printable.js';
@@ -107,6 +107,11 @@ export class MachineMonitor extends EventEmitter<{
       this.runState = 'finish-migrate';
       this.server.emitEvent('STOP');
     });
+  }
+
+  /** `query-migrate`'s answer in-process, as a QMP client gets it (the metrics endpoint reads it at each scrape). */
+  async queryMigrate(): Promise<MigrationInfo> {
+    return (await this.commands()['query-migrate']!.run({}, undefined as never)) as MigrationInfo;
   }
 
   private setRunState(state: RunState): void {
