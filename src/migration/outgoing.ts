@@ -35,6 +35,11 @@ import type { TlsClientSettings } from '../transport/tls.js';
 import { decideSwitchover, INITIAL_SWITCHOVER_STATE } from './switchover.js';
 import { decidePostcopyAuto, INITIAL_POSTCOPY_AUTO_STATE } from './postcopy-policy.js';
 import { ACTIVE_STATES, canTransition, POSTCOPY_STATES, type MigrationStatus } from './state.js';
+import createDebug from 'debug';
+
+// DEBUG=livemig:migration (states, switchover decision) and livemig:ram (one line per pass, never per page).
+const log = createDebug('livemig:migration');
+const logRam = createDebug('livemig:ram');
 
 /** What the loop saw when it decided to switch over (for tests and post-mortems). */
 export interface SwitchoverRecord {
@@ -183,6 +188,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
 
   private transition(to: MigrationStatus): void {
     if (!canTransition(this.currentStatus, to)) throw new Error(`bug: migration state ${this.currentStatus} -> ${to}`);
+    log('status %s -> %s', this.currentStatus, to);
     this.currentStatus = to;
     this.emit('status', to);
   }
@@ -421,6 +427,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
       run.periodDirtyPages = 0;
       run.periodStartTransferredBytes = stats.transferredBytes;
     }
+    logRam('pass %d: %d bytes sent, %d remaining, %d pages newly dirty, %d normal and %d zero pages so far', stats.dirtySyncCount, stats.transferredBytes, stats.remainingBytes, newlyDirty, stats.normalPages, stats.duplicatePages);
     this.emit('pass', stats.dirtySyncCount);
   }
 
@@ -563,6 +570,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
       policy = step.state;
       if (step.decision === 'switchover') {
         this.switchover = { pendingBytes: step.pendingBytes, ramPendingBytes: step.ramPendingBytes, deviceStateBytes, bandwidthBytesPerMs: window.bandwidthBytesPerMs, downtimeLimitMs, thresholdBytes: step.thresholdBytes, reason: step.reason };
+        log('switchover (%s): %d bytes pending (RAM %d, devices %d) <= threshold %d = %d bytes/ms x downtime-limit %d ms', step.reason, step.pendingBytes, step.ramPendingBytes, deviceStateBytes, step.thresholdBytes, Math.round(window.bandwidthBytesPerMs), downtimeLimitMs);
         return 'complete';
       }
       const pendingBytes = step.pendingBytes;
