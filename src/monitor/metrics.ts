@@ -123,7 +123,7 @@ export class MigrationMetrics {
     gauge('livemig_migration_passes', 'Passes over the dirty bitmap so far (query-migrate ram.dirty-sync-count).', () => ram()?.['dirty-sync-count']);
     new Gauge({
       name: 'livemig_migration_downtime_phase_seconds',
-      help: 'The downtime by phase: pause (stop the guest), complete (send the last RAM and device state), flush (until the destination has it all), confirm (until it answers).',
+      help: "The last switchover's downtime by phase: pause (stopping the guest), complete (the last dirty pages and the device state), flush (until the destination has loaded it all, or the stream is on the wire for a QEMU destination), confirm (the go-ahead and the destination's answer).",
       labelNames: ['name', 'phase'] as const,
       registers,
       collect: function (this: Gauge<'name' | 'phase'>) {
