@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { QmpClient } from '../src/monitor/qmp-client.js';
 import { LivemigProcess } from './helpers/livemig-process.js';
+import { QemuProcess, qemuSkipReason } from './helpers/qemu.js';
 import { cliPath } from './helpers/paths.js';
 
 const MiB = 1024 * 1024;
@@ -231,4 +232,41 @@ test('a bad --metrics address is refused before the guest starts, naming what is
   );
   assert.equal(migrate.code, 2);
   assert.match(migrate.stderr, /--metrics: 'tcp:nowhere' is not tcp:HOST:PORT/);
+});
+
+test("livemig migrate --metrics against real QEMU 7.2: the name from query-name, the figures from QEMU's query-migrate", { skip: qemuSkipReason(), timeout: 120_000 }, async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'livemig-metrics-qemu-'));
+  const machine = ['-M', 'none', '-m', '64M', '-nodefaults', '-display', 'none'];
+  const cliQmp = `unix:${join(dir, 'cli.sock')}`;
+  const src = await QemuProcess.start([...machine, '-name', 'vm-q', '-qmp', `${cliQmp},server=on,wait=off`]);
+  const dst = await QemuProcess.start([...machine, '-incoming', 'defer']);
+  try {
+    const destUri = `tcp:127.0.0.1:${await freePort()}`;
+    await dst.execute('migrate-incoming', { uri: destUri });
+    const port = await freePort();
+    const env = { ...process.env };
+    delete env.NODE_TEST_CONTEXT;
+    // pause-before-switchover holds QEMU in pre-switchover: a window to scrape in, however fast the copy was.
+    const child = spawn(process.execPath, [cliPath, 'migrate', '--qmp', cliQmp, '--json', '--cap', 'pause-before-switchover', '--metrics', `tcp:127.0.0.1:${port}`, destUri], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s));
+    const exited = once(child, 'exit');
+    let held: Scrape | undefined;
+    for (const deadline = Date.now() + 30_000; !held; await sleep(100)) {
+      assert.ok(Date.now() < deadline, `never in pre-switchover: ${stderr}`);
+      const s = await scrape(`http://127.0.0.1:${port}/metrics`).catch(() => undefined);
+      if (s && value(s, 'livemig_migration_status{name="vm-q",status="pre-switchover"}') === 1) held = s;
+    }
+    assert.equal(value(held, 'kubevirt_vmi_migration_data_total_bytes{name="vm-q"}'), 64 * MiB);
+    assert.ok(value(held, 'kubevirt_vmi_migration_data_processed_bytes{name="vm-q"}')! > 0);
+    assert.ok(value(held, 'kubevirt_vmi_migration_start_time_seconds{name="vm-q"}')! > 0);
+    assert.equal(value(held, 'kubevirt_vmi_migration_succeeded{name="vm-q"}'), 0);
+    await src.execute('migrate-continue', { state: 'pre-switchover' });
+    const [code] = (await exited) as [number | null];
+    assert.equal(code, 0, stderr);
+  } finally {
+    await src.stop();
+    await dst.stop();
+    await rm(dir, { recursive: true, force: true });
+  }
 });
