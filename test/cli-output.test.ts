@@ -196,3 +196,24 @@ test('livemig migrate killed by SIGTERM mid-display leaves the terminal with its
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+test('the terminal is restored after an uncaught exception and after process.exit() too (the same exit hook, on a real pty)', { skip: noScript, timeout: 60_000 }, async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'livemig-tty-'));
+  try {
+    const terminalModule = join(cliPath, '..', 'terminal.js');
+    for (const [name, ending] of [['exception', "throw new Error('boom')"], ['exit', 'process.exit(3)']] as const) {
+      // What cli-progress does when it starts drawing: hide the cursor, turn line wrap off.
+      const program = `import { restoreTerminalOnExit } from ${JSON.stringify(terminalModule)}; restoreTerminalOnExit(); process.stdout.write('\\x1b[?25l\\x1b[?7ldrawing'); setTimeout(() => { ${ending}; }, 100);`;
+      const typescript = join(dir, `typescript-${name}`);
+      const script = spawn('script', ['-qfec', `${process.execPath} --input-type=module -e ${JSON.stringify(program).replace(/\$/g, '\\$')}`, typescript], { env: cleanEnv({ TERM: 'xterm' }), stdio: ['pipe', 'ignore', 'ignore'] });
+      const [code] = (await once(script, 'exit')) as [number | null];
+      assert.notEqual(code, 0, name);
+      const all = await readFile(typescript, 'latin1');
+      assert.ok(all.includes('drawing'), `${name}: the program ran: ${JSON.stringify(all)}`);
+      assert.ok(all.lastIndexOf('\x1b[?25h') > all.lastIndexOf('\x1b[?25l'), `${name}: cursor shown again: ${JSON.stringify(all.slice(-300))}`);
+      assert.ok(all.lastIndexOf('\x1b[?7h') > all.lastIndexOf('\x1b[?7l'), `${name}: line wrap on again`);
+    }
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
