@@ -153,6 +153,9 @@ test('livemig run --metrics: KubeVirt names move during a real migration; succee
     assert.equal(value(destination, `kubevirt_vmi_migration_succeeded${l}`), 1);
     assert.equal(value(destination, 'livemig_migration_status{name="vm-a",status="completed"}'), 1);
     assert.ok(value(destination, `kubevirt_vmi_migration_end_time_seconds${l}`)! >= start);
+    // Its migration started when the stream arrived, not when it began listening (seconds earlier here).
+    const destinationStart = value(destination, `kubevirt_vmi_migration_start_time_seconds${l}`)!;
+    assert.ok(destinationStart >= start - 0.5 && destinationStart <= end, `destination start ${destinationStart}, source ${start}..${end}`);
 
     // Anything but GET /metrics is refused plainly.
     assert.equal((await fetch(srcUrl.replace('/metrics', '/'))).status, 404);

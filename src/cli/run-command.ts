@@ -109,6 +109,7 @@ export async function runCommand(options: RunOptions): Promise<number> {
       name: options.name ?? 'livemig',
       queryMigrate: () => monitorForMetrics?.queryMigrate() ?? {},
       downtimePhasesMs: () => monitorForMetrics?.migration.switchover?.downtimePhasesMs,
+      setupMeansListening: options.incoming !== undefined,
     });
     metricsEndpoint = await serveMetrics(metricsAddress, metrics);
     metricsObserver = metrics;

@@ -47,6 +47,11 @@ export interface MigrationMetricsOptions {
   downtimePhasesMs?(): DowntimePhasesMs | undefined;
   /** Wall clock in ms (tests). */
   nowMs?(): number;
+  /**
+   * A destination's `setup` means "listening" (livemig's, until a source connects): then a migration
+   * starts at the next status, not at `setup`, so the start time is when the stream arrived.
+   */
+  setupMeansListening?: boolean;
 }
 
 export class MigrationMetrics {
@@ -153,6 +158,7 @@ export class MigrationMetrics {
   observe(status: string | undefined, totalTimeMs?: number): void {
     const now = this.nowMs();
     if (status === undefined || status === 'none') return;
+    if (status === 'setup' && this.options.setupMeansListening) return;
     if (!FINAL_STATUSES.has(status)) {
       if (!this.migrating) {
         this.migrating = true;
