@@ -180,7 +180,9 @@ export async function migrateCommand(destUri: string, options: MigrateOptions): 
         return undefined;
       });
       if (!metricsEndpoint) return 2;
-      if (!settings.json) process.stderr.write(`livemig: metrics on ${metricsEndpoint.url}\n`);
+      // Stdout stays query-migrate answers with --json: the URL goes to stderr then, if the port was picked here.
+      if (!settings.json) process.stdout.write(`Metrics on ${metricsEndpoint.url}\n`);
+      else if (metricsAddress.port === 0) process.stderr.write(`livemig: metrics on ${metricsEndpoint.url}\n`);
     }
     return await new MigrationRun(client, settings).run();
   } catch (err) {
