@@ -150,6 +150,7 @@ test('DEBUG=livemig:* logs migration, ram, transport, incoming and qmp lines on 
     assert.ok(JSON.parse(src.stdout.trim().split('\n').at(-1)!).event === 'completed', 'stdout stays pure JSON');
     await once(dst, 'exit');
     assert.match(dstErr, /livemig:transport listening on unix:/);
+    assert.match(dstErr, /livemig:transport unix:\S+: connection from a local peer/);
     assert.match(dstErr, /livemig:incoming status active -> completed/);
     assert.match(dstErr, /livemig:qmp session \d+: \{"execute":"query-status"/);
 

@@ -180,6 +180,7 @@ class SocketListener implements IncomingListener {
   }
 
   private onConnection(socket: Socket): void {
+    log('%s: connection from %s', this.uri, peerName(socket));
     if (this.multi && !this.closed) {
       const channel = acceptedSocketChannel(socket, this.kind === 'tcp' ? this.address : this.uri, this.kind);
       if (this.arrived || this.taken) this.more.push(channel);
@@ -192,7 +193,6 @@ class SocketListener implements IncomingListener {
       return;
     }
     this.arrived = acceptedSocketChannel(socket, this.kind === 'tcp' ? this.address : this.uri, this.kind);
-    log('%s: connection from %s', this.uri, peerName(socket));
     this.stopListening();
     this.settle();
   }
