@@ -7,6 +7,7 @@ import { describeGuestTypes, guestTypes } from '../guests/index.js';
 import { demoCommand, type DemoOptions } from './demo-command.js';
 import { registerMigrateCommands } from './migrate-command.js';
 import { runCommand } from './run-command.js';
+import { reportCommand } from './report-command.js';
 
 // A reader that went away (`livemig run --json | head`) is not a crash: stop quietly, as a shell tool does.
 for (const stream of [process.stdout, process.stderr]) {
@@ -79,6 +80,15 @@ program
   .action(async (options) => {
     process.exitCode = await runCommand(options);
     process.exit();
+  });
+
+program
+  .command('report')
+  .description('draw one migration from its JSON lines (livemig run --migrate-to ... --json, or livemig migrate --json) as a self-contained HTML page')
+  .argument('<events>', "the JSON lines file ('-' for standard input)")
+  .option('-o, --output <file>', 'the HTML file to write', 'report.html')
+  .action(async (events: string, options: { output: string }) => {
+    process.exitCode = await reportCommand(events, options);
   });
 
 registerMigrateCommands(program);

@@ -1,0 +1,97 @@
+/**
+ * Loads a page in real headless Chromium (Debian's /usr/bin/chromium through
+ * playwright-core), collects console errors and page errors, answers questions
+ * about what it drew, and takes a screenshot. Shared by
+ * test/charts-browser.test.ts and scripts/charts.ts.
+ */
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { chromium, type BrowserContext, type Page } from 'playwright-core';
+
+export const CHROMIUM_PATH = process.env.LIVEMIG_CHROMIUM ?? '/usr/bin/chromium';
+
+/** Why the browser checks cannot run here, or undefined when they can. */
+export function chromiumMissing(): string | undefined {
+  return existsSync(CHROMIUM_PATH) ? undefined : `no Chromium at ${CHROMIUM_PATH} (apt-get install chromium, or set LIVEMIG_CHROMIUM)`;
+}
+
+export interface LoadedPage {
+  page: Page;
+  /** Console messages of type error, and uncaught page errors. */
+  errors: string[];
+}
+
+export class ChartBrowser {
+  private constructor(
+    private readonly context: BrowserContext,
+    private readonly userDataDir: string,
+  ) {}
+
+  static async launch(): Promise<ChartBrowser> {
+    // A fresh profile each time: nothing from an earlier run (cache, prefs) can change what is drawn.
+    const userDataDir = mkdtempSync(join(tmpdir(), 'livemig-chromium-'));
+    const context = await chromium.launchPersistentContext(userDataDir, {
+      executablePath: CHROMIUM_PATH,
+      headless: true,
+      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+      viewport: { width: 900, height: 800 },
+      offline: true,
+    });
+    return new ChartBrowser(context, userDataDir);
+  }
+
+  /** Opens a file (file:// URL, as a user would) and waits for it to load. */
+  async open(path: string): Promise<LoadedPage> {
+    const page = await this.context.newPage();
+    const errors: string[] = [];
+    page.on('console', (msg) => {
+      if (msg.type() === 'error') errors.push(`console: ${msg.text()}`);
+    });
+    page.on('pageerror', (err) => errors.push(`page error: ${err.message}`));
+    page.on('requestfailed', (req) => errors.push(`request failed: ${req.url()}`));
+    await page.goto(pathToFileURL(path).href, { waitUntil: 'load' });
+    return { page, errors };
+  }
+
+  async close(): Promise<void> {
+    await this.context.close();
+    rmSync(this.userDataDir, { recursive: true, force: true });
+  }
+}
+
+/** What a report or chart page drew, read from the DOM (see src/report/svg.ts for the classes). */
+export interface DrawnFigures {
+  charts: string[];
+  bars: Record<string, number>;
+  lines: Array<{ series: string; points: number; length: number }>;
+  segments: string[];
+  limits: number;
+  outcome?: string;
+  outcomeText?: string;
+}
+
+export async function drawnFigures(page: Page): Promise<DrawnFigures> {
+  // Runs in the page (the DOM's types are not in this project's lib: hence `any`).
+  return page.evaluate(() => {
+    const doc = (globalThis as any).document;
+    const all = (selector: string): any[] => Array.from(doc.querySelectorAll(selector));
+    const bars: Record<string, number> = {};
+    for (const rect of all('rect.bar')) {
+      const series: string = rect.getAttribute('data-series') ?? '?';
+      const box = rect.getBBox();
+      if (box.height > 0 && box.width > 0) bars[series] = (bars[series] ?? 0) + 1;
+    }
+    const lines = all('path.line').map((p) => ({ series: String(p.getAttribute('data-series')), points: Number(p.getAttribute('data-points')), length: Number(p.getTotalLength()) }));
+    const outcome = doc.querySelector('.outcome');
+    return {
+      charts: all('svg.chart').map((s) => String(s.getAttribute('data-chart'))),
+      bars,
+      lines,
+      segments: all('rect.segment').map((s) => String(s.getAttribute('data-segment'))),
+      limits: all('line.limit').length,
+      ...(outcome ? { outcome: String(outcome.getAttribute('data-outcome')), outcomeText: String(outcome.textContent) } : {}),
+    };
+  });
+}
