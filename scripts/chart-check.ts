@@ -95,3 +95,61 @@ export async function drawnFigures(page: Page): Promise<DrawnFigures> {
     };
   });
 }
+
+/**
+ * A real migration between two `livemig run` processes over loopback TCP;
+ * returns the source's `--json` output (the input of `livemig report`).
+ * `sourceArgs` come after `--machine test`; `destination: false` migrates to a
+ * closed port (a failed migration).
+ */
+export async function migrationEvents(cliPath: string, sourceArgs: string[], options: { ramSize?: string; destination?: boolean } = {}): Promise<string> {
+  const { spawn } = await import('node:child_process');
+  const ram = options.ramSize ?? '64M';
+  const run = (args: string[]) => spawn(process.execPath, [cliPath, 'run', '--json', '--machine', 'test', '--ram', ram, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let port: number;
+  let destination: ReturnType<typeof run> | undefined;
+  if (options.destination === false) {
+    // A port nothing listens on: bind one, note it, close it.
+    const { createServer } = await import('node:net');
+    const server = createServer();
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    port = (server.address() as { port: number }).port;
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  } else {
+    destination = run(['--incoming', 'tcp:127.0.0.1:0']);
+    port = await new Promise<number>((resolve, reject) => {
+      let out = '';
+      let err = '';
+      destination!.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+      destination!.stdout!.on('data', (d: Buffer) => {
+        out += d.toString();
+        const m = /"event":"listening","address":"tcp:[^"]*:(\d+)"/.exec(out);
+        if (m) resolve(Number(m[1]));
+      });
+      destination!.once('exit', (code) => reject(new Error(`the destination exited (${code}) before listening: ${err.trim()}`)));
+    });
+  }
+  try {
+    const source = run([...sourceArgs, '--migrate-to', `tcp:127.0.0.1:${port}`]);
+    let out = '';
+    let err = '';
+    source.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    source.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+    const code = await new Promise<number | null>((resolve) => source.once('exit', resolve));
+    if (code !== 0 && options.destination !== false) throw new Error(`the source exited with ${code}: ${err.trim()}`);
+    return out;
+  } finally {
+    if (destination && destination.exitCode === null) {
+      destination.kill('SIGTERM');
+      await new Promise((resolve) => destination!.once('exit', resolve));
+    }
+  }
+}
+
+/** The source arguments of the example report: a guest that dirties pages while a capped link carries them. */
+export const EXAMPLE_SOURCE_ARGS = ['--dirty-rate', '6000', '--migrate-after-ms', '1000', '--param', 'max-bandwidth=60M', '--param', 'downtime-limit=40'];
+
+/** An HTML page holding SVG files side by side (for the bench charts' check and screenshot). */
+export function svgPage(title: string, svgs: string[]): string {
+  return `<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>${title}</title><style>body{margin:16px;background:#fff}svg{display:block;margin-bottom:16px}</style></head><body>${svgs.join('\n')}</body></html>\n`;
+}

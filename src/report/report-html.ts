@@ -137,7 +137,7 @@ h1 { font-size: 22px; margin: 0 0 12px; }
 .outcome.failed { background: #fde8e8; color: #7f1d1d; }
 .outcome.unfinished { background: #fff7e0; color: #6b4e00; }
 table.summary { border-collapse: collapse; margin-bottom: 20px; }
-table.summary th { text-align: left; font-weight: 500; color: #555; padding: 3px 16px 3px 0; }
+table.summary th { text-align: left; font-weight: 500; color: #555; padding: 3px 16px 3px 0; white-space: nowrap; vertical-align: top; }
 table.summary td { padding: 3px 0; }
 figure { margin: 0 0 24px; }
 figcaption { font-size: 13px; color: #555; margin-top: 4px; }

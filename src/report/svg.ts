@@ -126,6 +126,8 @@ export interface BarChartOptions {
   height?: number;
   /** Rotate category labels (long names). */
   rotateLabels?: boolean;
+  /** A line of small text under the chart (how to read it). */
+  footnote?: string;
   /** Tick values for a linear axis (default niceTicks; byteTicks for bytes). */
   ticks?: (min: number, max: number) => number[];
 }
@@ -133,7 +135,7 @@ export interface BarChartOptions {
 /** Grouped vertical bars: one group per category, one bar per series. */
 export function barChart(o: BarChartOptions): string {
   const scale = o.scale ?? 'linear';
-  const frame: Frame = { width: o.width ?? 760, height: o.height ?? 340, left: 70, right: 20, top: 50, bottom: o.rotateLabels ? 130 : 50 };
+  const frame: Frame = { width: o.width ?? 760, height: o.height ?? 340, left: 70, right: 20, top: 50, bottom: o.rotateLabels ? 120 : 50 };
   const values = o.series.flatMap((s) => s.values).filter((v): v is number => v !== undefined && Number.isFinite(v));
   const refs = (o.references ?? []).map((x) => x.value);
   const baseline = scale === 'log' ? (o.baseline ?? 1) : 0;
@@ -163,6 +165,7 @@ export function barChart(o: BarChartOptions): string {
   });
   svg += `<line x1="${frame.left}" y1="${r(base)}" x2="${frame.width - frame.right}" y2="${r(base)}" stroke="#666"/>`;
   for (const ref of o.references ?? []) svg += referenceLine(frame, axis.y(ref.value), ref.label, ref.color ?? '#c00');
+  if (o.footnote) svg += `<text class="footnote" x="${frame.left}" y="${frame.height - 8}" ${FONT} font-size="11" fill="#555">${escapeXml(o.footnote)}</text>`;
   return svg + '</svg>';
 }
 
