@@ -8,7 +8,8 @@ import { join } from 'node:path';
 import { ReportInputError, parseMigrationEvents } from '../src/report/migration-events.js';
 import { renderReport } from '../src/report/report-html.js';
 import { byteTicks, escapeXml, logTicks, niceTicks } from '../src/report/svg.js';
-import { benchLoopbackSvg, benchRatiosSvg, checkBenchResults, ratioRows, resultsFromMarkdown, type BenchResults } from '../bench/charts.js';
+import { benchLoopbackSvg, benchRatiosSvg, checkBenchResults, ratioRows, resultsFromMarkdown } from '../bench/charts.js';
+import { SAMPLE_BENCH } from './helpers/bench-sample.js';
 import { cliPath, repoRoot } from './helpers/paths.js';
 
 const MiB = 2 ** 20;
@@ -130,21 +131,6 @@ test('ticks: round values covering the range (linear, bytes in binary units, log
   assert.deepEqual(byteTicks(0, 28 * MiB), [0, 10, 20, 30].map((x) => x * MiB));
   assert.deepEqual(logTicks(0.02, 124), [0.01, 0.1, 1, 10, 100, 1000]);
 });
-
-/** A saved bench results object (two scenarios, both engines; one where livemig did not converge). */
-export const SAMPLE_BENCH: BenchResults = {
-  version: 1,
-  date: '2026-12-02T15:15:00Z',
-  command: 'npm run bench',
-  loopbackBytesPerSecond: 3837e6,
-  rows: [
-    { id: 'a-1g', label: '1 GiB random RAM, idle', engine: 'livemig', converged: 3, runs: 3, totalMs: 779, downtimeMs: 7, wireBytes: 1076e6, throughputBytesPerSecond: 1381e6, passes: 3 },
-    { id: 'a-1g', label: '1 GiB random RAM, idle', engine: 'qemu', converged: 3, runs: 3, totalMs: 567, downtimeMs: 258, wireBytes: 1076e6, throughputBytesPerSecond: 1897e6, passes: 3 },
-    { id: 'c-unl-50', label: 'workload, unlimited, 50 ms', engine: 'livemig', converged: 0, runs: 3, wireBytes: 25954e6, throughputBytesPerSecond: 1297e6, passes: 253 },
-    { id: 'c-unl-50', label: 'workload, unlimited, 50 ms', engine: 'qemu', converged: 3, runs: 3, totalMs: 129, downtimeMs: 58, wireBytes: 209e6, throughputBytesPerSecond: 1617e6, passes: 2 },
-    { id: 'd', label: '1 GiB written disk', engine: 'livemig', converged: 3, runs: 3, totalMs: 2400, downtimeMs: 47, throughputBytesPerSecond: 447e6, passes: 3 },
-  ],
-};
 
 test('bench charts are a pure function of the results: ratios only where both engines ran (time and downtime only where both converged)', () => {
   const rows = ratioRows(SAMPLE_BENCH);
