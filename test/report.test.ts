@@ -38,7 +38,7 @@ test("livemig run --json with the source's progress model: its passes, downtime 
   assert.equal(m.outcome, 'completed');
   assert.equal(m.passesFromSource, true);
   assert.deepEqual(m.passes.map((p) => [p.pass, p.sentBytes, p.dirtiedBytes]), [[1, 64 * MiB, 8 * MiB], [2, 8 * MiB, 2 * MiB], [3, 2 * MiB, 1 * MiB]]);
-  assert.equal(m.rates.length, 3);
+  assert.equal(m.rates.length, 6, 'a step per pass: its rates from its start to its end');
   assert.deepEqual(m.downtimePhasesMs, { pause: 5, complete: 40, flush: 4, confirm: 6 });
   assert.equal(m.downtimeLimitMs, 50);
   const html = renderReport(m);
@@ -49,6 +49,26 @@ test("livemig run --json with the source's progress model: its passes, downtime 
   assert.match(html, /went over the limit/);
   assert.doesNotMatch(html, /<script/i, 'no script: the page draws without one');
   assert.doesNotMatch(html, /\s(src|href)=/, 'nothing loaded from elsewhere (no network, opens from file://)');
+});
+
+test("a migration that did not converge: the model's diagnosis and levers are shown, escaped", () => {
+  const progress = (passes: unknown[], diagnosis?: unknown) => ({ percent: 40, phase: 'iterate', passes, 'convergence-ratio': 1.6, trend: 'steady', converging: false, ...(diagnosis ? { diagnosis } : {}) });
+  const passes = [modelPass(1, 0, 64 * MiB, 80 * MiB), modelPass(2, 100, 64 * MiB, 90 * MiB)];
+  const diagnosis = { summary: 'not converging: the guest dirties 1.6 × what the link carries', levers: ['capability auto-converge', 'parameter max-bandwidth <higher>'] };
+  const m = parseMigrationEvents(
+    lines(
+      { event: 'progress', info: { status: 'active', 'total-time': 200, ram: { transferred: 128 * MiB, 'dirty-sync-count': 2 }, 'x-livemig-progress': progress(passes, diagnosis) } },
+      { event: 'cancelled', info: { status: 'cancelled', 'total-time': 250, 'error-desc': 'cancelled by livemig run on SIGTERM', 'x-livemig-progress': progress(passes) } },
+    ),
+  );
+  assert.equal(m.outcome, 'cancelled');
+  assert.deepEqual(m.diagnosis, diagnosis);
+  assert.equal(m.convergenceRatio, 1.6);
+  const html = renderReport(m);
+  assert.match(html, /Migration cancelled: cancelled by livemig run on SIGTERM/);
+  assert.match(html, /<strong>Diagnosis:<\/strong> not converging/);
+  assert.match(html, /<li>parameter max-bandwidth &lt;higher&gt;<\/li>/);
+  assert.match(html, /dirty rate \/ throughput 1\.60 in the last pass, steady/);
 });
 
 test('livemig migrate --json from a QEMU source: passes derived from successive snapshots', () => {

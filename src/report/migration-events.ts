@@ -66,6 +66,11 @@ export interface MigrationRecord {
   passesFromSource: boolean;
   rates: RatePoint[];
   snapshots: number;
+  /** From the source's model (x-livemig-progress), latest snapshot: dirty rate / throughput and its trend. */
+  convergenceRatio?: number;
+  trend?: string;
+  /** The model's diagnosis after passes without progress, and the levers it names. */
+  diagnosis?: { summary: string; levers: string[] };
 }
 
 type Json = Record<string, unknown>;
@@ -177,6 +182,16 @@ function buildRecord(format: MigrationRecord['format'], snapshots: Snapshot[], f
     record.disk = { transferredBytes: num(modelDisk['transferred-bytes']) ?? 0, remainingBytes: num(modelDisk['remaining-bytes']) ?? 0, totalBytes: num(modelDisk['total-bytes'])! };
   } else if (disk && num(disk.total) !== undefined) {
     record.disk = { transferredBytes: num(disk.transferred) ?? 0, remainingBytes: num(disk.remaining) ?? 0, totalBytes: num(disk.total)! };
+  }
+
+  const ratio = num(progress?.['convergence-ratio']);
+  if (ratio !== undefined) record.convergenceRatio = ratio;
+  const trend = str(progress?.trend);
+  if (trend !== undefined) record.trend = trend;
+  // The diagnosis may be dropped from the last snapshot (a completed one); keep the latest one given.
+  const diagnosis = [...infos].reverse().map((i) => (isObject(i['x-livemig-progress']) ? i['x-livemig-progress'].diagnosis : undefined)).find(isObject);
+  if (diagnosis && typeof diagnosis.summary === 'string') {
+    record.diagnosis = { summary: diagnosis.summary, levers: Array.isArray(diagnosis.levers) ? diagnosis.levers.filter((l): l is string => typeof l === 'string') : [] };
   }
 
   const modelPasses = passesFromModel(infos);
@@ -296,9 +311,14 @@ function passesFromSnapshots(infos: Json[]): PassFigures[] {
 
 function ratesOf(infos: Json[], modelPasses: PassFigures[] | undefined): RatePoint[] {
   if (modelPasses && modelPasses.length > 0) {
+    // A pass's rates hold for its whole span: a step per pass. Passes that sent nothing (the sync at
+    // setup, the last one taken with the guest stopped) have no throughput to show.
     return modelPasses
-      .filter((p) => p.dirtyRateBytesPerSecond !== undefined || p.throughputBytesPerSecond !== undefined)
-      .map((p) => ({ timeMs: p.startMs + p.durationMs, dirtyRateBytesPerSecond: p.dirtyRateBytesPerSecond ?? 0, throughputBytesPerSecond: p.throughputBytesPerSecond ?? 0 }));
+      .filter((p) => p.sentBytes > 0 && p.durationMs > 0)
+      .flatMap((p) => {
+        const rate = { dirtyRateBytesPerSecond: p.dirtyRateBytesPerSecond ?? 0, throughputBytesPerSecond: p.throughputBytesPerSecond ?? 0 };
+        return [{ timeMs: p.startMs, ...rate }, { timeMs: p.startMs + p.durationMs, ...rate }];
+      });
   }
   // The final answer of a completed migration reports its averages, not a live rate: leave it out.
   return samplesOf(infos.filter((i) => i.status !== 'completed'))

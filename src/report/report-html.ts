@@ -49,6 +49,7 @@ export function renderReport(m: MigrationRecord, options: { source?: string; gen
   rows.push(['passes', String(m.passCount)]);
   if (m.transferredBytes !== undefined) rows.push(['RAM sent', `${formatBytes(m.transferredBytes)}${m.ramTotalBytes !== undefined ? ` for ${formatBytes(m.ramTotalBytes)} of RAM` : ''}`]);
   if (m.disk) rows.push(['disk', `${formatBytes(m.disk.transferredBytes)} of ${formatBytes(m.disk.totalBytes)} sent, ${formatBytes(m.disk.remainingBytes)} remaining`]);
+  if (m.convergenceRatio !== undefined) rows.push(['convergence', `dirty rate / throughput ${m.convergenceRatio.toFixed(2)} in the last pass${m.trend ? `, ${m.trend}` : ''} (below 1 converges)`]);
   if (m.errorCode !== undefined) rows.push(['error code', m.errorCode]);
   rows.push(['read from', `${m.format}${options.source ? `: ${options.source}` : ''}, ${m.snapshots} snapshot${m.snapshots === 1 ? '' : 's'}`]);
 
@@ -142,6 +143,8 @@ table.summary td { padding: 3px 0; }
 figure { margin: 0 0 24px; }
 figcaption { font-size: 13px; color: #555; margin-top: 4px; }
 .missing { color: #6b4e00; }
+.diagnosis { background: #fff7e0; padding: 10px 14px; border-radius: 6px; margin-bottom: 20px; }
+.diagnosis ul { margin: 6px 0 0; padding-left: 20px; }
 footer { font-size: 12px; color: #777; }
 </style>
 </head>
@@ -151,6 +154,7 @@ footer { font-size: 12px; color: #777; }
 <table class="summary">
 ${rows.map(([k, v]) => `<tr><th>${escapeXml(k)}</th><td>${escapeXml(v)}</td></tr>`).join('\n')}
 </table>
+${m.diagnosis ? `<div class="diagnosis"><strong>Diagnosis:</strong> ${escapeXml(m.diagnosis.summary)}${m.diagnosis.levers.length ? `<ul>${m.diagnosis.levers.map((l) => `<li>${escapeXml(l)}</li>`).join('')}</ul>` : ''}</div>` : ''}
 ${sections.join('\n')}
 <footer>Drawn by livemig report${options.generatedAt ? ` on ${escapeXml(options.generatedAt)}` : ''}.</footer>
 </body>
