@@ -102,7 +102,7 @@ export async function drawnFigures(page: Page): Promise<DrawnFigures> {
  * `sourceArgs` come after `--machine test`; `destination: false` migrates to a
  * closed port (a failed migration).
  */
-export async function migrationEvents(cliPath: string, sourceArgs: string[], options: { ramSize?: string; destination?: boolean } = {}): Promise<string> {
+export async function migrationEvents(cliPath: string, sourceArgs: string[], options: { ramSize?: string; destination?: boolean; cancelAfterMs?: number } = {}): Promise<string> {
   const { spawn } = await import('node:child_process');
   const ram = options.ramSize ?? '64M';
   const run = (args: string[]) => spawn(process.execPath, [cliPath, 'run', '--json', '--machine', 'test', '--ram', ram, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -135,8 +135,11 @@ export async function migrationEvents(cliPath: string, sourceArgs: string[], opt
     let err = '';
     source.stdout!.on('data', (d: Buffer) => (out += d.toString()));
     source.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+    // SIGTERM makes `livemig run` cancel its migration (the guest stays on the source) and exit.
+    const cancel = options.cancelAfterMs === undefined ? undefined : setTimeout(() => source.kill('SIGTERM'), options.cancelAfterMs);
     const code = await new Promise<number | null>((resolve) => source.once('exit', resolve));
-    if (code !== 0 && options.destination !== false) throw new Error(`the source exited with ${code}: ${err.trim()}`);
+    clearTimeout(cancel);
+    if (code !== 0 && options.destination !== false && options.cancelAfterMs === undefined) throw new Error(`the source exited with ${code}: ${err.trim()}`);
     return out;
   } finally {
     if (destination && destination.exitCode === null) {
@@ -148,6 +151,10 @@ export async function migrationEvents(cliPath: string, sourceArgs: string[], opt
 
 /** The source arguments of the example report: a guest that dirties pages while a capped link carries them. */
 export const EXAMPLE_SOURCE_ARGS = ['--dirty-rate', '6000', '--migrate-after-ms', '1000', '--param', 'max-bandwidth=60M', '--param', 'downtime-limit=40'];
+
+/** A migration that cannot converge (the guest dirties more than the capped link carries), cancelled after `NOT_CONVERGING_CANCEL_MS`. */
+export const NOT_CONVERGING_SOURCE_ARGS = ['--dirty-rate', '20000', '--migrate-after-ms', '500', '--param', 'max-bandwidth=40M', '--param', 'downtime-limit=30'];
+export const NOT_CONVERGING_CANCEL_MS = 5000;
 
 /** An HTML page holding SVG files side by side (for the bench charts' check and screenshot). */
 export function svgPage(title: string, svgs: string[]): string {
