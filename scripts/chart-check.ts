@@ -154,7 +154,7 @@ export const EXAMPLE_SOURCE_ARGS = ['--dirty-rate', '6000', '--migrate-after-ms'
 
 /** A migration that cannot converge (the guest dirties more than the capped link carries), cancelled after `NOT_CONVERGING_CANCEL_MS`. */
 export const NOT_CONVERGING_SOURCE_ARGS = ['--dirty-rate', '20000', '--migrate-after-ms', '500', '--param', 'max-bandwidth=40M', '--param', 'downtime-limit=30'];
-export const NOT_CONVERGING_CANCEL_MS = 5000;
+export const NOT_CONVERGING_CANCEL_MS = 7000;
 
 /** An HTML page holding SVG files side by side (for the bench charts' check and screenshot). */
 export function svgPage(title: string, svgs: string[]): string {

@@ -23,8 +23,8 @@ export function formatBytes(bytes: number): string {
 export const formatRate = (bytesPerSecond: number): string => `${formatBytes(bytesPerSecond)}/s`;
 
 export function formatMs(ms: number): string {
-  if (ms >= 10_000) return `${(ms / 1000).toFixed(1)} s`;
-  if (ms >= 1000) return `${(ms / 1000).toFixed(2)} s`;
+  if (ms >= 10_000) return `${Number((ms / 1000).toFixed(1))} s`;
+  if (ms >= 1000) return `${Number((ms / 1000).toFixed(2))} s`;
   return `${Number(ms.toFixed(ms < 10 ? 1 : 0))} ms`;
 }
 
@@ -50,7 +50,7 @@ export function renderReport(m: MigrationRecord, options: { source?: string; gen
   if (m.transferredBytes !== undefined) rows.push(['RAM sent', `${formatBytes(m.transferredBytes)}${m.ramTotalBytes !== undefined ? ` for ${formatBytes(m.ramTotalBytes)} of RAM` : ''}`]);
   if (m.disk) rows.push(['disk', `${formatBytes(m.disk.transferredBytes)} of ${formatBytes(m.disk.totalBytes)} sent, ${formatBytes(m.disk.remainingBytes)} remaining`]);
   if (m.convergenceRatio !== undefined) rows.push(['convergence', `dirty rate / throughput ${m.convergenceRatio.toFixed(2)} in the last pass${m.trend ? `, ${m.trend}` : ''} (below 1 converges)`]);
-  if (m.errorCode !== undefined) rows.push(['error code', m.errorCode]);
+  if (m.errorCode !== undefined && m.errorCode !== m.outcome) rows.push(['error code', m.errorCode]);
   rows.push(['read from', `${m.format}${options.source ? `: ${options.source}` : ''}, ${m.snapshots} snapshot${m.snapshots === 1 ? '' : 's'}`]);
 
   const sections: string[] = [];
@@ -136,7 +136,7 @@ h1 { font-size: 22px; margin: 0 0 12px; }
 .outcome { padding: 10px 14px; border-radius: 6px; font-weight: 600; margin-bottom: 16px; }
 .outcome.completed { background: #e6f4ea; color: #14532d; }
 .outcome.failed { background: #fde8e8; color: #7f1d1d; }
-.outcome.unfinished { background: #fff7e0; color: #6b4e00; }
+.outcome.unfinished, .outcome.cancelled { background: #fff7e0; color: #6b4e00; }
 table.summary { border-collapse: collapse; margin-bottom: 20px; }
 table.summary th { text-align: left; font-weight: 500; color: #555; padding: 3px 16px 3px 0; white-space: nowrap; vertical-align: top; }
 table.summary td { padding: 3px 0; }
@@ -150,7 +150,7 @@ footer { font-size: 12px; color: #777; }
 </head>
 <body>
 <h1>${escapeXml(title)}</h1>
-<div class="outcome ${ok ? 'completed' : failed ? 'failed' : 'unfinished'}" data-outcome="${escapeXml(m.outcome)}">${escapeXml(outcomeSentence(m))}</div>
+<div class="outcome ${ok ? 'completed' : m.outcome === 'cancelled' ? 'cancelled' : failed ? 'failed' : 'unfinished'}" data-outcome="${escapeXml(m.outcome)}">${escapeXml(outcomeSentence(m))}</div>
 <table class="summary">
 ${rows.map(([k, v]) => `<tr><th>${escapeXml(k)}</th><td>${escapeXml(v)}</td></tr>`).join('\n')}
 </table>
