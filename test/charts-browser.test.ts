@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { parseMigrationEvents } from '../src/report/migration-events.js';
 import { renderReport } from '../src/report/report-html.js';
 import { benchLoopbackSvg, benchRatiosSvg, ratioRows } from '../bench/charts.js';
-import { ChartBrowser, EXAMPLE_SOURCE_ARGS, chromiumMissing, drawnFigures, migrationEvents, svgPage } from '../scripts/chart-check.js';
+import { ChartBrowser, EXAMPLE_SOURCE_ARGS, NOT_CONVERGING_SOURCE_ARGS, chromiumMissing, drawnFigures, migrationEvents, svgPage } from '../scripts/chart-check.js';
 import { cliPath } from './helpers/paths.js';
 import { SAMPLE_BENCH } from './helpers/bench-sample.js';
 
@@ -76,6 +76,23 @@ test('the report of a real failed migration shows it failed and why, and draws n
   assert.match(drawn.outcomeText!, /^Migration failed: cannot connect to tcp:127\.0\.0\.1:\d+/);
   assert.deepEqual(drawn.bars, {});
   await screenshot(page, 'failed.png');
+});
+
+test('the report of a real cancelled migration says it was cancelled and why, and draws the passes it made', { skip, timeout: 60_000 }, async () => {
+  const events = await migrationEvents(cliPath, NOT_CONVERGING_SOURCE_ARGS, { ramSize: '32M', cancelAfterMs: 3000 });
+  const record = parseMigrationEvents(events, 'source events');
+  assert.equal(record.outcome, 'cancelled');
+  const path = join(dir, 'cancelled.html');
+  writeFileSync(path, renderReport(record));
+  const { page, errors } = await browser.open(path);
+  const drawn = await drawnFigures(page);
+  assert.deepEqual(errors, []);
+  assert.equal(drawn.outcome, 'cancelled');
+  assert.match(drawn.outcomeText!, /^Migration cancelled: .*(SIGTERM|cancel)/);
+  assert.ok(record.passes.length >= 1);
+  assert.equal(drawn.bars.sent, record.passes.length);
+  assert.deepEqual(drawn.segments, [], 'no downtime: the guest never stopped');
+  await screenshot(page, 'cancelled.png');
 });
 
 test('the bench charts drawn from a results object load with no error and draw a bar per figure', { skip, timeout: 60_000 }, async () => {
