@@ -71,6 +71,16 @@ test("a migration that did not converge: the model's diagnosis and levers are sh
   assert.match(html, /dirty rate \/ throughput 1\.60 in the last pass, steady/);
 });
 
+test('a migration of 250 passes: a bar per pass, and labels thinned so they do not overlap', () => {
+  const passes = Array.from({ length: 250 }, (_, i) => modelPass(i + 1, i * 100, 4 * MiB, 5 * MiB));
+  const m = parseMigrationEvents(lines({ event: 'cancelled', info: { status: 'cancelled', 'total-time': 25_000, 'x-livemig-progress': { percent: 50, phase: 'cancelled', passes } } }));
+  const html = renderReport(m);
+  const passesSvg = html.slice(html.indexOf('data-chart="passes"'), html.indexOf('data-chart="rates"'));
+  assert.equal(count(passesSvg, /class="bar" data-series="sent"/g), 250);
+  const labels = count(passesSvg, /text-anchor="middle">\d+<\/text>/g);
+  assert.ok(labels >= 10 && labels <= 60, `${labels} pass labels`);
+});
+
 test('livemig migrate --json from a QEMU source: passes derived from successive snapshots', () => {
   const text = lines(
     {},

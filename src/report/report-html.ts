@@ -70,6 +70,7 @@ export function renderReport(m: MigrationRecord, options: { source?: string; gen
             { name: 'dirtied', color: PALETTE[1], values: m.passes.map((p) => p.dirtiedBytes) },
           ],
           yLabel: 'bytes',
+          xLabel: 'pass (dirty-sync-count)',
           formatValue: formatBytes,
           ticks: byteTicks,
         }),

@@ -128,6 +128,8 @@ export interface BarChartOptions {
   rotateLabels?: boolean;
   /** A line of small text under the chart (how to read it). */
   footnote?: string;
+  /** A label under the category labels (what a category is). */
+  xLabel?: string;
   /** Tick values for a linear axis (default niceTicks; byteTicks for bytes). */
   ticks?: (min: number, max: number) => number[];
 }
@@ -147,6 +149,9 @@ export function barChart(o: BarChartOptions): string {
   const barWidth = Math.max(1, (groupWidth * 0.8) / Math.max(1, o.series.length));
   let svg = open(o.id, o.title, frame, o.description ?? o.title) + legend(o.series, frame.left, 40) + axis.svg;
   const base = axis.y(scale === 'log' ? baseline : Math.max(0, ticks[0]!));
+  // Many categories (a migration of 200 passes): label every n-th so labels do not overlap.
+  const rawEvery = o.rotateLabels ? 12 / groupWidth : (7 * Math.max(...o.categories.map((c) => c.length), 1) + 6) / groupWidth;
+  const labelEvery = [1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000].find((n) => n >= rawEvery) ?? Math.ceil(rawEvery);
   o.categories.forEach((category, i) => {
     const gx = frame.left + i * groupWidth + groupWidth * 0.1;
     o.series.forEach((s, j) => {
@@ -159,12 +164,14 @@ export function barChart(o: BarChartOptions): string {
     });
     const cx = frame.left + (i + 0.5) * groupWidth;
     const ly = frame.height - frame.bottom + 14;
+    if (i !== 0 && (i + 1) % labelEvery !== 0) return;
     svg += o.rotateLabels
       ? `<text transform="translate(${r(cx + 3)} ${r(ly - 6)}) rotate(-40)" ${FONT} font-size="11" fill="#333" text-anchor="end">${escapeXml(category)}</text>`
       : `<text x="${r(cx)}" y="${r(ly)}" ${FONT} font-size="11" fill="#333" text-anchor="middle">${escapeXml(category)}</text>`;
   });
   svg += `<line x1="${frame.left}" y1="${r(base)}" x2="${frame.width - frame.right}" y2="${r(base)}" stroke="#666"/>`;
   for (const ref of o.references ?? []) svg += referenceLine(frame, axis.y(ref.value), ref.label, ref.color ?? '#c00');
+  if (o.xLabel) svg += `<text x="${r(frame.left + plotWidth / 2)}" y="${frame.height - frame.bottom + 34}" ${FONT} font-size="12" fill="#333" text-anchor="middle">${escapeXml(o.xLabel)}</text>`;
   if (o.footnote) svg += `<text class="footnote" x="${frame.left}" y="${frame.height - 8}" ${FONT} font-size="11" fill="#555">${escapeXml(o.footnote)}</text>`;
   return svg + '</svg>';
 }
@@ -219,7 +226,8 @@ export function lineChart(o: LineChartOptions): string {
     if (s.points.length === 0) continue;
     const d = s.points.map((p, i) => `${i === 0 ? 'M' : 'L'}${r(x(p[0]))} ${r(axis.y(p[1]))}`).join(' ');
     svg += `<path class="line" data-series="${escapeXml(s.name)}" data-points="${s.points.length}" d="${d}" fill="none" stroke="${s.color}" stroke-width="2"/>`;
-    for (const p of s.points) svg += `<circle cx="${r(x(p[0]))}" cy="${r(axis.y(p[1]))}" r="2.5" fill="${s.color}"><title>${escapeXml(`${s.name} at ${o.formatX(p[0])}: ${o.formatY(p[1])}`)}</title></circle>`;
+    // Dots mark the measurements while they can be told apart.
+    if (s.points.length <= 80) for (const p of s.points) svg += `<circle cx="${r(x(p[0]))}" cy="${r(axis.y(p[1]))}" r="2.5" fill="${s.color}"><title>${escapeXml(`${s.name} at ${o.formatX(p[0])}: ${o.formatY(p[1])}`)}</title></circle>`;
   }
   return svg + '</svg>';
 }
