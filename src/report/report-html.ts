@@ -104,6 +104,7 @@ export function renderReport(m: MigrationRecord, options: { source?: string; gen
     const p = m.downtimePhasesMs;
     const total = p.pause + p.complete + p.flush + p.confirm;
     const over = m.downtimeLimitMs !== undefined && (m.downtimeMs ?? total) > m.downtimeLimitMs;
+    const [longestName, longestMs] = (Object.entries(p) as Array<[string, number]>).reduce((a, b) => (b[1] > a[1] ? b : a));
     sections.push(
       figure(
         stackedBarChart({
@@ -118,7 +119,7 @@ export function renderReport(m: MigrationRecord, options: { source?: string; gen
           ...(m.downtimeLimitMs !== undefined ? { limit: { value: m.downtimeLimitMs, label: `downtime-limit ${formatMs(m.downtimeLimitMs)}` } } : {}),
           formatValue: formatMs,
         }),
-        `pause: stopping the guest and the last dirty-log sync; complete: sending what remained and the device state; flush: until the stream was written; confirm: until the destination said it had loaded it.${over ? ' The downtime went over the limit: the longest phase is where it went.' : ''}${m.switchoverReason ? ` Why it switched over then: ${escapeXml(m.switchoverReason)}` : ''}`,
+        `pause: stopping the guest and the last dirty-log sync; complete: sending what remained and the device state; flush: until the stream was written; confirm: until the destination said it had loaded it.${over ? ` The downtime went over its limit of ${formatMs(m.downtimeLimitMs!)}: most of it (${formatMs(longestMs)}) went to ${longestName}.` : ''}${m.switchoverReason ? ` Why it switched over then: ${escapeXml(m.switchoverReason)}` : ''}`,
       ),
     );
   } else if (ok) sections.push(`<p class="missing">No downtime phases in this file (a source other than livemig's reports only the total).</p>`);
