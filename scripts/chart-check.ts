@@ -68,6 +68,8 @@ export interface DrawnFigures {
   lines: Array<{ series: string; points: number; length: number }>;
   segments: string[];
   limits: number;
+  /** XML parse errors (a standalone .svg that is not well-formed still draws up to the error). */
+  parseErrors: number;
   outcome?: string;
   outcomeText?: string;
 }
@@ -91,6 +93,7 @@ export async function drawnFigures(page: Page): Promise<DrawnFigures> {
       lines,
       segments: all('rect.segment').map((s) => String(s.getAttribute('data-segment'))),
       limits: all('line.limit').length,
+      parseErrors: doc.getElementsByTagName('parsererror').length,
       ...(outcome ? { outcome: String(outcome.getAttribute('data-outcome')), outcomeText: String(outcome.textContent) } : {}),
     };
   });

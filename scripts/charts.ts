@@ -45,6 +45,11 @@ try {
   if (report.errors.length) throw new Error(`the report page: ${report.errors.join('; ')}`);
   console.log('report drew', JSON.stringify(await drawnFigures(report.page)));
   await report.page.screenshot({ path: join(DOCS_DIR, 'report-example.png'), fullPage: true });
+  for (const name of ['bench-ratios.svg', 'bench-loopback.svg']) {
+    const svg = await browser.open(join(DOCS_DIR, name));
+    const drawn = await drawnFigures(svg.page);
+    if (svg.errors.length || drawn.parseErrors || drawn.charts.length !== 1) throw new Error(`docs/${name}: ${svg.errors.join('; ')} ${drawn.parseErrors} XML errors, ${drawn.charts.length} charts`);
+  }
   const benchPage = join(work, 'bench.html');
   writeFileSync(benchPage, svgPage('livemig bench charts', [benchRatiosSvg(results), benchLoopbackSvg(results)]));
   const bench = await browser.open(benchPage);

@@ -112,7 +112,21 @@ test('the bench charts drawn from a results object load with no error and draw a
   await screenshot(page, 'bench.png');
 });
 
-test('the check itself sees a console error and an uncaught page error (so an empty list means none happened)', { skip, timeout: 30_000 }, async () => {
+test('a bench chart opened as a standalone .svg file (as GitHub shows docs/*.svg) parses and draws', { skip, timeout: 30_000 }, async () => {
+  const path = join(dir, 'bench-ratios.svg');
+  writeFileSync(path, benchRatiosSvg(SAMPLE_BENCH));
+  const { page, errors } = await browser.open(path);
+  const drawn = await drawnFigures(page);
+  assert.deepEqual(errors, []);
+  assert.equal(drawn.parseErrors, 0, 'well-formed XML');
+  assert.deepEqual(drawn.charts, ['bench-ratios']);
+  assert.equal(Object.values(drawn.bars).reduce((n, b) => n + b, 0), 4);
+});
+
+test('the check itself sees a console error, an uncaught page error and a malformed SVG (so none found means none happened)', { skip, timeout: 30_000 }, async () => {
+  const svg = join(dir, 'malformed.svg');
+  writeFileSync(svg, '<svg xmlns="http://www.w3.org/2000/svg" class="chart" data-chart="x"><rect></svg>');
+  assert.equal((await drawnFigures((await browser.open(svg)).page)).parseErrors, 1);
   const path = join(dir, 'broken.html');
   writeFileSync(path, '<!DOCTYPE html><html><body><script>console.error("drawn wrong"); throw new Error("boom");</script></body></html>');
   const { errors } = await browser.open(path);
