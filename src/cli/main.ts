@@ -2,12 +2,12 @@
 /** The `livemig` command. */
 import { Command } from 'commander';
 import { analyzeCommand } from './analyze-command.js';
+import { reportCommand } from './report-command.js';
 import { registerBenchCommand } from './bench-command.js';
 import { describeGuestTypes, guestTypes } from '../guests/index.js';
 import { demoCommand, type DemoOptions } from './demo-command.js';
 import { registerMigrateCommands } from './migrate-command.js';
 import { runCommand } from './run-command.js';
-import { reportCommand } from './report-command.js';
 
 // A reader that went away (`livemig run --json | head`) is not a crash: stop quietly, as a shell tool does.
 for (const stream of [process.stdout, process.stderr]) {
