@@ -138,6 +138,7 @@ test('a cancelled migration says so, with the reason or that none was recorded',
 test('bad input gets an error naming the line and what is wrong', () => {
   const bad = (text: string, expected: RegExp): void => assert.throws(() => parseMigrationEvents(text, 'x.jsonl'), (err: unknown) => err instanceof ReportInputError && expected.test(err.message));
   bad('{"event":"status","status":"setup"}\n{not json\n', /^x\.jsonl, line 2: not JSON/);
+  bad('migration: active, pass 1, 20.0 MiB sent\n', /^x\.jsonl, line 1: not JSON .*; was it written with --json\?$/);
   bad('[1,2]\n', /^x\.jsonl, line 1: a JSON array, not an object/);
   bad('\n\n{"a":1}\n', /^x\.jsonl, line 3: neither a livemig run --json event .* nor a query-migrate answer/);
   bad('{"event":"progress"}\n', /^x\.jsonl, line 1: event 'progress' has no 'info' object/);

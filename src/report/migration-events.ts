@@ -106,7 +106,8 @@ export function parseMigrationEvents(text: string, name = 'the input'): Migratio
     try {
       value = JSON.parse(line);
     } catch (err) {
-      throw new ReportInputError(`${name}, line ${n}: not JSON (${(err as Error).message}): ${line.length > 60 ? line.slice(0, 60) + '...' : line}`);
+      const hint = snapshots.length === 0 && format === undefined ? '; was it written with --json?' : '';
+      throw new ReportInputError(`${name}, line ${n}: not JSON (${(err as Error).message}): ${line.length > 60 ? line.slice(0, 60) + '...' : line}${hint}`);
     }
     if (!isObject(value)) throw new ReportInputError(`${name}, line ${n}: a JSON ${Array.isArray(value) ? 'array' : typeof value}, not an object (expected a livemig run --json event or a query-migrate answer)`);
     const event = value.event;
