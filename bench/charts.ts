@@ -58,6 +58,8 @@ export function checkBenchResults(value: unknown, name = 'bench results'): Bench
 
 export interface RatioRow {
   id: string;
+  /** Which engines did not converge in any run (then there is no time or downtime ratio). */
+  notConverged: Array<'livemig' | 'QEMU'>;
   /** Ratios of medians livemig / QEMU; total and downtime only when both converged. */
   total?: number;
   downtime?: number;
@@ -71,7 +73,7 @@ export function ratioRows(results: BenchResults): RatioRow[] {
     if (!q) continue;
     const ratio = (a: number | undefined, b: number | undefined): number | undefined => (a !== undefined && b !== undefined && a > 0 && b > 0 ? a / b : undefined);
     const both = l.converged > 0 && q.converged > 0;
-    const row: RatioRow = { id: l.id };
+    const row: RatioRow = { id: l.id, notConverged: [...(l.converged ? [] : ['livemig' as const]), ...(q.converged ? [] : ['QEMU' as const])] };
     const total = both ? ratio(l.totalMs, q.totalMs) : undefined;
     if (total !== undefined) row.total = total;
     const downtime = both ? ratio(l.downtimeMs, q.downtimeMs) : undefined;
@@ -91,8 +93,8 @@ export function benchRatiosSvg(results: BenchResults): string {
   return barChart({
     id: 'bench-ratios',
     title: `livemig / QEMU 7.2 per scenario (ratios of medians; bench of ${results.date.slice(0, 10)})`,
-    footnote: 'Below 1: livemig took less time or downtime. Above 1 for MB/s: livemig moved data faster. Time and downtime only where both converged.',
-    categories: rows.map((r) => r.id),
+    footnote: 'Below 1: livemig took less time or downtime. Above 1 for MB/s: livemig moved data faster. n/c: did not converge (no time or downtime ratio).',
+    categories: rows.map((r) => (r.notConverged.length === 0 ? r.id : `${r.id} (${r.notConverged.length === 2 ? 'both' : r.notConverged[0]} n/c)`)),
     series: [
       { name: 'total time', color: PALETTE[0], values: rows.map((r) => r.total) },
       { name: 'downtime', color: PALETTE[1], values: rows.map((r) => r.downtime) },
@@ -104,7 +106,7 @@ export function benchRatiosSvg(results: BenchResults): string {
     baseline: 1,
     references: [{ value: 1, label: 'equal', color: '#444' }],
     width: 980,
-    height: 440,
+    height: 480,
     rotateLabels: true,
   });
 }
@@ -132,7 +134,7 @@ export function benchLoopbackSvg(results: BenchResults): string {
       { value: 0.85, label: 'target 0.85 (a-1g)', color: '#888' },
     ],
     width: 980,
-    height: 400,
+    height: 440,
     rotateLabels: true,
   });
 }

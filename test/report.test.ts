@@ -177,10 +177,12 @@ test('bench charts are a pure function of the results: ratios only where both en
   assert.equal(rows.length, 2);
   assert.equal(rows[0]!.total!.toFixed(2), '1.37');
   assert.equal(rows[0]!.downtime!.toFixed(2), '0.03');
-  assert.deepEqual(Object.keys(rows[1]!).sort(), ['id', 'throughput']);
+  assert.deepEqual(Object.keys(rows[1]!).sort(), ['id', 'notConverged', 'throughput']);
+  assert.deepEqual(rows[1]!.notConverged, ['livemig']);
   const ratios = benchRatiosSvg(SAMPLE_BENCH);
   assert.equal(count(ratios, /class="bar"/g), 4);
   assert.equal(benchRatiosSvg(SAMPLE_BENCH), ratios, 'the same results draw the same SVG');
+  assert.match(ratios, />c-unl-50 \(livemig n\/c\)</, 'a scenario where an engine did not converge says so');
   assert.match(ratios, /^<svg xmlns="http:\/\/www\.w3\.org\/2000\/svg"/, 'a standalone SVG (GitHub renders it as an image)');
   const loopback = benchLoopbackSvg(SAMPLE_BENCH);
   assert.equal(count(loopback, /class="bar" data-series="livemig"/g), 3);

@@ -137,7 +137,7 @@ export interface BarChartOptions {
 /** Grouped vertical bars: one group per category, one bar per series. */
 export function barChart(o: BarChartOptions): string {
   const scale = o.scale ?? 'linear';
-  const frame: Frame = { width: o.width ?? 760, height: o.height ?? 340, left: 70, right: 20, top: 50, bottom: o.rotateLabels ? 120 : 50 };
+  const frame: Frame = { width: o.width ?? 760, height: o.height ?? 340, left: 70, right: 20, top: 50, bottom: o.rotateLabels ? 150 : 50 };
   const values = o.series.flatMap((s) => s.values).filter((v): v is number => v !== undefined && Number.isFinite(v));
   const refs = (o.references ?? []).map((x) => x.value);
   const baseline = scale === 'log' ? (o.baseline ?? 1) : 0;
