@@ -2,6 +2,7 @@
 /** The `livemig` command. */
 import { Command } from 'commander';
 import { analyzeCommand } from './analyze-command.js';
+import { reportCommand } from './report-command.js';
 import { registerBenchCommand } from './bench-command.js';
 import { describeGuestTypes, guestTypes } from '../guests/index.js';
 import { demoCommand, type DemoOptions } from './demo-command.js';
@@ -85,6 +86,15 @@ program
   .action(async (options) => {
     process.exitCode = await runCommand(options);
     process.exit();
+  });
+
+program
+  .command('report')
+  .description('draw one migration from its JSON lines (livemig run --migrate-to ... --json, or livemig migrate --json) as a self-contained HTML page')
+  .argument('<events>', "the JSON lines file ('-' for standard input)")
+  .option('-o, --output <file>', 'the HTML file to write', 'report.html')
+  .action(async (events: string, options: { output: string }) => {
+    process.exitCode = await reportCommand(events, options);
   });
 
 registerMigrateCommands(program);
