@@ -8,6 +8,7 @@
 import { queryMigrate, type MigrationInfo } from '../monitor/query-migrate.js';
 import { checkMemory, ramSha256 } from '../machine/index.js';
 import { createGuest, type Guest } from '../guests/index.js';
+import { guestTypes } from '../guests/registry.js';
 import { MigrationConfig, OutgoingMigration } from '../migration/index.js';
 import { MachineMonitor } from '../monitor/machine-monitor.js';
 import { ObjectRegistry } from '../security/index.js';
@@ -86,6 +87,7 @@ export async function runCommand(options: RunOptions): Promise<number> {
     // both ends, as QEMU's migrate-set-* before migrate-incoming), and one started later over QMP.
     config,
     objects,
+    machineTypes: guestTypes().map((t) => ({ name: t.name, isDefault: t.name === 'test' })),
   });
   monitor.on('warning', (text) => process.stderr.write(`livemig: warning: ${text}\n`));
   const stop = new Promise<number>((resolve) => {

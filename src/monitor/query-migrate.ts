@@ -31,6 +31,8 @@ export interface MigrationInfo {
     'postcopy-bytes': number;
     'multifd-bytes': number;
     'postcopy-requests': number;
+    /** QEMU 7.2's zero-copy-send fallbacks; livemig has no zero-copy send, so always 0. */
+    'dirty-sync-missed-zero-copy': number;
   };
   /** Block migration, as QEMU 7.2's `disk`: bytes of the bulk phase sent, still to send, and the disks' total. */
   disk?: { transferred: number; remaining: number; total: number };
@@ -50,6 +52,8 @@ export interface MigrationInfo {
 /** The source's `query-migrate`. */
 export function outgoingInfo(s: OutgoingSnapshot): MigrationInfo {
   if (s.status === 'none') return {};
+  // Failed before it was set up (e.g. a refused connection): QEMU 7.2 reports the status and why, no figures.
+  if (s.status === 'failed' && s.setupTimeMs === undefined) return failedInfo(s);
   const info: MigrationInfo = { status: s.status };
   if (s.setupTimeMs !== undefined) info['setup-time'] = s.setupTimeMs;
   info['total-time'] = s.totalTimeMs ?? s.elapsedMs;
@@ -76,6 +80,7 @@ export function outgoingInfo(s: OutgoingSnapshot): MigrationInfo {
       'postcopy-bytes': r.postcopyBytes,
       'multifd-bytes': r.multifdBytes,
       'postcopy-requests': r.postcopyRequests,
+      'dirty-sync-missed-zero-copy': 0,
     };
     if (s.xbzrle) {
       const x = r.xbzrle;
@@ -91,6 +96,15 @@ export function outgoingInfo(s: OutgoingSnapshot): MigrationInfo {
   return info;
 }
 
+function failedInfo(s: OutgoingSnapshot): MigrationInfo {
+  const info: MigrationInfo = { status: s.status };
+  if (s.error) {
+    info['error-desc'] = s.error.message;
+    info['x-livemig-error-code'] = s.error.code;
+  }
+  return info;
+}
+
 /** `query-migrate` of a migration object (for the CLI, benchmarks and tests). */
 export function queryMigrate(migration: OutgoingMigration): MigrationInfo {
   return outgoingInfo(migration.snapshot());
@@ -99,7 +113,8 @@ export function queryMigrate(migration: OutgoingMigration): MigrationInfo {
 /** QEMU's SocketAddress for the destination's `socket-address`. */
 export function socketAddress(uri: string): Record<string, unknown> {
   const tcp = /^tcp:\[?([^\]]*)\]?:(\d+)$/.exec(uri);
-  if (tcp) return { type: 'inet', host: tcp[1], port: tcp[2] };
+  // QEMU reports the listening socket's family as ipv4 or ipv6 (socket_sockaddr_to_address_inet).
+  if (tcp) return { type: 'inet', host: tcp[1], port: tcp[2], ...(tcp[1]!.includes(':') ? { ipv6: true } : { ipv4: true }) };
   if (uri.startsWith('unix:')) return { type: 'unix', path: uri.slice(5) };
   return { type: 'other', uri };
 }
@@ -115,6 +130,8 @@ export interface IncomingPostcopyInfo {
 
 export function incomingInfo(status: IncomingStatus, address: string | undefined, error?: { code: string; message: string }, postcopy?: IncomingPostcopyInfo): MigrationInfo {
   if (status === 'none') return {};
+  // Listening, no source yet: QEMU 7.2's destination is still in state none then and shows only where it listens.
+  if (status === 'setup') return address ? { 'socket-address': [socketAddress(address)] } : {};
   const info: MigrationInfo = { status };
   if (postcopy) {
     info['x-livemig-postcopy'] = { requests: postcopy.requests, 'missing-pages': postcopy.missingPages, 'placed-pages': postcopy.placedPages };
@@ -123,7 +140,7 @@ export function incomingInfo(status: IncomingStatus, address: string | undefined
       info['postcopy-vcpu-blocktime'] = postcopy.blocktime.perVcpuMs.map((ms) => Math.round(ms));
     }
   }
-  if (address && (status === 'setup' || status === 'active')) info['socket-address'] = [socketAddress(address)];
+  if (address && status === 'active') info['socket-address'] = [socketAddress(address)];
   if (error) {
     info['error-desc'] = error.message;
     info['x-livemig-error-code'] = error.code;
