@@ -234,7 +234,8 @@ async function clientScript(pair: Pair, dir: string): Promise<Transcript> {
   await run('dst', 'human-monitor-command', { 'command-line': 'info status' }, "hmp 'info status'");
 
   for (const side of ['src', 'dst'] as const) {
-    await run(side, 'migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }, { capability: 'pause-before-switchover', state: side === 'src' }] });
+    const on = [{ capability: 'events', state: true }, { capability: 'pause-before-switchover', state: side === 'src' }, { capability: 'xbzrle', state: true }];
+    await run(side, 'migrate-set-capabilities', { capabilities: on });
   }
   // A destination that is not there.
   await run('src', 'migrate', { uri: 'tcp:127.0.0.1:1' }, 'migrate (refused)');

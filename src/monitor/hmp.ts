@@ -73,9 +73,8 @@ function infoMigrate(info: MigrationInfo): string[] {
   if (info.disk) lines.push(`transferred disk: ${kib(info.disk.transferred)}`, `remaining disk: ${kib(info.disk.remaining)}`, `total disk: ${kib(info.disk.total)}`);
   const x = info['xbzrle-cache'];
   if (x) {
-    lines.push(`cache size: ${x['cache-size']} bytes`, `xbzrle transferred: ${kib(x.bytes)}`, `xbzrle pages: ${x.pages} pages`, `xbzrle cache miss: ${x['cache-miss']}`);
-    const rates = x as { 'cache-miss-rate'?: number; 'encoding-rate'?: number };
-    lines.push(`xbzrle cache miss rate: ${(rates['cache-miss-rate'] ?? 0).toFixed(2)}`, `xbzrle encoding rate: ${(rates['encoding-rate'] ?? 0).toFixed(2)}`);
+    lines.push(`cache size: ${x['cache-size']} bytes`, `xbzrle transferred: ${kib(x.bytes)}`, `xbzrle pages: ${x.pages} pages`, `xbzrle cache miss: ${x['cache-miss']} pages`);
+    lines.push(`xbzrle cache miss rate: ${x['cache-miss-rate'].toFixed(2)}`, `xbzrle encoding rate: ${x['encoding-rate'].toFixed(2)}`);
     lines.push(`xbzrle overflow: ${x.overflow}`);
   }
   if (info['cpu-throttle-percentage'] !== undefined) lines.push(`cpu throttle percentage: ${info['cpu-throttle-percentage']}`);

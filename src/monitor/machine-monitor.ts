@@ -154,7 +154,7 @@ export class MachineMonitor extends EventEmitter<{
     incoming.on('status', (status) => {
       // QEMU 7.2's destination says `setup` when the source connects, not while it listens.
       if (this.events && status !== 'setup') {
-        if (!this.incomingSetupAnnounced) this.server.emitEvent('MIGRATION', { status: 'setup' });
+        if (!this.incomingSetupAnnounced && status === 'active') this.server.emitEvent('MIGRATION', { status: 'setup' });
         this.server.emitEvent('MIGRATION', { status });
       }
       if (status !== 'setup') this.incomingSetupAnnounced = true;

@@ -36,7 +36,7 @@ export interface MigrationInfo {
   };
   /** Block migration, as QEMU 7.2's `disk`: bytes of the bulk phase sent, still to send, and the disks' total. */
   disk?: { transferred: number; remaining: number; total: number };
-  'xbzrle-cache'?: { 'cache-size': number; bytes: number; pages: number; 'cache-miss': number; overflow: number };
+  'xbzrle-cache'?: { 'cache-size': number; bytes: number; pages: number; 'cache-miss': number; 'cache-miss-rate': number; 'encoding-rate': number; overflow: number };
   'cpu-throttle-percentage'?: number;
   'error-desc'?: string;
   /** livemig: the error's code (MigrationErrorCode), so scripts need not parse `error-desc`. */
@@ -84,7 +84,16 @@ export function outgoingInfo(s: OutgoingSnapshot): MigrationInfo {
     };
     if (s.xbzrle) {
       const x = r.xbzrle;
-      info['xbzrle-cache'] = { 'cache-size': x.cacheSizeBytes, bytes: x.bytes, pages: x.pages, 'cache-miss': x.cacheMiss, overflow: x.overflow };
+      info['xbzrle-cache'] = {
+        'cache-size': x.cacheSizeBytes,
+        bytes: x.bytes,
+        pages: x.pages,
+        'cache-miss': x.cacheMiss,
+        // Over the whole migration (QEMU: over the last second): misses per page looked up, page bytes per encoded byte.
+        'cache-miss-rate': x.cacheMiss + x.pages > 0 ? x.cacheMiss / (x.cacheMiss + x.pages) : 0,
+        'encoding-rate': x.bytes > 0 ? (x.pages * TARGET_PAGE_SIZE) / x.bytes : 0,
+        overflow: x.overflow,
+      };
     }
   }
   if (s.disk) info.disk = { transferred: s.disk.transferredBytes, remaining: s.disk.remainingBytes, total: s.disk.totalBytes };
