@@ -7,7 +7,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { LIVEMIG_PARAMETER_PREFIX, parameterSpec, QEMU_DEFAULT_MAX_BANDWIDTH } from '../src/migration/config.js';
@@ -416,5 +416,35 @@ test('the same client script against QEMU 7.2 and livemig: every reply and event
       await p.stop();
     }
     await rm(root, { recursive: true, force: true });
+  }
+});
+
+test("query-block: a guest's disk in the shape of QEMU 7.2's (a raw image on a virtio-blk device)", { skip: qemuSkipReason(), timeout: 60_000 }, async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'livemig-parity-block-'));
+  const image = join(dir, 'd0.raw');
+  await writeFile(image, Buffer.alloc(0));
+  await truncate(image, 1 << 20);
+  const qemu = spawn(QEMU_BINARY, ['-M', 'pc', '-S', '-m', '64M', '-nodefaults', '-display', 'none', '-qmp', `unix:${join(dir, 'q')},server=on,wait=off`,
+    '-drive', `if=none,id=d0,file=${image},format=raw`, '-device', 'virtio-blk-pci,drive=d0']);
+  const ours = LivemigProcess.start(['--machine', 'test', '--ram', '16M', '--disk', `${join(dir, 'l0.raw')},size=1M,id=d0`, '--qmp', `unix:${join(dir, 'l')}`]);
+  try {
+    await ours.waitFor('qmp');
+    const qemuQmp = await openQmp(join(dir, 'q'));
+    const ourQmp = await openQmp(join(dir, 'l'));
+    const q = (await qemuQmp.execute('query-block')).return;
+    const l = (await ourQmp.execute('query-block')).return;
+    qemuQmp.close();
+    ourQmp.close();
+    assert.equal(l.length, 1);
+    assert.equal(l[0].device, 'd0');
+    assert.equal(l[0].inserted.image['virtual-size'], 1 << 20);
+    const diffs: string[] = [];
+    shapeDiffs(l, q, 'query-block', diffs);
+    // QEMU's qdev is the device's QOM path; livemig's disks belong to the guest, which has no QOM tree.
+    assert.deepEqual(diffs, ['query-block[0].qdev: only QEMU has it'], diffs.join('\n'));
+  } finally {
+    qemu.kill('SIGKILL');
+    await ours.stop();
+    await rm(dir, { recursive: true, force: true });
   }
 });

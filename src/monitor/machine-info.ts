@@ -4,6 +4,7 @@
  * query-block), in QEMU 7.2's shapes with livemig's own values: no KVM, the
  * machine's disks, livemig's machine types.
  */
+import { statSync } from 'node:fs';
 import type { Machine } from '../machine/machine.js';
 import type { QmpCommandDefinition } from './qmp-server.js';
 
@@ -20,6 +21,15 @@ const NO_UUID = '00000000-0000-0000-0000-000000000000';
 /** vCPUs of a machine: `none` has none (as QEMU's -M none); test and v86 run one. */
 function vcpuCount(machine: Machine): number {
   return machine.kind === 'none' ? 0 : 1;
+}
+
+/** The image's allocated bytes (sparse images use less than their size), as QEMU's `actual-size`; absent if unknown. */
+function actualSize(path: string): { 'actual-size'?: number } {
+  try {
+    return { 'actual-size': statSync(path).blocks * 512 };
+  } catch {
+    return {};
+  }
 }
 
 export function machineCommands(machine: Machine, machineTypes: readonly MachineTypeInfo[] = [{ name: machine.kind }]): Record<string, QmpCommandDefinition> {
@@ -78,7 +88,7 @@ export function machineCommands(machine: Machine, machineTypes: readonly Machine
             'iops_wr': 0,
             'write_threshold': 0,
             cache: { writeback: true, direct: false, 'no-flush': false },
-            image: { filename: d.path, format: 'raw', 'virtual-size': d.sizeBytes, 'dirty-flag': false },
+            image: { filename: d.path, format: 'raw', 'virtual-size': d.sizeBytes, ...actualSize(d.path), 'dirty-flag': false },
           },
         })),
     },
