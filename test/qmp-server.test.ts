@@ -66,6 +66,9 @@ test('QMP protocol: greeting, negotiation, ids, malformed input, unknown command
     assert.ok(isError(await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'nope', state: true }] }), 'GenericError', /does not accept value 'nope'/));
     assert.ok(isError(await qmp.execute('migrate-incoming', { uri: 'tcp:127.0.0.1:0' }), 'GenericError', /'-incoming' was not specified/));
     assert.ok(isError(await qmp.execute('migrate-continue', { state: 'pre-switchover' }), 'GenericError', /not in expected state/));
+    // SIGTERM: SHUTDOWN (host-signal) reaches the client before the monitor closes, as QEMU 7.2's.
+    await proc.stop();
+    assert.deepEqual(qmp.events('SHUTDOWN').map((e) => e.data), [{ guest: false, reason: 'host-signal' }]);
   } finally {
     qmp.close();
     await proc.stop();
@@ -114,6 +117,7 @@ test('QMP commands: status, stop/cont with events, capabilities, parameters, ver
     assert.deepEqual((await qmp.execute('quit')).return, {});
     await proc.exited;
     assert.equal(proc.exitCode, 0);
+    assert.deepEqual(qmp.events('SHUTDOWN').map((e) => e.data), [{ guest: false, reason: 'host-qmp-quit' }], 'SHUTDOWN after the reply, as QEMU 7.2');
   } finally {
     qmp.close();
     await proc.stop();

@@ -91,8 +91,10 @@ export async function runCommand(options: RunOptions): Promise<number> {
   });
   monitor.on('warning', (text) => process.stderr.write(`livemig: warning: ${text}\n`));
   const stop = new Promise<number>((resolve) => {
-    process.once('SIGINT', () => resolve(130));
-    process.once('SIGTERM', () => resolve(0));
+    // As QEMU, a monitor client hears SHUTDOWN (reason host-signal) before the monitor closes.
+    const shutdownEvent = (): void => monitor.server.emitEvent('SHUTDOWN', { guest: false, reason: 'host-signal' });
+    process.once('SIGINT', () => (shutdownEvent(), resolve(130)));
+    process.once('SIGTERM', () => (shutdownEvent(), resolve(0)));
     monitor.once('quit', () => resolve(0));
     if (options.exitAfterMs !== undefined) setTimeout(() => resolve(0), Number(options.exitAfterMs)).unref();
   });
