@@ -114,6 +114,13 @@ test('QMP commands: status, stop/cont with events, capabilities, parameters, ver
       assert.ok(names.includes(n), n);
     }
     assert.deepEqual((await qmp.execute('migrate_cancel')).return, {}, 'cancel with nothing running is a no-op');
+    // What qmp-shell -H sends when it starts (cpu-index 0), and how it reads the answers: words of each line.
+    const hmp = async (line: string): Promise<string> => (await qmp.execute('human-monitor-command', { 'command-line': line, 'cpu-index': 0 })).return;
+    assert.deepEqual((await hmp('help')).split('\r\n').filter(Boolean).map((l) => l.split(/\s+/)[0]), ['help|?', 'info']);
+    assert.deepEqual((await hmp('info')).split('\r\n').filter(Boolean).map((l) => l.split(/\s+/)[1]), ['status', 'migrate', 'migrate_parameters', 'migrate_capabilities']);
+    assert.equal(await hmp('info status'), 'VM status: running\r\n');
+    assert.match(await hmp('info migrate_parameters'), /^announce-initial: 50 ms\r\n(.*\r\n)*downtime-limit: 123 ms\r\n/);
+    assert.ok(isError(await qmp.execute('human-monitor-command', { 'command-line': 'info status', 'cpu-index': 1 }), 'GenericError', /'cpu-index' expects a CPU number/));
     assert.deepEqual((await qmp.execute('quit')).return, {});
     await proc.exited;
     assert.equal(proc.exitCode, 0);

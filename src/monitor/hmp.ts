@@ -150,10 +150,15 @@ const INFO_HELP: Record<string, string> = {
   migrate_capabilities: 'show current migration capabilities',
 };
 
+/** `help`: the commands livemig's HMP has, in QEMU's `name args -- text` layout. */
+const HELP = ['help|? [cmd] -- show the help', 'info [subcommand] -- show various information about the system state'];
+
 /** Run one HMP command line; returns the monitor's output as QEMU's human-monitor-command does. */
 export function runHmpCommand(commandLine: string, source: HmpSource): string {
   const words = commandLine.trim().split(/\s+/).filter((w) => w !== '');
   if (words.length === 0) return '';
+  // qmp-shell -H reads `help` and `info` at start for its completions (the first and second word of each line).
+  if (words[0] === 'help' || words[0] === '?') return HELP.map((line) => `${line}\r\n`).join('');
   if (words[0] !== 'info') return `unknown command: '${words[0]}'\r\n`;
   if (words.length === 1) return Object.keys(INFO).map((name) => `info ${name}  -- ${INFO_HELP[name]}\r\n`).join('');
   const sub = words[1]!;
