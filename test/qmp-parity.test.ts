@@ -11,6 +11,8 @@ import { mkdir, mkdtemp, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { LIVEMIG_PARAMETER_PREFIX, parameterSpec, QEMU_DEFAULT_MAX_BANDWIDTH } from '../src/migration/config.js';
+import { MigrationError } from '../src/migration/errors.js';
+import { outgoingInfo } from '../src/monitor/query-migrate.js';
 import { LivemigProcess } from './helpers/livemig-process.js';
 import { qemuSkipReason, QEMU_BINARY } from './helpers/qemu.js';
 import { RawQmp, type QmpMessage } from './helpers/raw-qmp.js';
@@ -447,4 +449,14 @@ test("query-block: a guest's disk in the shape of QEMU 7.2's (a raw image on a v
     await ours.stop();
     await rm(dir, { recursive: true, force: true });
   }
+});
+
+test("query-migrate in setup and after a failed connection: only what QEMU 7.2 shows then (and livemig's x-livemig-*)", () => {
+  const base = { elapsedMs: 12, dirtyPagesRate: 0, mbps: 0, pagesPerSecond: 0, xbzrle: false, throttlePercent: 0, expectedDowntimeMs: 300 };
+  // QEMU 7.2 right after `migrate`: {"status": "setup"} (fill_source_migration_info has no figures in setup).
+  assert.deepEqual(outgoingInfo({ ...base, status: 'setup' }), { status: 'setup' });
+  const refused = outgoingInfo({ ...base, status: 'failed', error: new MigrationError('transport', 'cannot connect') });
+  assert.deepEqual(refused, { status: 'failed', 'error-desc': 'cannot connect', 'x-livemig-error-code': 'transport' });
+  // Once set up, a failure keeps its figures (livemig shows where it failed; QEMU 7.2 shows only the status there).
+  assert.equal(outgoingInfo({ ...base, status: 'failed', setupTimeMs: 3 })['total-time'], 12);
 });

@@ -52,8 +52,6 @@ export interface MigrationInfo {
 /** The source's `query-migrate`. */
 export function outgoingInfo(s: OutgoingSnapshot): MigrationInfo {
   if (s.status === 'none') return {};
-  // Failed before it was set up (e.g. a refused connection): QEMU 7.2 reports the status and why, no figures.
-  if (s.status === 'failed' && s.setupTimeMs === undefined) return failedInfo(s);
   const info: MigrationInfo = { status: s.status };
   if (s.setupTimeMs !== undefined) info['setup-time'] = s.setupTimeMs;
   info['total-time'] = s.totalTimeMs ?? s.elapsedMs;
@@ -102,16 +100,19 @@ export function outgoingInfo(s: OutgoingSnapshot): MigrationInfo {
     info['error-desc'] = s.error.message;
     info['x-livemig-error-code'] = s.error.code;
   }
-  return info;
+  return asQemuShows(info, s);
 }
 
-function failedInfo(s: OutgoingSnapshot): MigrationInfo {
-  const info: MigrationInfo = { status: s.status };
-  if (s.error) {
-    info['error-desc'] = s.error.message;
-    info['x-livemig-error-code'] = s.error.code;
-  }
-  return info;
+/**
+ * What QEMU 7.2 shows in states where it has no figures (fill_source_migration_info):
+ * in setup the status alone, and after a failure before the setup completed (a refused
+ * connection) the status and why. livemig's x-livemig-* extensions stay.
+ */
+function asQemuShows(info: MigrationInfo, s: OutgoingSnapshot): MigrationInfo {
+  const keep: ReadonlyArray<string> | undefined =
+    s.status === 'setup' ? ['status'] : s.status === 'failed' && s.setupTimeMs === undefined ? ['status', 'error-desc'] : undefined;
+  if (!keep) return info;
+  return Object.fromEntries(Object.entries(info).filter(([key]) => keep.includes(key) || key.startsWith('x-livemig-'))) as MigrationInfo;
 }
 
 /** `query-migrate` of a migration object (for the CLI, benchmarks and tests). */
