@@ -256,6 +256,7 @@ async function clientScript(pair: Pair, dir: string): Promise<Transcript> {
   await run('src', 'query-migrate', undefined, 'query-migrate (pre-switchover)');
   await run('src', 'query-status', undefined, 'query-status (pre-switchover)');
   await run('dst', 'query-migrate', undefined, 'query-migrate (receiving)');
+  await run('dst', 'human-monitor-command', { 'command-line': 'info migrate' }, "hmp 'info migrate' (receiving)");
   await run('src', 'human-monitor-command', { 'command-line': 'info migrate' }, "hmp 'info migrate' (pre-switchover)");
   await run('src', 'migrate-continue', { state: 'pre-switchover' });
   await pair.src.next((m) => m.event === 'MIGRATION' && (m.data.status === 'completed' || m.data.status === 'failed'), 0, 60_000);
@@ -265,7 +266,7 @@ async function clientScript(pair: Pair, dir: string): Promise<Transcript> {
     await run(side, 'query-status', undefined, 'query-status (after)');
     await run(side, 'human-monitor-command', { 'command-line': 'info status' }, "hmp 'info status' (after)");
   }
-  await run('src', 'human-monitor-command', { 'command-line': 'info migrate' }, "hmp 'info migrate' (after)");
+  for (const side of ['src', 'dst'] as const) await run(side, 'human-monitor-command', { 'command-line': 'info migrate' }, "hmp 'info migrate' (after)");
   await run('dst', 'quit');
   const shutdown = (await pair.dst.next((m) => m.event === 'SHUTDOWN', 0, 10_000)).message;
   const eventName = (m: QmpMessage): string => (m.event === 'MIGRATION' ? `MIGRATION ${m.data.status}` : m.event);
