@@ -12,7 +12,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { LIVEMIG_PARAMETER_PREFIX, parameterSpec, QEMU_DEFAULT_MAX_BANDWIDTH } from '../src/migration/config.js';
 import { MigrationError } from '../src/migration/errors.js';
-import { outgoingInfo } from '../src/monitor/query-migrate.js';
+import { outgoingInfo, qmpOutgoingInfo } from '../src/monitor/query-migrate.js';
+import type { OutgoingSnapshot } from '../src/migration/outgoing.js';
 import { LivemigProcess } from './helpers/livemig-process.js';
 import { qemuSkipReason, QEMU_BINARY } from './helpers/qemu.js';
 import { RawQmp, type QmpMessage } from './helpers/raw-qmp.js';
@@ -34,23 +35,28 @@ async function openQmp(path: string): Promise<RawQmp> {
 interface Pair {
   src: RawQmp;
   dst: RawQmp;
+  /** A second destination (withSpare), for a migration that is cancelled: a destination whose migration fails exits. */
+  spare?: RawQmp;
   stop: () => Promise<void>;
 }
 
-async function qemuPair(dir: string): Promise<Pair> {
+async function qemuPair(dir: string, withSpare = false): Promise<Pair> {
   const args = (name: string, extra: string[] = []): string[] => ['-M', 'none', '-m', '64M', '-nodefaults', '-display', 'none', '-qmp', `unix:${join(dir, name)},server=on,wait=off`, ...extra];
   const procs: ChildProcess[] = [spawn(QEMU_BINARY, args('qsrc')), spawn(QEMU_BINARY, args('qdst', ['-incoming', 'defer']))];
+  if (withSpare) procs.push(spawn(QEMU_BINARY, args('qspare', ['-incoming', 'defer'])));
   return {
     src: await openQmp(join(dir, 'qsrc')),
     dst: await openQmp(join(dir, 'qdst')),
+    ...(withSpare ? { spare: await openQmp(join(dir, 'qspare')) } : {}),
     stop: async () => {
       for (const p of procs) p.kill('SIGKILL');
     },
   };
 }
 
-async function livemigPair(dir: string, machine = 'test'): Promise<Pair> {
+async function livemigPair(dir: string, machine = 'test', withSpare = false): Promise<Pair> {
   const procs = [
+    ...(withSpare ? [LivemigProcess.start(['--machine', machine, '--ram', '64M', '--qmp', `unix:${join(dir, 'lspare')}`, '--incoming', 'defer'])] : []),
     LivemigProcess.start(['--machine', machine, '--ram', '64M', '--qmp', `unix:${join(dir, 'lsrc')}`]),
     LivemigProcess.start(['--machine', machine, '--ram', '64M', '--qmp', `unix:${join(dir, 'ldst')}`, '--incoming', 'defer']),
   ];
@@ -58,6 +64,7 @@ async function livemigPair(dir: string, machine = 'test'): Promise<Pair> {
   return {
     src: await openQmp(join(dir, 'lsrc')),
     dst: await openQmp(join(dir, 'ldst')),
+    ...(withSpare ? { spare: await openQmp(join(dir, 'lspare')) } : {}),
     stop: async () => {
       for (const p of procs) await p.stop();
     },
@@ -166,6 +173,7 @@ test('query-migrate, capabilities and parameters: same names and types as QEMU 7
     for (const p of pairs) {
       p.src.close();
       p.dst.close();
+      p.spare?.close();
       await p.stop();
     }
     await rm(dir, { recursive: true, force: true });
@@ -185,6 +193,8 @@ interface Transcript {
   /** Events in order, per side: names, and MIGRATION's status. */
   srcEvents: string[];
   dstEvents: string[];
+  /** The destination of the cancelled migration. */
+  spareEvents: string[];
   eventMessages: QmpMessage[];
   commandNames: string[];
 }
@@ -194,7 +204,7 @@ interface Transcript {
 const SCRIPT_COMMANDS = [
   'query-status', 'query-version', 'query-name', 'query-uuid', 'query-kvm', 'query-cpus-fast', 'query-machines', 'query-block',
   'query-commands', 'query-migrate-capabilities', 'migrate-set-capabilities', 'query-migrate-parameters', 'migrate-set-parameters',
-  'human-monitor-command', 'migrate', 'migrate-incoming', 'query-migrate', 'migrate-continue', 'quit',
+  'human-monitor-command', 'migrate', 'migrate-incoming', 'query-migrate', 'migrate-continue', 'migrate_cancel', 'quit',
 ];
 
 /** HMP commands the script sends, on both sides. */
@@ -245,21 +255,38 @@ async function clientScript(pair: Pair, dir: string): Promise<Transcript> {
   await run('src', 'query-migrate', undefined, 'query-migrate (refused)');
   await run('src', 'human-monitor-command', { 'command-line': 'info migrate' }, "hmp 'info migrate' (refused)");
 
+  // A migration cancelled at pre-switchover (to the spare destination, which then fails and exits).
+  const spare = pair.spare!;
+  await spare.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
+  const spareUri = `unix:${join(dir, 'spare.sock')}`;
+  await spare.execute('migrate-incoming', { uri: spareUri });
+  const cancelFrom = pair.src.messages.length;
+  await run('src', 'migrate', { uri: spareUri }, 'migrate (to be cancelled)');
+  await pair.src.next((m) => m.event === 'MIGRATION' && m.data.status === 'pre-switchover', cancelFrom);
+  await run('src', 'migrate_cancel');
+  await pair.src.next((m) => m.event === 'MIGRATION' && m.data.status === 'cancelled', cancelFrom);
+  await run('src', 'query-migrate', undefined, 'query-migrate (cancelled)');
+  await run('src', 'query-status', undefined, 'query-status (cancelled)');
+  await run('src', 'human-monitor-command', { 'command-line': 'info migrate' }, "hmp 'info migrate' (cancelled)");
+  await spare.next((m) => m.event === 'MIGRATION' && m.data.status === 'failed');
+  const spareEvents = spare.events().map((m) => (m.event === 'MIGRATION' ? `MIGRATION ${m.data.status}` : m.event));
+
   // The migration.
   await run('dst', 'query-migrate', undefined, 'query-migrate (before)');
   const uri = `unix:${join(dir, 'mig.sock')}`;
   await run('dst', 'migrate-incoming', { uri });
   await run('dst', 'query-migrate', undefined, 'query-migrate (listening)');
   await run('dst', 'human-monitor-command', { 'command-line': 'info migrate' }, "hmp 'info migrate' (listening)");
+  const from = pair.src.messages.length;
   await run('src', 'migrate', { uri });
-  await pair.src.next((m) => m.event === 'MIGRATION' && m.data.status === 'pre-switchover');
+  await pair.src.next((m) => m.event === 'MIGRATION' && m.data.status === 'pre-switchover', from);
   await run('src', 'query-migrate', undefined, 'query-migrate (pre-switchover)');
   await run('src', 'query-status', undefined, 'query-status (pre-switchover)');
   await run('dst', 'query-migrate', undefined, 'query-migrate (receiving)');
   await run('dst', 'human-monitor-command', { 'command-line': 'info migrate' }, "hmp 'info migrate' (receiving)");
   await run('src', 'human-monitor-command', { 'command-line': 'info migrate' }, "hmp 'info migrate' (pre-switchover)");
   await run('src', 'migrate-continue', { state: 'pre-switchover' });
-  await pair.src.next((m) => m.event === 'MIGRATION' && (m.data.status === 'completed' || m.data.status === 'failed'), 0, 60_000);
+  await pair.src.next((m) => m.event === 'MIGRATION' && (m.data.status === 'completed' || m.data.status === 'failed'), from, 60_000);
   await pair.dst.next((m) => m.event === 'MIGRATION' && (m.data.status === 'completed' || m.data.status === 'failed'), 0, 60_000);
   for (const side of ['src', 'dst'] as const) {
     await run(side, 'query-migrate', undefined, 'query-migrate (after)');
@@ -286,6 +313,7 @@ async function clientScript(pair: Pair, dir: string): Promise<Transcript> {
     steps,
     srcEvents: collapse(pair.src.events().map(eventName)),
     dstEvents: collapse(pair.dst.events().map(eventName)),
+    spareEvents,
     eventMessages: [...pair.src.events(), ...pair.dst.events(), shutdown],
     commandNames,
   };
@@ -344,6 +372,12 @@ function shapeDiffs(ours: unknown, qemus: unknown, path: string, out: string[]):
   }
 }
 
+/** A reply without livemig's x-livemig-* extensions (at any depth). */
+function withoutExtensions(value: unknown): unknown {
+  if (jsonType(value) !== 'object') return value;
+  return Object.fromEntries(Object.entries(value as Record<string, unknown>).filter(([k]) => !k.startsWith('x-livemig-')).map(([k, v]) => [k, withoutExtensions(v)]));
+}
+
 /** An HMP reply's layout: its lines with numbers as N and a failure's reason as REASON. */
 function hmpLayout(text: string): string[] {
   return text
@@ -367,8 +401,8 @@ test('the same client script against QEMU 7.2 and livemig: every reply and event
       pairs.push(pair);
       return clientScript(pair, dir);
     };
-    const qemu = await run((dir) => qemuPair(dir), 'qemu');
-    const ours = await run((dir) => livemigPair(dir, 'none'), 'livemig');
+    const qemu = await run((dir) => qemuPair(dir, true), 'qemu');
+    const ours = await run((dir) => livemigPair(dir, 'none', true), 'livemig');
     // LIVEMIG_PARITY_DUMP=FILE keeps both transcripts for reading side by side.
     if (process.env.LIVEMIG_PARITY_DUMP) await writeFile(process.env.LIVEMIG_PARITY_DUMP, JSON.stringify({ qemu, livemig: ours }, null, 1));
 
@@ -385,6 +419,7 @@ test('the same client script against QEMU 7.2 and livemig: every reply and event
     }
     // Events: the same names and MIGRATION statuses in the same order, and the same shapes.
     if (JSON.stringify(ours.srcEvents) !== JSON.stringify(qemu.srcEvents)) diffs.push(`source events: livemig ${ours.srcEvents.join(', ')}\n   QEMU ${qemu.srcEvents.join(', ')}`);
+    if (JSON.stringify(ours.spareEvents) !== JSON.stringify(qemu.spareEvents)) diffs.push(`cancelled destination's events: livemig ${ours.spareEvents.join(', ')}\n   QEMU ${qemu.spareEvents.join(', ')}`);
     if (JSON.stringify(ours.dstEvents) !== JSON.stringify(qemu.dstEvents)) diffs.push(`destination events: livemig ${ours.dstEvents.join(', ')}\n   QEMU ${qemu.dstEvents.join(', ')}`);
     for (const m of ours.eventMessages) {
       const model = qemu.eventMessages.find((q) => q.event === m.event);
@@ -398,12 +433,12 @@ test('the same client script against QEMU 7.2 and livemig: every reply and event
 
     // Some values must be equal too, not only shapes.
     const value = (t: Transcript, name: string): any => t.steps.find((s) => s.name === name)!.value;
-    for (const name of ['src query-status', 'dst query-status', 'src query-status (pre-switchover)', 'src query-status (after)', 'dst query-status (after)', 'dst query-migrate (before)', 'src query-kvm', 'src query-name', 'src query-uuid', 'src query-events']) {
+    for (const name of ['src query-status', 'dst query-status', 'src query-status (cancelled)', 'src query-migrate (cancelled)', 'src query-status (pre-switchover)', 'src query-status (after)', 'dst query-status (after)', 'dst query-migrate (before)', 'src query-kvm', 'src query-name', 'src query-uuid', 'src query-events']) {
       const l = value(ours, name);
       const q = value(qemu, name);
       if (name === 'src query-kvm') assert.deepEqual(l, { return: { enabled: false, present: false } }, 'no KVM in livemig (QEMU here may have it present)');
       else if (name === 'src query-events') assert.deepEqual(l.error.class, q.error.class, 'QEMU 7.2 has no query-events (removed in 4.0): CommandNotFound on both');
-      else assert.deepEqual(l, q, name);
+      else assert.deepEqual(withoutExtensions(l), q, name);
     }
     for (const hmp of ["src hmp 'info status'", "src hmp 'info migrate_capabilities'", "src hmp 'info no-such-thing'", "src hmp 'no-such-command'", "src hmp 'info status extra'", "dst hmp 'info status'", "src hmp 'info status' (after)", "dst hmp 'info status' (after)"]) {
       assert.equal(value(ours, hmp).return.replace(/zero-blocks: on|return-path: on/g, (s: string) => s.replace('on', 'off')), value(qemu, hmp).return, `${hmp}: the same text (livemig's defaults zero-blocks and return-path on aside)`);
@@ -416,6 +451,7 @@ test('the same client script against QEMU 7.2 and livemig: every reply and event
     for (const p of pairs) {
       p.src.close();
       p.dst.close();
+      p.spare?.close();
       await p.stop();
     }
     await rm(root, { recursive: true, force: true });
@@ -452,12 +488,17 @@ test("query-block: a guest's disk in the shape of QEMU 7.2's (a raw image on a v
   }
 });
 
-test("query-migrate in setup and after a failed connection: only what QEMU 7.2 shows then (and livemig's x-livemig-*)", () => {
+test("query-migrate in setup, after a refused connection, failed and cancelled: over QMP only what QEMU 7.2 shows then (and livemig's x-livemig-*)", () => {
   const base = { elapsedMs: 12, dirtyPagesRate: 0, mbps: 0, pagesPerSecond: 0, xbzrle: false, throttlePercent: 0, expectedDowntimeMs: 300 };
+  const qmp = (s: OutgoingSnapshot): unknown => qmpOutgoingInfo(outgoingInfo(s));
   // QEMU 7.2 right after `migrate`: {"status": "setup"} (fill_source_migration_info has no figures in setup).
-  assert.deepEqual(outgoingInfo({ ...base, status: 'setup' }), { status: 'setup' });
+  assert.deepEqual(qmp({ ...base, status: 'setup' }), { status: 'setup' });
+  // A refused connection: no figures, also for the CLI (nothing was sent).
   const refused = outgoingInfo({ ...base, status: 'failed', error: new MigrationError('transport', 'cannot connect') });
   assert.deepEqual(refused, { status: 'failed', 'error-desc': 'cannot connect', 'x-livemig-error-code': 'transport' });
-  // Once set up, a failure keeps its figures (livemig shows where it failed; QEMU 7.2 shows only the status there).
-  assert.equal(outgoingInfo({ ...base, status: 'failed', setupTimeMs: 3 })['total-time'], 12);
+  // Failed or cancelled later: QMP as QEMU (status, and why); the CLI's outgoingInfo keeps the figures.
+  const failed = { ...base, status: 'failed' as const, setupTimeMs: 3, error: new MigrationError('transport', 'connection reset') };
+  assert.deepEqual(qmp(failed), { status: 'failed', 'error-desc': 'connection reset', 'x-livemig-error-code': 'transport' });
+  assert.equal(outgoingInfo(failed)['total-time'], 12);
+  assert.deepEqual(qmp({ ...base, status: 'cancelled', setupTimeMs: 3, error: new MigrationError('cancelled', 'migration cancelled') }), { status: 'cancelled', 'x-livemig-error-code': 'cancelled' });
 });

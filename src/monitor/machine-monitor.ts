@@ -25,7 +25,7 @@ import { machineCommands, type MachineTypeInfo } from './machine-info.js';
 import { serverTlsFor } from '../migration/security.js';
 import { OBJECT_PROPERTY_NAMES, ObjectError, ObjectRegistry } from '../security/index.js';
 import { checkArguments } from './arguments.js';
-import { incomingInfo, outgoingInfo } from './query-migrate.js';
+import { incomingInfo, outgoingInfo, qmpOutgoingInfo } from './query-migrate.js';
 import { QmpCommandError, QmpServer, type QmpCommandDefinition } from './qmp-server.js';
 import { isLoopbackHost, parseMigrationUri, TransportError } from '../transport/index.js';
 import { printable } from '../wire/printable.js';
@@ -104,12 +104,12 @@ export class MachineMonitor extends EventEmitter<{
     m.on('status', (status) => {
       // QEMU 7.2 enters (and announces) `device` only when it pauses before switchover.
       const announced = status !== 'device' || this.config.capabilities['pause-before-switchover'];
+      const ended = (status === 'failed' || status === 'cancelled') && this.runState === 'finish-migrate';
+      // The loop resumed the guest if it had stopped it: QEMU 7.2 says RESUME before `cancelled`, after `failed`.
+      if (ended && status === 'cancelled') this.setRunState(this.machine.running ? 'running' : 'paused');
       if (this.events && announced) this.server.emitEvent('MIGRATION', { status });
       if (status === 'completed') this.runState = 'postmigrate';
-      if ((status === 'failed' || status === 'cancelled') && this.runState === 'finish-migrate') {
-        // The loop resumed the guest if it had stopped it.
-        this.setRunState(this.machine.running ? 'running' : 'paused');
-      }
+      if (ended && status === 'failed') this.setRunState(this.machine.running ? 'running' : 'paused');
     });
     m.on('pass', (pass) => {
       if (this.events) this.server.emitEvent('MIGRATION_PASS', { pass });
@@ -182,7 +182,8 @@ export class MachineMonitor extends EventEmitter<{
 
   /** What human-monitor-command's `info` reads: the QMP queries' answers. */
   private hmpSource(): HmpSource {
-    const query = (name: string): any => this.commandTable[name]!.run({}, { id: 0, negotiated: true });
+    // These four queries answer synchronously.
+    const query = <T>(name: string): T => this.commandTable[name]!.run({}, { id: 0, negotiated: true }) as T;
     return {
       status: () => query('query-status'),
       migrate: () => query('query-migrate'),
@@ -257,7 +258,7 @@ export class MachineMonitor extends EventEmitter<{
               : undefined;
             return incomingInfo(this.incoming.status, this.incomingAddress, e ? { code: e.code, message: e.message } : undefined, postcopy);
           }
-          const info = outgoingInfo(this.migration.snapshot());
+          const info = qmpOutgoingInfo(outgoingInfo(this.migration.snapshot()));
           // Without pause-before-switchover QEMU 7.2 stays `active` up to completion (see the MIGRATION event).
           if (info.status === 'device' && !caps()['pause-before-switchover']) info.status = 'active';
           return info;

@@ -100,19 +100,26 @@ export function outgoingInfo(s: OutgoingSnapshot): MigrationInfo {
     info['error-desc'] = s.error.message;
     info['x-livemig-error-code'] = s.error.code;
   }
-  return asQemuShows(info, s);
+  // Failed before it was set up (a refused connection): nothing was sent, there are no figures to show.
+  if (s.status === 'failed' && s.setupTimeMs === undefined) return onlyKeys(info, ['status', 'error-desc']);
+  return info;
+}
+
+/** `info` with only the `keep` keys and livemig's x-livemig-* extensions. */
+function onlyKeys(info: MigrationInfo, keep: readonly string[]): MigrationInfo {
+  return Object.fromEntries(Object.entries(info).filter(([key]) => keep.includes(key) || key.startsWith('x-livemig-'))) as MigrationInfo;
 }
 
 /**
- * What QEMU 7.2 shows in states where it has no figures (fill_source_migration_info):
- * in setup the status alone, and after a failure before the setup completed (a refused
- * connection) the status and why. livemig's x-livemig-* extensions stay.
+ * The source's query-migrate as QEMU 7.2's QMP shows it (fill_source_migration_info):
+ * in setup the status alone, failed the status and why, cancelled the status
+ * alone (QEMU drops the figures; clients keep the last ones they read), the
+ * x-livemig-* extensions kept. The CLI and library read outgoingInfo's figures in every state.
  */
-function asQemuShows(info: MigrationInfo, s: OutgoingSnapshot): MigrationInfo {
-  const keep: ReadonlyArray<string> | undefined =
-    s.status === 'setup' ? ['status'] : s.status === 'failed' && s.setupTimeMs === undefined ? ['status', 'error-desc'] : undefined;
-  if (!keep) return info;
-  return Object.fromEntries(Object.entries(info).filter(([key]) => keep.includes(key) || key.startsWith('x-livemig-'))) as MigrationInfo;
+export function qmpOutgoingInfo(info: MigrationInfo): MigrationInfo {
+  if (info.status === 'setup' || info.status === 'cancelled') return onlyKeys(info, ['status']);
+  if (info.status === 'failed') return onlyKeys(info, ['status', 'error-desc']);
+  return info;
 }
 
 /** `query-migrate` of a migration object (for the CLI, benchmarks and tests). */
