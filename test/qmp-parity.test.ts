@@ -458,7 +458,7 @@ test('the same client script against QEMU 7.2 and livemig: every reply and event
   }
 });
 
-test("query-block: a guest's disk in the shape of QEMU 7.2's (a raw image on a virtio-blk device)", { skip: qemuSkipReason(), timeout: 60_000 }, async () => {
+test("a machine with a vCPU and a disk: query-block (a raw image on virtio-blk), query-cpus-fast and query-machines in QEMU 7.2's shapes", { skip: qemuSkipReason(), timeout: 60_000 }, async () => {
   const dir = await mkdtemp(join(tmpdir(), 'livemig-parity-block-'));
   const image = join(dir, 'd0.raw');
   await writeFile(image, Buffer.alloc(0));
@@ -472,8 +472,16 @@ test("query-block: a guest's disk in the shape of QEMU 7.2's (a raw image on a v
     const ourQmp = await openQmp(join(dir, 'l'));
     const q = (await qemuQmp.execute('query-block')).return;
     const l = (await ourQmp.execute('query-block')).return;
+    const cpus = { qemu: (await qemuQmp.execute('query-cpus-fast')).return, ours: (await ourQmp.execute('query-cpus-fast')).return };
+    const machines = { qemu: (await qemuQmp.execute('query-machines')).return, ours: (await ourQmp.execute('query-machines')).return };
     qemuQmp.close();
     ourQmp.close();
+    assert.equal(cpus.ours.length, 1, "the test machine's one vCPU");
+    assert.deepEqual(machines.ours.map((m: { name: string }) => m.name).sort(), ['none', 'test', 'v86']);
+    const cpuDiffs: string[] = [];
+    shapeDiffs(cpus.ours, cpus.qemu, 'query-cpus-fast', cpuDiffs);
+    shapeDiffs(machines.ours, machines.qemu, 'query-machines', cpuDiffs);
+    assert.deepEqual(cpuDiffs, [], cpuDiffs.join('\n'));
     assert.equal(l.length, 1);
     assert.equal(l[0].device, 'd0');
     assert.equal(l[0].inserted.image['virtual-size'], 1 << 20);
