@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { LIVEMIG_PARAMETER_PREFIX, parameterSpec, QEMU_DEFAULT_MAX_BANDWIDTH } from '../src/migration/config.js';
 import { MigrationError } from '../src/migration/errors.js';
-import { outgoingInfo, qmpOutgoingInfo } from '../src/monitor/query-migrate.js';
+import { outgoingInfo, qmpOutgoingInfo, socketAddress } from '../src/monitor/query-migrate.js';
 import type { OutgoingSnapshot } from '../src/migration/outgoing.js';
 import { LivemigProcess } from './helpers/livemig-process.js';
 import { qemuSkipReason, QEMU_BINARY } from './helpers/qemu.js';
@@ -509,4 +509,10 @@ test("query-migrate in setup, after a refused connection, failed and cancelled: 
   assert.deepEqual(qmp(failed), { status: 'failed', 'error-desc': 'connection reset', 'x-livemig-error-code': 'transport' });
   assert.equal(outgoingInfo(failed)['total-time'], 12);
   assert.deepEqual(qmp({ ...base, status: 'cancelled', setupTimeMs: 3, error: new MigrationError('cancelled', 'migration cancelled') }), { status: 'cancelled', 'x-livemig-error-code': 'cancelled' });
+});
+
+test("socket-address: QEMU's SocketAddress, the listener's family as ipv4 or ipv6", () => {
+  assert.deepEqual(socketAddress('tcp:127.0.0.1:4444'), { type: 'inet', host: '127.0.0.1', port: '4444', ipv4: true });
+  assert.deepEqual(socketAddress('tcp:[::1]:4444'), { type: 'inet', host: '::1', port: '4444', ipv6: true });
+  assert.deepEqual(socketAddress('unix:/run/mig.sock'), { type: 'unix', path: '/run/mig.sock' });
 });
