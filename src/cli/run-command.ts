@@ -8,6 +8,7 @@
 import { queryMigrate, type MigrationInfo } from '../monitor/query-migrate.js';
 import { checkMemory, ramSha256 } from '../machine/index.js';
 import { createGuest, type Guest } from '../guests/index.js';
+import { guestTypes } from '../guests/registry.js';
 import { MigrationConfig, OutgoingMigration } from '../migration/index.js';
 import { MachineMonitor } from '../monitor/machine-monitor.js';
 import { ObjectRegistry } from '../security/index.js';
@@ -152,6 +153,7 @@ export async function runCommand(options: RunOptions): Promise<number> {
     // both ends, as QEMU's migrate-set-* before migrate-incoming), and one started later over QMP.
     config,
     objects,
+    machineTypes: guestTypes().map((t) => ({ name: t.name, isDefault: t.name === 'test' })),
   });
   monitorForMetrics = monitor;
   if (metricsObserver) {
@@ -162,8 +164,10 @@ export async function runCommand(options: RunOptions): Promise<number> {
   }
   monitor.on('warning', (text) => complain(`warning: ${text}`));
   const stop = new Promise<number>((resolve) => {
-    process.once('SIGINT', () => resolve(130));
-    process.once('SIGTERM', () => resolve(0));
+    // As QEMU, a monitor client hears SHUTDOWN (reason host-signal) before the monitor closes.
+    const shutdownEvent = (): void => monitor.server.emitEvent('SHUTDOWN', { guest: false, reason: 'host-signal' });
+    process.once('SIGINT', () => (shutdownEvent(), resolve(130)));
+    process.once('SIGTERM', () => (shutdownEvent(), resolve(0)));
     monitor.once('quit', () => resolve(0));
     if (options.exitAfterMs !== undefined) setTimeout(() => resolve(0), Number(options.exitAfterMs)).unref();
   });
