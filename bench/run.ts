@@ -34,6 +34,8 @@ import { livemigHas, scenarios } from './scenarios.js';
 import { makeTestPki } from '../test/helpers/certs.js';
 import { FIRST_PASS_RULE, GiB, LineChild, type RunResult, type ScenarioSpec } from './util.js';
 import type { V86BenchResult } from './v86.js';
+import { BENCH_CHARTS_MARKDOWN, redrawBenchCharts, writeBenchCharts } from './chart-files.js';
+import { BENCH_RESULTS_VERSION, type BenchResults } from './charts.js';
 
 const { values: opts } = parseArgs({
   options: {
@@ -45,6 +47,7 @@ const { values: opts } = parseArgs({
     'no-v86': { type: 'boolean', default: false },
     write: { type: 'boolean', default: false },
     'no-write': { type: 'boolean', default: false },
+    redraw: { type: 'boolean', default: false },
     help: { type: 'boolean', short: 'h', default: false },
   },
   strict: true,
@@ -58,7 +61,8 @@ if (opts.help) {
   --bound-s S    cancel a workload run not completed after S seconds (default 20; 10 with --quick)
   --no-qemu      livemig only
   --no-v86       without the v86 running-guest table
-  --write        write docs/benchmarks.md even with --quick;  --no-write  never write it`);
+  --write        write docs/benchmarks.md even with --quick;  --no-write  never write it
+  --redraw       only redraw docs/bench-*.svg from docs/bench-results.json (no bench run)`);
   process.exit(0);
 }
 
@@ -627,9 +631,31 @@ async function main(): Promise<void> {
       '',
       ...(typeof v86 === 'object' ? [markdownTable(v86Table(v86, tcp), 2), ''] : v86 ? [v86, ''] : []),
       ...notes.map((n) => `- ${n}`),
+      '',
+      BENCH_CHARTS_MARKDOWN,
     ].join('\n');
+    const results: BenchResults = {
+      version: BENCH_RESULTS_VERSION,
+      date: started.toISOString(),
+      command: commandLine(),
+      loopbackBytesPerSecond: tcp,
+      rows: summaries.map((s) => ({
+        id: s.spec.id,
+        label: s.spec.label,
+        engine: s.engine,
+        converged: s.converged,
+        runs: s.runs.length,
+        ...(s.converged && s.total ? { totalMs: s.total.median } : {}),
+        ...(s.downtime ? { downtimeMs: s.downtime.median } : {}),
+        ...(s.wire ? { wireBytes: s.wire.median } : {}),
+        ...(s.throughput ? { throughputBytesPerSecond: s.throughput.median } : {}),
+        ...(s.passes ? { passes: s.passes.median } : {}),
+      })),
+    };
+    console.log(`wrote ${writeBenchCharts(results).join(', ')}`);
     console.log(`\nwrote ${writeDocs(md)}`);
   }
 }
 
-await main();
+if (opts.redraw) console.log(`wrote ${redrawBenchCharts().join(', ')}`);
+else await main();

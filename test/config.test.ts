@@ -9,6 +9,8 @@ import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import {
   applyCapabilities,
+  allCapabilities,
+  QEMU_CAPABILITIES,
   applyParameters,
   ConfigError,
   DEFAULT_CAPABILITIES,
@@ -195,7 +197,8 @@ test('capabilities: NAME alone is on; on/off, true/false, yes/no, 1/0 in any cas
     throwsConfig(() => parseCapabilityText('', scope), 'syntax', 'expected NAME');
   }
   throwsConfig(() => parseCapabilityText('no-such-capability'), 'unknown-capability', "--cap 'no-such-capability': there is no migration capability", 'multifd');
-  throwsConfig(() => parseCapabilityText('x-colo'), 'not-implemented', "--cap 'x-colo': livemig does not implement QEMU's capability");
+  throwsConfig(() => parseCapabilityText('x-colo'), 'not-implemented', "--cap 'x-colo': livemig does not implement QEMU's capability 'x-colo'; only its default (off) is accepted");
+  assert.deepEqual(parseCapabilityText('x-colo=off'), { capability: 'x-colo', state: false }, 'an unimplemented capability at its default (off)');
   assert.deepEqual(parseCapabilityText('postcopy-ram'), { capability: 'postcopy-ram', state: true });
   // A QMP monitor decides about names livemig does not know.
   assert.deepEqual(parseCapabilityArgs(['postcopy-ram', 'x-future=off'], 'qmp'), [
@@ -217,6 +220,10 @@ test("applyParameters / applyCapabilities: QEMU's messages, all or nothing", () 
   assert.equal(applyParameters(current, { 'downtime-limit': 100 })['downtime-limit'], 100);
   throwsConfig(() => applyCapabilities(DEFAULT_CAPABILITIES, { nope: true }), 'unknown-capability', "Capability 'nope' is not supported");
   throwsConfig(() => applyCapabilities(DEFAULT_CAPABILITIES, { xbzrle: 'on' }), 'invalid-value', "Capability 'xbzrle' expects a boolean");
+  // QEMU 7.2's capabilities livemig does not implement: off is accepted (and changes nothing), on is refused naming it.
+  assert.deepEqual(applyCapabilities(DEFAULT_CAPABILITIES, { 'x-colo': false, 'zero-copy-send': false }), DEFAULT_CAPABILITIES);
+  throwsConfig(() => applyCapabilities(DEFAULT_CAPABILITIES, { 'zero-copy-send': true }), 'not-implemented', "livemig does not implement the capability 'zero-copy-send'; only its default (off) is accepted");
+  assert.deepEqual(allCapabilities(DEFAULT_CAPABILITIES).map((c) => c.capability), QEMU_CAPABILITIES);
 });
 
 test('x-livemig-peer-timeout-ms: 10 s by default, 100 ms to 1 h', () => {

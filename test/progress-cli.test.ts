@@ -141,7 +141,8 @@ test('a refused disk destination: drawn as failed with the reason, the report sa
       assert.match(out, /^\[[^\]]*\] failed: FAILED at \d+% done, .*: the destination could not load the stream/m);
       assert.doesNotMatch(out, /failed, pass \d+: +100%/);
       assert.match(out, /^Migration failed after [\d.]+ m?s at \d+% \(pass \d+\)$/m);
-      assert.match(out, /^ {2}disks {8}[\d.]+ [KMG]?i?B of 64\.0 MiB sent, not copied \(the migration failed\)$/m);
+      // With figures if a snapshot carried them before the failure (QMP shows a failed migration's status and reason only).
+      assert.match(out, /^ {2}disks {8}([\d.]+ [KMG]?i?B of 64\.0 MiB sent, )?not copied \(the migration failed\)$/m);
       assert.doesNotMatch(out, /64\.0 MiB copied/);
       assert.match(migrate.stderr(), /^livemig: migration failed: the destination could not load the stream/m);
     });

@@ -7,10 +7,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { LIVEMIG_PARAMETER_PREFIX, parameterSpec, QEMU_DEFAULT_MAX_BANDWIDTH } from '../src/migration/config.js';
+import { MigrationError } from '../src/migration/errors.js';
+import { outgoingInfo, qmpOutgoingInfo, socketAddress } from '../src/monitor/query-migrate.js';
+import type { OutgoingSnapshot } from '../src/migration/outgoing.js';
 import { LivemigProcess } from './helpers/livemig-process.js';
 import { qemuSkipReason, QEMU_BINARY } from './helpers/qemu.js';
 import { RawQmp, type QmpMessage } from './helpers/raw-qmp.js';
@@ -32,44 +35,55 @@ async function openQmp(path: string): Promise<RawQmp> {
 interface Pair {
   src: RawQmp;
   dst: RawQmp;
+  /** A second destination (withSpare), for a migration that is cancelled: a destination whose migration fails exits. */
+  spare?: RawQmp;
   stop: () => Promise<void>;
 }
 
-async function qemuPair(dir: string): Promise<Pair> {
+async function qemuPair(dir: string, withSpare = false): Promise<Pair> {
   const args = (name: string, extra: string[] = []): string[] => ['-M', 'none', '-m', '64M', '-nodefaults', '-display', 'none', '-qmp', `unix:${join(dir, name)},server=on,wait=off`, ...extra];
   const procs: ChildProcess[] = [spawn(QEMU_BINARY, args('qsrc')), spawn(QEMU_BINARY, args('qdst', ['-incoming', 'defer']))];
+  if (withSpare) procs.push(spawn(QEMU_BINARY, args('qspare', ['-incoming', 'defer'])));
   return {
     src: await openQmp(join(dir, 'qsrc')),
     dst: await openQmp(join(dir, 'qdst')),
+    ...(withSpare ? { spare: await openQmp(join(dir, 'qspare')) } : {}),
     stop: async () => {
       for (const p of procs) p.kill('SIGKILL');
     },
   };
 }
 
-async function livemigPair(dir: string): Promise<Pair> {
+async function livemigPair(dir: string, machine = 'test', withSpare = false): Promise<Pair> {
   const procs = [
-    LivemigProcess.start(['--machine', 'test', '--ram', '64M', '--qmp', `unix:${join(dir, 'lsrc')}`]),
-    LivemigProcess.start(['--machine', 'test', '--ram', '64M', '--qmp', `unix:${join(dir, 'ldst')}`, '--incoming', 'defer']),
+    ...(withSpare ? [LivemigProcess.start(['--machine', machine, '--ram', '64M', '--qmp', `unix:${join(dir, 'lspare')}`, '--incoming', 'defer'])] : []),
+    LivemigProcess.start(['--machine', machine, '--ram', '64M', '--qmp', `unix:${join(dir, 'lsrc')}`]),
+    LivemigProcess.start(['--machine', machine, '--ram', '64M', '--qmp', `unix:${join(dir, 'ldst')}`, '--incoming', 'defer']),
   ];
   await Promise.all(procs.map((p) => p.waitFor('qmp')));
   return {
     src: await openQmp(join(dir, 'lsrc')),
     dst: await openQmp(join(dir, 'ldst')),
+    ...(withSpare ? { spare: await openQmp(join(dir, 'lspare')) } : {}),
     stop: async () => {
       for (const p of procs) await p.stop();
     },
   };
 }
 
-/** Migrate src -> dst over unix:PATH through QMP; returns the source's final query-migrate. */
-async function migrate(pair: Pair, migPath: string): Promise<QmpMessage> {
-  assert.deepEqual((await pair.dst.execute('migrate-incoming', { uri: `unix:${migPath}` })).return, {});
-  assert.deepEqual((await pair.src.execute('migrate', { uri: `unix:${migPath}` })).return, {});
+/**
+ * Migrate src -> dst over TCP through QMP, the destination on a port of its
+ * choosing, read back from its socket-address as tools do; returns the
+ * source's final query-migrate and the destination's socket-address.
+ */
+async function migrate(pair: Pair): Promise<{ info: QmpMessage; address: QmpMessage }> {
+  assert.deepEqual((await pair.dst.execute('migrate-incoming', { uri: 'tcp:127.0.0.1:0' })).return, {});
+  const [address] = (await pair.dst.execute('query-migrate')).return['socket-address'];
+  assert.deepEqual((await pair.src.execute('migrate', { uri: `tcp:${address.host}:${address.port}` })).return, {});
   const deadline = Date.now() + 60_000;
   for (;;) {
     const info = (await pair.src.execute('query-migrate')).return;
-    if (info.status === 'completed' || info.status === 'failed') return info;
+    if (info.status === 'completed' || info.status === 'failed') return { info, address };
     if (Date.now() > deadline) throw new Error('migration did not finish');
     await new Promise((r) => setTimeout(r, 50));
   }
@@ -145,8 +159,9 @@ test('query-migrate, capabilities and parameters: same names and types as QEMU 7
     assert.deepEqual((await ours.src.execute('query-migrate')).return, (await qemu.src.execute('query-migrate')).return, 'before any migration: {}');
     await parametersLikeQemu(qemu.dst, ours.dst);
 
-    const qInfo = await migrate(qemu, join(dir, 'q.sock'));
-    const lInfo = await migrate(ours, join(dir, 'l.sock'));
+    const { info: qInfo, address: qAddress } = await migrate(qemu);
+    const { info: lInfo, address: lAddress } = await migrate(ours);
+    assert.deepEqual({ ...lAddress, port: 'PORT' }, { ...qAddress, port: 'PORT' }, "socket-address of a tcp listener: QEMU's SocketAddress with ipv4");
     assert.equal(qInfo.status, 'completed');
     assert.equal(lInfo.status, 'completed');
     assertSameShape(lInfo, qInfo, 'query-migrate');
@@ -159,8 +174,346 @@ test('query-migrate, capabilities and parameters: same names and types as QEMU 7
     for (const p of pairs) {
       p.src.close();
       p.dst.close();
+      p.spare?.close();
       await p.stop();
     }
     await rm(dir, { recursive: true, force: true });
   }
+});
+
+// ---------- the side-by-side script ----------
+
+/** One reply or event the script saw, under a name both runs share. */
+interface Step {
+  name: string;
+  value: unknown;
+}
+
+interface Transcript {
+  steps: Step[];
+  /** Events in order, per side: names, and MIGRATION's status. */
+  srcEvents: string[];
+  dstEvents: string[];
+  /** The destination of the cancelled migration. */
+  spareEvents: string[];
+  eventMessages: QmpMessage[];
+  commandNames: string[];
+}
+
+
+/** The commands the script sends (query-commands must list them on both). */
+const SCRIPT_COMMANDS = [
+  'query-status', 'query-version', 'query-name', 'query-uuid', 'query-kvm', 'query-cpus-fast', 'query-machines', 'query-block',
+  'query-commands', 'query-migrate-capabilities', 'migrate-set-capabilities', 'query-migrate-parameters', 'migrate-set-parameters',
+  'human-monitor-command', 'migrate', 'migrate-incoming', 'query-migrate', 'migrate-continue', 'migrate_cancel', 'quit',
+];
+
+/** HMP commands the script sends, on both sides. */
+const HMP_COMMANDS = ['info status', 'info migrate', 'info migrate_parameters', 'info migrate_capabilities', 'info no-such-thing', 'no-such-command', 'info status extra'];
+
+/**
+ * The client script: what a management tool does with a fresh pair, one
+ * migration (with pause-before-switchover, so "during" is a fixed point), a
+ * migration to a refused port, and quit. Both runs use the same socket file
+ * names under their own directory, which is replaced by $DIR in texts.
+ */
+async function clientScript(pair: Pair, dir: string): Promise<Transcript> {
+  const steps: Step[] = [];
+  const record = (name: string, value: unknown): void => {
+    steps.push({ name, value: JSON.parse(JSON.stringify(value).split(dir).join('$DIR')) });
+  };
+  const run = async (side: 'src' | 'dst', command: string, args?: Record<string, unknown>, label = command): Promise<QmpMessage> => {
+    const reply = await pair[side].execute(command, args);
+    const { id: _id, ...rest } = reply;
+    record(`${side} ${label}`, rest);
+    return reply;
+  };
+  record('src greeting', pair.src.messages.find((m) => 'QMP' in m));
+  record('src qmp_capabilities', pair.src.messages.find((m) => 'return' in m));
+  for (const c of ['query-status', 'query-version', 'query-name', 'query-uuid', 'query-kvm', 'query-cpus-fast', 'query-machines', 'query-block', 'query-events']) await run('src', c);
+  const commandNames = ((await pair.src.execute('query-commands')).return as Array<{ name: string }>).map((c) => c.name);
+  await run('dst', 'query-status');
+
+  // Capabilities and parameters: read, set back as read (every one at its default), read again.
+  for (const side of ['src', 'dst'] as const) {
+    const caps = (await run(side, 'query-migrate-capabilities')).return;
+    await run(side, 'migrate-set-capabilities', { capabilities: caps }, 'migrate-set-capabilities (as read)');
+    await run(side, 'query-migrate-capabilities', undefined, 'query-migrate-capabilities (again)');
+    const params = (await run(side, 'query-migrate-parameters')).return;
+    await run(side, 'migrate-set-parameters', params, 'migrate-set-parameters (as read)');
+    await run(side, 'query-migrate-parameters', undefined, 'query-migrate-parameters (again)');
+  }
+  for (const line of HMP_COMMANDS) await run('src', 'human-monitor-command', { 'command-line': line }, `hmp '${line}'`);
+  await run('dst', 'human-monitor-command', { 'command-line': 'info status' }, "hmp 'info status'");
+
+  for (const side of ['src', 'dst'] as const) {
+    const on = [{ capability: 'events', state: true }, { capability: 'pause-before-switchover', state: side === 'src' }, { capability: 'xbzrle', state: true }];
+    await run(side, 'migrate-set-capabilities', { capabilities: on });
+  }
+  // A destination that is not there.
+  await run('src', 'migrate', { uri: 'tcp:127.0.0.1:1' }, 'migrate (refused)');
+  await pair.src.next((m) => m.event === 'MIGRATION' && m.data.status === 'failed');
+  await run('src', 'query-migrate', undefined, 'query-migrate (refused)');
+  await run('src', 'human-monitor-command', { 'command-line': 'info migrate' }, "hmp 'info migrate' (refused)");
+
+  // A migration cancelled at pre-switchover (to the spare destination, which then fails and exits).
+  const spare = pair.spare!;
+  await spare.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
+  const spareUri = `unix:${join(dir, 'spare.sock')}`;
+  await spare.execute('migrate-incoming', { uri: spareUri });
+  const cancelFrom = pair.src.messages.length;
+  await run('src', 'migrate', { uri: spareUri }, 'migrate (to be cancelled)');
+  await pair.src.next((m) => m.event === 'MIGRATION' && m.data.status === 'pre-switchover', cancelFrom);
+  await run('src', 'migrate_cancel');
+  await pair.src.next((m) => m.event === 'MIGRATION' && m.data.status === 'cancelled', cancelFrom);
+  await run('src', 'query-migrate', undefined, 'query-migrate (cancelled)');
+  await run('src', 'query-status', undefined, 'query-status (cancelled)');
+  await run('src', 'human-monitor-command', { 'command-line': 'info migrate' }, "hmp 'info migrate' (cancelled)");
+  await spare.next((m) => m.event === 'MIGRATION' && m.data.status === 'failed');
+  const spareEvents = spare.events().map((m) => (m.event === 'MIGRATION' ? `MIGRATION ${m.data.status}` : m.event));
+
+  // The migration.
+  await run('dst', 'query-migrate', undefined, 'query-migrate (before)');
+  const uri = `unix:${join(dir, 'mig.sock')}`;
+  await run('dst', 'migrate-incoming', { uri });
+  await run('dst', 'query-migrate', undefined, 'query-migrate (listening)');
+  await run('dst', 'human-monitor-command', { 'command-line': 'info migrate' }, "hmp 'info migrate' (listening)");
+  const from = pair.src.messages.length;
+  await run('src', 'migrate', { uri });
+  await pair.src.next((m) => m.event === 'MIGRATION' && m.data.status === 'pre-switchover', from);
+  await run('src', 'query-migrate', undefined, 'query-migrate (pre-switchover)');
+  await run('src', 'query-status', undefined, 'query-status (pre-switchover)');
+  await run('dst', 'query-migrate', undefined, 'query-migrate (receiving)');
+  await run('dst', 'human-monitor-command', { 'command-line': 'info migrate' }, "hmp 'info migrate' (receiving)");
+  await run('src', 'human-monitor-command', { 'command-line': 'info migrate' }, "hmp 'info migrate' (pre-switchover)");
+  await run('src', 'migrate-continue', { state: 'pre-switchover' });
+  await pair.src.next((m) => m.event === 'MIGRATION' && (m.data.status === 'completed' || m.data.status === 'failed'), from, 60_000);
+  await pair.dst.next((m) => m.event === 'MIGRATION' && (m.data.status === 'completed' || m.data.status === 'failed'), 0, 60_000);
+  for (const side of ['src', 'dst'] as const) {
+    await run(side, 'query-migrate', undefined, 'query-migrate (after)');
+    await run(side, 'query-status', undefined, 'query-status (after)');
+    await run(side, 'human-monitor-command', { 'command-line': 'info status' }, "hmp 'info status' (after)");
+  }
+  for (const side of ['src', 'dst'] as const) await run(side, 'human-monitor-command', { 'command-line': 'info migrate' }, "hmp 'info migrate' (after)");
+  await run('dst', 'quit');
+  const shutdown = (await pair.dst.next((m) => m.event === 'SHUTDOWN', 0, 10_000)).message;
+  const eventName = (m: QmpMessage): string => (m.event === 'MIGRATION' ? `MIGRATION ${m.data.status}` : m.event);
+  // How many passes run while the guest runs (between `active` and STOP) depends on the guest and the
+  // engine (QEMU: none for an idle guest, many for a busy one): those are left out; the pass at setup
+  // and the final one after STOP stay, runs of passes counting as one.
+  const collapse = (names: string[]): string[] => {
+    let live = false;
+    const kept = names.filter((n) => {
+      if (n === 'MIGRATION active') live = true;
+      if (n === 'STOP' || n.startsWith('MIGRATION ') && n !== 'MIGRATION active') live = false;
+      return !(live && n === 'MIGRATION_PASS');
+    });
+    return kept.filter((n, i) => !(n === 'MIGRATION_PASS' && kept[i - 1] === 'MIGRATION_PASS'));
+  };
+  return {
+    steps,
+    srcEvents: collapse(pair.src.events().map(eventName)),
+    dstEvents: collapse(pair.dst.events().map(eventName)),
+    spareEvents,
+    eventMessages: [...pair.src.events(), ...pair.dst.events(), shutdown],
+    commandNames,
+  };
+}
+
+/**
+ * Differences livemig makes on purpose, by path (a `*` matches one path
+ * element), and why. Anything else that differs fails the test.
+ */
+const ALLOWED: Array<{ path: RegExp; why: string }> = [
+  { path: /(^|\.)x-livemig-[a-z0-9-]+$/, why: "livemig's extensions are named x-livemig-* (QEMU's x- convention for what is not stable QAPI)" },
+  { path: /^src greeting\.QMP\.capabilities$/, why: 'livemig offers no out-of-band execution (QEMU offers oob); a client that asks for it is refused' },
+];
+
+const allowed = (path: string): boolean => ALLOWED.some((a) => a.path.test(path));
+
+/** Each difference of shape: keys present on one side only, and JSON types, recursively; arrays by their elements' keys. */
+function shapeDiffs(ours: unknown, qemus: unknown, path: string, out: string[]): void {
+  if (allowed(path)) return;
+  const lt = jsonType(ours);
+  const qt = jsonType(qemus);
+  if (lt !== qt) {
+    out.push(`${path}: livemig ${lt} ${JSON.stringify(ours)?.slice(0, 80)}, QEMU ${qt} ${JSON.stringify(qemus)?.slice(0, 80)}`);
+    return;
+  }
+  if (lt === 'object') {
+    const l = ours as Record<string, unknown>;
+    const q = qemus as Record<string, unknown>;
+    for (const key of Object.keys(l)) {
+      if (!(key in q)) {
+        if (!allowed(`${path}.${key}`)) out.push(`${path}.${key}: only livemig has it (${JSON.stringify(l[key])?.slice(0, 80)})`);
+      } else shapeDiffs(l[key], q[key], `${path}.${key}`, out);
+    }
+    for (const key of Object.keys(q)) if (!(key in l) && !allowed(`${path}.${key}`)) out.push(`${path}.${key}: only QEMU has it (${JSON.stringify(q[key])?.slice(0, 80)})`);
+  } else if (lt === 'array') {
+    const l = ours as unknown[];
+    const q = qemus as unknown[];
+    if (l.length === 0 || q.length === 0) {
+      if (l.length !== q.length && !allowed(path)) out.push(`${path}: livemig has ${l.length} elements, QEMU ${q.length}`);
+      return;
+    }
+    if (q.every((e) => jsonType(e) === 'object') && l.every((e) => jsonType(e) === 'object')) {
+      // Elements may carry optional keys (query-machines' alias): required are those every QEMU element has.
+      const qs = q as Array<Record<string, unknown>>;
+      const required = Object.keys(qs[0]!).filter((k) => qs.every((e) => k in e));
+      for (const [i, e] of (l as Array<Record<string, unknown>>).entries()) {
+        for (const k of required) if (!(k in e) && !allowed(`${path}[].${k}`)) out.push(`${path}[${i}].${k}: only QEMU has it`);
+        for (const [k, v] of Object.entries(e)) {
+          const model = qs.find((x) => k in x);
+          if (!model) {
+            if (!allowed(`${path}[].${k}`)) out.push(`${path}[${i}].${k}: only livemig has it`);
+          } else shapeDiffs(v, model[k], `${path}[].${k}`, out);
+        }
+      }
+    } else shapeDiffs(l[0], q[0], `${path}[]`, out);
+  }
+}
+
+/** A reply without livemig's x-livemig-* extensions (at any depth). */
+function withoutExtensions(value: unknown): unknown {
+  if (jsonType(value) !== 'object') return value;
+  return Object.fromEntries(Object.entries(value as Record<string, unknown>).filter(([k]) => !k.startsWith('x-livemig-')).map(([k, v]) => [k, withoutExtensions(v)]));
+}
+
+/** An HMP reply's layout: its lines with numbers as N and a failure's reason as REASON. */
+function hmpLayout(text: string): string[] {
+  return text
+    .split('\r\n')
+    .map((line) =>
+      line
+        .replace(/^(Migration status: failed) \(.*\)$/, '$1 (REASON)')
+        .replace(/: (on|off)$/, ': on|off')
+        .replace(/\d+(\.\d+)?/g, 'N'),
+    );
+}
+
+test('the same client script against QEMU 7.2 and livemig: every reply and event has the same shape', { skip: qemuSkipReason(), timeout: 240_000 }, async () => {
+  const root = await mkdtemp(join(tmpdir(), 'livemig-parity-'));
+  const pairs: Pair[] = [];
+  try {
+    const run = async (start: (dir: string) => Promise<Pair>, name: string): Promise<Transcript> => {
+      const dir = join(root, name);
+      await mkdir(dir);
+      const pair = await start(dir);
+      pairs.push(pair);
+      return clientScript(pair, dir);
+    };
+    const qemu = await run((dir) => qemuPair(dir, true), 'qemu');
+    const ours = await run((dir) => livemigPair(dir, 'none', true), 'livemig');
+    // LIVEMIG_PARITY_DUMP=FILE keeps both transcripts for reading side by side.
+    if (process.env.LIVEMIG_PARITY_DUMP) await writeFile(process.env.LIVEMIG_PARITY_DUMP, JSON.stringify({ qemu, livemig: ours }, null, 1));
+
+    // Every reply: same step names in the same order, same shapes.
+    assert.deepEqual(ours.steps.map((s) => s.name), qemu.steps.map((s) => s.name));
+    const diffs: string[] = [];
+    for (const [i, step] of ours.steps.entries()) {
+      const q = qemu.steps[i]!.value;
+      if (step.name.includes('hmp ')) {
+        const l = hmpLayout((step.value as QmpMessage).return);
+        const ql = hmpLayout((q as QmpMessage).return);
+        if (JSON.stringify(l) !== JSON.stringify(ql)) diffs.push(`${step.name}: livemig's lines ${JSON.stringify(l)}\n   QEMU's ${JSON.stringify(ql)}`);
+      } else shapeDiffs(step.value, q, step.name, diffs);
+    }
+    // Events: the same names and MIGRATION statuses in the same order, and the same shapes.
+    if (JSON.stringify(ours.srcEvents) !== JSON.stringify(qemu.srcEvents)) diffs.push(`source events: livemig ${ours.srcEvents.join(', ')}\n   QEMU ${qemu.srcEvents.join(', ')}`);
+    if (JSON.stringify(ours.spareEvents) !== JSON.stringify(qemu.spareEvents)) diffs.push(`cancelled destination's events: livemig ${ours.spareEvents.join(', ')}\n   QEMU ${qemu.spareEvents.join(', ')}`);
+    if (JSON.stringify(ours.dstEvents) !== JSON.stringify(qemu.dstEvents)) diffs.push(`destination events: livemig ${ours.dstEvents.join(', ')}\n   QEMU ${qemu.dstEvents.join(', ')}`);
+    for (const m of ours.eventMessages) {
+      const model = qemu.eventMessages.find((q) => q.event === m.event);
+      if (model) shapeDiffs(m, model, `event ${m.event}`, diffs);
+    }
+    for (const c of SCRIPT_COMMANDS) {
+      if (!ours.commandNames.includes(c)) diffs.push(`query-commands: livemig does not list ${c}`);
+      if (!qemu.commandNames.includes(c)) diffs.push(`query-commands: QEMU does not list ${c}`);
+    }
+    assert.deepEqual(diffs, [], `livemig differs from QEMU 7.2 in ${diffs.length} places:\n${diffs.join('\n')}`);
+
+    // Some values must be equal too, not only shapes.
+    const value = (t: Transcript, name: string): any => t.steps.find((s) => s.name === name)!.value;
+    for (const name of ['src query-status', 'dst query-status', 'src query-status (cancelled)', 'src query-migrate (cancelled)', 'src query-status (pre-switchover)', 'src query-status (after)', 'dst query-status (after)', 'dst query-migrate (before)', 'src query-kvm', 'src query-name', 'src query-uuid', 'src query-events']) {
+      const l = value(ours, name);
+      const q = value(qemu, name);
+      if (name === 'src query-kvm') assert.deepEqual(l, { return: { enabled: false, present: false } }, 'no KVM in livemig (QEMU here may have it present)');
+      else if (name === 'src query-events') assert.deepEqual(l.error.class, q.error.class, 'QEMU 7.2 has no query-events (removed in 4.0): CommandNotFound on both');
+      else assert.deepEqual(withoutExtensions(l), q, name);
+    }
+    for (const hmp of ["src hmp 'info status'", "src hmp 'info migrate_capabilities'", "src hmp 'info no-such-thing'", "src hmp 'no-such-command'", "src hmp 'info status extra'", "dst hmp 'info status'", "src hmp 'info status' (after)", "dst hmp 'info status' (after)"]) {
+      assert.equal(value(ours, hmp).return.replace(/zero-blocks: on|return-path: on/g, (s: string) => s.replace('on', 'off')), value(qemu, hmp).return, `${hmp}: the same text (livemig's defaults zero-blocks and return-path on aside)`);
+    }
+    assert.equal(value(ours, 'src query-migrate (refused)').return.ram, undefined, 'a refused connection: no figures');
+    assert.deepEqual(value(ours, 'dst query-migrate (listening)').return['socket-address'], value(qemu, 'dst query-migrate (listening)').return['socket-address'], 'the same socket-address (same path under $DIR)');
+    const shutdown = ours.eventMessages.find((m) => m.event === 'SHUTDOWN')!;
+    assert.deepEqual(shutdown.data, { guest: false, reason: 'host-qmp-quit' });
+  } finally {
+    for (const p of pairs) {
+      p.src.close();
+      p.dst.close();
+      p.spare?.close();
+      await p.stop();
+    }
+    await rm(root, { recursive: true, force: true });
+  }
+});
+
+test("a machine with a vCPU and a disk: query-block (a raw image on virtio-blk), query-cpus-fast and query-machines in QEMU 7.2's shapes", { skip: qemuSkipReason(), timeout: 60_000 }, async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'livemig-parity-block-'));
+  const image = join(dir, 'd0.raw');
+  await writeFile(image, Buffer.alloc(0));
+  await truncate(image, 1 << 20);
+  const qemu = spawn(QEMU_BINARY, ['-M', 'pc', '-S', '-m', '64M', '-nodefaults', '-display', 'none', '-qmp', `unix:${join(dir, 'q')},server=on,wait=off`,
+    '-drive', `if=none,id=d0,file=${image},format=raw`, '-device', 'virtio-blk-pci,drive=d0']);
+  const ours = LivemigProcess.start(['--machine', 'test', '--ram', '16M', '--disk', `${join(dir, 'l0.raw')},size=1M,id=d0`, '--qmp', `unix:${join(dir, 'l')}`]);
+  try {
+    await ours.waitFor('qmp');
+    const qemuQmp = await openQmp(join(dir, 'q'));
+    const ourQmp = await openQmp(join(dir, 'l'));
+    const q = (await qemuQmp.execute('query-block')).return;
+    const l = (await ourQmp.execute('query-block')).return;
+    const cpus = { qemu: (await qemuQmp.execute('query-cpus-fast')).return, ours: (await ourQmp.execute('query-cpus-fast')).return };
+    const machines = { qemu: (await qemuQmp.execute('query-machines')).return, ours: (await ourQmp.execute('query-machines')).return };
+    qemuQmp.close();
+    ourQmp.close();
+    assert.equal(cpus.ours.length, 1, "the test machine's one vCPU");
+    assert.deepEqual(machines.ours.map((m: { name: string }) => m.name).sort(), ['none', 'test', 'v86']);
+    const cpuDiffs: string[] = [];
+    shapeDiffs(cpus.ours, cpus.qemu, 'query-cpus-fast', cpuDiffs);
+    shapeDiffs(machines.ours, machines.qemu, 'query-machines', cpuDiffs);
+    assert.deepEqual(cpuDiffs, [], cpuDiffs.join('\n'));
+    assert.equal(l.length, 1);
+    assert.equal(l[0].device, 'd0');
+    assert.equal(l[0].inserted.image['virtual-size'], 1 << 20);
+    const diffs: string[] = [];
+    shapeDiffs(l, q, 'query-block', diffs);
+    // QEMU's qdev is the device's QOM path; livemig's disks belong to the guest, which has no QOM tree.
+    assert.deepEqual(diffs, ['query-block[0].qdev: only QEMU has it'], diffs.join('\n'));
+  } finally {
+    qemu.kill('SIGKILL');
+    await ours.stop();
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test("query-migrate in setup, after a refused connection, failed and cancelled: over QMP only what QEMU 7.2 shows then (and livemig's x-livemig-*)", () => {
+  const base = { elapsedMs: 12, dirtyPagesRate: 0, mbps: 0, pagesPerSecond: 0, xbzrle: false, throttlePercent: 0, expectedDowntimeMs: 300 };
+  const qmp = (s: OutgoingSnapshot): unknown => qmpOutgoingInfo(outgoingInfo(s));
+  // QEMU 7.2 right after `migrate`: {"status": "setup"} (fill_source_migration_info has no figures in setup).
+  assert.deepEqual(qmp({ ...base, status: 'setup' }), { status: 'setup' });
+  // A refused connection: no figures, also for the CLI (nothing was sent).
+  const refused = outgoingInfo({ ...base, status: 'failed', error: new MigrationError('transport', 'cannot connect') });
+  assert.deepEqual(refused, { status: 'failed', 'error-desc': 'cannot connect', 'x-livemig-error-code': 'transport' });
+  // Failed or cancelled later: QMP as QEMU (status, and why); the CLI's outgoingInfo keeps the figures.
+  const failed = { ...base, status: 'failed' as const, setupTimeMs: 3, error: new MigrationError('transport', 'connection reset') };
+  assert.deepEqual(qmp(failed), { status: 'failed', 'error-desc': 'connection reset', 'x-livemig-error-code': 'transport' });
+  assert.equal(outgoingInfo(failed)['total-time'], 12);
+  assert.deepEqual(qmp({ ...base, status: 'cancelled', setupTimeMs: 3, error: new MigrationError('cancelled', 'migration cancelled') }), { status: 'cancelled', 'x-livemig-error-code': 'cancelled' });
+});
+
+test("socket-address: QEMU's SocketAddress, the listener's family as ipv4 or ipv6", () => {
+  assert.deepEqual(socketAddress('tcp:127.0.0.1:4444'), { type: 'inet', host: '127.0.0.1', port: '4444', ipv4: true });
+  assert.deepEqual(socketAddress('tcp:[::1]:4444'), { type: 'inet', host: '::1', port: '4444', ipv6: true });
+  assert.deepEqual(socketAddress('unix:/run/mig.sock'), { type: 'unix', path: '/run/mig.sock' });
 });

@@ -2,11 +2,15 @@
 /** The `livemig` command. */
 import { Command } from 'commander';
 import { analyzeCommand } from './analyze-command.js';
+import { reportCommand } from './report-command.js';
 import { registerBenchCommand } from './bench-command.js';
 import { describeGuestTypes, guestTypes } from '../guests/index.js';
 import { demoCommand, type DemoOptions } from './demo-command.js';
 import { registerMigrateCommands } from './migrate-command.js';
 import { runCommand } from './run-command.js';
+import { restoreTerminalOnExit } from './terminal.js';
+
+restoreTerminalOnExit();
 
 // A reader that went away (`livemig run --json | head`) is not a crash: stop quietly, as a shell tool does.
 for (const stream of [process.stdout, process.stderr]) {
@@ -58,6 +62,9 @@ program
   .option('--guest <guest>', guestVariants)
   .option('--kernel <path>', 'v86: a multiboot kernel to boot instead of ours')
   .option('--serial-stdin', 'type standard input into the serial console')
+  .option('--serial <target>', "the guest's serial output: stdio (stdout; livemig's own lines then go to stderr), none, or FILE (appended; livemig's lines stay on stdout)", 'stdio')
+  .option('--name <name>', "the VM's name (as QEMU -name): the metrics' name label", 'livemig')
+  .option('--metrics <address>', 'serve Prometheus metrics (KubeVirt names plus livemig_*) at http://HOST:PORT/metrics: tcp:HOST:PORT (port 0 picks one)')
   .option('--ram <size>', 'guest RAM (e.g. 128M, 1G)', '128M')
   .option('--incoming <uri>', "wait for a migration on URI (tcp:HOST:PORT, unix:PATH, exec:CMD, file:PATH), or 'defer' for QMP migrate-incoming")
   .option('--qmp <uri>', 'serve the QMP monitor on unix:PATH (owner-only) or tcp:HOST:PORT[,tls-creds=ID[,tls-authz=ID]]')
@@ -79,6 +86,15 @@ program
   .action(async (options) => {
     process.exitCode = await runCommand(options);
     process.exit();
+  });
+
+program
+  .command('report')
+  .description('draw one migration from its JSON lines (livemig run --migrate-to ... --json, or livemig migrate --json) as a self-contained HTML page')
+  .argument('<events>', "the JSON lines file ('-' for standard input)")
+  .option('-o, --output <file>', 'the HTML file to write', 'report.html')
+  .action(async (events: string, options: { output: string }) => {
+    process.exitCode = await reportCommand(events, options);
   });
 
 registerMigrateCommands(program);

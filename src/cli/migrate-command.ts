@@ -17,6 +17,7 @@ import { parseQmpAddress, qmpClientTls } from './qmp-address.js';
 import { performance } from 'node:perf_hooks';
 import { MIGRATION_FINAL_STATES, MIGRATION_WAIT_STATES, QmpClient, QmpError, type MigrationInfo, type QmpEvent } from '../monitor/qmp-client.js';
 import { parseCapabilityArgs, parseParameterArgs, type CapabilitySetting } from '../migration/config.js';
+import { MigrationMetrics, parseMetricsAddress, serveMetrics, type MetricsAddress, type MetricsEndpoint } from '../monitor/metrics.js';
 import { ProgressDisplay, buildReport, figuresOf, formatMigrationInfo, formatReport, progressOf, reportJson } from './progress.js';
 import { ProgressModel, type ProgressReport, type ProgressSettings } from '../migration/progress-model.js';
 
@@ -47,6 +48,8 @@ export function registerMigrateCommands(program: Command): void {
     .option('--interval-ms <ms>', 'how often to ask query-migrate', String(DEFAULT_POLL_INTERVAL_MS))
     .option('--postcopy-after-ms <ms>', 'switch to postcopy (migrate-start-postcopy) this long after migrate; needs --cap postcopy-ram on both sides')
     .option('--resume', "resume a paused postcopy migration to DEST_URI, the destination's migrate-recover address (livemig recover)")
+    .option('--metrics <address>', "serve Prometheus metrics from the source's query-migrate at http://HOST:PORT/metrics while migrating: tcp:HOST:PORT")
+    .option('--name <name>', "the metrics' name label (default: the VM's query-name, else livemig)")
     .addHelpText(
       'after',
       '\nCtrl-C asks "Cancel the migration? [y/N]" (a second Ctrl-C at the question cancels at once);\n' +
@@ -98,6 +101,8 @@ export interface MigrateOptions {
   blk?: boolean;
   postcopyAfterMs?: string;
   resume?: boolean;
+  metrics?: string;
+  name?: string;
 }
 
 /** `livemig recover`: QMP migrate-recover on a destination whose postcopy paused. */
@@ -142,6 +147,7 @@ async function connectOrComplain(qmp: string, objectTexts: readonly string[] = [
 
 export async function migrateCommand(destUri: string, options: MigrateOptions): Promise<number> {
   let settings: RunSettings;
+  let metricsAddress: MetricsAddress | undefined;
   try {
     // Scope 'qmp': the monitor may be a QEMU's with parameters livemig lacks; it checks the values.
     const capabilities = parseCapabilityArgs(options.cap ?? [], 'qmp');
@@ -157,18 +163,34 @@ export async function migrateCommand(destUri: string, options: MigrateOptions): 
       ...(options.postcopyAfterMs !== undefined ? { postcopyAfterMs: parseMs(options.postcopyAfterMs, '--postcopy-after-ms', 0) } : {}),
       intervalMs: parseMs(options.intervalMs ?? String(DEFAULT_POLL_INTERVAL_MS), '--interval-ms', 10),
     };
+    metricsAddress = options.metrics !== undefined ? parseMetricsAddress(options.metrics) : undefined;
   } catch (err) {
     complain(message(err));
     return 2;
   }
   const client = await connectOrComplain(options.qmp, options.object);
   if (!client) return 2;
+  let metricsEndpoint: MetricsEndpoint | undefined;
   try {
+    if (metricsAddress) {
+      // Every scrape asks the source (QEMU or livemig) itself, as virt-handler asks libvirt.
+      const name = options.name ?? (await client.execute<{ name?: string }>('query-name').then((r) => r.name, () => undefined)) ?? 'livemig';
+      settings.metrics = new MigrationMetrics({ name, queryMigrate: () => client.execute<MigrationInfo>('query-migrate') });
+      metricsEndpoint = await serveMetrics(metricsAddress, settings.metrics).catch((err: unknown) => {
+        complain(message(err));
+        return undefined;
+      });
+      if (!metricsEndpoint) return 2;
+      // Stdout stays query-migrate answers with --json: the URL goes to stderr then, if the port was picked here.
+      if (!settings.json) process.stdout.write(`Metrics on ${metricsEndpoint.url}\n`);
+      else if (metricsAddress.port === 0) process.stderr.write(`livemig: metrics on ${metricsEndpoint.url}\n`);
+    }
     return await new MigrationRun(client, settings).run();
   } catch (err) {
     complain(`${message(err)} (the migration's outcome is unknown)`);
     return 2;
   } finally {
+    await metricsEndpoint?.close();
     await client.close();
   }
 }
@@ -182,6 +204,8 @@ interface RunSettings {
   blk: boolean;
   resume: boolean;
   postcopyAfterMs?: number;
+  /** --metrics: told every status seen (start and end times, outcomes). */
+  metrics?: MigrationMetrics;
 }
 
 type CancelState = 'none' | 'asking' | 'sent' | 'abandoned';
@@ -190,6 +214,8 @@ type CancelState = 'none' | 'asking' | 'sent' | 'abandoned';
 class MigrationRun {
   private passFromEvents = 0;
   private lastRam: MigrationInfo['ram'];
+  /** Likewise the disks' figures: the report says how much of them went out before a failure. */
+  private lastDisk: MigrationInfo['disk'];
   private startedAtMs = 0;
   /** A non-final status was seen since `migrate` (so a final one is this migration's). */
   private sawThisMigration = false;
@@ -299,7 +325,9 @@ class MigrationRun {
   }
 
   private show(info: MigrationInfo): void {
+    this.settings.metrics?.observe(info.status, info['total-time']);
     if (info.ram) this.lastRam = info.ram;
+    if (info.disk) this.lastDisk = info.disk;
     if (this.settings.json) {
       // A QEMU source has no x-livemig-progress: the same model, derived here, so scripts read one shape.
       this.lastProgress = progressOf(info, this.elapsedMs(), this.model);
@@ -313,8 +341,10 @@ class MigrationRun {
 
   private finish(info: MigrationInfo, reason?: string): number {
     // QEMU drops the RAM figures of a cancelled migration; what was sent until then still counts.
-    const withRam = info.ram || !this.lastRam ? info : { ...info, ram: this.lastRam };
+    const withRam0 = info.ram || !this.lastRam ? info : { ...info, ram: this.lastRam };
+    const withRam = withRam0.disk || !this.lastDisk ? withRam0 : { ...withRam0, disk: this.lastDisk };
     const report = buildReport(withRam, this.passFromEvents, this.elapsedMs(), this.lastProgress, this.progressSettings.downtimeLimitMs);
+    if (this.settings.blk) report.disksRequested = true;
     this.closePrompt?.();
     this.display?.stop();
     if (this.settings.json) process.stdout.write(JSON.stringify(reportJson(report)) + '\n');
@@ -489,7 +519,10 @@ export async function cancelCommand(options: { qmp: string; json?: boolean; time
       const status = info.status ?? 'none';
       if (SETTLED_STATES.has(status)) {
         if (options.json) process.stdout.write(JSON.stringify(info) + '\n');
-        else process.stdout.write(`status: ${status}${info['error-desc'] ? ` (${info['error-desc']})` : ''}\n`);
+        else {
+          const why = info['error-desc'] ?? (info['x-livemig-error-desc'] as string | undefined);
+          process.stdout.write(`status: ${status}${why ? ` (${why})` : ''}\n`);
+        }
         return 0;
       }
       if (performance.now() > deadline) {

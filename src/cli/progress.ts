@@ -87,7 +87,9 @@ export function figuresOf(info: MigrationInfo, passFromEvents: number, localElap
     expectedDowntimeMs: info['expected-downtime'],
     throttlePercent: info['cpu-throttle-percentage'],
   };
-  if (info['error-desc'] !== undefined) figures.errorDesc = info['error-desc'];
+  // QEMU's QMP gives no error-desc for a cancel; a livemig source keeps who cancelled in x-livemig-error-desc.
+  const why = info['error-desc'] ?? (info['x-livemig-error-desc'] as string | undefined);
+  if (why !== undefined) figures.errorDesc = why;
   const progress = progressOf(info, localElapsedMs, model);
   figures.progress = progress;
   // QEMU adds a zeroed `ram` to a migration that failed before it began: no figures to draw.
@@ -362,6 +364,8 @@ export interface MigrationReport {
   diskBytes?: number;
   /** Block migration: bytes of the bulk copy sent (all of diskBytes only when completed). */
   diskTransferredBytes?: number;
+  /** The disks were to be copied (migrate blk), whether or not figures for them arrived. */
+  disksRequested?: boolean;
   passes: number;
   /** The progress model's last percent (never more than where it got). */
   percent?: number;
@@ -379,7 +383,8 @@ export function buildReport(info: MigrationInfo, passFromEvents: number, wallTim
     passes: Math.max(ram?.['dirty-sync-count'] ?? 0, passFromEvents),
     wallTimeMs,
   };
-  if (info['error-desc'] !== undefined) report.errorDesc = info['error-desc'];
+  const why = info['error-desc'] ?? (info['x-livemig-error-desc'] as string | undefined);
+  if (why !== undefined) report.errorDesc = why;
   if (info['total-time'] !== undefined) report.totalTimeMs = info['total-time'];
   if (info.downtime !== undefined) report.downtimeMs = info.downtime;
   if (info['setup-time'] !== undefined) report.setupTimeMs = info['setup-time'];
@@ -442,6 +447,8 @@ export function formatReport(report: MigrationReport): string {
   if (report.diskBytes !== undefined) {
     const copied = report.diskTransferredBytes ?? 0;
     row('disks', report.status === 'completed' ? `${formatBytes(report.diskBytes)} copied` : `${formatBytes(copied)} of ${formatBytes(report.diskBytes)} sent, not copied (the migration ${report.status})`);
+  } else if (report.disksRequested && report.status !== 'completed') {
+    row('disks', `not copied (the migration ${report.status})`);
   }
   row('passes', String(report.passes));
   return lines.join('\n');

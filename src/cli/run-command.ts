@@ -8,6 +8,7 @@
 import { queryMigrate, type MigrationInfo } from '../monitor/query-migrate.js';
 import { checkMemory, ramSha256 } from '../machine/index.js';
 import { createGuest, type Guest } from '../guests/index.js';
+import { guestTypes } from '../guests/registry.js';
 import { MigrationConfig, OutgoingMigration } from '../migration/index.js';
 import { MachineMonitor } from '../monitor/machine-monitor.js';
 import { ObjectRegistry } from '../security/index.js';
@@ -15,6 +16,8 @@ import { parseQmpAddress, qmpServerTls } from './qmp-address.js';
 import { formatBytes } from './format.js';
 import { parseDiskSpec } from './disk-spec.js';
 import { parseSize } from '../migration/size.js';
+import { MigrationMetrics, parseMetricsAddress, serveMetrics, type MetricsEndpoint } from '../monitor/metrics.js';
+import { createWriteStream, type WriteStream } from 'node:fs';
 import { figuresOf, formatDiagnosis, formatProgressLine } from './progress.js';
 import { explainDowntime } from '../migration/progress-model.js';
 
@@ -44,6 +47,29 @@ export interface RunOptions {
   postcopyAfterMs?: string;
   /** False with -S: a destination stays paused after the migration until `cont`. */
   autostart: boolean;
+  /** `--serial stdio|none|FILE`: where the guest's serial output goes (see serialTarget). */
+  serial?: string;
+  /** `--metrics tcp:HOST:PORT`: serve Prometheus metrics there. */
+  metrics?: string;
+  /** `--name NAME` (QEMU's -name): the VM's name, the metrics' `name` label. */
+  name?: string;
+}
+
+/**
+ * Where the guest's serial bytes go, and then where livemig's own lines go. As QEMU's
+ * `-serial stdio`, the default puts the guest's console on stdout; livemig's status
+ * lines then go to stderr, so neither stream cuts into the other (`run | tee console.log`
+ * keeps the guest's bytes alone). With a file or none, stdout is free for the status lines.
+ * `--json` keeps its one stream of events (serial as `serial` events) unless a file or
+ * none is asked for.
+ */
+type SerialTarget = { kind: 'stdio' } | { kind: 'none' } | { kind: 'file'; path: string };
+
+export function parseSerialOption(text: string | undefined): SerialTarget {
+  if (text === undefined || text === 'stdio') return { kind: 'stdio' };
+  if (text === 'none' || text === 'null') return { kind: 'none' };
+  if (text === '') throw new Error("--serial: give stdio, none or a file's path");
+  return { kind: 'file', path: text.startsWith('file:') ? text.slice(5) : text };
 }
 
 export async function runCommand(options: RunOptions): Promise<number> {
@@ -53,9 +79,44 @@ export async function runCommand(options: RunOptions): Promise<number> {
   // So are the objects: a missing certificate or a bad keys.psk is reported before anything runs.
   const objects = new ObjectRegistry();
   for (const text of options.object ?? []) objects.addFromText(text);
-  const emit = (event: string, data: Record<string, unknown>, human: string): void => {
-    process.stdout.write(options.json ? JSON.stringify({ event, ...data }) + '\n' : human + '\n');
+  const serialTarget = parseSerialOption(options.serial);
+  const metricsAddress = options.metrics !== undefined ? parseMetricsAddress(options.metrics) : undefined;
+  const serialFile = serialTarget.kind === 'file' ? await openSerialFile(serialTarget.path) : undefined;
+  // Human lines go where the serial output does not (see SerialTarget).
+  const statusStream = !options.json && serialTarget.kind === 'stdio' ? process.stderr : process.stdout;
+  // On one terminal two streams still meet: a status line starts on a line of its own.
+  const sameTerminal = statusStream !== process.stdout && process.stdout.isTTY === true && process.stderr.isTTY === true;
+  let serialLineOpen = false;
+  const writeLine = (stream: NodeJS.WriteStream, text: string): void => {
+    if (serialLineOpen && (stream === process.stdout || sameTerminal)) {
+      text = '\n' + text;
+      serialLineOpen = false;
+    }
+    stream.write(text + '\n');
   };
+  const emit = (event: string, data: Record<string, unknown>, human: string): void => {
+    if (options.json) process.stdout.write(JSON.stringify({ event, ...data }) + '\n');
+    else writeLine(statusStream, human);
+  };
+  // An error or warning: once, on stderr (and, with --json, as its event for scripts).
+  const complain = (text: string, event?: { name: string; data: Record<string, unknown> }): void => {
+    if (options.json && event) process.stdout.write(JSON.stringify({ event: event.name, ...event.data }) + '\n');
+    writeLine(process.stderr, `livemig: ${text}`);
+  };
+  // The monitor comes with the guest; the endpoint listens first, so a taken port costs no guest start.
+  let monitorForMetrics: MachineMonitor | undefined;
+  let metricsObserver: MigrationMetrics | undefined;
+  let metricsEndpoint: MetricsEndpoint | undefined;
+  if (metricsAddress) {
+    const metrics = new MigrationMetrics({
+      name: options.name ?? 'livemig',
+      queryMigrate: () => monitorForMetrics?.queryMigrate() ?? {},
+      downtimePhasesMs: () => monitorForMetrics?.migration.switchover?.downtimePhasesMs,
+      setupMeansListening: options.incoming !== undefined,
+    });
+    metricsEndpoint = await serveMetrics(metricsAddress, metrics);
+    metricsObserver = metrics;
+  }
   const guest = await createGuest({
     machine: options.machine,
     ...(options.guest !== undefined ? { guest: options.guest } : {}),
@@ -67,14 +128,20 @@ export async function runCommand(options: RunOptions): Promise<number> {
     ...(options.disk !== undefined ? { disk: parseDiskSpec(options.disk), diskRateBlocksPerSecond: Number(options.diskRate), diskPattern: options.diskPattern } : {}),
   });
   const machine = guest.machine;
+  if (metricsEndpoint) emit('metrics', { url: metricsEndpoint.url }, `metrics on ${metricsEndpoint.url}`);
   if (options.serialStdin && guest.writeSerial) {
     process.stdin.setEncoding('utf8').on('data', (text: string) => guest.writeSerial!(text));
   }
   let serialBytes = 0;
   machine.serial.on('data', (chunk: Buffer) => {
     serialBytes += chunk.length;
-    if (!options.json) process.stdout.write(chunk.toString('latin1'));
-    else emit('serial', { text: chunk.toString('latin1') }, '');
+    if (serialTarget.kind === 'none') return;
+    if (serialFile) serialFile.write(chunk);
+    else if (options.json) emit('serial', { text: chunk.toString('latin1') }, '');
+    else {
+      process.stdout.write(chunk.toString('latin1'));
+      serialLineOpen = chunk[chunk.length - 1] !== 0x0a;
+    }
   });
   const monitor = new MachineMonitor(machine, {
     ...(options.incoming !== undefined ? { incoming: options.incoming } : {}),
@@ -88,11 +155,21 @@ export async function runCommand(options: RunOptions): Promise<number> {
     // both ends, as QEMU's migrate-set-* before migrate-incoming), and one started later over QMP.
     config,
     objects,
+    machineTypes: guestTypes().map((t) => ({ name: t.name, isDefault: t.name === 'test' })),
   });
-  monitor.on('warning', (text) => process.stderr.write(`livemig: warning: ${text}\n`));
+  monitorForMetrics = monitor;
+  if (metricsObserver) {
+    const observer = metricsObserver;
+    monitor.migration.on('status', (status) => observer.observe(status));
+    monitor.on('incomingStatus', (status) => observer.observe(status));
+    monitor.on('incoming', (result) => observer.observe(result.status));
+  }
+  monitor.on('warning', (text) => complain(`warning: ${text}`));
   const stop = new Promise<number>((resolve) => {
-    process.once('SIGINT', () => resolve(130));
-    process.once('SIGTERM', () => resolve(0));
+    // As QEMU, a monitor client hears SHUTDOWN (reason host-signal) before the monitor closes.
+    const shutdownEvent = (): void => monitor.server.emitEvent('SHUTDOWN', { guest: false, reason: 'host-signal' });
+    process.once('SIGINT', () => (shutdownEvent(), resolve(130)));
+    process.once('SIGTERM', () => (shutdownEvent(), resolve(0)));
     monitor.once('quit', () => resolve(0));
     if (options.exitAfterMs !== undefined) setTimeout(() => resolve(0), Number(options.exitAfterMs)).unref();
   });
@@ -111,28 +188,41 @@ export async function runCommand(options: RunOptions): Promise<number> {
       const qmpAddress = parseQmpAddress(options.qmp);
       const address = await monitor.server.listen(qmpAddress.uri, {
         ...qmpServerTls(qmpAddress, objects),
-        onWarning: (text) => process.stderr.write(`livemig: warning: ${text}\n`),
+        onWarning: (text) => complain(`warning: ${text}`),
       });
       emit('qmp', { address }, `QMP monitor on ${address}`);
     }
     if (options.incoming) {
-      return await runIncoming(guest, monitor, options.incoming, options.verify === true, emit, stop);
+      return await runIncoming(guest, monitor, options.incoming, options.verify === true, emit, complain, stop);
     }
-    if (options.migrateTo) return await runOutgoing(guest, monitor.migration, options, emit, () => serialBytes, stop);
+    if (options.migrateTo) return await runOutgoing(guest, monitor.migration, options, emit, complain, () => serialBytes, stop);
     // From the blocks, not guest.memory(): handing RAM out costs the test machine its never-written pages.
     const ramBytes = machine.ramBlocks().reduce((sum, block) => sum + block.lengthBytes, 0);
     emit('running', { machine: machine.machineName, ramBytes }, `guest running: ${formatBytes(ramBytes)} of RAM; Ctrl-C stops it`);
     return await stop;
   } finally {
     clearInterval(guestTicker);
+    await metricsEndpoint?.close();
     await monitor.server.close();
     await machine.destroy();
+    if (serialFile) await new Promise<void>((resolve) => serialFile.end(resolve));
   }
 }
 
 type Emit = (event: string, data: Record<string, unknown>, human: string) => void;
+type Complain = (text: string, event?: { name: string; data: Record<string, unknown> }) => void;
 
-async function runIncoming(guest: Guest, monitor: MachineMonitor, uri: string, verify: boolean, emit: Emit, stop: Promise<number>): Promise<number> {
+/** Opened before the guest starts, so a bad path is reported before anything runs. */
+async function openSerialFile(path: string): Promise<WriteStream> {
+  const stream = createWriteStream(path, { flags: 'a' });
+  await new Promise<void>((resolve, reject) => {
+    stream.once('open', () => resolve());
+    stream.once('error', (err: NodeJS.ErrnoException) => reject(new Error(`--serial ${path}: ${err.code === 'ENOENT' ? 'no such directory' : err.code === 'EACCES' ? 'permission denied' : err.message}`)));
+  });
+  return stream;
+}
+
+async function runIncoming(guest: Guest, monitor: MachineMonitor, uri: string, verify: boolean, emit: Emit, complain: Complain, stop: Promise<number>): Promise<number> {
   // --verify: copy RAM as loaded into a buffer prepared in advance (a memcpy in
   // the downtime), and hash and check the copy once the guest runs again.
   const shadow = verify ? Buffer.alloc(guest.memory().length) : undefined;
@@ -152,8 +242,7 @@ async function runIncoming(guest: Guest, monitor: MachineMonitor, uri: string, v
   monitor.on('listening', (address) => emit('listening', { address }, `waiting for a migration on ${address}`));
   monitor.on('incomingStatus', (status, error) => {
     if (status === 'postcopy-paused') {
-      emit('postcopy-paused', { error: error?.message, code: error?.code }, `incoming migration postcopy-paused: ${error?.message}`);
-      process.stderr.write(`livemig: incoming migration postcopy-paused: ${error?.message}\n`);
+      complain(`incoming migration postcopy-paused: ${error?.message}`, { name: 'postcopy-paused', data: { error: error?.message, code: error?.code } });
     } else if (status === 'postcopy-recover' || status === 'postcopy-active') {
       emit(status, {}, `incoming migration ${status}`);
     }
@@ -164,12 +253,11 @@ async function runIncoming(guest: Guest, monitor: MachineMonitor, uri: string, v
     monitor.once('incoming', (r) => {
       if (r.status !== 'completed') {
         // The guest was not started here; the source keeps (or resumes) it.
-        emit(r.status, { error: r.error?.message, code: r.error?.code }, `incoming migration ${r.status}: ${r.error?.message}; the guest was not started here`);
-        process.stderr.write(`livemig: incoming migration ${r.status}: ${r.error?.message}\n`);
+        complain(`incoming migration ${r.status}: ${r.error?.message}; the guest was not started here`, { name: r.status, data: { error: r.error?.message, code: r.error?.code } });
         resolve(1);
         return;
       }
-      if (r.warning) process.stderr.write(`livemig: warning: ${r.warning}\n`);
+      if (r.warning) complain(`warning: ${r.warning}`);
       emit('resumed', { started: r.started, loadTimeMs: Math.round(r.loadTimeMs), bytes: r.bytes }, `migration completed: ${formatBytes(r.bytes)} received; guest ${r.started ? 'running' : 'left paused'}`);
       resolve(stop);
     });
@@ -180,7 +268,7 @@ async function runIncoming(guest: Guest, monitor: MachineMonitor, uri: string, v
   return Promise.race([result, stop]);
 }
 
-async function runOutgoing(guest: Guest, migration: OutgoingMigration, options: RunOptions, emit: Emit, serialBytes: () => number, stop: Promise<number>): Promise<number> {
+async function runOutgoing(guest: Guest, migration: OutgoingMigration, options: RunOptions, emit: Emit, complain: Complain, serialBytes: () => number, stop: Promise<number>): Promise<number> {
   await new Promise((r) => setTimeout(r, Number(options.migrateAfterMs)));
   migration.on('status', (status) => emit('status', { status }, `migration: ${status}`));
   migration.on('pass', (pass) => emit('pass', { pass }, `migration: pass ${pass}`));
@@ -191,7 +279,7 @@ async function runOutgoing(guest: Guest, migration: OutgoingMigration, options: 
       try {
         migration.startPostcopy();
       } catch (err) {
-        process.stderr.write(`livemig: --postcopy-after-ms: ${(err as Error).message}\n`);
+        complain(`--postcopy-after-ms: ${(err as Error).message}`);
       }
     }, Number(options.postcopyAfterMs));
     void migration.finished.finally(() => clearTimeout(timer));
@@ -221,11 +309,11 @@ async function runOutgoing(guest: Guest, migration: OutgoingMigration, options: 
   const info = queryMigrate(migration);
   if (status === 'postcopy-paused') {
     // The destination runs the guest and needs pages only this process has: stay until told otherwise.
-    emit(status, { info }, `migration ${status}: ${info['error-desc'] ?? ''}`);
+    complain(`migration ${status}: ${info['error-desc'] ?? ''}`, { name: status, data: { info } });
     return await stop;
   }
   if (status !== 'completed') {
-    emit(status, { info }, `migration ${status}${reachedText(info)}: ${info['error-desc'] ?? 'no reason recorded'}`);
+    complain(`migration ${status}${reachedText(info)}: ${info['error-desc'] ?? (status === 'cancelled' ? 'cancelled on request' : 'no reason given')}`, { name: status, data: { info } });
     return 1;
   }
   emit('completed', { info, switchover: migration.switchover, ramHash: guest.ramHash(), serialBytes: serialBytes(), ...guest.progress() }, summary(info));

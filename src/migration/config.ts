@@ -324,6 +324,14 @@ export const QEMU_CAPABILITIES: readonly string[] = [
   'late-block-activate', 'x-ignore-shared', 'validate-uuid', 'background-snapshot', 'zero-copy-send', 'postcopy-preempt',
 ];
 
+/**
+ * Every QEMU 7.2 capability with its state, in QEMU's enum order (as
+ * query-migrate-capabilities lists them): the ones livemig does not implement are off.
+ */
+export function allCapabilities(caps: Readonly<MigrationCapabilities>): Array<{ capability: string; state: boolean }> {
+  return QEMU_CAPABILITIES.map((capability) => ({ capability, state: Object.hasOwn(caps, capability) ? (caps as unknown as Record<string, boolean>)[capability]! : false }));
+}
+
 // ---------- checking typed values (QMP) ----------
 
 /** The values of the parameters that take only their default; block-bitmap-mapping's is the empty mapping. */
@@ -409,8 +417,14 @@ export function applyParameters(current: Readonly<MigrationParameters>, update: 
 export function applyCapabilities(current: Readonly<MigrationCapabilities>, update: Partial<Record<string, unknown>>): MigrationCapabilities {
   const next: MigrationCapabilities = { ...current };
   for (const [name, value] of Object.entries(update)) {
-    if (!Object.hasOwn(DEFAULT_CAPABILITIES, name)) throw new ConfigError('unknown-capability', `Capability '${name}' is not supported`);
+    const implemented = Object.hasOwn(DEFAULT_CAPABILITIES, name);
+    if (!implemented && !QEMU_CAPABILITIES.includes(name)) throw new ConfigError('unknown-capability', `Capability '${name}' is not supported`);
     if (typeof value !== 'boolean') throw new ConfigError('invalid-value', `Capability '${name}' expects a boolean`);
+    if (!implemented) {
+      // Management tools set every capability QEMU lists, mostly off: off is what livemig does anyway.
+      if (value) throw new ConfigError('not-implemented', `livemig does not implement the capability '${name}'; only its default (off) is accepted`);
+      continue;
+    }
     (next as unknown as Record<string, boolean>)[name] = value;
   }
   return next;
@@ -509,7 +523,9 @@ export function parseCapabilityText(text: string, scope: ConfigScope = 'livemig'
   const state = eq < 0 ? true : booleanOf(text.slice(eq + 1));
   if (state === undefined) throw new ConfigError('bad-text', `${argument}: the value must be on or off (or true/false, yes/no)`);
   if (scope === 'livemig' && !Object.hasOwn(DEFAULT_CAPABILITIES, name)) {
-    if (QEMU_CAPABILITIES.includes(name)) throw new ConfigError('not-implemented', `${argument}: livemig does not implement QEMU's capability '${name}'`);
+    // Off is what livemig does anyway (and what QMP accepts for it); on is refused.
+    if (QEMU_CAPABILITIES.includes(name) && !state) return { capability: name, state };
+    if (QEMU_CAPABILITIES.includes(name)) throw new ConfigError('not-implemented', `${argument}: livemig does not implement QEMU's capability '${name}'; only its default (off) is accepted`);
     throw new ConfigError('unknown-capability', `${argument}: there is no migration capability '${name}' (livemig's: ${Object.keys(DEFAULT_CAPABILITIES).join(', ')})`);
   }
   return { capability: name, state };

@@ -21,6 +21,9 @@ import { DestinationHandover, HANDOVER_GO, UNCONFIRMED_ADVICE } from './handover
 import { DestinationPostcopy } from './postcopy-destination.js';
 import { PeerWatchdog, watchSource } from './liveness.js';
 import { DEFAULT_PARAMETERS } from './config.js';
+import createDebug from 'debug';
+
+const log = createDebug('livemig:incoming');
 
 export type IncomingStatus = 'none' | 'setup' | 'active' | 'postcopy-active' | 'postcopy-paused' | 'postcopy-recover' | 'completed' | 'failed' | 'cancelled';
 
@@ -110,6 +113,7 @@ export class IncomingMigration extends EventEmitter<IncomingEvents> {
   }
 
   private setStatus(status: IncomingStatus): void {
+    log('status %s -> %s', this.status, status);
     this.status = status;
     this.emit('status', status);
   }

@@ -36,6 +36,11 @@ import { decideSwitchover, INITIAL_SWITCHOVER_STATE } from './switchover.js';
 import { decidePostcopyAuto, INITIAL_POSTCOPY_AUTO_STATE } from './postcopy-policy.js';
 import { ACTIVE_STATES, canTransition, POSTCOPY_STATES, type MigrationStatus } from './state.js';
 import { ProgressModel, type ProgressReport } from './progress-model.js';
+import createDebug from 'debug';
+
+// DEBUG=livemig:migration (states, switchover decision) and livemig:ram (one line per pass, never per page).
+const log = createDebug('livemig:migration');
+const logRam = createDebug('livemig:ram');
 
 /** What the loop saw when it decided to switch over (for tests and post-mortems). */
 export interface SwitchoverRecord {
@@ -197,6 +202,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
 
   private transition(to: MigrationStatus): void {
     if (!canTransition(this.currentStatus, to)) throw new Error(`bug: migration state ${this.currentStatus} -> ${to}`);
+    log('status %s -> %s', this.currentStatus, to);
     this.currentStatus = to;
     this.emit('status', to);
   }
@@ -455,6 +461,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
       remainingBytes: stats.remainingBytes,
       dirtiedBytes: newlyDirty * TARGET_PAGE_SIZE,
     });
+    logRam('pass %d: %d bytes sent, %d remaining, %d pages newly dirty, %d normal and %d zero pages so far', stats.dirtySyncCount, stats.transferredBytes, stats.remainingBytes, newlyDirty, stats.normalPages, stats.duplicatePages);
     this.emit('pass', stats.dirtySyncCount);
   }
 
@@ -598,6 +605,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
       run.pendingBytes = step.pendingBytes;
       if (step.decision === 'switchover') {
         this.switchover = { pendingBytes: step.pendingBytes, ramPendingBytes: step.ramPendingBytes, deviceStateBytes, bandwidthBytesPerMs: window.bandwidthBytesPerMs, downtimeLimitMs, thresholdBytes: step.thresholdBytes, reason: step.reason };
+        log('switchover (%s): %d bytes pending (RAM %d, devices %d) <= threshold %d = %d bytes/ms x downtime-limit %d ms', step.reason, step.pendingBytes, step.ramPendingBytes, deviceStateBytes, step.thresholdBytes, Math.round(window.bandwidthBytesPerMs), downtimeLimitMs);
         return 'complete';
       }
       const pendingBytes = step.pendingBytes;

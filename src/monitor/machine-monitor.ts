@@ -8,7 +8,6 @@ import type { Machine } from '../machine/machine.js';
 import {
   ACTIVE_STATES,
   POSTCOPY_STATES,
-  DEFAULT_CAPABILITIES,
   PARAMETER_TABLE,
   IncomingMigration,
   MigrationConfig,
@@ -18,11 +17,15 @@ import {
   type IncomingStatus,
   type MigrationError,
   type MigrationCapabilities,
+  allCapabilities,
+  QEMU_CAPABILITIES,
 } from '../migration/index.js';
+import { runHmpCommand, type HmpSource } from './hmp.js';
+import { machineCommands, type MachineTypeInfo } from './machine-info.js';
 import { serverTlsFor } from '../migration/security.js';
 import { OBJECT_PROPERTY_NAMES, ObjectError, ObjectRegistry } from '../security/index.js';
 import { checkArguments } from './arguments.js';
-import { incomingInfo, outgoingInfo } from './query-migrate.js';
+import { incomingInfo, outgoingInfo, qmpOutgoingInfo, type MigrationInfo } from './query-migrate.js';
 import { QmpCommandError, QmpServer, type QmpCommandDefinition } from './qmp-server.js';
 import { isLoopbackHost, parseMigrationUri, TransportError } from '../transport/index.js';
 import { printable } from '../wire/printable.js';
@@ -47,6 +50,8 @@ export interface MachineMonitorOptions {
   config?: MigrationConfig;
   /** Credentials and authorization objects (`--object`, QMP object-add): what tls-creds and tls-authz name. */
   objects?: ObjectRegistry;
+  /** query-machines: the machine types this program runs (default: this machine's own). */
+  machineTypes?: readonly MachineTypeInfo[];
 }
 
 export class MachineMonitor extends EventEmitter<{
@@ -65,6 +70,7 @@ export class MachineMonitor extends EventEmitter<{
   readonly config: MigrationConfig;
   readonly objects: ObjectRegistry;
   readonly server: QmpServer;
+  private readonly commandTable: Record<string, QmpCommandDefinition>;
   runState: RunState;
   private incoming: IncomingMigration | undefined;
   private incomingStarted = false;
@@ -75,6 +81,8 @@ export class MachineMonitor extends EventEmitter<{
    * reports B -> C as soon as it started, never A -> B's `completed`).
    */
   private latest: 'incoming' | 'outgoing' | undefined;
+  /** The destination's MIGRATION `setup` event was sent (it is held back until the source connects). */
+  private incomingSetupAnnounced = false;
 
   constructor(private readonly machine: Machine, private readonly options: MachineMonitorOptions = {}) {
     super();
@@ -82,7 +90,8 @@ export class MachineMonitor extends EventEmitter<{
     this.config = options.config ?? new MigrationConfig();
     this.objects = options.objects ?? new ObjectRegistry();
     this.migration = new OutgoingMigration(machine, this.config, { security: this.objects });
-    this.server = new QmpServer({ version: QMP_VERSION, commands: this.commands() });
+    this.commandTable = this.commands();
+    this.server = new QmpServer({ version: QMP_VERSION, commands: this.commandTable });
     this.wireOutgoingEvents();
   }
 
@@ -93,12 +102,14 @@ export class MachineMonitor extends EventEmitter<{
   private wireOutgoingEvents(): void {
     const m = this.migration;
     m.on('status', (status) => {
-      if (this.events) this.server.emitEvent('MIGRATION', { status });
+      // QEMU 7.2 enters (and announces) `device` only when it pauses before switchover.
+      const announced = status !== 'device' || this.config.capabilities['pause-before-switchover'];
+      const ended = (status === 'failed' || status === 'cancelled') && this.runState === 'finish-migrate';
+      // The loop resumed the guest if it had stopped it: QEMU 7.2 says RESUME before `cancelled`, after `failed`.
+      if (ended && status === 'cancelled') this.setRunState(this.machine.running ? 'running' : 'paused');
+      if (this.events && announced) this.server.emitEvent('MIGRATION', { status });
       if (status === 'completed') this.runState = 'postmigrate';
-      if ((status === 'failed' || status === 'cancelled') && this.runState === 'finish-migrate') {
-        // The loop resumed the guest if it had stopped it.
-        this.setRunState(this.machine.running ? 'running' : 'paused');
-      }
+      if (ended && status === 'failed') this.setRunState(this.machine.running ? 'running' : 'paused');
     });
     m.on('pass', (pass) => {
       if (this.events) this.server.emitEvent('MIGRATION_PASS', { pass });
@@ -107,6 +118,11 @@ export class MachineMonitor extends EventEmitter<{
       this.runState = 'finish-migrate';
       this.server.emitEvent('STOP');
     });
+  }
+
+  /** `query-migrate`'s answer in-process, as a QMP client gets it (the metrics endpoint reads it at each scrape). */
+  async queryMigrate(): Promise<MigrationInfo> {
+    return (await this.commands()['query-migrate']!.run({}, undefined as never)) as MigrationInfo;
   }
 
   private setRunState(state: RunState): void {
@@ -141,7 +157,12 @@ export class MachineMonitor extends EventEmitter<{
     this.latest = 'incoming';
     incoming.on('rejected', (why) => this.emit('rejected', why));
     incoming.on('status', (status) => {
-      if (this.events) this.server.emitEvent('MIGRATION', { status });
+      // QEMU 7.2's destination says `setup` when the source connects, not while it listens.
+      if (this.events && status !== 'setup') {
+        if (!this.incomingSetupAnnounced && status === 'active') this.server.emitEvent('MIGRATION', { status: 'setup' });
+        this.server.emitEvent('MIGRATION', { status });
+      }
+      if (status !== 'setup') this.incomingSetupAnnounced = true;
       this.emit('incomingStatus', status, incoming.error);
     });
     incoming.on('loaded', () => this.emit('loaded'));
@@ -162,6 +183,18 @@ export class MachineMonitor extends EventEmitter<{
       this.emit('incoming', result);
     });
     return address;
+  }
+
+  /** What human-monitor-command's `info` reads: the QMP queries' answers. */
+  private hmpSource(): HmpSource {
+    // These four queries answer synchronously.
+    const query = <T>(name: string): T => this.commandTable[name]!.run({}, { id: 0, negotiated: true }) as T;
+    return {
+      status: () => query('query-status'),
+      migrate: () => query('query-migrate'),
+      parameters: () => query('query-migrate-parameters'),
+      capabilities: () => query('query-migrate-capabilities'),
+    };
   }
 
   /** Each command with the arguments it accepts: the server refuses any other before running it. */
@@ -230,7 +263,10 @@ export class MachineMonitor extends EventEmitter<{
               : undefined;
             return incomingInfo(this.incoming.status, this.incomingAddress, e ? { code: e.code, message: e.message } : undefined, postcopy);
           }
-          return outgoingInfo(this.migration.snapshot());
+          const info = qmpOutgoingInfo(outgoingInfo(this.migration.snapshot()));
+          // Without pause-before-switchover QEMU 7.2 stays `active` up to completion (see the MIGRATION event).
+          if (info.status === 'device' && !caps()['pause-before-switchover']) info.status = 'active';
+          return info;
         },
       },
       'migrate-set-capabilities': {
@@ -240,7 +276,7 @@ export class MachineMonitor extends EventEmitter<{
           for (const item of a.capabilities as unknown[]) {
             if (typeof item !== 'object' || item === null || Array.isArray(item)) throw new QmpCommandError('GenericError', "Invalid parameter type for 'capabilities', expected: array of objects");
             const c = checkArguments(item as Record<string, unknown>, { capability: 'string', state: 'bool' });
-            if (!Object.hasOwn(DEFAULT_CAPABILITIES, c.capability as string)) {
+            if (!QEMU_CAPABILITIES.includes(c.capability as string)) {
               throw new QmpCommandError('GenericError', `Parameter 'capability' does not accept value '${printable(c.capability as string)}'`);
             }
             update[c.capability as string] = c.state as boolean;
@@ -249,7 +285,7 @@ export class MachineMonitor extends EventEmitter<{
           return {};
         },
       },
-      'query-migrate-capabilities': { args: {}, run: () => Object.entries(caps()).map(([capability, state]) => ({ capability, state })) },
+      'query-migrate-capabilities': { args: {}, run: () => allCapabilities(caps()) },
       'migrate-set-parameters': {
         // Every parameter optional; values are checked by the configuration (QEMU's ranges and texts).
         args: Object.fromEntries(Object.keys(PARAMETER_TABLE).map((name) => [name, 'any?'] as const)),
@@ -333,6 +369,8 @@ export class MachineMonitor extends EventEmitter<{
           if (POSTCOPY_STATES.has(this.migration.status)) {
             throw new QmpCommandError('GenericError', `quit refused: the migration is in ${this.migration.status} and the destination's guest still needs pages only this process has; let it complete (or recover it, or migrate_cancel to take the guest back here)`);
           }
+          // As QEMU: the reply first, then SHUTDOWN, then the monitor closes.
+          setImmediate(() => this.server.emitEvent('SHUTDOWN', { guest: false, reason: 'host-qmp-quit' }));
           setTimeout(() => this.emit('quit'), 20);
           return {};
         },
@@ -346,6 +384,15 @@ export class MachineMonitor extends EventEmitter<{
         },
       },
       'query-version': { args: {}, run: () => QMP_VERSION },
+      'human-monitor-command': {
+        args: { 'command-line': 'string', 'cpu-index': 'int?' },
+        run: (a) => {
+          // livemig's HMP has no per-CPU commands; QEMU's words for a CPU it does not have.
+          if (a['cpu-index'] !== undefined && (a['cpu-index'] !== 0 || this.machine.kind === 'none')) throw new QmpCommandError('GenericError', "Parameter 'cpu-index' expects a CPU number");
+          return runHmpCommand(a['command-line'] as string, this.hmpSource());
+        },
+      },
+      ...machineCommands(this.machine, this.options.machineTypes),
       'query-commands': { args: {}, run: () => this.server.commandNames().map((name) => ({ name })) },
     };
   }

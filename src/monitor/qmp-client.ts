@@ -15,6 +15,9 @@ import { secureClient, type TlsClientSettings } from '../transport/tls.js';
 import { EventEmitter } from 'node:events';
 import { connect as netConnect, type Socket } from 'node:net';
 import { parseMigrationUri } from '../transport/uri.js';
+import createDebug from 'debug';
+
+const log = createDebug('livemig:qmp');
 
 /** How long to wait for the greeting: QEMU serves one client per `-qmp` socket, so a second
  *  client connects (the kernel's listen backlog accepts it) but hears nothing until the first leaves. */
@@ -157,7 +160,9 @@ export class QmpClient extends EventEmitter {
     const message = args === undefined ? { execute: command, id } : { execute: command, arguments: args, id };
     return new Promise<T>((resolve, reject) => {
       this.pending.set(id, { command, resolve: resolve as (v: unknown) => void, reject });
-      this.socket.write(JSON.stringify(message) + '\n');
+      const line = JSON.stringify(message);
+      if (log.enabled) log('%s <- %s', this.uri, line.length > 200 ? `${line.slice(0, 200)}... (${line.length} chars)` : line);
+      this.socket.write(line + '\n');
     });
   }
 

@@ -18,6 +18,11 @@ import { isLoopbackHost, parseMigrationUri, UNIX_PATH_MAX_BYTES } from '../trans
 import { printable } from '../wire/printable.js';
 import { checkArguments, QmpArgumentError, type ArgumentSchema } from './arguments.js';
 import { JsonSplitter, type SplitItem } from './json-splitter.js';
+import createDebug from 'debug';
+
+// DEBUG=livemig:qmp: each command as received, cut short (a query-migrate poll is a line, not a page).
+const log = createDebug('livemig:qmp');
+const truncated = (text: string, max = 200): string => (text.length > max ? `${text.slice(0, max)}... (${text.length} chars)` : text);
 
 export type QmpErrorClass = 'GenericError' | 'CommandNotFound' | 'DeviceNotActive' | 'DeviceNotFound' | 'KVMMissingCap';
 
@@ -223,6 +228,7 @@ export class QmpServer {
     }
     const name = r.execute;
     const args = (Object.hasOwn(r, 'arguments') ? r.arguments : {}) as QmpArguments;
+    if (log.enabled) log('session %d: %s', session.id, truncated(text));
     if (name === 'qmp_capabilities') {
       if (session.negotiated) return fail('CommandNotFound', 'Capabilities negotiation is already complete, command ignored');
       try {

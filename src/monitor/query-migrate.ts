@@ -32,14 +32,18 @@ export interface MigrationInfo {
     'postcopy-bytes': number;
     'multifd-bytes': number;
     'postcopy-requests': number;
+    /** QEMU 7.2's zero-copy-send fallbacks; livemig has no zero-copy send, so always 0. */
+    'dirty-sync-missed-zero-copy': number;
   };
   /** Block migration, as QEMU 7.2's `disk`: bytes of the bulk phase sent, still to send, and the disks' total. */
   disk?: { transferred: number; remaining: number; total: number };
-  'xbzrle-cache'?: { 'cache-size': number; bytes: number; pages: number; 'cache-miss': number; overflow: number };
+  'xbzrle-cache'?: { 'cache-size': number; bytes: number; pages: number; 'cache-miss': number; 'cache-miss-rate': number; 'encoding-rate': number; overflow: number };
   'cpu-throttle-percentage'?: number;
   'error-desc'?: string;
   /** livemig: the error's code (MigrationErrorCode), so scripts need not parse `error-desc`. */
   'x-livemig-error-code'?: string;
+  /** livemig: why a migration was cancelled (who, how), kept where QEMU's QMP drops error-desc. */
+  'x-livemig-error-desc'?: string;
   'socket-address'?: Array<Record<string, unknown>>;
   /** Destination with capability postcopy-blocktime: ms the guest waited for pages, in all and per vCPU. */
   'postcopy-blocktime'?: number;
@@ -82,10 +86,20 @@ export function outgoingInfo(s: OutgoingSnapshot): MigrationInfo {
       'postcopy-bytes': r.postcopyBytes,
       'multifd-bytes': r.multifdBytes,
       'postcopy-requests': r.postcopyRequests,
+      'dirty-sync-missed-zero-copy': 0,
     };
     if (s.xbzrle) {
       const x = r.xbzrle;
-      info['xbzrle-cache'] = { 'cache-size': x.cacheSizeBytes, bytes: x.bytes, pages: x.pages, 'cache-miss': x.cacheMiss, overflow: x.overflow };
+      info['xbzrle-cache'] = {
+        'cache-size': x.cacheSizeBytes,
+        bytes: x.bytes,
+        pages: x.pages,
+        'cache-miss': x.cacheMiss,
+        // Over the whole migration (QEMU: over the last second): misses per page looked up, page bytes per encoded byte.
+        'cache-miss-rate': x.cacheMiss + x.pages > 0 ? x.cacheMiss / (x.cacheMiss + x.pages) : 0,
+        'encoding-rate': x.bytes > 0 ? (x.pages * TARGET_PAGE_SIZE) / x.bytes : 0,
+        overflow: x.overflow,
+      };
     }
   }
   if (s.disk) info.disk = { transferred: s.disk.transferredBytes, remaining: s.disk.remainingBytes, total: s.disk.totalBytes };
@@ -94,10 +108,30 @@ export function outgoingInfo(s: OutgoingSnapshot): MigrationInfo {
     info['error-desc'] = s.error.message;
     info['x-livemig-error-code'] = s.error.code;
   }
+  if (s.error && s.status === 'cancelled') info['x-livemig-error-desc'] = s.error.message;
   if (s.progress) info['x-livemig-progress'] = s.progress;
   const phases = s.downtimePhasesMs;
   if (phases) info['x-livemig-downtime-phases'] = { 'pause-ms': phases.pause, 'complete-ms': phases.complete, 'flush-ms': phases.flush, 'confirm-ms': phases.confirm };
   if (s.downtimeLimitMs !== undefined) info['x-livemig-downtime-limit-ms'] = s.downtimeLimitMs;
+  // Failed before it was set up (a refused connection): nothing was sent, there are no figures to show.
+  if (s.status === 'failed' && s.setupTimeMs === undefined) return onlyKeys(info, ['status', 'error-desc']);
+  return info;
+}
+
+/** `info` with only the `keep` keys and livemig's x-livemig-* extensions. */
+function onlyKeys(info: MigrationInfo, keep: readonly string[]): MigrationInfo {
+  return Object.fromEntries(Object.entries(info).filter(([key]) => keep.includes(key) || key.startsWith('x-livemig-'))) as MigrationInfo;
+}
+
+/**
+ * The source's query-migrate as QEMU 7.2's QMP shows it (fill_source_migration_info):
+ * in setup the status alone, failed the status and why, cancelled the status
+ * alone (QEMU drops the figures; clients keep the last ones they read), the
+ * x-livemig-* extensions kept. The CLI and library read outgoingInfo's figures in every state.
+ */
+export function qmpOutgoingInfo(info: MigrationInfo): MigrationInfo {
+  if (info.status === 'setup' || info.status === 'cancelled') return onlyKeys(info, ['status']);
+  if (info.status === 'failed') return onlyKeys(info, ['status', 'error-desc']);
   return info;
 }
 
@@ -109,7 +143,8 @@ export function queryMigrate(migration: OutgoingMigration): MigrationInfo {
 /** QEMU's SocketAddress for the destination's `socket-address`. */
 export function socketAddress(uri: string): Record<string, unknown> {
   const tcp = /^tcp:\[?([^\]]*)\]?:(\d+)$/.exec(uri);
-  if (tcp) return { type: 'inet', host: tcp[1], port: tcp[2] };
+  // QEMU reports the listening socket's family as ipv4 or ipv6 (socket_sockaddr_to_address_inet).
+  if (tcp) return { type: 'inet', host: tcp[1], port: tcp[2], ...(tcp[1]!.includes(':') ? { ipv6: true } : { ipv4: true }) };
   if (uri.startsWith('unix:')) return { type: 'unix', path: uri.slice(5) };
   return { type: 'other', uri };
 }
@@ -125,6 +160,8 @@ export interface IncomingPostcopyInfo {
 
 export function incomingInfo(status: IncomingStatus, address: string | undefined, error?: { code: string; message: string }, postcopy?: IncomingPostcopyInfo): MigrationInfo {
   if (status === 'none') return {};
+  // Listening, no source yet: QEMU 7.2's destination is still in state none then and shows only where it listens.
+  if (status === 'setup') return address ? { 'socket-address': [socketAddress(address)] } : {};
   const info: MigrationInfo = { status };
   if (postcopy) {
     info['x-livemig-postcopy'] = { requests: postcopy.requests, 'missing-pages': postcopy.missingPages, 'placed-pages': postcopy.placedPages };
@@ -133,7 +170,7 @@ export function incomingInfo(status: IncomingStatus, address: string | undefined
       info['postcopy-vcpu-blocktime'] = postcopy.blocktime.perVcpuMs.map((ms) => Math.round(ms));
     }
   }
-  if (address && (status === 'setup' || status === 'active')) info['socket-address'] = [socketAddress(address)];
+  if (address && status === 'active') info['socket-address'] = [socketAddress(address)];
   if (error) {
     info['error-desc'] = error.message;
     info['x-livemig-error-code'] = error.code;

@@ -15,6 +15,9 @@ import { acceptedSocketChannel, fileChannel, type MigrationChannel } from './cha
 import { TransportError } from './errors.js';
 import { ExecChild, execIncomingChannel } from './exec.js';
 import { secureServer, type TlsServerSettings } from './tls.js';
+import createDebug from 'debug';
+
+const log = createDebug('livemig:transport');
 import { formatTcpUri, parseMigrationUri } from './uri.js';
 
 export interface AcceptOptions {
@@ -143,6 +146,7 @@ class SocketListener implements IncomingListener {
         reject(new TransportError('listen-failed', uri, `cannot listen on ${uri}: ${err.message}`, { cause: err }));
       server.once('error', onError);
       server.listen(target, () => {
+        log('listening on %s', uri);
         server.off('error', onError);
         resolve();
       });
@@ -176,6 +180,7 @@ class SocketListener implements IncomingListener {
   }
 
   private onConnection(socket: Socket): void {
+    log('%s: connection from %s', this.uri, peerName(socket));
     if (this.multi && !this.closed) {
       const channel = acceptedSocketChannel(socket, this.kind === 'tcp' ? this.address : this.uri, this.kind);
       if (this.arrived || this.taken) this.more.push(channel);
@@ -194,6 +199,7 @@ class SocketListener implements IncomingListener {
 
   /** Closes the listening socket (libuv unlinks a unix socket's file); the accepted connection stays. */
   private stopListening(): void {
+    if (this.server.listening) log('%s: stop listening', this.uri);
     if (this.server.listening) this.server.close();
   }
 

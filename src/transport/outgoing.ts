@@ -6,6 +6,9 @@ import { TransportError } from './errors.js';
 import { EXEC_EXIT_TIMEOUT_MS, ExecChild, execOutgoingChannel } from './exec.js';
 import { secureClient, type TlsClientSettings } from './tls.js';
 import { parseMigrationUri } from './uri.js';
+import createDebug from 'debug';
+
+const log = createDebug('livemig:transport');
 
 export interface ConnectOptions {
   /** Cancels the connect (or spawn/open); the promise then rejects with TransportError 'aborted'. */
@@ -24,6 +27,7 @@ function abortedError(uri: string, signal: AbortSignal): TransportError {
 
 export async function connectOutgoing(uri: string, options: ConnectOptions = {}): Promise<MigrationChannel> {
   const address = parseMigrationUri(uri);
+  log('connecting to %s%s', uri, options.tls ? ' (TLS)' : '');
   const { signal } = options;
   if (signal?.aborted) throw abortedError(uri, signal);
   const { tls } = options;
@@ -88,7 +92,10 @@ function connectSocket(uri: string, target: NetConnectOpts, options: ConnectOpti
         resolve(socket);
       }
     };
-    const onConnect = (): void => finish();
+    const onConnect = (): void => {
+      log('connected to %s', uri);
+      finish();
+    };
     const onError = (err: Error): void =>
       finish(new TransportError('connect-failed', uri, `cannot connect to ${uri}: ${err.message}`, { cause: err }));
     socket.once('connect', onConnect);
