@@ -128,6 +128,7 @@ interface PassEnd {
   pagesSent: number;
   remainingBytes: number;
   dirtySyncCount: number;
+  pageSize?: number;
 }
 
 const mb = (bytesPerSecond: number): string => `${(bytesPerSecond / 1e6).toFixed(1)} MB/s`;
@@ -170,7 +171,7 @@ export class ProgressModel {
     }
     const durationMs = Math.max(0, end.atMs - prev.atMs);
     const sent = Math.max(0, end.transferredBytes - prev.transferredBytes);
-    const pageSize = DEFAULT_PAGE_SIZE;
+    const pageSize = end.pageSize ?? DEFAULT_PAGE_SIZE;
     const cleared = Math.max(0, end.pagesSent - prev.pagesSent) * pageSize;
     // remaining_end = remaining_start − cleared + dirtied: a client without the sync's own count derives it so.
     const dirtied = dirtiedBytes ?? Math.max(0, end.remainingBytes - prev.remainingBytes + cleared);
@@ -204,7 +205,7 @@ export class ProgressModel {
     if (ram && !this.exactSamples && !ended) {
       const sync = ram.dirtySyncCount;
       if (!this.lastEnd || sync > this.lastEnd.dirtySyncCount) {
-        this.addPass({ atMs: o.elapsedMs, transferredBytes: ram.transferredBytes, pagesSent: ram.pagesSent ?? 0, remainingBytes: ram.remainingBytes, dirtySyncCount: sync }, undefined);
+        this.addPass({ atMs: o.elapsedMs, transferredBytes: ram.transferredBytes, pagesSent: ram.pagesSent ?? 0, remainingBytes: ram.remainingBytes, dirtySyncCount: sync, ...(ram.pageSize !== undefined && { pageSize: ram.pageSize }) }, undefined);
       }
     }
     // The first pass is over once every page and chunk went out once (a sync may not follow while the disks keep it busy).
