@@ -426,6 +426,8 @@ function liveRates(o: ProgressObservation): { dirty?: number; throughput?: numbe
 function etaMs(remainingBytes: number, rates: { dirty?: number; throughput?: number; clear?: number }, thresholdBytes: number | undefined, phase: ProgressPhase, o: ProgressObservation): number | undefined {
   const clear = rates.clear ?? rates.throughput;
   if (clear === undefined || clear <= 0) return undefined;
+  // The first pass has sent everything once: what the guest dirtied meanwhile is known only after the sync.
+  if (phase === 'first-pass' && remainingBytes === 0 && (o.disk?.remainingBytes ?? 0) === 0) return undefined;
   const diskRemaining = o.disk?.remainingBytes ?? 0;
   const dirty = rates.dirty ?? 0;
   const net = clear - dirty;
