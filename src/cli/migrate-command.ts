@@ -331,7 +331,8 @@ class MigrationRun {
     if (this.settings.json) {
       // A QEMU source has no x-livemig-progress: the same model, derived here, so scripts read one shape.
       this.lastProgress = progressOf(info, this.elapsedMs(), this.model);
-      process.stdout.write(JSON.stringify(info['x-livemig-progress'] ? info : { ...info, 'x-livemig-progress': this.lastProgress }) + '\n');
+      const derived = this.lastProgress && !info['x-livemig-progress'] ? { 'x-livemig-progress': { ...this.lastProgress, derived: true } } : {};
+      process.stdout.write(JSON.stringify({ ...info, ...derived }) + '\n');
       return;
     }
     const figures = figuresOf(info, this.passFromEvents, this.elapsedMs(), this.model);

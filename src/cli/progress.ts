@@ -432,7 +432,7 @@ export function formatReport(report: MigrationReport): string {
   const took = report.totalTimeMs ?? report.wallTimeMs;
   // The reason of a failure goes to stderr (livemig: migration failed: ...), not here twice.
   const ended = report.status === 'failed' || report.status === 'cancelled';
-  const reached = ended && report.percent !== undefined ? ` at ${Math.floor(report.percent)}% (pass ${report.passes})` : '';
+  const reached = ended && report.percent !== undefined && (report.percent > 0 || report.passes > 0) ? ` at ${Math.floor(report.percent)}% (pass ${report.passes})` : '';
   const lines = [`Migration ${report.status} after ${formatDuration(took)}${reached}`];
   const row = (name: string, value: string): number => lines.push(`  ${name.padEnd(13)}${value}`);
   row('total time', formatDuration(took));

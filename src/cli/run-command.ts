@@ -328,7 +328,10 @@ function progressLine(q: MigrationInfo): string {
 /** " at 80% (pass 5)": how far a failed or cancelled migration got. */
 function reachedText(q: MigrationInfo): string {
   const p = q['x-livemig-progress'];
-  return p ? ` at ${Math.floor(p.percent)}% (pass ${q.ram?.['dirty-sync-count'] ?? 0})` : '';
+  // Nothing reached (e.g. the destination refused the connection): the reason says it all.
+  const pass = q.ram?.['dirty-sync-count'] ?? 0;
+  if (!p || (p.percent === 0 && pass === 0)) return '';
+  return ` at ${Math.floor(p.percent)}% (pass ${pass})`;
 }
 
 function summary(q: MigrationInfo): string {

@@ -69,6 +69,8 @@ export interface ProgressReport {
   converging?: boolean;
   diagnosis?: { summary: string; levers: string[] };
   disk?: { 'transferred-bytes': number; 'remaining-bytes': number; 'total-bytes': number; percent: number };
+  /** True when a client derived this from the source's plain snapshots (a QEMU source), not the source from its own figures. */
+  derived?: boolean;
 }
 
 /** One query-migrate's figures (the source's own, or a QEMU's), in the model's terms. */

@@ -219,7 +219,8 @@ function passesFromModel(infos: Json[]): PassFigures[] {
   const byPass = new Map<number, PassFigures>();
   for (const info of infos) {
     const progress = info['x-livemig-progress'];
-    if (!isObject(progress) || !Array.isArray(progress.passes)) continue;
+    // A model `livemig migrate` derived from a QEMU source's snapshots: derive the passes here instead, from the same snapshots.
+    if (!isObject(progress) || !Array.isArray(progress.passes) || progress.derived === true) continue;
     for (const p of progress.passes) {
       if (!isObject(p)) continue;
       const pass = num(p.pass);
