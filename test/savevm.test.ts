@@ -188,6 +188,60 @@ test('rate limit: iterate writes nothing once shouldStop says so', async () => {
   assert.equal(await save.pendingBytes(false), 40);
 });
 
+/** An entry always done for now but always with more to send, each turn bigger than the window: a disk whose guest rewrites chunks faster than the link. */
+class RewrittenChunks implements SaveVMHandlers {
+  turns = 0;
+  received = 0;
+  async saveSetup(): Promise<void> {}
+  async saveIterate(out: StreamWriter): Promise<boolean> {
+    this.turns++;
+    out.be32(25);
+    for (let i = 0; i < 25; i++) out.be32(i);
+    return true;
+  }
+  async saveCompletePrecopy(out: StreamWriter): Promise<void> {
+    out.be32(0);
+  }
+  async loadState(input: StreamReader, ctx: { kind: string }): Promise<void> {
+    if (ctx.kind === 'start') return; // saveSetup wrote nothing
+    const n = await input.be32();
+    for (let i = 0; i < n; i++) await input.be32();
+    this.received += n;
+  }
+}
+
+test('rate limit: an entry the limit kept from its turn goes first in the next round (a busy disk does not starve RAM)', async () => {
+  const registry = new SaveStateRegistry();
+  const disk = new RewrittenChunks();
+  const ram = new CounterHandlers(1000, 1000);
+  registry.register({ idstr: 'disk', version: 1, handlers: disk });
+  registry.register({ idstr: 'ram', version: 1, handlers: ram });
+  const sink = new MemorySink();
+  const out = new StreamWriter(sink);
+  const save = new SaveVmState(registry, out, { configuration: { machineName: 'test' } });
+  await save.writeHeader();
+  await save.setup();
+  // The window: 64 bytes, 16 counters (CounterHandlers writes its counters after its loop, so count them).
+  for (let round = 0; round < 6; round++) {
+    const start = out.bytesWritten;
+    const ramAtStart = ram.sent;
+    await save.iterate(() => out.bytesWritten - start >= 64 || ram.sent - ramAtStart >= 16);
+  }
+  // Disk first (over the window, RAM starved), then RAM first (up to the window, not done: the round ends), and so on.
+  assert.equal(disk.turns, 3);
+  assert.equal(ram.sent, 3 * 16, 'RAM had three rounds of its own');
+  await save.completePrecopy();
+  // The rounds' sections in either order load as they were sent.
+  const dst = new SaveStateRegistry();
+  const dstDisk = new RewrittenChunks();
+  const dstRam = new CounterHandlers(1000, 1000);
+  dst.register({ idstr: 'disk', version: 1, handlers: dstDisk });
+  dst.register({ idstr: 'ram', version: 1, handlers: dstRam });
+  await loadVmState(new StreamReader(new MemorySource(sink.bytes())), dst, { machineName: 'test' });
+  assert.equal(dstDisk.received, 3 * 25);
+  assert.deepEqual(dstRam.received, Array.from({ length: 1000 }, (_, i) => i));
+});
+
 async function expectLoadError(bytes: Uint8Array, code: string, message: RegExp, machineName = 'test'): Promise<StreamError> {
   const dst = buildDestination();
   let caught: unknown;

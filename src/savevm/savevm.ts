@@ -33,6 +33,8 @@ export interface SaveOptions {
 export class SaveVmState {
   private readonly sendVmdesc: boolean;
   private setupDone = false;
+  /** The entry the rate limit kept from its turn in the last round: it goes first in the next. */
+  private starvedEntry: SaveStateEntry | undefined;
 
   constructor(
     private readonly registry: SaveStateRegistry,
@@ -100,17 +102,26 @@ export class SaveVmState {
    * Phase 2, one iteration: a PART section per entry, in order, until the rate
    * limit stops us. As QEMU, an entry that is not finished with its current
    * pass ends the round, so a fast-changing entry is not resent over and over
-   * while later ones wait. Resolves true when every entry is done for now.
+   * while later ones wait. Unlike QEMU, an entry the rate limit kept from its
+   * turn goes first in the next round: a disk whose guest rewrites more chunks
+   * than the link carries would otherwise take every window, and RAM would
+   * never move (QEMU's block migration has that starvation).
+   * Resolves true when every entry is done for now.
    */
   async iterate(shouldStop: () => boolean): Promise<boolean> {
     if (!this.setupDone) throw new Error('iterate before setup');
+    const entries = this.iterativeEntries().filter((e) => e.handlers!.saveIterate);
+    const first = this.starvedEntry ? Math.max(0, entries.indexOf(this.starvedEntry)) : 0;
+    this.starvedEntry = undefined;
     let allDone = true;
-    for (const entry of this.iterativeEntries()) {
-      const handlers = entry.handlers!;
-      if (!handlers.saveIterate) continue;
-      if (shouldStop()) return false;
+    for (let k = 0; k < entries.length; k++) {
+      const entry = entries[(first + k) % entries.length]!;
+      if (shouldStop()) {
+        this.starvedEntry = entry; // kept from its turn (even as the first: the window may still be spent)
+        return false;
+      }
       writeShortSectionHeader(this.out, SectionType.Part, entry.sectionId);
-      const done = await handlers.saveIterate(this.out, shouldStop);
+      const done = await entry.handlers!.saveIterate!(this.out, shouldStop);
       writeSectionFooter(this.out, entry.sectionId);
       if (!done) {
         allDone = false;
