@@ -14,7 +14,7 @@ import { MULTIFD_MAGIC, MULTIFD_PROTOCOL_ERROR, MultifdReceiver, type MultifdCom
 import { loadVmState } from '../savevm/index.js';
 import type { TlsServerSettings } from '../transport/tls.js';
 import { listenIncoming, parseMigrationUri, type IncomingListener, type MigrationChannel } from '../transport/index.js';
-import { MigCommand, parseRecvBitmapCommand, QEMU_VM_FILE_MAGIC, QEMU_VM_FILE_VERSION, StreamError, StreamReader, StreamWriter, writeResumeAck, writeShut } from '../wire/index.js';
+import { MigCommand, parseRecvBitmapCommand, QEMU_VM_FILE_MAGIC, QEMU_VM_FILE_VERSION, StreamError, StreamReader, StreamWriter, UnexpectedEndError, writeResumeAck, writeShut } from '../wire/index.js';
 import { assembleIncoming } from './assemble.js';
 import { MigrationError } from './errors.js';
 import { DestinationHandover, HANDOVER_GO, UNCONFIRMED_ADVICE } from './handover.js';
@@ -333,7 +333,7 @@ export class IncomingMigration extends EventEmitter<IncomingEvents> {
     } catch (caught) {
       watchdog.stop();
       // A multifd channel's failure, a stall or a cancel is the reason the main channel was aborted.
-      const err = this.abortReason ?? MigrationError.from(this.receiver?.error ?? caught);
+      const err = explainPeerClosed(this.abortReason ?? MigrationError.from(this.receiver?.error ?? caught));
       this.receiver?.close();
       await this.tellSourceWeFailed(handover.writer);
       this.channel?.abort(err);
@@ -541,4 +541,10 @@ export class IncomingMigration extends EventEmitter<IncomingEvents> {
       })();
     });
   }
+}
+
+/** The stream stopped short: most often the source cancelled (or failed) and closed it. Say so, not only which byte was missing. */
+function explainPeerClosed(err: MigrationError): MigrationError {
+  if (err.code !== 'peer-closed' || !(err.cause instanceof UnexpectedEndError)) return err;
+  return new MigrationError('peer-closed', `the source closed the stream before its end (it cancelled or failed there; the guest stays on the source): ${err.message}`, { cause: err });
 }
