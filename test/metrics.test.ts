@@ -15,6 +15,7 @@ import { QmpClient } from '../src/monitor/qmp-client.js';
 import { LivemigProcess } from './helpers/livemig-process.js';
 import { QemuProcess, qemuSkipReason } from './helpers/qemu.js';
 import { cliPath } from './helpers/paths.js';
+import { freePort } from './helpers/ports.js';
 
 const MiB = 1024 * 1024;
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -56,15 +57,6 @@ async function scrape(url: string): Promise<Scrape> {
 }
 
 const value = (s: Scrape, key: string): number | undefined => s.samples.get(key);
-
-async function freePort(): Promise<number> {
-  const server = createServer().listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const port = (server.address() as { port: number }).port;
-  server.close();
-  await once(server, 'close');
-  return port;
-}
 
 async function waitStatus(qmp: QmpClient, done: (status: string) => boolean, timeoutMs = 60_000): Promise<string> {
   const deadline = Date.now() + timeoutMs;

@@ -6,7 +6,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { createServer } from 'node:net';
 import { once } from 'node:events';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -62,6 +61,7 @@ _, status = os.waitpid(pid, 0)
 sys.stdout.buffer.write(out)
 sys.exit(os.waitstatus_to_exitcode(status) & 0xff)
 `;
+import { freePort } from './helpers/ports.js';
 
 async function runOnTerminal(args: string[], rules: Array<[string, string, number]>, timeoutS = 120): Promise<{ code: number | null; output: string; stderr: string }> {
   const env = { ...process.env };
@@ -74,16 +74,6 @@ async function runOnTerminal(args: string[], rules: Array<[string, string, numbe
   child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s));
   const [code] = (await once(child, 'close')) as [number | null];
   return { code, output, stderr };
-}
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address() as { port: number };
-  server.close();
-  await once(server, 'close');
-  return port;
 }
 
 async function withPair(body: (srcUri: string, destUri: string, src: QemuProcess) => Promise<void>): Promise<void> {

@@ -5,14 +5,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { createServer } from 'node:net';
-import { once } from 'node:events';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { QemuProcess, qemuSkipReason } from './helpers/qemu.js';
 import { repoRoot } from './helpers/paths.js';
 import { parseCapabilityArgs, parseParameterArgs } from '../src/migration/config.js';
+import { freePort } from './helpers/ports.js';
 
 const skip = qemuSkipReason();
 const TEST_TIMEOUT_MS = 180_000;
@@ -66,16 +65,6 @@ function startCli(args: string[]): RunningCli {
 }
 
 const runCli = (args: string[]): Promise<CliResult> => startCli(args).done;
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address() as { port: number };
-  server.close();
-  await once(server, 'close');
-  return port;
-}
 
 interface Pair {
   /** QMP sockets on the source for the CLI runs (QEMU serves one client per socket). */

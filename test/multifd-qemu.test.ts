@@ -7,7 +7,6 @@ import { queryMigrate } from '../src/monitor/query-migrate.js';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import type { DirtyLogSink, Machine } from '../src/machine/machine.js';
@@ -19,6 +18,7 @@ import { TARGET_PAGE_SIZE } from '../src/wire/index.js';
 import { zstdAvailable } from '../src/ram/multifd/compression.js';
 import { Prng } from './helpers/prng.js';
 import { QemuProcess, qemuSkipReason } from './helpers/qemu.js';
+import { freePort } from './helpers/ports.js';
 
 const RAM_BYTES = 16 << 20;
 const PAGES = RAM_BYTES / TARGET_PAGE_SIZE;
@@ -79,14 +79,6 @@ class RamOnlyMachine implements Machine {
 function firstDifference(a: Uint8Array, b: Uint8Array): string {
   const i = a.findIndex((x, k) => x !== b[k]);
   return i < 0 ? (a.length === b.length ? 'none' : `length ${a.length} vs ${b.length}`) : `offset 0x${i.toString(16)} (page ${Math.floor(i / TARGET_PAGE_SIZE)})`;
-}
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const port = (server.address() as { port: number }).port;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
 }
 
 for (const compression of ['none', 'zlib', 'zstd'] as const) {

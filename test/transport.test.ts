@@ -4,7 +4,6 @@ import { randomBytes } from 'node:crypto';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtempSync, rmSync, writeFileSync, existsSync, readFileSync, lstatSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
@@ -19,6 +18,7 @@ import {
 } from '../src/transport/index.js';
 import { adoptDetachedSocket } from '../src/transport/channel.js';
 import { ChannelError, StreamError, StreamReader, StreamWriter } from '../src/wire/index.js';
+import { freePort } from './helpers/ports.js';
 
 const STREAM_BYTES = 4 << 20;
 const dir = mkdtempSync(join(tmpdir(), 'livemig-transport-'));
@@ -37,16 +37,6 @@ async function sendAndCompare(source: MigrationChannel, destination: MigrationCh
   assert.equal(await reader.atEnd(), true);
   await sending;
   assert.ok(Buffer.from(got).equals(data), 'bytes differ');
-}
-
-/** A tcp port nobody listens on (bound, then released). */
-async function closedPort(): Promise<number> {
-  const server = createServer().listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const port = (server.address() as { port: number }).port;
-  server.close();
-  await once(server, 'close');
-  return port;
 }
 
 test('parseMigrationUri: accepted forms', () => {
@@ -299,7 +289,7 @@ test('tcp: the destination dies while the source writes -> ChannelError on write
 });
 
 test('connect failures and cancel', async () => {
-  const port = await closedPort();
+  const port = await freePort();
   await assert.rejects(
     connectOutgoing(`tcp:127.0.0.1:${port}`),
     (err: unknown) => err instanceof TransportError && err.code === 'connect-failed' && /ECONNREFUSED/.test(err.message),
