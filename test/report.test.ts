@@ -11,6 +11,7 @@ import { byteTicks, escapeXml, logTicks, niceTicks } from '../src/report/svg.js'
 import { benchLoopbackSvg, benchRatiosSvg, checkBenchResults, ratioRows, resultsFromMarkdown } from '../bench/charts.js';
 import { SAMPLE_BENCH } from './helpers/bench-sample.js';
 import { cliPath, repoRoot } from './helpers/paths.js';
+import { benchArgs } from '../src/cli/bench-command.js';
 
 const MiB = 2 ** 20;
 const lines = (...values: unknown[]): string => values.map((v) => JSON.stringify(v)).join('\n') + '\n';
@@ -200,4 +201,9 @@ test('bench results: a bad file is refused naming the field; the committed docs/
   assert.ok(fromMarkdown.rows.some((r) => r.engine === 'qemu') && fromMarkdown.rows.some((r) => r.engine === 'livemig'));
   assert.ok(fromMarkdown.rows.every((r) => r.runs > 0 && r.id.length > 0));
   assert.throws(() => resultsFromMarkdown('# nothing here'), /no "loopback TCP/);
+});
+
+test('livemig bench --redraw hands --redraw to the runner (charts from the saved results, no run)', () => {
+  assert.deepEqual(benchArgs({ qemu: true, v86: true, redraw: true }), ['--redraw']);
+  assert.deepEqual(benchArgs({ qemu: false, v86: true, only: 'a', write: false }), ['--only', 'a', '--no-qemu', '--no-write']);
 });

@@ -15,6 +15,8 @@ export interface BenchOptions {
   qemu: boolean;
   v86: boolean;
   write?: boolean;
+  /** Only redraw the charts (docs/bench-*.svg) from docs/bench-results.json. */
+  redraw?: boolean;
 }
 
 /** dist/src/cli/bench-command.js → dist/bench/run.js */
@@ -30,6 +32,7 @@ export function benchArgs(o: BenchOptions): string[] {
   if (!o.v86) args.push('--no-v86');
   if (o.write === true) args.push('--write');
   if (o.write === false) args.push('--no-write');
+  if (o.redraw) args.push('--redraw');
   return args;
 }
 
@@ -58,6 +61,7 @@ export function registerBenchCommand(program: Command): void {
     .option('--no-v86', 'without the v86 running-guest migration')
     .option('--write', 'write docs/benchmarks.md even with --quick')
     .option('--no-write', 'do not write docs/benchmarks.md')
+    .option('--redraw', 'no run: redraw the charts docs/bench-*.svg from the results the last run saved (docs/bench-results.json)')
     .action(async (options: BenchOptions) => {
       process.exitCode = await benchCommand(options);
     });
