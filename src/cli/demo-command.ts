@@ -17,6 +17,7 @@ import { fileURLToPath } from 'node:url';
 import { guestType } from '../guests/index.js';
 import { QmpClient } from '../monitor/qmp-client.js';
 import { formatBytes } from './format.js';
+import { parseSize } from '../migration/size.js';
 import { figuresOf, formatDuration, formatProgressLine } from './progress.js';
 import { explainDowntime } from '../migration/progress-model.js';
 
@@ -105,6 +106,11 @@ export async function demoCommand(options: DemoOptions): Promise<number> {
       await dst.execute('migrate-set-capabilities', { capabilities });
       await src.execute('migrate-set-capabilities', { capabilities: capabilities.slice(0, 1) });
       log('> both sides: migrate-set-capabilities postcopy-ram');
+      // Unlimited, a small guest's background pages would be through in a blink; half its RAM per
+      // second keeps the postcopy phase on screen for about two seconds. The guest's own page requests pass this limit.
+      const bandwidthBytesPerSecond = Math.max(1 << 20, Math.floor(parseSize(ram, '--ram') / 2));
+      await src.execute('migrate-set-parameters', { 'max-postcopy-bandwidth': bandwidthBytesPerSecond });
+      log(`> source: migrate-set-parameters max-postcopy-bandwidth=${bandwidthBytesPerSecond} (${formatBytes(bandwidthBytesPerSecond)}/s, so the postcopy phase can be watched; the guest's page requests pass it)`);
     }
     await dst.execute('migrate-incoming', { uri: 'tcp:127.0.0.1:0' });
     const listening = (await dst.execute('query-migrate')) as { 'socket-address': Array<{ host: string; port: string }> };
