@@ -16,6 +16,7 @@ import { promisify } from 'node:util';
 import { QmpClient } from '../src/monitor/qmp-client.js';
 import { LivemigProcess } from './helpers/livemig-process.js';
 import { cliPath } from './helpers/paths.js';
+import { jsonText } from '../src/cli/format.js';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -217,4 +218,14 @@ test('the terminal is restored after an uncaught exception and after process.exi
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
+});
+
+test('--json text: C1 controls, DEL and bidi controls from outside are escaped, and the line parses back to the same value', () => {
+  const fromGuest = 'ok\u009b2J\u001b]0;title\u0007\u202eevil\u2066x\u2069\u007f\u2028end';
+  const line = jsonText({ event: 'serial', text: fromGuest });
+  assert.doesNotMatch(line, /[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069\u2028]/, 'nothing a terminal acts on is left raw');
+  assert.match(line, /\\u009b2J/);
+  assert.match(line, /\\u202eevil/);
+  assert.deepEqual(JSON.parse(line), { event: 'serial', text: fromGuest });
+  assert.equal(jsonText({ a: [1, 'é'] }, 2), JSON.stringify({ a: [1, 'é'] }, null, 2), 'ordinary text unchanged');
 });

@@ -1,6 +1,6 @@
 /** `livemig analyze FILE [--json] [--dump-ram DIR]`: what a migration stream holds. */
 import { analyzeFile, dumpRamBlocks, type StreamAnalysis } from '../analyze/analyze-stream.js';
-import { formatBytes, hex } from './format.js';
+import { formatBytes, hex, jsonText } from './format.js';
 import { printable } from '../wire/printable.js';
 
 export interface AnalyzeCommandOptions {
@@ -44,7 +44,7 @@ function render(a: StreamAnalysis, file: string): string {
     lines.push('Devices (decoded through the JSON trailer):');
     for (const d of a.devices) {
       lines.push(`  ${printable(d.name)} instance ${d.instanceId} (vmsd ${printable(d.vmsdName ?? '-')}, version ${d.version}) at ${hex(d.offset)}:`);
-      lines.push(`    ${JSON.stringify(d.state)}`);
+      lines.push(`    ${jsonText(d.state)}`);
     }
   }
   if (a.error) {
@@ -57,7 +57,7 @@ function render(a: StreamAnalysis, file: string): string {
 /** Returns the process exit code: 0 when the whole stream was read, 1 otherwise. */
 export async function analyzeCommand(file: string, options: AnalyzeCommandOptions): Promise<number> {
   const { analysis, ramBlocks } = await analyzeFile(file, { keepRam: options.dumpRam !== undefined });
-  if (options.json) process.stdout.write(JSON.stringify(analysis, null, 2) + '\n');
+  if (options.json) process.stdout.write(jsonText(analysis, 2) + '\n');
   else process.stdout.write(render(analysis, file) + '\n');
   if (options.dumpRam !== undefined) {
     const paths = await dumpRamBlocks(ramBlocks, options.dumpRam);

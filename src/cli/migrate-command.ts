@@ -20,6 +20,7 @@ import { parseCapabilityArgs, parseParameterArgs, type CapabilitySetting } from 
 import { MigrationMetrics, parseMetricsAddress, serveMetrics, type MetricsAddress, type MetricsEndpoint } from '../monitor/metrics.js';
 import { ProgressDisplay, buildReport, figuresOf, formatMigrationInfo, formatReport, progressOf, reportJson } from './progress.js';
 import { ProgressModel, type ProgressReport, type ProgressSettings } from '../migration/progress-model.js';
+import { jsonText } from './format.js';
 
 export const DEFAULT_POLL_INTERVAL_MS = 250;
 /** `livemig cancel` gives up waiting for the migration to stop after this long. */
@@ -332,7 +333,7 @@ class MigrationRun {
       // A QEMU source has no x-livemig-progress: the same model, derived here, so scripts read one shape.
       this.lastProgress = progressOf(info, this.elapsedMs(), this.model);
       const derived = this.lastProgress && !info['x-livemig-progress'] ? { 'x-livemig-progress': { ...this.lastProgress, derived: true } } : {};
-      process.stdout.write(JSON.stringify({ ...info, ...derived }) + '\n');
+      process.stdout.write(jsonText({ ...info, ...derived }) + '\n');
       return;
     }
     const figures = figuresOf(info, this.passFromEvents, this.elapsedMs(), this.model);
@@ -348,7 +349,7 @@ class MigrationRun {
     if (this.settings.blk) report.disksRequested = true;
     this.closePrompt?.();
     this.display?.stop();
-    if (this.settings.json) process.stdout.write(JSON.stringify(reportJson(report)) + '\n');
+    if (this.settings.json) process.stdout.write(jsonText(reportJson(report)) + '\n');
     else process.stdout.write(formatReport(report) + '\n');
     if (report.status === 'completed') {
       if (this.cancel === 'sent') complain('the migration completed before the cancel took effect');
@@ -489,7 +490,7 @@ export async function queryCommand(options: { qmp: string; json?: boolean; objec
   if (!client) return 2;
   try {
     const info = await client.execute<MigrationInfo>('query-migrate');
-    process.stdout.write((options.json ? JSON.stringify(info) : formatMigrationInfo(info)) + '\n');
+    process.stdout.write((options.json ? jsonText(info) : formatMigrationInfo(info)) + '\n');
     return 0;
   } catch (err) {
     complain(message(err));
@@ -519,7 +520,7 @@ export async function cancelCommand(options: { qmp: string; json?: boolean; time
       const info = await client.execute<MigrationInfo>('query-migrate');
       const status = info.status ?? 'none';
       if (SETTLED_STATES.has(status)) {
-        if (options.json) process.stdout.write(JSON.stringify(info) + '\n');
+        if (options.json) process.stdout.write(jsonText(info) + '\n');
         else {
           const why = info['error-desc'] ?? (info['x-livemig-error-desc'] as string | undefined);
           process.stdout.write(`status: ${status}${why ? ` (${why})` : ''}\n`);

@@ -7,7 +7,7 @@
  * couple of seconds, so a log file stays readable.
  */
 import cliProgress from 'cli-progress';
-import { formatBytes } from './format.js';
+import { formatBytes, jsonText } from './format.js';
 import type { MigrationInfo, MigrationRamStats } from '../monitor/qmp-client.js';
 import { explainDowntime, ProgressModel, type ProgressObservation, type ProgressReport } from '../migration/progress-model.js';
 
@@ -473,12 +473,12 @@ export function formatMigrationInfo(info: MigrationInfo): string {
     for (const [key, value] of Object.entries(ram)) {
       if (typeof value === 'number' && bytes.has(key)) lines.push(`  ${key}: ${formatBytes(value)} (${value})`);
       else if (key === 'mbps' && typeof value === 'number') lines.push(`  ${key}: ${formatMbps(value)}`);
-      else lines.push(`  ${key}: ${JSON.stringify(value)}`);
+      else lines.push(`  ${key}: ${jsonText(value)}`);
     }
   }
   const shown = new Set(['status', 'error-desc', 'total-time', 'setup-time', 'expected-downtime', 'downtime', 'cpu-throttle-percentage', 'ram']);
   for (const [key, value] of Object.entries(info)) {
-    if (!shown.has(key)) lines.push(`${key}: ${JSON.stringify(value)}`);
+    if (!shown.has(key)) lines.push(`${key}: ${jsonText(value)}`);
   }
   return lines.join('\n');
 }

@@ -13,7 +13,7 @@ import { MigrationConfig, OutgoingMigration } from '../migration/index.js';
 import { MachineMonitor } from '../monitor/machine-monitor.js';
 import { ObjectRegistry } from '../security/index.js';
 import { parseQmpAddress, qmpServerTls } from './qmp-address.js';
-import { formatBytes } from './format.js';
+import { formatBytes, jsonText } from './format.js';
 import { parseDiskSpec } from './disk-spec.js';
 import { parseSize } from '../migration/size.js';
 import { MigrationMetrics, parseMetricsAddress, serveMetrics, type MetricsEndpoint } from '../monitor/metrics.js';
@@ -95,12 +95,12 @@ export async function runCommand(options: RunOptions): Promise<number> {
     stream.write(text + '\n');
   };
   const emit = (event: string, data: Record<string, unknown>, human: string): void => {
-    if (options.json) process.stdout.write(JSON.stringify({ event, ...data }) + '\n');
+    if (options.json) process.stdout.write(jsonText({ event, ...data }) + '\n');
     else writeLine(statusStream, human);
   };
   // An error or warning: once, on stderr (and, with --json, as its event for scripts).
   const complain = (text: string, event?: { name: string; data: Record<string, unknown> }): void => {
-    if (options.json && event) process.stdout.write(JSON.stringify({ event: event.name, ...event.data }) + '\n');
+    if (options.json && event) process.stdout.write(jsonText({ event: event.name, ...event.data }) + '\n');
     writeLine(process.stderr, `livemig: ${text}`);
   };
   // The monitor comes with the guest; the endpoint listens first, so a taken port costs no guest start.
