@@ -37,3 +37,12 @@ test('livemig demo --postcopy refuses a v86 guest, saying why', async () => {
     return err.code !== 0;
   });
 });
+
+test('livemig demo --machine none: a guest without a console is seen running on by its clock, and the demo ends', { timeout: 60_000 }, async () => {
+  const { stdout } = await run(process.execPath, [cliPath, 'demo', '--machine', 'none', '--ram', '16M'], { timeout: 50_000 });
+  assert.match(stdout, /destination RAM at resume equals source RAM at stop/);
+  assert.match(stdout, /destination guest still running: vmClockMs (\d+) -> (\d+), serial output 0 -> 0 bytes/);
+  const [, before, after] = /vmClockMs (\d+) -> (\d+)/.exec(stdout)!;
+  assert.ok(Number(after) > Number(before));
+  assert.match(stdout, /demo OK$/m);
+});

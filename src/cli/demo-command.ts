@@ -184,8 +184,9 @@ export async function demoCommand(options: DemoOptions): Promise<number> {
 
     const from = destination.events.length;
     const firstTick = await destination.next((e) => e.event === 'guest' && e.running === true, from);
-    const laterTick = await destination.next((e) => e.event === 'guest' && e.serialBytes > firstTick.serialBytes, destination.events.indexOf(firstTick) + 1);
+    // Running means the guest's own figure moves on (a guest without a console, as `none`, writes no serial bytes).
     const figure = demo.progressFigure;
+    const laterTick = await destination.next((e) => e.event === 'guest' && e[figure] > firstTick[figure], destination.events.indexOf(firstTick) + 1);
     const progress = `${figure} ${firstTick[figure]} -> ${laterTick[figure]}`;
     log(`destination guest still running: ${progress}, serial output ${firstTick.serialBytes} -> ${laterTick.serialBytes} bytes`);
     if (selfCheck) {
