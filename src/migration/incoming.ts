@@ -129,7 +129,7 @@ export class IncomingMigration extends EventEmitter<IncomingEvents> {
     if (this.options.multifd && kind !== 'tcp' && kind !== 'unix') throw new MigrationError('refused', MULTIFD_PROTOCOL_ERROR);
     // Sockets keep listening until the source's stream is found, so a stray connection does not end the wait.
     this.listener = await listenIncoming(uri, {
-      multiChannel: kind === 'tcp' || kind === 'unix',
+      multiChannel: kind === 'tcp' || kind === 'unix' || kind === 'ws',
       ...(this.options.tls ? { tls: this.options.tls } : {}),
       // A failed handshake is a stranger (or a misconfigured source): say why, keep waiting.
       onRejected: (why) => this.emit('rejected', why),
