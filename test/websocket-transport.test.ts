@@ -1,0 +1,195 @@
+/**
+ * The ws: transport: URIs, a live migration between two `livemig run`
+ * processes over a WebSocket, a cut connection, and what a destination does
+ * with strangers (wrong path, bytes that are not HTTP, text frames).
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { connect } from 'node:net';
+import { WebSocket } from 'ws';
+import { createTestMachine, type TestMachine } from '../src/machine/index.js';
+import { OutgoingMigration } from '../src/migration/index.js';
+import { queryMigrate, socketAddress } from '../src/monitor/query-migrate.js';
+import { connectOutgoing, formatMigrationUri, listenIncoming, parseMigrationUri, TransportError } from '../src/transport/index.js';
+import { LivemigProcess } from './helpers/livemig-process.js';
+
+const RAM = '32M';
+const RAM_BYTES = 32 << 20;
+
+async function waitUntil(condition: () => boolean, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error('timed out');
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+async function sourceMachine(): Promise<TestMachine> {
+  const machine = await createTestMachine({ ramSizeBytes: RAM_BYTES, dirtyRatePagesPerSecond: 5_000, serialEveryPasses: 1 });
+  await waitUntil(() => machine.stats().pagesWritten > 1000);
+  return machine;
+}
+
+/** The guest keeps running: pages are written while we watch. */
+async function assertGuestRuns(machine: TestMachine): Promise<void> {
+  assert.equal(machine.running, true, 'source guest running');
+  const before = machine.stats().pagesWritten;
+  await waitUntil(() => machine.stats().pagesWritten > before + 100, 10_000);
+}
+
+function refusal(uri: string, code: string, pattern: RegExp): void {
+  assert.throws(
+    () => parseMigrationUri(uri),
+    (err: unknown) => err instanceof TransportError && err.code === code && pattern.test(err.message) && err.message.includes(uri),
+    uri,
+  );
+}
+
+test('ws: URIs: the forms taken, and bad forms refused naming what is wrong', () => {
+  assert.deepEqual(parseMigrationUri('ws://127.0.0.1:4444/migrate'), { kind: 'ws', uri: 'ws://127.0.0.1:4444/migrate', host: '127.0.0.1', port: 4444, path: '/migrate' });
+  assert.deepEqual(parseMigrationUri('ws://[::1]:0/a/b'), { kind: 'ws', uri: 'ws://[::1]:0/a/b', host: '::1', port: 0, path: '/a/b' });
+  assert.equal((parseMigrationUri('ws://example.org:80') as { path: string }).path, '/', 'no path is /');
+  for (const uri of ['ws://127.0.0.1:4444/migrate', 'ws://[::1]:1/x', 'ws://host-1.example:65535/vm%201']) assert.equal(formatMigrationUri(parseMigrationUri(uri)), uri);
+
+  refusal('ws:127.0.0.1:4444/x', 'bad-uri', /'\/\/' missing/);
+  refusal('ws://127.0.0.1/x', 'bad-uri', /missing port \(expected ws:\/\/HOST:PORT\/PATH\)/);
+  refusal('ws://:4444/x', 'bad-uri', /missing host/);
+  refusal('ws:///x', 'bad-uri', /missing host and port/);
+  refusal('ws://h:70000/x', 'bad-uri', /bad port '70000'/);
+  refusal('ws://h:http/x', 'bad-uri', /bad port 'http'/);
+  refusal('ws://::1:4444/x', 'bad-uri', /IPv6 addresses must be in brackets, e.g. ws:\/\/\[::1\]:4444\//);
+  refusal('ws://[::1/x', 'bad-uri', /missing '\]'/);
+  refusal('ws://user@h:1/x', 'bad-uri', /user names are not supported/);
+  refusal('ws://h:1/x?token=1', 'bad-uri', /queries and fragments/);
+  refusal('ws://h:1/x#frag', 'bad-uri', /queries and fragments/);
+  refusal('ws://h:1/a b', 'bad-uri', /bad path '\/a b'/);
+  refusal('ws://bad host:1/', 'bad-uri', /bad host 'bad host'/);
+  refusal('wss://h:443/x', 'unsupported', /wss: \(WebSocket over TLS\) is not implemented/);
+});
+
+test('ws: setup failures: port 0 to connect, nobody listening, TLS asked for, multifd', async () => {
+  await assert.rejects(connectOutgoing('ws://127.0.0.1:0/x'), (e: unknown) => e instanceof TransportError && e.code === 'bad-uri' && /port 0 is only for listening/.test(e.message));
+  // A port nobody listens on: find one by listening and closing.
+  const probe = await listenIncoming('ws://127.0.0.1:0/x');
+  const freeUri = probe.address;
+  await probe.close();
+  await assert.rejects(connectOutgoing(freeUri), (e: unknown) => e instanceof TransportError && e.code === 'connect-failed' && e.message.includes(freeUri) && /ECONNREFUSED/.test(e.message));
+  await assert.rejects(
+    listenIncoming('ws://127.0.0.1:0/x', { tls: {} as never }),
+    (e: unknown) => e instanceof TransportError && e.code === 'unsupported' && /wss: is not implemented/.test(e.message),
+  );
+  const machine = await sourceMachine();
+  try {
+    const migration = new OutgoingMigration(machine);
+    migration.setCapabilities({ multifd: true });
+    migration.start(freeUri);
+    assert.equal(await migration.finished, 'failed');
+    assert.match(queryMigrate(migration)['error-desc']!, /multifd is not supported by current protocol/);
+    await assertGuestRuns(machine);
+  } finally {
+    await machine.destroy();
+  }
+});
+
+test("query-migrate's socket-address for a ws: listener: the TCP socket as inet, the full URI beside it", () => {
+  assert.deepEqual(socketAddress('ws://127.0.0.1:4444/migrate'), { type: 'inet', host: '127.0.0.1', port: '4444', ipv4: true, 'x-livemig-uri': 'ws://127.0.0.1:4444/migrate' });
+  assert.deepEqual(socketAddress('ws://[::1]:4444/'), { type: 'inet', host: '::1', port: '4444', ipv6: true, 'x-livemig-uri': 'ws://[::1]:4444/' });
+});
+
+test('live migration between two livemig run processes over ws:, after strangers were turned away', { timeout: 120_000 }, async () => {
+  const dst = LivemigProcess.start(['--machine', 'test', '--ram', RAM, '--incoming', 'ws://127.0.0.1:0/migrate', '--verify']);
+  let src: LivemigProcess | undefined;
+  try {
+    const { address } = await dst.waitFor('listening');
+    assert.match(address, /^ws:\/\/127\.0\.0\.1:\d+\/migrate$/);
+    const { port } = new URL(address);
+
+    // A WebSocket for another path: 404, and the destination keeps waiting.
+    const wrongPath = address.replace('/migrate', '/elsewhere');
+    await assert.rejects(connectOutgoing(wrongPath), (e: unknown) => e instanceof TransportError && e.code === 'connect-failed' && /404.*nothing listens on this path/.test(e.message));
+    await dst.waitFor('rejected', (e) => /path "\/elsewhere" was refused with 404/.test(e.reason));
+
+    // Plain HTTP on the right path: 426; bytes that are not HTTP at all: 400.
+    const http = await fetch(`http://127.0.0.1:${port}/migrate`);
+    assert.equal(http.status, 426);
+    const garbage = await new Promise<string>((resolve, reject) => {
+      const socket = connect(Number(port), '127.0.0.1', () => socket.write(Buffer.from([0x51, 0x45, 0x56, 0x4d, 0, 0, 0, 3, 0xff, 0x00, 0x0d, 0x0a, 0x0d, 0x0a])));
+      let answer = '';
+      socket.setEncoding('latin1').on('data', (s: string) => (answer += s));
+      socket.on('close', () => resolve(answer));
+      socket.on('error', reject);
+    });
+    assert.match(garbage, /^HTTP\/1\.1 400 Bad Request/);
+    await dst.waitFor('rejected', (e) => /not a WebSocket handshake/.test(e.reason));
+
+    // A WebSocket on the right path that sends a text frame: dropped, with the reason.
+    const stranger = new WebSocket(address);
+    await new Promise((resolve, reject) => stranger.once('open', resolve).once('error', reject));
+    stranger.send('hello, I am not a migration stream');
+    const closedWith = await new Promise<number>((resolve) => stranger.once('close', (code) => resolve(code)));
+    assert.ok(closedWith === 1003 || closedWith === 4001, `stranger closed with ${closedWith}`);
+    await dst.waitFor('rejected', (e) => /text frame .*binary frames only/.test(e.reason));
+
+    src = LivemigProcess.start(['--machine', 'test', '--ram', RAM, '--dirty-rate', '5000', '--verify', '--migrate-to', address, '--migrate-after-ms', '200']);
+    const done = await src.waitFor('completed', () => true, 60_000).catch((err: Error) => {
+      const failed = src!.events.find((e) => e.event === 'failed');
+      throw new Error(failed ? JSON.stringify(failed.info?.['error-desc']) : `${err.message}: ${src!.stderr}`);
+    });
+    assert.equal(done.info.status, 'completed');
+    const migrated = await src.waitFor('migrated');
+    const loaded = await dst.waitFor('loaded');
+    assert.equal(loaded.memoryCheck.ok, true, `the destination's memory check: ${loaded.memoryCheck.reason}`);
+    assert.equal(loaded.ramHash, migrated.ramHash, "RAM as loaded equals the source's at stop");
+    const resumed = await dst.waitFor('resumed');
+    assert.equal(resumed.started, true);
+    // The guest keeps running there.
+    await dst.waitFor('guest', (e) => e.passes > loaded.cpu.passCount, 30_000);
+  } finally {
+    await src?.stop();
+    await dst.stop();
+  }
+});
+
+test('ws: the destination killed mid-stream: the source fails with a clear error, its guest keeps running', { timeout: 120_000 }, async () => {
+  const machine = await sourceMachine();
+  const dst = LivemigProcess.start(['--machine', 'test', '--ram', RAM, '--incoming', 'ws://127.0.0.1:0/migrate']);
+  try {
+    const { address } = await dst.waitFor('listening');
+    const migration = new OutgoingMigration(machine);
+    // Slow enough (about 4 s for 32 MiB) to be cut in the middle.
+    migration.setParameters({ 'max-bandwidth': 8_000_000 });
+    migration.start(address);
+    await waitUntil(() => (queryMigrate(migration).ram?.transferred ?? 0) > 4 << 20, 30_000);
+    dst.child.kill('SIGKILL');
+    assert.equal(await migration.finished, 'failed');
+    const why = queryMigrate(migration)['error-desc']!;
+    assert.ok(why.includes(address), `the error names the URI: ${why}`);
+    assert.match(why, /connection closed|abnormal closure|ECONNRESET|write failed/);
+    await assertGuestRuns(machine);
+  } finally {
+    await dst.stop();
+    await machine.destroy();
+  }
+});
+
+test('ws: the source aborts: the destination reports the peer closed the stream and does not start the guest', { timeout: 60_000 }, async () => {
+  const machine = await sourceMachine();
+  const dst = LivemigProcess.start(['--machine', 'test', '--ram', RAM, '--incoming', 'ws://127.0.0.1:0/migrate']);
+  try {
+    const { address } = await dst.waitFor('listening');
+    const migration = new OutgoingMigration(machine);
+    migration.setParameters({ 'max-bandwidth': 8_000_000 });
+    migration.start(address);
+    await waitUntil(() => (queryMigrate(migration).ram?.transferred ?? 0) > 2 << 20, 30_000);
+    migration.cancel('test cancels');
+    assert.equal(await migration.finished, 'cancelled');
+    const failed = await dst.waitFor('failed');
+    assert.match(failed.error, /closed|aborted|cancel/);
+    await dst.exited;
+    assert.equal(dst.exitCode, 1);
+    await assertGuestRuns(machine);
+  } finally {
+    await dst.stop();
+    await machine.destroy();
+  }
+});
