@@ -6,9 +6,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect } from 'node:net';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { WebSocket } from 'ws';
 import { createTestMachine, type TestMachine } from '../src/machine/index.js';
 import { OutgoingMigration } from '../src/migration/index.js';
+import { QmpClient } from '../src/monitor/qmp-client.js';
 import { queryMigrate, socketAddress } from '../src/monitor/query-migrate.js';
 import { connectOutgoing, formatMigrationUri, listenIncoming, parseMigrationUri, TransportError } from '../src/transport/index.js';
 import { LivemigProcess } from './helpers/livemig-process.js';
@@ -84,7 +88,7 @@ test('ws: setup failures: port 0 to connect, nobody listening, TLS asked for, mu
     migration.setCapabilities({ multifd: true });
     migration.start(freeUri);
     assert.equal(await migration.finished, 'failed');
-    assert.match(queryMigrate(migration)['error-desc']!, /multifd is not supported by current protocol/);
+    assert.match(queryMigrate(migration)['error-desc']!, /multifd is not supported by current protocol \(ws: carries one WebSocket; multifd needs tcp: or unix:\)/);
     await assertGuestRuns(machine);
   } finally {
     await machine.destroy();
@@ -191,5 +195,43 @@ test('ws: the source aborts: the destination reports the peer closed the stream 
   } finally {
     await dst.stop();
     await machine.destroy();
+  }
+});
+
+test('ws: postcopy: the return path carries page requests; the guest runs on the destination and its memory check passes', { timeout: 120_000 }, async () => {
+  // The unthrottled test workload, as test/postcopy.test.ts: pre-copy alone would not converge at 50 ms.
+  const machine = await createTestMachine({ ramSizeBytes: 64 << 20, serialEveryPasses: 1 });
+  await waitUntil(() => machine.stats().passes >= 2);
+  const dir = await mkdtemp(join(tmpdir(), 'livemig-ws-postcopy-'));
+  const qmpPath = join(dir, 'dst.qmp');
+  const dst = LivemigProcess.start(['--machine', 'test', '--ram', '64M', '--incoming', 'ws://127.0.0.1:0/migrate', '--qmp', `unix:${qmpPath}`, '--cap', 'postcopy-ram']);
+  let qmp: QmpClient | undefined;
+  try {
+    const { address } = await dst.waitFor('listening');
+    qmp = await QmpClient.connect(`unix:${qmpPath}`, { retryForMs: 10_000 });
+    const listening = (await qmp.execute('query-migrate')) as { 'socket-address': Array<Record<string, unknown>> };
+    assert.equal(listening['socket-address'][0]!['x-livemig-uri'], address);
+    const migration = new OutgoingMigration(machine);
+    migration.setCapabilities({ 'postcopy-ram': true });
+    migration.setParameters({ 'downtime-limit': 50 });
+    const statuses: string[] = [];
+    migration.on('status', (status) => statuses.push(status));
+    migration.start(address);
+    await waitUntil(() => (migration.snapshot().ram?.completedRounds ?? 0) >= 1 || migration.status !== 'active');
+    migration.startPostcopy();
+    assert.equal(await migration.finished, 'completed', queryMigrate(migration)['error-desc']);
+    assert.deepEqual(statuses, ['setup', 'active', 'postcopy-active', 'completed']);
+    assert.ok(queryMigrate(migration).ram!['postcopy-bytes'] > 0, 'RAM went after the switch');
+    assert.equal((await dst.waitFor('resumed')).started, true);
+    const first = await dst.waitFor('guest', (e) => e.running, 10_000);
+    await dst.waitFor('guest', (e) => e.passes > first.passes, 20_000, dst.events.indexOf(first) + 1);
+    await qmp.execute('stop');
+    const check = (await qmp.execute('x-livemig-check-guest')) as { memoryCheck: { ok: boolean; reason?: string } };
+    assert.equal(check.memoryCheck.ok, true, `the guest's memory check on the destination: ${check.memoryCheck.reason}`);
+  } finally {
+    await qmp?.close().catch(() => {});
+    await dst.stop();
+    await machine.destroy();
+    await rm(dir, { recursive: true, force: true });
   }
 });
