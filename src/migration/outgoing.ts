@@ -277,7 +277,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
     const caps = this.config.capabilities;
     if (caps.multifd) throw new MigrationError('refused', 'Postcopy is not yet compatible with multifd');
     if (caps.block || options.blk) throw new MigrationError('refused', 'postcopy-ram with block migration is not supported: the disks would have to be handed over while the guest already runs on the destination; migrate the disks first (a precopy migration with blk), or share them');
-    if (uriKind !== 'tcp' && uriKind !== 'unix' && uriKind !== 'ws') throw new MigrationError('refused', `postcopy-ram needs a two-way channel (tcp:, unix: or ws:) for the destination's page requests, not ${uriKind}:`);
+    if (uriKind !== 'tcp' && uriKind !== 'unix' && uriKind !== 'ws') throw new MigrationError('refused', `postcopy-ram needs a two-way channel (tcp: or unix:) or ws: for the destination's page requests, not ${uriKind}:`);
     // The destination runs the same guest type: one that cannot run with pages missing cannot take postcopy there either.
     if (!this.machine.postcopy) {
       throw new MigrationError('refused', `postcopy-ram is not possible with a ${this.machine.kind} guest: it cannot run on the destination with pages missing${this.machine.kind === 'v86' ? " (v86 reads and writes guest memory straight in WebAssembly memory; there is no hook for a missing page short of forking v86)" : ''}; use pre-copy (with xbzrle or auto-converge for a busy guest)`);
@@ -293,7 +293,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
   resume(uri: string): void {
     const run = this.run;
     if (this.currentStatus !== 'postcopy-paused' || !run) throw new MigrationError('refused', "Cannot resume if there is no paused migration");
-    if (!['tcp', 'unix', 'ws'].includes(parseMigrationUri(uri).kind)) throw new MigrationError('refused', 'postcopy recovery needs a two-way channel (tcp:, unix: or ws:)');
+    if (!['tcp', 'unix', 'ws'].includes(parseMigrationUri(uri).kind)) throw new MigrationError('refused', 'postcopy recovery needs a two-way channel (tcp: or unix:) or ws:');
     run.abortReason = undefined;
     run.error = undefined;
     this.transition('postcopy-recover');
