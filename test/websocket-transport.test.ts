@@ -235,3 +235,39 @@ test('ws: postcopy: the return path carries page requests; the guest runs on the
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+test('ws: over QMP: migrate-incoming listens on a ws: URI (query-migrate names it), migrate sends there', { timeout: 120_000 }, async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'livemig-ws-qmp-'));
+  const dst = LivemigProcess.start(['--machine', 'test', '--ram', RAM, '--incoming', 'defer', '--qmp', `unix:${join(dir, 'dst.qmp')}`, '--verify']);
+  const src = LivemigProcess.start(['--machine', 'test', '--ram', RAM, '--dirty-rate', '2000', '--qmp', `unix:${join(dir, 'src.qmp')}`]);
+  const clients: QmpClient[] = [];
+  try {
+    const dstQmp = await QmpClient.connect(`unix:${join(dir, 'dst.qmp')}`, { retryForMs: 10_000 });
+    clients.push(dstQmp);
+    await dstQmp.execute('migrate-incoming', { uri: 'ws://127.0.0.1:0/qmp-migrate' });
+    const listening = (await dstQmp.execute('query-migrate')) as { 'socket-address': Array<Record<string, any>> };
+    const [where] = listening['socket-address'];
+    assert.equal(where!.type, 'inet');
+    const address = where!['x-livemig-uri'] as string;
+    assert.equal(address, `ws://127.0.0.1:${where!.port}/qmp-migrate`);
+
+    const srcQmp = await QmpClient.connect(`unix:${join(dir, 'src.qmp')}`, { retryForMs: 10_000 });
+    clients.push(srcQmp);
+    await assert.rejects(srcQmp.execute('migrate', { uri: 'ws://127.0.0.1/qmp-migrate' }), /Parameter 'uri' expects a valid migration URI: .*missing port/);
+    await srcQmp.execute('migrate', { uri: address });
+    for (let i = 0; ; i++) {
+      const info = (await srcQmp.execute('query-migrate')) as { status: string; 'error-desc'?: string };
+      if (info.status === 'completed') break;
+      assert.ok(!['failed', 'cancelled'].includes(info.status) && i < 600, `source: ${info.status} ${info['error-desc'] ?? ''}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const loaded = await dst.waitFor('loaded');
+    assert.equal(loaded.memoryCheck.ok, true, `the destination's memory check: ${loaded.memoryCheck.reason}`);
+    assert.equal((await dst.waitFor('resumed')).started, true);
+  } finally {
+    for (const c of clients) await c.close().catch(() => {});
+    await src.stop();
+    await dst.stop();
+    await rm(dir, { recursive: true, force: true });
+  }
+});
