@@ -14,7 +14,11 @@ import { createTestMachine, type TestMachine } from '../src/machine/index.js';
 import { OutgoingMigration } from '../src/migration/index.js';
 import { QmpClient } from '../src/monitor/qmp-client.js';
 import { queryMigrate, socketAddress } from '../src/monitor/query-migrate.js';
-import { connectOutgoing, formatMigrationUri, listenIncoming, parseMigrationUri, TransportError } from '../src/transport/index.js';
+import { connectOutgoing, formatMigrationUri, listenIncoming, parseMigrationUri, TransportError, webSocketChannel, type MinimalWebSocket } from '../src/transport/index.js';
+import type { MigrationChannel } from '../src/wire/channel.js';
+import { build } from 'esbuild';
+import { chromium } from 'playwright-core';
+import { CHROMIUM_PATH, chromiumMissing } from '../scripts/chart-check.js';
 import { LivemigProcess } from './helpers/livemig-process.js';
 
 const RAM = '32M';
@@ -269,5 +273,133 @@ test('ws: over QMP: migrate-incoming listens on a ws: URI (query-migrate names i
     await src.stop();
     await dst.stop();
     await rm(dir, { recursive: true, force: true });
+  }
+});
+
+/** Bytes where byte i is a function of i and a seed, so a reordered, lost or doubled chunk shows. */
+function pattern(lengthBytes: number, seed: number): Uint8Array {
+  const out = new Uint8Array(lengthBytes);
+  for (let i = 0; i < lengthBytes; i++) out[i] = (i * 31 + (i >>> 12) + seed) & 0xff;
+  return out;
+}
+
+/** Read a channel's input to its end. */
+async function readAll(channel: MigrationChannel): Promise<Uint8Array> {
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  for (let c = await channel.input!.read(); c !== null; c = await channel.input!.read()) {
+    chunks.push(c.slice());
+    total += c.length;
+  }
+  const out = new Uint8Array(total);
+  let at = 0;
+  for (const c of chunks) {
+    out.set(c, at);
+    at += c.length;
+  }
+  return out;
+}
+
+async function writeAll(channel: MigrationChannel, bytes: Uint8Array, chunkBytes: number): Promise<void> {
+  for (let at = 0; at < bytes.length; at += chunkBytes) await channel.output!.write(bytes.slice(at, at + chunkBytes));
+  await channel.output!.close();
+}
+
+test('the channel over the standard WebSocket interface only (as in a browser: arraybuffer, bufferedAmount, no pause): both directions, half-closed in turn', { timeout: 60_000 }, async () => {
+  const listener = await listenIncoming('ws://127.0.0.1:0/std');
+  try {
+    const accepted = listener.accept();
+    const raw = new WebSocket(listener.address);
+    await new Promise((resolve, reject) => raw.once('open', resolve).once('error', reject));
+    const client = webSocketChannel(raw as unknown as MinimalWebSocket, listener.address); // no extras
+    const server = await accepted;
+    const stream = pattern(24 << 20, 1);
+    const reply = pattern(3 << 20, 2);
+    // The client's stream ends first; its return path (the server's reply) is read after that.
+    const [received] = await Promise.all([readAll(server), writeAll(client, stream, 200_000)]);
+    assert.ok(Buffer.from(received).equals(Buffer.from(stream)), 'the stream arrives whole and in order');
+    const [back] = await Promise.all([readAll(client), writeAll(server, reply, 65_536)]);
+    assert.ok(Buffer.from(back).equals(Buffer.from(reply)), 'the return path arrives whole and in order');
+    await Promise.all([client.close(), server.close()]);
+    await client.closed;
+    await server.closed;
+  } finally {
+    await listener.close();
+  }
+});
+
+test('a text frame on an accepted channel: read() fails naming it, the peer is closed with 1003', { timeout: 30_000 }, async () => {
+  const listener = await listenIncoming('ws://127.0.0.1:0/text');
+  try {
+    const accepted = listener.accept();
+    const raw = new WebSocket(listener.address);
+    await new Promise((resolve, reject) => raw.once('open', resolve).once('error', reject));
+    const server = await accepted;
+    raw.send(new Uint8Array([1, 2, 3]));
+    raw.send('QEVM');
+    const code = new Promise<number>((resolve) => raw.once('close', (c) => resolve(c)));
+    const first = await server.input!.read();
+    assert.deepEqual([...first!], [1, 2, 3], 'bytes before the bad frame are delivered');
+    await assert.rejects(server.input!.read(), /text frame \(4 characters\) arrived; the migration stream travels in binary frames only/);
+    assert.equal(await code, 1003);
+    server.abort();
+  } finally {
+    await listener.close();
+  }
+});
+
+const noChromium = chromiumMissing();
+
+test('headless Chromium: the channel bundled for the browser (esbuild) sends a stream to a Node listener and reads the return path', { skip: noChromium, timeout: 120_000 }, async () => {
+  const bundle = await build({
+    entryPoints: [join(import.meta.dirname, '..', '..', 'src', 'transport', 'websocket-channel.ts')],
+    bundle: true,
+    platform: 'browser',
+    format: 'iife',
+    globalName: 'livemigWs',
+    write: false,
+  });
+  const script = bundle.outputFiles[0]!.text;
+  assert.doesNotMatch(script, /require\(|from "node:/, 'no Node module in the browser bundle');
+  const listener = await listenIncoming('ws://127.0.0.1:0/browser');
+  const browser = await chromium.launch({ executablePath: CHROMIUM_PATH, headless: true, args: ['--no-sandbox', '--disable-gpu'] });
+  try {
+    const page = await browser.newPage();
+    const errors: string[] = [];
+    page.on('pageerror', (err) => errors.push(err.message));
+    await page.addScriptTag({ content: script });
+    const streamBytes = 16 << 20;
+    const accepted = listener.accept();
+    const inPage = page.evaluate(
+      async ({ url, streamBytes }) => {
+        const ws = (globalThis as any).livemigWs;
+        const socket = await ws.openWebSocket(() => new WebSocket(url), url, { connectTimeoutMs: 10_000 });
+        const channel = ws.webSocketChannel(socket, url);
+        const stream = new Uint8Array(streamBytes);
+        for (let i = 0; i < streamBytes; i++) stream[i] = (i * 31 + (i >>> 12) + 1) & 0xff;
+        const started = performance.now();
+        for (let at = 0; at < streamBytes; at += 256 * 1024) await channel.output.write(stream.subarray(at, at + 256 * 1024));
+        await channel.output.close();
+        const sentMs = performance.now() - started;
+        let back = '';
+        for (let c = await channel.input.read(); c !== null; c = await channel.input.read()) back += new TextDecoder().decode(c);
+        await channel.close();
+        return { back, sentMs };
+      },
+      { url: listener.address, streamBytes },
+    );
+    const server = await accepted;
+    const received = await readAll(server);
+    assert.equal(received.length, streamBytes);
+    assert.ok(Buffer.from(received).equals(Buffer.from(pattern(streamBytes, 1))), 'the stream from the page arrives whole and in order');
+    await server.output!.write(new TextEncoder().encode('got it'));
+    await server.close();
+    const { back, sentMs } = await inPage;
+    assert.equal(back, 'got it');
+    assert.deepEqual(errors, []);
+    process.stderr.write(`browser -> node over ws: ${(streamBytes / 1e6 / (sentMs / 1000)).toFixed(0)} MB/s (${streamBytes >> 20} MiB in ${sentMs.toFixed(0)} ms)\n`);
+  } finally {
+    await browser.close();
+    await listener.close();
   }
 });
