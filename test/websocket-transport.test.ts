@@ -19,6 +19,7 @@ import type { MigrationChannel } from '../src/wire/channel.js';
 import { build } from 'esbuild';
 import { chromium } from 'playwright-core';
 import { CHROMIUM_PATH, chromiumMissing } from '../scripts/chart-check.js';
+import { FaultProxy } from './helpers/fault-proxy.js';
 import { LivemigProcess } from './helpers/livemig-process.js';
 
 const RAM = '32M';
@@ -401,5 +402,30 @@ test('headless Chromium: the channel bundled for the browser (esbuild) sends a s
   } finally {
     await browser.close();
     await listener.close();
+  }
+});
+
+test('ws: a link that stalls mid-stream (a TCP proxy stops forwarding): the peer timeout fails the migration, the source guest runs on', { timeout: 120_000 }, async () => {
+  const machine = await sourceMachine();
+  const dst = LivemigProcess.start(['--machine', 'test', '--ram', RAM, '--incoming', 'ws://127.0.0.1:0/migrate']);
+  const { address } = await dst.waitFor('listening');
+  const proxy = await FaultProxy.start({ targetPort: Number(new URL(address).port) });
+  try {
+    const migration = new OutgoingMigration(machine);
+    migration.setParameters({ 'max-bandwidth': 8_000_000, 'x-livemig-peer-timeout-ms': 2000 });
+    const viaProxy = `ws://127.0.0.1:${proxy.port}/migrate`;
+    migration.start(viaProxy);
+    await waitUntil(() => (queryMigrate(migration).ram?.transferred ?? 0) > 2 << 20, 30_000);
+    proxy.stall();
+    const startedMs = Date.now();
+    assert.equal(await migration.finished, 'failed');
+    const why = queryMigrate(migration)['error-desc']!;
+    assert.match(why, /\d+ ms|silent|stall|timeout|no progress/i, why);
+    assert.ok(Date.now() - startedMs < 30_000, 'failed within the peer timeout, not hung');
+    await assertGuestRuns(machine);
+  } finally {
+    await proxy.close();
+    await dst.stop();
+    await machine.destroy();
   }
 });
