@@ -118,12 +118,14 @@ export function webSocketChannel(socket: MinimalWebSocket, uri: string, extras: 
   let failure: ChannelError | undefined; // the connection broke (or the peer broke the protocol)
   let closeEvent: { code: number; reason: string } | undefined;
   let outstandingBytes = 0; // sent with acknowledgement, not yet acknowledged
+  // Both directions done: what comes after (the peer's Close, a dropped connection) loses nothing.
+  const finished = (): boolean => (inputEnded || inputClosed) && outputEnded;
 
   let settleClosed!: () => void;
   const closed = new Promise<void>((resolve, reject) => {
     settleClosed = () => {
       if (signal.aborted) reject(asError(signal.reason, uri));
-      else if (failure && !(inputEnded && outputEnded)) reject(failure);
+      else if (failure && !finished()) reject(failure);
       else resolve();
     };
   });
@@ -168,7 +170,7 @@ export function webSocketChannel(socket: MinimalWebSocket, uri: string, extras: 
   };
   socket.onclose = (event) => {
     closeEvent = { code: event.code, reason: event.reason };
-    if (!(inputEnded && outputEnded)) {
+    if (!finished()) {
       const normal = event.code === WS_CLOSE_NORMAL;
       fail(new ChannelError(`${uri}: connection closed ${inputEnded ? 'before our end of the stream was sent' : 'before the end of the stream'}: ${normal ? 'the peer closed it' : describeClose(event.code, event.reason)}`));
     }
