@@ -1,4 +1,4 @@
-/** Transports: QEMU 7.2 migration URIs (tcp, unix, exec, file), outgoing and incoming. */
+/** Transports: QEMU 7.2 migration URIs (tcp, unix, exec, file) and livemig's ws://HOST:PORT/PATH, outgoing and incoming. */
 export { TransportError, ExecExitError, type TransportErrorCode } from './errors.js';
 export {
   parseMigrationUri,
