@@ -126,10 +126,10 @@ export class IncomingMigration extends EventEmitter<IncomingEvents> {
   async listen(uri: string): Promise<string> {
     if (this.status !== 'none') throw new MigrationError('refused', 'migrate-incoming can only be used once');
     const kind = parseMigrationUri(uri).kind;
-    if (this.options.multifd && kind !== 'tcp' && kind !== 'unix') throw new MigrationError('refused', MULTIFD_PROTOCOL_ERROR);
+    if (this.options.multifd && kind !== 'tcp' && kind !== 'unix') throw new MigrationError('refused', kind === 'ws' ? `${MULTIFD_PROTOCOL_ERROR} (ws: carries one WebSocket; multifd needs tcp: or unix:)` : MULTIFD_PROTOCOL_ERROR);
     // Sockets keep listening until the source's stream is found, so a stray connection does not end the wait.
     this.listener = await listenIncoming(uri, {
-      multiChannel: kind === 'tcp' || kind === 'unix',
+      multiChannel: kind === 'tcp' || kind === 'unix' || kind === 'ws',
       ...(this.options.tls ? { tls: this.options.tls } : {}),
       // A failed handshake is a stranger (or a misconfigured source): say why, keep waiting.
       onRejected: (why) => this.emit('rejected', why),

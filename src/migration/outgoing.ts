@@ -277,7 +277,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
     const caps = this.config.capabilities;
     if (caps.multifd) throw new MigrationError('refused', 'Postcopy is not yet compatible with multifd');
     if (caps.block || options.blk) throw new MigrationError('refused', 'postcopy-ram with block migration is not supported: the disks would have to be handed over while the guest already runs on the destination; migrate the disks first (a precopy migration with blk), or share them');
-    if (uriKind !== 'tcp' && uriKind !== 'unix') throw new MigrationError('refused', `postcopy-ram needs a two-way channel (tcp: or unix:) for the destination's page requests, not ${uriKind}:`);
+    if (uriKind !== 'tcp' && uriKind !== 'unix' && uriKind !== 'ws') throw new MigrationError('refused', `postcopy-ram needs a two-way channel (tcp: or unix:) or ws: for the destination's page requests, not ${uriKind}:`);
     // The destination runs the same guest type: one that cannot run with pages missing cannot take postcopy there either.
     if (!this.machine.postcopy) {
       throw new MigrationError('refused', `postcopy-ram is not possible with a ${this.machine.kind} guest: it cannot run on the destination with pages missing${this.machine.kind === 'v86' ? " (v86 reads and writes guest memory straight in WebAssembly memory; there is no hook for a missing page short of forking v86)" : ''}; use pre-copy (with xbzrle or auto-converge for a busy guest)`);
@@ -293,7 +293,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
   resume(uri: string): void {
     const run = this.run;
     if (this.currentStatus !== 'postcopy-paused' || !run) throw new MigrationError('refused', "Cannot resume if there is no paused migration");
-    if (!['tcp', 'unix'].includes(parseMigrationUri(uri).kind)) throw new MigrationError('refused', 'postcopy recovery needs a two-way channel (tcp: or unix:)');
+    if (!['tcp', 'unix', 'ws'].includes(parseMigrationUri(uri).kind)) throw new MigrationError('refused', 'postcopy recovery needs a two-way channel (tcp: or unix:) or ws:');
     run.abortReason = undefined;
     run.error = undefined;
     this.transition('postcopy-recover');
@@ -496,7 +496,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
   private async setup(run: Run): Promise<void> {
     const { ram, registry } = run.assembly;
     const multifd = this.capabilities.multifd;
-    if (multifd && !['tcp', 'unix'].includes(parseMigrationUri(run.uri).kind)) throw new MigrationError('refused', MULTIFD_PROTOCOL_ERROR);
+    if (multifd && !['tcp', 'unix'].includes(parseMigrationUri(run.uri).kind)) throw new MigrationError('refused', multifdRefusal(run.uri));
     // Dirty logging from here to the end of the migration (v86 keeps a RAM-sized shadow meanwhile).
     await this.machine.startDirtyLog();
     const connect = (): Promise<MigrationChannel> => connectOutgoing(run.uri, run.tls ? { tls: run.tls } : {});
@@ -942,4 +942,9 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
     });
     return snap;
   }
+}
+
+/** QEMU's words for multifd over a protocol without it; for ws: also why (livemig's own transport). */
+function multifdRefusal(uri: string): string {
+  return parseMigrationUri(uri).kind === 'ws' ? `${MULTIFD_PROTOCOL_ERROR} (ws: carries one WebSocket; multifd needs tcp: or unix:)` : MULTIFD_PROTOCOL_ERROR;
 }

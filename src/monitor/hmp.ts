@@ -90,6 +90,7 @@ function infoMigrate(info: MigrationInfo): string[] {
 
 /** QEMU's socket_uri(): how HMP prints a SocketAddress. */
 function socketUri(a: Record<string, unknown>): string {
+  if (typeof a['x-livemig-uri'] === 'string') return a['x-livemig-uri'];
   if (a.type === 'inet') return `tcp:${String(a.host)}:${String(a.port)}`;
   if (a.type === 'unix') return `unix:${String(a.path)}`;
   return `${String(a.type)}:${String(a.uri ?? '')}`;

@@ -170,7 +170,7 @@ export class MachineMonitor extends EventEmitter<{
     const address = await incoming.listen(uri);
     this.incomingAddress = address;
     const parsed = parseMigrationUri(uri);
-    if (!tls && parsed.kind === 'tcp' && !isLoopbackHost(parsed.host)) {
+    if (!tls && (parsed.kind === 'tcp' || parsed.kind === 'ws') && !isLoopbackHost(parsed.host)) {
       this.emit(
         'warning',
         `the migration listener on ${address} takes a plaintext stream from any host that can reach it: the guest's memory ` +

@@ -146,6 +146,9 @@ export function socketAddress(uri: string): Record<string, unknown> {
   // QEMU reports the listening socket's family as ipv4 or ipv6 (socket_sockaddr_to_address_inet).
   if (tcp) return { type: 'inet', host: tcp[1], port: tcp[2], ...(tcp[1]!.includes(':') ? { ipv6: true } : { ipv4: true }) };
   if (uri.startsWith('unix:')) return { type: 'unix', path: uri.slice(5) };
+  // QEMU has no WebSocket migration: the listening TCP socket as inet (what tools read for the port), the full URI beside it.
+  const ws = /^ws:\/\/\[?([^\]/]*?)\]?:(\d+)(\/.*)$/.exec(uri);
+  if (ws) return { type: 'inet', host: ws[1], port: ws[2], ...(ws[1]!.includes(':') ? { ipv6: true } : { ipv4: true }), 'x-livemig-uri': uri };
   return { type: 'other', uri };
 }
 

@@ -6,7 +6,7 @@
  * from read()/write()/close() as the wire layer's ChannelError, so the stream
  * code above needs to know only one error type for "the bytes stopped".
  */
-import { ChannelError } from '../wire/index.js';
+import { ChannelError } from '../wire/errors.js';
 
 export type TransportErrorCode =
   | 'bad-uri' // the URI does not parse

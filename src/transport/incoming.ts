@@ -19,6 +19,7 @@ import createDebug from 'debug';
 
 const log = createDebug('livemig:transport');
 import { formatTcpUri, parseMigrationUri } from './uri.js';
+import { WebSocketListener } from './websocket-node.js';
 
 export interface AcceptOptions {
   signal?: AbortSignal;
@@ -58,7 +59,7 @@ export async function listenIncoming(uri: string, options: ListenOptions = {}): 
   const address = parseMigrationUri(uri);
   const multi = options.multiChannel === true;
   if (options.tls && address.kind !== 'tcp' && address.kind !== 'unix') {
-    throw new TransportError('unsupported', uri, `${uri}: TLS (tls-creds) runs on tcp: and unix: channels only`);
+    throw new TransportError('unsupported', uri, `${uri}: TLS (tls-creds) runs on tcp: and unix: channels only${address.kind === 'ws' ? '; wss: is not implemented' : ''}`);
   }
   switch (address.kind) {
     case 'tcp':
@@ -67,6 +68,8 @@ export async function listenIncoming(uri: string, options: ListenOptions = {}): 
     case 'unix':
       await removeStaleSocket(uri, address.path);
       return SocketListener.listen(uri, 'unix', { path: address.path }, multi, options);
+    case 'ws':
+      return WebSocketListener.listen(address, options);
     case 'exec':
       return new ReadyListener(uri, execIncomingChannel(await ExecChild.spawn(uri, address.command, 'incoming')));
     case 'file': {

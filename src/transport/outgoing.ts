@@ -6,6 +6,7 @@ import { TransportError } from './errors.js';
 import { EXEC_EXIT_TIMEOUT_MS, ExecChild, execOutgoingChannel } from './exec.js';
 import { secureClient, type TlsClientSettings } from './tls.js';
 import { parseMigrationUri } from './uri.js';
+import { connectWebSocket } from './websocket-node.js';
 import createDebug from 'debug';
 
 const log = createDebug('livemig:transport');
@@ -32,7 +33,7 @@ export async function connectOutgoing(uri: string, options: ConnectOptions = {})
   if (signal?.aborted) throw abortedError(uri, signal);
   const { tls } = options;
   if (tls && address.kind !== 'tcp' && address.kind !== 'unix') {
-    throw new TransportError('unsupported', uri, `${uri}: TLS (tls-creds) runs on tcp: and unix: channels only`);
+    throw new TransportError('unsupported', uri, `${uri}: TLS (tls-creds) runs on tcp: and unix: channels only${address.kind === 'ws' ? '; wss: is not implemented' : ''}`);
   }
   switch (address.kind) {
     case 'tcp': {
@@ -54,6 +55,9 @@ export async function connectOutgoing(uri: string, options: ConnectOptions = {})
       }
       return channel;
     }
+    case 'ws':
+      if (address.port === 0) throw new TransportError('bad-uri', uri, `${uri}: port 0 is only for listening`);
+      return connectWebSocket(address, { ...(signal ? { signal } : {}), ...(options.connectTimeoutMs !== undefined ? { connectTimeoutMs: options.connectTimeoutMs } : {}) });
     case 'file': {
       let sink: FileSink;
       try {

@@ -4,6 +4,8 @@
  *   unix:PATH
  *   exec:CMDLINE    (everything after "exec:" goes to /bin/sh -c)
  *   file:PATH       (upstream 8.2+; 7.2 rejects it; we accept it without `,offset=`)
+ *   ws://HOST:PORT/PATH  (livemig only: a WebSocket, so a browser can be either end;
+ *                   HOST may be [IPV6]; PATH defaults to /; no query, fragment or user)
  */
 import { isIP, isIPv6 } from 'node:net';
 import { TransportError } from './errors.js';
@@ -12,7 +14,8 @@ export type MigrationAddress =
   | { kind: 'tcp'; uri: string; host: string; port: number }
   | { kind: 'unix'; uri: string; path: string }
   | { kind: 'exec'; uri: string; command: string }
-  | { kind: 'file'; uri: string; path: string };
+  | { kind: 'file'; uri: string; path: string }
+  | { kind: 'ws'; uri: string; host: string; port: number; path: string };
 
 export type TransportKind = MigrationAddress['kind'];
 
@@ -50,6 +53,11 @@ export function parseMigrationUri(uri: string): MigrationAddress {
         throw new TransportError('unsupported', uri, `${uri}: the file: offset option is not supported (QEMU 7.2 has none)`);
       }
       return { kind: 'file', uri, path: rest };
+    case 'ws':
+      return parseWs(uri, rest);
+    case 'wss':
+      // The TLS objects (tls.ts) secure raw sockets; an https server for WebSocket upgrades is more than that.
+      throw new TransportError('unsupported', uri, `${uri}: wss: (WebSocket over TLS) is not implemented; use ws: on a trusted network, or tcp: with tls-creds`);
     case 'fd':
     case 'rdma':
     case 'vsock':
@@ -59,8 +67,9 @@ export function parseMigrationUri(uri: string): MigrationAddress {
   }
 }
 
-function parseTcp(uri: string, rest: string): MigrationAddress {
-  if (rest.includes(',')) throw new TransportError('unsupported', uri, `${uri}: tcp options (,ipv4 ,ipv6 ,to=) are not supported`);
+function parseTcp(uri: string, rest: string, form = 'tcp:HOST:PORT'): MigrationAddress {
+  const v6form = form.replace('HOST', '[IPV6]');
+  if (form.startsWith('tcp') && rest.includes(',')) throw new TransportError('unsupported', uri, `${uri}: tcp options (,ipv4 ,ipv6 ,to=) are not supported`);
   let host: string;
   let portText: string;
   if (rest.startsWith('[')) {
@@ -68,14 +77,14 @@ function parseTcp(uri: string, rest: string): MigrationAddress {
     if (end < 0) throw bad(uri, "missing ']' after the IPv6 address");
     host = rest.slice(1, end);
     if (!isIPv6(host)) throw bad(uri, `'${host}' is not an IPv6 address`);
-    if (rest[end + 1] !== ':') throw bad(uri, 'missing port (expected tcp:[IPV6]:PORT)');
+    if (rest[end + 1] !== ':') throw bad(uri, `missing port (expected ${v6form})`);
     portText = rest.slice(end + 2);
   } else {
     const last = rest.lastIndexOf(':');
-    if (last < 0) throw bad(uri, 'missing port (expected tcp:HOST:PORT)');
+    if (last < 0) throw bad(uri, `missing port (expected ${form})`);
     host = rest.slice(0, last);
     portText = rest.slice(last + 1);
-    if (host.includes(':')) throw bad(uri, 'IPv6 addresses must be in brackets, e.g. tcp:[::1]:4444');
+    if (host.includes(':')) throw bad(uri, `IPv6 addresses must be in brackets, e.g. ${form.startsWith('tcp') ? 'tcp:[::1]:4444' : 'ws://[::1]:4444/'}`);
     if (host !== '' && isIP(host) === 0 && (host.length > HOSTNAME_MAX_CHARS || !HOSTNAME.test(host))) {
       throw bad(uri, `bad host '${host}'`);
     }
@@ -83,6 +92,28 @@ function parseTcp(uri: string, rest: string): MigrationAddress {
   // Decimal only: QEMU would also resolve service names, which nobody uses for migration.
   if (!/^[0-9]{1,5}$/.test(portText) || Number(portText) > 65535) throw bad(uri, `bad port '${portText}'`);
   return { kind: 'tcp', uri, host, port: Number(portText) };
+}
+
+function parseWs(uri: string, rest: string): MigrationAddress {
+  if (!rest.startsWith('//')) throw bad(uri, "expected ws://HOST:PORT/PATH ('//' missing after 'ws:')");
+  const afterSlashes = rest.slice(2);
+  const slash = afterSlashes.indexOf('/');
+  const authority = slash < 0 ? afterSlashes : afterSlashes.slice(0, slash);
+  const path = slash < 0 ? '/' : afterSlashes.slice(slash);
+  if (authority.includes('@')) throw bad(uri, 'user names are not supported in ws: URIs');
+  if (/[?#]/.test(authority) || /[?#]/.test(path)) throw bad(uri, 'queries and fragments (? #) are not supported in ws: URIs');
+  // The path is compared byte for byte with the request's; keep it to what a request line carries unchanged.
+  if (!/^\/[A-Za-z0-9\-._~!$&'()*+,;=:@%/]*$/.test(path)) throw bad(uri, `bad path '${path}' (letters, digits and -._~!$&'()*+,;=:@%/ only)`);
+  if (authority === '') throw bad(uri, 'missing host and port (expected ws://HOST:PORT/PATH)');
+  // The same host and port rules as tcp:, except that a host is required (0.0.0.0 or [::] listens everywhere).
+  const tcp = parseTcp(uri, authority, 'ws://HOST:PORT/PATH');
+  if (tcp.kind !== 'tcp' || tcp.host === '') throw bad(uri, 'missing host (expected ws://HOST:PORT/PATH)');
+  return { kind: 'ws', uri, host: tcp.host, port: tcp.port, path };
+}
+
+/** `ws://HOST:PORT/PATH`, with brackets around an IPv6 host. */
+export function formatWsUri(host: string, port: number, path: string): string {
+  return `ws://${host.includes(':') ? `[${host}]` : host}:${port}${path}`;
 }
 
 /** `tcp:HOST:PORT`, with brackets around an IPv6 host. */
@@ -99,6 +130,8 @@ export function formatMigrationUri(address: MigrationAddress): string {
       return `${address.kind}:${address.path}`;
     case 'exec':
       return `exec:${address.command}`;
+    case 'ws':
+      return formatWsUri(address.host, address.port, address.path);
   }
 }
 

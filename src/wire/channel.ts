@@ -188,7 +188,7 @@ export class WritableSink implements ByteSink {
  * The transports (src/transport) produce channels of these kinds; the core
  * (RAM, multifd, savevm) only sees the MigrationChannel interface below.
  */
-export type ChannelKind = 'tcp' | 'unix' | 'exec' | 'file';
+export type ChannelKind = 'tcp' | 'unix' | 'exec' | 'file' | 'ws';
 
 /**
  * MigrationChannel: one migration connection, as the migration code sees it.
