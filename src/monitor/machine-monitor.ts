@@ -153,6 +153,7 @@ export class MachineMonitor extends EventEmitter<{
       postcopy: caps['postcopy-ram'],
     };
     const incoming = new IncomingMigration(this.machine, incomingOptions);
+    const before = { incoming: this.incoming, latest: this.latest };
     this.incoming = incoming;
     this.latest = 'incoming';
     incoming.on('rejected', (why) => this.emit('rejected', why));
@@ -167,7 +168,16 @@ export class MachineMonitor extends EventEmitter<{
     });
     incoming.on('loaded', () => this.emit('loaded'));
     incoming.on('resume', () => this.setRunState('running'));
-    const address = await incoming.listen(uri);
+    let address: string;
+    try {
+      address = await incoming.listen(uri);
+    } catch (err) {
+      // As QEMU 7.2: a migrate-incoming that could not listen (a bad URI, a port in use) may be retried.
+      this.incomingStarted = false;
+      this.incoming = before.incoming;
+      this.latest = before.latest;
+      throw err;
+    }
     this.incomingAddress = address;
     const parsed = parseMigrationUri(uri);
     if (!tls && (parsed.kind === 'tcp' || parsed.kind === 'ws') && !isLoopbackHost(parsed.host)) {
