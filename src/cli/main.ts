@@ -66,7 +66,7 @@ program
   .option('--name <name>', "the VM's name (as QEMU -name): the metrics' name label", 'livemig')
   .option('--metrics <address>', 'serve Prometheus metrics (KubeVirt names plus livemig_*) at http://HOST:PORT/metrics: tcp:HOST:PORT (port 0 picks one)')
   .option('--ram <size>', 'guest RAM (e.g. 128M, 1G)', '128M')
-  .option('--incoming <uri>', "wait for a migration on URI (tcp:HOST:PORT, unix:PATH, exec:CMD, file:PATH), or 'defer' for QMP migrate-incoming")
+  .option('--incoming <uri>', "wait for a migration on URI (tcp:HOST:PORT, unix:PATH, ws://HOST:PORT/PATH, exec:CMD, file:PATH), or 'defer' for QMP migrate-incoming")
   .option('--qmp <uri>', 'serve the QMP monitor on unix:PATH (owner-only) or tcp:HOST:PORT[,tls-creds=ID[,tls-authz=ID]]')
   .option('--migrate-to <uri>', 'migrate the running guest to URI')
   .option('--migrate-after-ms <ms>', 'let the guest run this long before migrating', '1000')

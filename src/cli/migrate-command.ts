@@ -39,7 +39,7 @@ export function registerMigrateCommands(program: Command): void {
   program
     .command('migrate')
     .description('migrate a VM (QEMU, or livemig run --qmp) to DEST_URI through its QMP monitor, with live progress')
-    .argument('<dest-uri>', 'where the source sends its state: tcp:HOST:PORT, unix:PATH, exec:CMD, ...')
+    .argument('<dest-uri>', 'where the source sends its state: tcp:HOST:PORT, unix:PATH, ws://HOST:PORT/PATH, exec:CMD, file:PATH')
     .requiredOption('--qmp <uri>', "the source's QMP monitor: unix:PATH or tcp:HOST:PORT[,tls-creds=ID]")
     .option('--cap <name[=on|off]>', 'set a migration capability first, e.g. xbzrle or auto-converge=on (repeatable)', collect, [])
     .option('--param <name=value>', 'set a migration parameter first, e.g. max-bandwidth=100M, downtime-limit=300 (repeatable)', collect, [])
