@@ -46,10 +46,8 @@ export function allocateBytes(n: number): Uint8Array {
  * in a browser a MessageChannel message (setTimeout(0) is clamped to 4 ms
  * once nested, which would throttle a loop that yields often).
  */
-export const yieldToEventLoop: () => Promise<void> =
-  typeof (globalThis as { setImmediate?: unknown }).setImmediate === 'function'
-    ? () => new Promise<void>((resolve) => setImmediate(resolve))
-    : messageChannelYield();
+const nodeSetImmediate = (globalThis as { setImmediate?: (callback: () => void) => unknown }).setImmediate;
+export const yieldToEventLoop: () => Promise<void> = nodeSetImmediate ? () => new Promise<void>((resolve) => nodeSetImmediate(resolve)) : messageChannelYield();
 
 /** The web MessageChannel as used here (Node's typings describe a different MessagePort). */
 interface WebMessageChannel {
