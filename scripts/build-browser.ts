@@ -11,7 +11,7 @@
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { builtinModules } from 'node:module';
-import { dirname, join, resolve } from 'node:path';
+import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build, type Metafile, type Plugin } from 'esbuild';
 
@@ -27,7 +27,7 @@ const noNodeBuiltins: Plugin = {
   setup(b) {
     b.onResolve({ filter: /^[a-z_:/]+$/ }, (args) => {
       if (!NODE_BUILTINS.has(args.path) && !args.path.startsWith('node:')) return undefined;
-      return { errors: [{ text: `the browser core must not import the Node built-in '${args.path}' (imported by ${args.importer.slice(repoRoot.length + 1)}): put it behind an interface outside the core, or use a web-standard API` }] };
+      return { errors: [{ text: `the browser core must not import the Node built-in '${args.path}' (imported by ${relative(repoRoot, args.importer)}): put it behind an interface outside the core, or use a web-standard API` }] };
     });
   },
 };
@@ -54,6 +54,8 @@ export async function bundleForBrowser(entry: string = BROWSER_ENTRY, outfile?: 
     entryPoints: [entry],
     bundle: true,
     platform: 'browser',
+    // Metafile paths relative to the repository, wherever this runs from.
+    absWorkingDir: repoRoot,
     format: 'esm',
     target: 'es2022',
     write: false,
@@ -77,7 +79,7 @@ export async function bundleForBrowser(entry: string = BROWSER_ENTRY, outfile?: 
 if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
   try {
     const { code, metafile } = await bundleForBrowser(BROWSER_ENTRY, BROWSER_BUNDLE);
-    process.stdout.write(`livemig: browser core ${BROWSER_BUNDLE.slice(repoRoot.length + 1)}: ${Object.keys(metafile.inputs).length} modules, ${(code.length / 1024).toFixed(0)} KiB\n`);
+    process.stdout.write(`livemig: browser core ${relative(repoRoot, BROWSER_BUNDLE)}: ${Object.keys(metafile.inputs).length} modules, ${(code.length / 1024).toFixed(0)} KiB\n`);
   } catch (err) {
     // esbuild's BuildFailure carries the plugin's message in .errors.
     const errors = (err as { errors?: Array<{ text: string; location?: { file: string; line: number } | null }> }).errors;
