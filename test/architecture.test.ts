@@ -173,7 +173,7 @@ test('the browser bundle holds the core and nothing of Node', async () => {
   const inputs = Object.keys(metafile.inputs);
   const outside = inputs.filter((p) => !p.startsWith('src/'));
   assert.deepEqual(outside, [], 'every module of the bundle is a livemig source (no package, no Node built-in, no polyfill)');
-  for (const dir of ['wire', 'vmstate', 'savevm', 'ram', 'migration', 'browser']) assert.ok(inputs.some((p) => p.startsWith(`src/${dir}/`)), `the bundle holds src/${dir}/`);
+  for (const dir of ['wire', 'vmstate', 'savevm', 'ram', 'block', 'migration', 'browser']) assert.ok(inputs.some((p) => p.startsWith(`src/${dir}/`)), `the bundle holds src/${dir}/`);
   const nodeSideIn = inputs.filter(nodeSide);
   assert.deepEqual(nodeSideIn, [], 'no Node-side file in the bundle');
   for (const forbidden of ['transport', 'cli', 'monitor', 'machine']) assert.ok(!inputs.some((p) => p.startsWith(`src/${forbidden}/`)), `src/${forbidden}/ is not in the bundle`);
