@@ -135,6 +135,8 @@ test('in headless Chromium the bundle saves and loads RAM and devices live throu
 });
 
 test('plain Node imports the same bundle and runs the same scenario', { skip: bundleMissing, timeout: 60_000 }, async () => {
+  // The package's `livemig/browser` entry is this file (what bundlers and pages import).
+  assert.equal(import.meta.resolve('livemig/browser'), pathToFileURL(BROWSER_BUNDLE).href);
   const core = await import(pathToFileURL(BROWSER_BUNDLE).href);
   const result = await runCoreScenario(core, async (name) => new Uint8Array(readFileSync(fixturePath(name))));
   assert.equal(result.nativeBytes, true, 'on Node the bundle uses Buffer through globalThis');
