@@ -16,6 +16,7 @@ import { pathToFileURL } from 'node:url';
 import { chromium, type BrowserContext } from 'playwright-core';
 import { BROWSER_BUNDLE } from '../scripts/build-browser.js';
 import { CHROMIUM_PATH, chromiumMissing } from '../scripts/chart-check.js';
+import { createMemoryPipe } from '../src/browser/memory-pipe.js';
 import { runCoreScenario, type ScenarioResult } from './helpers/browser-core-scenario.js';
 import { fixturePath, repoRoot } from './helpers/paths.js';
 
@@ -141,4 +142,33 @@ test('plain Node imports the same bundle and runs the same scenario', { skip: bu
   const result = await runCoreScenario(core, async (name) => new Uint8Array(readFileSync(fixturePath(name))));
   assert.equal(result.nativeBytes, true, 'on Node the bundle uses Buffer through globalThis');
   checkResult(result);
+});
+
+test('the memory pipe: order, backpressure, end of stream, and clear errors on misuse', async () => {
+  assert.throws(() => createMemoryPipe(0), /highWaterBytes must be a positive integer, not 0/);
+  const { sink, source } = createMemoryPipe(10);
+  // The writer waits while more than 10 bytes are unread.
+  let written = false;
+  const writing = sink.write(new Uint8Array(16).fill(1)).then(() => (written = true));
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(written, false, 'the writer waits for the reader');
+  assert.deepEqual(await source.read(), new Uint8Array(16).fill(1));
+  await writing;
+  await sink.write(new Uint8Array([2]));
+  await sink.write(new Uint8Array(0));
+  await sink.close();
+  assert.deepEqual(await source.read(), new Uint8Array([2]));
+  assert.equal(await source.read(), null, 'end of stream after close');
+  await assert.rejects(sink.write(new Uint8Array(1)), /write to a closed memory pipe/);
+
+  const idle = createMemoryPipe();
+  const waitingRead = idle.source.read();
+  await idle.source.close();
+  assert.equal(await waitingRead, null, 'a read waiting for data ends when the reader closes');
+
+  const other = createMemoryPipe(4);
+  const blocked = other.sink.write(new Uint8Array(8));
+  await other.source.close();
+  await assert.rejects(blocked, /the reading end was closed/, 'a waiting writer fails when the reader goes');
+  await assert.rejects(other.sink.write(new Uint8Array(1)), /the reading end was closed/);
 });

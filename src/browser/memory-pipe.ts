@@ -66,6 +66,7 @@ export function createMemoryPipe(highWaterBytes = MEMORY_PIPE_HIGH_WATER_BYTES):
       queue.length = 0;
       queuedBytes = 0;
       wake('writer');
+      wake('reader'); // a read waiting for data ends (null) instead of hanging
     },
   };
   return { sink, source };
