@@ -8,12 +8,19 @@
  *   the wire's channel interfaces, never the other way.
  * - migration (the engine) imports neither cli nor monitor.
  * - No cycles among the directories src/<dir>/.
+ * - The core runs in a browser: no Node built-in and no bare Node-only global
+ *   in it (but for its listed Node-side files), and esbuild's browser bundle
+ *   of it (src/browser/) holds only livemig sources; the bundle build refuses
+ *   a Node built-in loudly.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { builtinModules } from 'node:module';
+import { tmpdir } from 'node:os';
 import { dirname, join, relative, resolve, sep } from 'node:path';
 import ts from 'typescript';
+import { bundleForBrowser, nodeGlobalsIn } from '../scripts/build-browser.js';
 import { repoRoot } from './helpers/paths.js';
 
 const srcRoot = join(repoRoot, 'src');
@@ -123,4 +130,72 @@ test('no import cycles among the src/ directories', () => {
     })
     .join('\n');
   assert.deepEqual(cycles, [], report);
+});
+
+// ---- The core in the browser (src/browser/, bundled by scripts/build-browser.ts) ----
+
+/**
+ * Core files that may use Node: they are outside the browser bundle, and a
+ * browser build gets these capabilities from elsewhere (WebSocket channels,
+ * no multifd threads, no files).
+ */
+const NODE_SIDE_CORE_FILES: Record<string, string> = {
+  'src/wire/node-channels.ts': 'channels over Node files and streams',
+  'src/block/block-device.ts': 'raw images on disk (node:fs)',
+  'src/block/incoming-image.ts': 'the destination image file (node:fs)',
+  'src/ram/multifd/': 'multifd: worker threads, sockets, zlib and zstd',
+};
+const nodeSide = (file: string): boolean => Object.keys(NODE_SIDE_CORE_FILES).some((k) => (k.endsWith('/') ? file.startsWith(k) : file === k));
+
+test('the core imports no Node built-in and uses no bare Node-only global, except its listed Node-side files', () => {
+  const bad: string[] = [];
+  let checked = 0;
+  for (const dir of ['wire', 'vmstate', 'savevm', 'ram', 'block', 'browser']) {
+    for (const path of tsFiles(join(srcRoot, dir))) {
+      const file = relative(repoRoot, path).split(sep).join('/');
+      if (nodeSide(file)) continue;
+      checked++;
+      const text = readFileSync(path, 'utf8');
+      for (const ref of ts.preProcessFile(text, true, true).importedFiles) {
+        if (ref.fileName.startsWith('node:') || builtinModules.includes(ref.fileName)) bad.push(`${file}: imports '${ref.fileName}'`);
+      }
+      // Code only (comments dropped): a bare Buffer/process/setImmediate is a ReferenceError in a browser.
+      const code = ts.transpileModule(text, { compilerOptions: { removeComments: true, target: ts.ScriptTarget.ES2022 } }).outputText;
+      for (const name of nodeGlobalsIn(code)) bad.push(`${file}: uses the global ${name}`);
+    }
+  }
+  assert.ok(checked > 30, `only ${checked} core files found`);
+  assert.deepEqual(bad, [], `Node in the core (put it behind an interface, see src/wire/native-bytes.ts, or list the file as Node-side here):\n  ${bad.join('\n  ')}`);
+});
+
+test('the browser bundle holds the core and nothing of Node', async () => {
+  const { metafile, code } = await bundleForBrowser();
+  const inputs = Object.keys(metafile.inputs);
+  const outside = inputs.filter((p) => !p.startsWith('src/'));
+  assert.deepEqual(outside, [], 'every module of the bundle is a livemig source (no package, no Node built-in, no polyfill)');
+  for (const dir of ['wire', 'vmstate', 'savevm', 'ram', 'block', 'migration', 'browser']) assert.ok(inputs.some((p) => p.startsWith(`src/${dir}/`)), `the bundle holds src/${dir}/`);
+  const nodeSideIn = inputs.filter(nodeSide);
+  assert.deepEqual(nodeSideIn, [], 'no Node-side file in the bundle');
+  for (const forbidden of ['transport', 'cli', 'monitor', 'machine']) assert.ok(!inputs.some((p) => p.startsWith(`src/${forbidden}/`)), `src/${forbidden}/ is not in the bundle`);
+  assert.deepEqual(nodeGlobalsIn(code), []);
+});
+
+test('the bundle build fails loudly, naming the importer, on a Node built-in or a bare Node global', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'livemig-bundle-'));
+  try {
+    const withImport = join(dir, 'imports-fs.ts');
+    writeFileSync(withImport, "import { readFileSync } from 'node:fs';\nexport const read = readFileSync;\n");
+    await assert.rejects(bundleForBrowser(withImport), (err: { errors?: Array<{ text: string }> }) => {
+      assert.match(err.errors?.[0]?.text ?? '', /must not import the Node built-in 'node:fs' \(imported by .*imports-fs\.ts\)/);
+      return true;
+    });
+    const bareImport = join(dir, 'imports-os.ts');
+    writeFileSync(bareImport, "import os from 'os';\nexport const cpus = os.cpus;\n");
+    await assert.rejects(bundleForBrowser(bareImport), (err: { errors?: Array<{ text: string }> }) => /Node built-in 'os'/.test(err.errors?.[0]?.text ?? ''));
+    const withGlobal = join(dir, 'uses-buffer.ts');
+    writeFileSync(withGlobal, "export const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex');\n");
+    await assert.rejects(bundleForBrowser(withGlobal), /Node-only global\(s\) Buffer/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

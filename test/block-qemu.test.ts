@@ -14,7 +14,8 @@ import { BlockDevice, CHUNK_SIZE } from '../src/block/block-device.js';
 import { BlockLoadHandler } from '../src/block/block-handler.js';
 import { AnalysisRamBlockTable, RamLoadHandler } from '../src/ram/index.js';
 import type { SaveVMHandlers, SectionKind } from '../src/savevm/handlers.js';
-import { FileSource, readConfiguration, readFileHeader, readSectionFooter, readTopLevel, StreamReader } from '../src/wire/index.js';
+import { FileSource } from '../src/wire/node-channels.js';
+import { readConfiguration, readFileHeader, readSectionFooter, readTopLevel, StreamReader } from '../src/wire/index.js';
 import { Prng } from './helpers/prng.js';
 import { QemuProcess, qemuSkipReason } from './helpers/qemu.js';
 

@@ -13,7 +13,8 @@ import { join } from 'node:path';
 import { DenseRamBlock, FixedRamBlockTable, RAM_IDSTR, RAM_SECTION_VERSION, RamLoadHandler, RamSaveHandler } from '../src/ram/index.js';
 import { createGlobalState, globalStateVmsd, loadVmState, SaveStateRegistry, SaveVmState, storeGlobalState } from '../src/savevm/index.js';
 import { defineVmsd, field } from '../src/vmstate/index.js';
-import { FileSource, MemorySink, StreamReader, StreamWriter } from '../src/wire/index.js';
+import { MemorySink, StreamReader, StreamWriter } from '../src/wire/index.js';
+import { FileSource } from '../src/wire/node-channels.js';
 import { cliPath, fixturePath } from './helpers/paths.js';
 
 const run = promisify(execFile);

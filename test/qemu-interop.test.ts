@@ -15,7 +15,8 @@ import { analyzeBytes, analyzeFile } from '../src/analyze/analyze-stream.js';
 import { DenseRamBlock, RAM_IDSTR, RAM_SECTION_VERSION, RamSaveHandler } from '../src/ram/index.js';
 import { createGlobalState, globalStateVmsd, SaveStateRegistry, SaveVmState, storeGlobalState } from '../src/savevm/index.js';
 import { connectOutgoing } from '../src/transport/index.js';
-import { FileSink, StreamWriter, TARGET_PAGE_SIZE } from '../src/wire/index.js';
+import { StreamWriter, TARGET_PAGE_SIZE } from '../src/wire/index.js';
+import { FileSink } from '../src/wire/node-channels.js';
 import { Prng } from './helpers/prng.js';
 import { QemuProcess, qemuSkipReason } from './helpers/qemu.js';
 

@@ -5,17 +5,14 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
-  FileSink,
-  FileSource,
   MemorySink,
   MemorySource,
-  ReadableSource,
   StreamError,
   StreamReader,
   StreamWriter,
   UnexpectedEndError,
-  WritableSink,
 } from '../src/wire/index.js';
+import { FileSink, FileSource, ReadableSource, WritableSink } from '../src/wire/node-channels.js';
 import { Prng } from './helpers/prng.js';
 
 function sample(w: StreamWriter): void {

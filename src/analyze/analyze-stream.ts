@@ -13,7 +13,8 @@ import { BLOCK_SECTION_IDSTR, BLOCK_SECTION_VERSION, BlockAnalysisHandler, DISK_
 import { AnalysisRamBlockTable, RAM_IDSTR, RAM_SECTION_VERSION, RamLoadHandler, SparseRamBlock, type RamBlock, type RamLoadStats } from '../ram/index.js';
 import { loadVmState, SaveStateRegistry, type SaveVMHandlers } from '../savevm/index.js';
 import { decodeWithVmdesc, parseVmdescTrailer, type AnalyzedSection, type VmdescDevice } from '../vmstate/index.js';
-import { FileSource, MemorySource, StreamError, StreamReader, TARGET_PAGE_SIZE, type ByteSource, type StreamConfiguration } from '../wire/index.js';
+import { FileSource } from '../wire/node-channels.js';
+import { MemorySource, StreamError, StreamReader, TARGET_PAGE_SIZE, type ByteSource, type StreamConfiguration } from '../wire/index.js';
 import { findVmdescTrailer, TRAILER_SEARCH_BYTES } from './trailer.js';
 
 export interface AnalyzedDevice {

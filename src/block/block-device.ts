@@ -6,19 +6,9 @@
 import { constants as fsConstants } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { DirtyBitmap } from '../ram/index.js';
-
-export const SECTOR_BITS = 9;
-export const SECTOR_SIZE = 1 << SECTOR_BITS;
-/** QEMU's BLK_MIG_BLOCK_SIZE: the unit of block migration and of dirty tracking. */
-export const CHUNK_SIZE = 1 << 20;
-export const SECTORS_PER_CHUNK = CHUNK_SIZE / SECTOR_SIZE;
-
-/** A disk size for messages: "256 MiB" when whole MiB, else "N bytes". */
-export function formatSize(bytes: number | bigint): string {
-  const n = BigInt(bytes);
-  const mib = BigInt(1024 * 1024);
-  return n % mib === 0n ? `${n / mib} MiB` : `${n} bytes`;
-}
+import { SECTOR_SIZE, CHUNK_SIZE, SECTORS_PER_CHUNK } from './geometry.js';
+// Sector and chunk sizes live in geometry.ts (Node-free, for the browser core); re-exported for existing importers.
+export { CHUNK_SIZE, formatSize, SECTOR_BITS, SECTOR_SIZE, SECTORS_PER_CHUNK } from './geometry.js';
 
 export interface BlockDeviceOpenOptions {
   /** Create the file when missing. */

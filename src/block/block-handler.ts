@@ -14,7 +14,8 @@
  */
 import type { LoadSectionContext, SaveVMHandlers } from '../savevm/handlers.js';
 import type { StreamReader, StreamWriter } from '../wire/index.js';
-import { CHUNK_SIZE, SECTOR_SIZE, SECTORS_PER_CHUNK, type BlockDevice } from './block-device.js';
+import type { BlockDevice } from './block-device.js';
+import { CHUNK_SIZE, SECTOR_SIZE, SECTORS_PER_CHUNK } from './geometry.js';
 import {
   BLK_MIG_BLOCK_SIZE,
   BlockStreamError,

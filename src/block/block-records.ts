@@ -10,7 +10,7 @@
  * header with none of the three is rejected.
  */
 import { StreamError, type StreamReader, type StreamWriter } from '../wire/index.js';
-import { CHUNK_SIZE, SECTOR_BITS } from './block-device.js';
+import { CHUNK_SIZE, SECTOR_BITS } from './geometry.js';
 
 export const BLOCK_SECTION_IDSTR = 'block';
 export const BLOCK_SECTION_VERSION = 1;

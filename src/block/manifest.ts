@@ -14,7 +14,8 @@
  */
 import type { LoadSectionContext, SaveVMHandlers } from '../savevm/handlers.js';
 import { StreamError, type StreamReader, type StreamWriter } from '../wire/index.js';
-import { formatSize, type BlockDevice } from './block-device.js';
+import type { BlockDevice } from './block-device.js';
+import { formatSize } from './geometry.js';
 
 export const DISK_MANIFEST_IDSTR = 'livemig-disks';
 export const DISK_MANIFEST_VERSION = 1;

@@ -6,16 +6,16 @@
  * - SparseRamBlock storing only the pages a stream actually wrote, so that
  *   analysing a stream that claims terabytes of RAM allocates nothing for them.
  */
-import { TARGET_PAGE_SIZE } from '../wire/index.js';
+import { rangesEqual, TARGET_PAGE_SIZE } from '../wire/index.js';
 
 const ZERO_PAGE = new Uint8Array(TARGET_PAGE_SIZE);
 
 /** True when every byte is zero (word-at-a-time when aligned). */
-const ZERO_PAGE_BUFFER = Buffer.alloc(TARGET_PAGE_SIZE);
+const ZERO_PAGE_BUFFER = new Uint8Array(TARGET_PAGE_SIZE);
 const PAGE_WORDS = TARGET_PAGE_SIZE / 8;
 /** prepareForLoad() checks pages for zero this many at a time (one memcmp for a zero group). */
 const PREPARE_GROUP_PAGES = 16;
-const ZERO_GROUP_BUFFER = Buffer.alloc(PREPARE_GROUP_PAGES * TARGET_PAGE_SIZE);
+const ZERO_GROUP_BUFFER = new Uint8Array(PREPARE_GROUP_PAGES * TARGET_PAGE_SIZE);
 
 export function isZeroBytes(data: Uint8Array): boolean {
   let i = 0;
@@ -117,8 +117,6 @@ export interface DenseRamBlockOptions {
 /** A block over caller-owned memory; page views are windows into it. */
 export class DenseRamBlock implements RamBlock {
   private usedBytes: number;
-  /** A Buffer over all of the memory: zero checks by memcmp, with no per-page allocation. */
-  private readonly bytes: Buffer;
   /**
    * The memory as 8-byte words (when aligned): a page whose first word is not 0
    * is not a zero page, decided without a call into native code (most pages of
@@ -139,7 +137,6 @@ export class DenseRamBlock implements RamBlock {
     this.usedBytes = options.lengthBytes ?? memory.length;
     checkLength(`RAM block '${idstr}'`, this.usedBytes);
     if (this.usedBytes > memory.length) throw new RangeError(`RAM block '${idstr}': length ${this.usedBytes} exceeds its memory (${memory.length})`);
-    this.bytes = Buffer.from(memory.buffer, memory.byteOffset, memory.length);
     this.words = memory.byteOffset % 8 === 0 ? new Float64Array(memory.buffer, memory.byteOffset, Math.floor(memory.length / 8)) : undefined;
   }
 
@@ -187,7 +184,7 @@ export class DenseRamBlock implements RamBlock {
     if (this.words !== undefined && this.words[pageIndex * PAGE_WORDS] !== 0) return false;
     const at = pageIndex * TARGET_PAGE_SIZE;
     // memcmp against a zero page: about 3x faster than a word loop in JS.
-    return this.bytes.compare(ZERO_PAGE_BUFFER, 0, TARGET_PAGE_SIZE, at, at + TARGET_PAGE_SIZE) === 0;
+    return rangesEqual(this.memory, at, ZERO_PAGE_BUFFER, 0, TARGET_PAGE_SIZE);
   }
 
   pageForUpdate(pageIndex: number): Uint8Array {
@@ -218,7 +215,7 @@ export class DenseRamBlock implements RamBlock {
       if (knownZero === undefined) continue;
       const from = first * TARGET_PAGE_SIZE;
       const to = end * TARGET_PAGE_SIZE;
-      if (this.bytes.compare(ZERO_GROUP_BUFFER, 0, to - from, from, to) === 0) knownZero.fill(1, first, end);
+      if (rangesEqual(memory, from, ZERO_GROUP_BUFFER, 0, to - from)) knownZero.fill(1, first, end);
       else for (let page = first; page < end; page++) if (this.isPageZero(page)) knownZero[page] = 1;
     }
     this.knownZero = knownZero;

@@ -6,7 +6,7 @@
  * Every error carries the stream offset of the record or field at fault.
  */
 import type { LoadSectionContext, SaveVMHandlers } from '../savevm/handlers.js';
-import { IncompleteStreamError, StreamError, TARGET_PAGE_SIZE, type StreamErrorCode, type StreamLocation, type StreamReader } from '../wire/index.js';
+import { IncompleteStreamError, StreamError, TARGET_PAGE_SIZE, yieldToEventLoop, type StreamErrorCode, type StreamLocation, type StreamReader } from '../wire/index.js';
 import type { RamBlock } from './block.js';
 import type { RamBlockTable } from './block-table.js';
 import {
@@ -298,7 +298,7 @@ export class RamLoadHandler implements SaveVMHandlers {
 
     for (;;) {
       const at = input.offset;
-      if (++c.records % YIELD_EVERY_RECORDS === 0) await new Promise<void>((resolve) => setImmediate(resolve));
+      if (++c.records % YIELD_EVERY_RECORDS === 0) await yieldToEventLoop();
       // Read the be64 as two halves: offsets stay exact numbers without BigInt.
       let high: number;
       let low: number;

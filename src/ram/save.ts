@@ -14,7 +14,6 @@
  * block list, multifd, compression (none of them are needed for a 7.2
  * destination in plain precopy).
  */
-import { performance } from 'node:perf_hooks';
 import type { LoadSectionContext, SaveVMHandlers } from '../savevm/handlers.js';
 import { TARGET_PAGE_SIZE, type StreamReader, type StreamWriter } from '../wire/index.js';
 import type { RamBlock } from './block.js';

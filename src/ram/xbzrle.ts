@@ -7,7 +7,7 @@
  * ending with one. Run lengths are a small ULEB128 of at most two bytes
  * (max 0x3fff).
  */
-import { StreamError } from '../wire/index.js';
+import { rangesEqual, StreamError } from '../wire/index.js';
 
 /** Largest run length a two-byte ULEB128 can hold. */
 export const XBZRLE_MAX_RUN = 0x3fff;
@@ -45,12 +45,9 @@ const BYTE_SCAN_BYTES = 16;
 /** Bytes from which a native comparison of the rest beats the word loop (measured: a call costs ~0.2 µs). */
 const NATIVE_COMPARE_MIN_BYTES = 256;
 
-const compareBytes = Buffer.prototype.compare;
-
-/** Whether a[from, n) equals b[from, n), by memcmp (Buffer's compare takes any Uint8Array: no Buffer is made per call). */
+/** Whether a[from, n) equals b[from, n), by memcmp on Node. */
 function restEqual(a: Uint8Array, b: Uint8Array, from: number): boolean {
-  const n = a.length;
-  return compareBytes.call(a, b, from, n, from, n) === 0;
+  return rangesEqual(a, from, b, from, a.length - from);
 }
 
 /** First index ≥ i where the pages differ (length if none). */

@@ -10,7 +10,7 @@
  */
 import { createServer, type Server, type Socket } from 'node:net';
 import { lstat, unlink } from 'node:fs/promises';
-import { FileSource } from '../wire/index.js';
+import { FileSource } from '../wire/node-channels.js';
 import { acceptedSocketChannel, fileChannel, type MigrationChannel } from './channel.js';
 import { TransportError } from './errors.js';
 import { ExecChild, execIncomingChannel } from './exec.js';

@@ -1,6 +1,6 @@
 /** The source side: open the channel the migration stream goes out on. */
 import { connect, type Socket, type NetConnectOpts } from 'node:net';
-import { FileSink } from '../wire/index.js';
+import { FileSink } from '../wire/node-channels.js';
 import { fileChannel, socketChannel, type MigrationChannel } from './channel.js';
 import { TransportError } from './errors.js';
 import { EXEC_EXIT_TIMEOUT_MS, ExecChild, execOutgoingChannel } from './exec.js';

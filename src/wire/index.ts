@@ -7,3 +7,4 @@ export * from './framing.js';
 export * from './return-path.js';
 export * from './postcopy.js';
 export * from './printable.js';
+export * from './native-bytes.js';

@@ -16,6 +16,7 @@
  * (and warm in the cache).
  */
 import type { ByteSink } from './channel.js';
+import { allocateBytes, copyUnaligned, isSharedMemory } from './native-bytes.js';
 
 const textEncoder = new TextEncoder();
 
@@ -23,8 +24,6 @@ const textEncoder = new TextEncoder();
 export const WRITER_CHUNK_BYTES = 1 << 20;
 /** Slabs hold several chunks, up to this size. */
 const SLAB_BYTES = 4 << 20;
-
-const fillBytes = Buffer.prototype.fill;
 
 /**
  * target.set(source, targetOffset), fast whatever the alignment. V8 copies to
@@ -38,13 +37,13 @@ const fillBytes = Buffer.prototype.fill;
 export function copyBytes(target: Uint8Array, targetOffset: number, source: Uint8Array): void {
   const n = source.length;
   // set() for short copies, same alignment, no shared memory, and one buffer (memcpy must not overlap).
-  if (n < 256 || ((target.byteOffset + targetOffset - source.byteOffset) & 7) === 0 || !(target.buffer instanceof SharedArrayBuffer || source.buffer instanceof SharedArrayBuffer) || target.buffer === source.buffer) {
+  if (n < 256 || ((target.byteOffset + targetOffset - source.byteOffset) & 7) === 0 || !(isSharedMemory(target.buffer) || isSharedMemory(source.buffer)) || target.buffer === source.buffer) {
     target.set(source, targetOffset);
     return;
   }
   if (targetOffset < 0 || targetOffset + n > target.length) throw new RangeError(`copyBytes: ${n} bytes at ${targetOffset} do not fit a target of ${target.length}`);
   // fill(pattern, start, end) repeats the pattern over [start, end): exactly one copy of `source` here.
-  fillBytes.call(target, source, targetOffset, targetOffset + n);
+  copyUnaligned(target, targetOffset, source);
 }
 
 /** Free slabs kept for reuse. */
@@ -65,9 +64,8 @@ interface QueuedChunk {
 }
 
 function allocate(n: number): Slab {
-  // allocUnsafeSlow: fresh memory that is not zero-filled (every byte handed out is written first).
-  const b = Buffer.allocUnsafeSlow(n);
-  const bytes = new Uint8Array(b.buffer, b.byteOffset, n);
+  // Fresh memory that is not zero-filled on Node (every byte handed out is written first).
+  const bytes = allocateBytes(n);
   return { bytes, view: new DataView(bytes.buffer, bytes.byteOffset, n), outstanding: 0, retired: false };
 }
 

@@ -1,0 +1,35 @@
+/**
+ * The core of livemig for a browser (bundled by esbuild into
+ * dist/browser/livemig-core.js): the wire format, VMState, the save-state
+ * registry and its save/load loops (savevm), RAM (blocks, dirty bitmaps,
+ * XBZRLE, the `ram` section's save and load handlers), the `block` section's
+ * records, disk manifest and handlers, and the migration engine's state
+ * machine and policies. The same modules Node runs, unchanged: none of them
+ * imports a Node built-in
+ * (test/architecture.test.ts checks it, and the bundle build fails on one).
+ *
+ * Not here yet, as they still need Node: the outgoing and incoming migration
+ * loops (their transports, multifd's worker threads, EventEmitter), the block
+ * devices (raw image files), the analyzer's file input.
+ */
+export * from '../wire/index.js';
+export * from '../vmstate/index.js';
+export * from '../savevm/index.js';
+export * from '../ram/index.js';
+
+// The `block` section's format and handlers; its disks (BlockDevice) are files, so Node-side for now.
+export * from '../block/geometry.js';
+export * from '../block/block-records.js';
+export * from '../block/manifest.js';
+export * from '../block/block-analysis.js';
+export * from '../block/block-handler.js';
+
+export * from '../migration/state.js';
+export * from '../migration/switchover.js';
+export * from '../migration/postcopy-policy.js';
+export * from '../migration/progress-model.js';
+export * from '../migration/rate-window.js';
+export * from '../migration/auto-converge.js';
+export { parseSize } from '../migration/size.js';
+
+export * from './memory-pipe.js';
