@@ -8,6 +8,8 @@
  * imports a Node built-in
  * (test/architecture.test.ts checks it, and the bundle build fails on one).
  *
+ * Also the WebSocket migration channel, over the page's own `WebSocket`.
+ *
  * Not here yet, as they still need Node: the outgoing and incoming migration
  * loops (their transports, multifd's worker threads, EventEmitter), the block
  * devices (raw image files), the analyzer's file input.
@@ -33,3 +35,7 @@ export * from '../migration/auto-converge.js';
 export { parseSize } from '../migration/size.js';
 
 export * from './memory-pipe.js';
+
+// A migration channel over the browser's own WebSocket (ws:// URIs; the Node side is transport/websocket-node.ts).
+export * from '../transport/websocket-channel.js';
+export { TransportError, type TransportErrorCode } from '../transport/errors.js';
