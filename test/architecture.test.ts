@@ -176,8 +176,8 @@ test('the browser bundle holds the core and nothing of Node', async () => {
   for (const dir of ['wire', 'vmstate', 'savevm', 'ram', 'block', 'migration', 'browser']) assert.ok(inputs.some((p) => p.startsWith(`src/${dir}/`)), `the bundle holds src/${dir}/`);
   const nodeSideIn = inputs.filter(nodeSide);
   assert.deepEqual(nodeSideIn, [], 'no Node-side file in the bundle');
-  // Of the transports only the WebSocket channel (over the browser's own WebSocket) and the transport errors it throws.
-  const browserTransports = new Set(['src/transport/websocket-channel.ts', 'src/transport/errors.ts']);
+  // Of the transports only the WebSocket channel (over the browser's own WebSocket), the errors it throws and its wake-up.
+  const browserTransports = new Set(['src/transport/websocket-channel.ts', 'src/transport/errors.ts', 'src/transport/waiting.ts']);
   assert.ok(inputs.includes('src/transport/websocket-channel.ts'), 'the bundle holds the WebSocket channel');
   for (const forbidden of ['transport', 'cli', 'monitor', 'machine']) {
     const found = inputs.filter((p) => p.startsWith(`src/${forbidden}/`) && !browserTransports.has(p));

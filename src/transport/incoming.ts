@@ -20,6 +20,7 @@ import createDebug from 'debug';
 const log = createDebug('livemig:transport');
 import { formatTcpUri, parseMigrationUri } from './uri.js';
 import { WebSocketListener } from './websocket-node.js';
+import { waitForChannel, type ChannelWaiter } from './waiting.js';
 
 export interface AcceptOptions {
   signal?: AbortSignal;
@@ -106,15 +107,13 @@ function peerName(socket: Socket): string {
   return socket.remoteAddress ? formatTcpUri(socket.remoteAddress, socket.remotePort ?? 0).slice(4) : 'a local peer';
 }
 
-type Waiter = { resolve(channel: MigrationChannel): void; reject(err: Error): void };
-
 class SocketListener implements IncomingListener {
   readonly address: string;
   private arrived: MigrationChannel | undefined; // connected, not yet accepted
   private taken = false;
   private closed = false;
   private failure: TransportError | undefined;
-  private waiter: Waiter | undefined;
+  private waiter: ChannelWaiter | undefined;
   /** multiChannel: connections arrived after the first, not yet accepted. */
   private readonly more: MigrationChannel[] = [];
 
@@ -228,26 +227,7 @@ class SocketListener implements IncomingListener {
     const { signal } = options;
     if (this.taken && !this.multi) return Promise.reject(new TransportError('closed', this.uri, `${this.uri}: the connection was already accepted`));
     if (this.closed && this.multi) return Promise.reject(new TransportError('closed', this.uri, `${this.uri}: listener closed`));
-    if (this.waiter) return Promise.reject(new TransportError('closed', this.uri, `${this.uri}: accept() is already waiting`));
-    if (signal?.aborted) return Promise.reject(new TransportError('aborted', this.uri, `${this.uri}: accept aborted`, { cause: signal.reason }));
-    return new Promise<MigrationChannel>((resolve, reject) => {
-      const onAbort = (): void => {
-        this.waiter = undefined;
-        reject(new TransportError('aborted', this.uri, `${this.uri}: accept aborted`, { cause: signal!.reason }));
-      };
-      signal?.addEventListener('abort', onAbort, { once: true });
-      this.waiter = {
-        resolve: (channel) => {
-          signal?.removeEventListener('abort', onAbort);
-          resolve(channel);
-        },
-        reject: (err) => {
-          signal?.removeEventListener('abort', onAbort);
-          reject(err);
-        },
-      };
-      this.settle();
-    });
+    return waitForChannel(this.uri, signal, this.waiter !== undefined, (waiter) => (this.waiter = waiter), () => this.settle());
   }
 
   async close(): Promise<void> {

@@ -15,19 +15,7 @@
 import type { Readable, Writable } from 'node:stream';
 import { ChannelError, type ByteSink, type ByteSource } from '../wire/index.js';
 import { asChannelError } from './errors.js';
-
-/** Wakes every waiter on the next notify(): one set of stream listeners instead of one per call. */
-class Wakeup {
-  private waiters: Array<() => void> = [];
-  wait(): Promise<void> {
-    return new Promise((resolve) => this.waiters.push(resolve));
-  }
-  readonly notify = (): void => {
-    const waiters = this.waiters;
-    this.waiters = [];
-    for (const wake of waiters) wake();
-  };
-}
+import { Wakeup } from './waiting.js';
 
 /** `promise`, or a rejection with the abort reason as soon as `signal` fires. */
 export function abortable<T>(promise: Promise<T>, signal: AbortSignal, context: string): Promise<T> {

@@ -15,6 +15,7 @@
 import type { ByteSink, ByteSource, MigrationChannel } from '../wire/channel.js';
 import { ChannelError } from '../wire/errors.js';
 import { TransportError } from './errors.js';
+import { Wakeup } from './waiting.js';
 
 /** The part of the standard WebSocket interface the channel uses. */
 export interface MinimalWebSocket {
@@ -64,18 +65,6 @@ const RECEIVE_HIGH_BYTES = 4 << 20;
 const RECEIVE_LOW_BYTES = 1 << 20;
 /** How long release() waits for the peer's Close before tearing down. */
 const CLOSE_WAIT_MS = 2000;
-
-class Wakeup {
-  private waiters: Array<() => void> = [];
-  wait(): Promise<void> {
-    return new Promise((resolve) => this.waiters.push(resolve));
-  }
-  readonly notify = (): void => {
-    const waiters = this.waiters;
-    this.waiters = [];
-    for (const wake of waiters) wake();
-  };
-}
 
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));

@@ -14,6 +14,7 @@ import { TransportError } from './errors.js';
 import type { AcceptOptions, IncomingListener, ListenOptions } from './incoming.js';
 import { formatTcpUri, formatWsUri, type MigrationAddress } from './uri.js';
 import { openWebSocket, webSocketChannel, type MinimalWebSocket, type WebSocketConnectOptions, type WebSocketExtras } from './websocket-channel.js';
+import { waitForChannel, type ChannelWaiter } from './waiting.js';
 
 const log = createDebug('livemig:transport');
 
@@ -56,8 +57,6 @@ export async function connectWebSocket(address: WsAddress, options: WebSocketCon
   return webSocketChannel(socket, uri, nodeExtras(ws));
 }
 
-type Waiter = { resolve(channel: MigrationChannel): void; reject(err: Error): void };
-
 /**
  * Listens on HOST:PORT and takes WebSocket upgrades on PATH. Without
  * multiChannel the first one is the channel and listening stops; with it,
@@ -70,7 +69,7 @@ export class WebSocketListener implements IncomingListener {
   private arrived: MigrationChannel[] = [];
   private taken = false;
   private closed = false;
-  private waiter: Waiter | undefined;
+  private waiter: ChannelWaiter | undefined;
   private readonly wss = new WebSocketServer({ noServer: true, perMessageDeflate: false, maxPayload: WS_MAX_PAYLOAD_BYTES });
 
   private constructor(
@@ -163,26 +162,7 @@ export class WebSocketListener implements IncomingListener {
     const { signal } = options;
     if (this.taken && !this.multi) return Promise.reject(new TransportError('closed', this.uri, `${this.uri}: the connection was already accepted`));
     if (this.closed && this.arrived.length === 0) return Promise.reject(new TransportError('closed', this.uri, `${this.uri}: listener closed`));
-    if (this.waiter) return Promise.reject(new TransportError('closed', this.uri, `${this.uri}: accept() is already waiting`));
-    if (signal?.aborted) return Promise.reject(new TransportError('aborted', this.uri, `${this.uri}: accept aborted`, { cause: signal.reason }));
-    return new Promise<MigrationChannel>((resolve, reject) => {
-      const onAbort = (): void => {
-        this.waiter = undefined;
-        reject(new TransportError('aborted', this.uri, `${this.uri}: accept aborted`, { cause: signal!.reason }));
-      };
-      signal?.addEventListener('abort', onAbort, { once: true });
-      this.waiter = {
-        resolve: (channel) => {
-          signal?.removeEventListener('abort', onAbort);
-          resolve(channel);
-        },
-        reject: (err) => {
-          signal?.removeEventListener('abort', onAbort);
-          reject(err);
-        },
-      };
-      this.settle();
-    });
+    return waitForChannel(this.uri, signal, this.waiter !== undefined, (waiter) => (this.waiter = waiter), () => this.settle());
   }
 
   async close(): Promise<void> {
