@@ -197,6 +197,40 @@ test("livemig migrate --metrics serves the source's query-migrate while it migra
   }
 });
 
+test('livemig migrate --metrics-linger-ms: after the end the final figures wait for one scrape, then migrate exits', { timeout: 120_000 }, async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'livemig-metrics-linger-'));
+  const src = LivemigProcess.start(['--machine', 'test', '--ram', '16M', '--qmp', `unix:${join(dir, 'src.qmp')}`]);
+  const dst = LivemigProcess.start(['--machine', 'test', '--ram', '16M', '--incoming', `unix:${join(dir, 'mig.sock')}`]);
+  try {
+    await Promise.all([src.waitFor('qmp'), dst.waitFor('listening')]);
+    const port = await freePort();
+    const env = { ...process.env };
+    delete env.NODE_TEST_CONTEXT;
+    const child = spawn(process.execPath, [cliPath, 'migrate', '--qmp', `unix:${join(dir, 'src.qmp')}`, '--json', '--metrics', `tcp:127.0.0.1:${port}`, '--metrics-linger-ms', '60000', '--name', 'vm-c', `unix:${join(dir, 'mig.sock')}`], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    child.stdout.setEncoding('utf8').on('data', (s: string) => (stdout += s));
+    const exited = once(child, 'exit');
+    // The migration is over when the final line is out; nobody has scraped yet, so migrate stays.
+    while (!/"final":true/.test(stdout)) {
+      assert.equal(child.exitCode, null, 'migrate exited before its final line');
+      await sleep(50);
+    }
+    await sleep(500);
+    assert.equal(child.exitCode, null, 'still serving the final figures');
+    const last = await scrape(`http://127.0.0.1:${port}/metrics`);
+    assert.equal(value(last, 'kubevirt_vmi_migration_succeeded{name="vm-c"}'), 1);
+    assert.ok((value(last, 'kubevirt_vmi_migration_end_time_seconds{name="vm-c"}') ?? 0) > 0, 'end time set');
+    const scrapedAt = Date.now();
+    const [code] = (await exited) as [number | null];
+    assert.equal(code, 0);
+    assert.ok(Date.now() - scrapedAt < 10_000, 'exits after that scrape, not at the end of the 60 s linger');
+  } finally {
+    await src.stop();
+    await dst.stop();
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
 test('a bad --metrics address is refused before the guest starts, naming what is wrong', { timeout: 60_000 }, async () => {
   const run = promisify(execFile);
   const env = { ...process.env };

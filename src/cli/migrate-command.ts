@@ -51,6 +51,7 @@ export function registerMigrateCommands(program: Command): void {
     .option('--resume', "resume a paused postcopy migration to DEST_URI, the destination's migrate-recover address (livemig recover)")
     .option('--metrics <address>', "serve Prometheus metrics from the source's query-migrate at http://HOST:PORT/metrics while migrating: tcp:HOST:PORT")
     .option('--name <name>', "the metrics' name label (default: the VM's query-name, else livemig)")
+    .option('--metrics-linger-ms <ms>', 'with --metrics: after the end, keep serving the final figures until the next scrape or this long, whichever comes first (give your scrape interval: a short migration may otherwise end between two scrapes)', '0')
     .addHelpText(
       'after',
       '\nCtrl-C asks "Cancel the migration? [y/N]" (a second Ctrl-C at the question cancels at once);\n' +
@@ -103,6 +104,7 @@ export interface MigrateOptions {
   postcopyAfterMs?: string;
   resume?: boolean;
   metrics?: string;
+  metricsLingerMs?: string;
   name?: string;
 }
 
@@ -149,6 +151,7 @@ async function connectOrComplain(qmp: string, objectTexts: readonly string[] = [
 export async function migrateCommand(destUri: string, options: MigrateOptions): Promise<number> {
   let settings: RunSettings;
   let metricsAddress: MetricsAddress | undefined;
+  let lingerMs = 0;
   try {
     // Scope 'qmp': the monitor may be a QEMU's with parameters livemig lacks; it checks the values.
     const capabilities = parseCapabilityArgs(options.cap ?? [], 'qmp');
@@ -165,6 +168,7 @@ export async function migrateCommand(destUri: string, options: MigrateOptions): 
       intervalMs: parseMs(options.intervalMs ?? String(DEFAULT_POLL_INTERVAL_MS), '--interval-ms', 10),
     };
     metricsAddress = options.metrics !== undefined ? parseMetricsAddress(options.metrics) : undefined;
+    lingerMs = parseMs(options.metricsLingerMs ?? '0', '--metrics-linger-ms', 0);
   } catch (err) {
     complain(message(err));
     return 2;
@@ -186,7 +190,15 @@ export async function migrateCommand(destUri: string, options: MigrateOptions): 
       if (!settings.json) process.stdout.write(`Metrics on ${metricsEndpoint.url}\n`);
       else if (metricsAddress.port === 0) process.stderr.write(`livemig: metrics on ${metricsEndpoint.url}\n`);
     }
-    return await new MigrationRun(client, settings).run();
+    const code = await new MigrationRun(client, settings).run();
+    if (metricsEndpoint && lingerMs > 0) {
+      // Let a scraper see how it ended (succeeded/failed, end time, downtime), then go.
+      if (!settings.json) process.stdout.write(`Metrics: the final figures stay on ${metricsEndpoint.url} until the next scrape, at most ${lingerMs} ms\n`);
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([metricsEndpoint.nextScrape(), new Promise<void>((resolve) => (timer = setTimeout(resolve, lingerMs)))]);
+      clearTimeout(timer);
+    }
+    return code;
   } catch (err) {
     complain(`${message(err)} (the migration's outcome is unknown)`);
     return 2;

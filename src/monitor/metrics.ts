@@ -213,11 +213,14 @@ export function parseMetricsAddress(text: string): MetricsAddress {
 export interface MetricsEndpoint {
   /** http://HOST:PORT/metrics, with the port actually bound. */
   readonly url: string;
+  /** Resolves once the next scrape has been answered (with figures, not an error). */
+  nextScrape(): Promise<void>;
   close(): Promise<void>;
 }
 
 /** Serve `GET /metrics` at the address; resolves once listening, rejects with a clear error if it cannot. */
 export async function serveMetrics(address: MetricsAddress, metrics: MigrationMetrics): Promise<MetricsEndpoint> {
+  let scrapeWaiters: Array<() => void> = [];
   const server: Server = createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0];
     if (req.method !== 'GET' && req.method !== 'HEAD') {
@@ -229,7 +232,12 @@ export async function serveMetrics(address: MetricsAddress, metrics: MigrationMe
       return;
     }
     metrics.scrape().then(
-      (text) => res.writeHead(200, { 'content-type': metrics.registry.contentType }).end(req.method === 'HEAD' ? undefined : text),
+      (text) => {
+        res.writeHead(200, { 'content-type': metrics.registry.contentType }).end(req.method === 'HEAD' ? undefined : text);
+        const waiters = scrapeWaiters;
+        scrapeWaiters = [];
+        for (const wake of waiters) wake();
+      },
       (err: unknown) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`query-migrate failed: ${err instanceof Error ? err.message : String(err)}\n`),
     );
   });
@@ -248,6 +256,7 @@ export async function serveMetrics(address: MetricsAddress, metrics: MigrationMe
   log('serving %s', url);
   return {
     url,
+    nextScrape: () => new Promise<void>((resolve) => scrapeWaiters.push(resolve)),
     close: () =>
       new Promise<void>((resolve) => {
         server.closeAllConnections();
