@@ -614,7 +614,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
       );
       idleInWindow ||= allSent;
       const t = now();
-      if (window.maybeClose(t, sentBytes(), pagesSent(), idleInWindow)) {
+      if (window.maybeClose(t, sentBytes(), pagesSent(), idleInWindow, params()['max-bandwidth'])) {
         idleInWindow = false;
         if (window.bandwidthBytesPerMs > 0) run.expectedDowntimeMs = Math.round(pendingBytes / window.bandwidthBytesPerMs);
       } else if (window.overBudget(sentBytes(), params()['max-bandwidth'])) {
@@ -791,7 +791,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
       const t = now();
       if (ram.hasPageRequests) continue;
       if (windowFull()) await this.sleep(50); // woken by the PONG, or at once by a page request
-      else if (!window.maybeClose(t, sentBytes(), pagesSent()) && window.overBudget(sentBytes(), limit())) await this.sleep(window.msUntilEnd(t));
+      else if (!window.maybeClose(t, sentBytes(), pagesSent(), false, limit()) && window.overBudget(sentBytes(), limit())) await this.sleep(window.msUntilEnd(t));
       await yieldToEventLoop(); // the return path's requests come in here
     }
   }
