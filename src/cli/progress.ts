@@ -428,11 +428,17 @@ export function reportJson(report: MigrationReport): Record<string, unknown> {
   };
 }
 
+/** " at 80% (pass 5)": how far a failed or cancelled migration got; nothing when it got nowhere (the reason says it all). */
+export function reachedText(percent: number | undefined, passes: number): string {
+  if (percent === undefined || (percent === 0 && passes === 0)) return '';
+  return ` at ${Math.floor(percent)}% (pass ${passes})`;
+}
+
 export function formatReport(report: MigrationReport): string {
   const took = report.totalTimeMs ?? report.wallTimeMs;
   // The reason of a failure goes to stderr (livemig: migration failed: ...), not here twice.
   const ended = report.status === 'failed' || report.status === 'cancelled';
-  const reached = ended && report.percent !== undefined && (report.percent > 0 || report.passes > 0) ? ` at ${Math.floor(report.percent)}% (pass ${report.passes})` : '';
+  const reached = ended ? reachedText(report.percent, report.passes) : '';
   const lines = [`Migration ${report.status} after ${formatDuration(took)}${reached}`];
   const row = (name: string, value: string): number => lines.push(`  ${name.padEnd(13)}${value}`);
   row('total time', formatDuration(took));

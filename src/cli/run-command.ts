@@ -18,7 +18,7 @@ import { parseDiskSpec } from './disk-spec.js';
 import { parseSize } from '../migration/size.js';
 import { MigrationMetrics, parseMetricsAddress, serveMetrics, type MetricsEndpoint } from '../monitor/metrics.js';
 import { createWriteStream, type WriteStream } from 'node:fs';
-import { figuresOf, formatDiagnosis, formatProgressLine } from './progress.js';
+import { figuresOf, formatDiagnosis, formatProgressLine, reachedText } from './progress.js';
 import { explainDowntime } from '../migration/progress-model.js';
 
 export interface RunOptions {
@@ -313,7 +313,7 @@ async function runOutgoing(guest: Guest, migration: OutgoingMigration, options: 
     return await stop;
   }
   if (status !== 'completed') {
-    complain(`migration ${status}${reachedText(info)}: ${info['error-desc'] ?? (status === 'cancelled' ? 'cancelled on request' : 'no reason given')}`, { name: status, data: { info } });
+    complain(`migration ${status}${reachedText(info['x-livemig-progress']?.percent, info.ram?.['dirty-sync-count'] ?? 0)}: ${info['error-desc'] ?? (status === 'cancelled' ? 'cancelled on request' : 'no reason given')}`, { name: status, data: { info } });
     return 1;
   }
   emit('completed', { info, switchover: migration.switchover, ramHash: guest.ramHash(), serialBytes: serialBytes(), ...guest.progress() }, summary(info));
@@ -323,15 +323,6 @@ async function runOutgoing(guest: Guest, migration: OutgoingMigration, options: 
 /** The same line as `livemig migrate` draws without a terminal, from the source's progress model. */
 function progressLine(q: MigrationInfo): string {
   return `migration: ${formatProgressLine(figuresOf(q as Record<string, unknown>, 0, q['total-time'] ?? 0)).replace(/^\[ *[^\]]*\] /, '')}`;
-}
-
-/** " at 80% (pass 5)": how far a failed or cancelled migration got. */
-function reachedText(q: MigrationInfo): string {
-  const p = q['x-livemig-progress'];
-  // Nothing reached (e.g. the destination refused the connection): the reason says it all.
-  const pass = q.ram?.['dirty-sync-count'] ?? 0;
-  if (!p || (p.percent === 0 && pass === 0)) return '';
-  return ` at ${Math.floor(p.percent)}% (pass ${pass})`;
 }
 
 function summary(q: MigrationInfo): string {
