@@ -5,9 +5,10 @@
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { benchLoopbackSvg, benchRatiosSvg, checkBenchResults, type BenchResults } from './charts.js';
 
-export const DOCS_DIR = new URL('../../docs/', import.meta.url).pathname;
+export const DOCS_DIR = fileURLToPath(new URL('../../docs/', import.meta.url));
 export const RESULTS_FILE = 'bench-results.json';
 
 /** The images' lines in the generated section of docs/benchmarks.md (paths relative to docs/). */

@@ -220,6 +220,8 @@ test('livemig migrate --metrics-linger-ms: after the end the final figures wait 
     const last = await scrape(`http://127.0.0.1:${port}/metrics`);
     assert.equal(value(last, 'kubevirt_vmi_migration_succeeded{name="vm-c"}'), 1);
     assert.ok((value(last, 'kubevirt_vmi_migration_end_time_seconds{name="vm-c"}') ?? 0) > 0, 'end time set');
+    // The downtime's phases come from the source's query-migrate, so migrate --metrics has them too.
+    for (const phase of ['pause', 'complete', 'flush', 'confirm']) assert.ok(value(last, `livemig_migration_downtime_phase_seconds{name="vm-c",phase="${phase}"}`) !== undefined, `phase ${phase}`);
     const scrapedAt = Date.now();
     const [code] = (await exited) as [number | null];
     assert.equal(code, 0);

@@ -71,6 +71,7 @@ for (const exact of [true, false]) {
     assert.ok(etas.length > 0, 'an ETA while iterating');
     for (const e of etas) assert.ok(e.eta! > 0 && e.eta! < Math.max(3 * e.left, 1000), `ETA ${e.eta} ms with ${e.left} ms left`);
     const withRatio = reports.filter((r) => r['convergence-ratio'] !== undefined && r.phase === 'iterate');
+    assert.ok(withRatio.length > 0, 'a convergence ratio while iterating');
     assert.ok(withRatio.every((r) => r['convergence-ratio']! < 1), 'converges: ratio below 1');
     assert.ok(!reports.some((r) => r.diagnosis), 'no diagnosis for a converging migration');
   });

@@ -108,6 +108,7 @@ test('livemig migrate --json from a QEMU source: passes derived from successive 
   assert.equal(m.passesFromSource, false);
   assert.equal(m.passCount, 4);
   assert.deepEqual(m.passes.map((p) => p.pass), [0, 1, 2, 3]);
+  assert.deepEqual(m.passes.map((p) => p.sentBytes / MiB), [100, 170, 30, 10], 'each pass holds the bytes sent up to the snapshot where dirty-sync-count moved on');
   assert.equal(m.passes.reduce((n, p) => n + p.sentBytes, 0), 310 * MiB, 'every byte sent is in one pass');
   assert.equal(m.passes[2]!.dirtiedBytes, Math.round((2000 * 4096 * 200) / 1000), "pass 2's dirtied bytes: the dirty rate at its end × its duration");
   assert.equal(m.downtimeMs, 30);

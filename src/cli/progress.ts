@@ -8,7 +8,7 @@
  */
 import cliProgress from 'cli-progress';
 import { formatBytes, jsonText } from './format.js';
-import type { MigrationInfo, MigrationRamStats } from '../monitor/qmp-client.js';
+import type { MigrationInfo } from '../monitor/qmp-client.js';
 import { explainDowntime, ProgressModel, type ProgressObservation, type ProgressReport } from '../migration/progress-model.js';
 
 /** Lines without a terminal: one every this often (and one at each change of state). */
@@ -108,23 +108,10 @@ export function figuresOf(info: MigrationInfo, passFromEvents: number, localElap
   if (figures.status.startsWith('postcopy')) figures.postcopyRequests = ram['postcopy-requests'] ?? 0;
   // The model's ETA: absent when not converging (the display says so), not remaining / throughput.
   if (progress['eta-ms'] !== undefined && !ENDED.has(figures.status)) figures.etaMs = progress['eta-ms'];
-  else if (!figures.progress && ram.remaining !== undefined && !ENDED.has(figures.status)) figures.etaMs = etaMs(ram.remaining, ram);
   return figures;
 }
 
 const ENDED = new Set(['completed', 'failed', 'cancelled']);
-
-/**
- * remaining / throughput. Throughput is counted in pages when QEMU says (pages-per-second):
- * a zero page costs a few bytes on the wire but a whole page of `remaining`, so bytes/s
- * would predict minutes for an empty guest that is done in seconds.
- */
-function etaMs(remainingBytes: number, ram: MigrationRamStats): number | undefined {
-  const pagesPerSecond = ram['pages-per-second'];
-  if (pagesPerSecond !== undefined && pagesPerSecond > 0) return (remainingBytes / (ram['page-size'] ?? 4096) / pagesPerSecond) * 1000;
-  if (ram.mbps !== undefined && ram.mbps > 0) return ((remainingBytes * 8) / (ram.mbps * 1e6)) * 1000;
-  return undefined;
-}
 
 const clamp01 = (x: number): number => Math.min(1, Math.max(0, x));
 

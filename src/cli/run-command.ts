@@ -111,7 +111,6 @@ export async function runCommand(options: RunOptions): Promise<number> {
     const metrics = new MigrationMetrics({
       name: options.name ?? 'livemig',
       queryMigrate: () => monitorForMetrics?.queryMigrate() ?? {},
-      downtimePhasesMs: () => monitorForMetrics?.migration.switchover?.downtimePhasesMs,
       setupMeansListening: options.incoming !== undefined,
     });
     metricsEndpoint = await serveMetrics(metricsAddress, metrics);

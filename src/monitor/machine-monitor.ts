@@ -8,6 +8,7 @@ import type { Machine } from '../machine/machine.js';
 import {
   ACTIVE_STATES,
   POSTCOPY_STATES,
+  type MigrationStatus,
   PARAMETER_TABLE,
   IncomingMigration,
   MigrationConfig,
@@ -82,7 +83,6 @@ export class MachineMonitor extends EventEmitter<{
    */
   private latest: 'incoming' | 'outgoing' | undefined;
   /** The destination's MIGRATION `setup` event was sent (it is held back until the source connects). */
-  private incomingSetupAnnounced = false;
 
   constructor(private readonly machine: Machine, private readonly options: MachineMonitorOptions = {}) {
     super();
@@ -122,7 +122,12 @@ export class MachineMonitor extends EventEmitter<{
 
   /** `query-migrate`'s answer in-process, as a QMP client gets it (the metrics endpoint reads it at each scrape). */
   async queryMigrate(): Promise<MigrationInfo> {
-    return (await this.commands()['query-migrate']!.run({}, undefined as never)) as MigrationInfo;
+    return this.runQuery<MigrationInfo>('query-migrate');
+  }
+
+  /** A query from the command table, run in-process (it answers synchronously). */
+  private runQuery<T>(name: string): T {
+    return this.commandTable[name]!.run({}, { id: 0, negotiated: true }) as T;
   }
 
   private setRunState(state: RunState): void {
@@ -157,13 +162,14 @@ export class MachineMonitor extends EventEmitter<{
     this.incoming = incoming;
     this.latest = 'incoming';
     incoming.on('rejected', (why) => this.emit('rejected', why));
+    let setupAnnounced = false; // this incoming migration's MIGRATION 'setup' event
     incoming.on('status', (status) => {
       // QEMU 7.2's destination says `setup` when the source connects, not while it listens.
       if (this.events && status !== 'setup') {
-        if (!this.incomingSetupAnnounced && status === 'active') this.server.emitEvent('MIGRATION', { status: 'setup' });
+        if (!setupAnnounced && status === 'active') this.server.emitEvent('MIGRATION', { status: 'setup' });
         this.server.emitEvent('MIGRATION', { status });
       }
-      if (status !== 'setup') this.incomingSetupAnnounced = true;
+      if (status !== 'setup') setupAnnounced = true;
       this.emit('incomingStatus', status, incoming.error);
     });
     incoming.on('loaded', () => this.emit('loaded'));
@@ -197,13 +203,11 @@ export class MachineMonitor extends EventEmitter<{
 
   /** What human-monitor-command's `info` reads: the QMP queries' answers. */
   private hmpSource(): HmpSource {
-    // These four queries answer synchronously.
-    const query = <T>(name: string): T => this.commandTable[name]!.run({}, { id: 0, negotiated: true }) as T;
     return {
-      status: () => query('query-status'),
-      migrate: () => query('query-migrate'),
-      parameters: () => query('query-migrate-parameters'),
-      capabilities: () => query('query-migrate-capabilities'),
+      status: () => this.runQuery('query-status'),
+      migrate: () => this.runQuery('query-migrate'),
+      parameters: () => this.runQuery('query-migrate-parameters'),
+      capabilities: () => this.runQuery('query-migrate-capabilities'),
     };
   }
 
@@ -373,7 +377,7 @@ export class MachineMonitor extends EventEmitter<{
         run: () => {
           // In postcopy each side holds part of the guest: quitting either loses it (QEMU quits anyway).
           const incomingStatus = this.incoming?.status;
-          if (incomingStatus === 'postcopy-active' || incomingStatus === 'postcopy-paused' || incomingStatus === 'postcopy-recover') {
+          if (incomingStatus !== undefined && POSTCOPY_STATES.has(incomingStatus as MigrationStatus)) {
             throw new QmpCommandError('GenericError', `quit refused: the guest runs here in postcopy (${incomingStatus}) and ${this.incoming!.postcopy?.stats.missingPages ?? 'some'} of its pages are still at the source; quitting would lose it. Let the migration complete (or recover it)`);
           }
           if (POSTCOPY_STATES.has(this.migration.status)) {

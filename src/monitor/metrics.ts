@@ -30,21 +30,11 @@ export const MIGRATION_STATUSES = [
 
 const FINAL_STATUSES = new Set(['completed', 'failed', 'cancelled']);
 
-/** The switchover's downtime split into its phases (the source's `switchover.downtimePhasesMs`). */
-export interface DowntimePhasesMs {
-  pause: number;
-  complete: number;
-  flush: number;
-  confirm: number;
-}
-
 export interface MigrationMetricsOptions {
   /** The VM's name: the `name` label of every series (KubeVirt labels by VMI name). */
   name: string;
   /** `query-migrate`, asked once per scrape. */
   queryMigrate(): MigrationInfo | Promise<MigrationInfo>;
-  /** The last switchover's phases, where this process knows them (a livemig source). */
-  downtimePhasesMs?(): DowntimePhasesMs | undefined;
   /** Wall clock in ms (tests). */
   nowMs?(): number;
   /**
@@ -126,6 +116,7 @@ export class MigrationMetrics {
       return ms === undefined ? undefined : ms / 1000;
     });
     gauge('livemig_migration_passes', 'Passes over the dirty bitmap so far (query-migrate ram.dirty-sync-count).', () => ram()?.['dirty-sync-count']);
+    const downtimePhases = (): MigrationInfo['x-livemig-downtime-phases'] => this.info['x-livemig-downtime-phases'];
     new Gauge({
       name: 'livemig_migration_downtime_phase_seconds',
       help: "The last switchover's downtime by phase: pause (stopping the guest), complete (the last dirty pages and the device state), flush (until the destination has loaded it all, or the stream is on the wire for a QEMU destination), confirm (the go-ahead and the destination's answer).",
@@ -133,9 +124,10 @@ export class MigrationMetrics {
       registers,
       collect: function (this: Gauge<'name' | 'phase'>) {
         this.reset();
-        const phases = options.downtimePhasesMs?.();
+        // From query-migrate itself, so `migrate --metrics` has them too (a livemig source; QEMU has no phases).
+        const phases = downtimePhases();
         if (!phases) return;
-        for (const [phase, ms] of Object.entries(phases)) this.set({ name: options.name, phase }, ms / 1000);
+        for (const phase of ['pause', 'complete', 'flush', 'confirm'] as const) this.set({ name: options.name, phase }, phases[`${phase}-ms`] / 1000);
       },
     });
     const current = (): string => this.info.status ?? 'none';

@@ -420,6 +420,11 @@ export interface MigrationInfo {
   'error-desc'?: string;
   /** livemig's reason code (MigrationErrorCode), e.g. `outcome-unknown`. */
   'x-livemig-error-code'?: string;
+  /** livemig: why a cancelled migration ended (QEMU's reply has no error-desc then). */
+  'x-livemig-error-desc'?: string;
+  /** livemig source: the last switchover's downtime by phase. */
+  'x-livemig-downtime-phases'?: { 'pause-ms': number; 'complete-ms': number; 'flush-ms': number; 'confirm-ms': number };
+  'x-livemig-downtime-limit-ms'?: number;
   'blocked-reasons'?: string[];
   [field: string]: unknown;
 }

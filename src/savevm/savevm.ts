@@ -138,12 +138,7 @@ export class SaveVmState {
    */
   async completePrecopy(): Promise<void> {
     if (!this.setupDone) throw new Error('complete before setup');
-    for (const entry of this.iterativeEntries()) {
-      writeShortSectionHeader(this.out, SectionType.End, entry.sectionId);
-      await entry.handlers!.saveCompletePrecopy?.(this.out);
-      writeSectionFooter(this.out, entry.sectionId);
-      await this.out.drain();
-    }
+    await this.writeEndSections();
     const devices: VmdescDevice[] = [];
     for (const entry of this.registry.entries()) {
       if (entry.isIterative) continue;
@@ -170,14 +165,19 @@ export class SaveVmState {
 
   /** Postcopy's end: END for every iterative entry (the rest of RAM), then EOF; no vmdesc (QEMU sends none in postcopy). */
   async completePostcopy(): Promise<void> {
+    await this.writeEndSections();
+    writeEof(this.out);
+    await this.out.flush();
+  }
+
+  /** END for every iterative entry: what each still has (the guest is stopped, or runs on the destination in postcopy). */
+  private async writeEndSections(): Promise<void> {
     for (const entry of this.iterativeEntries()) {
       writeShortSectionHeader(this.out, SectionType.End, entry.sectionId);
       await entry.handlers!.saveCompletePrecopy?.(this.out);
       writeSectionFooter(this.out, entry.sectionId);
       await this.out.drain();
     }
-    writeEof(this.out);
-    await this.out.flush();
   }
 
   /** One FULL section and its vmdesc entry; null when the entry sends nothing. */

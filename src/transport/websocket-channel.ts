@@ -177,7 +177,7 @@ export function webSocketChannel(socket: MinimalWebSocket, uri: string, extras: 
   }
 
   function finishIfDone(): void {
-    if ((inputEnded || inputClosed) && outputEnded) closeSocket(WS_CLOSE_NORMAL, 'done');
+    if (finished()) closeSocket(WS_CLOSE_NORMAL, 'done');
   }
 
   const check = (): void => {
