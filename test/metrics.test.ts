@@ -105,6 +105,7 @@ test('livemig run --metrics: KubeVirt names move during a real migration; succee
     const startedSeconds = Date.now() / 1000;
     await qmp.execute('migrate', { uri: `unix:${join(dir, 'mig.sock')}` });
     const processed: number[] = [];
+    const remaining: number[] = [];
     let during: Scrape | undefined;
     for (;;) {
       const s = await scrape(srcUrl);
@@ -112,6 +113,7 @@ test('livemig run --metrics: KubeVirt names move during a real migration; succee
       if (value(s, 'livemig_migration_status{name="vm-a",status="active"}') === 1) {
         during = s;
         processed.push(value(s, `kubevirt_vmi_migration_data_processed_bytes${l}`)!);
+        remaining.push(value(s, `kubevirt_vmi_migration_data_remaining_bytes${l}`)!);
       }
       assert.equal(value(s, 'livemig_migration_status{name="vm-a",status="failed"}') === 1 && processed.length > 0, false, 'the second migration failed');
       await sleep(150);
@@ -121,7 +123,9 @@ test('livemig run --metrics: KubeVirt names move during a real migration; succee
     for (let i = 1; i < processed.length; i++) assert.ok(processed[i]! >= processed[i - 1]!, `processed bytes never go back: ${processed.join(', ')}`);
     assert.ok(processed.at(-1)! > processed[0]!, `processed bytes grow: ${processed.join(', ')}`);
     assert.equal(value(during, `kubevirt_vmi_migration_data_total_bytes${l}`), 32 * MiB, 'total = RAM size');
-    assert.ok(value(during, `kubevirt_vmi_migration_data_remaining_bytes${l}`)! > 0);
+    // The last active scrape may fall after the final pass sent everything (remaining 0, status
+    // still active until the destination confirms), so ask that the figure was seen above 0 at all.
+    assert.ok(remaining.some((r) => r > 0), `remaining bytes seen above 0 while active: ${remaining.join(', ')}`);
     const rate = value(during, `kubevirt_vmi_migration_memory_transfer_rate_bytes${l}`)!;
     assert.ok(rate > 4 * MiB && rate < 32 * MiB, `transfer rate ${rate} B/s near the 16 MiB/s cap`);
     assert.ok(value(during, `kubevirt_vmi_migration_start_time_seconds${l}`)! >= startedSeconds - 1);
