@@ -32,7 +32,7 @@ export * from '../migration/postcopy-policy.js';
 export * from '../migration/progress-model.js';
 export * from '../migration/rate-window.js';
 export * from '../migration/auto-converge.js';
-export { parseSize } from '../migration/size.js';
+export { formatBytes, parseSize } from '../migration/size.js';
 
 export * from './memory-pipe.js';
 

@@ -6,19 +6,9 @@
  * Every string from the input goes through escapeXml.
  */
 import type { MigrationRecord } from './migration-events.js';
+import { formatBytes } from '../migration/size.js';
 import { PALETTE, barChart, byteTicks, escapeXml, lineChart, stackedBarChart } from './svg.js';
 
-export function formatBytes(bytes: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let value = Math.abs(bytes);
-  let unit = 0;
-  while (value >= 1024 && unit < units.length - 1) {
-    value /= 1024;
-    unit++;
-  }
-  const sign = bytes < 0 ? '-' : '';
-  return unit === 0 ? `${Math.round(bytes)} B` : `${sign}${value.toFixed(value < 10 ? 2 : 1)} ${units[unit]}`;
-}
 
 export const formatRate = (bytesPerSecond: number): string => `${formatBytes(bytesPerSecond)}/s`;
 
