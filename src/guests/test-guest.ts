@@ -1,5 +1,5 @@
 /** `--machine test`: the built-in test machine (a vCPU thread writing RAM, optionally a disk). */
-import type { BlockDevice, IncomingDiskImage } from '../block/index.js';
+import type { FileBlockDevice, IncomingDiskImage } from '../block/index.js';
 import { createTestMachine, type TestPattern } from '../machine/index.js';
 import { openIncomingDisk, openSourceDisk } from './disk.js';
 import type { GuestType } from './guest.js';
@@ -13,7 +13,7 @@ export const testGuestType: GuestType = {
     const diskPattern = (o.diskPattern ?? 'random') as TestPattern;
     if (diskPattern !== 'sequential' && diskPattern !== 'random') throw new Error(`--disk-pattern: sequential or random, got '${o.diskPattern}'`);
     const incomingDisks: IncomingDiskImage[] = [];
-    let disk: BlockDevice | undefined;
+    let disk: FileBlockDevice | undefined;
     if (o.disk) {
       if (o.incoming) {
         const image = await openIncomingDisk(o.disk);
