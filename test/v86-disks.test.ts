@@ -246,6 +246,8 @@ interface Refusal {
   destination: (dir: string) => string[];
   blk: boolean;
   error: RegExp;
+  /** When the destination finds out (default: in setup, before any data). */
+  late?: boolean;
 }
 
 const refusals: Refusal[] = [
@@ -284,10 +286,18 @@ const refusals: Refusal[] = [
     blk: true,
     error: /v86 media: hda \(8 MiB\) is shared on the source, copied on this destination \(give --disk-shared on both sides or on neither\)/,
   },
+  {
+    name: 'a migration without blk to a destination waiting for hda',
+    source: (d) => ['--hda', join(d, 'src.img')],
+    destination: (d) => ['--hda', join(d, 'dst.img')],
+    blk: false,
+    error: /disk 'hda' was to be received, but the source did not migrate it/,
+    late: true,
+  },
 ];
 
 for (const r of refusals) {
-  test(`${r.name} is refused before any data moves; the source runs on`, { timeout: 120_000 }, async () => {
+  test(`${r.name} is refused ${r.late ? 'before the destination image is replaced' : 'before any data moves'}; the source runs on`, { timeout: 120_000 }, async () => {
     const dir = await mkdtemp(join(tmpdir(), 'livemig-v86refuse-'));
     let source: Run | undefined;
     let destination: Run | undefined;
@@ -391,6 +401,13 @@ test('Linux writes its disk during a live migration: the destination image equal
     await src.execute('migrate-set-parameters', { 'max-bandwidth': 8 * MiB });
     await src.execute('migrate-set-capabilities', { capabilities: [{ capability: 'auto-converge', state: true }] });
     await src.execute('migrate', { uri: `unix:${join(dir, 'mig.sock')}`, blk: true });
+    // Once the bulk phase is over, the cap goes: RAM and the dirty chunks then move at loopback speed.
+    for (;;) {
+      const now = (await src.execute('query-migrate')) as Record<string, any>;
+      if (now.status !== 'active' || now.disk?.remaining === 0) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    await src.execute('migrate-set-parameters', { 'max-bandwidth': 1024 * MiB });
     const info = await waitMigration(src);
     assert.equal(info.status, 'completed', info['error-desc']);
     assert.equal(info.disk.total, 16 * MiB);

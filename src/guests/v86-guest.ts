@@ -34,7 +34,7 @@ export const v86GuestType: GuestType = {
     if (linux && !o.incoming) {
       const { loadLinuxImage, linuxCmdline } = await import('../images/linux-image.js');
       const image = await loadLinuxImage();
-      extra = { bios: image.bios, vgaBios: image.vgaBios, bzimage: image.kernel, initrd: image.initramfs, cmdline: linuxCmdline() };
+      extra = { bios: image.bios, vgaBios: image.vgaBios, bzimage: image.kernel, initrd: image.initramfs, cmdline: linuxCmdline({ disks: o.media?.hda !== undefined || o.media?.hdb !== undefined }) };
     } else if (o.kernel !== undefined) extra = { multiboot: o.kernel };
     // The user's firmware (to boot from a disk) replaces the Linux image's.
     if (o.bios !== undefined) extra = { ...extra, bios: o.bios };
