@@ -286,8 +286,8 @@ export const V86_MEDIA_VERSION = 1;
  * (before any RAM or disk data) so the destination refuses other media
  * before anything moved. START body: be32 count, then per medium a counted
  * string slot, be64 size in bytes and a byte mode (0 copied, 1 shared,
- * 2 read-only). Registered only on machines with media: a machine without
- * them sends the same sections as before.
+ * 2 read-only). Sent only by machines with media (a machine without them
+ * sends the same sections as before); every incoming machine can load it.
  */
 class V86MediaHandler implements SaveVMHandlers {
   constructor(private readonly machine: V86Machine) {}
