@@ -439,3 +439,48 @@ test('Linux writes its disk during a live migration: the destination image equal
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+test('Linux writes a shared disk (--disk-shared) during a live migration: nothing is copied, the destination goes on writing the same image', { timeout: 600_000 }, async (t) => {
+  if (!(await linuxImageExists())) return t.skip('no Linux guest image: run `npm run images` (needs Debian packages gcc-multilib and seabios)');
+  const dir = await mkdtemp(join(tmpdir(), 'livemig-v86linuxshared-'));
+  let source: Run | undefined;
+  let destination: Run | undefined;
+  try {
+    const image = join(dir, 'shared.img');
+    await writeFile(image, Buffer.alloc(16 * MiB));
+    const common = ['--machine', 'v86', '--guest', 'linux', '--ram', '128M', '--hda', image, '--disk-shared', '--serial-stdin'];
+    source = startRun([...common, '--qmp', `unix:${join(dir, 'src.qmp')}`]);
+    destination = startRun([...common, '-S', '--incoming', `unix:${join(dir, 'mig.sock')}`, '--qmp', `unix:${join(dir, 'dst.qmp')}`]);
+    const s = source;
+    await s.until(() => /dirtier: pass \d+ ok/.test(s.serial()), 'the guest to boot and self-check', 300_000);
+    const from = s.events.length;
+    s.child.stdin.write(`(n=0; while :; do dd if=/dev/urandom of=/dev/sda bs=4k count=16 seek=$((RANDOM % ${16 * 256 - 16})) conv=notrunc,fsync 2>/dev/null; n=$((n+1)); [ $((n % 50)) = 0 ] && echo "writer: $n"; done) &\n`);
+    await s.until(() => /writer: 100/.test(s.serial(from)), 'the disk writer to run', 120_000);
+    await destination.event('listening');
+    const src = await QmpClient.connect(`unix:${join(dir, 'src.qmp')}`, { retryForMs: 5000 });
+    await src.execute('migrate-set-capabilities', { capabilities: [{ capability: 'auto-converge', state: true }] });
+    await src.execute('migrate', { uri: `unix:${join(dir, 'mig.sock')}`, blk: true });
+    const info = await waitMigration(src);
+    assert.equal(info.status, 'completed', info['error-desc']);
+    assert.equal(info.disk, undefined, 'no disk section');
+    const resumed = await destination.event('resumed');
+    const beyondRam = resumed.bytes - info.ram.transferred;
+    assert.ok(beyondRam >= 0 && beyondRam < 4 * MiB, `${beyondRam} bytes beyond RAM's: the disk did not travel`);
+    assert.ok(!existsSync(image + INCOMING_SUFFIX));
+    const atSwitchover = await sha(image);
+    await src.close();
+    // The source is stopped: the image changes only once the destination runs, and its writer goes on there.
+    const d = destination;
+    const dst = await QmpClient.connect(`unix:${join(dir, 'dst.qmp')}`, { retryForMs: 5000 });
+    await new Promise((r) => setTimeout(r, 1000));
+    assert.equal(await sha(image), atSwitchover, 'nobody writes the image between the switchover and cont');
+    const fromDst = d.events.length;
+    await dst.execute('cont');
+    await d.until(() => /writer: \d+/.test(d.serial(fromDst)), 'the writer to go on at the destination', 120_000);
+    assert.notEqual(await sha(image), atSwitchover, 'the destination guest writes the shared image');
+    await dst.close();
+  } finally {
+    await stopAll(source, destination);
+    await rm(dir, { recursive: true, force: true });
+  }
+});
