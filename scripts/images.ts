@@ -8,8 +8,9 @@
  *     images/.cache/debs and reused (`--refresh` fetches again).
  *  2. guests/linux/dirtier.c compiled with `gcc -m32 -static -O2` (libc), or
  *     freestanding with raw system calls when no i386 libc is installed.
- *  3. The initramfs (/init, busybox and its applet links, the dirtier),
- *     packed by src/images/cpio.ts.
+ *  3. The initramfs (/init, busybox and its applet links, the dirtier, the
+ *     kernel modules for v86's IDE disk: DISK_MODULES), packed by
+ *     src/images/cpio.ts.
  *  4. SeaBIOS (bios.bin, vgabios-stdvga.bin) from /usr/share/seabios, or
  *     from Debian's `seabios` package fetched the same way.
  *
@@ -33,6 +34,25 @@ const guestDir = join(repoRoot, 'guests', 'linux');
 const SEABIOS_DIR = process.env['LIVEMIG_SEABIOS_DIR'] ?? '/usr/share/seabios';
 
 class BuildError extends Error {}
+
+/**
+ * Kernel modules for v86's IDE disk (PIIX) as /dev/sda, in load order (each
+ * after what it depends on: `depends=` in its .modinfo). Debian's 686 kernel
+ * builds libata, SCSI and sd as modules; /init insmods these from
+ * /lib/modules/disk/ (no modprobe, no modules.dep). About 0.5 MiB.
+ */
+const DISK_MODULES = [
+  'drivers/scsi/scsi_common.ko',
+  'drivers/scsi/scsi_mod.ko',
+  'drivers/ata/libata.ko',
+  'drivers/ata/ata_piix.ko',
+  'crypto/crct10dif_common.ko',
+  'lib/crc-t10dif.ko',
+  'lib/crc64.ko',
+  'lib/crc64-rocksoft.ko',
+  'block/t10-pi.ko',
+  'drivers/scsi/sd_mod.ko',
+];
 
 const t0 = Date.now();
 const log = (msg: string): void => console.log(`[images ${((Date.now() - t0) / 1000).toFixed(1).padStart(5)}s] ${msg}`);
@@ -175,13 +195,23 @@ async function main(): Promise<void> {
     log('extracting packages');
     const kroot = join(work, 'kernel');
     const broot = join(work, 'busybox');
-    // Only boot/ of the kernel package (its modules are ~300 MB unpacked, and unused).
+    // Only boot/ and the disk modules of the kernel package (all its modules are ~300 MB unpacked).
     await mkdir(kroot, { recursive: true });
-    await sh('sh', ['-c', 'dpkg-deb --fsys-tarfile "$0" | tar -x -C "$1" --wildcards "./boot/vmlinuz-*"', debs.kernel, kroot]);
+    const modulePatterns = DISK_MODULES.map((m) => `./lib/modules/*/kernel/${m}`);
+    await sh('sh', ['-c', 'f="$1"; d="$2"; shift 2; dpkg-deb --fsys-tarfile "$f" | tar -x -C "$d" --wildcards "./boot/vmlinuz-*" "$@"', 'sh', debs.kernel, kroot, ...modulePatterns]);
     await sh('dpkg-deb', ['-x', debs.busybox, broot]);
     const vmlinuzName = (await readdir(join(kroot, 'boot'))).find((n) => n.startsWith('vmlinuz-'));
     if (!vmlinuzName) throw new BuildError(`no boot/vmlinuz-* in ${debs.kernel}`);
     const kernel = await readFile(join(kroot, 'boot', vmlinuzName));
+    const moduleDir = join(kroot, 'lib', 'modules', vmlinuzName.slice('vmlinuz-'.length), 'kernel');
+    const modules: CpioEntry[] = [];
+    for (const [i, m] of DISK_MODULES.entries()) {
+      const data = await readFile(join(moduleDir, m)).catch(() => {
+        throw new BuildError(`no ${m} for ${vmlinuzName} in ${debs.kernel}`);
+      });
+      // Numbered: /init loads them in this order.
+      modules.push({ type: 'file', path: `lib/modules/disk/${String(i).padStart(2, '0')}-${m.split('/').pop()}`, data, mode: 0o644 });
+    }
     const busyboxPath = join(broot, 'bin', 'busybox');
     const busybox = await readFile(busyboxPath).catch(() => {
       throw new BuildError(`no bin/busybox in ${debs.busybox}`);
@@ -199,13 +229,14 @@ async function main(): Promise<void> {
       { type: 'char', path: 'dev/console', major: 5, minor: 1, mode: 0o600 },
       { type: 'char', path: 'dev/null', major: 1, minor: 3, mode: 0o666 },
       { type: 'char', path: 'dev/ttyS0', major: 4, minor: 64, mode: 0o600 },
-      ...['proc', 'sys', 'root', 'etc', 'sbin', 'usr/bin', 'usr/sbin'].map((path): CpioEntry => ({ type: 'directory', path })),
+      ...['proc', 'sys', 'root', 'etc', 'sbin', 'usr/bin', 'usr/sbin', 'lib', 'lib/modules', 'lib/modules/disk'].map((path): CpioEntry => ({ type: 'directory', path })),
       { type: 'directory', path: 'tmp', mode: 0o1777 },
       { type: 'file', path: 'init', data: init, mode: 0o755 },
       { type: 'file', path: 'bin/busybox', data: busybox, mode: 0o755 },
       { type: 'file', path: 'bin/dirtier', data: dirtier.binary, mode: 0o755 },
       { type: 'file', path: 'etc/passwd', data: Buffer.from('root:x:0:0:root:/root:/bin/sh\n'), mode: 0o644 },
       { type: 'file', path: 'etc/group', data: Buffer.from('root:x:0:\n'), mode: 0o644 },
+      ...modules,
       ...applets.filter((p) => !own.has(p)).map((path): CpioEntry => ({ type: 'symlink', path, target: '/bin/busybox' })),
     ];
     log(`packing initramfs: ${entries.length} entries (${applets.length} busybox applet links)`);

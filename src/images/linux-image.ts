@@ -21,11 +21,12 @@ export const LINUX_IMAGE_FILES = {
 /**
  * The kernel command line: the serial port is the console; kernel messages
  * kept quiet so the guest's own lines are readable; `dirtier=MIB,EVERY,SLEEP_MS`
- * is read by /init (see guests/linux/init).
+ * and `disks=ide` are read by /init (see guests/linux/init).
  */
-export function linuxCmdline(opts: { dirtierMiB?: number; verifyEvery?: number; sleepMs?: number; extra?: string } = {}): string {
+export function linuxCmdline(opts: { dirtierMiB?: number; verifyEvery?: number; sleepMs?: number; disks?: boolean; extra?: string } = {}): string {
   const d = `${opts.dirtierMiB ?? 16},${opts.verifyEvery ?? 4},${opts.sleepMs ?? 0}`;
-  return ['console=ttyS0,115200', 'loglevel=3', 'tsc=reliable', 'mitigations=off', 'random.trust_cpu=on', `dirtier=${d}`, opts.extra ?? ''].filter(Boolean).join(' ');
+  // disks=ide: /init loads the IDE disk modules (only for a guest with disks: they cost seconds of boot).
+  return ['console=ttyS0,115200', 'loglevel=3', 'tsc=reliable', 'mitigations=off', 'random.trust_cpu=on', `dirtier=${d}`, opts.disks ? 'disks=ide' : '', opts.extra ?? ''].filter(Boolean).join(' ');
 }
 
 export interface LinuxImageManifest {
