@@ -15,7 +15,7 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { BlockDevice } from '../src/block/index.js';
+import { FileBlockDevice } from '../src/block/index.js';
 import { createTestMachine } from '../src/machine/index.js';
 import { sequentialReadBytesPerSecond, writeRandomImage } from './disk-image.js';
 import { runLivemigMigration } from './livemig-common.js';
@@ -41,7 +41,7 @@ async function main(): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'livemig-bench-disk-'));
   const srcPath = join(dir, 'src.img');
   const dstPath = join(dir, 'dst.img');
-  let disk: BlockDevice | undefined;
+  let disk: FileBlockDevice | undefined;
   try {
     await writeRandomImage(srcPath, diskBytes);
     const readBytesPerSecond = await sequentialReadBytesPerSecond(srcPath);
@@ -50,7 +50,7 @@ async function main(): Promise<void> {
       destArgs: ['--disk', `${dstPath},size=${diskBytes}`],
       blk: true,
       makeSource: async () => {
-        disk = await BlockDevice.open('disk0', srcPath);
+        disk = await FileBlockDevice.open('disk0', srcPath);
         return createTestMachine({ ramSizeBytes: spec.ramBytes, startPaused: true, disk });
       },
     });

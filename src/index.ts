@@ -68,7 +68,9 @@ export {
 } from './savevm/registry.js';
 export { defineVmsd, field } from './vmstate/fields.js';
 export { MigrationPriority, type FieldOptions, type VMStateDescription, type VMStateField } from './vmstate/types.js';
-export { BlockDevice, type BlockDeviceOpenOptions } from './block/block-device.js';
+export type { BlockDevice } from './block/block-device.js';
+export { FileBlockDevice, type BlockDeviceOpenOptions } from './block/file-block-device.js';
+export { MemoryBlockDevice, type MemoryBlockDeviceOptions } from './block/memory-block-device.js';
 export { IncomingDiskImage } from './block/incoming-image.js';
 
 // ---- Ready machines ----

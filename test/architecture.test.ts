@@ -141,7 +141,7 @@ test('no import cycles among the src/ directories', () => {
  */
 const NODE_SIDE_CORE_FILES: Record<string, string> = {
   'src/wire/node-channels.ts': 'channels over Node files and streams',
-  'src/block/block-device.ts': 'raw images on disk (node:fs)',
+  'src/block/file-block-device.ts': 'raw images on disk (node:fs)',
   'src/block/incoming-image.ts': 'the destination image file (node:fs)',
   'src/ram/multifd/': 'multifd: worker threads, sockets, zlib and zstd',
 };

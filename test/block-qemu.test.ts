@@ -10,7 +10,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { analyzeFile } from '../src/analyze/analyze-stream.js';
-import { BlockDevice, CHUNK_SIZE } from '../src/block/block-device.js';
+import { CHUNK_SIZE } from '../src/block/block-device.js';
+import { FileBlockDevice } from '../src/block/file-block-device.js';
 import { BlockLoadHandler } from '../src/block/block-handler.js';
 import { AnalysisRamBlockTable, RamLoadHandler } from '../src/ram/index.js';
 import type { SaveVMHandlers, SectionKind } from '../src/savevm/handlers.js';
@@ -46,7 +47,7 @@ describe('block section from real QEMU', { skip }, () => {
       await qemu.stop();
       qemu = undefined;
 
-      const dst = await BlockDevice.open('disk0', join(dir, 'dst.img'), { create: true, size });
+      const dst = await FileBlockDevice.open('disk0', join(dir, 'dst.img'), { create: true, size });
       const block = new BlockLoadHandler([dst]);
       const ram = new RamLoadHandler(new AnalysisRamBlockTable({ storeContents: false }));
       ram.loadSetup?.();

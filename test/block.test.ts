@@ -8,7 +8,8 @@ import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { BlockDevice, CHUNK_SIZE, SECTOR_SIZE, SECTORS_PER_CHUNK } from '../src/block/block-device.js';
+import { CHUNK_SIZE, SECTOR_SIZE, SECTORS_PER_CHUNK } from '../src/block/block-device.js';
+import { FileBlockDevice } from '../src/block/file-block-device.js';
 import { BlockLoadHandler, BlockSaveHandler } from '../src/block/block-handler.js';
 import {
   BLK_MIG_FLAG_DEVICE_BLOCK,
@@ -61,7 +62,7 @@ describe('BlockDevice', () => {
   it('creates a sparse image, reads and writes sectors, tracks dirty 1 MiB chunks', async () => {
     const path = join(dir, 'dev.img');
     const size = 5 * CHUNK_SIZE + 3 * SECTOR_SIZE;
-    const dev = await BlockDevice.open('drive0', path, { create: true, size });
+    const dev = await FileBlockDevice.open('drive0', path, { create: true, size });
     assert.equal(dev.sizeBytes, size);
     assert.equal(dev.totalSectors, size / SECTOR_SIZE);
     assert.equal(dev.chunkCount, 6);
@@ -82,18 +83,18 @@ describe('BlockDevice', () => {
     await assert.rejects(dev.readSectors(dev.totalSectors - 1, 2), RangeError);
     await dev.flush();
     await dev.close();
-    const again = await BlockDevice.open('drive0', path);
+    const again = await FileBlockDevice.open('drive0', path);
     assert.equal(again.sizeBytes, size);
     assert.deepEqual(await again.readSectors(SECTORS_PER_CHUNK - 1, 3), data);
     await again.close();
   });
 
   it('rejects bad sizes and missing files', async () => {
-    await assert.rejects(BlockDevice.open('d', join(dir, 'bad.img'), { create: true, size: 1000 }), RangeError);
-    await assert.rejects(BlockDevice.open('d', join(dir, 'missing.img')));
+    await assert.rejects(FileBlockDevice.open('d', join(dir, 'bad.img'), { create: true, size: 1000 }), RangeError);
+    await assert.rejects(FileBlockDevice.open('d', join(dir, 'missing.img')));
     const odd = join(dir, 'odd.img');
     await writeFile(odd, new Uint8Array(700));
-    await assert.rejects(BlockDevice.open('d', odd), /multiple of 512/);
+    await assert.rejects(FileBlockDevice.open('d', odd), /multiple of 512/);
   });
 });
 
@@ -180,7 +181,7 @@ describe('block records', () => {
   });
 
   it('the loader rejects unknown devices and sectors past the end before writing', async () => {
-    const dev = await BlockDevice.open('known', join(dir, 'known.img'), { create: true, size: 2 * CHUNK_SIZE });
+    const dev = await FileBlockDevice.open('known', join(dir, 'known.img'), { create: true, size: 2 * CHUNK_SIZE });
     try {
       const loader = new BlockLoadHandler([dev]);
       const unknown = await encode((out) => {
@@ -202,7 +203,7 @@ describe('block records', () => {
 });
 
 describe('block save → load', () => {
-  async function fillRandom(dev: BlockDevice, chunk: number, prng: Prng): Promise<void> {
+  async function fillRandom(dev: FileBlockDevice, chunk: number, prng: Prng): Promise<void> {
     const sectors = dev.chunkSectors(chunk);
     const buf = new Uint8Array(sectors * SECTOR_SIZE);
     for (let i = 0; i < buf.length; i += 4) new DataView(buf.buffer).setUint32(i, (prng.next() * 2 ** 32) >>> 0);
@@ -215,13 +216,13 @@ describe('block save → load', () => {
       ['virtio0', 9 * CHUNK_SIZE + 5 * SECTOR_SIZE],
       ['ide0-hd1', 4 * CHUNK_SIZE],
     ];
-    const src: BlockDevice[] = [];
-    const dst: BlockDevice[] = [];
+    const src: FileBlockDevice[] = [];
+    const dst: FileBlockDevice[] = [];
     for (const [name, size] of layout) {
-      const s = await BlockDevice.open(name, join(dir, `src-${name}.img`), { create: true, size });
+      const s = await FileBlockDevice.open(name, join(dir, `src-${name}.img`), { create: true, size });
       for (let c = 0; c < s.chunkCount; c++) if (c % 3 !== 1) await fillRandom(s, c, prng); // every third chunk stays zero
       src.push(s);
-      const d = await BlockDevice.open(name, join(dir, `dst-${name}.img`), { create: true, size });
+      const d = await FileBlockDevice.open(name, join(dir, `dst-${name}.img`), { create: true, size });
       // Stale content on the destination must be overwritten, zeros included.
       await d.writeSectors(SECTORS_PER_CHUNK, new Uint8Array(SECTOR_SIZE).fill(0xee));
       dst.push(d);
@@ -243,7 +244,7 @@ describe('block save → load', () => {
 
     await transfer('start', (out) => saver.saveSetup(out));
     assert.ok((await saver.statePending(false)) >= 13 * CHUNK_SIZE);
-    const [a, b] = src as [BlockDevice, BlockDevice];
+    const [a, b] = src as [FileBlockDevice, FileBlockDevice];
 
     // Bulk: 3 chunks per iteration. Between iterations the guest writes chunks
     // already sent (must be re-sent) and chunks not yet reached (sent once).
@@ -317,8 +318,8 @@ describe('block save → load', () => {
 
   it('a mostly-zero disk moves with few bytes; destination stays sparse', async () => {
     const size = 256 * CHUNK_SIZE;
-    const s = await BlockDevice.open('sparse', join(dir, 'sparse-src.img'), { create: true, size });
-    const d = await BlockDevice.open('sparse', join(dir, 'sparse-dst.img'), { create: true, size });
+    const s = await FileBlockDevice.open('sparse', join(dir, 'sparse-src.img'), { create: true, size });
+    const d = await FileBlockDevice.open('sparse', join(dir, 'sparse-dst.img'), { create: true, size });
     const prng = new Prng(5);
     await fillRandom(s, 17, prng);
     await s.writeSectors(200 * SECTORS_PER_CHUNK + 5, new Uint8Array(SECTOR_SIZE).fill(1));
@@ -341,7 +342,7 @@ describe('block save → load', () => {
   });
 
   it('without zeroBlocks every chunk carries data', async () => {
-    const s = await BlockDevice.open('z', join(dir, 'z.img'), { create: true, size: 2 * CHUNK_SIZE });
+    const s = await FileBlockDevice.open('z', join(dir, 'z.img'), { create: true, size: 2 * CHUNK_SIZE });
     const saver = new BlockSaveHandler([s], { zeroBlocks: false });
     const bytes = await encode(async (out) => {
       await saver.saveSetup(out);

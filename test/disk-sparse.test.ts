@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { analyzeFile } from '../src/analyze/analyze-stream.js';
-import { BlockDevice, CHUNK_SIZE, IncomingDiskImage } from '../src/block/index.js';
+import { CHUNK_SIZE, FileBlockDevice, IncomingDiskImage } from '../src/block/index.js';
 import { createTestMachine } from '../src/machine/index.js';
 import { IncomingMigration, OutgoingMigration } from '../src/migration/index.js';
 import { Prng } from './helpers/prng.js';
@@ -22,7 +22,7 @@ test('a mostly-zero 1 GiB disk: far fewer bytes than its size; analyze counts ch
   const dir = await mkdtemp(join(tmpdir(), 'livemig-sparse-'));
   const cleanup: Array<() => Promise<void>> = [];
   try {
-    const disk = await BlockDevice.open('disk0', join(dir, 'src.img'), { create: true, size: GiB });
+    const disk = await FileBlockDevice.open('disk0', join(dir, 'src.img'), { create: true, size: GiB });
     const prng = new Prng(11);
     const dataChunks = [0, 5, 700];
     for (const chunk of dataChunks) {

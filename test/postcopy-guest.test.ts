@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { test } from 'node:test';
-import { BlockDevice } from '../src/block/block-device.js';
+import { FileBlockDevice } from '../src/block/file-block-device.js';
 import { NoneMachine } from '../src/machine/none-machine.js';
 import { createTestMachine, TEST_RAM_BLOCK, type TestMachine, type TestMachineOptions } from '../src/machine/test-machine.js';
 import { measurePagesPerSecond, waitFor } from './helpers/wait.js';
@@ -161,7 +161,7 @@ test('postcopy: a stop while waiting leaves the random pattern exactly where an 
 
 test('postcopy: the disk workload waits for its generation-table page before writing the disk', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'livemig-postcopy-'));
-  const disk = await BlockDevice.open('disk0', join(dir, 'disk.img'), { create: true, size: MiB });
+  const disk = await FileBlockDevice.open('disk0', join(dir, 'disk.img'), { create: true, size: MiB });
   try {
     // Slow RAM workload, so the disk's first token comes while the vCPU is still in the present range.
     await withIncoming({ disk, diskRateBlocksPerSecond: 2000, diskPattern: 'sequential', dirtyRatePagesPerSecond: 20_000 }, async (m) => {

@@ -11,7 +11,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, test } from 'node:test';
-import { BlockDevice, CHUNK_SIZE, SECTOR_SIZE } from '../src/block/block-device.js';
+import { CHUNK_SIZE, SECTOR_SIZE } from '../src/block/block-device.js';
+import { FileBlockDevice } from '../src/block/file-block-device.js';
 import { DISK_BLOCK_SIZE_BYTES, encodeDiskBlock, verifyDiskBlock } from '../src/machine/disk-workload.js';
 import { createTestMachine, diskGenTableAddress, type TestMachine, type TestMachineOptions } from '../src/machine/test-machine.js';
 import { loadVmState, SaveStateRegistry, SaveVmState } from '../src/savevm/index.js';
@@ -36,15 +37,15 @@ after(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
-async function openDisk(sizeBytes: number, path = join(dir, `disk${files++}.img`)): Promise<BlockDevice> {
-  return BlockDevice.open('disk0', path, { create: true, size: sizeBytes });
+async function openDisk(sizeBytes: number, path = join(dir, `disk${files++}.img`)): Promise<FileBlockDevice> {
+  return FileBlockDevice.open('disk0', path, { create: true, size: sizeBytes });
 }
 
 /** A machine and its disk, both released at the end (the machine first: the vCPU writes through the disk's fd). */
 async function withDiskMachine(
   diskSizeBytes: number,
   options: TestMachineOptions,
-  body: (m: TestMachine, disk: BlockDevice) => Promise<void>,
+  body: (m: TestMachine, disk: FileBlockDevice) => Promise<void>,
 ): Promise<void> {
   const disk = await openDisk(diskSizeBytes);
   try {
@@ -83,7 +84,7 @@ test('block format: encode and verify name what is wrong', () => {
   assert.match(verifyDiskBlock(buf, 7, 3)!, /^block 7: corrupt header: check word/);
 });
 
-test('BlockDevice: fd, shared dirty log, collectDirty merges and counts new chunks', async () => {
+test('FileBlockDevice: fd, shared dirty log, collectDirty merges and counts new chunks', async () => {
   const disk = await openDisk(40 * MiB);
   try {
     assert.ok(Number.isInteger(disk.fd) && disk.fd > 2);
@@ -300,7 +301,7 @@ test('checkDisk finds a corrupted byte, a rolled-back block and a lost block', a
 test('test-disk round trip: the destination continues the disk workload and verifies', async () => {
   const srcDisk = await openDisk(4 * MiB);
   const dstPath = join(dir, `disk${files++}.img`);
-  let dstDisk: BlockDevice | undefined;
+  let dstDisk: FileBlockDevice | undefined;
   const options = { ramSizeBytes: 8 * MiB, dirtyRatePagesPerSecond: RAM_RATE, diskRateBlocksPerSecond: 10_000, pattern: 'random' } as const;
   const src = await createTestMachine({ ...options, disk: srcDisk, seed: 99 });
   let dst: TestMachine | undefined;
@@ -311,7 +312,7 @@ test('test-disk round trip: the destination continues the disk workload and veri
     // What block migration would deliver: the source's image, and (the RAM section) its memory.
     await srcDisk.flush();
     await copyFile(srcDisk.path, dstPath);
-    dstDisk = await BlockDevice.open('disk0', dstPath);
+    dstDisk = await FileBlockDevice.open('disk0', dstPath);
     dst = await createTestMachine({ ...options, disk: dstDisk, diskPattern: 'sequential', incoming: true });
     await loadDevices(dst, state);
     dst.memory.set(src.memory);
@@ -351,9 +352,9 @@ async function migrateDevices(src: TestMachine, dst: TestMachine): Promise<void>
 }
 
 test('disk mismatches between source and destination are refused, naming what differs', async () => {
-  const disks: BlockDevice[] = [];
+  const disks: FileBlockDevice[] = [];
   const machines: TestMachine[] = [];
-  const disk = async (size: number): Promise<BlockDevice> => {
+  const disk = async (size: number): Promise<FileBlockDevice> => {
     const d = await openDisk(size);
     disks.push(d);
     return d;
@@ -399,7 +400,7 @@ test('disk mismatches between source and destination are refused, naming what di
 
 test('bad disk options are refused', async () => {
   const disk = await openDisk(4 * MiB);
-  const readOnly = await BlockDevice.open('ro', disk.path, { readOnly: true });
+  const readOnly = await FileBlockDevice.open('ro', disk.path, { readOnly: true });
   const tiny = await openDisk(SECTOR_SIZE);
   try {
     await assert.rejects(createTestMachine({ ramSizeBytes: 8 * MiB, disk, rangeEndBytes: 8 * MiB }), /overlaps the disk's generation table at 8384512/);

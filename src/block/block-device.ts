@@ -1,71 +1,77 @@
 /**
- * A disk backed by a raw image file: sector (512 B) reads and writes, a dirty
- * bitmap at 1 MiB chunk granularity (QEMU's block-migration dirty bitmap), and
- * flush. Created images are sparse (the file is sized with truncate).
+ * A disk as the block layer sees it: sector (512 B) reads and writes, a dirty
+ * bitmap at 1 MiB chunk granularity (QEMU's block-migration dirty bitmap),
+ * flush. Browser-safe: the `block` section's handlers depend on this
+ * interface only; the backends are FileBlockDevice (a raw image file,
+ * Node-side: file-block-device.ts) and MemoryBlockDevice (an ArrayBuffer).
  */
-import { constants as fsConstants } from 'node:fs';
-import { open, type FileHandle } from 'node:fs/promises';
 import { DirtyBitmap } from '../ram/index.js';
-import { SECTOR_SIZE, CHUNK_SIZE, SECTORS_PER_CHUNK } from './geometry.js';
-// Sector and chunk sizes live in geometry.ts (Node-free, for the browser core); re-exported for existing importers.
+import { CHUNK_SIZE, SECTOR_SIZE, SECTORS_PER_CHUNK } from './geometry.js';
+// Sector and chunk sizes live in geometry.ts; re-exported for existing importers.
 export { CHUNK_SIZE, formatSize, SECTOR_BITS, SECTOR_SIZE, SECTORS_PER_CHUNK } from './geometry.js';
 
-export interface BlockDeviceOpenOptions {
-  /** Create the file when missing. */
-  create?: boolean;
-  /** Size in bytes (multiple of 512): the file is truncated or extended (sparse) to it. */
-  size?: number;
-  readOnly?: boolean;
-}
-
-export class BlockDevice {
+export interface BlockDevice {
+  /** The device's name on the wire (source and destination match disks by it). */
+  readonly name: string;
+  readonly sizeBytes: number;
+  readonly readOnly: boolean;
+  /** The image file, for reports (query-block); absent for a disk that is no file. */
+  readonly path?: string;
   /** One bit per 1 MiB chunk, set by every write (tracking is always on; consumers clear it). */
   readonly dirty: DirtyBitmap;
-  private closed = false;
+  readonly totalSectors: number;
+  readonly chunkCount: number;
+  /** Sectors in chunk `chunk` (the last chunk may be short). */
+  chunkSectors(chunk: number): number;
+  /** Mark the chunks covering `count` sectors from `sector` dirty. */
+  markDirty(sector: number, count: number): void;
+  /** Move writes made outside this object (a shared dirty log) into `dirty`; returns how many chunks became newly dirty. */
+  collectDirty(): number;
+  /** Read `count` sectors from `sector` into `into` (default: a new buffer). */
+  readSectors(sector: number, count: number, into?: Uint8Array): Promise<Uint8Array>;
+  /** Write whole sectors (data.length a multiple of 512) at `sector`; marks the chunks dirty. */
+  writeSectors(sector: number, data: Uint8Array): Promise<void>;
+  /** Write zeros to `count` sectors. */
+  writeZeroes(sector: number, count: number): Promise<void>;
+  /**
+   * Synchronous byte-range access, where the backend has it (a file's
+   * descriptor, memory): for device models that cannot wait (an emulator's
+   * IDE must never read around a write still in flight). writeSync marks the
+   * chunks dirty after the data landed, as writeSectors.
+   */
+  readSync?(offsetBytes: number, into: Uint8Array): void;
+  writeSync?(offsetBytes: number, data: Uint8Array): void;
+  /** Make written data durable. */
+  flush(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** Check a device name and size (shared by the backends' constructors). */
+export function checkBlockDeviceGeometry(name: string, sizeBytes: number): void {
+  if (name.length === 0 || new TextEncoder().encode(name).length > 255) throw new RangeError(`bad block device name '${name}'`);
+  if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0 || sizeBytes % SECTOR_SIZE !== 0) {
+    throw new RangeError(`block device ${name}: size ${sizeBytes} is not a positive multiple of ${SECTOR_SIZE}`);
+  }
+}
+
+/**
+ * What every backend shares: the dirty bitmap, an optional shared dirty log
+ * (bits set by a writer in another thread), range checks. A backend supplies
+ * the byte I/O.
+ */
+export abstract class BlockDeviceBase implements BlockDevice {
+  readonly dirty: DirtyBitmap;
+  protected closed = false;
   /** Chunk bits set by a writer outside this object (a vCPU thread), same word layout as `dirty`. */
   private sharedLog: Int32Array | undefined;
 
-  private constructor(
+  protected constructor(
     readonly name: string,
-    readonly path: string,
-    private readonly handle: FileHandle,
     readonly sizeBytes: number,
     readonly readOnly: boolean,
   ) {
+    checkBlockDeviceGeometry(name, sizeBytes);
     this.dirty = new DirtyBitmap(Math.ceil(sizeBytes / CHUNK_SIZE));
-  }
-
-  /** Open (or create) the raw image at `path` as device `name`. */
-  static async open(name: string, path: string, options: BlockDeviceOpenOptions = {}): Promise<BlockDevice> {
-    if (name.length === 0 || Buffer.byteLength(name) > 255) throw new RangeError(`bad block device name '${name}'`);
-    const { size } = options;
-    if (size !== undefined && (!Number.isSafeInteger(size) || size <= 0 || size % SECTOR_SIZE !== 0)) {
-      throw new RangeError(`block device ${name}: size ${size} is not a positive multiple of ${SECTOR_SIZE}`);
-    }
-    const readOnly = options.readOnly ?? false;
-    let flags = readOnly ? fsConstants.O_RDONLY : fsConstants.O_RDWR;
-    if (options.create) {
-      if (readOnly) throw new RangeError(`block device ${name}: cannot create a read-only image`);
-      flags |= fsConstants.O_CREAT;
-    }
-    const handle = await open(path, flags, 0o644);
-    try {
-      if (size !== undefined && !readOnly) {
-        const current = (await handle.stat()).size;
-        if (current !== size) await handle.truncate(size);
-      }
-      const actual = (await handle.stat()).size;
-      if (actual === 0 || actual % SECTOR_SIZE !== 0) {
-        throw new RangeError(`block device ${name}: image ${path} has size ${actual}, not a positive multiple of ${SECTOR_SIZE}`);
-      }
-      if (size !== undefined && actual !== size) {
-        throw new RangeError(`block device ${name}: image ${path} has size ${actual}, expected ${size}`);
-      }
-      return new BlockDevice(name, path, handle, actual, readOnly);
-    } catch (err) {
-      await handle.close();
-      throw err;
-    }
   }
 
   get totalSectors(): number {
@@ -74,14 +80,6 @@ export class BlockDevice {
 
   get chunkCount(): number {
     return this.dirty.sizeBits;
-  }
-
-  /**
-   * The image's file descriptor, for a writer in another thread (fs.writeSync):
-   * descriptors are per process. Valid until close().
-   */
-  get fd(): number {
-    return this.handle.fd;
   }
 
   /** Bytes a shared dirty log needs: one bit per chunk, in whole 32-bit words. */
@@ -132,11 +130,22 @@ export class BlockDevice {
     return words ? this.dirty.merge(words) : 0;
   }
 
-  private checkRange(sector: number, count: number): void {
+  protected checkRange(sector: number, count: number): void {
     if (!Number.isSafeInteger(sector) || !Number.isSafeInteger(count) || sector < 0 || count < 0 || sector + count > this.totalSectors) {
       throw new RangeError(`block device ${this.name}: sectors ${sector}+${count} outside 0..${this.totalSectors}`);
     }
     if (this.closed) throw new Error(`block device ${this.name} is closed`);
+  }
+
+  protected checkByteRange(offsetBytes: number, length: number): void {
+    if (!Number.isSafeInteger(offsetBytes) || offsetBytes < 0 || offsetBytes + length > this.sizeBytes) {
+      throw new RangeError(`block device ${this.name}: bytes ${offsetBytes}+${length} outside 0..${this.sizeBytes}`);
+    }
+    if (this.closed) throw new Error(`block device ${this.name} is closed`);
+  }
+
+  protected checkWritable(): void {
+    if (this.readOnly) throw new Error(`block device ${this.name} is read-only`);
   }
 
   /** Read `count` sectors from `sector` into `into` (default: a new buffer). */
@@ -145,15 +154,7 @@ export class BlockDevice {
     const length = count * SECTOR_SIZE;
     const target = into ?? new Uint8Array(length);
     if (target.length < length) throw new RangeError('readSectors: buffer too small');
-    let done = 0;
-    while (done < length) {
-      const { bytesRead } = await this.handle.read(target, done, length - done, sector * SECTOR_SIZE + done);
-      if (bytesRead === 0) {
-        target.fill(0, done, length); // past EOF (a file shrunk behind our back): zeros
-        break;
-      }
-      done += bytesRead;
-    }
+    await this.readAt(sector * SECTOR_SIZE, target.subarray(0, length));
     return target;
   }
 
@@ -162,12 +163,8 @@ export class BlockDevice {
     if (data.length % SECTOR_SIZE !== 0) throw new RangeError(`writeSectors: ${data.length} bytes is not a whole number of sectors`);
     const count = data.length / SECTOR_SIZE;
     this.checkRange(sector, count);
-    if (this.readOnly) throw new Error(`block device ${this.name} is read-only`);
-    let done = 0;
-    while (done < data.length) {
-      const { bytesWritten } = await this.handle.write(data, done, data.length - done, sector * SECTOR_SIZE + done);
-      done += bytesWritten;
-    }
+    this.checkWritable();
+    await this.writeAt(sector * SECTOR_SIZE, data);
     // Marked after the data landed: a reader that cleared the bit before reading re-sends it.
     this.markDirty(sector, count);
   }
@@ -185,8 +182,14 @@ export class BlockDevice {
   /** Mark the chunks covering `count` sectors from `sector` dirty. */
   markDirty(sector: number, count: number): void {
     if (count <= 0) return;
-    const first = Math.floor(sector / SECTORS_PER_CHUNK);
-    const last = Math.floor((sector + count - 1) / SECTORS_PER_CHUNK);
+    this.markDirtyBytes(sector * SECTOR_SIZE, count * SECTOR_SIZE);
+  }
+
+  /** Mark the chunks covering `length` bytes from `offsetBytes` dirty. */
+  markDirtyBytes(offsetBytes: number, length: number): void {
+    if (length <= 0) return;
+    const first = Math.floor(offsetBytes / CHUNK_SIZE);
+    const last = Math.floor((offsetBytes + length - 1) / CHUNK_SIZE);
     this.dirty.setRange(first, last - first + 1);
   }
 
@@ -195,14 +198,10 @@ export class BlockDevice {
     return Math.min(SECTORS_PER_CHUNK, this.totalSectors - chunk * SECTORS_PER_CHUNK);
   }
 
-  /** Make written data durable. */
-  async flush(): Promise<void> {
-    if (!this.readOnly) await this.handle.datasync();
-  }
-
-  async close(): Promise<void> {
-    if (this.closed) return;
-    this.closed = true;
-    await this.handle.close();
-  }
+  /** Fill `into` from the device at `offsetBytes` (range checked by the caller). */
+  protected abstract readAt(offsetBytes: number, into: Uint8Array): Promise<void>;
+  /** Write `data` at `offsetBytes` (range and writability checked by the caller; the caller marks dirty). */
+  protected abstract writeAt(offsetBytes: number, data: Uint8Array): Promise<void>;
+  abstract flush(): Promise<void>;
+  abstract close(): Promise<void>;
 }

@@ -6,7 +6,7 @@
  * whose name says what it is. Either way nothing partial sits at `<path>`.
  */
 import { rename, rm, stat } from 'node:fs/promises';
-import { BlockDevice } from './block-device.js';
+import { FileBlockDevice } from './file-block-device.js';
 
 export const INCOMING_SUFFIX = '.livemig-incoming';
 
@@ -14,7 +14,7 @@ export class IncomingDiskImage {
   private state: 'receiving' | 'committed' | 'discarded' = 'receiving';
 
   private constructor(
-    readonly device: BlockDevice,
+    readonly device: FileBlockDevice,
     /** Where the image goes once complete. */
     readonly finalPath: string,
   ) {}
@@ -33,7 +33,7 @@ export class IncomingDiskImage {
     }
     const partialPath = finalPath + INCOMING_SUFFIX;
     await rm(partialPath, { force: true }); // a leftover from an earlier failed attempt
-    const device = await BlockDevice.open(name, partialPath, { create: true, size });
+    const device = await FileBlockDevice.open(name, partialPath, { create: true, size });
     return new IncomingDiskImage(device, finalPath);
   }
 

@@ -11,16 +11,17 @@
  * Also the WebSocket migration channel, over the page's own `WebSocket`.
  *
  * Not here yet, as they still need Node: the outgoing and incoming migration
- * loops (their transports, multifd's worker threads, EventEmitter), the block
- * devices (raw image files), the analyzer's file input.
+ * loops (their transports, multifd's worker threads, EventEmitter), disks in
+ * raw image files (FileBlockDevice), the analyzer's file input.
  */
 export * from '../wire/index.js';
 export * from '../vmstate/index.js';
 export * from '../savevm/index.js';
 export * from '../ram/index.js';
 
-// The `block` section's format and handlers; its disks (BlockDevice) are files, so Node-side for now.
-export * from '../block/geometry.js';
+// The `block` section's format and handlers, the disk interface and in-memory disks (file-backed disks are Node-side).
+export * from '../block/block-device.js';
+export * from '../block/memory-block-device.js';
 export * from '../block/block-records.js';
 export * from '../block/manifest.js';
 export * from '../block/block-analysis.js';

@@ -7,7 +7,7 @@
  */
 import { queryMigrate, type MigrationInfo } from '../monitor/query-migrate.js';
 import { checkMemory, ramSha256 } from '../machine/index.js';
-import { createGuest, type Guest } from '../guests/index.js';
+import { createGuest, type Guest, type GuestOptions } from '../guests/index.js';
 import { guestTypes } from '../guests/registry.js';
 import { MigrationConfig, OutgoingMigration } from '../migration/index.js';
 import { MachineMonitor } from '../monitor/machine-monitor.js';
@@ -41,6 +41,14 @@ export interface RunOptions {
   kernel?: string;
   serialStdin?: boolean;
   disk?: string;
+  /** v86 media and firmware (see GuestOptions.media). */
+  hda?: string;
+  hdb?: string;
+  fda?: string;
+  cdrom?: string;
+  diskShared?: boolean;
+  bios?: string;
+  vgaBios?: string;
   diskRate: string;
   diskPattern: string;
   /** With --migrate-to: switch to postcopy this long after the migration started (needs --cap postcopy-ram). */
@@ -125,6 +133,7 @@ export async function runCommand(options: RunOptions): Promise<number> {
     dirtyRatePagesPerSecond: Number(options.dirtyRate),
     pattern: options.pattern,
     ...(options.disk !== undefined ? { disk: parseDiskSpec(options.disk), diskRateBlocksPerSecond: Number(options.diskRate), diskPattern: options.diskPattern } : {}),
+    ...mediaOptions(options),
   });
   const machine = guest.machine;
   if (metricsEndpoint) emit('metrics', { url: metricsEndpoint.url }, `metrics on ${metricsEndpoint.url}`);
@@ -147,7 +156,7 @@ export async function runCommand(options: RunOptions): Promise<number> {
     incomingOptions: {
       disks: guest.incomingDisks,
       autostart: options.autostart !== false,
-      diskHint: (name) => `; give it one with --disk PATH,id=${name}`,
+      diskHint: guest.diskHint ?? ((name) => `; give it one with --disk PATH,id=${name}`),
     },
     ...(guest.check ? { checkGuest: guest.check } : {}),
     // --cap/--param apply to every migration of this machine: a destination's too (multifd must be on at
@@ -206,6 +215,17 @@ export async function runCommand(options: RunOptions): Promise<number> {
     await machine.destroy();
     if (serialFile) await new Promise<void>((resolve) => serialFile.end(resolve));
   }
+}
+
+/** --hda/--hdb/--fda/--cdrom/--disk-shared/--bios/--vga-bios as guest options (only those given). */
+function mediaOptions(o: RunOptions): Partial<GuestOptions> {
+  const media = Object.fromEntries((['hda', 'hdb', 'fda', 'cdrom'] as const).filter((slot) => o[slot] !== undefined).map((slot) => [slot, o[slot]!]));
+  return {
+    ...(Object.keys(media).length > 0 ? { media } : {}),
+    ...(o.diskShared ? { diskShared: true } : {}),
+    ...(o.bios !== undefined ? { bios: o.bios } : {}),
+    ...(o.vgaBios !== undefined ? { vgaBios: o.vgaBios } : {}),
+  };
 }
 
 type Emit = (event: string, data: Record<string, unknown>, human: string) => void;

@@ -8,7 +8,7 @@
  * completed; the size is `size=` or that of an existing image at PATH. `id`
  * names the device as on the wire: source and destination match disks by it.
  */
-import { BlockDevice, IncomingDiskImage } from '../block/index.js';
+import { FileBlockDevice, IncomingDiskImage } from '../block/index.js';
 
 export interface DiskSpec {
   path: string;
@@ -17,9 +17,9 @@ export interface DiskSpec {
 }
 
 /** Source side: open (or create) the image. */
-export async function openSourceDisk(spec: DiskSpec): Promise<BlockDevice> {
+export async function openSourceDisk(spec: DiskSpec): Promise<FileBlockDevice> {
   try {
-    return await BlockDevice.open(spec.id, spec.path, spec.sizeBytes !== undefined ? { create: true, size: spec.sizeBytes } : {});
+    return await FileBlockDevice.open(spec.id, spec.path, spec.sizeBytes !== undefined ? { create: true, size: spec.sizeBytes } : {});
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
     if (e.code === 'ENOENT') throw new Error(`--disk: ${spec.path} does not exist; give size=SIZE to create it`);

@@ -21,6 +21,18 @@ export interface GuestOptions {
   disk?: DiskSpec;
   diskRateBlocksPerSecond?: number;
   diskPattern?: string;
+  /**
+   * v86 media (`--hda`, `--hdb`, `--fda`, `--cdrom`): raw image paths. On a
+   * source the images are used in place; on a destination a writable one
+   * names where the migrated disk goes (PATH.livemig-incoming, renamed when
+   * complete; PATH must exist, the size is its size), unless `diskShared`.
+   */
+  media?: { hda?: string; hdb?: string; fda?: string; cdrom?: string };
+  /** `--disk-shared`: both sides open the same image files; nothing is copied, the source flushes them before the switchover. */
+  diskShared?: boolean;
+  /** `--bios`, `--vga-bios`: firmware images (e.g. /usr/share/seabios/bios.bin) for guests that boot from their disks. */
+  bios?: string;
+  vgaBios?: string;
 }
 
 export interface Guest {
@@ -40,6 +52,8 @@ export interface Guest {
   check?(): Promise<Record<string, unknown>>;
   /** Destination: disks being received (renamed into place when the migration completes). */
   incomingDisks: IncomingDiskImage[];
+  /** How to give this guest type the disk `name` (appended to "has no disk of that name"), e.g. '; give it one with --hda PATH'. */
+  diskHint?(name: string): string;
 }
 
 /** How `livemig demo` runs a guest type. */

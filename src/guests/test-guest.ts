@@ -1,5 +1,5 @@
 /** `--machine test`: the built-in test machine (a vCPU thread writing RAM, optionally a disk). */
-import type { BlockDevice, IncomingDiskImage } from '../block/index.js';
+import type { FileBlockDevice, IncomingDiskImage } from '../block/index.js';
 import { createTestMachine, type TestPattern } from '../machine/index.js';
 import { openIncomingDisk, openSourceDisk } from './disk.js';
 import type { GuestType } from './guest.js';
@@ -8,12 +8,13 @@ export const testGuestType: GuestType = {
   name: 'test',
   description: 'built-in',
   async create(o) {
+    if (o.media || o.diskShared || o.bios !== undefined || o.vgaBios !== undefined) throw new Error('--hda, --hdb, --fda, --cdrom, --disk-shared, --bios, --vga-bios: only for --machine v86 (this machine takes --disk PATH)');
     const pattern = o.pattern as TestPattern;
     if (pattern !== 'sequential' && pattern !== 'random') throw new Error(`--pattern: sequential or random, got '${o.pattern}'`);
     const diskPattern = (o.diskPattern ?? 'random') as TestPattern;
     if (diskPattern !== 'sequential' && diskPattern !== 'random') throw new Error(`--disk-pattern: sequential or random, got '${o.diskPattern}'`);
     const incomingDisks: IncomingDiskImage[] = [];
-    let disk: BlockDevice | undefined;
+    let disk: FileBlockDevice | undefined;
     if (o.disk) {
       if (o.incoming) {
         const image = await openIncomingDisk(o.disk);

@@ -3,8 +3,17 @@
  * kernel (`--guest multiboot`, the default) or the Linux guest built by
  * `npm run images` (`--guest linux`). The v86 package is large: it is loaded
  * on demand, when such a guest is created.
+ *
+ * Media: `--hda/--hdb/--fda PATH` (raw images, used in place and migrated
+ * live by the `block` section as devices hda, hdb, fda), `--cdrom PATH`
+ * (read-only, never copied, checked), `--disk-shared` (both sides open the
+ * same files). On a destination a copied disk's PATH must exist: the
+ * migrated disk is written beside it (PATH.livemig-incoming, the size of
+ * PATH) and takes its name when the migration completed.
  */
-import type { GuestType } from './guest.js';
+import { IncomingDiskImage } from '../block/index.js';
+import type { V86Machine, V86Medium, V86MediaSlot } from '../machine/v86-machine.js';
+import type { GuestOptions, GuestType } from './guest.js';
 
 const VARIANTS = [
   { name: 'multiboot', description: 'our test kernel' },
@@ -16,7 +25,7 @@ export const v86GuestType: GuestType = {
   description: 'an x86 PC',
   variants: VARIANTS,
   async create(o) {
-    if (o.disk) throw new Error('--disk: only the test machine has a disk so far (v86 disks are not migrated yet)');
+    if (o.disk) throw new Error('--disk: the v86 machine takes --hda PATH (and --hdb, --fda, --cdrom) instead');
     if (o.guest !== undefined && !VARIANTS.some((v) => v.name === o.guest)) throw new Error(`--guest: ${VARIANTS.map((v) => v.name).join(' or ')}, got '${o.guest}'`);
     // Loaded on demand: the v86 package is large and only this guest needs it.
     const { createV86Machine } = await import('../machine/v86-machine.js');
@@ -27,9 +36,21 @@ export const v86GuestType: GuestType = {
       const image = await loadLinuxImage();
       extra = { bios: image.bios, vgaBios: image.vgaBios, bzimage: image.kernel, initrd: image.initramfs, cmdline: linuxCmdline() };
     } else if (o.kernel !== undefined) extra = { multiboot: o.kernel };
-    const machine = await createV86Machine({ ramSizeBytes: o.ramSizeBytes, incoming: o.incoming, ...extra });
+    // The user's firmware (to boot from a disk) replaces the Linux image's.
+    if (o.bios !== undefined) extra = { ...extra, bios: o.bios };
+    if (o.vgaBios !== undefined) extra = { ...extra, vgaBios: o.vgaBios };
+    if ((o.bios === undefined) !== (o.vgaBios === undefined) && !linux) throw new Error('--bios and --vga-bios go together (e.g. /usr/share/seabios/bios.bin and vgabios-stdvga.bin)');
+    const { media, incomingDisks } = await openMedia(o);
+    let machine: V86Machine;
+    try {
+      machine = await createV86Machine({ ramSizeBytes: o.ramSizeBytes, incoming: o.incoming, ...extra, ...media, ...(o.diskShared ? { sharedDisks: true } : {}) });
+    } catch (err) {
+      for (const image of incomingDisks) await image.discard();
+      throw err;
+    }
     return {
-      incomingDisks: [],
+      incomingDisks,
+      diskHint: (name) => `; give it one with --${name} PATH${o.diskShared ? ' (or --disk-shared on both sides or neither)' : ''}`,
       machine,
       memory: () => machine.memory,
       progress: () => {
@@ -55,3 +76,31 @@ export const v86GuestType: GuestType = {
         : undefined,
   },
 };
+
+/** The media as the machine takes them: paths to use in place, or (destination, copied disks) fresh incoming images. */
+async function openMedia(o: GuestOptions): Promise<{ media: Partial<Record<V86MediaSlot, V86Medium>>; incomingDisks: IncomingDiskImage[] }> {
+  const media: Partial<Record<V86MediaSlot, V86Medium>> = {};
+  const incomingDisks: IncomingDiskImage[] = [];
+  try {
+    for (const slot of ['hda', 'hdb', 'fda', 'cdrom'] as const) {
+      const path = o.media?.[slot];
+      if (path === undefined) continue;
+      if (path === '') throw new Error(`--${slot}: give the image's path`);
+      if (o.incoming && !o.diskShared && slot !== 'cdrom') {
+        const image = await IncomingDiskImage.create(slot, path).catch((err: Error) => {
+          const missing = /does not exist/.test(err.message);
+          throw new Error(`--${slot} ${path}: ${missing ? `no such file (on a destination --${slot} names an existing image of the source disk's size, replaced by the migrated disk once complete)` : err.message}`);
+        });
+        incomingDisks.push(image);
+        media[slot] = image.device;
+      } else {
+        media[slot] = { path };
+      }
+    }
+    if (o.diskShared && !media.hda && !media.hdb && !media.fda) throw new Error('--disk-shared: give the shared disks (--hda, --hdb or --fda)');
+  } catch (err) {
+    for (const image of incomingDisks) await image.discard();
+    throw err;
+  }
+  return { media, incomingDisks };
+}

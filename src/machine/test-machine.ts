@@ -15,6 +15,7 @@
 import { Readable } from 'node:stream';
 import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
 import { CHUNK_SIZE, formatSize, SECTOR_SIZE, type BlockDevice } from '../block/block-device.js';
+import type { FileBlockDevice } from '../block/file-block-device.js';
 import { DenseRamBlock, type RamBlock } from '../ram/index.js';
 import type { SaveStateRegistry } from '../savevm/index.js';
 import { defineVmsd, field } from '../vmstate/index.js';
@@ -74,7 +75,7 @@ export interface TestMachineOptions {
    * pages) takes the top of RAM, which the RAM workload's range must not
    * reach: with a disk, the default range end is also capped at the table.
    */
-  disk?: BlockDevice;
+  disk?: FileBlockDevice;
   /** Disk blocks written per second; 0 = the disk workload is off (default 0). */
   diskRateBlocksPerSecond?: number;
   /** Which block comes next: `sequential` through the disk, or `random` from a PRNG seeded with `seed` (default random). */
@@ -373,7 +374,7 @@ export class TestMachine implements Machine {
   private dirtyLogFresh = false;
   private readonly cpuSection: CpuSection;
   private readonly serialSection: SerialSection;
-  private readonly disk: BlockDevice | undefined;
+  private readonly disk: FileBlockDevice | undefined;
   private readonly diskSection: DiskSection | undefined;
   /** Main's end of the channel arm() hands the present bitmap over on. */
   private readonly postcopyPort: MessagePort;

@@ -19,6 +19,15 @@
  * - CPU and device state is v86's save_state() with RAM left out, in the
  *   `v86-state` section; `v86-config` (memory sizes, disk size) comes first
  *   and the destination refuses a stream for another configuration.
+ * - Media (hda, hdb, fda, cdrom: BlockDevices or raw image files, through
+ *   v86-disk.ts): v86 reads and writes them in place, nothing is loaded
+ *   whole. The writable ones are the machine's blockDevices(), copied by
+ *   the `block` section, unless shared (both sides open the same file:
+ *   flushed at pause, never copied). The `v86-media` section, sent in setup
+ *   before any RAM or disk data, lists every medium (size, copied, shared
+ *   or read-only) and the destination refuses a stream whose media differ.
+ *   Without media the machine has a zeroed 64 KiB hda in memory (v86 needs
+ *   one to restore state) that travels in the device state, as before.
  * - Throttle (auto-converge): stop/run on a 10 ms slice timer.
  */
 import { existsSync, readFileSync } from 'node:fs';
@@ -28,12 +37,17 @@ import { Readable } from 'node:stream';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { V86 } from 'v86';
+import type { BlockDevice } from '../block/block-device.js';
+import { FileBlockDevice } from '../block/file-block-device.js';
+import { formatSize } from '../block/geometry.js';
 import { DenseRamBlock, type RamBlock } from '../ram/index.js';
-import type { SaveStateRegistry } from '../savevm/index.js';
+import type { LoadSectionContext, SaveStateRegistry, SaveVMHandlers } from '../savevm/index.js';
+import { StreamError, type StreamReader, type StreamWriter } from '../wire/index.js';
 import { defineVmsd, field } from '../vmstate/index.js';
 import type { DirtyLogSink, Machine } from './machine.js';
 import { checkMemory, ramSha256, type MemoryCheckResult } from './memory-check.js';
 import { SHADOW_GROUP_BYTES, ShadowCopy } from './shadow-copy.js';
+import { V86DiskBuffer } from './v86-disk.js';
 
 export const V86_MACHINE_NAME = 'livemig-v86';
 export const V86_RAM_BLOCK = 'pc.ram';
@@ -55,19 +69,45 @@ const THROTTLE_SLICE_MS = 10;
 const MAX_FAIR_TURN_MS = 20;
 const LOAD_TIMEOUT_MS = 30_000;
 
+/** v86's media slots; a medium's BlockDevice carries the slot as its name (the name on the wire). */
+export const V86_MEDIA_SLOTS = ['hda', 'hdb', 'fda', 'cdrom'] as const;
+export type V86MediaSlot = (typeof V86_MEDIA_SLOTS)[number];
+
+/** A medium: a BlockDevice named as its slot (the caller keeps it open and closes it), or a raw image file the machine opens and closes. */
+export type V86Medium = BlockDevice | { path: string; readOnly?: boolean };
+
+/** Floppy image sizes v86 knows (src/floppy.js DISK_FORMATS); another size it would copy into memory. */
+export const V86_FLOPPY_SIZES_BYTES: readonly number[] = [
+  163840, 184320, 204800, 327680, 368640, 409600, 419840, 430080, 655360, 737280, 819200, 839680, 849920, 901120, 1064960, 1146880, 1228800, 1474560, 1511424,
+  1529856, 1638400, 1720320, 1763328, 1784832, 1802240, 1884160, 1966080, 2949120, 3276800, 3604480, 3932160,
+];
+
 export interface V86MachineOptions {
+  /** IDE primary master and slave disks. */
+  hda?: V86Medium;
+  hdb?: V86Medium;
+  /** Floppy drive A (one of V86_FLOPPY_SIZES_BYTES). */
+  fda?: V86Medium;
+  /** CD-ROM (IDE secondary master): always read-only, never copied. */
+  cdrom?: V86Medium;
+  /**
+   * The writable media are shared with the other side of a migration (both
+   * open the same files): blockDevices() is empty (nothing is copied) and
+   * pause() flushes them, so the destination reads every write.
+   */
+  sharedDisks?: boolean;
   /** Guest RAM in bytes, a multiple of 128 KiB (default 128 MiB). */
   ramSizeBytes?: number;
   /** VGA memory (default 256 KiB, v86's minimum; it travels in the device state). */
   vgaMemorySizeBytes?: number;
-  /** Size of the zeroed IDE disk v86 needs to restore state (default 64 KiB; it travels in the device state). */
+  /** Without media: size of the zeroed IDE disk v86 needs to restore state (default 64 KiB; it travels in the device state). */
   diskSizeBytes?: number;
   /**
    * Multiboot kernel: bytes or a file path (default: our test kernel,
    * guests/multiboot/livemig-test-kernel.bin). Not loaded on an incoming machine.
    */
   multiboot?: Uint8Array | string;
-  /** BIOS and VGA BIOS (e.g. Debian's seabios bios.bin, vgabios-stdvga.bin): bytes or paths. Without them a multiboot kernel boots directly. */
+  /** BIOS and VGA BIOS (e.g. Debian's seabios bios.bin, vgabios-stdvga.bin): bytes or paths. Without them a multiboot kernel boots directly; with them and no kernel the BIOS boots from the media. */
   bios?: Uint8Array | string;
   vgaBios?: Uint8Array | string;
   /** Linux kernel, initrd and command line (needs `bios`). */
@@ -202,6 +242,14 @@ export const v86ConfigVmsd = defineVmsd<ConfigSection>({
     };
     check('memory size', s.memory_size, m.ramSizeBytes);
     check('VGA memory size', s.vga_memory_size, m.vgaMemorySizeBytes);
+    if (s.disk_size !== m.diskSizeBytes && (s.disk_size === 0 || m.diskSizeBytes === 0)) {
+      // 0: the side has media (their sizes are in v86-media), else the 64 KiB stub hda.
+      throw new Error(
+        s.disk_size === 0
+          ? `v86-config: the source has media (hda, hdb, fda or cdrom), this machine has none (only its ${sizeText(m.diskSizeBytes)} stub disk)`
+          : `v86-config: this machine has media (${m.mediaInfo().map((x) => x.slot).join(', ')}), the source has none (only its ${sizeText(s.disk_size)} stub disk)`,
+      );
+    }
     check('disk size', s.disk_size, m.diskSizeBytes);
   },
 });
@@ -219,6 +267,80 @@ export const v86StateVmsd = defineVmsd<StateSection>({
     s.machine.restoreDeviceState(s.state);
   },
 });
+
+/** How a medium takes part in a migration. */
+type MediumMode = 'copied' | 'shared' | 'read-only';
+const MEDIUM_MODES: readonly MediumMode[] = ['copied', 'shared', 'read-only'];
+
+export interface V86MediumInfo {
+  slot: string;
+  sizeBytes: number;
+  mode: MediumMode;
+}
+
+export const V86_MEDIA_IDSTR = 'v86-media';
+export const V86_MEDIA_VERSION = 1;
+
+/**
+ * The `v86-media` section: every medium the source has, written in setup
+ * (before any RAM or disk data) so the destination refuses other media
+ * before anything moved. START body: be32 count, then per medium a counted
+ * string slot, be64 size in bytes and a byte mode (0 copied, 1 shared,
+ * 2 read-only). Registered only on machines with media: a machine without
+ * them sends the same sections as before.
+ */
+class V86MediaHandler implements SaveVMHandlers {
+  constructor(private readonly machine: V86Machine) {}
+
+  isActive(): boolean {
+    return this.machine.mediaInfo().length > 0;
+  }
+
+  async saveSetup(out: StreamWriter): Promise<void> {
+    const media = this.machine.mediaInfo();
+    out.be32(media.length);
+    for (const m of media) {
+      out.countedString(m.slot);
+      out.be64(BigInt(m.sizeBytes));
+      out.u8(MEDIUM_MODES.indexOf(m.mode));
+    }
+  }
+
+  async statePending(): Promise<number> {
+    return 0;
+  }
+
+  async loadState(input: StreamReader, context: LoadSectionContext): Promise<void> {
+    if (context.kind !== 'start') return; // END is empty
+    const at = { offset: input.offset, section: { idstr: context.idstr, instanceId: context.instanceId, sectionId: context.sectionId } };
+    const fail = (text: string): never => {
+      throw new StreamError('handler-failed', `v86 media: ${text}`, at);
+    };
+    const count = await input.be32();
+    if (count > V86_MEDIA_SLOTS.length) fail(`${count} media is more than v86 has slots`);
+    const stream: V86MediumInfo[] = [];
+    for (let i = 0; i < count; i++) {
+      const slot = await input.countedString();
+      const size = await input.be64();
+      const mode = MEDIUM_MODES[await input.u8()];
+      if (!mode) fail(`${slot}: unknown mode`);
+      if (size > BigInt(Number.MAX_SAFE_INTEGER)) fail(`${slot}: size ${size} is too large`);
+      stream.push({ slot, sizeBytes: Number(size), mode: mode! });
+    }
+    const local = new Map(this.machine.mediaInfo().map((m) => [m.slot, m]));
+    const describe = (m: V86MediumInfo): string => `${formatSize(m.sizeBytes)}, ${m.mode}`;
+    for (const m of stream) {
+      const here = local.get(m.slot);
+      if (!here) fail(`the source has ${m.slot} (${describe(m)}), this destination has no ${m.slot}; give it one with --${m.slot} PATH`);
+      if (here!.sizeBytes !== m.sizeBytes) fail(`${m.slot}: the source's is ${formatSize(m.sizeBytes)}, this destination's is ${formatSize(here!.sizeBytes)}`);
+      if (here!.mode !== m.mode) {
+        fail(`${m.slot} (${formatSize(m.sizeBytes)}) is ${m.mode} on the source, ${here!.mode} on this destination${m.mode === 'shared' || here!.mode === 'shared' ? ' (give --disk-shared on both sides or on neither)' : ''}`);
+      }
+      local.delete(m.slot);
+    }
+    for (const m of local.values()) fail(`this destination has ${m.slot} (${describe(m)}), the source has no ${m.slot}`);
+  }
+}
 
 let wasmModule: Promise<WasmModule> | undefined;
 const requireFromHere = createRequire(import.meta.url);
@@ -302,7 +424,10 @@ export class V86Machine implements Machine {
   readonly serial: Readable;
   readonly ramSizeBytes: number;
   readonly vgaMemorySizeBytes: number;
+  /** The stub hda's size without media; 0 with media (v86-config's disk_size). */
   readonly diskSizeBytes: number;
+  /** The media are shared with the other side (not copied). */
+  readonly sharedDisks: boolean;
   /** The workload range of the test kernel: [1 MiB, min(RAM, 100 MiB)). */
   readonly workloadRange: { startBytes: number; endBytes: number };
   /** Duration of the last pause(), in ms. */
@@ -338,6 +463,8 @@ export class V86Machine implements Machine {
   private emulatorMs = 0;
   private readonly configSection: ConfigSection;
   private readonly stateSection: StateSection;
+  /** Media by slot, once start() opened them. */
+  private readonly media = new Map<V86MediaSlot, { device: BlockDevice; buffer: V86DiskBuffer; owned: boolean }>();
 
   /** Use createV86Machine(). */
   constructor(private readonly options: V86MachineOptions = {}) {
@@ -349,10 +476,17 @@ export class V86Machine implements Machine {
     if (!Number.isSafeInteger(vga) || vga < 256 * KiB || vga > 256 * MiB || (vga & (vga - 1)) !== 0) {
       throw new RangeError(`v86 VGA memory ${vga} must be a power of two from 256 KiB to 256 MiB`);
     }
-    const disk = options.diskSizeBytes ?? 64 * KiB;
-    if (!Number.isSafeInteger(disk) || disk < 512 || disk % 512 !== 0 || disk > 64 * MiB) {
+    const hasMedia = V86_MEDIA_SLOTS.some((slot) => options[slot] !== undefined);
+    if (hasMedia && options.diskSizeBytes !== undefined) throw new RangeError('v86: diskSizeBytes sizes the stub disk of a machine without media; this one has media');
+    const disk = hasMedia ? 0 : (options.diskSizeBytes ?? 64 * KiB);
+    if (!hasMedia && (!Number.isSafeInteger(disk) || disk < 512 || disk % 512 !== 0 || disk > 64 * MiB)) {
       throw new RangeError(`v86 disk ${disk} must be a multiple of 512 up to 64 MiB`);
     }
+    for (const slot of V86_MEDIA_SLOTS) {
+      const m = options[slot];
+      if (m && 'name' in m && m.name !== slot) throw new RangeError(`v86 ${slot}: the block device is named '${m.name}'; name it '${slot}' (the name on the wire)`);
+    }
+    this.sharedDisks = options.sharedDisks ?? false;
     const chunk = options.syncChunkBytes ?? ram;
     if (!Number.isSafeInteger(chunk) || chunk < SHADOW_GROUP_BYTES || chunk % SHADOW_GROUP_BYTES !== 0) {
       throw new RangeError(`syncChunkBytes ${chunk} must be a positive multiple of ${SHADOW_GROUP_BYTES}`);
@@ -376,24 +510,29 @@ export class V86Machine implements Machine {
   async start(): Promise<void> {
     const o = this.options;
     const module = await v86WasmModule();
+    await this.openMedia();
     const settings: Record<string, unknown> = {
       wasm_fn: async (env: object) => (await Wasm.instantiate(module, env)).exports,
       memory_size: this.ramSizeBytes,
       vga_memory_size: this.vgaMemorySizeBytes,
-      hda: { buffer: new ArrayBuffer(this.diskSizeBytes) },
       autostart: false,
       disable_keyboard: true,
       disable_mouse: true,
       disable_speaker: true,
       disable_jit: o.disableJit ?? false,
     };
+    if (this.media.size === 0) settings['hda'] = { buffer: new ArrayBuffer(this.diskSizeBytes) };
+    for (const [slot, m] of this.media) settings[slot] = m.buffer;
+    // A kernel given to v86 boots that kernel, not the disks (v86 would otherwise let the BIOS try the disk first).
+    if (this.media.size > 0 && (o.bzimage || o.multiboot !== undefined || !o.bios)) settings['boot_order'] = 0x213;
     if (o.bios) settings['bios'] = { buffer: imageBuffer(o.bios) };
     if (o.vgaBios) settings['vga_bios'] = { buffer: imageBuffer(o.vgaBios) };
     if (!o.incoming) {
       if (o.bzimage) settings['bzimage'] = { buffer: imageBuffer(o.bzimage) };
       if (o.initrd) settings['initrd'] = { buffer: imageBuffer(o.initrd) };
       if (o.cmdline !== undefined) settings['cmdline'] = o.cmdline;
-      if (!o.bzimage) settings['multiboot'] = { buffer: imageBuffer(o.multiboot ?? defaultMultibootKernelPath()) };
+      // With a BIOS and no kernel the BIOS boots from the media (the user's own system).
+      if (!o.bzimage && (o.multiboot !== undefined || !o.bios)) settings['multiboot'] = { buffer: imageBuffer(o.multiboot ?? defaultMultibootKernelPath()) };
     }
     const emulator = new V86(settings as ConstructorParameters<typeof V86>[0]) as unknown as V86Emulator;
     this.emulator = emulator;
@@ -432,6 +571,59 @@ export class V86Machine implements Machine {
       this.serialBytes++;
       if (!this.serial.destroyed) this.serial.push(Buffer.of(byte));
     }) as (arg: never) => void);
+  }
+
+  /** Open the media given as paths, check them all, and wrap each in a v86 disk buffer. */
+  private async openMedia(): Promise<void> {
+    for (const slot of V86_MEDIA_SLOTS) {
+      const given = this.options[slot];
+      if (!given) continue;
+      let device: BlockDevice;
+      let owned = false;
+      if ('path' in given && !('name' in given)) {
+        // A CD-ROM is read-only media; the other slots open read-write unless asked.
+        const readOnly = slot === 'cdrom' || (given.readOnly ?? false);
+        try {
+          device = await FileBlockDevice.open(slot, given.path, { readOnly });
+        } catch (err) {
+          const e = err as NodeJS.ErrnoException;
+          throw new Error(`--${slot} ${given.path}: ${e.code === 'ENOENT' ? 'no such file' : e.code === 'EACCES' ? 'permission denied' : e.message}`);
+        }
+        owned = true;
+      } else {
+        device = given as BlockDevice;
+      }
+      this.media.set(slot, { device, buffer: new V86DiskBuffer(device), owned });
+      if (slot === 'fda' && !V86_FLOPPY_SIZES_BYTES.includes(device.sizeBytes)) {
+        throw new Error(`--fda: ${device.sizeBytes} bytes is no floppy size v86 knows (e.g. 1474560 for 1.44 MB, 2949120 for 2.88 MB)`);
+      }
+      if ((slot === 'hda' || slot === 'hdb') && device.sizeBytes > 2 ** 48 * 512) throw new Error(`--${slot}: ${device.sizeBytes} bytes is beyond LBA48`);
+    }
+    if (this.media.has('hdb') && !this.media.has('hda')) throw new Error('--hdb needs --hda (v86 attaches hdb as the slave of hda)');
+  }
+
+  /** Each medium: its slot, size and how it migrates (for the v86-media section and reports). */
+  mediaInfo(): V86MediumInfo[] {
+    return [...this.media].map(([slot, { device }]) => ({
+      slot,
+      sizeBytes: device.sizeBytes,
+      mode: slot === 'cdrom' || device.readOnly ? 'read-only' : this.sharedDisks ? 'shared' : 'copied',
+    }));
+  }
+
+  /** The medium in `slot`, if any (its BlockDevice). */
+  medium(slot: V86MediaSlot): BlockDevice | undefined {
+    return this.media.get(slot)?.device;
+  }
+
+  /**
+   * The disks block migration copies: the writable media (hda, hdb, fda),
+   * named by slot; none when they are shared or read-only.
+   */
+  blockDevices(): BlockDevice[] {
+    return this.mediaInfo()
+      .filter((m) => m.mode === 'copied')
+      .map((m) => this.media.get(m.slot as V86MediaSlot)!.device);
   }
 
   /** Guest RAM: a view over v86's wasm memory, rebuilt if a memory grow detached the old one. Do not keep it across awaits. */
@@ -580,6 +772,10 @@ export class V86Machine implements Machine {
     this.pausing = true;
     try {
       await this.emulator.stop();
+      // Writes of an asynchronous disk backend land before the state is saved or the disks are copied;
+      // shared disks are flushed, so the other side reads every write.
+      for (const { buffer } of this.media.values()) await buffer.settled();
+      if (this.sharedDisks) for (const { device } of this.media.values()) if (!device.readOnly) await device.flush();
     } finally {
       this.pausing = false;
     }
@@ -613,6 +809,9 @@ export class V86Machine implements Machine {
     // Both required on load: without v86-state the CPU and devices would run from their boot state over migrated RAM.
     registry.register({ idstr: 'v86-config', instanceId: 0, vmsd: v86ConfigVmsd, opaque: this.configSection, required: true });
     registry.register({ idstr: 'v86-state', instanceId: 0, vmsd: v86StateVmsd, opaque: this.stateSection, required: true });
+    // Sent only with media (a machine without them sends the same sections as before); always loadable,
+    // so a destination without media names what the source has; required where there are media.
+    registry.register({ idstr: V86_MEDIA_IDSTR, instanceId: 0, version: V86_MEDIA_VERSION, handlers: new V86MediaHandler(this), required: this.hasMediaOptions() });
   }
 
   /** v86's save_state() without RAM (paused only). */
@@ -705,7 +904,12 @@ export class V86Machine implements Machine {
     this.clearThrottleTimer();
     if (this.emulator) await this.emulator.destroy();
     this.stopDirtyLog();
+    for (const { device, owned } of this.media.values()) if (owned) await device.close().catch(() => {});
     this.serial.push(null);
+  }
+
+  private hasMediaOptions(): boolean {
+    return V86_MEDIA_SLOTS.some((slot) => this.options[slot] !== undefined);
   }
 
   private applyThrottle(): void {

@@ -24,7 +24,8 @@ function vcpuCount(machine: Machine): number {
 }
 
 /** The image's allocated bytes (sparse images use less than their size), as QEMU's `actual-size`; absent if unknown. */
-function actualSize(path: string): { 'actual-size'?: number } {
+function actualSize(path: string | undefined): { 'actual-size'?: number } {
+  if (path === undefined) return {};
   try {
     return { 'actual-size': statSync(path).blocks * 512 };
   } catch {
@@ -73,7 +74,7 @@ export function machineCommands(machine: Machine, machineTypes: readonly Machine
           type: 'unknown',
           'io-status': 'ok',
           inserted: {
-            file: d.path,
+            file: d.path ?? '',
             'node-name': d.name,
             ro: d.readOnly,
             drv: 'raw',
@@ -88,7 +89,7 @@ export function machineCommands(machine: Machine, machineTypes: readonly Machine
             'iops_wr': 0,
             'write_threshold': 0,
             cache: { writeback: true, direct: false, 'no-flush': false },
-            image: { filename: d.path, format: 'raw', 'virtual-size': d.sizeBytes, ...actualSize(d.path), 'dirty-flag': false },
+            image: { filename: d.path ?? '', format: 'raw', 'virtual-size': d.sizeBytes, ...actualSize(d.path), 'dirty-flag': false },
           },
         })),
     },
