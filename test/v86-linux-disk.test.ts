@@ -2,17 +2,26 @@
  * The Linux disk guest (issue 18): images/linux/disk.ext2 and the checker
  * that runs on it, guests/linux/diskcheck.c. The checker is run on this host
  * (it is a static i386 program) to show it catches a flipped byte and a lost
- * write. Skipped with a message when `npm run images` could not make the disk
- * guest (it needs gcc-multilib and e2fsprogs).
+ * write. Then `--guest linux-disk` migrated live between two `livemig run
+ * --machine v86` processes while it writes files: with its disk copied (the
+ * images equal at the switchover, the guest's own check ok after the move),
+ * and on a shared disk. Skipped with a message when `npm run images` could
+ * not make the disk guest (it needs gcc-multilib and e2fsprogs).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { copyFile, mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { copyFile, mkdtemp, open, readFile, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
+import { createInterface } from 'node:readline';
+import { INCOMING_SUFFIX } from '../src/block/incoming-image.js';
 import { readCpio } from '../src/images/cpio.js';
+import { QmpClient } from '../src/monitor/qmp-client.js';
+import { cliPath } from './helpers/paths.js';
 import { defaultLinuxImageDir, DISKCHECK_LINES, LINUX_DISK_SIZE_BYTES, linuxDiskImagePath, loadLinuxImage } from '../src/images/linux-image.js';
 
 const NO_DISK = `no Linux disk guest in ${defaultLinuxImageDir}: run \`npm run images\` (needs Debian packages gcc-multilib, seabios and e2fsprogs)`;
@@ -94,6 +103,162 @@ test('diskcheck catches a flipped byte and a lost write, and answers a request',
   } finally {
     child.kill('SIGTERM');
     await exited;
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+// ---- Between two processes ----
+
+type Event = { event: string } & Record<string, any>;
+const MiB = 1 << 20;
+const BOOT_TIMEOUT_MS = 300_000; // about 60 s to the first check here; a loaded 2-core machine is much slower
+
+function startRun(args: string[]) {
+  const child = spawn(process.execPath, [cliPath, 'run', '--json', ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+  const events: Event[] = [];
+  let stderr = '';
+  child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s));
+  createInterface({ input: child.stdout }).on('line', (line) => events.push(JSON.parse(line)));
+  const serial = (from = 0): string => events.slice(from).filter((e) => e.event === 'serial').map((e) => e.text).join('');
+  const until = async (test: () => boolean, what: string, timeoutMs = 120_000): Promise<void> => {
+    const deadline = Date.now() + timeoutMs;
+    while (!test()) {
+      if (child.exitCode !== null) throw new Error(`livemig exited (${child.exitCode}) before ${what}: ${stderr}`);
+      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}; serial so far: ${serial().slice(-800)}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  };
+  return { child, events, serial, until };
+}
+type Run = ReturnType<typeof startRun>;
+
+async function stopAll(...runs: Array<Run | undefined>): Promise<void> {
+  await Promise.all(
+    runs.map(async (r) => {
+      if (!r || r.child.exitCode !== null) return;
+      const exited = new Promise((resolve) => r.child.once('exit', resolve));
+      r.child.kill('SIGTERM');
+      await exited;
+    }),
+  );
+}
+
+async function waitMigration(src: QmpClient): Promise<Record<string, any>> {
+  for (;;) {
+    const info = (await src.execute('query-migrate')) as Record<string, any>;
+    if (['completed', 'failed', 'cancelled'].includes(info.status)) return info;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+const sha = async (path: string): Promise<string> => createHash('sha256').update(await readFile(path)).digest('hex');
+/** The writes counted in each periodic or requested check (`..., W written`). */
+const writeCounts = (text: string): number[] => [...text.matchAll(/diskcheck: verify ok [^\n]*?, (\d+) written/g)].map((m) => Number(m[1]));
+
+/** Types `diskcheck verify` on the destination's console; resolves with its verdict line. */
+async function requestVerdict(run: Run): Promise<string> {
+  const from = run.events.length;
+  run.child.stdin.write('diskcheck verify\n');
+  await run.until(() => DISKCHECK_LINES.requestedVerdict.test(run.serial(from)), "the guest's verdict on request", 120_000);
+  return DISKCHECK_LINES.requestedVerdict.exec(run.serial(from))![0];
+}
+
+test('linux-disk migrates live with its disk while writing files: the images are equal at the switchover, the guest verifies every file ok after the move', { timeout: BOOT_TIMEOUT_MS + 300_000 }, async (t) => {
+  const image = await linuxDiskImagePath();
+  if (!image) return t.skip(NO_DISK);
+  const dir = await mkdtemp(join(tmpdir(), 'livemig-linuxdisk-'));
+  let source: Run | undefined;
+  let destination: Run | undefined;
+  try {
+    const srcImage = join(dir, 'src.ext2');
+    const dstImage = join(dir, 'dst.ext2');
+    await copyFile(image, srcImage);
+    await writeFile(dstImage, '');
+    await truncate(dstImage, LINUX_DISK_SIZE_BYTES);
+    const common = ['--machine', 'v86', '--guest', 'linux-disk', '--ram', '128M'];
+    source = startRun([...common, '--hda', srcImage, '--qmp', `unix:${join(dir, 'src.qmp')}`]);
+    // -S: the destination waits after the switchover, so both images can be compared as they were then.
+    destination = startRun([...common, '--hda', dstImage, '-S', '--serial-stdin', '--qmp', `unix:${join(dir, 'dst.qmp')}`, '--incoming', `unix:${join(dir, 'mig.sock')}`]);
+    const s = source;
+    await s.until(() => /diskcheck: verify ok/.test(s.serial()), 'the guest to boot, mount its disk and check its files', BOOT_TIMEOUT_MS);
+    await destination.until(() => destination!.events.some((e) => e.event === 'listening'), 'the destination');
+    const src = await QmpClient.connect(`unix:${join(dir, 'src.qmp')}`, { retryForMs: 5000 });
+    const dst = await QmpClient.connect(`unix:${join(dir, 'dst.qmp')}`, { retryForMs: 5000 });
+    try {
+      // Slow at first (4 MiB/s: the 64 MiB disk alone takes 16 s), until the guest was seen writing and checking files mid-migration.
+      await src.execute('migrate-set-parameters', { 'max-bandwidth': 4 * MiB });
+      const migrateAt = s.events.length;
+      await src.execute('migrate', { uri: `unix:${join(dir, 'mig.sock')}`, blk: true });
+      await s.until(() => writeCounts(s.serial(migrateAt)).length > 0, 'a check by the guest during the migration', 120_000);
+      const during = (await src.execute('query-migrate')) as Record<string, any>;
+      assert.equal(during.status, 'active', 'the guest wrote and checked files while the migration ran');
+      const writtenDuring = Math.max(...writeCounts(s.serial(migrateAt)));
+      await src.execute('migrate-set-parameters', { 'max-bandwidth': 1024 * MiB });
+      const info = await waitMigration(src);
+      assert.equal(info.status, 'completed', info['error-desc']);
+      assert.equal(info.disk?.total, LINUX_DISK_SIZE_BYTES, 'hda was migrated');
+      assert.doesNotMatch(s.serial(), /CORRUPT/);
+
+      // At the switchover: the destination's disk is the source's, byte for byte.
+      await destination.until(() => destination!.events.some((e) => e.event === 'resumed'), 'the destination to load');
+      assert.equal(((await dst.execute('query-status')) as { status: string }).status, 'paused');
+      assert.equal(((await src.execute('query-status')) as { status: string }).status, 'postmigrate');
+      assert.ok(!existsSync(dstImage + INCOMING_SUFFIX), 'the incoming image took its name');
+      assert.equal(await sha(dstImage), await sha(srcImage), 'destination image equals the source image at the switchover');
+
+      // After the move: the guest reads every file back from the migrated disk and says ok.
+      await dst.execute('cont');
+      const verdict = await requestVerdict(destination);
+      assert.match(verdict, /^diskcheck: verify ok (\d+) files/, verdict);
+      assert.ok(writeCounts(verdict)[0]! > writtenDuring, `${verdict}: more files written than the ${writtenDuring} seen mid-migration`);
+      assert.doesNotMatch(destination.serial(), /CORRUPT/);
+    } finally {
+      await src.close();
+      await dst.close();
+    }
+  } finally {
+    await stopAll(source, destination);
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('linux-disk on a shared disk (--disk-shared): nothing copied, the guest verifies every file ok after the move', { timeout: BOOT_TIMEOUT_MS + 200_000 }, async (t) => {
+  const image = await linuxDiskImagePath();
+  if (!image) return t.skip(NO_DISK);
+  const dir = await mkdtemp(join(tmpdir(), 'livemig-linuxdisk-shared-'));
+  let source: Run | undefined;
+  let destination: Run | undefined;
+  try {
+    const shared = join(dir, 'shared.ext2');
+    await copyFile(image, shared);
+    const common = ['--machine', 'v86', '--guest', 'linux-disk', '--ram', '128M', '--hda', shared, '--disk-shared'];
+    source = startRun([...common, '--qmp', `unix:${join(dir, 'src.qmp')}`]);
+    destination = startRun([...common, '--serial-stdin', '--incoming', `unix:${join(dir, 'mig.sock')}`]);
+    const s = source;
+    await s.until(() => /diskcheck: verify ok/.test(s.serial()), 'the guest to boot, mount its disk and check its files', BOOT_TIMEOUT_MS);
+    await destination.until(() => destination!.events.some((e) => e.event === 'listening'), 'the destination');
+    const src = await QmpClient.connect(`unix:${join(dir, 'src.qmp')}`, { retryForMs: 5000 });
+    try {
+      const before = writeCounts(s.serial());
+      await src.execute('migrate', { uri: `unix:${join(dir, 'mig.sock')}`, blk: true });
+      const info = await waitMigration(src);
+      assert.equal(info.status, 'completed', info['error-desc']);
+      assert.equal(info.disk, undefined, 'a shared disk is not copied');
+      const resumed = await (async () => {
+        await destination!.until(() => destination!.events.some((e) => e.event === 'resumed'), 'the destination to run');
+        return destination!.events.find((e) => e.event === 'resumed')!;
+      })();
+      assert.ok(resumed.bytes < info.ram.transferred + 4 * MiB, `the destination received ${resumed.bytes} bytes: RAM and state, not the 64 MiB disk`);
+      assert.ok(!existsSync(shared + INCOMING_SUFFIX));
+      const verdict = await requestVerdict(destination);
+      assert.match(verdict, /^diskcheck: verify ok (\d+) files/, verdict);
+      assert.ok(writeCounts(verdict)[0]! > Math.max(...before), `${verdict}: the guest kept writing`);
+      assert.doesNotMatch(destination.serial() + s.serial(), /CORRUPT/);
+    } finally {
+      await src.close();
+    }
+  } finally {
+    await stopAll(source, destination);
     await rm(dir, { recursive: true, force: true });
   }
 });

@@ -43,7 +43,7 @@ export function linuxCmdline(opts: { dirtierMiB?: number; verifyEvery?: number; 
   return ['console=ttyS0,115200', 'loglevel=3', 'tsc=reliable', 'mitigations=off', 'random.trust_cpu=on', `dirtier=${d}`, disk, opts.extra ?? ''].filter(Boolean).join(' ');
 }
 
-/** The disk guest's lines on the serial port (guests/linux/diskcheck.c). */
+/** The disk guest's lines on the serial port (guests/linux/diskcheck.c); they end in \r\n there (the tty's onlcr). */
 export const DISKCHECK_LINES = {
   /** A full check of every file, periodic or on request; group 1: ok or CORRUPT. */
   verdict: /diskcheck: verify (ok|CORRUPT)\b[^\n]*/,
