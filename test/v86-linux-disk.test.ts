@@ -128,7 +128,7 @@ function startRun(args: string[]) {
       await new Promise((r) => setTimeout(r, 100));
     }
   };
-  return { child, events, serial, until };
+  return { child, events, serial, until, stderr: () => stderr };
 }
 type Run = ReturnType<typeof startRun>;
 
@@ -220,6 +220,14 @@ test('linux-disk migrates live with its disk while writing files: the images are
     await stopAll(source, destination);
     await rm(dir, { recursive: true, force: true });
   }
+});
+
+test('linux-disk refuses --disk-shared without --hda (both sides must name the same image)', { timeout: 60_000 }, async (t) => {
+  if (!(await linuxDiskImagePath())) return t.skip(NO_DISK);
+  const run = startRun(['--machine', 'v86', '--guest', 'linux-disk', '--disk-shared']);
+  const code = await new Promise<number | null>((resolve) => run.child.once('exit', resolve));
+  assert.notEqual(code, 0);
+  assert.match(run.stderr(), /--guest linux-disk --disk-shared: give both sides the same --hda PATH/);
 });
 
 test('linux-disk on a shared disk (--disk-shared): nothing copied, the guest verifies every file ok after the move', { timeout: BOOT_TIMEOUT_MS + 200_000 }, async (t) => {

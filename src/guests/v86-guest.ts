@@ -18,7 +18,7 @@ import { copyFile, mkdtemp, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { IncomingDiskImage } from '../block/index.js';
-import { DISKCHECK_LINES } from '../images/linux-image.js';
+import { DISKCHECK_LINES, LINUX_DISK_SIZE_BYTES, linuxCmdline, linuxDiskImagePath, loadLinuxImage } from '../images/linux-image.js';
 import type { V86Machine, V86Medium, V86MediaSlot } from '../machine/v86-machine.js';
 import type { GuestOptions, GuestType } from './guest.js';
 
@@ -44,7 +44,6 @@ export const v86GuestType: GuestType = {
     const linux = o.guest === 'linux' || diskGuest;
     let extra = {};
     if (linux && !o.incoming) {
-      const { loadLinuxImage, linuxCmdline } = await import('../images/linux-image.js');
       const image = await loadLinuxImage();
       extra = { bios: image.bios, vgaBios: image.vgaBios, bzimage: image.kernel, initrd: image.initramfs, cmdline: linuxCmdline(diskGuest ? DISK_GUEST_CMDLINE : {}) };
     } else if (o.kernel !== undefined) extra = { multiboot: o.kernel };
@@ -100,7 +99,6 @@ export const v86GuestType: GuestType = {
           : undefined,
     disk: async (guest) => {
       if (guest !== 'linux-disk') return undefined;
-      const { linuxDiskImagePath } = await import('../images/linux-image.js');
       const image = await linuxDiskImagePath();
       if (!image) throw new Error(NO_DISK_IMAGE);
       return { slot: 'hda', image };
@@ -145,7 +143,6 @@ const NO_DISK_IMAGE = '--guest linux-disk: no images/linux/disk.ext2; run `npm r
  */
 async function scratchDisk(o: GuestOptions): Promise<string> {
   if (o.diskShared) throw new Error('--guest linux-disk --disk-shared: give both sides the same --hda PATH (a copy of images/linux/disk.ext2)');
-  const { linuxDiskImagePath, LINUX_DISK_SIZE_BYTES } = await import('../images/linux-image.js');
   const image = await linuxDiskImagePath();
   if (!image) throw new Error(NO_DISK_IMAGE);
   const dir = await mkdtemp(join(tmpdir(), 'livemig-disk-'));
