@@ -185,8 +185,8 @@ test('linux-disk migrates live with its disk while writing files: the images are
     const src = await QmpClient.connect(`unix:${join(dir, 'src.qmp')}`, { retryForMs: 5000 });
     const dst = await QmpClient.connect(`unix:${join(dir, 'dst.qmp')}`, { retryForMs: 5000 });
     try {
-      // Slow at first (4 MiB/s: the 64 MiB disk alone takes 16 s), until the guest was seen writing and checking files mid-migration.
-      await src.execute('migrate-set-parameters', { 'max-bandwidth': 4 * MiB });
+      // Slow at first (2 MiB/s: the 64 MiB disk alone would take 32 s), until the guest was seen writing and checking files mid-migration.
+      await src.execute('migrate-set-parameters', { 'max-bandwidth': 2 * MiB });
       const migrateAt = s.events.length;
       await src.execute('migrate', { uri: `unix:${join(dir, 'mig.sock')}`, blk: true });
       await s.until(() => writeCounts(s.serial(migrateAt)).length > 0, 'a check by the guest during the migration', 120_000);
