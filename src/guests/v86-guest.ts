@@ -42,12 +42,12 @@ export const v86GuestType: GuestType = {
     const { createV86Machine } = await import('../machine/v86-machine.js');
     const diskGuest = o.guest === 'linux-disk';
     const linux = o.guest === 'linux' || diskGuest;
+    if (diskGuest && o.media?.hda === undefined) o = { ...o, media: { ...o.media, hda: await scratchDisk(o) } };
     let extra = {};
     if (linux && !o.incoming) {
       const image = await loadLinuxImage();
-      extra = { bios: image.bios, vgaBios: image.vgaBios, bzimage: image.kernel, initrd: image.initramfs, cmdline: linuxCmdline(diskGuest ? DISK_GUEST_CMDLINE : {}) };
+      extra = { bios: image.bios, vgaBios: image.vgaBios, bzimage: image.kernel, initrd: image.initramfs, cmdline: linuxCmdline({ ...(diskGuest ? DISK_GUEST_CMDLINE : {}), disks: o.media?.hda !== undefined || o.media?.hdb !== undefined }) };
     } else if (o.kernel !== undefined) extra = { multiboot: o.kernel };
-    if (diskGuest && o.media?.hda === undefined) o = { ...o, media: { ...o.media, hda: await scratchDisk(o) } };
     // The user's firmware (to boot from a disk) replaces the Linux image's.
     if (o.bios !== undefined) extra = { ...extra, bios: o.bios };
     if (o.vgaBios !== undefined) extra = { ...extra, vgaBios: o.vgaBios };

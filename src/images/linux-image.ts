@@ -33,14 +33,15 @@ export interface DiskcheckOptions {
 /**
  * The kernel command line: the serial port is the console; kernel messages
  * kept quiet so the guest's own lines are readable; `dirtier=MIB,EVERY,SLEEP_MS`
- * (`dirtierMiB: 0`: dirtier=off) and `diskcheck=FILES,MAX_KIB,SLEEP_MS,EVERY`
+ * (`dirtierMiB: 0`: dirtier=off), `disks=ide` and `diskcheck=FILES,MAX_KIB,SLEEP_MS,EVERY`
  * are read by /init (see guests/linux/init).
  */
-export function linuxCmdline(opts: { dirtierMiB?: number; verifyEvery?: number; sleepMs?: number; diskcheck?: DiskcheckOptions; extra?: string } = {}): string {
+export function linuxCmdline(opts: { dirtierMiB?: number; verifyEvery?: number; sleepMs?: number; disks?: boolean; diskcheck?: DiskcheckOptions; extra?: string } = {}): string {
   const d = opts.dirtierMiB === 0 ? 'off' : `${opts.dirtierMiB ?? 16},${opts.verifyEvery ?? 4},${opts.sleepMs ?? 0}`;
   const k = opts.diskcheck;
   const disk = k ? `diskcheck=${k.files ?? 32},${k.maxKiB ?? 128},${k.sleepMs ?? 50},${k.verifyEvery ?? 16}` : '';
-  return ['console=ttyS0,115200', 'loglevel=3', 'tsc=reliable', 'mitigations=off', 'random.trust_cpu=on', `dirtier=${d}`, disk, opts.extra ?? ''].filter(Boolean).join(' ');
+  // disks=ide: /init loads the IDE disk modules (only for a guest with disks: they cost seconds of boot).
+  return ['console=ttyS0,115200', 'loglevel=3', 'tsc=reliable', 'mitigations=off', 'random.trust_cpu=on', `dirtier=${d}`, opts.disks ? 'disks=ide' : '', disk, opts.extra ?? ''].filter(Boolean).join(' ');
 }
 
 /** The disk guest's lines on the serial port (guests/linux/diskcheck.c); they end in \r\n there (the tty's onlcr). */
