@@ -13,19 +13,24 @@
  *     src/images/cpio.ts.
  *  4. SeaBIOS (bios.bin, vgabios-stdvga.bin) from /usr/share/seabios, or
  *     from Debian's `seabios` package fetched the same way.
+ *  5. The disk guest: guests/linux/diskcheck.c (gcc -m32 -static, libc)
+ *     and the ext2 modules (EXT2_MODULES) go into the initramfs;
+ *     disk.ext2, an empty 64 MiB ext2 file system made by `mke2fs -d`
+ *     (e2fsprogs), reproducible. Skipped, with a message, without an i386
+ *     libc or mke2fs: the rest of the guest does not need them.
  *
- * Output: images/linux/{vmlinuz,initramfs.cpio.gz,bios.bin,vgabios-stdvga.bin,manifest.json}.
+ * Output: images/linux/{vmlinuz,initramfs.cpio.gz,bios.bin,vgabios-stdvga.bin,disk.ext2,manifest.json}.
  * Usage: node dist/scripts/images.js [--refresh] [--out DIR]
  */
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { type CpioEntry, writeInitramfs } from '../src/images/cpio.js';
-import { LINUX_IMAGE_FILES, type LinuxImageManifest, linuxCmdline } from '../src/images/linux-image.js';
+import { LINUX_DISK_FILE, LINUX_DISK_SIZE_BYTES, LINUX_IMAGE_FILES, type LinuxImageManifest, linuxCmdline } from '../src/images/linux-image.js';
 
 const run = promisify(execFile);
 const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -53,6 +58,14 @@ const DISK_MODULES = [
   'block/t10-pi.ko',
   'drivers/scsi/sd_mod.ko',
 ];
+
+/**
+ * ext2 for the disk guest, in load order: ext4 mounts it (EXT4_USE_FOR_EXT2).
+ * crc32c_generic is ext4's softdep, needed even for ext2 (without it every
+ * mount fails: "Cannot load crc32c driver"). /init insmods these from
+ * /lib/modules/ext2/ only with diskcheck=. About 1.2 MiB.
+ */
+const EXT2_MODULES = ['crypto/crc32c_generic.ko', 'lib/crc16.ko', 'fs/mbcache.ko', 'fs/jbd2/jbd2.ko', 'fs/ext4/ext4.ko'];
 
 const t0 = Date.now();
 const log = (msg: string): void => console.log(`[images ${((Date.now() - t0) / 1000).toFixed(1).padStart(5)}s] ${msg}`);
@@ -165,6 +178,51 @@ async function buildDirtier(work: string): Promise<{ binary: Buffer; build: 'lib
   return { binary: await readFile(out), build: 'freestanding' };
 }
 
+/** Compiles the disk checker, static against i386 libc; undefined (with a message) if that cannot be done. */
+async function buildDiskcheck(work: string): Promise<Buffer | undefined> {
+  const out = join(work, 'diskcheck');
+  try {
+    await sh('gcc', ['-m32', '-static', '-O2', '-Wall', '-Wextra', '-s', '-o', out, join(guestDir, 'diskcheck.c')]);
+    return await readFile(out);
+  } catch (e) {
+    if (!(e instanceof BuildError)) throw e;
+    log(`no disk guest: guests/linux/diskcheck.c needs a static i386 libc (install gcc-multilib):\n    ${e.message.split('\n').slice(-3).join('\n    ')}`);
+    return undefined;
+  }
+}
+
+/**
+ * disk.ext2: an empty ext2 file system of LINUX_DISK_SIZE_BYTES with a
+ * README. Reproducible: fixed UUID, hash seed and times (E2FSPROGS_FAKE_TIME,
+ * the README's). False (with a message) without mke2fs.
+ */
+async function buildDisk(work: string, out: string): Promise<boolean> {
+  const FIXED_TIME_S = 1700000000; // 2023-11-14: any fixed instant
+  const UUID = '6c6d6967-6469-736b-8000-000000000001';
+  const content = join(work, 'disk-root');
+  await mkdir(content, { recursive: true });
+  const readme = join(content, 'README');
+  await writeFile(readme, 'livemig Linux guest disk: /init mounts it on /mnt/disk; diskcheck writes and verifies files in diskcheck/.\n');
+  await utimes(readme, FIXED_TIME_S, FIXED_TIME_S);
+  await utimes(content, FIXED_TIME_S, FIXED_TIME_S);
+  await rm(out, { force: true });
+  try {
+    await run('mke2fs', ['-q', '-F', '-t', 'ext2', '-b', '4096', '-L', 'livemig', '-U', UUID, '-E', `hash_seed=${UUID},root_owner=0:0`, '-d', content, out, `${LINUX_DISK_SIZE_BYTES / 1024}k`], {
+      env: { ...process.env, E2FSPROGS_FAKE_TIME: String(FIXED_TIME_S) },
+    });
+    // mke2fs -d copies the README's ctime, which utimes() cannot set: fix it here.
+    await run('debugfs', ['-w', '-R', `set_inode_field /README ctime @${FIXED_TIME_S}`, out], { env: { ...process.env, E2FSPROGS_FAKE_TIME: String(FIXED_TIME_S) } });
+    return true;
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException & { stderr?: string };
+    if (err.code === 'ENOENT') {
+      log('no disk guest: mke2fs or debugfs not found (install e2fsprogs)');
+      return false;
+    }
+    throw new BuildError(`mke2fs/debugfs failed making ${out}:\n${(err.stderr ?? err.message).trim()}`);
+  }
+}
+
 /** Busybox applet paths ("bin/sh", "sbin/ifconfig"...), or [] if the i386 binary cannot run here. */
 async function busyboxApplets(busybox: string): Promise<string[]> {
   try {
@@ -197,21 +255,25 @@ async function main(): Promise<void> {
     const broot = join(work, 'busybox');
     // Only boot/ and the disk modules of the kernel package (all its modules are ~300 MB unpacked).
     await mkdir(kroot, { recursive: true });
-    const modulePatterns = DISK_MODULES.map((m) => `./lib/modules/*/kernel/${m}`);
+    const modulePatterns = [...DISK_MODULES, ...EXT2_MODULES].map((m) => `./lib/modules/*/kernel/${m}`);
     await sh('sh', ['-c', 'f="$1"; d="$2"; shift 2; dpkg-deb --fsys-tarfile "$f" | tar -x -C "$d" --wildcards "./boot/vmlinuz-*" "$@"', 'sh', debs.kernel, kroot, ...modulePatterns]);
     await sh('dpkg-deb', ['-x', debs.busybox, broot]);
     const vmlinuzName = (await readdir(join(kroot, 'boot'))).find((n) => n.startsWith('vmlinuz-'));
     if (!vmlinuzName) throw new BuildError(`no boot/vmlinuz-* in ${debs.kernel}`);
     const kernel = await readFile(join(kroot, 'boot', vmlinuzName));
     const moduleDir = join(kroot, 'lib', 'modules', vmlinuzName.slice('vmlinuz-'.length), 'kernel');
-    const modules: CpioEntry[] = [];
-    for (const [i, m] of DISK_MODULES.entries()) {
-      const data = await readFile(join(moduleDir, m)).catch(() => {
-        throw new BuildError(`no ${m} for ${vmlinuzName} in ${debs.kernel}`);
-      });
-      // Numbered: /init loads them in this order.
-      modules.push({ type: 'file', path: `lib/modules/disk/${String(i).padStart(2, '0')}-${m.split('/').pop()}`, data, mode: 0o644 });
-    }
+    const readModules = async (list: string[], dir: string): Promise<CpioEntry[]> => {
+      const out: CpioEntry[] = [];
+      for (const [i, m] of list.entries()) {
+        const data = await readFile(join(moduleDir, m)).catch(() => {
+          throw new BuildError(`no ${m} for ${vmlinuzName} in ${debs.kernel}`);
+        });
+        // Numbered: /init loads them in this order.
+        out.push({ type: 'file', path: `lib/modules/${dir}/${String(i).padStart(2, '0')}-${m.split('/').pop()}`, data, mode: 0o644 });
+      }
+      return out;
+    };
+    const modules = await readModules(DISK_MODULES, 'disk');
     const busyboxPath = join(broot, 'bin', 'busybox');
     const busybox = await readFile(busyboxPath).catch(() => {
       throw new BuildError(`no bin/busybox in ${debs.busybox}`);
@@ -221,9 +283,14 @@ async function main(): Promise<void> {
     const dirtier = await buildDirtier(work);
     log(`dirtier: ${dirtier.build} build, ${dirtier.binary.length} bytes`);
 
+    log('compiling guests/linux/diskcheck.c');
+    const diskcheck = await buildDiskcheck(work);
+    const ext2Modules = diskcheck ? await readModules(EXT2_MODULES, 'ext2') : [];
+    if (diskcheck) log(`diskcheck: ${diskcheck.length} bytes`);
+
     const applets = await busyboxApplets(busyboxPath);
     const init = await readFile(join(guestDir, 'init'));
-    const own = new Set(['init', 'bin/busybox', 'bin/dirtier']);
+    const own = new Set(['init', 'bin/busybox', 'bin/dirtier', 'bin/diskcheck']);
     const entries: CpioEntry[] = [
       { type: 'directory', path: 'dev' },
       { type: 'char', path: 'dev/console', major: 5, minor: 1, mode: 0o600 },
@@ -234,6 +301,13 @@ async function main(): Promise<void> {
       { type: 'file', path: 'init', data: init, mode: 0o755 },
       { type: 'file', path: 'bin/busybox', data: busybox, mode: 0o755 },
       { type: 'file', path: 'bin/dirtier', data: dirtier.binary, mode: 0o755 },
+      ...(diskcheck
+        ? [
+            { type: 'file', path: 'bin/diskcheck', data: diskcheck, mode: 0o755 } as CpioEntry,
+            { type: 'directory', path: 'lib/modules/ext2' } as CpioEntry,
+            ...ext2Modules,
+          ]
+        : []),
       { type: 'file', path: 'etc/passwd', data: Buffer.from('root:x:0:0:root:/root:/bin/sh\n'), mode: 0o644 },
       { type: 'file', path: 'etc/group', data: Buffer.from('root:x:0:\n'), mode: 0o644 },
       ...modules,
@@ -256,9 +330,16 @@ async function main(): Promise<void> {
     await writeFile(join(outDir, LINUX_IMAGE_FILES.initramfs), initramfs);
     await copyFile(join(biosDir, 'bios.bin'), join(outDir, LINUX_IMAGE_FILES.bios));
     await copyFile(join(biosDir, 'vgabios-stdvga.bin'), join(outDir, LINUX_IMAGE_FILES.vgaBios));
+    let disk = false;
+    if (diskcheck) {
+      log(`making ${LINUX_DISK_FILE} (ext2, ${LINUX_DISK_SIZE_BYTES >> 20} MiB)`);
+      disk = await buildDisk(work, join(outDir, LINUX_DISK_FILE));
+    }
+    // A disk image of an earlier build must not outlive a build that could not make one.
+    if (!disk) await rm(join(outDir, LINUX_DISK_FILE), { force: true });
 
     const files: LinuxImageManifest['files'] = {};
-    for (const f of [LINUX_IMAGE_FILES.kernel, LINUX_IMAGE_FILES.initramfs, LINUX_IMAGE_FILES.bios, LINUX_IMAGE_FILES.vgaBios]) {
+    for (const f of [LINUX_IMAGE_FILES.kernel, LINUX_IMAGE_FILES.initramfs, LINUX_IMAGE_FILES.bios, LINUX_IMAGE_FILES.vgaBios, ...(disk ? [LINUX_DISK_FILE] : [])]) {
       const b = await readFile(join(outDir, f));
       files[f] = { bytes: b.length, sha256: sha256(b) };
     }
@@ -268,6 +349,7 @@ async function main(): Promise<void> {
       busyboxVersion: await debField(debs.busybox, 'Version'),
       dirtierBuild: dirtier.build,
       cmdline: linuxCmdline(),
+      ...(disk ? { disk: { file: LINUX_DISK_FILE, sizeBytes: LINUX_DISK_SIZE_BYTES, fileSystem: 'ext2' as const, modules: EXT2_MODULES } } : {}),
       files,
     };
     await writeFile(join(outDir, LINUX_IMAGE_FILES.manifest), JSON.stringify(manifest, null, 2) + '\n');

@@ -9,7 +9,8 @@
  * guest still running.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { copyFile, mkdtemp, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -32,7 +33,8 @@ class Child {
   private wake: () => void = () => {};
   readonly process: ChildProcess;
   constructor(args: string[]) {
-    this.process = spawn(process.execPath, [cliPath, 'run', '--json', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    // --serial-stdin: what the demo types into the guest's serial console.
+    this.process = spawn(process.execPath, [cliPath, 'run', '--json', ...args], { stdio: [args.includes('--serial-stdin') ? 'pipe' : 'ignore', 'pipe', 'pipe'] });
     this.process.stderr!.setEncoding('utf8').on('data', (s: string) => (this.stderr += s));
     createInterface({ input: this.process.stdout! }).on('line', (line) => {
       try {
@@ -90,8 +92,20 @@ export async function demoCommand(options: DemoOptions): Promise<number> {
   if (postcopy && options.machine !== 'test') throw new Error(`--postcopy: the demo shows postcopy with the test machine only (a ${options.machine} guest ${options.machine === 'v86' ? 'cannot run with pages missing' : 'has no memory check'})`);
   log(`livemig demo: a ${ram} ${what}, migrated live over loopback TCP${postcopy ? ' in postcopy (the guest moves first, its RAM follows)' : ''}`);
   const dir = await mkdtemp(join(tmpdir(), 'livemig-demo-'));
-  const destination = new Child([...common, '--incoming', 'defer', '--qmp', `unix:${join(dir, 'destination.qmp')}`]);
-  const source = new Child([...common, ...demo.sourceArgs({ dirtyRate: options.dirtyRate }), '--qmp', `unix:${join(dir, 'source.qmp')}`]);
+  const disk = await demo.disk?.(options.guest);
+  const sourceDisk = join(dir, 'source-disk.img');
+  const destinationDisk = join(dir, 'destination-disk.img');
+  if (disk) {
+    await copyFile(disk.image, sourceDisk);
+    await writeFile(destinationDisk, '');
+    await truncate(destinationDisk, (await stat(disk.image)).size);
+  }
+  const destinationArgs = [
+    ...(disk ? [`--${disk.slot}`, destinationDisk, '-S'] : []),
+    ...(selfCheck?.request !== undefined ? ['--serial-stdin'] : []),
+  ];
+  const destination = new Child([...common, ...destinationArgs, '--incoming', 'defer', '--qmp', `unix:${join(dir, 'destination.qmp')}`]);
+  const source = new Child([...common, ...(disk ? [`--${disk.slot}`, sourceDisk] : []), ...demo.sourceArgs({ dirtyRate: options.dirtyRate }), '--qmp', `unix:${join(dir, 'source.qmp')}`]);
   const clients: QmpClient[] = [];
   try {
     await Promise.all([destination.next((e) => e.event === 'qmp'), source.next((e) => e.event === 'qmp')]);
@@ -122,8 +136,8 @@ export async function demoCommand(options: DemoOptions): Promise<number> {
       await source.waitForSerial(selfCheck.ready);
     } else await new Promise((r) => setTimeout(r, 1000)); // let the guest run a moment first
     if (demo.autoConverge) await src.execute('migrate-set-capabilities', { capabilities: [{ capability: 'auto-converge', state: true }] });
-    await src.execute('migrate', { uri });
-    log(`> source: migrate ${uri}`);
+    await src.execute('migrate', { uri, ...(disk ? { blk: true } : {}) });
+    log(`> source: migrate ${uri}${disk ? ` blk=true (its ${disk.slot} too)` : ''}`);
 
     let info: any;
     let switched = false;
@@ -169,6 +183,7 @@ export async function demoCommand(options: DemoOptions): Promise<number> {
     const passMs = later.reduce((sum, p) => sum + p['duration-ms'], 0);
     if (passMs > 0) log(`  dirty rate   ${Math.round((dirtiedBytes / r['page-size'] / passMs) * 1000)} pages/s newly dirtied while it ran (${formatBytes(dirtiedBytes)} in ${formatDuration(passMs)} of passes)`);
     log(`  sent         ${formatBytes(r.transferred)}: ${r.normal} normal pages, ${r.duplicate} zero pages`);
+    if (info.disk) log(`  disk         ${formatBytes(info.disk.transferred)} of ${formatBytes(info.disk.total)} sent (${disk?.slot ?? 'the disks'}, copied live)`);
     log(`  throughput   ${r.mbps.toFixed(0)} Mbit/s average`);
     if (postcopy && !switched) log('  (pre-copy completed before the switch to postcopy took effect: checked as pre-copy)');
     else if (postcopy) return await finishPostcopyDemo(log, info, dst, destination, demo.progressFigure);
@@ -180,6 +195,15 @@ export async function demoCommand(options: DemoOptions): Promise<number> {
     log('');
     if (loaded.memoryCheck) log(`memory check (QEMU's: first byte of every page equal, one drop by 1 at the vCPU position): ${check.ok ? 'PASSED' : `FAILED: ${check.reason}`}`);
     log(`destination RAM at resume ${sameRam ? 'equals' : 'DIFFERS FROM'} source RAM at stop (sha256 ${String(loaded.ramHash).slice(0, 16)}...)`);
+    let sameDisk = true;
+    if (disk) {
+      // The destination waits paused (-S): both images as they are at the switchover.
+      const [a, b] = await Promise.all([sourceDisk, destinationDisk].map(async (p) => createHash('sha256').update(await readFile(p)).digest('hex')));
+      sameDisk = a === b;
+      log(`destination disk ${sameDisk ? 'equals' : 'DIFFERS FROM'} source disk at stop (sha256 ${a!.slice(0, 16)}...)`);
+      await dst.execute('cont');
+      log('> destination: cont');
+    }
     log(`> source: query-status -> ${((await src.execute('query-status')) as { status: string }).status}; destination: query-status -> ${((await dst.execute('query-status')) as { status: string }).status}`);
 
     const from = destination.events.length;
@@ -190,12 +214,16 @@ export async function demoCommand(options: DemoOptions): Promise<number> {
     const progress = `${figure} ${firstTick[figure]} -> ${laterTick[figure]}`;
     log(`destination guest still running: ${progress}, serial output ${firstTick.serialBytes} -> ${laterTick.serialBytes} bytes`);
     if (selfCheck) {
+      if (selfCheck.request !== undefined) {
+        destination.process.stdin!.write(selfCheck.request);
+        log(`> destination serial console: ${selfCheck.request.trim()}`);
+      }
       await destination.waitForSerial(selfCheck.result, from, 60_000);
       const lines = destination.serialText(from).split('\n').filter((l) => l.startsWith(selfCheck.linePrefix));
-      log(`destination guest's self-check after the move: ${lines.at(-1)}`);
+      log(`destination guest's self-check after the move: ${selfCheck.result.exec(destination.serialText(from))![0].trim()}`);
       if (lines.some((l) => l.includes(selfCheck.corrupt))) return 1;
     }
-    const ok = check.ok && sameRam;
+    const ok = check.ok && sameRam && sameDisk;
     log(ok ? 'demo OK' : 'demo FAILED');
     return ok ? 0 : 1;
   } finally {

@@ -72,9 +72,18 @@ export interface GuestDemo {
    * A program in the guest that checks its own memory and reports on the
    * serial console: the source waits for `ready` before migrating; the
    * destination's next line matching `result` is shown, and `corrupt` there
-   * fails the demo.
+   * fails the demo. `request`, if given, is typed into the destination's
+   * serial console after the move (it runs with --serial-stdin) to ask for
+   * that check.
    */
-  selfCheck?(guest: string | undefined): { waiting: string; ready: RegExp; result: RegExp; linePrefix: string; corrupt: string } | undefined;
+  selfCheck?(guest: string | undefined): { waiting: string; ready: RegExp; result: RegExp; linePrefix: string; corrupt: string; request?: string } | undefined;
+  /**
+   * A disk the demo attaches to both sides (the source boots a copy of
+   * `image`, the destination receives into an empty file of its size) and
+   * migrates live (`blk`). The destination starts paused (-S): the demo
+   * compares the two images at the switchover, then sends `cont`.
+   */
+  disk?(guest: string | undefined): Promise<{ slot: 'hda'; image: string } | undefined>;
 }
 
 export interface GuestType {

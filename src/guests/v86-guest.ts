@@ -1,8 +1,10 @@
 /**
  * `--machine v86`: an x86 PC emulated by v86, running our multiboot test
  * kernel (`--guest multiboot`, the default) or the Linux guest built by
- * `npm run images` (`--guest linux`). The v86 package is large: it is loaded
- * on demand, when such a guest is created.
+ * `npm run images` (`--guest linux`), or that Linux writing and checking
+ * files on an ext2 disk (`--guest linux-disk`: hda is images/linux/disk.ext2,
+ * see guests/linux/README.md). The v86 package is large: it is loaded on
+ * demand, when such a guest is created.
  *
  * Media: `--hda/--hdb/--fda PATH` (raw images, used in place and migrated
  * live by the `block` section as devices hda, hdb, fda), `--cdrom PATH`
@@ -11,14 +13,23 @@
  * migrated disk is written beside it (PATH.livemig-incoming, the size of
  * PATH) and takes its name when the migration completed.
  */
+import { rmSync } from 'node:fs';
+import { copyFile, mkdtemp, truncate, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { IncomingDiskImage } from '../block/index.js';
+import { DISKCHECK_LINES, LINUX_DISK_SIZE_BYTES, linuxCmdline, linuxDiskImagePath, loadLinuxImage } from '../images/linux-image.js';
 import type { V86Machine, V86Medium, V86MediaSlot } from '../machine/v86-machine.js';
 import type { GuestOptions, GuestType } from './guest.js';
 
 const VARIANTS = [
   { name: 'multiboot', description: 'our test kernel' },
   { name: 'linux', description: 'after npm run images' },
+  { name: 'linux-disk', description: 'Linux writing files to an ext2 disk, after npm run images' },
 ];
+
+/** The disk guest's workload on the kernel command line (diskcheck=...; its memory dirtier off, so the disk is what moves). */
+const DISK_GUEST_CMDLINE = { dirtierMiB: 0, diskcheck: {} };
 
 export const v86GuestType: GuestType = {
   name: 'v86',
@@ -29,12 +40,13 @@ export const v86GuestType: GuestType = {
     if (o.guest !== undefined && !VARIANTS.some((v) => v.name === o.guest)) throw new Error(`--guest: ${VARIANTS.map((v) => v.name).join(' or ')}, got '${o.guest}'`);
     // Loaded on demand: the v86 package is large and only this guest needs it.
     const { createV86Machine } = await import('../machine/v86-machine.js');
-    const linux = o.guest === 'linux';
+    const diskGuest = o.guest === 'linux-disk';
+    const linux = o.guest === 'linux' || diskGuest;
+    if (diskGuest && o.media?.hda === undefined) o = { ...o, media: { ...o.media, hda: await scratchDisk(o) } };
     let extra = {};
     if (linux && !o.incoming) {
-      const { loadLinuxImage, linuxCmdline } = await import('../images/linux-image.js');
       const image = await loadLinuxImage();
-      extra = { bios: image.bios, vgaBios: image.vgaBios, bzimage: image.kernel, initrd: image.initramfs, cmdline: linuxCmdline({ disks: o.media?.hda !== undefined || o.media?.hdb !== undefined }) };
+      extra = { bios: image.bios, vgaBios: image.vgaBios, bzimage: image.kernel, initrd: image.initramfs, cmdline: linuxCmdline({ ...(diskGuest ? DISK_GUEST_CMDLINE : {}), disks: o.media?.hda !== undefined || o.media?.hdb !== undefined }) };
     } else if (o.kernel !== undefined) extra = { multiboot: o.kernel };
     // The user's firmware (to boot from a disk) replaces the Linux image's.
     if (o.bios !== undefined) extra = { ...extra, bios: o.bios };
@@ -64,8 +76,9 @@ export const v86GuestType: GuestType = {
     };
   },
   demo: {
-    defaultRam: (guest) => (guest === 'linux' ? '128M' : '32M'),
-    describe: ({ guest }) => (guest === 'linux' ? 'v86 PC running Debian Linux' : 'v86 PC running our multiboot test kernel'),
+    defaultRam: (guest) => (guest === 'linux' || guest === 'linux-disk' ? '128M' : '32M'),
+    describe: ({ guest }) =>
+      guest === 'linux' ? 'v86 PC running Debian Linux' : guest === 'linux-disk' ? 'v86 PC running Debian Linux, writing files to its 64 MiB ext2 disk' : 'v86 PC running our multiboot test kernel',
     sourceArgs: () => [],
     // A real guest can write memory faster than the link carries it: let livemig slow it down if needed.
     autoConverge: true,
@@ -73,7 +86,23 @@ export const v86GuestType: GuestType = {
     selfCheck: (guest) =>
       guest === 'linux'
         ? { waiting: 'waiting for Linux to boot and its self-checking program to report', ready: /dirtier: pass \d+ ok/, result: /dirtier: pass \d+ (ok|CORRUPT)/, linePrefix: 'dirtier:', corrupt: 'CORRUPT' }
-        : undefined,
+        : guest === 'linux-disk'
+          ? {
+              waiting: 'waiting for Linux to boot, mount its disk and check the files it wrote',
+              ready: /diskcheck: verify ok/,
+              // Asked for on the destination after the move: every file read back from the migrated disk.
+              request: 'diskcheck verify\n',
+              result: DISKCHECK_LINES.requestedVerdict,
+              linePrefix: 'diskcheck:',
+              corrupt: 'CORRUPT',
+            }
+          : undefined,
+    disk: async (guest) => {
+      if (guest !== 'linux-disk') return undefined;
+      const image = await linuxDiskImagePath();
+      if (!image) throw new Error(NO_DISK_IMAGE);
+      return { slot: 'hda', image };
+    },
   },
 };
 
@@ -103,4 +132,26 @@ async function openMedia(o: GuestOptions): Promise<{ media: Partial<Record<V86Me
     throw err;
   }
   return { media, incomingDisks };
+}
+
+const NO_DISK_IMAGE = '--guest linux-disk: no images/linux/disk.ext2; run `npm run images` (it needs gcc-multilib and e2fsprogs)';
+
+/**
+ * linux-disk without --hda: a source boots a copy of images/linux/disk.ext2
+ * (the shipped image stays empty), a destination receives into a fresh file
+ * of its size. Both are temporary, removed when the process exits.
+ */
+async function scratchDisk(o: GuestOptions): Promise<string> {
+  if (o.diskShared) throw new Error('--guest linux-disk --disk-shared: give both sides the same --hda PATH (a copy of images/linux/disk.ext2)');
+  const image = await linuxDiskImagePath();
+  if (!image) throw new Error(NO_DISK_IMAGE);
+  const dir = await mkdtemp(join(tmpdir(), 'livemig-disk-'));
+  const path = join(dir, 'disk.ext2');
+  process.once('exit', () => rmSync(dir, { recursive: true, force: true }));
+  if (o.incoming) {
+    // Sparse: the migration writes what the source's disk holds.
+    await writeFile(path, '');
+    await truncate(path, LINUX_DISK_SIZE_BYTES);
+  } else await copyFile(image, path);
+  return path;
 }
