@@ -3,16 +3,21 @@
  * dist/browser/livemig-core.js): the wire format, VMState, the save-state
  * registry and its save/load loops (savevm), RAM (blocks, dirty bitmaps,
  * XBZRLE, the `ram` section's save and load handlers), the `block` section's
- * records, disk manifest and handlers, and the migration engine's state
- * machine and policies. The same modules Node runs, unchanged: none of them
- * imports a Node built-in
+ * records, disk manifest and handlers, and the migration engine: the
+ * outgoing and incoming loops (OutgoingMigration, IncomingMigration), their
+ * settings (MigrationConfig), state machine and policies. The same modules
+ * Node runs, unchanged: none of them imports a Node built-in
  * (test/architecture.test.ts checks it, and the bundle build fails on one).
  *
- * Also the WebSocket migration channel, over the page's own `WebSocket`.
+ * Channels: the engine is given them (`channels` option). In a page,
+ * browserChannels() (ws:// over the page's own WebSocket; the page always
+ * connects, also as a destination), or openedChannels(channel) for one that
+ * is already open, e.g. a memory pipe (createMemoryPipe) between two machines
+ * of one page. No multifd and no TLS in a browser: both are refused.
  *
- * Not here yet, as they still need Node: the outgoing and incoming migration
- * loops (their transports, multifd's worker threads, EventEmitter), the block
- * devices (raw image files), the analyzer's file input.
+ * Not here, as they need Node: the Node transports (tcp, unix, exec, file,
+ * TLS, the ws server), multifd's worker threads, the block devices (raw image
+ * files), the analyzer's file input.
  */
 export * from '../wire/index.js';
 export * from '../vmstate/index.js';
@@ -26,6 +31,11 @@ export * from '../block/manifest.js';
 export * from '../block/block-analysis.js';
 export * from '../block/block-handler.js';
 
+export * from '../migration/outgoing.js';
+export * from '../migration/incoming.js';
+export * from '../migration/config.js';
+export * from '../migration/errors.js';
+export * from '../migration/channels.js';
 export * from '../migration/state.js';
 export * from '../migration/switchover.js';
 export * from '../migration/postcopy-policy.js';
@@ -39,3 +49,5 @@ export * from './memory-pipe.js';
 // A migration channel over the browser's own WebSocket (ws:// URIs; the Node side is transport/websocket-node.ts).
 export * from '../transport/websocket-channel.js';
 export { TransportError, type TransportErrorCode } from '../transport/errors.js';
+export { parseMigrationUri, formatWsUri, type MigrationAddress, type TransportKind } from '../transport/uri.js';
+export * from './channels.js';
