@@ -15,6 +15,21 @@
  * is already open, e.g. a memory pipe (createMemoryPipe) between two machines
  * of one page. No multifd and no TLS in a browser: both are refused.
  *
+ * For a page (h4's `livemig serve` page uses these names):
+ *
+ *   createBrowserV86Machine({ V86, wasmUrl, multiboot?, screenContainer?, ...V86MachineOptions })
+ *       -> Promise<V86Machine>: a v86 PC in the page, the same machine as Node's
+ *       `--machine v86`. v86 is NOT bundled: the page imports v86's own
+ *       build/libv86.mjs (npm package v86) and passes its V86 constructor and
+ *       the URL of build/v86.wasm. machine.serial.on('data', bytes => ...).
+ *   migrateOut(machine, wsUrl, { parameters?, capabilities?, onProgress?(info), channels? })
+ *       -> Promise<{ status, totalMs, downtimeMs, bytes, error?, errorCode? }>
+ *   migrateIn(machine, wsUrl, { onProgress?(info), autostart?, channels? })
+ *       -> Promise<{ status, totalMs, downtimeMs: undefined, bytes, started, error? }>
+ *       (the page connects to wsUrl and loads the stream sent on that connection)
+ *   `info` is QMP query-migrate's shape (outgoingInfo/incomingInfo), with
+ *   x-livemig-progress on the source; both resolve also on failure (status says).
+ *
  * Not here, as they need Node: the Node transports (tcp, unix, exec, file,
  * TLS, the ws server), multifd's worker threads, the block devices (raw image
  * files), the analyzer's file input.
@@ -45,6 +60,14 @@ export * from '../migration/auto-converge.js';
 export { parseSize } from '../migration/size.js';
 
 export * from './memory-pipe.js';
+export * from './v86-browser.js';
+export * from './migrate.js';
+
+// The machine the page runs, and query-migrate's shape for its progress.
+export { V86Machine, V86_MACHINE_NAME, V86_RAM_BLOCK, type V86MachineOptions, type V86MachineStats, type V86Platform, type V86SerialPort } from '../machine/v86-machine.js';
+export type { Machine, SerialOutput } from '../machine/machine.js';
+export { checkMemory, type MemoryCheckResult } from '../machine/memory-consistency.js';
+export { outgoingInfo, incomingInfo, type MigrationInfo } from '../monitor/query-migrate.js';
 
 // A migration channel over the browser's own WebSocket (ws:// URIs; the Node side is transport/websocket-node.ts).
 export * from '../transport/websocket-channel.js';
