@@ -9,7 +9,11 @@
  *     and its guest runs on, the source's stays paused;
  * (b) browser -> Node: the page's machine migrates over ws:// to a
  *     `livemig run --machine v86 --incoming ws://... --verify --json` child;
- *     Node's memory check of RAM as loaded passes and its guest keeps running.
+ *     Node's memory check of RAM as loaded passes and its guest keeps running;
+ * (c) Node -> browser: the page connects to a ws:// URL where a Node v86
+ *     machine waits (the page cannot listen) and receives its migration on
+ *     that connection (migrateIn; Node's OutgoingMigration over the accepted
+ *     channel, openedChannels()).
  *
  * Also: what a page cannot do (multifd, tcp:) is refused with a clear error.
  */
@@ -23,6 +27,9 @@ import { createRequire } from 'node:module';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
 import { BROWSER_BUNDLE } from '../scripts/build-browser.js';
 import { CHROMIUM_PATH, chromiumMissing } from '../scripts/chart-check.js';
+import { createV86Machine } from '../src/machine/v86-machine.js';
+import { MigrationConfig, OutgoingMigration, openedChannels } from '../src/migration/index.js';
+import { listenIncoming } from '../src/transport/incoming.js';
 import { LivemigProcess } from './helpers/livemig-process.js';
 import { repoRoot } from './helpers/paths.js';
 
@@ -218,6 +225,54 @@ test('(b) browser -> Node over ws://: livemig run --incoming checks the memory a
   } finally {
     await page.close();
     await node.stop();
+  }
+});
+
+test('(c) Node -> browser over ws://: the page connects to a Node v86 machine and receives its migration; memory check ok, the guest runs on in the page', { skip: skipBrowser, timeout: 180_000 }, async () => {
+  const source = await createV86Machine({ ramSizeBytes: RAM_BYTES });
+  const listener = await listenIncoming('ws://127.0.0.1:0/to-page');
+  const { page, errors } = await openPage();
+  try {
+    let serial = '';
+    source.serial.on('data', (chunk: Buffer) => (serial += chunk.toString('latin1')));
+    const t0 = performance.now();
+    while ((serial.match(/B/g) ?? []).length < 2 && performance.now() - t0 < 60_000) await new Promise((ok) => setTimeout(ok, 20));
+    const inPage = page.evaluate(
+      async ({ ramBytes, url }) => {
+        const { livemig, V86 } = globalThis as any;
+        const machine = await livemig.createBrowserV86Machine({ V86, wasmUrl: '/v86/v86.wasm', ramSizeBytes: ramBytes, incoming: true });
+        const statuses: string[] = [];
+        const into = await livemig.migrateIn(machine, url, { onProgress: (info: any) => statuses.push(info.status ?? 'listening') });
+        const instructionsAtEnd = machine.stats().instructions;
+        await new Promise((ok) => setTimeout(ok, 500));
+        const result = { into, statuses: [...new Set(statuses)], running: machine.running, instructionsAtEnd, instructionsLater: machine.stats().instructions, check: machine.checkMemory() };
+        await machine.destroy();
+        return result;
+      },
+      { ramBytes: RAM_BYTES, url: listener.address },
+    );
+    // The page's connection is the channel: Node's source sends the stream on it.
+    const channel = await listener.accept();
+    await listener.close();
+    const migration = new OutgoingMigration(source, new MigrationConfig({ capabilities: { 'auto-converge': true }, parameters: { 'downtime-limit': 1000 } }), { channels: openedChannels(channel) });
+    migration.start(listener.address);
+    const status = await migration.finished;
+    const r = await inPage;
+    assert.equal(status, 'completed', `Node source: ${migration.error?.message}`);
+    assert.equal(source.running, false, 'the Node source stays paused: the guest runs in the page');
+    assert.equal(r.into.status, 'completed', `page: ${r.into.error}`);
+    assert.equal(r.into.started, true);
+    assert.ok(r.into.bytes > RAM_BYTES / 8, `${r.into.bytes} bytes received`);
+    assert.equal(r.check.ok, true, `memory check in the page: ${r.check.reason}`);
+    assert.notEqual(r.check.firstByte, 0);
+    assert.equal(r.running, true);
+    assert.ok(r.instructionsLater > r.instructionsAtEnd, `the page's guest runs on (${r.instructionsAtEnd} -> ${r.instructionsLater})`);
+    assert.ok(r.statuses.includes('completed'), `page progress statuses ${r.statuses.join(', ')}`);
+    assert.deepEqual(errors, []);
+  } finally {
+    await listener.close();
+    await page.close();
+    await source.destroy();
   }
 });
 
