@@ -2,7 +2,8 @@
  * The pieces that replaced Node APIs in the core so it runs in a browser
  * behave as the Node APIs did: the typed emitter (node:events' EventEmitter
  * semantics the engine's callers rely on) and the URI parser's IP address
- * checks (node:net's isIPv4/isIPv6).
+ * checks (node:net's isIPv4/isIPv6). And the engine over a channel opened
+ * elsewhere (what a page and a ws server that accepted a page use).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -10,6 +11,9 @@ import { EventEmitter, once } from 'node:events';
 import { isIPv4, isIPv6 } from 'node:net';
 import { isIPv4Address, isIPv6Address, parseMigrationUri } from '../src/transport/uri.js';
 import { TypedEmitter } from '../src/wire/emitter.js';
+import { createMemoryChannelPair } from '../src/browser/memory-pipe.js';
+import { createTestMachine } from '../src/machine/test-machine.js';
+import { IncomingMigration, MigrationConfig, OutgoingMigration, openedChannels } from '../src/migration/index.js';
 
 test('the URI parser accepts exactly the IP addresses node:net accepts', () => {
   const cases = [
@@ -65,5 +69,40 @@ test("the typed emitter keeps EventEmitter's order, once, off and removal-during
       throw new Error('listener failed');
     });
     assert.throws(() => e.emit('done'), /listener failed/);
+  }
+});
+
+test('a migration over a channel that is already open: openedChannels() on the source, IncomingMigration.receiveFrom() on the destination (memory channel pair)', { timeout: 60_000 }, async () => {
+  const ramSizeBytes = 8 << 20;
+  const source = await createTestMachine({ ramSizeBytes, dirtyRatePagesPerSecond: 2000 });
+  const destination = await createTestMachine({ ramSizeBytes, incoming: true });
+  try {
+    const uri = 'ws://in-process:1/pipe';
+    const pair = createMemoryChannelPair(uri);
+    const incoming = new IncomingMigration(destination);
+    let hashAtLoad = '';
+    incoming.on('loaded', () => (hashAtLoad = destination.ramHash()));
+    incoming.receiveFrom(pair.destination, uri);
+    assert.throws(() => incoming.receiveFrom(pair.destination, uri), /can only be used once/);
+    const outgoing = new OutgoingMigration(source, new MigrationConfig(), { channels: openedChannels(pair.source) });
+    let hashAtStop = '';
+    outgoing.on('status', (status) => {
+      if (status === 'completed') hashAtStop = source.ramHash();
+    });
+    outgoing.start(uri);
+    const [status, result] = await Promise.all([outgoing.finished, incoming.run()]);
+    assert.equal(status, 'completed', outgoing.error?.message);
+    assert.equal(result.status, 'completed', result.error?.message);
+    assert.equal(result.started, true);
+    assert.equal(hashAtLoad, hashAtStop, 'the destination loaded RAM exactly as the source stopped it');
+    assert.equal(source.running, false, 'the guest runs on one side only');
+    assert.equal(destination.running, true);
+    // The opened channel serves one migration: a second start fails clearly instead of reusing it.
+    outgoing.start(uri);
+    assert.equal(await outgoing.finished, 'failed');
+    assert.match(outgoing.error?.message ?? '', /the opened channel was used already/);
+  } finally {
+    await source.destroy();
+    await destination.destroy();
   }
 });
