@@ -115,7 +115,7 @@ async function openPage(): Promise<{ page: Page; errors: string[] }> {
   return { page, errors };
 }
 
-test('(a) in one page: a v86 machine migrates live through a memory channel into a second one; memory check ok, the guest runs on there', { skip: skipBrowser, timeout: 180_000 }, async () => {
+test('(a) in one page: a v86 machine migrates live through a memory channel into a second one; memory check ok, the guest runs on there', { skip: skipBrowser, timeout: 180_000 }, async (t) => {
   const { page, errors } = await openPage();
   try {
     const r = await page.evaluate(async (ramBytes) => {
@@ -155,11 +155,13 @@ test('(a) in one page: a v86 machine migrates live through a memory channel into
       await destination.destroy();
       return result;
     }, RAM_BYTES);
+    t.diagnostic(`page -> page: ${JSON.stringify(r.out)}`);
     assert.match(r.serialBefore, /B/, 'the source guest ran its workload before the migration');
     assert.equal(r.out.status, 'completed', `source: ${r.out.error}`);
     assert.equal(r.into.status, 'completed', `destination: ${r.into.error}`);
     assert.equal(r.into.started, true);
     assert.ok(typeof r.out.downtimeMs === 'number' && r.out.downtimeMs >= 0, `downtime ${r.out.downtimeMs}`);
+    assert.deepEqual(Object.keys(r.out.downtimePhasesMs ?? {}).sort(), ['complete', 'confirm', 'flush', 'pause'], 'where the downtime went');
     assert.ok(r.out.totalMs > 0 && r.out.bytes > 0, `total ${r.out.totalMs} ms, ${r.out.bytes} bytes`);
     assert.ok(r.into.bytes >= r.out.bytes, `the destination read the whole stream (${r.into.bytes} >= ${r.out.bytes} RAM bytes)`);
     assert.equal(r.check.ok, true, `memory check on the destination: ${r.check.reason}`);
@@ -177,7 +179,7 @@ test('(a) in one page: a v86 machine migrates live through a memory channel into
   }
 });
 
-test('(b) browser -> Node over ws://: livemig run --incoming checks the memory and its guest keeps running', { skip: skipBrowser, timeout: 180_000 }, async () => {
+test('(b) browser -> Node over ws://: livemig run --incoming checks the memory and its guest keeps running', { skip: skipBrowser, timeout: 180_000 }, async (t) => {
   const node = LivemigProcess.start(['--machine', 'v86', '--ram', RAM, '--incoming', 'ws://127.0.0.1:0/livemig', '--verify']);
   const { page, errors } = await openPage();
   try {
@@ -207,6 +209,7 @@ test('(b) browser -> Node over ws://: livemig run --incoming checks the memory a
       },
       { ramBytes: RAM_BYTES, url: address },
     );
+    t.diagnostic(`page -> Node: ${JSON.stringify(r.out)}`);
     assert.equal(r.out.status, 'completed', `page: ${r.out.error}`);
     assert.ok(typeof r.out.downtimeMs === 'number', `downtime ${r.out.downtimeMs}`);
     assert.ok(r.out.bytes > 0);
@@ -228,7 +231,7 @@ test('(b) browser -> Node over ws://: livemig run --incoming checks the memory a
   }
 });
 
-test('(c) Node -> browser over ws://: the page connects to a Node v86 machine and receives its migration; memory check ok, the guest runs on in the page', { skip: skipBrowser, timeout: 180_000 }, async () => {
+test('(c) Node -> browser over ws://: the page connects to a Node v86 machine and receives its migration; memory check ok, the guest runs on in the page', { skip: skipBrowser, timeout: 180_000 }, async (t) => {
   const source = await createV86Machine({ ramSizeBytes: RAM_BYTES });
   const listener = await listenIncoming('ws://127.0.0.1:0/to-page');
   const { page, errors } = await openPage();
@@ -258,6 +261,8 @@ test('(c) Node -> browser over ws://: the page connects to a Node v86 machine an
     migration.start(listener.address);
     const status = await migration.finished;
     const r = await inPage;
+    const snap = migration.snapshot();
+    t.diagnostic(`Node -> page: ${status}, total ${snap.totalTimeMs} ms, downtime ${snap.downtimeMs} ms, RAM ${snap.ram?.transferredBytes} bytes; page: ${JSON.stringify(r.into)}`);
     assert.equal(status, 'completed', `Node source: ${migration.error?.message}`);
     assert.equal(source.running, false, 'the Node source stays paused: the guest runs in the page');
     assert.equal(r.into.status, 'completed', `page: ${r.into.error}`);

@@ -28,6 +28,8 @@ export interface MigrationOutcome {
    * it), ms. Destination: undefined (the source measures it).
    */
   downtimeMs: number | undefined;
+  /** Source, after the switchover: where the downtime went, ms (stopping the guest, the last sections, the wire, the destination's confirmation). */
+  downtimePhasesMs?: { pause: number; complete: number; flush: number; confirm: number };
   /** Source: RAM bytes sent (query-migrate's ram.transferred); destination: stream bytes received. */
   bytes: number;
   /** Why it failed or was cancelled. */
@@ -91,6 +93,7 @@ export async function migrateOut(machine: Machine, wsUrl: string, options: Migra
       status,
       totalMs: s.totalTimeMs ?? s.elapsedMs,
       downtimeMs: s.downtimeMs,
+      ...(s.downtimePhasesMs ? { downtimePhasesMs: s.downtimePhasesMs } : {}),
       bytes: s.ram?.transferredBytes ?? 0,
       ...(s.error ? { error: s.error.message, errorCode: s.error.code } : {}),
     };
