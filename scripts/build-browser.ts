@@ -63,6 +63,8 @@ export async function bundleForBrowser(entry: string = BROWSER_ENTRY, outfile?: 
     sourcemap: outfile ? 'linked' : false,
     metafile: true,
     logLevel: 'silent',
+    // The engine logs with the `debug` package in Node; the page gets a small livemig stand-in (its browser build reads `process`).
+    alias: { debug: './src/browser/debug.ts' },
     plugins: [noNodeBuiltins],
   });
   const output = result.outputFiles.find((f) => f.path.endsWith('.js'))!;

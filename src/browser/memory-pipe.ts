@@ -4,7 +4,7 @@
  * send buffer makes it). For a migration inside one page or worker (tests, a
  * loopback); the browser's network transports are WebSocket channels.
  */
-import type { ByteSink, ByteSource } from '../wire/channel.js';
+import type { ByteSink, ByteSource, MigrationChannel } from '../wire/channel.js';
 import { ChannelError } from '../wire/errors.js';
 
 /** Default bound on the bytes written and not yet read. */
@@ -70,4 +70,46 @@ export function createMemoryPipe(highWaterBytes = MEMORY_PIPE_HIGH_WATER_BYTES):
     },
   };
   return { sink, source };
+}
+
+/**
+ * Two ends of an in-memory two-way channel (two pipes): what `source` writes,
+ * `destination` reads, and back (the return path). For a migration between
+ * two machines of one page or process (openedChannels() on each side).
+ * close() ends this end's output (the peer reads the end of its input);
+ * abort() also stops this end's reading, so the peer's writes fail.
+ */
+export function createMemoryChannelPair(uri: string, highWaterBytes = MEMORY_PIPE_HIGH_WATER_BYTES): { source: MigrationChannel; destination: MigrationChannel } {
+  const forward = createMemoryPipe(highWaterBytes);
+  const back = createMemoryPipe(highWaterBytes);
+  const end = (input: ByteSource, output: ByteSink): MigrationChannel => {
+    let closing: Promise<void> | undefined;
+    let settle!: (err?: unknown) => void;
+    const closed = new Promise<void>((resolve, reject) => (settle = (err) => (err === undefined ? resolve() : reject(err))));
+    closed.catch(() => {});
+    return {
+      uri,
+      kind: 'memory',
+      input,
+      output,
+      supportsReturnPath: true,
+      closed,
+      close() {
+        closing ??= output.close().then(
+          () => settle(),
+          (err: unknown) => {
+            settle(err);
+            throw err;
+          },
+        );
+        return closing;
+      },
+      abort(reason?: unknown) {
+        void output.close().catch(() => {});
+        void input.close().catch(() => {});
+        settle(reason instanceof Error ? reason : new ChannelError(`${uri}: aborted`));
+      },
+    };
+  };
+  return { source: end(back.source, forward.sink), destination: end(forward.source, back.sink) };
 }

@@ -3,10 +3,20 @@
  * it without the engine knowing what it is (cloud-hypervisor's small traits:
  * pause, snapshot, dirty log, transport).
  */
-import type { Readable } from 'node:stream';
 import type { BlockDevice } from '../block/index.js';
 import type { RamBlock } from '../ram/index.js';
 import type { SaveStateRegistry } from '../savevm/index.js';
+
+/**
+ * A machine's serial console output: a Node Readable fits (the CLI's and the
+ * test machine's are), and so does a page's small emitter. Chunks are
+ * Uint8Arrays (Buffers in Node, so a listener there may take a Buffer: the
+ * listener's type is a method's, compared bivariantly).
+ */
+export interface SerialOutput {
+  on(event: 'data', listener: SerialListener): unknown;
+}
+type SerialListener = { bivarianceHack(chunk: Uint8Array): void }['bivarianceHack'];
 
 /** Receives the pages written since the last sync, one bitmap per RAM block (bit n = page n, LSB first in each word). */
 export type DirtyLogSink = (blockIdstr: string, dirtyPages: Uint32Array) => void;
@@ -87,7 +97,7 @@ export interface Machine {
   /** Register CPU and device state (not RAM) in the registry; RAM is the engine's `ram` entry. */
   registerDevices(registry: SaveStateRegistry): void;
   /** Serial console output. */
-  readonly serial: Readable;
+  readonly serial: SerialOutput;
   /** Stop everything and release resources. */
   destroy(): Promise<void>;
 }

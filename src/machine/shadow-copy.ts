@@ -12,7 +12,12 @@
  *
  * Offsets are bytes from the start of RAM; ranges start and end on group
  * boundaries (the RAM size is a multiple of 128 KiB).
+ *
+ * Plain Uint8Arrays (a page's v86 machine has one too); the comparisons are
+ * native-bytes.ts's, Buffer's memcmp on Node.
  */
+import { rangesEqual } from '../wire/native-bytes.js';
+
 const PAGE = 4096;
 export const SHADOW_GROUP_BYTES = 64 * 1024;
 const ZERO_GROUP = new Uint8Array(SHADOW_GROUP_BYTES);
@@ -20,29 +25,29 @@ const ZERO_PAGE = ZERO_GROUP.subarray(0, PAGE);
 
 export class ShadowCopy {
   /** The copy; where zeroGroups says so, all zero (and maybe not committed). */
-  readonly bytes: Buffer;
+  readonly bytes: Uint8Array;
   /** 1: the group is all zero in the copy. */
   private readonly zeroGroups: Uint8Array;
 
   constructor(readonly length: number) {
     if (length % SHADOW_GROUP_BYTES !== 0) throw new RangeError(`shadow length ${length} is not a multiple of ${SHADOW_GROUP_BYTES}`);
-    this.bytes = Buffer.alloc(length);
+    this.bytes = new Uint8Array(length);
     this.zeroGroups = new Uint8Array(length / SHADOW_GROUP_BYTES).fill(1);
   }
 
   /** Make the copy equal RAM over [from, to). */
-  copyFrom(ram: Buffer, from: number, to: number): void {
+  copyFrom(ram: Uint8Array, from: number, to: number): void {
     const shadow = this.bytes;
     for (let g = from; g < to; g += SHADOW_GROUP_BYTES) {
       const gEnd = g + SHADOW_GROUP_BYTES;
       const gi = g / SHADOW_GROUP_BYTES;
-      if (ram.compare(ZERO_GROUP, 0, SHADOW_GROUP_BYTES, g, gEnd) === 0) {
+      if (rangesEqual(ram, g, ZERO_GROUP, 0, SHADOW_GROUP_BYTES)) {
         if (this.zeroGroups[gi] === 0) {
           shadow.fill(0, g, gEnd);
           this.zeroGroups[gi] = 1;
         }
       } else {
-        ram.copy(shadow, g, g, gEnd);
+        shadow.set(ram.subarray(g, gEnd), g);
         this.zeroGroups[gi] = 0;
       }
     }
@@ -54,7 +59,7 @@ export class ShadowCopy {
    * page is set in `bitmap` (bit n = page n) and copied into the copy
    * (adjacent ones in one copy). Returns how many differed.
    */
-  compare(ram: Buffer, from: number, to: number, bitmap: Uint32Array): number {
+  compare(ram: Uint8Array, from: number, to: number, bitmap: Uint32Array): number {
     const shadow = this.bytes;
     // First-word peek: a page written at its start (common) costs no memcmp call. Only for 4-aligned views.
     const aligned = (ram.byteOffset & 3) === 0 && (shadow.byteOffset & 3) === 0;
@@ -65,15 +70,15 @@ export class ShadowCopy {
       const gEnd = g + SHADOW_GROUP_BYTES;
       const gi = g / SHADOW_GROUP_BYTES;
       const zero = this.zeroGroups[gi] === 1;
-      if (zero ? ram.compare(ZERO_GROUP, 0, SHADOW_GROUP_BYTES, g, gEnd) === 0 : ram.compare(shadow, g, gEnd, g, gEnd) === 0) continue;
+      if (zero ? rangesEqual(ram, g, ZERO_GROUP, 0, SHADOW_GROUP_BYTES) : rangesEqual(ram, g, shadow, g, SHADOW_GROUP_BYTES)) continue;
       let run = -1; // start of the current run of differing pages
       for (let p = g; p < gEnd; p += PAGE) {
         const w = (p - from) >>> 2;
         const same = zero
-          ? (ram32 === undefined || ram32[w] === 0) && ram.compare(ZERO_PAGE, 0, PAGE, p, p + PAGE) === 0
-          : (ram32 === undefined || ram32[w] === shadow32![w]) && ram.compare(shadow, p, p + PAGE, p, p + PAGE) === 0;
+          ? (ram32 === undefined || ram32[w] === 0) && rangesEqual(ram, p, ZERO_PAGE, 0, PAGE)
+          : (ram32 === undefined || ram32[w] === shadow32![w]) && rangesEqual(ram, p, shadow, p, PAGE);
         if (same) {
-          if (run >= 0) ram.copy(shadow, run, run, p);
+          if (run >= 0) shadow.set(ram.subarray(run, p), run);
           run = -1;
           continue;
         }
@@ -82,7 +87,7 @@ export class ShadowCopy {
         bitmap[page >>> 5]! |= 1 << (page & 31);
         dirty++;
       }
-      if (run >= 0) ram.copy(shadow, run, run, gEnd);
+      if (run >= 0) shadow.set(ram.subarray(run, gEnd), run);
       this.zeroGroups[gi] = 0; // a page of it is not zero any more
     }
     return dirty;
@@ -94,7 +99,7 @@ export class ShadowCopy {
     if (view) {
       this.bytes.set(view, at);
       this.zeroGroups[gi] = 0;
-    } else if (this.zeroGroups[gi] === 0 && this.bytes.compare(ZERO_PAGE, 0, PAGE, at, at + PAGE) !== 0) {
+    } else if (this.zeroGroups[gi] === 0 && !rangesEqual(this.bytes, at, ZERO_PAGE, 0, PAGE)) {
       this.bytes.fill(0, at, at + PAGE);
     }
   }

@@ -29,23 +29,21 @@
  *   Without media the machine has a zeroed 64 KiB hda in memory (v86 needs
  *   one to restore state) that travels in the device state, as before.
  * - Throttle (auto-converge): stop/run on a 10 ms slice timer.
+ *
+ * The machine runs in Node and in a page alike: what differs (v86's
+ * constructor and wasm, reading images, the serial stream, hashing) is a
+ * V86Platform — v86-node.ts in Node (the default of createV86Machine), the
+ * browser's in src/browser/v86-browser.ts.
  */
-import { existsSync, readFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
-import { Readable } from 'node:stream';
-import { setImmediate as nextTurn } from 'node:timers/promises';
-import { fileURLToPath } from 'node:url';
-import { V86 } from 'v86';
 import type { BlockDevice } from '../block/block-device.js';
-import { FileBlockDevice } from '../block/file-block-device.js';
 import { formatSize } from '../block/geometry.js';
 import { DenseRamBlock, type RamBlock } from '../ram/index.js';
 import type { LoadSectionContext, SaveStateRegistry, SaveVMHandlers } from '../savevm/index.js';
 import { StreamError, type StreamReader, type StreamWriter } from '../wire/index.js';
 import { defineVmsd, field } from '../vmstate/index.js';
-import type { DirtyLogSink, Machine } from './machine.js';
-import { checkMemory, ramSha256, type MemoryCheckResult } from './memory-check.js';
+import { yieldToEventLoop as nextTurn } from '../wire/native-bytes.js';
+import type { DirtyLogSink, Machine, SerialOutput } from './machine.js';
+import { checkMemory, type MemoryCheckResult } from './memory-consistency.js';
 import { SHADOW_GROUP_BYTES, ShadowCopy } from './shadow-copy.js';
 import { V86DiskBuffer } from './v86-disk.js';
 
@@ -171,8 +169,35 @@ interface WasmApi {
   compile(bytes: Uint8Array): Promise<WasmModule>;
   instantiate(module: WasmModule, imports: object): Promise<{ exports: object }>;
 }
-type WasmModule = { readonly __wasmModule: unique symbol };
-const Wasm = (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
+export type WasmModule = { readonly __wasmModule: unique symbol };
+export const Wasm = (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
+
+/** Where the guest's serial output goes: `output` is what machine.serial hands out. */
+export interface V86SerialPort {
+  readonly output: SerialOutput;
+  push(bytes: Uint8Array): void;
+  end(): void;
+}
+
+/** What differs between Node and a page (v86-node.ts; src/browser/v86-browser.ts). */
+export interface V86Platform {
+  /** v86's constructor: the npm package's in Node, build/libv86.mjs's in a page. */
+  readonly V86: new (settings: Record<string, unknown>) => unknown;
+  /** v86's wasm, compiled (once per process or page). */
+  wasmModule(): Promise<WasmModule>;
+  /** An image option's bytes: a path in Node, a URL in a page. */
+  loadImage(image: Uint8Array | string): Promise<ArrayBuffer>;
+  /** The multiboot kernel to boot when no image is given (our test kernel). */
+  defaultMultiboot(): Uint8Array | string;
+  /** This machine's serial output. */
+  readonly serial: V86SerialPort;
+  /** SHA-256 of the bytes, hex (Node's crypto; absent in a page, where ramHash() refuses). */
+  sha256?(bytes: Uint8Array): string;
+  /** More v86 settings (a page's `screen_container`). */
+  readonly settings?: Record<string, unknown>;
+  /** Open a medium given as a path (Node: a raw image file); absent in a page, which passes BlockDevices. */
+  openDisk?(slot: string, path: string, options: { readOnly: boolean }): Promise<BlockDevice>;
+}
 
 /** The internals we use (v86 0.5.462: src/browser/starter.js, src/main.js, src/cpu.js). */
 interface V86Cpu {
@@ -342,31 +367,8 @@ class V86MediaHandler implements SaveVMHandlers {
   }
 }
 
-let wasmModule: Promise<WasmModule> | undefined;
-const requireFromHere = createRequire(import.meta.url);
-
-/** v86's wasm, compiled once per process. */
-function v86WasmModule(): Promise<WasmModule> {
-  wasmModule ??= (async () => {
-    const main = requireFromHere.resolve('v86');
-    return Wasm.compile(readFileSync(join(dirname(main), 'v86.wasm')));
-  })();
-  return wasmModule;
-}
-
-/** The built test kernel, found from this module upwards (src/machine or dist/src/machine). */
-export function defaultMultibootKernelPath(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (let i = 0; i < 6; i++) {
-    const candidate = join(dir, 'guests', 'multiboot', 'livemig-test-kernel.bin');
-    if (existsSync(candidate)) return candidate;
-    dir = dirname(dir);
-  }
-  throw new Error('guests/multiboot/livemig-test-kernel.bin not found (run guests/multiboot/build.sh)');
-}
-
-function imageBuffer(image: Uint8Array | string): ArrayBuffer {
-  const bytes = typeof image === 'string' ? readFileSync(image) : image;
+/** The bytes of an image given as bytes (a copy: v86 keeps and may write its buffer). */
+export function imageBytes(bytes: Uint8Array): ArrayBuffer {
   return bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length) as ArrayBuffer;
 }
 
@@ -421,7 +423,7 @@ class V86RamBlock implements RamBlock {
 export class V86Machine implements Machine {
   readonly kind = 'v86';
   readonly machineName = V86_MACHINE_NAME;
-  readonly serial: Readable;
+  readonly serial: SerialOutput;
   readonly ramSizeBytes: number;
   readonly vgaMemorySizeBytes: number;
   /** The stub hda's size without media; 0 with media (v86-config's disk_size). */
@@ -446,11 +448,10 @@ export class V86Machine implements Machine {
   private readonly syncChunkBytes: number;
   private readonly syncSliceMs: number;
   private readonly fairShare: boolean;
-  private ramBuf: Buffer | undefined;
   private wantRunning = false;
   private pausing = false;
   private throttle = 0;
-  private throttleTimer: NodeJS.Timeout | undefined;
+  private throttleTimer: ReturnType<typeof setTimeout> | undefined;
   private destroyed = false;
   private serialBytes = 0;
   private instructionsHigh = 0;
@@ -466,8 +467,11 @@ export class V86Machine implements Machine {
   /** Media by slot, once start() opened them. */
   private readonly media = new Map<V86MediaSlot, { device: BlockDevice; buffer: V86DiskBuffer; owned: boolean }>();
 
-  /** Use createV86Machine(). */
-  constructor(private readonly options: V86MachineOptions = {}) {
+  /** Use createV86Machine() (or, in a page, createBrowserV86Machine()). */
+  constructor(
+    private readonly options: V86MachineOptions,
+    private readonly platform: V86Platform,
+  ) {
     const ram = options.ramSizeBytes ?? 128 * MiB;
     if (!Number.isSafeInteger(ram) || ram < 2 * MiB || ram % V86_RAM_GRANULE !== 0 || ram > 2 * 1024 * MiB - V86_RAM_GRANULE) {
       throw new RangeError(`v86 RAM ${ram} must be a multiple of 128 KiB from 2 MiB to 2 GiB - 128 KiB`);
@@ -501,7 +505,7 @@ export class V86Machine implements Machine {
     this.fairShare = options.fairShare ?? true;
     this.workloadRange = { startBytes: MiB, endBytes: Math.min(ram, 100 * MiB) };
     this.block = new V86RamBlock(this);
-    this.serial = new Readable({ read() {} });
+    this.serial = platform.serial.output;
     this.configSection = { machine: this, memory_size: 0, vga_memory_size: 0, disk_size: 0 };
     this.stateSection = { machine: this, length: 0, state: new Uint8Array(0) };
   }
@@ -509,9 +513,12 @@ export class V86Machine implements Machine {
   /** @internal Create the emulator and wait until it is loaded (stopped). */
   async start(): Promise<void> {
     const o = this.options;
-    const module = await v86WasmModule();
+    const platform = this.platform;
+    const module = await platform.wasmModule();
     await this.openMedia();
+    const image = async (bytes: Uint8Array | string): Promise<{ buffer: ArrayBuffer }> => ({ buffer: await platform.loadImage(bytes) });
     const settings: Record<string, unknown> = {
+      ...platform.settings,
       wasm_fn: async (env: object) => (await Wasm.instantiate(module, env)).exports,
       memory_size: this.ramSizeBytes,
       vga_memory_size: this.vgaMemorySizeBytes,
@@ -525,16 +532,16 @@ export class V86Machine implements Machine {
     for (const [slot, m] of this.media) settings[slot] = m.buffer;
     // A kernel given to v86 boots that kernel, not the disks (v86 would otherwise let the BIOS try the disk first).
     if (this.media.size > 0 && (o.bzimage || o.multiboot !== undefined || !o.bios)) settings['boot_order'] = 0x213;
-    if (o.bios) settings['bios'] = { buffer: imageBuffer(o.bios) };
-    if (o.vgaBios) settings['vga_bios'] = { buffer: imageBuffer(o.vgaBios) };
+    if (o.bios) settings['bios'] = await image(o.bios);
+    if (o.vgaBios) settings['vga_bios'] = await image(o.vgaBios);
     if (!o.incoming) {
-      if (o.bzimage) settings['bzimage'] = { buffer: imageBuffer(o.bzimage) };
-      if (o.initrd) settings['initrd'] = { buffer: imageBuffer(o.initrd) };
+      if (o.bzimage) settings['bzimage'] = await image(o.bzimage);
+      if (o.initrd) settings['initrd'] = await image(o.initrd);
       if (o.cmdline !== undefined) settings['cmdline'] = o.cmdline;
       // With a BIOS and no kernel the BIOS boots from the media (the user's own system).
-      if (!o.bzimage && (o.multiboot !== undefined || !o.bios)) settings['multiboot'] = { buffer: imageBuffer(o.multiboot ?? defaultMultibootKernelPath()) };
+      if (!o.bzimage && (o.multiboot !== undefined || !o.bios)) settings['multiboot'] = await image(o.multiboot ?? platform.defaultMultiboot());
     }
-    const emulator = new V86(settings as ConstructorParameters<typeof V86>[0]) as unknown as V86Emulator;
+    const emulator = new platform.V86(settings) as V86Emulator;
     this.emulator = emulator;
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`v86 did not load within ${LOAD_TIMEOUT_MS} ms`)), LOAD_TIMEOUT_MS);
@@ -569,7 +576,7 @@ export class V86Machine implements Machine {
     };
     emulator.add_listener('serial0-output-byte', ((byte: number) => {
       this.serialBytes++;
-      if (!this.serial.destroyed) this.serial.push(Buffer.of(byte));
+      this.platform.serial.push(Uint8Array.of(byte));
     }) as (arg: never) => void);
   }
 
@@ -584,7 +591,8 @@ export class V86Machine implements Machine {
         // A CD-ROM is read-only media; the other slots open read-write unless asked.
         const readOnly = slot === 'cdrom' || (given.readOnly ?? false);
         try {
-          device = await FileBlockDevice.open(slot, given.path, { readOnly });
+          if (!this.platform.openDisk) throw new Error(`v86 ${slot}: a path (${given.path}) needs a platform that opens files; pass a BlockDevice here`);
+          device = await this.platform.openDisk(slot, given.path, { readOnly });
         } catch (err) {
           const e = err as NodeJS.ErrnoException;
           throw new Error(`--${slot} ${given.path}: ${e.code === 'ENOENT' ? 'no such file' : e.code === 'EACCES' ? 'permission denied' : e.message}`);
@@ -634,13 +642,6 @@ export class V86Machine implements Machine {
       this.dense = undefined;
     }
     return this.view;
-  }
-
-  /** RAM as a Buffer (for its memcmp), over the current view. */
-  private ramBuffer(): Buffer {
-    const view = this.memory;
-    if (!this.ramBuf || this.ramBuf.buffer !== view.buffer) this.ramBuf = Buffer.from(view.buffer, view.byteOffset, view.length);
-    return this.ramBuf;
   }
 
   /** @internal A DenseRamBlock over the current view. */
@@ -735,7 +736,7 @@ export class V86Machine implements Machine {
       if (this.shadow !== shadow) throw new Error('v86 machine: the dirty log was stopped during a sync');
     };
     if (this.shadowStale) {
-      const copy = (from: number, to: number): void => shadow.copyFrom(this.ramBuffer(), from, to);
+      const copy = (from: number, to: number): void => shadow.copyFrom(this.memory, from, to);
       for (let at = 0; at < this.ramSizeBytes; ) {
         at = slice(at, copy);
         if (at < this.ramSizeBytes) await yieldToGuest();
@@ -746,7 +747,7 @@ export class V86Machine implements Machine {
       dirty = pages;
     } else {
       const compare = (from: number, to: number): void => {
-        dirty += shadow.compare(this.ramBuffer(), from, to, bitmap);
+        dirty += shadow.compare(this.memory, from, to, bitmap);
       };
       for (let at = 0; at < this.ramSizeBytes; ) {
         at = slice(at, compare);
@@ -849,7 +850,7 @@ export class V86Machine implements Machine {
 
   /** Send bytes to the guest's COM1. */
   writeSerial(data: string | Uint8Array): void {
-    const bytes = typeof data === 'string' ? Buffer.from(data, 'utf8') : data;
+    const bytes = typeof data === 'string' ? new TextEncoder().encode(data) : data;
     for (const b of bytes) this.emulator.bus.send('serial0-input', b);
   }
 
@@ -896,7 +897,8 @@ export class V86Machine implements Machine {
 
   /** SHA-256 of all of RAM (hex). */
   ramHash(): string {
-    return ramSha256(this.memory);
+    if (!this.platform.sha256) throw new Error('v86 machine: ramHash() needs Node (node:crypto); in a page, hash machine.memory with crypto.subtle');
+    return this.platform.sha256(this.memory);
   }
 
   async destroy(): Promise<void> {
@@ -907,7 +909,7 @@ export class V86Machine implements Machine {
     if (this.emulator) await this.emulator.destroy();
     this.stopDirtyLog();
     for (const { device, owned } of this.media.values()) if (owned) await device.close().catch(() => {});
-    this.serial.push(null);
+    this.platform.serial.end();
   }
 
   private hasMediaOptions(): boolean {
@@ -954,8 +956,8 @@ export class V86Machine implements Machine {
  * (unless `startPaused`); an `incoming` one stays paused until state is
  * loaded and resume() is called.
  */
-export async function createV86Machine(options: V86MachineOptions = {}): Promise<V86Machine> {
-  const machine = new V86Machine(options);
+export async function createV86Machine(options: V86MachineOptions = {}, platform?: V86Platform): Promise<V86Machine> {
+  const machine = new V86Machine(options, platform ?? (await nodeV86Platform()));
   try {
     await machine.start();
   } catch (err) {
@@ -964,4 +966,20 @@ export async function createV86Machine(options: V86MachineOptions = {}): Promise
   }
   if (!options.incoming && !options.startPaused) machine.resume();
   return machine;
+}
+
+let nodePlatform: Promise<() => V86Platform> | undefined;
+
+/**
+ * Node's platform (v86-node.ts: the npm package, files, a Readable serial),
+ * loaded on first use by a path put together at run time, so the browser
+ * bundle never includes it; in a page, createBrowserV86Machine() passes its own.
+ */
+async function nodeV86Platform(): Promise<V86Platform> {
+  if (typeof (globalThis as { process?: { versions?: { node?: unknown } } }).process?.versions?.node !== 'string') {
+    throw new Error('createV86Machine: outside Node a V86Platform must be given (in a page: createBrowserV86Machine())');
+  }
+  const specifier = ['.', 'v86-node.js'].join('/');
+  nodePlatform ??= import(specifier).then((m: { nodeV86Platform: () => V86Platform }) => m.nodeV86Platform);
+  return (await nodePlatform)();
 }

@@ -5,16 +5,10 @@
  * migration (outgoing.ts, incoming.ts) get a ready registry and never decide
  * what is saved.
  */
-import {
-  BLOCK_SECTION_IDSTR,
-  BLOCK_SECTION_VERSION,
-  BlockLoadHandler,
-  BlockSaveHandler,
-  DISK_MANIFEST_IDSTR,
-  DISK_MANIFEST_VERSION,
-  DiskManifestLoadHandler,
-  DiskManifestSaveHandler,
-} from '../block/index.js';
+// The block section's own modules, not block/index.js: that also holds the raw-image devices (node:fs).
+import { BlockLoadHandler, BlockSaveHandler } from '../block/block-handler.js';
+import { BLOCK_SECTION_IDSTR, BLOCK_SECTION_VERSION } from '../block/block-records.js';
+import { DISK_MANIFEST_IDSTR, DISK_MANIFEST_VERSION, DiskManifestLoadHandler, DiskManifestSaveHandler } from '../block/manifest.js';
 import type { Machine } from '../machine/machine.js';
 import { FixedRamBlockTable, RAM_IDSTR, RAM_SECTION_VERSION, RamLoadHandler, RamSaveHandler } from '../ram/index.js';
 import { createGlobalState, globalStateVmsd, SaveStateRegistry, type GlobalState } from '../savevm/index.js';

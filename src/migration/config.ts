@@ -19,7 +19,7 @@
  *
  * Where livemig's default differs from QEMU 7.2's, the reason is given.
  */
-import { EventEmitter } from 'node:events';
+import { TypedEmitter } from '../wire/emitter.js';
 import { parseSize } from './size.js';
 import { MULTIFD_COMPRESSION_FLAGS, MULTIFD_DEFAULT_LEVEL, multifdLevelRange, type MultifdCompression } from '../ram/multifd/codec.js';
 import { DEFAULT_MULTIFD_CHANNELS } from '../ram/multifd/packet.js';
@@ -582,7 +582,7 @@ export interface MigrationConfigEvents {
  * Refusing capability changes while a migration runs is the owner's job (it
  * knows whether one runs): QEMU's "There's a migration process in progress".
  */
-export class MigrationConfig extends EventEmitter<MigrationConfigEvents> {
+export class MigrationConfig extends TypedEmitter<MigrationConfigEvents> {
   private currentParameters: Readonly<MigrationParameters>;
   private currentCapabilities: Readonly<MigrationCapabilities>;
 

@@ -4,7 +4,7 @@
  * people. Errors from the layers below (StreamError, TransportError,
  * ChannelError) are kept as the `cause`.
  */
-import { TransportError } from '../transport/index.js';
+import { TransportError } from '../transport/errors.js';
 import { ChannelError, StreamError, UnexpectedEndError } from '../wire/index.js';
 
 export type MigrationErrorCode =

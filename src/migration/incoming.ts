@@ -6,15 +6,31 @@
  * (SHUT 0). On any failure the guest is never started, received disks are
  * discarded, and the source is told (SHUT 1) when it can be.
  */
-import { EventEmitter } from 'node:events';
-import type { IncomingDiskImage } from '../block/index.js';
+import type { IncomingDiskImage } from '../block/incoming-image.js';
 import type { Machine } from '../machine/machine.js';
 import { FixedRamBlockTable } from '../ram/index.js';
-import { MULTIFD_MAGIC, MULTIFD_PROTOCOL_ERROR, MultifdReceiver, type MultifdCompression, type MultifdReceiverStats } from '../ram/multifd/index.js';
+import type { MultifdCompression } from '../ram/multifd/codec.js';
+import { MULTIFD_MAGIC, MULTIFD_PROTOCOL_ERROR } from '../ram/multifd/packet.js';
+import type { MultifdReceiver, MultifdReceiverStats } from '../ram/multifd/receiver.js';
 import { loadVmState } from '../savevm/index.js';
 import type { TlsServerSettings } from '../transport/tls.js';
-import { listenIncoming, parseMigrationUri, type IncomingListener, type MigrationChannel } from '../transport/index.js';
-import { MigCommand, parseRecvBitmapCommand, QEMU_VM_FILE_MAGIC, QEMU_VM_FILE_VERSION, StreamError, StreamReader, StreamWriter, UnexpectedEndError, writeResumeAck, writeShut } from '../wire/index.js';
+import { parseMigrationUri } from '../transport/uri.js';
+import {
+  MigCommand,
+  parseRecvBitmapCommand,
+  QEMU_VM_FILE_MAGIC,
+  QEMU_VM_FILE_VERSION,
+  StreamError,
+  StreamReader,
+  StreamWriter,
+  TypedEmitter,
+  UnexpectedEndError,
+  unrefTimer,
+  writeResumeAck,
+  writeShut,
+  type MigrationChannel,
+} from '../wire/index.js';
+import { defaultChannels, multifdUnavailable, OpenedChannelListener, type IncomingListener, type MigrationChannels } from './channels.js';
 import { assembleIncoming } from './assemble.js';
 import { MigrationError } from './errors.js';
 import { DestinationHandover, HANDOVER_GO, UNCONFIRMED_ADVICE } from './handover.js';
@@ -58,6 +74,8 @@ export interface IncomingOptions {
   tls?: TlsServerSettings;
   /** Capability `postcopy-ram` on this destination: the source may switch to postcopy. */
   postcopy?: boolean;
+  /** How channels are opened (default: Node's transports; in a browser, browserChannels()). */
+  channels?: MigrationChannels;
   /** `x-livemig-peer-timeout-ms`, read when needed (so a change before or during the migration applies). */
   peerTimeoutMs?(): number;
   /**
@@ -85,7 +103,7 @@ export interface IncomingEvents {
   rejected: [string];
 }
 
-export class IncomingMigration extends EventEmitter<IncomingEvents> {
+export class IncomingMigration extends TypedEmitter<IncomingEvents> {
   status: IncomingStatus = 'none';
   /** Multifd receive counters of the current migration (which channels ran in worker threads, packets, pages). */
   multifdStats: MultifdReceiverStats | undefined;
@@ -127,8 +145,11 @@ export class IncomingMigration extends EventEmitter<IncomingEvents> {
     if (this.status !== 'none') throw new MigrationError('refused', 'migrate-incoming can only be used once');
     const kind = parseMigrationUri(uri).kind;
     if (this.options.multifd && kind !== 'tcp' && kind !== 'unix') throw new MigrationError('refused', kind === 'ws' ? `${MULTIFD_PROTOCOL_ERROR} (ws: carries one WebSocket; multifd needs tcp: or unix:)` : MULTIFD_PROTOCOL_ERROR);
+    const channels = await this.channels();
+    const noMultifd = this.options.multifd ? multifdUnavailable(channels) : undefined;
+    if (noMultifd) throw new MigrationError('refused', noMultifd);
     // Sockets keep listening until the source's stream is found, so a stray connection does not end the wait.
-    this.listener = await listenIncoming(uri, {
+    this.listener = await channels.listen(uri, {
       multiChannel: kind === 'tcp' || kind === 'unix' || kind === 'ws',
       ...(this.options.tls ? { tls: this.options.tls } : {}),
       // A failed handshake is a stranger (or a misconfigured source): say why, keep waiting.
@@ -137,6 +158,24 @@ export class IncomingMigration extends EventEmitter<IncomingEvents> {
     this.prepareRam();
     this.setStatus('setup');
     return this.listener.address;
+  }
+
+  /**
+   * Instead of listen(): receive the stream on `channel`, already open (a
+   * page that connected to its source's ws URL, a memory pipe). `uri` names
+   * it in messages. run() then loads from it.
+   */
+  receiveFrom(channel: MigrationChannel, uri: string): void {
+    if (this.status !== 'none') throw new MigrationError('refused', 'migrate-incoming can only be used once');
+    if (this.options.multifd) throw new MigrationError('refused', 'multifd needs listen(): its channels connect separately');
+    this.listener = new OpenedChannelListener(uri, channel);
+    this.prepareRam();
+    this.setStatus('setup');
+  }
+
+  /** The channels given, else Node's (loaded once). */
+  private channels(): Promise<MigrationChannels> {
+    return this.options.channels ? Promise.resolve(this.options.channels) : defaultChannels();
   }
 
   /**
@@ -195,7 +234,7 @@ export class IncomingMigration extends EventEmitter<IncomingEvents> {
     try {
       const table = new FixedRamBlockTable(this.machine.ramBlocks());
       if (this.options.multifd) {
-        this.receiver = new MultifdReceiver({ ...this.options.multifd, table });
+        this.receiver = (await this.channels()).multifd!.createReceiver({ ...this.options.multifd, table });
         this.multifdStats = this.receiver.stats;
         this.receiver.onError = (err) => this.channel?.abort(err);
       }
@@ -400,7 +439,7 @@ export class IncomingMigration extends EventEmitter<IncomingEvents> {
   async recover(uri: string): Promise<string> {
     const waiter = this.recoverWaiter;
     if (this.status !== 'postcopy-paused' || !waiter) throw new MigrationError('refused', 'Migrate recover can only be run when postcopy is paused.');
-    const listener = await listenIncoming(uri, { multiChannel: false, ...(this.options.tls ? { tls: this.options.tls } : {}), onRejected: (why) => this.emit('rejected', why) });
+    const listener = await (await this.channels()).listen(uri, { multiChannel: false, ...(this.options.tls ? { tls: this.options.tls } : {}), onRejected: (why) => this.emit('rejected', why) });
     if (this.recoverWaiter !== waiter) {
       await listener.close().catch(() => {});
       throw new MigrationError('refused', 'Migrate recover can only be run when postcopy is paused.');
@@ -428,7 +467,7 @@ export class IncomingMigration extends EventEmitter<IncomingEvents> {
       const drain = (async () => {
         while ((await input.read()) !== null);
       })().catch(() => {});
-      await Promise.race([drain, new Promise((r) => setTimeout(r, 1000).unref())]);
+      await Promise.race([drain, new Promise((r) => unrefTimer(setTimeout(r, 1000)))]);
     } catch {
       /* the source may be gone already */
     }
@@ -445,8 +484,7 @@ export class IncomingMigration extends EventEmitter<IncomingEvents> {
    */
   private async acceptSource(watchdog: PeerWatchdog): Promise<{ channel: MigrationChannel; reader: StreamReader }> {
     const listener = this.listener!;
-    const kind = parseMigrationUri(listener.uri).kind;
-    if (kind === 'exec' || kind === 'file') {
+    if (listener.oneChannel) {
       // One channel, there from the start: the loader checks its header.
       const channel = await listener.accept();
       const reader = new StreamReader(watchSource(channel.input!, watchdog));
@@ -478,7 +516,7 @@ export class IncomingMigration extends EventEmitter<IncomingEvents> {
         let isMain = false;
         const reader = new StreamReader(watchSource(ch.input!, watchdog, () => isMain));
         const timeoutMs = this.peerTimeoutMs();
-        let timer: NodeJS.Timeout | undefined;
+        let timer: ReturnType<typeof setTimeout> | undefined;
         let head: Uint8Array;
         try {
           head = await Promise.race([
@@ -518,7 +556,7 @@ export class IncomingMigration extends EventEmitter<IncomingEvents> {
           maybeStopListening();
           return;
         }
-        const hex = Buffer.from(head).toString('hex') || 'none';
+        const hex = Array.from(head, (b) => b.toString(16).padStart(2, '0')).join('') || 'none';
         const kind =
           magic === QEMU_VM_FILE_MAGIC ? (main ? 'a second migration stream' : `a migration stream of an unsupported version (first bytes ${hex})`)
           : magic === MULTIFD_MAGIC ? 'a multifd channel, but multifd is off here (set capability multifd before migrate-incoming)'

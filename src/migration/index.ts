@@ -12,3 +12,4 @@ export * from './liveness.js';
 export * from './security.js';
 export * from './postcopy-destination.js';
 export * from './progress-model.js';
+export * from './channels.js';

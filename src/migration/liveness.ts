@@ -16,7 +16,7 @@
  * aborts its channels with it. Silence is never a stall by itself: a source
  * with nothing to send and no return path is simply idle.
  */
-import type { ByteSink, ByteSource } from '../wire/index.js';
+import { unrefTimer, type ByteSink, type ByteSource } from '../wire/index.js';
 import { MigrationError } from './errors.js';
 
 export interface PeerWatchdogOptions {
@@ -33,7 +33,7 @@ export interface PeerWatchdogOptions {
 
 export class PeerWatchdog {
   private readonly now: () => number;
-  private timer: NodeJS.Timeout | undefined;
+  private timer: ReturnType<typeof setTimeout> | undefined;
   private stalled = false;
   private lastProgressValue = -1;
   private lastProgressMs: number;
@@ -56,9 +56,9 @@ export class PeerWatchdog {
     this.lastProgressValue = this.options.progress?.() ?? -1;
     const tick = (): void => {
       this.check();
-      if (!this.stalled) this.timer = setTimeout(tick, Math.min(250, Math.max(10, this.options.timeoutMs() / 4))).unref();
+      if (!this.stalled) this.timer = unrefTimer(setTimeout(tick, Math.min(250, Math.max(10, this.options.timeoutMs() / 4))));
     };
-    this.timer = setTimeout(tick, 10).unref();
+    this.timer = unrefTimer(setTimeout(tick, 10));
     return this;
   }
 

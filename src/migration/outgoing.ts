@@ -14,15 +14,30 @@
  * failure or cancel resumes the source guest; after it the guest is never
  * resumed here without the operator, who is told how to find out where it runs.
  */
-import { EventEmitter } from 'node:events';
-import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
-import type { BlockSaveHandler } from '../block/index.js';
+import type { BlockSaveHandler } from '../block/block-handler.js';
 import type { Machine } from '../machine/machine.js';
 import type { RamSaveHandler, RamSaveStats } from '../ram/index.js';
-import { MULTIFD_PROTOCOL_ERROR, MultifdSender } from '../ram/multifd/index.js';
+import { MULTIFD_PROTOCOL_ERROR } from '../ram/multifd/packet.js';
+import type { MultifdSender } from '../ram/multifd/sender.js';
 import { saveCleanup, SaveVmState, storeGlobalState } from '../savevm/index.js';
-import { connectOutgoing, parseMigrationUri, type MigrationChannel } from '../transport/index.js';
-import { MemorySink, MigCommand, StreamReader, StreamWriter, TARGET_PAGE_SIZE, writeCommand, writePackaged, writePostcopyAdvise, writeRamDiscard, writeRecvBitmapCommand } from '../wire/index.js';
+import { parseMigrationUri } from '../transport/uri.js';
+import {
+  MemorySink,
+  MigCommand,
+  StreamReader,
+  StreamWriter,
+  TARGET_PAGE_SIZE,
+  TypedEmitter,
+  unrefTimer,
+  writeCommand,
+  writePackaged,
+  writePostcopyAdvise,
+  writeRamDiscard,
+  writeRecvBitmapCommand,
+  yieldToEventLoop,
+  type MigrationChannel,
+} from '../wire/index.js';
+import { defaultChannels, multifdUnavailable, type MigrationChannels } from './channels.js';
 import { assembleOutgoing, type OutgoingAssembly } from './assemble.js';
 import { AutoConverge } from './auto-converge.js';
 import { MigrationError } from './errors.js';
@@ -157,7 +172,14 @@ interface Run {
   pendingBytes?: number;
 }
 
-export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
+export interface OutgoingMigrationOptions {
+  /** tls-creds' owner (src/security/): without it, a migration with tls-creds is refused. */
+  security?: ChannelSecurity;
+  /** How channels are opened (default: Node's transports; in a browser, browserChannels()). */
+  channels?: MigrationChannels;
+}
+
+export class OutgoingMigration extends TypedEmitter<OutgoingMigrationEvents> {
   private currentStatus: MigrationStatus = 'none';
   private run: Run | undefined;
   private autoConverge = new AutoConverge();
@@ -176,7 +198,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
   constructor(
     private readonly machine: Machine,
     readonly config: MigrationConfig = new MigrationConfig(),
-    private readonly options: { security?: ChannelSecurity } = {},
+    private readonly options: OutgoingMigrationOptions = {},
   ) {
     super();
     config.on('parameters', () => this.wakeLoop?.());
@@ -205,6 +227,11 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
     log('status %s -> %s', this.currentStatus, to);
     this.currentStatus = to;
     this.emit('status', to);
+  }
+
+  /** The channels given, else Node's (loaded once). */
+  private channels(): Promise<MigrationChannels> {
+    return this.options.channels ? Promise.resolve(this.options.channels) : defaultChannels();
   }
 
   /** Change parameters; `max-bandwidth`, `downtime-limit` and the peer timeout apply to a running migration at once. */
@@ -304,7 +331,8 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
     run.watchdog.start();
     try {
       const { ram } = run.assembly;
-      const channel = await run.watchdog.busy(() => connectOutgoing(uri, run.tls ? { tls: run.tls } : {}));
+      const channels = await this.channels();
+      const channel = await run.watchdog.busy(() => channels.connect(uri, run.tls ? { tls: run.tls } : {}));
       run.channel = channel;
       this.throwIfStopped(run);
       if (!channel.input || !channel.output) throw new MigrationError('refused', 'postcopy recovery needs a two-way channel');
@@ -497,15 +525,18 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
     const { ram, registry } = run.assembly;
     const multifd = this.capabilities.multifd;
     if (multifd && !['tcp', 'unix'].includes(parseMigrationUri(run.uri).kind)) throw new MigrationError('refused', multifdRefusal(run.uri));
+    const channels = await this.channels();
+    const noMultifd = multifd ? multifdUnavailable(channels) : undefined;
+    if (noMultifd) throw new MigrationError('refused', noMultifd);
     // Dirty logging from here to the end of the migration (v86 keeps a RAM-sized shadow meanwhile).
     await this.machine.startDirtyLog();
-    const connect = (): Promise<MigrationChannel> => connectOutgoing(run.uri, run.tls ? { tls: run.tls } : {});
+    const connect = (): Promise<MigrationChannel> => channels.connect(run.uri, run.tls ? { tls: run.tls } : {});
     const connected = run.watchdog.busy(connect);
     // The channels' threads start now; their connections follow the main one
     // (a 7.2 destination takes the first connection as main).
     const p = this.parameters;
     const opening = multifd
-      ? MultifdSender.open({
+      ? channels.multifd!.openSender({
           uri: run.uri,
           connect,
           after: connected,
@@ -838,7 +869,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
       while (!continued) {
         this.throwIfStopped(run);
         if (this.keepaliveDue(run)) await this.keepalive(run);
-        await Promise.race([resumed, new Promise((r) => setTimeout(r, 100).unref())]);
+        await Promise.race([resumed, new Promise((r) => unrefTimer(setTimeout(r, 100)))]);
       }
     } finally {
       this.continueSwitchover = undefined;
@@ -854,7 +885,7 @@ export class OutgoingMigration extends EventEmitter<OutgoingMigrationEvents> {
     if (rp && !run.cancelRequested && err.code !== 'destination-failed') {
       // A destination that rejects the stream says so (SHUT 1) and closes; our write
       // may fail first. Give its message a moment to arrive: it is the reason.
-      await Promise.race([rp.done, new Promise((r) => setTimeout(r, 500).unref())]);
+      await Promise.race([rp.done, new Promise((r) => unrefTimer(setTimeout(r, 500)))]);
       if (rp.failed?.code === 'destination-failed') err = rp.failed;
     }
     if (err.code === 'peer-closed' && !rp?.heardFromPeer && !run.pointOfNoReturn) {

@@ -5,7 +5,7 @@
  * implements ChannelSecurity, so this core never reads a key or certificate.
  */
 import type { TlsClientSettings, TlsServerSettings } from '../transport/tls.js';
-import { parseMigrationUri } from '../transport/index.js';
+import { parseMigrationUri } from '../transport/uri.js';
 import { MigrationError } from './errors.js';
 import type { MigrationParameters } from './config.js';
 

@@ -54,6 +54,8 @@ export interface IncomingListener {
   accept(options?: AcceptOptions): Promise<MigrationChannel>;
   /** Stop listening (removes a unix socket file); aborts a channel not yet accepted. Idempotent. */
   close(): Promise<void>;
+  /** Exactly one channel, there from the start (exec:, file:, one opened elsewhere): no connections to tell apart. */
+  readonly oneChannel?: boolean;
 }
 
 export async function listenIncoming(uri: string, options: ListenOptions = {}): Promise<IncomingListener> {
@@ -243,6 +245,7 @@ class SocketListener implements IncomingListener {
 
 /** exec/file: the channel exists from the start; accept() hands it out once. */
 class ReadyListener implements IncomingListener {
+  readonly oneChannel = true;
   readonly address: string;
   private channel: MigrationChannel | undefined;
   constructor(readonly uri: string, channel: MigrationChannel) {

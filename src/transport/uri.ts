@@ -7,7 +7,6 @@
  *   ws://HOST:PORT/PATH  (livemig only: a WebSocket, so a browser can be either end;
  *                   HOST may be [IPV6]; PATH defaults to /; no query, fragment or user)
  */
-import { isIP, isIPv6 } from 'node:net';
 import { TransportError } from './errors.js';
 
 export type MigrationAddress =
@@ -26,6 +25,29 @@ export const UNIX_PATH_MAX_BYTES = 107;
 const HOSTNAME = /^[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_.])?$/;
 const HOSTNAME_MAX_CHARS = 253;
 
+// No node:net here: a browser parses ws: URIs too. These accept what node:net's isIPv4/isIPv6 accept (test/uri.test.ts compares them).
+const IPV4_OCTET = '(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])';
+const IPV4 = new RegExp(`^${IPV4_OCTET}(?:\\.${IPV4_OCTET}){3}$`);
+const IPV6_ZONE = /%[0-9a-zA-Z.:-]+$/;
+
+export function isIPv4Address(text: string): boolean {
+  return IPV4.test(text);
+}
+
+/** An IPv6 address (with an optional %zone), by the URL parser's IPv6 rules (the WHATWG standard's, in Node and browsers alike). */
+export function isIPv6Address(text: string): boolean {
+  const address = text.replace(IPV6_ZONE, '');
+  if (!address.includes(':') || !/^[0-9a-fA-F:.]+$/.test(address)) return false;
+  try {
+    new URL(`http://[${address}]/`);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const utf8Length = (text: string): number => new TextEncoder().encode(text).length;
+
 function bad(uri: string, why: string): TransportError {
   return new TransportError('bad-uri', uri, `bad migration URI '${uri}': ${why}`);
 }
@@ -39,8 +61,8 @@ export function parseMigrationUri(uri: string): MigrationAddress {
       return parseTcp(uri, rest);
     case 'unix':
       if (rest === '') throw bad(uri, 'empty socket path');
-      if (Buffer.byteLength(rest) > UNIX_PATH_MAX_BYTES) {
-        throw bad(uri, `unix socket path is ${Buffer.byteLength(rest)} bytes, at most ${UNIX_PATH_MAX_BYTES} fit`);
+      if (utf8Length(rest) > UNIX_PATH_MAX_BYTES) {
+        throw bad(uri, `unix socket path is ${utf8Length(rest)} bytes, at most ${UNIX_PATH_MAX_BYTES} fit`);
       }
       return { kind: 'unix', uri, path: rest };
     case 'exec':
@@ -76,7 +98,7 @@ function parseTcp(uri: string, rest: string, form = 'tcp:HOST:PORT'): MigrationA
     const end = rest.indexOf(']');
     if (end < 0) throw bad(uri, "missing ']' after the IPv6 address");
     host = rest.slice(1, end);
-    if (!isIPv6(host)) throw bad(uri, `'${host}' is not an IPv6 address`);
+    if (!isIPv6Address(host)) throw bad(uri, `'${host}' is not an IPv6 address`);
     if (rest[end + 1] !== ':') throw bad(uri, `missing port (expected ${v6form})`);
     portText = rest.slice(end + 2);
   } else {
@@ -85,7 +107,7 @@ function parseTcp(uri: string, rest: string, form = 'tcp:HOST:PORT'): MigrationA
     host = rest.slice(0, last);
     portText = rest.slice(last + 1);
     if (host.includes(':')) throw bad(uri, `IPv6 addresses must be in brackets, e.g. ${form.startsWith('tcp') ? 'tcp:[::1]:4444' : 'ws://[::1]:4444/'}`);
-    if (host !== '' && isIP(host) === 0 && (host.length > HOSTNAME_MAX_CHARS || !HOSTNAME.test(host))) {
+    if (host !== '' && !isIPv4Address(host) && !isIPv6Address(host) && (host.length > HOSTNAME_MAX_CHARS || !HOSTNAME.test(host))) {
       throw bad(uri, `bad host '${host}'`);
     }
   }

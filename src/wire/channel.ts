@@ -76,7 +76,7 @@ export class MemorySink implements ByteSink {
  * The transports (src/transport) produce channels of these kinds; the core
  * (RAM, multifd, savevm) only sees the MigrationChannel interface below.
  */
-export type ChannelKind = 'tcp' | 'unix' | 'exec' | 'file' | 'ws';
+export type ChannelKind = 'tcp' | 'unix' | 'exec' | 'file' | 'ws' | 'memory';
 
 /**
  * MigrationChannel: one migration connection, as the migration code sees it.

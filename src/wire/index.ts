@@ -8,3 +8,4 @@ export * from './return-path.js';
 export * from './postcopy.js';
 export * from './printable.js';
 export * from './native-bytes.js';
+export * from './emitter.js';

@@ -76,3 +76,12 @@ const SharedMemory: typeof SharedArrayBuffer | undefined = (globalThis as { Shar
 export function isSharedMemory(buffer: ArrayBufferLike): boolean {
   return SharedMemory !== undefined && buffer instanceof SharedMemory;
 }
+
+/**
+ * `timer` no longer keeps Node's process alive (a watchdog or a grace period
+ * must not delay exit); in a browser, where setTimeout returns a number, nothing.
+ */
+export function unrefTimer<T>(timer: T): T {
+  (timer as { unref?: () => void }).unref?.();
+  return timer;
+}

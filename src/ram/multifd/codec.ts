@@ -70,7 +70,9 @@ export function compressionOfFlags(flags: number): MultifdCompression | undefine
 
 /** Load the compression codecs (zlib, zstd) if `method` needs them; call before createSendCodec/createRecvCodec. */
 export async function ensureMultifdCodecs(method: MultifdCompression): Promise<void> {
-  if (method !== 'none' && !factories.has(method)) await import('./compression.js');
+  // A specifier put together at run time: the browser bundle (which takes this module for its
+  // constants, and never runs multifd) must not follow it into node:zlib.
+  if (method !== 'none' && !factories.has(method)) await import(['.', 'compression.js'].join('/'));
 }
 
 export function createSendCodec(method: MultifdCompression, level: number): MultifdSendCodec | undefined {

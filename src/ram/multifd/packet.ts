@@ -14,6 +14,9 @@
 import { TARGET_PAGE_SIZE } from '../../wire/constants.js';
 
 export const MULTIFD_MAGIC = 0x11223344;
+
+/** The error QEMU 7.2 gives for multifd over exec:/fd:/file:. */
+export const MULTIFD_PROTOCOL_ERROR = 'multifd is not supported by current protocol';
 export const MULTIFD_VERSION = 1;
 export const MULTIFD_INIT_BYTES = 64;
 /** MULTIFD_PACKET_SIZE (512 KiB) / 4 KiB pages. */
@@ -51,12 +54,13 @@ export function parseUuid(text: string): Uint8Array {
   if (!/^[0-9a-fA-F]{32}$/.test(hex) || !/^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/.test(text)) {
     throw new RangeError(`'${text}' is not a UUID`);
   }
-  return Uint8Array.from(Buffer.from(hex, 'hex'));
+  // No Buffer: MigrationConfig (and so the browser core) reads this module's constants.
+  return Uint8Array.from({ length: 16 }, (_, i) => parseInt(hex.slice(i * 2, i * 2 + 2), 16));
 }
 
 /** QEMU's qemu_uuid_unparse. */
 export function formatUuid(uuid: Uint8Array): string {
-  const h = Buffer.from(uuid.buffer, uuid.byteOffset, 16).toString('hex');
+  const h = Array.from(uuid.subarray(0, 16), (b) => b.toString(16).padStart(2, '0')).join('');
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
 }
 

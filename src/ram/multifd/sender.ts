@@ -28,6 +28,7 @@ import {
   MULTIFD_HEADER_BYTES,
   MULTIFD_PAGE_SIZE,
   MULTIFD_PAGES_PER_PACKET,
+  MULTIFD_PROTOCOL_ERROR,
   writePacketHeader,
   ZERO_UUID,
 } from './packet.js';
@@ -76,8 +77,6 @@ interface SenderChannel {
   abort(reason: Error): void;
 }
 
-/** The error QEMU 7.2 gives for multifd over exec:/fd:/file:. */
-export const MULTIFD_PROTOCOL_ERROR = 'multifd is not supported by current protocol';
 
 /** Whether all blocks can be read by worker threads (dense blocks over SharedArrayBuffers). */
 export function sharedBlocks(blocks: readonly RamBlock[]): Array<{ idstr: string; buffer: SharedArrayBuffer; byteOffset: number; lengthBytes: number }> | undefined {

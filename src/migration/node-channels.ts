@@ -1,0 +1,21 @@
+/**
+ * Node's channels for the migration engine (channels.ts): every
+ * transport, TLS, and multifd's connections and worker threads. The engine
+ * loads this by itself when it is given no channels, so in Node nothing
+ * changes for its callers; the browser bundle never includes it.
+ */
+import { MultifdReceiver } from '../ram/multifd/receiver.js';
+import { MultifdSender } from '../ram/multifd/sender.js';
+import { listenIncoming } from '../transport/incoming.js';
+import { connectOutgoing } from '../transport/outgoing.js';
+import type { MigrationChannels } from './channels.js';
+
+export const NODE_CHANNELS: MigrationChannels = {
+  platform: 'node',
+  connect: (uri, options) => connectOutgoing(uri, options.tls ? { tls: options.tls } : {}),
+  listen: (uri, options) => listenIncoming(uri, options),
+  multifd: {
+    openSender: (options) => MultifdSender.open(options),
+    createReceiver: (options) => new MultifdReceiver(options),
+  },
+};
