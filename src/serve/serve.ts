@@ -224,8 +224,8 @@ export async function startServe(options: ServeOptions = {}): Promise<ServeHandl
     if (body.running) {
       if (final !== 'completed') throw new HttpError(409, `the server's side of the move is ${final}, not completed: the guest is still on the server (pid ${current.pid})`);
       // The tab runs the guest: the server's paused copy is stale now.
-      await current.quit();
       forget(current, `the VM moved to a tab; its livemig run (pid ${current.pid}) quit`);
+      await current.quit();
       onEvent('vm-moved-to-tab', { pid: current.pid });
       return [200, { where: 'tab' }];
     }
