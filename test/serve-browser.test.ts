@@ -10,12 +10,12 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdtempSync, readFileSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { chromium, type BrowserContext, type Page } from 'playwright-core';
 import { BROWSER_BUNDLE } from '../scripts/build-browser.js';
-import { CHROMIUM_PATH, chromiumMissing } from '../scripts/chart-check.js';
+import { chromiumMissing } from '../scripts/chart-check.js';
+import { launchChromium, openServePage, pageState, waitForWhere, type ServePage } from '../scripts/serve-driver.js';
 import { repoRoot } from './helpers/paths.js';
 import { ServeProcess } from './helpers/serve-process.js';
 
@@ -31,54 +31,17 @@ const engineMissing = skipBrowser
 if (skipBrowser) process.stderr.write(`serve-browser: the Chromium tests are skipped: ${skipBrowser}\n`);
 else if (engineMissing) process.stderr.write(`serve-browser: the round trip is skipped: ${engineMissing}\n`);
 
-let context: BrowserContext | undefined;
-let userDataDir: string | undefined;
+let browser: Awaited<ReturnType<typeof launchChromium>> | undefined;
 let serve: ServeProcess | undefined;
 before(async () => {
-  if (skipBrowser) return;
-  userDataDir = mkdtempSync(join(tmpdir(), 'livemig-chromium-'));
-  context = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: CHROMIUM_PATH,
-    headless: true,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-    viewport: { width: 1280, height: 860 },
-  });
+  if (!skipBrowser) browser = await launchChromium();
 });
 after(async () => {
-  await context?.close();
+  await browser?.close();
   await serve?.stop();
-  if (userDataDir) rmSync(userDataDir, { recursive: true, force: true });
 });
 
-type PageState = { where: string; serialBytes: number; errors: string[]; moves: Array<Record<string, any>>; serverPid?: number };
-
-async function openPage(url: string): Promise<{ page: Page; errors: string[] }> {
-  const page = await context!.newPage();
-  const errors: string[] = [];
-  page.on('console', (msg) => {
-    if (msg.type() === 'error') errors.push(`console: ${msg.text()}`);
-  });
-  page.on('pageerror', (err) => errors.push(`page error: ${err.message}`));
-  page.on('requestfailed', (req) => errors.push(`request failed: ${req.url()}`));
-  await page.goto(url, { waitUntil: 'load' });
-  return { page, errors };
-}
-
-const pageState = (page: Page): Promise<PageState> => page.evaluate(() => {
-  const s = (globalThis as any).livemigPage;
-  return { where: s.where, serialBytes: s.serialBytes, errors: s.errors, moves: s.moves, serverPid: s.serverPid };
-});
-
-async function waitForWhere(page: Page, wanted: string, timeoutMs: number): Promise<PageState> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const s = await pageState(page);
-    if (s.where === wanted) return s;
-    if (s.where === 'error') throw new Error(`the page gave up: ${s.errors.join('; ')}`);
-    if (Date.now() > deadline) throw new Error(`the page is '${s.where}', not '${wanted}', after ${timeoutMs} ms; its log: ${s.errors.join('; ')}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
+const openPage = (url: string): Promise<ServePage> => openServePage(browser!.context, url);
 
 test('the page loads under its CSP: script, styles and the status API, no console error but what it says of a missing engine', { skip: skipBrowser, timeout: 60_000 }, async () => {
   serve ??= await ServeProcess.start();
