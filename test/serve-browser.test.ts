@@ -88,6 +88,9 @@ test('in Chromium the page boots the multiboot guest, migrates it to the server 
   assert.ok(inMove.totalMs > 0 && inMove.downtimeMs >= 0, JSON.stringify(inMove));
   const serialAtArrival = back.serialBytes;
   await second.page.waitForFunction((n) => (globalThis as any).livemigPage.serialBytes > n, serialAtArrival, { timeout: 30_000 });
+  // The guest's own check of its memory, in the tab it came back to.
+  const tabCheck = await second.page.evaluate(() => (globalThis as any).livemigPage.checkMemory());
+  assert.equal(tabCheck.ok, true, `the tab's memory check: ${JSON.stringify(tabCheck)}`);
   const gone = await serve.status();
   assert.equal(gone.vm, null, 'the server VM quit once the tab confirmed');
   assert.match(gone.lastVmEnd, /moved to a tab/);

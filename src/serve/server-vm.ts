@@ -19,6 +19,12 @@ const SERIAL_TAIL_CHARS = 4096;
 /** The child's stderr kept for error messages. */
 const STDERR_TAIL_CHARS = 4096;
 const START_TIMEOUT_MS = 30_000;
+/**
+ * Its migration back goes to a tab, which loads far slower than Node sends (the page's one thread
+ * also runs its VM): as the page's own migrateOut, a downtime limit of 2 s and auto-converge with a
+ * throttle that starts at 50% and climbs by 20 (our test kernel outruns a tab at QEMU's defaults).
+ */
+const TO_TAB_MIGRATION_ARGS = ['--cap', 'auto-converge', '--param', 'downtime-limit=2000', '--param', 'cpu-throttle-initial=50', '--param', 'cpu-throttle-increment=20'];
 
 export interface MemoryCheck {
   ok: boolean;
@@ -82,7 +88,7 @@ export class ServerVm {
   static async start(options: { cliPath: string; ramSizeBytes: number }): Promise<ServerVm> {
     const dir = mkdtempSync(join(tmpdir(), 'livemig-serve-'));
     const qmpPath = join(dir, 'qmp.sock');
-    const args = [options.cliPath, 'run', '--machine', 'v86', '--ram', String(options.ramSizeBytes), '--incoming', `ws://127.0.0.1:0${INCOMING_PATH}`, '--qmp', `unix:${qmpPath}`, '--json', '--verify'];
+    const args = [options.cliPath, 'run', '--machine', 'v86', '--ram', String(options.ramSizeBytes), '--incoming', `ws://127.0.0.1:0${INCOMING_PATH}`, '--qmp', `unix:${qmpPath}`, '--json', '--verify', ...TO_TAB_MIGRATION_ARGS];
     const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     const vm = new ServerVm(child, dir);
     try {
