@@ -5,7 +5,7 @@
  * back into a fresh page (Node -> browser), N runs (default 3); total time,
  * downtime and throughput of each, and their medians.
  *
- *   npm run build && node dist/scripts/browser-bench.js [--runs 3] [--ram-mib 128]
+ *   npm run build && node dist/scripts/browser-bench.js [--runs 3] [--ram-mib 128] [--downtime-limit-ms MS]
  *
  * browser -> Node: the page's migrateOut result (the source's figures).
  * Node -> browser: the server VM's query-migrate (the source's figures), and
@@ -21,7 +21,7 @@ interface Figures {
   bytes: number;
 }
 
-const { values } = parseArgs({ options: { runs: { type: 'string', default: '3' }, 'ram-mib': { type: 'string', default: '128' } } });
+const { values } = parseArgs({ options: { runs: { type: 'string', default: '3' }, 'ram-mib': { type: 'string', default: '128' }, 'downtime-limit-ms': { type: 'string' } } });
 const runs = Number(values.runs);
 const ramMiB = Number(values['ram-mib']);
 if (!Number.isInteger(runs) || runs < 1) throw new Error(`--runs: a positive integer, not '${values.runs}'`);
@@ -53,7 +53,8 @@ const toNode: Figures[] = [];
 const toBrowser: Figures[] = [];
 const toBrowserPageMs: number[] = [];
 try {
-  const url = `${serve.url}?ram=${ramMiB}`;
+  // --downtime-limit-ms: the page's limit for browser -> Node (its default is 2000).
+  const url = `${serve.url}?ram=${ramMiB}${values['downtime-limit-ms'] ? `&downtime-limit=${Number(values['downtime-limit-ms'])}` : ''}`;
   for (let run = 1; run <= runs; run++) {
     const first = await openServePage(browser.context, url);
     await waitForWhere(first.page, 'tab', 60_000);
@@ -90,7 +91,7 @@ const row = (name: string, fs: Figures[]): string =>
   `| ${name} | ${Math.round(median(fs.map((f) => f.totalMs)))} ms | ${Math.round(median(fs.map((f) => f.downtimeMs)))} ms | ${median(fs.map(mbps)).toFixed(0)} Mbit/s | ${(median(fs.map((f) => f.bytes)) / 2 ** 20).toFixed(1)} MiB | ${fs.map((f) => Math.round(f.totalMs)).join(', ')} |`;
 process.stdout.write(
   [
-    `v86 ${ramMiB} MiB (multiboot test kernel), ${runs} runs, medians:`,
+    `v86 ${ramMiB} MiB (multiboot test kernel), ${runs} runs, medians; downtime-limit browser -> Node ${values['downtime-limit-ms'] ?? 2000} ms, Node -> browser 2000 ms:`,
     '',
     '| direction | total | downtime | throughput | sent | total per run (ms) |',
     '|---|---|---|---|---|---|',
