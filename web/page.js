@@ -328,7 +328,11 @@ setInterval(() => void pollStatus(), STATUS_POLL_MS);
 try {
   const status = await api('/api/status');
   showServer(status);
-  if (status.vm && (status.vm.phase === 'running' || status.vm.phase === 'receiving')) {
+  if (status.vm?.phase === 'migrated') {
+    // Sent to a tab that never confirmed: the server keeps it paused rather than risk two running copies.
+    setWhere('error', `paused on the server (pid ${status.vm.pid}): it was sent to a tab that did not confirm it runs`);
+    log('the VM was sent to another tab, which did not confirm; the server keeps it paused', true);
+  } else if (status.vm) {
     state.serverPid = status.vm.pid;
     setWhere('server', `on the server, pid ${status.vm.pid}`);
     log(`the VM runs on the server (pid ${status.vm.pid}); "Bring it back" moves it into this tab`);
