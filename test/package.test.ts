@@ -71,7 +71,7 @@ test('the package: packed without tests or benchmarks, installed offline into an
     const files = pack.files.map((f) => f.path);
     assert.deepEqual(files.filter((f) => /^(test|bench|scripts|docs|src)\/|^dist\/(test|bench|scripts)\//.test(f)), [], 'no tests, benchmarks, scripts, docs or TypeScript sources');
     assert.deepEqual(files.filter((f) => f.endsWith('.map')), [], 'no source maps (they would point at sources not shipped)');
-    for (const f of ['package.json', 'README.md', 'dist/src/index.js', 'dist/src/index.d.ts', 'dist/src/qmp.js', 'dist/src/qmp.d.ts', 'dist/src/cli/main.js', 'dist/src/machine/test-machine-worker.js', 'guests/multiboot/livemig-test-kernel.bin', 'examples/custom-machine.mjs']) {
+    for (const f of ['package.json', 'README.md', 'dist/src/index.js', 'dist/src/index.d.ts', 'dist/src/qmp.js', 'dist/src/qmp.d.ts', 'dist/src/cli/main.js', 'dist/src/machine/test-machine-worker.js', 'guests/multiboot/livemig-test-kernel.bin', 'examples/custom-machine.mjs', 'web/index.html', 'web/page.js']) {
       assert.ok(files.includes(f), `the tarball holds ${f}`);
     }
     assert.ok(pack.entryCount < 400, `a lean tarball: ${pack.entryCount} files`);

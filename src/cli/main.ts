@@ -8,6 +8,7 @@ import { describeGuestTypes, guestTypes } from '../guests/index.js';
 import { demoCommand, type DemoOptions } from './demo-command.js';
 import { registerMigrateCommands } from './migrate-command.js';
 import { runCommand } from './run-command.js';
+import { serveCommand } from './serve-command.js';
 import { restoreTerminalOnExit } from './terminal.js';
 
 restoreTerminalOnExit();
@@ -102,6 +103,17 @@ program
   .option('-o, --output <file>', 'the HTML file to write', 'report.html')
   .action(async (events: string, options: { output: string }) => {
     process.exitCode = await reportCommand(events, options);
+  });
+
+program
+  .command('serve')
+  .description('serve a page that runs a v86 VM in a browser tab and moves it live into a livemig run on this host and back')
+  .option('--port <port>', 'the HTTP port (0 picks a free one)', '8086')
+  .option('--host <host>', 'the address to listen on (the page drives VMs on this host: keep it on a trusted network)', '127.0.0.1')
+  .option('--json', 'print JSON events, one per line (the first, serving, has the URL and port)')
+  .action(async (options: { port: string; host: string; json?: boolean }) => {
+    process.exitCode = await serveCommand(options);
+    process.exit();
   });
 
 registerMigrateCommands(program);
