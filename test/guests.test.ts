@@ -6,7 +6,7 @@ import { createGuest, describeGuestTypes, guestType, guestTypeNames, registerGue
 test('the built-in guest types are registered, test first', () => {
   assert.deepEqual(guestTypeNames().slice(0, 2), ['test', 'v86']);
   assert.match(describeGuestTypes(), /^test \(built-in\), v86 \(an x86 PC\)|^test \(built-in\) or v86 \(an x86 PC\)/);
-  assert.deepEqual(guestType('v86').variants?.map((v) => v.name), ['multiboot', 'linux']);
+  assert.deepEqual(guestType('v86').variants?.map((v) => v.name), ['multiboot', 'linux', 'linux-disk']);
 });
 
 test('an unknown machine names the registered ones', async () => {
@@ -34,5 +34,5 @@ test('a registered guest type is created by name, and names are unique', async (
 
 test('the test guest checks its options as before', async () => {
   await assert.rejects(createGuest({ machine: 'test', ramSizeBytes: 8 << 20, incoming: false, dirtyRatePagesPerSecond: 0, pattern: 'zigzag' }), /--pattern: sequential or random, got 'zigzag'/);
-  await assert.rejects(createGuest({ machine: 'v86', guest: 'dos', ramSizeBytes: 32 << 20, incoming: false, dirtyRatePagesPerSecond: 0, pattern: 'sequential' }), /--guest: multiboot or linux, got 'dos'/);
+  await assert.rejects(createGuest({ machine: 'v86', guest: 'dos', ramSizeBytes: 32 << 20, incoming: false, dirtyRatePagesPerSecond: 0, pattern: 'sequential' }), /--guest: multiboot or linux or linux-disk, got 'dos'/);
 });
