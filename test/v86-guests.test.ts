@@ -6,34 +6,14 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { linuxImageExists } from '../src/images/linux-image.js';
 import { QmpClient } from '../src/monitor/qmp-client.js';
-import { cliPath } from './helpers/paths.js';
+import { startRun } from './helpers/run-process.js';
 
-type Event = { event: string } & Record<string, any>;
 
-function startRun(args: string[]) {
-  const child = spawn(process.execPath, [cliPath, 'run', '--json', ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
-  const events: Event[] = [];
-  let stderr = '';
-  child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s));
-  createInterface({ input: child.stdout }).on('line', (line) => events.push(JSON.parse(line)));
-  const serial = (from = 0): string => events.slice(from).filter((e) => e.event === 'serial').map((e) => e.text).join('');
-  const until = async (test: () => boolean, what: string, timeoutMs = 180_000): Promise<void> => {
-    const deadline = Date.now() + timeoutMs;
-    while (!test()) {
-      if (child.exitCode !== null) throw new Error(`livemig exited (${child.exitCode}) before ${what}: ${stderr}`);
-      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}; serial so far: ${serial().slice(-500)}`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  };
-  return { child, events, serial, until, stderr: () => stderr };
-}
 
 async function waitMigration(src: QmpClient): Promise<Record<string, any>> {
   for (;;) {

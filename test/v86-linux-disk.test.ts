@@ -17,12 +17,11 @@ import { copyFile, mkdtemp, open, readFile, rm, truncate, writeFile } from 'node
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
-import { createInterface } from 'node:readline';
 import { INCOMING_SUFFIX } from '../src/block/incoming-image.js';
 import { readCpio } from '../src/images/cpio.js';
 import { QmpClient } from '../src/monitor/qmp-client.js';
-import { cliPath } from './helpers/paths.js';
 import { defaultLinuxImageDir, DISKCHECK_LINES, LINUX_DISK_SIZE_BYTES, linuxDiskImagePath, loadLinuxImage } from '../src/images/linux-image.js';
+import { startRun as startRunProcess } from './helpers/run-process.js';
 
 const NO_DISK = `no Linux disk guest in ${defaultLinuxImageDir}: run \`npm run images\` (needs Debian packages gcc-multilib, seabios and e2fsprogs)`;
 
@@ -109,27 +108,10 @@ test('diskcheck catches a flipped byte and a lost write, and answers a request',
 
 // ---- Between two processes ----
 
-type Event = { event: string } & Record<string, any>;
+const startRun = (args: string[]) => startRunProcess(args, 120_000);
 const MiB = 1 << 20;
 const BOOT_TIMEOUT_MS = 300_000; // about 60 s to the first check here; a loaded 2-core machine is much slower
 
-function startRun(args: string[]) {
-  const child = spawn(process.execPath, [cliPath, 'run', '--json', ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
-  const events: Event[] = [];
-  let stderr = '';
-  child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s));
-  createInterface({ input: child.stdout }).on('line', (line) => events.push(JSON.parse(line)));
-  const serial = (from = 0): string => events.slice(from).filter((e) => e.event === 'serial').map((e) => e.text).join('');
-  const until = async (test: () => boolean, what: string, timeoutMs = 120_000): Promise<void> => {
-    const deadline = Date.now() + timeoutMs;
-    while (!test()) {
-      if (child.exitCode !== null) throw new Error(`livemig exited (${child.exitCode}) before ${what}: ${stderr}`);
-      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}; serial so far: ${serial().slice(-800)}`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  };
-  return { child, events, serial, until, stderr: () => stderr };
-}
 type Run = ReturnType<typeof startRun>;
 
 async function stopAll(...runs: Array<Run | undefined>): Promise<void> {
