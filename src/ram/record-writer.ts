@@ -92,6 +92,29 @@ export class RamRecordWriter {
     return n + 1;
   }
 
+  /**
+   * `count` ZERO records for consecutive pages of one block from
+   * `firstOffsetBytes` (the first names the block unless it continues the
+   * last one; the rest continue it), in one loop: the bytes of `count`
+   * writeZero() calls.
+   */
+  writeZeroRun(out: StreamWriter, idstr: string, firstOffsetBytes: number, count: number): number {
+    if (count <= 0) return 0;
+    this.checkOffset(firstOffsetBytes + (count - 1) * TARGET_PAGE_SIZE);
+    let n = this.writeZero(out, idstr, firstOffsetBytes, 0);
+    if (this.options.useContinue === false) {
+      for (let i = 1; i < count; i++) n += this.writeZero(out, idstr, firstOffsetBytes + i * TARGET_PAGE_SIZE, 0);
+      return n;
+    }
+    const flags = RAM_FLAG_ZERO | RAM_FLAG_CONTINUE;
+    for (let i = 1; i < count; i++) {
+      const offsetBytes = firstOffsetBytes + i * TARGET_PAGE_SIZE;
+      // Page aligned: the flags fit the low 12 bits, which are zero.
+      out.be64Parts(Math.floor(offsetBytes / 0x100000000), ((offsetBytes >>> 0) | flags) >>> 0).u8(0);
+    }
+    return n + (count - 1) * (RAM_RECORD_HEADER_BYTES + 1);
+  }
+
   /** A raw page: header + 4096 bytes. */
   writePage(out: StreamWriter, idstr: string, offsetBytes: number, page: Uint8Array): number {
     if (page.length !== TARGET_PAGE_SIZE) throw new RangeError(`page of ${page.length} bytes, expected ${TARGET_PAGE_SIZE}`);

@@ -203,11 +203,26 @@ export class StreamReader {
     return v;
   }
 
+  /** The be32 `ahead` bytes past the next one, without consuming anything (see u8Sync). */
+  peekBe32Sync(ahead = 0): number {
+    if (this.buffer.length - this.position < ahead + 4) throw new RangeError('peekBe32Sync past the buffered bytes');
+    return this.view.getUint32(this.position + ahead);
+  }
+
+  /** Consume `n` buffered bytes (see u8Sync). */
+  skipSync(n: number): void {
+    if (this.buffer.length - this.position < n) throw new RangeError('skipSync past the buffered bytes');
+    this.position += n;
+  }
+
   /** Copy `n` buffered bytes into `target` at `targetOffset` (see u8Sync). */
   readIntoSync(target: Uint8Array, targetOffset: number, n: number): void {
     const at = this.position;
-    if (this.buffer.length - at < n) throw new RangeError('readIntoSync past the buffered bytes');
-    copyBytes(target, targetOffset, this.buffer.subarray(at, at + n));
+    const buffer = this.buffer;
+    if (buffer.length - at < n) throw new RangeError('readIntoSync past the buffered bytes');
+    // A plain Uint8Array view: a Buffer's subarray() builds its view through the
+    // species constructor, which costs more than the 4 KiB page copy's setup.
+    copyBytes(target, targetOffset, new Uint8Array(buffer.buffer, buffer.byteOffset + at, n));
     this.position = at + n;
   }
 

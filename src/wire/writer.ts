@@ -169,6 +169,19 @@ export class StreamWriter {
     return this;
   }
 
+  /**
+   * A 64-bit value given as its high and low 32-bit halves (unsigned), with
+   * no range checks: for hot loops whose values are known good (runs of RAM
+   * records).
+   */
+  be64Parts(high: number, low: number): this {
+    this.room(8);
+    this.view.setUint32(this.position, high);
+    this.view.setUint32(this.position + 4, low);
+    this.position += 8;
+    return this;
+  }
+
   bytes(data: Uint8Array): this {
     const n = data.length;
     if (this.limit - this.position >= n) {
