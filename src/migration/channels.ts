@@ -13,7 +13,7 @@
  *   accepted from a page): openedChannels().
  */
 import type { MultifdReceiver, MultifdReceiverOptions } from '../ram/multifd/receiver.js';
-import type { MultifdSender, MultifdSenderOptions } from '../ram/multifd/sender.js';
+import type { MultifdSender, MultifdSenderOptions, MultifdSendThreads } from '../ram/multifd/sender.js';
 import type { IncomingListener, ListenOptions } from '../transport/incoming.js';
 import type { TlsClientSettings } from '../transport/tls.js';
 import { TransportError } from '../transport/errors.js';
@@ -32,6 +32,8 @@ export interface MigrationChannels {
   /** Multifd's channels and threads; absent where there are none (a browser): multifd is then refused. */
   readonly multifd?: {
     openSender(options: MultifdSenderOptions): Promise<MultifdSender>;
+    /** Start the send threads before the migration (given to openSender as `prestarted`); undefined where threads cannot be used. */
+    prestartSender?(options: Omit<MultifdSenderOptions, 'connect'>): MultifdSendThreads | undefined;
     createReceiver(options: MultifdReceiverOptions): MultifdReceiver;
   };
 }

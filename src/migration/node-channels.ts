@@ -5,7 +5,7 @@
  * changes for its callers; the browser bundle never includes it.
  */
 import { MultifdReceiver } from '../ram/multifd/receiver.js';
-import { MultifdSender } from '../ram/multifd/sender.js';
+import { MultifdSender, MultifdSendThreads } from '../ram/multifd/sender.js';
 import { listenIncoming } from '../transport/incoming.js';
 import { connectOutgoing } from '../transport/outgoing.js';
 import type { MigrationChannels } from './channels.js';
@@ -16,6 +16,7 @@ export const NODE_CHANNELS: MigrationChannels = {
   listen: (uri, options) => listenIncoming(uri, options),
   multifd: {
     openSender: (options) => MultifdSender.open(options),
+    prestartSender: (options) => MultifdSendThreads.start(options),
     createReceiver: (options) => new MultifdReceiver(options),
   },
 };

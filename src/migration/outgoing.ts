@@ -18,7 +18,7 @@ import type { BlockSaveHandler } from '../block/block-handler.js';
 import type { Machine } from '../machine/machine.js';
 import type { RamSaveHandler, RamSaveStats } from '../ram/index.js';
 import { MULTIFD_PROTOCOL_ERROR } from '../ram/multifd/packet.js';
-import type { MultifdSender } from '../ram/multifd/sender.js';
+import type { MultifdSender, MultifdSenderOptions, MultifdSendThreads } from '../ram/multifd/sender.js';
 import { saveCleanup, SaveVmState, storeGlobalState } from '../savevm/index.js';
 import { parseMigrationUri } from '../transport/uri.js';
 import {
@@ -177,6 +177,12 @@ export interface OutgoingMigrationOptions {
   security?: ChannelSecurity;
   /** How channels are opened (default: Node's transports; in a browser, browserChannels()). */
   channels?: MigrationChannels;
+  /**
+   * Start multifd's send threads as soon as multifd is on (default true), not
+   * at migrate time; false for a machine that waits to be migrated into
+   * (a destination sends nothing).
+   */
+  prestartThreads?: boolean;
 }
 
 export class OutgoingMigration extends TypedEmitter<OutgoingMigrationEvents> {
@@ -201,7 +207,46 @@ export class OutgoingMigration extends TypedEmitter<OutgoingMigrationEvents> {
     private readonly options: OutgoingMigrationOptions = {},
   ) {
     super();
-    config.on('parameters', () => this.wakeLoop?.());
+    config.on('parameters', () => {
+      this.wakeLoop?.();
+      this.prestartMultifd();
+    });
+    config.on('capabilities', () => this.prestartMultifd());
+    this.prestartMultifd();
+  }
+
+  /** Multifd's send threads, started while no migration runs so that the next one does not wait for them. */
+  private multifdThreads: MultifdSendThreads | undefined;
+
+  /** The send threads' options for the parameters as they are now. */
+  private multifdThreadOptions(): Omit<MultifdSenderOptions, 'connect'> {
+    const p = this.parameters;
+    return {
+      channels: p['multifd-channels'],
+      blocks: this.machine.ramBlocks(),
+      compression: p['multifd-compression'],
+      level: p['multifd-compression'] === 'zstd' ? p['multifd-zstd-level'] : p['multifd-zlib-level'],
+    };
+  }
+
+  /**
+   * With multifd on and no migration running, have its send threads started
+   * now (a Node worker thread takes ~30 ms to start, which would otherwise be
+   * part of the next migration's setup); with other parameters, new ones; with
+   * multifd off, none. Idle threads do not keep the process alive.
+   */
+  private prestartMultifd(): void {
+    if (ACTIVE_STATES.has(this.currentStatus) || this.options.prestartThreads === false) return;
+    void this.channels()
+      .then((channels) => {
+        if (ACTIVE_STATES.has(this.currentStatus)) return;
+        const options = this.multifdThreadOptions();
+        const wanted = this.config.capabilities.multifd && channels.multifd?.prestartSender !== undefined;
+        if (wanted && this.multifdThreads?.matches(options)) return;
+        this.multifdThreads?.dispose();
+        this.multifdThreads = wanted ? channels.multifd!.prestartSender!(options) : undefined;
+      })
+      .catch(() => {}); // no channels here: start() says why
   }
 
   get parameters(): Readonly<MigrationParameters> {
@@ -534,18 +579,12 @@ export class OutgoingMigration extends TypedEmitter<OutgoingMigrationEvents> {
     const connected = run.watchdog.busy(connect);
     // The channels' threads start now; their connections follow the main one
     // (a 7.2 destination takes the first connection as main).
-    const p = this.parameters;
+    // Threads started ahead are used if they fit the parameters now (else ended).
+    const prestarted = this.multifdThreads;
+    this.multifdThreads = undefined;
     const opening = multifd
-      ? channels.multifd!.openSender({
-          uri: run.uri,
-          connect,
-          after: connected,
-          channels: p['multifd-channels'],
-          blocks: this.machine.ramBlocks(),
-          compression: p['multifd-compression'],
-          level: p['multifd-compression'] === 'zstd' ? p['multifd-zstd-level'] : p['multifd-zlib-level'],
-        })
-      : undefined;
+      ? channels.multifd!.openSender({ uri: run.uri, connect, after: connected, ...this.multifdThreadOptions(), ...(prestarted ? { prestarted } : {}) })
+      : (prestarted?.dispose(), undefined);
     opening?.catch(() => {});
     const channel = await connected;
     run.channel = channel;

@@ -89,7 +89,8 @@ export class MachineMonitor extends EventEmitter<{
     this.runState = options.incoming !== undefined ? 'inmigrate' : machine.running ? 'running' : 'paused';
     this.config = options.config ?? new MigrationConfig();
     this.objects = options.objects ?? new ObjectRegistry();
-    this.migration = new OutgoingMigration(machine, this.config, { security: this.objects });
+    // A destination sends nothing: no multifd send threads started ahead for it.
+    this.migration = new OutgoingMigration(machine, this.config, { security: this.objects, prestartThreads: options.incoming === undefined });
     this.commandTable = this.commands();
     this.server = new QmpServer({ version: QMP_VERSION, commands: this.commandTable });
     this.wireOutgoingEvents();

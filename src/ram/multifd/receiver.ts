@@ -117,8 +117,6 @@ export class MultifdReceiver {
     };
     const worker = new Worker(new URL('./recv-worker.js', import.meta.url), { workerData: data });
     const thread: RecvThread = { worker, channels: new Map(), exited: false };
-    // Idle until it adopts a channel: it neither keeps the process alive nor fails the receiver.
-    worker.unref();
     worker.on('message', (message: RecvWorkerMessage) => thread.channels.get(message.key)?.onMessage(message));
     const lost = (why: string, cause?: Error): void => {
       thread.exited = true;
@@ -126,6 +124,9 @@ export class MultifdReceiver {
     };
     worker.on('error', (err) => lost(`its thread failed: ${err.message}`, err));
     worker.on('exit', () => lost('its thread ended'));
+    // Idle until it adopts a channel: it does not keep the process alive. (After the
+    // listeners: adding a 'message' listener refs the worker's port again.)
+    worker.unref();
     return thread;
   }
 

@@ -60,6 +60,11 @@ export interface MultifdSenderOptions {
   /** A module (URL or path) that registers compression codecs, loaded in each worker. */
   codecModule?: string;
   /**
+   * Threads started ahead (MultifdSendThreads.start, when the capability was
+   * set): used when they were started for these options, else ended.
+   */
+  prestarted?: MultifdSendThreads;
+  /**
    * Settles once the main channel is connected: the channels connect after it
    * (a 7.2 destination takes the first connection as the main one), but their
    * worker threads start at once, so their start-up overlaps the main connect.
@@ -88,6 +93,73 @@ export function sharedBlocks(blocks: readonly RamBlock[]): Array<{ idstr: string
   return out;
 }
 
+/** The options that decide how send threads are set up (a thread gets them when it starts). */
+type ThreadOptions = Pick<MultifdSenderOptions, 'channels' | 'blocks' | 'uuid' | 'compression' | 'level' | 'sendThreads' | 'codecModule' | 'useWorkers'>;
+
+/** Each thread's start-up data, or undefined when the channels cannot run in threads (RAM that is not shared memory). */
+function planThreads(options: ThreadOptions): SendWorkerData[] | undefined {
+  const shared = sharedBlocks(options.blocks);
+  if (options.useWorkers === false || shared === undefined) return undefined;
+  const n = options.channels;
+  // No more threads than cores: channel `id` is sent by thread `id % threads`.
+  const threads = Math.max(1, Math.min(n, options.sendThreads ?? availableParallelism()));
+  const plan: SendWorkerData[] = [];
+  for (let t = 0; t < threads; t++) {
+    const ids: number[] = [];
+    for (let id = t; id < n; id += threads) ids.push(id);
+    plan.push({ channels: ids, uuid: options.uuid ?? ZERO_UUID, blocks: shared, compression: options.compression ?? 'none', level: options.level ?? 1, ...(options.codecModule ? { codecModule: options.codecModule } : {}) });
+  }
+  return plan;
+}
+
+function samePlan(a: readonly SendWorkerData[], b: readonly SendWorkerData[]): boolean {
+  const key = (d: SendWorkerData): string => JSON.stringify([d.channels, [...d.uuid], d.compression, d.level, d.codecModule ?? '', d.blocks.map((x) => [x.idstr, x.byteOffset, x.lengthBytes])]);
+  // Block memories are compared by identity: a machine with other RAM needs other threads.
+  return a.length === b.length && a.every((d, i) => key(d) === key(b[i]!) && d.blocks.every((x, j) => x.buffer === b[i]!.blocks[j]!.buffer));
+}
+
+/**
+ * Send threads started before a migration, when multifd is switched on: a
+ * Node worker thread takes ~30 ms of CPU to start, which would otherwise be
+ * part of the migration's setup (QEMU starts a pthread in microseconds).
+ * They wait idle, not keeping the process alive, until open() takes them.
+ */
+export class MultifdSendThreads {
+  private threads: SendThread[] | undefined;
+
+  private constructor(private readonly plan: SendWorkerData[]) {
+    this.threads = plan.map((data) => new SendThread(data, { idle: true }));
+  }
+
+  /** Threads for a sender with these options; undefined when its channels could not run in threads. */
+  static start(options: ThreadOptions): MultifdSendThreads | undefined {
+    const plan = planThreads(options);
+    return plan ? new MultifdSendThreads(plan) : undefined;
+  }
+
+  /** Whether these threads serve a sender with `options` (and are all still there). */
+  matches(options: ThreadOptions): boolean {
+    const plan = planThreads(options);
+    return this.threads !== undefined && plan !== undefined && samePlan(plan, this.plan) && this.threads.every((t) => !t.hasExited);
+  }
+
+  /** The threads for a sender that plans `plan`, handed over once; undefined (and the threads ended) if they do not fit. */
+  take(plan: readonly SendWorkerData[]): SendThread[] | undefined {
+    const threads = this.threads;
+    this.threads = undefined;
+    if (threads === undefined) return undefined;
+    if (samePlan(plan, this.plan) && threads.every((t) => !t.hasExited)) return threads;
+    for (const t of threads) t.terminate();
+    return undefined;
+  }
+
+  /** End the threads (multifd switched off, other parameters). */
+  dispose(): void {
+    for (const t of this.threads ?? []) t.terminate();
+    this.threads = undefined;
+  }
+}
+
 export class MultifdSender {
   /** Header + page bytes of every packet handed to channels (QEMU's multifd-bytes; the init packets are not counted, as 7.2). */
   bytes = 0;
@@ -109,6 +181,9 @@ export class MultifdSender {
   private readonly ready: Job[] = [];
   private finished = false;
 
+  /** The channels' threads were started ahead (MultifdSenderOptions.prestarted). */
+  prestarted = false;
+
   private constructor(private readonly channels: SenderChannel[], private readonly maxInflight: number, workers: boolean) {
     this.workers = workers;
   }
@@ -122,24 +197,23 @@ export class MultifdSender {
     const compression = options.compression ?? 'none';
     const level = options.level ?? 1;
     await ensureMultifdCodecs(compression);
-    const shared = sharedBlocks(options.blocks);
-    const useWorkers = (options.useWorkers ?? true) && shared !== undefined;
+    const plan = planThreads(options);
+    const useWorkers = plan !== undefined;
     const opened: SenderChannel[] = [];
     const sender = new MultifdSender(opened, options.maxInflight ?? DEFAULT_MAX_INFLIGHT, useWorkers);
     let allWorkers = useWorkers;
-    // Threads start before their connections (tens of milliseconds each; they get the descriptor later).
+    // Threads start before their connections (tens of milliseconds each; they get the descriptor later),
+    // unless they were started ahead for these very options.
     const spare: WorkerSenderChannel[] = [];
+    const prestarted = plan ? options.prestarted?.take(plan) : (options.prestarted?.dispose(), undefined);
     try {
-      if (useWorkers) {
-        // No more threads than cores: channel `id` is sent by thread `id % threads`.
-        const threads = Math.max(1, Math.min(n, options.sendThreads ?? availableParallelism()));
-        for (let t = 0; t < threads; t++) {
-          const ids: number[] = [];
-          for (let id = t; id < n; id += threads) ids.push(id);
-          const data: SendWorkerData = { channels: ids, uuid, blocks: shared!, compression, level, ...(options.codecModule ? { codecModule: options.codecModule } : {}) };
-          const thread = new SendThread(data);
-          for (const id of ids) spare[id] = new WorkerSenderChannel(id, thread, (err) => sender.fail(err));
-        }
+      if (plan) {
+        sender.prestarted = prestarted !== undefined;
+        plan.forEach((data, t) => {
+          const thread = prestarted?.[t] ?? new SendThread(data);
+          thread.ref();
+          for (const id of data.channels) spare[id] = new WorkerSenderChannel(id, thread, (err) => sender.fail(err));
+        });
       }
       await options.after;
       const pending = [];
@@ -348,7 +422,8 @@ class SendThread {
   private readonly dropped = new Set<number>();
   private exited = false;
 
-  constructor(private readonly data: SendWorkerData) {
+  /** `idle`: started ahead of its channels; it does not keep the process alive until ref(). */
+  constructor(private readonly data: SendWorkerData, options: { idle?: boolean } = {}) {
     this.worker = new Worker(new URL('./send-worker.js', import.meta.url), { workerData: data });
     this.worker.on('message', (msg: { type: string; ch: number; seq?: number; message?: string }) => this.channels.get(msg.ch)?.onMessage(msg));
     this.worker.on('error', (err) => {
@@ -358,10 +433,21 @@ class SendThread {
       this.exited = true;
       for (const ch of this.channels.values()) ch.threadExited();
     });
+    // After the listeners: adding a 'message' listener refs the worker's port again.
+    if (options.idle) this.worker.unref();
   }
 
   attach(ch: WorkerSenderChannel): void {
     this.channels.set(ch.id, ch);
+  }
+
+  get hasExited(): boolean {
+    return this.exited;
+  }
+
+  /** Its channels are in use: it keeps the process alive until it ends. */
+  ref(): void {
+    this.worker.ref();
   }
 
   post(message: unknown): void {
