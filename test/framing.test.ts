@@ -1,7 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  MemorySink,
   MemorySource,
   readConfiguration,
   readFileHeader,
@@ -11,7 +10,6 @@ import {
   SectionType,
   StreamError,
   StreamReader,
-  StreamWriter,
   writeCommand,
   writeConfiguration,
   writeEof,
@@ -21,18 +19,12 @@ import {
   writeShortSectionHeader,
   writeVmdesc,
 } from '../src/wire/index.js';
+import { written } from './helpers/written.js';
 
 const hex = (s: string): Uint8Array => Uint8Array.from(Buffer.from(s.replace(/\s+/g, ''), 'hex'));
 const ascii = (s: string): string => Buffer.from(s, 'latin1').toString('hex');
 const reader = (bytes: Uint8Array): StreamReader => new StreamReader(new MemorySource(bytes, 3));
 
-async function written(fn: (w: StreamWriter) => void): Promise<Uint8Array> {
-  const sink = new MemorySink();
-  const w = new StreamWriter(sink);
-  fn(w);
-  await w.flush();
-  return sink.bytes();
-}
 
 // Reference 2.4 [verified]: `-M none` with x-ignore-shared + validate-uuid.
 const VERIFIED_CONFIGURATION = hex(

@@ -6,12 +6,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   MAX_PACKAGE_BYTES,
-  MemorySink,
   MemorySource,
   MigCommand,
   StreamError,
   StreamReader,
-  StreamWriter,
   parsePackagedLength,
   parsePostcopyAdvise,
   parseRamDiscard,
@@ -27,17 +25,11 @@ import {
   writeReqPages,
   writeResumeAck,
 } from '../src/wire/index.js';
+import { written } from './helpers/written.js';
 
 const hex = (text: string): Uint8Array => Uint8Array.from(Buffer.from(text.replace(/\s+/g, ''), 'hex'));
 const ascii = (text: string): string => Buffer.from(text, 'latin1').toString('hex');
 
-async function written(write: (out: StreamWriter) => void): Promise<Uint8Array> {
-  const sink = new MemorySink();
-  const out = new StreamWriter(sink);
-  write(out);
-  await out.flush();
-  return sink.bytes();
-}
 
 const reader = (bytes: Uint8Array, chunk = 3): StreamReader => new StreamReader(new MemorySource(bytes, chunk));
 

@@ -13,7 +13,8 @@ import {
   type RamBlockTable,
   type RamLoadOptions,
 } from '../src/ram/index.js';
-import { MemorySink, MemorySource, StreamError, StreamReader, StreamWriter, type StreamErrorCode } from '../src/wire/index.js';
+import { MemorySource, StreamError, StreamReader, type StreamErrorCode, type StreamWriter } from '../src/wire/index.js';
+import { written } from './helpers/written.js';
 
 const PAGE = 4096;
 const ZERO = 0x02;
@@ -27,14 +28,6 @@ function ctx(versionId = 4): LoadSectionContext {
   return { kind: 'part', versionId, idstr: 'ram', instanceId: 0, sectionId: 2, offset: 0 };
 }
 
-/** Build a body with a StreamWriter; returns its bytes. */
-async function body(build: (w: StreamWriter) => void): Promise<Uint8Array> {
-  const sink = new MemorySink();
-  const w = new StreamWriter(sink);
-  build(w);
-  await w.flush();
-  return sink.bytes();
-}
 
 function machine(): { table: FixedRamBlockTable; ram: Uint8Array; rom: Uint8Array } {
   const ram = new Uint8Array(16 * PAGE);
@@ -63,7 +56,7 @@ async function rejects(table: RamBlockTable, bytes: Uint8Array, code: StreamErro
 describe('RAM loader: accepted input', () => {
   it('takes a block list that omits blocks when the lengths add up (L3)', async () => {
     const { table } = machine();
-    const bytes = await body((w) => w.be64(16 * PAGE + MEM_SIZE).countedString('pc.ram').be64(16 * PAGE).be64(EOS));
+    const bytes = await written((w) => w.be64(16 * PAGE + MEM_SIZE).countedString('pc.ram').be64(16 * PAGE).be64(EOS));
     const loader = await load(table, bytes);
     assert.equal(loader.stats.blocks.length, 1);
     assert.equal(loader.stats.blocks[0]?.listedLengthBytes, 16 * PAGE);
@@ -71,7 +64,7 @@ describe('RAM loader: accepted input', () => {
 
   it('reads a guest physical address per entry with x-ignore-shared', async () => {
     const { table } = machine();
-    const bytes = await body((w) => w.be64(2 * PAGE + MEM_SIZE).countedString('pc.rom').be64(2 * PAGE).be64(0xfffc0000).be64(EOS));
+    const bytes = await written((w) => w.be64(2 * PAGE + MEM_SIZE).countedString('pc.rom').be64(2 * PAGE).be64(0xfffc0000).be64(EOS));
     const loader = await load(table, bytes, { ignoreShared: true });
     assert.equal(loader.stats.blocks[0]?.guestPhysicalAddress, 0xfffc0000);
   });
@@ -79,7 +72,7 @@ describe('RAM loader: accepted input', () => {
   it('resizes a resizeable block to the listed length', async () => {
     const memory = new Uint8Array(8 * PAGE);
     const block = new DenseRamBlock('acpi', memory, { lengthBytes: 2 * PAGE, resizeable: true });
-    const bytes = await body((w) => w.be64(4 * PAGE + MEM_SIZE).countedString('acpi').be64(4 * PAGE).be64(EOS));
+    const bytes = await written((w) => w.be64(4 * PAGE + MEM_SIZE).countedString('acpi').be64(4 * PAGE).be64(EOS));
     await load(new FixedRamBlockTable([block]), bytes);
     assert.equal(block.lengthBytes, 4 * PAGE);
   });
@@ -88,7 +81,7 @@ describe('RAM loader: accepted input', () => {
     const { table, ram, rom } = machine();
     ram.fill(0xaa, 3 * PAGE, 4 * PAGE);
     const raw = new Uint8Array(PAGE).map((_, i) => i & 0xff);
-    const bytes = await body((w) => {
+    const bytes = await written((w) => {
       w.be64(0 + ZERO).countedString('pc.ram').u8(0); // zero page already zero
       w.be64(PAGE + ZERO + CONT).u8(0xab); // fill byte 0xab
       w.be64(2 * PAGE + RAW).countedString('pc.ram').bytes(raw); // name repeated instead of CONTINUE
@@ -122,8 +115,8 @@ describe('RAM loader: accepted input', () => {
   it('keeps the last block across sections; loadSetup() forgets it (S13)', async () => {
     const { table, ram } = machine();
     const loader = new RamLoadHandler(table);
-    await load(table, await body((w) => w.be64(5 * PAGE + ZERO).countedString('pc.ram').u8(7).be64(EOS)), {}, loader);
-    const continued = await body((w) => w.be64(6 * PAGE + ZERO + CONT).u8(9).be64(EOS));
+    await load(table, await written((w) => w.be64(5 * PAGE + ZERO).countedString('pc.ram').u8(7).be64(EOS)), {}, loader);
+    const continued = await written((w) => w.be64(6 * PAGE + ZERO + CONT).u8(9).be64(EOS));
     await load(table, continued, {}, loader);
     assert.equal(ram[6 * PAGE], 9);
     loader.loadSetup();
@@ -132,38 +125,38 @@ describe('RAM loader: accepted input', () => {
 
   it('accepts EOS-only sections (L9)', async () => {
     const { table } = machine();
-    const loader = await load(table, await body((w) => w.be64(EOS)));
+    const loader = await load(table, await written((w) => w.be64(EOS)));
     assert.equal(loader.stats.eosRecords, 1);
   });
 });
 
 describe('RAM loader: rejected input', () => {
   it('rejects section versions other than 4', async () => {
-    const eos = await body((w) => w.be64(EOS));
+    const eos = await written((w) => w.be64(EOS));
     await rejects(machine().table, eos, 'version-too-new', 0, /version 5 is not supported/, undefined, 5);
     await rejects(machine().table, eos, 'version-too-old', 0, /version 3 is not supported/, undefined, 3);
   });
 
   it('S12: unknown block in the block list, at the entry', async () => {
-    const bytes = await body((w) => w.be64(PAGE + MEM_SIZE).countedString('pc.ram').be64(16 * PAGE).countedString('nope').be64(PAGE).be64(EOS));
+    const bytes = await written((w) => w.be64(PAGE + MEM_SIZE).countedString('pc.ram').be64(16 * PAGE).countedString('nope').be64(PAGE).be64(EOS));
     // total 4096 is smaller than pc.ram's length: that is reported first, at entry 0.
     await rejects(machine().table, bytes, 'bad-ram-record', 8, /exceeds the 0x1000 bytes left/);
-    const unknown = await body((w) => w.be64(17 * PAGE + MEM_SIZE).countedString('pc.ram').be64(16 * PAGE).countedString('nope').be64(PAGE).be64(EOS));
+    const unknown = await written((w) => w.be64(17 * PAGE + MEM_SIZE).countedString('pc.ram').be64(16 * PAGE).countedString('nope').be64(PAGE).be64(EOS));
     await rejects(machine().table, unknown, 'bad-ram-record', 8 + 7 + 8, /Unknown ramblock "nope", cannot accept migration/);
   });
 
   it('S12: size mismatch for a fixed block', async () => {
-    const bytes = await body((w) => w.be64(8 * PAGE + MEM_SIZE).countedString('pc.ram').be64(8 * PAGE).be64(EOS));
+    const bytes = await written((w) => w.be64(8 * PAGE + MEM_SIZE).countedString('pc.ram').be64(8 * PAGE).be64(EOS));
     await rejects(machine().table, bytes, 'bad-ram-record', 8, /Size mismatch: pc\.ram: 0x8000 != 0x10000/);
   });
 
   it('S12: unknown block named by a page record', async () => {
-    const bytes = await body((w) => w.be64(ZERO).countedString('vga.vram').u8(0).be64(EOS));
+    const bytes = await written((w) => w.be64(ZERO).countedString('vga.vram').u8(0).be64(EOS));
     await rejects(machine().table, bytes, 'bad-ram-record', 8, /Can't find block vga\.vram/);
   });
 
   it('S13: CONTINUE with no previous block', async () => {
-    const bytes = await body((w) => w.be64(EOS).be64(PAGE + RAW + CONT));
+    const bytes = await written((w) => w.be64(EOS).be64(PAGE + RAW + CONT));
     const loader = new RamLoadHandler(machine().table);
     await load(machine().table, bytes.subarray(0, 8), {}, loader);
     await rejects(machine().table, bytes.subarray(8), 'bad-ram-record', 0, /Ack, bad migration stream!/, loader);
@@ -179,7 +172,7 @@ describe('RAM loader: rejected input', () => {
       ['HOOK', (w) => w.be64(0x80), /HOOK record \(RDMA control\) is not supported/],
     ];
     for (const [name, build, pattern] of cases) {
-      const bytes = await body((w) => {
+      const bytes = await written((w) => {
         w.be64(ZERO).countedString('pc.ram').u8(0); // a good record first: the error offset is the bad one's
         build(w);
       });
@@ -190,34 +183,34 @@ describe('RAM loader: rejected input', () => {
   });
 
   it('S14: page offset outside the block', async () => {
-    const bytes = await body((w) => w.be64(ZERO).countedString('pc.rom').u8(0).be64(2 * PAGE + ZERO + CONT).u8(0));
+    const bytes = await written((w) => w.be64(ZERO).countedString('pc.rom').u8(0).be64(2 * PAGE + ZERO + CONT).u8(0));
     await rejects(machine().table, bytes, 'bad-ram-record', 16, /Illegal RAM offset 0x2000 in block pc\.rom/);
-    const huge = await body((w) => w.be64(2n ** 60n + BigInt(RAW)).countedString('pc.ram'));
+    const huge = await written((w) => w.be64(2n ** 60n + BigInt(RAW)).countedString('pc.ram'));
     await rejects(machine().table, huge, 'bad-ram-record', 0, /Illegal RAM offset/);
   });
 
   it('S15: XBZRLE encoding byte, length and data', async () => {
     const prefix = (w: StreamWriter): StreamWriter => w.be64(XBZRLE).countedString('pc.ram');
-    await rejects(machine().table, await body((w) => prefix(w).u8(2).be16(3).bytes(Uint8Array.of(0, 1, 0x2e))), 'bad-xbzrle', 15, /wrong compression! \(encoding byte 0x2/);
-    await rejects(machine().table, await body((w) => prefix(w).u8(1).be16(4097)), 'bad-xbzrle', 16, /len overflow! \(4097 > 4096\)/);
+    await rejects(machine().table, await written((w) => prefix(w).u8(2).be16(3).bytes(Uint8Array.of(0, 1, 0x2e))), 'bad-xbzrle', 15, /wrong compression! \(encoding byte 0x2/);
+    await rejects(machine().table, await written((w) => prefix(w).u8(1).be16(4097)), 'bad-xbzrle', 16, /len overflow! \(4097 > 4096\)/);
     // zero-run 0, data-run 1, then a zero-run of 0 at data byte 3 → offset 18 + 3.
-    await rejects(machine().table, await body((w) => prefix(w).u8(1).be16(6).bytes(Uint8Array.of(0, 1, 0x2e, 0, 1, 0x2f)).be64(EOS)), 'bad-xbzrle', 21, /decode error: empty zero-run/);
+    await rejects(machine().table, await written((w) => prefix(w).u8(1).be16(6).bytes(Uint8Array.of(0, 1, 0x2e, 0, 1, 0x2f)).be64(EOS)), 'bad-xbzrle', 21, /decode error: empty zero-run/);
   });
 
   it('S15: a failed XBZRLE decode leaves the page untouched', async () => {
     const { table, ram } = machine();
     ram.fill(0x33, 0, PAGE);
-    await rejects(table, await body((w) => w.be64(XBZRLE).countedString('pc.ram').u8(1).be16(5).bytes(Uint8Array.of(0, 1, 0x2e, 0, 1))), 'bad-xbzrle', 18 + 3, /truncated|empty/);
+    await rejects(table, await written((w) => w.be64(XBZRLE).countedString('pc.ram').u8(1).be16(5).bytes(Uint8Array.of(0, 1, 0x2e, 0, 1))), 'bad-xbzrle', 18 + 3, /truncated|empty/);
     assert.ok(ram.subarray(0, PAGE).every((b) => b === 0x33));
   });
 
   it('S16: COMPRESS_PAGE is not supported', async () => {
-    const bytes = await body((w) => w.be64(0x100 + 0x20).be32(10));
+    const bytes = await written((w) => w.be64(0x100 + 0x20).be32(10));
     await rejects(machine().table, bytes, 'bad-ram-record', 0, /unexpected compressed page/);
   });
 
   it('a truncated body reports unexpected-end', async () => {
-    const bytes = await body((w) => w.be64(RAW).countedString('pc.ram').bytes(new Uint8Array(100)));
+    const bytes = await written((w) => w.be64(RAW).countedString('pc.ram').bytes(new Uint8Array(100)));
     await assert.rejects(load(machine().table, bytes), (err: unknown) => err instanceof StreamError && err.code === 'unexpected-end');
   });
 });
@@ -227,7 +220,7 @@ describe('RAM loader: analysis mode (sparse blocks)', () => {
     const table = new AnalysisRamBlockTable();
     const tib = 2 ** 40;
     const raw = new Uint8Array(PAGE).fill(5);
-    const bytes = await body((w) => {
+    const bytes = await written((w) => {
       w.be64(tib + 2 * PAGE + MEM_SIZE).countedString('pc.ram').be64(tib).countedString('pc.rom').be64(2 * PAGE);
       w.be64(tib - PAGE + RAW).countedString('pc.ram').bytes(raw);
       w.be64(0 + RAW + CONT).bytes(new Uint8Array(PAGE)); // an all-zero raw page is not stored
@@ -248,14 +241,14 @@ describe('RAM loader: analysis mode (sparse blocks)', () => {
 
   it('refuses block lists beyond the bound (default 2^50)', async () => {
     const big = 2 ** 49;
-    const bytes = await body((w) => w.be64(3 * big + MEM_SIZE).countedString('a').be64(big).countedString('b').be64(big).countedString('c').be64(big));
+    const bytes = await written((w) => w.be64(3 * big + MEM_SIZE).countedString('a').be64(big).countedString('b').be64(big).countedString('c').be64(big));
     await rejects(new AnalysisRamBlockTable(), bytes, 'bad-ram-record', 8 + 2 + 8 + 2 + 8, /exceed the analysis limit/);
-    const small = await body((w) => w.be64(2 * PAGE + MEM_SIZE).countedString('a').be64(2 * PAGE));
+    const small = await written((w) => w.be64(2 * PAGE + MEM_SIZE).countedString('a').be64(2 * PAGE));
     await rejects(new AnalysisRamBlockTable({ maxTotalBytes: PAGE }), small, 'bad-ram-record', 8, /exceed the analysis limit/);
   });
 
   it('accepts page records for unlisted blocks unless told not to', async () => {
-    const bytes = await body((w) => w.be64(PAGE + ZERO).countedString('extra').u8(1).be64(EOS));
+    const bytes = await written((w) => w.be64(PAGE + ZERO).countedString('extra').u8(1).be64(EOS));
     const table = new AnalysisRamBlockTable();
     await load(table, bytes);
     assert.equal(table.isUnlisted('extra'), true);
@@ -265,7 +258,7 @@ describe('RAM loader: analysis mode (sparse blocks)', () => {
 
   it('with storeContents false keeps no pages at all', async () => {
     const table = new AnalysisRamBlockTable({ storeContents: false });
-    const bytes = await body((w) => w.be64(PAGE + MEM_SIZE).countedString('a').be64(PAGE).be64(RAW).countedString('a').bytes(new Uint8Array(PAGE).fill(1)).be64(EOS));
+    const bytes = await written((w) => w.be64(PAGE + MEM_SIZE).countedString('a').be64(PAGE).be64(RAW).countedString('a').bytes(new Uint8Array(PAGE).fill(1)).be64(EOS));
     const loader = await load(table, bytes);
     assert.equal(table.blocks()[0]?.storedPageCount, 0);
     assert.equal(loader.stats.blocks[0]?.normalPages, 1);

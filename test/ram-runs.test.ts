@@ -12,7 +12,8 @@ import { randomFillSync } from 'node:crypto';
 import { describe, it } from 'node:test';
 import type { LoadSectionContext } from '../src/savevm/handlers.js';
 import { DenseRamBlock, DirtyBitmap, FixedRamBlockTable, RamLoadHandler, RamRecordWriter } from '../src/ram/index.js';
-import { MemorySink, MemorySource, StreamError, StreamReader, StreamWriter } from '../src/wire/index.js';
+import { MemorySource, StreamError, StreamReader } from '../src/wire/index.js';
+import { written } from './helpers/written.js';
 
 const PAGE = 4096;
 const ZERO = 0x02;
@@ -25,13 +26,6 @@ function ctx(): LoadSectionContext {
   return { kind: 'part', versionId: 4, idstr: 'ram', instanceId: 0, sectionId: 2, offset: 0 };
 }
 
-async function body(build: (w: StreamWriter) => void): Promise<Uint8Array> {
-  const sink = new MemorySink();
-  const w = new StreamWriter(sink);
-  build(w);
-  await w.flush();
-  return sink.bytes();
-}
 
 /** Chunk sizes from one byte (never a whole record buffered) to the whole stream at once. */
 const CHUNKINGS = [1, 5, 4103, 4104, 4105, 65536, 1 << 30];
@@ -76,12 +70,12 @@ describe('RamRecordWriter.writeZeroRun', () => {
       for (const named of ['pc.ram', undefined]) {
         const runWriter = new RamRecordWriter({ useContinue });
         const oneWriter = new RamRecordWriter({ useContinue });
-        const run = await body((w) => {
+        const run = await written((w) => {
           if (named === undefined) runWriter.writeZero(w, 'pc.ram', 0); // the run then continues the block
           assert.equal(runWriter.writeZeroRun(w, 'pc.ram', first, 7), useContinue && named === undefined ? 7 * 9 : useContinue ? 8 + 7 + 1 + 6 * 9 : 7 * (8 + 7 + 1));
           assert.equal(runWriter.writeZeroRun(w, 'pc.ram', first, 0), 0);
         });
-        const one = await body((w) => {
+        const one = await written((w) => {
           if (named === undefined) oneWriter.writeZero(w, 'pc.ram', 0);
           for (let i = 0; i < 7; i++) oneWriter.writeZero(w, 'pc.ram', first + i * PAGE);
         });
@@ -100,7 +94,7 @@ async function mixedStream(ramPages: number): Promise<{ bytes: Uint8Array; expec
     expected.set(data, p * PAGE);
     return data;
   };
-  const bytes = await body((w) => {
+  const bytes = await written((w) => {
     w.be64(0 + RAW).countedString('pc.ram').bytes(page(0));
     for (let p = 1; p < 40; p++) w.be64(p * PAGE + RAW + CONT).bytes(page(p));
     for (let p = 40; p < 90; p++) w.be64(p * PAGE + ZERO + CONT).u8(0);
@@ -141,7 +135,7 @@ describe('RAM loader: buffered runs', () => {
 
   it('an offset past the block inside a run fails at that record, after loading the ones before it', async () => {
     const bad = 30;
-    const bytes = await body((w) => {
+    const bytes = await written((w) => {
       w.be64(0 + RAW).countedString('pc.ram').bytes(new Uint8Array(PAGE).fill(1));
       for (let p = 1; p < 64; p++) w.be64((p === bad ? 64 : p) * PAGE + (p & 1 ? ZERO + CONT : RAW + CONT)).bytes(p & 1 ? Uint8Array.of(0) : new Uint8Array(PAGE).fill(p));
       w.be64(EOS);
