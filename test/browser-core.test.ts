@@ -8,7 +8,6 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { createServer, type Server } from 'node:http';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -19,6 +18,7 @@ import { CHROMIUM_PATH, chromiumMissing } from '../scripts/chart-check.js';
 import { createMemoryPipe } from '../src/browser/memory-pipe.js';
 import { runCoreScenario, type ScenarioResult } from './helpers/browser-core-scenario.js';
 import { fixturePath, repoRoot } from './helpers/paths.js';
+import { serveFiles, type StaticServer } from './helpers/static-server.js';
 
 const SCENARIO = join(repoRoot, 'dist', 'test', 'helpers', 'browser-core-scenario.js');
 const bundleMissing = existsSync(BROWSER_BUNDLE) ? undefined : `no ${BROWSER_BUNDLE}: run npm run build`;
@@ -48,30 +48,13 @@ try {
 `;
 
 /** Serves the page, the bundle, the scenario and the fixtures; anything else is a 404 (and a failed test). */
-function serve(): Promise<{ server: Server; origin: string; requests: string[] }> {
-  const requests: string[] = [];
-  const files: Record<string, () => [string, Buffer | string]> = {
+function serve(): Promise<StaticServer> {
+  return serveFiles({
     '/': () => ['text/html', PAGE],
     '/livemig-core.js': () => ['text/javascript', readFileSync(BROWSER_BUNDLE)],
     '/scenario.js': () => ['text/javascript', readFileSync(SCENARIO)],
     '/fixtures/qemu72-none-16M.mig': () => ['application/octet-stream', readFileSync(fixturePath('qemu72-none-16M.mig'))],
-  };
-  const server = createServer((req, res) => {
-    const path = new URL(req.url ?? '/', 'http://x').pathname;
-    requests.push(path);
-    const file = files[path];
-    if (path === '/favicon.ico') {
-      res.writeHead(204).end();
-      return;
-    }
-    if (!file) {
-      res.writeHead(404).end();
-      return;
-    }
-    const [type, body] = file();
-    res.writeHead(200, { 'content-type': type, 'cache-control': 'no-store' }).end(body);
   });
-  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve({ server, origin: `http://127.0.0.1:${(server.address() as { port: number }).port}`, requests })));
 }
 
 function checkResult(r: ScenarioResult): void {

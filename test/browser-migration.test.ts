@@ -19,7 +19,6 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { createServer, type Server } from 'node:http';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -32,6 +31,7 @@ import { MigrationConfig, OutgoingMigration, openedChannels } from '../src/migra
 import { listenIncoming } from '../src/transport/incoming.js';
 import { LivemigProcess } from './helpers/livemig-process.js';
 import { repoRoot } from './helpers/paths.js';
+import { serveFiles, type StaticServer } from './helpers/static-server.js';
 
 const KERNEL = join(repoRoot, 'guests', 'multiboot', 'livemig-test-kernel.bin');
 const V86_BUILD = dirname(createRequire(import.meta.url).resolve('v86'));
@@ -55,36 +55,19 @@ window.pageReady = true;
 `;
 
 /** Serves the page, the bundle, v86's build and the kernel; anything else is a 404 (and a failed request). */
-function serve(): Promise<{ server: Server; origin: string; requests: string[] }> {
-  const requests: string[] = [];
-  const files: Record<string, () => [string, Buffer | string]> = {
+function serve(): Promise<StaticServer> {
+  return serveFiles({
     '/': () => ['text/html', PAGE],
     '/livemig-core.js': () => ['text/javascript', readFileSync(BROWSER_BUNDLE)],
     '/v86/libv86.mjs': () => ['text/javascript', readFileSync(join(V86_BUILD, 'libv86.mjs'))],
     '/v86/v86.wasm': () => ['application/wasm', readFileSync(join(V86_BUILD, 'v86.wasm'))],
     '/kernel.bin': () => ['application/octet-stream', readFileSync(KERNEL)],
-  };
-  const server = createServer((req, res) => {
-    const path = new URL(req.url ?? '/', 'http://x').pathname;
-    requests.push(path);
-    if (path === '/favicon.ico') {
-      res.writeHead(204).end();
-      return;
-    }
-    const file = files[path];
-    if (!file) {
-      res.writeHead(404).end();
-      return;
-    }
-    const [type, body] = file();
-    res.writeHead(200, { 'content-type': type, 'cache-control': 'no-store' }).end(body);
   });
-  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve({ server, origin: `http://127.0.0.1:${(server.address() as { port: number }).port}`, requests })));
 }
 
 let context: BrowserContext | undefined;
 let userDataDir: string | undefined;
-let served: { server: Server; origin: string; requests: string[] } | undefined;
+let served: StaticServer | undefined;
 before(async () => {
   if (skipBrowser) return;
   served = await serve();
