@@ -50,6 +50,7 @@ export {
   type MigrationSettings,
 } from './migration/config.js';
 export { MigrationError, type MigrationErrorCode } from './migration/errors.js';
+export { warmUpMigrations, type WarmUpResult } from './migration/warm-up.js';
 export type { MigrationStatus } from './migration/state.js';
 export type { ChannelSecurity } from './migration/security.js';
 

@@ -15,7 +15,7 @@ import { pathToFileURL } from 'node:url';
 import { chromium, type BrowserContext } from 'playwright-core';
 import { BROWSER_BUNDLE } from '../scripts/build-browser.js';
 import { CHROMIUM_PATH, chromiumMissing } from '../scripts/chart-check.js';
-import { createMemoryPipe } from '../src/browser/memory-pipe.js';
+import { createMemoryPipe } from '../src/wire/memory-pipe.js';
 import { runCoreScenario, type ScenarioResult } from './helpers/browser-core-scenario.js';
 import { fixturePath, repoRoot } from './helpers/paths.js';
 import { serveFiles, type StaticServer } from './helpers/static-server.js';

@@ -11,7 +11,7 @@ import { EventEmitter, once } from 'node:events';
 import { isIPv4, isIPv6 } from 'node:net';
 import { isIPv4Address, isIPv6Address, parseMigrationUri } from '../src/transport/uri.js';
 import { TypedEmitter } from '../src/wire/emitter.js';
-import { createMemoryChannelPair } from '../src/browser/memory-pipe.js';
+import { createMemoryChannelPair } from '../src/wire/memory-pipe.js';
 import { createTestMachine } from '../src/machine/test-machine.js';
 import { IncomingMigration, MigrationConfig, OutgoingMigration, openedChannels } from '../src/migration/index.js';
 

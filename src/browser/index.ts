@@ -60,7 +60,6 @@ export * from '../migration/rate-window.js';
 export * from '../migration/auto-converge.js';
 export { formatBytes, parseSize } from '../migration/size.js';
 
-export * from './memory-pipe.js';
 export * from './v86-browser.js';
 export * from './migrate.js';
 

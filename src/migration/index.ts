@@ -13,3 +13,4 @@ export * from './security.js';
 export * from './postcopy-destination.js';
 export * from './progress-model.js';
 export * from './channels.js';
+export * from './warm-up.js';

@@ -661,6 +661,7 @@ export class OutgoingMigration extends TypedEmitter<OutgoingMigrationEvents> {
           run.lastKeepaliveMs = now();
         }
         step = decideSwitchover({ ...link, ramPendingBytes: await save.pendingBytes(true), exact: true, nowMs: now() }, step.state);
+        if (step.decision !== 'switchover') log('no switchover yet: %s', step.reason);
         if (step.decision !== 'switchover' && this.capabilities['postcopy-ram'] && params()['x-livemig-postcopy-auto']) {
           // Pre-copy failed its check again: is it still getting anywhere? (postcopy-policy.ts)
           const auto = decidePostcopyAuto({ pendingBytes: step.pendingBytes, thresholdBytes: step.thresholdBytes, completedRounds: ram.stats.completedRounds }, autoPostcopy);

@@ -20,6 +20,7 @@ import {
   type MigrationCapabilities,
   allCapabilities,
   QEMU_CAPABILITIES,
+  warmUpMigrations,
 } from '../migration/index.js';
 import { runHmpCommand, type HmpSource } from './hmp.js';
 import { machineCommands, type MachineTypeInfo } from './machine-info.js';
@@ -53,6 +54,12 @@ export interface MachineMonitorOptions {
   objects?: ObjectRegistry;
   /** query-machines: the machine types this program runs (default: this machine's own). */
   machineTypes?: readonly MachineTypeInfo[];
+  /**
+   * Rehearse a migration in memory once the monitor exists (warmUpMigrations(),
+   * once per process), so the first real migration, either way, does not run
+   * the engine before V8 has compiled it. Default true.
+   */
+  warmUp?: boolean;
 }
 
 export class MachineMonitor extends EventEmitter<{
@@ -94,6 +101,8 @@ export class MachineMonitor extends EventEmitter<{
     this.commandTable = this.commands();
     this.server = new QmpServer({ version: QMP_VERSION, commands: this.commandTable });
     this.wireOutgoingEvents();
+    // After the caller's own start-up (a listening socket, the guest's first run); unref'd, so it never holds the process.
+    if (options.warmUp !== false) setTimeout(() => void warmUpMigrations(), 0).unref();
   }
 
   private get events(): boolean {

@@ -9,3 +9,4 @@ export * from './postcopy.js';
 export * from './printable.js';
 export * from './native-bytes.js';
 export * from './emitter.js';
+export * from './memory-pipe.js';

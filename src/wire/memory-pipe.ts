@@ -4,8 +4,8 @@
  * send buffer makes it). For a migration inside one page or worker (tests, a
  * loopback); the browser's network transports are WebSocket channels.
  */
-import type { ByteSink, ByteSource, MigrationChannel } from '../wire/channel.js';
-import { ChannelError } from '../wire/errors.js';
+import type { ByteSink, ByteSource, MigrationChannel } from './channel.js';
+import { ChannelError } from './errors.js';
 
 /** Default bound on the bytes written and not yet read. */
 export const MEMORY_PIPE_HIGH_WATER_BYTES = 4 << 20;
