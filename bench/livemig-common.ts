@@ -16,7 +16,7 @@ import type { Machine } from '../src/machine/index.js';
 import { MigrationConfig, OutgoingMigration, warmUpMigrations } from '../src/migration/index.js';
 import { QmpClient } from '../src/monitor/qmp-client.js';
 import { ObjectRegistry } from '../src/security/index.js';
-import { cpuDelta, CpuSampler, firstPassDone, POSTCOPY_POLL_MS, type PostcopyFigures, cpuUsed, currentRssBytes, jsonEvent, LineChild, LIVEMIG_MAIN, MiB, optNumber, ownCpuSeconds, PeakRssSampler, peakRssBytes, sleep, type RunResult, type ScenarioSpec } from './util.js';
+import { cpuDelta, CpuSampler, firstPassDone, POSTCOPY_POLL_MS, type PostcopyFigures, cpuUsed, currentRssBytes, jsonEvent, LineChild, LIVEMIG_MAIN, MiB, optNumber, ownCpuSeconds, PeakRssSampler, peakRssBytes, sleep, within, type RunResult, type ScenarioSpec } from './util.js';
 
 /** Capabilities a destination must have turned on as well (QEMU requires it for multifd and postcopy-ram). */
 const BOTH_SIDES = new Set(['multifd', 'postcopy-ram']);
@@ -34,6 +34,9 @@ export interface LivemigRunOptions {
   /** The source guest's passes over its workload range so far (workload scenarios). */
   guestPasses?: (machine: Machine) => number;
 }
+
+/** From spawning the destination until it listens (QMP set-up included); a healthy one takes well under a second. */
+const DEST_SETUP_TIMEOUT_MS = 30_000;
 
 export async function runLivemigMigration(o: LivemigRunOptions): Promise<RunResult> {
   const { spec } = o;
@@ -63,13 +66,26 @@ export async function runLivemigMigration(o: LivemigRunOptions): Promise<RunResu
   let machine: Machine | undefined;
   let qmp: QmpClient | undefined;
   try {
-    if (bothSides.length > 0) {
-      qmp = await QmpClient.connect(qmpUri, { retryForMs: 10_000 });
-      await qmp.execute('migrate-set-capabilities', { capabilities: bothSides.map((capability) => ({ capability, state: true })) });
-      if (Object.keys(spec.params).length > 0) await qmp.execute('migrate-set-parameters', spec.params);
-      await qmp.execute('migrate-incoming', { uri: 'tcp:127.0.0.1:0' });
-    }
-    const { address } = (await dest.waitFor(jsonEvent('listening'), 'destination')) as { address: string };
+    let step = 'start';
+    // Until the destination listens: bounded, so a destination that stops answering fails this run with what it last said.
+    const { address } = await within(
+      (async () => {
+        if (bothSides.length > 0) {
+          step = 'QMP connect';
+          qmp = await QmpClient.connect(qmpUri, { retryForMs: 10_000 });
+          step = 'migrate-set-capabilities';
+          await qmp.execute('migrate-set-capabilities', { capabilities: bothSides.map((capability) => ({ capability, state: true })) });
+          step = 'migrate-set-parameters';
+          if (Object.keys(spec.params).length > 0) await qmp.execute('migrate-set-parameters', spec.params);
+          step = 'migrate-incoming';
+          await qmp.execute('migrate-incoming', { uri: 'tcp:127.0.0.1:0' });
+        }
+        step = "the destination's 'listening' line";
+        return (await dest.waitFor(jsonEvent('listening'), 'destination')) as { address: string };
+      })(),
+      DEST_SETUP_TIMEOUT_MS,
+      () => `destination set-up: no answer within ${DEST_SETUP_TIMEOUT_MS} ms at ${step}; its last lines: ${dest.recent.join(' | ') || 'none'}; stderr: ${dest.stderr.trim().slice(-500) || 'none'}`,
+    );
     const rssBeforeMachine = currentRssBytes(process.pid);
     machine = await o.makeSource();
     if (o.warmupMs) await sleep(o.warmupMs);

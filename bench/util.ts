@@ -34,6 +34,8 @@ export class LineChild {
   readonly child: ChildProcess;
   stderr = '';
   private readonly lines: string[] = [];
+  /** The last stdout lines, for messages about a child that stopped answering. */
+  readonly recent: string[] = [];
   private wake: (() => void) | undefined;
   private ended = false;
   private readonly exited: Promise<number | null>;
@@ -43,6 +45,8 @@ export class LineChild {
     this.exited = new Promise((resolve) => this.child.once('exit', (code, signal) => resolve(code ?? (signal ? -1 : null))));
     const rl = createInterface({ input: this.child.stdout! });
     rl.on('line', (line) => {
+      this.recent.push(line);
+      if (this.recent.length > 8) this.recent.shift();
       this.lines.push(line);
       this.wake?.();
     });
@@ -164,6 +168,17 @@ export function optNumber<K extends string>(key: K, value: number | undefined): 
 }
 
 export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** `promise`, or an error naming `what` once `ms` passed without it settling (a hung step becomes a failed run, not a hung bench). */
+export async function within<T>(promise: Promise<T>, ms: number, what: () => string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(what())), ms)));
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
 
 /**
  * Samples a process's peak RSS (VmHWM) every `everyMs` and keeps the last
