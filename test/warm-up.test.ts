@@ -14,10 +14,10 @@ test('the rehearsal completes: every scratch page and a second pass travel, once
   assert.equal(warmUpMigrations(), first, 'later calls share the first rehearsal');
   const result = await first;
   assert.equal(result.error, undefined);
-  // A page record per scratch page (some zero: 8-byte records), then a quarter of them again.
-  assert.ok(result.bytes > WARM_UP_RAM_BYTES / 2, `bytes ${result.bytes}`);
+  // A record per scratch page (a quarter of them zero: 8-byte records), ~0.75 of the RAM; then a quarter of
+  // the pages again, rewritten: above 0.9 of the RAM only if the second pass ran.
+  assert.ok(result.bytes > WARM_UP_RAM_BYTES * 0.9, `bytes ${result.bytes}`);
   assert.ok(result.bytes < WARM_UP_RAM_BYTES * 1.5, `bytes ${result.bytes}`);
-  assert.ok(result.durationMs >= 0);
 });
 
 test('`livemig run` rehearses as it starts, on a destination too, and a real migration into it is unaffected', { timeout: 60_000 }, async () => {

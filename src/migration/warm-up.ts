@@ -24,6 +24,7 @@ import { createMemoryChannelPair } from '../wire/memory-pipe.js';
 import { DenseRamBlock, RAM_IDSTR, type RamBlock } from '../ram/index.js';
 import type { SaveStateRegistry } from '../savevm/index.js';
 import type { DirtyLogSink, Machine } from '../machine/machine.js';
+import { fillNoneRam } from '../machine/ram-pattern.js';
 import { MigrationConfig } from './config.js';
 import { openedChannels } from './channels.js';
 import { IncomingMigration } from './incoming.js';
@@ -33,7 +34,7 @@ import createDebug from 'debug';
 // DEBUG=livemig:warm-up: one line when the rehearsal ends.
 const log = createDebug('livemig:warm-up');
 
-/** Scratch RAM per side: enough for V8 to compile the page loops (1, 2, 8 MiB measured: the first window of a-1g no better). */
+/** Scratch RAM per side: enough for V8 to compile the page loops (a-1g's first window, 3 runs each: 8 MiB no better, 1–2 MiB a little worse). */
 export const WARM_UP_RAM_BYTES = 4 << 20;
 
 export interface WarmUpResult {
@@ -86,10 +87,10 @@ async function rehearse(ramBytes: number): Promise<WarmUpResult> {
 }
 
 /**
- * RAM only, no vCPU and no devices. A source's RAM holds random, sparse and
- * zero pages (a quarter each, and a quarter with one byte set), reported dirty
- * on the first sync; on the second sync every fourth page is rewritten and
- * reported, so the rehearsal iterates a second pass; nothing after that.
+ * RAM only, no vCPU and no devices. A source's RAM holds zero, sparse and
+ * random pages (the none machine's `random` pattern), reported dirty on the
+ * first sync; on the second sync every fourth page is rewritten and reported,
+ * so the rehearsal iterates a second pass; nothing after that.
  */
 class ScratchMachine implements Machine {
   readonly kind = 'scratch';
@@ -106,7 +107,7 @@ class ScratchMachine implements Machine {
     this.memory = new Uint8Array(buffer);
     this.block = new DenseRamBlock(RAM_IDSTR, this.memory);
     this.isRunning = isSource;
-    if (isSource) fillScratch(this.memory);
+    if (isSource) fillNoneRam(this.memory, { kind: 'random', seed: 1 });
   }
 
   get running(): boolean {
@@ -147,19 +148,5 @@ class ScratchMachine implements Machine {
 
   async destroy(): Promise<void> {
     this.isRunning = false;
-  }
-}
-
-/** Page n: random (n % 4 = 0, 1), one byte set (2) or zero (3); getRandomValues takes at most 64 KiB a call. */
-function fillScratch(memory: Uint8Array): void {
-  const pages = memory.length / TARGET_PAGE_SIZE;
-  const random = new Uint8Array(TARGET_PAGE_SIZE);
-  for (let page = 0; page < pages; page++) {
-    const at = page * TARGET_PAGE_SIZE;
-    const kind = page & 3;
-    if (kind < 2) {
-      crypto.getRandomValues(random);
-      memory.set(random, at);
-    } else if (kind === 2) memory[at + (page % TARGET_PAGE_SIZE)] = 1;
   }
 }
