@@ -74,7 +74,7 @@ test('a migration uses the send threads started when multifd was switched on; RA
       assert.equal(loadedHash, src.ramHash(), 'destination RAM at load equals source RAM at stop');
       assert.equal(incoming.multifdStats?.channels, channels);
       src.resume();
-      dst.pause();
+      await dst.pause(); // awaited: the finally below may destroy it next, and a pause still waiting would then fail
     }
   } finally {
     MultifdSender.open = original;
