@@ -314,6 +314,9 @@ export class OutgoingMigration extends TypedEmitter<OutgoingMigrationEvents> {
       onDiskProgress: (p) => this.emit('diskProgress', p),
     });
     const t = now();
+    // Every field is present from the start, even those set later: one hidden
+    // class for every run, so code V8 optimized in one migration (the warm-up's)
+    // is not thrown away in the next because a field was added in another order.
     this.run = {
       uri,
       tls,
@@ -321,6 +324,21 @@ export class OutgoingMigration extends TypedEmitter<OutgoingMigrationEvents> {
       startedMs: t,
       assembly,
       watchdog,
+      channel: undefined,
+      multifd: undefined,
+      out: undefined,
+      save: undefined,
+      returnPath: undefined,
+      window: undefined,
+      postcopyReason: undefined,
+      abortReason: undefined,
+      setupTimeMs: undefined,
+      totalTimeMs: undefined,
+      downtimeMs: undefined,
+      finalMbps: undefined,
+      error: undefined,
+      cancelledBy: undefined,
+      pendingBytes: undefined,
       deviceStateBytes: 0,
       pausedByUs: false,
       cancelRequested: false,
