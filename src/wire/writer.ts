@@ -27,19 +27,21 @@ const SLAB_BYTES = 4 << 20;
 
 /**
  * target.set(source, targetOffset), fast whatever the alignment. V8 copies to
- * or from a SharedArrayBuffer (guest RAM) with relaxed atomics, word by word
- * only when source and target have the same alignment and byte by byte
- * otherwise (2-3x slower); a RAM page read at an odd stream offset is the
- * usual case. Copies of 256 bytes and more go through Buffer's fill with the
- * source as the pattern instead: one native memcpy, any alignment (measured
- * 5.0 against 3.3 GB/s for 4 KiB pages through an aligned scratch buffer, 1.6
- * with set). Whatever the buffers: asking whether one is shared cost more per
- * 4 KiB page (25 ms per GiB) than the cases it would send to set() gain.
+ * or from a SharedArrayBuffer (guest RAM) with relaxed atomics: word by word
+ * when source and target have the same alignment (mod 8), byte by byte
+ * otherwise, 6x slower. So an aligned copy goes through set() (one 4 KiB page
+ * from shared memory: 112–156 ms per GiB, into it 116–125), any other of 256
+ * bytes or more through Buffer's fill with the source as the pattern: one
+ * native memcpy whatever the alignment, but behind Node's argument checks
+ * (168–244 and 148–161 ms per GiB; /tmp-style microbenchmarks in
+ * docs/benchmarks.md, issue 15's fifth session). The alignment test is
+ * arithmetic on the views' offsets: asking whether a buffer is shared cost
+ * more per page (25 ms per GiB) than the cases it would tell apart.
  */
 export function copyBytes(target: Uint8Array, targetOffset: number, source: Uint8Array): void {
   const n = source.length;
-  // set() for short copies, and within one buffer (memcpy must not overlap).
-  if (n < 256 || target.buffer === source.buffer) {
+  // set() for short and aligned copies, and within one buffer (memcpy must not overlap).
+  if (n < 256 || ((target.byteOffset + targetOffset - source.byteOffset) & 7) === 0 || target.buffer === source.buffer) {
     target.set(source, targetOffset);
     return;
   }
@@ -47,6 +49,9 @@ export function copyBytes(target: Uint8Array, targetOffset: number, source: Uint
   // fill(pattern, start, end) repeats the pattern over [start, end): exactly one copy of `source` here.
   copyUnaligned(target, targetOffset, source);
 }
+
+/** Copies this large or larger decide where the next chunk starts (see StreamWriter.rotate). */
+const ALIGN_FOR_BYTES = 1024;
 
 /** Free slabs kept for reuse. */
 const SLAB_POOL = 4;
@@ -83,6 +88,13 @@ export class StreamWriter {
   private readonly queued: QueuedChunk[] = [];
   private queuedLength = 0;
   private flushedBytes = 0;
+  /**
+   * How far (mod 8) the last large copy's bytes sat from its source's
+   * alignment: the next chunk starts that much further on, so that the copies
+   * after it (pages of one block, which keep their stream alignment until a
+   * record of another size) are aligned and take set()'s fast path.
+   */
+  private copySkew = 0;
 
   constructor(private readonly sink: ByteSink, private readonly chunkBytes = WRITER_CHUNK_BYTES) {
     if (!Number.isInteger(chunkBytes) || chunkBytes < 16) throw new RangeError(`StreamWriter: buffer size ${chunkBytes} is too small`);
@@ -121,6 +133,9 @@ export class StreamWriter {
       this.view = next.view;
       this.position = 0;
     }
+    // The bytes skipped here are in no chunk: the sink never sees them. Room for 9 bytes remains.
+    this.position += (8 - this.copySkew) & 7;
+    this.copySkew = 0;
     this.start = this.position;
     this.limit = Math.min(this.start + this.chunkBytes, this.slabBytes);
   }
@@ -186,6 +201,7 @@ export class StreamWriter {
 
   bytes(data: Uint8Array): this {
     const n = data.length;
+    if (n >= ALIGN_FOR_BYTES) this.copySkew = (this.slab.byteOffset + this.position - data.byteOffset) & 7;
     if (this.limit - this.position >= n) {
       // The common case (a page into a large chunk): one copy.
       copyBytes(this.slab, this.position, data);
