@@ -122,6 +122,51 @@ test('tcp: port 0 gives the real address; stream one way, return path the other'
   await listener.close();
 });
 
+test('tcp: an accepted connection lays out the pages its reader copies 8-byte aligned (alignReads), bytes unchanged', async () => {
+  const listener = await listenIncoming('tcp:127.0.0.1:0');
+  const [source, destination] = await Promise.all([connectOutgoing(listener.address), listener.accept()]);
+  // A RAM section's shape: a 5-byte header, then 8-byte record headers each followed by a 4 KiB page.
+  const pageBytes = 4096;
+  const pages = 3000;
+  const data = randomBytes(pages * pageBytes);
+  const writer = new StreamWriter(source.output!);
+  writer.u8(2).be32(7);
+  for (let i = 0; i < pages; i++) writer.be64(i).bytes(data.subarray(i * pageBytes, (i + 1) * pageBytes));
+  const sending = writer.close();
+  const reader = new StreamReader(destination.input!);
+  try {
+    assert.deepEqual([await reader.u8(), await reader.be32()], [2, 7]);
+    const ram = new Uint8Array(new SharedArrayBuffer(pageBytes));
+    let ringViews = 0;
+    let aligned = 0;
+    for (let i = 0; i < pages; i++) {
+      assert.equal(await reader.be64Number(), i);
+      if (i < 10 || reader.buffered < pageBytes) {
+        // Copied into shared memory as the RAM loader does: this is what tells the channel the pages' alignment.
+        await reader.readInto(ram, 0, pageBytes);
+        assert.ok(Buffer.from(ram).equals(data.subarray(i * pageBytes, (i + 1) * pageBytes)), `page ${i}`);
+        continue;
+      }
+      const view = await reader.bytes(pageBytes, pageBytes);
+      assert.ok(Buffer.from(view.buffer, view.byteOffset, view.length).equals(data.subarray(i * pageBytes, (i + 1) * pageBytes)), `page ${i}`);
+      // Reads made before the hint keep their place; count the second half, long after it.
+      if (i >= pages / 2) {
+        ringViews++;
+        if (view.byteOffset % 8 === 0) aligned++;
+      }
+    }
+    assert.equal(await reader.atEnd(), true);
+    await sending;
+    assert.ok(ringViews > pages / 4, `${ringViews} pages looked at in place`);
+    assert.equal(aligned, ringViews, `${aligned} of ${ringViews} pages 8-byte aligned in the receive buffers`);
+  } finally {
+    // A failed check must not leave the sockets holding the test process open.
+    source.abort(new Error('test over'));
+    destination.abort(new Error('test over'));
+    await listener.close();
+  }
+});
+
 test('tcp over IPv6 loopback', async (t) => {
   let listener;
   try {

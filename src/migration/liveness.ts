@@ -180,5 +180,6 @@ export function watchSource(source: ByteSource, watchdog: PeerWatchdog, enabled:
       }
     },
     close: () => source.close(),
+    alignReads: (streamOffsetMod8) => source.alignReads?.(streamOffsetMod8),
   };
 }

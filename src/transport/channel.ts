@@ -6,7 +6,7 @@ import { Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
 import { ChannelError, type AdoptDetachedSocket, type AdoptDetachedSocketReads, type ByteSink, type ByteSource, type DetachedSocket, type MigrationChannel, type PlacedReads, type PlacedReadSocket } from '../wire/index.js';
 import { asChannelError } from './errors.js';
-import { GuardedSink, GuardedSource, NodeReadableSource, NodeWritableSink, ringReads, type RingReads } from './stream-io.js';
+import { GuardedSink, GuardedSource, NodeReadableSource, NodeWritableSink, ringReads, type RingLink, type RingReads } from './stream-io.js';
 import type { TransportKind } from './uri.js';
 
 // The interfaces live in src/wire/channel.ts, where the core may see them; re-exported here for existing importers.
@@ -116,7 +116,7 @@ export function socketChannel(
   uri: string,
   kind: 'tcp' | 'unix',
   received: readonly Uint8Array[] = [],
-  ringReading?: { ring: RingReads; deliver: { to?: (chunk: Uint8Array) => boolean } },
+  ringReading?: { ring: RingReads; deliver: RingLink },
 ): MigrationChannel {
   const controller = new AbortController();
   const signal = controller.signal;
@@ -148,7 +148,7 @@ export function socketChannel(
   const input = new NodeReadableSource(socket, {
     what: uri,
     signal,
-    ...(ringReading ? { ring: ringReading.ring } : {}),
+    ...(ringReading ? { ring: ringReading.ring, alignReads: ringReading.deliver.alignReads } : {}),
     onClose: () => {
       inputClosed = true;
       releaseIfDone();
@@ -213,7 +213,7 @@ export function adoptDetachedSocket(detached: DetachedSocket, options: { ring?: 
     const socket = new Socket({ fd: detached.fd, readable: true, writable: true, allowHalfOpen: true });
     return socketChannel(socket, detached.uri, detached.kind, detached.received);
   }
-  const { onread, deliver } = ringReads(options.ring);
+  const { onread, deliver } = ringReads(options.ring, detached.received.reduce((sum, c) => sum + c.length, 0));
   const socket = new Socket({ fd: detached.fd, readable: true, writable: true, allowHalfOpen: true, onread } as ConstructorParameters<typeof Socket>[0]);
   return socketChannel(socket, detached.uri, detached.kind, detached.received, { ring: options.ring, deliver });
 }

@@ -74,6 +74,8 @@ export interface NodeSourceOptions {
    * ringReads()) and hands chunks to deliver() instead of emitting 'data'.
    */
   ring?: RingReads;
+  /** With `ring`: where its reads land (ByteSource.alignReads). */
+  alignReads?: (streamOffsetMod8: number) => void;
 }
 
 /**
@@ -90,16 +92,46 @@ export interface RingReads {
   chunks: number;
 }
 
-/** The `onread` option for a net.Socket reading into a ring; `deliver` is set by the source. */
-export function ringReads(ring: RingReads): { onread: { buffer: () => Uint8Array; callback: (n: number, buf: Uint8Array) => boolean }; deliver: { to?: (chunk: Uint8Array) => boolean } } {
+/** Between a ring's socket reads and the source that takes them: `to` is set by the source. */
+export interface RingLink {
+  to?: (chunk: Uint8Array) => boolean;
+  /** ByteSource.alignReads: where the next reads land. */
+  alignReads(streamOffsetMod8: number): void;
+}
+
+/**
+ * The `onread` option for a net.Socket reading into a ring; `deliver.to` is
+ * set by the source. `receivedBeforeBytes`: the stream's bytes read before
+ * this ring's first (the stream offset of its first byte).
+ *
+ * Each read lands 0-7 bytes into its buffer, so that stream offsets ≡ the
+ * consumer's alignReads() (its pages) sit 8-byte aligned in memory: copied
+ * into guest RAM (shared memory) they then go word by word, not byte by byte
+ * (see copyBytes). The consumer sees the same bytes either way.
+ */
+export function ringReads(ring: RingReads, receivedBeforeBytes = 0): { onread: { buffer: () => Uint8Array; callback: (n: number, buf: Uint8Array) => boolean }; deliver: RingLink } {
   const pool = Array.from({ length: ring.chunks }, () => Buffer.allocUnsafeSlow(ring.chunkBytes));
   let next = 0;
-  const deliver: { to?: (chunk: Uint8Array) => boolean } = {};
+  let receivedBytes = receivedBeforeBytes;
+  let pageOffsetMod8 = 0;
+  const deliver: RingLink = {
+    alignReads: (streamOffsetMod8) => {
+      pageOffsetMod8 = streamOffsetMod8 & 7;
+    },
+  };
   return {
     onread: {
-      buffer: () => pool[next++ % ring.chunks]!,
+      buffer: () => {
+        const chunk = pool[next++ % ring.chunks]!;
+        // A byte at stream offset S + k lands at `skip + k`: aligned for S + k ≡ pageOffsetMod8.
+        const skip = (receivedBytes - pageOffsetMod8) & 7;
+        return skip === 0 ? chunk : chunk.subarray(skip);
+      },
       // false stops reading (Node calls readStop); resume() starts it again.
-      callback: (n, buf) => deliver.to!(buf.subarray(0, n)),
+      callback: (n, buf) => {
+        receivedBytes += n;
+        return deliver.to!(buf.subarray(0, n));
+      },
     },
     deliver,
   };
@@ -142,6 +174,10 @@ export class NodeReadableSource implements ByteSource {
       this.wake.notify();
     });
     options.signal.addEventListener('abort', this.wake.notify, { once: true });
+  }
+
+  alignReads(streamOffsetMod8: number): void {
+    this.options.alignReads?.(streamOffsetMod8);
   }
 
   /** A chunk read into the ring (RingReads); false when reading must stop for now. */

@@ -12,6 +12,14 @@ export interface ByteSource {
   read(): Promise<Uint8Array | null>;
   /** Stop reading and release the channel. */
   close(): Promise<void>;
+  /**
+   * Optional: the consumer copies large runs (pages) that start at stream
+   * offsets ≡ `streamOffsetMod8` (mod 8), from here on. A source that chooses
+   * where its reads land may place those bytes 8-byte aligned in memory:
+   * copies into shared memory (guest RAM) are several times faster aligned.
+   * A hint only: the bytes delivered are the same whatever it says.
+   */
+  alignReads?(streamOffsetMod8: number): void;
 }
 
 export interface ByteSink {

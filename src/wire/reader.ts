@@ -19,6 +19,9 @@ import { copyBytes } from './writer.js';
 const EMPTY = new Uint8Array(0);
 const textDecoder = new TextDecoder('utf-8');
 
+/** Copies this large or larger tell the source their alignment (ByteSource.alignReads). */
+const ALIGNED_COPY_BYTES = 1024;
+
 export class StreamReader {
   private buffer: Uint8Array = EMPTY;
   private view: DataView = new DataView(EMPTY.buffer);
@@ -28,6 +31,8 @@ export class StreamReader {
   /** Chunks already taken from the source that follow `buffer` (in order). */
   private readonly pending: Uint8Array[] = [];
   private pendingHead = 0;
+  /** The stream offset (mod 8) of the last page-sized copy out, as last told to the source (ByteSource.alignReads). */
+  private copyOffsetMod8 = 0;
 
   constructor(private readonly source: ByteSource) {}
 
@@ -220,6 +225,13 @@ export class StreamReader {
     const at = this.position;
     const buffer = this.buffer;
     if (buffer.length - at < n) throw new RangeError('readIntoSync past the buffered bytes');
+    // Pages keep one stream alignment for long runs: say so when it changes, so a source
+    // that can lays the next ones out aligned (ByteSource.alignReads).
+    const mod8 = (this.consumedBefore + at) & 7;
+    if (mod8 !== this.copyOffsetMod8 && n >= ALIGNED_COPY_BYTES) {
+      this.copyOffsetMod8 = mod8;
+      this.source.alignReads?.(mod8);
+    }
     // A plain Uint8Array view: a Buffer's subarray() builds its view through the
     // species constructor, which costs more than the 4 KiB page copy's setup.
     copyBytes(target, targetOffset, new Uint8Array(buffer.buffer, buffer.byteOffset + at, n));
