@@ -96,8 +96,19 @@ async function livemigRun(spec: ScenarioSpec): Promise<RunResult> {
   return childResult<RunResult>(spec.fill === 'disk' ? './disk.js' : './migrate-source.js', ['--spec', JSON.stringify(spec)], `livemig ${spec.id}`);
 }
 
+
+/**
+ * The line of a failed run's message that says what went wrong: a child's
+ * uncaught error prints its source line first and "Error: ..." further down
+ * (a hung destination's set-up names its step and last lines there).
+ */
+function errorLine(message: string): string {
+  const lines = message.split('\n');
+  return lines.find((l) => /^\s*[A-Za-z]*Error: /.test(l))?.trim() ?? lines[0]!;
+}
+
 function failedRun(engine: RunResult['engine'], spec: ScenarioSpec, err: unknown): RunResult {
-  return { engine, scenario: spec.id, status: 'error', converged: false, totalMs: NaN, wireBytes: NaN, passes: NaN, guestRamBytes: spec.ramBytes, sourceCpu: '?', destCpu: '?', error: err instanceof Error ? err.message.split('\n')[0]! : String(err) };
+  return { engine, scenario: spec.id, status: 'error', converged: false, totalMs: NaN, wireBytes: NaN, passes: NaN, guestRamBytes: spec.ramBytes, sourceCpu: '?', destCpu: '?', error: err instanceof Error ? errorLine(err.message) : String(err) };
 }
 
 function describeRun(r: RunResult): string {

@@ -33,7 +33,7 @@ const SLAB_BYTES = 4 << 20;
  * from shared memory: 112–156 ms per GiB, into it 116–125), any other of 256
  * bytes or more through Buffer's fill with the source as the pattern: one
  * native memcpy whatever the alignment, but behind Node's argument checks
- * (168–244 and 148–161 ms per GiB; /tmp-style microbenchmarks in
+ * (168–244 and 148–161 ms per GiB; microbenchmarks in
  * docs/benchmarks.md, issue 15's fifth session). The alignment test is
  * arithmetic on the views' offsets: asking whether a buffer is shared cost
  * more per page (25 ms per GiB) than the cases it would tell apart.
