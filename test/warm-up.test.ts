@@ -32,6 +32,27 @@ test('where there is no loopback socket, the rehearsal runs through a memory pip
   assert.equal(overMemory.bytes, overTcp.bytes, 'the same scratch machine, the same passes');
 });
 
+test('a MachineMonitor rehearses when created, and not with warmUp: false', { timeout: 30_000 }, async () => {
+  // Once per process: each case in a process of its own; the debug line says whether a rehearsal ran.
+  const monitorModule = new URL('../src/monitor/machine-monitor.js', import.meta.url).href;
+  const machineModule = new URL('../src/machine/none-machine.js', import.meta.url).href;
+  const run = async (options: string): Promise<string> => {
+    const script = `import { MachineMonitor } from ${JSON.stringify(monitorModule)};
+      import { NoneMachine } from ${JSON.stringify(machineModule)};
+      new MachineMonitor(new NoneMachine({ ramSizeBytes: 4 << 20 }), ${options});
+      setTimeout(() => {}, 2000);`;
+    const child = spawn(process.execPath, ['--input-type=module', '-e', script], { env: { ...process.env, DEBUG: 'livemig:warm-up' }, stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s));
+    const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+    assert.equal(code, 0, stderr);
+    return stderr;
+  };
+  const [byDefault, off] = await Promise.all([run('{}'), run('{ warmUp: false }')]);
+  assert.match(byDefault, /livemig:warm-up rehearsal completed/);
+  assert.doesNotMatch(off, /livemig:warm-up/);
+});
+
 test('`livemig run` rehearses as it starts, on a destination too, and a real migration into it is unaffected', { timeout: 60_000 }, async () => {
   const dest = spawn(process.execPath, [cliPath, 'run', '--machine', 'none', '--ram', '16M', '--incoming', 'tcp:127.0.0.1:0', '--json'], {
     env: { ...process.env, DEBUG: 'livemig:warm-up' },
