@@ -59,6 +59,8 @@ export * from '../migration/progress-model.js';
 export * from '../migration/rate-window.js';
 export * from '../migration/auto-converge.js';
 export { formatBytes, parseSize } from '../migration/size.js';
+// A page's first migration gains from it too (over a memory pipe: a page has no loopback socket).
+export { warmUpMigrations, WARM_UP_RAM_BYTES, WARM_UP_ROUNDS, type WarmUpResult } from '../migration/warm-up.js';
 
 export * from './v86-browser.js';
 export * from './migrate.js';

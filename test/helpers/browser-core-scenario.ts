@@ -37,6 +37,8 @@ export interface ScenarioResult {
     runstate: string;
     sections: string[];
   };
+  /** warmUpMigrations() as the bundle runs it: no default channels there, so through a memory pipe. */
+  warmUp: { rounds: number; over: string; error: string | undefined };
 }
 
 const PAGE = 4096;
@@ -55,7 +57,8 @@ function xorshift(seed: number): () => number {
 }
 
 export async function runCoreScenario(core: Core, fetchBytes: (name: string) => Promise<Uint8Array>): Promise<ScenarioResult> {
-  return { nativeBytes: core.NATIVE_BYTES, roundTrip: await roundTrip(core), fixture: await fixture(core, fetchBytes) };
+  const warmed = await core.warmUpMigrations();
+  return { nativeBytes: core.NATIVE_BYTES, roundTrip: await roundTrip(core), fixture: await fixture(core, fetchBytes), warmUp: { rounds: warmed.rounds, over: warmed.over, error: warmed.error } };
 }
 
 interface Device {
