@@ -9,14 +9,22 @@ export class RateWindow {
   private startBytes: number;
   private startPages: number;
   /** Throughput of the last closed window, bytes per ms (0 until one closes, as QEMU). */
-  bandwidthBytesPerMs = 0;
-  mbps = 0;
-  pagesPerSecond = 0;
+  bandwidthBytesPerMs: number;
+  mbps: number;
+  pagesPerSecond: number;
 
   constructor(nowMs: number, bytes: number, pages: number) {
     this.startMs = nowMs;
     this.startBytes = bytes;
     this.startPages = pages;
+    // Set here, not as `= 0` initializers: a field that starts as a small integer changes the
+    // object's hidden class when its first fraction is stored (the first window to close),
+    // which threw away the loop's compiled code once per migration (a migration rehearsed by
+    // warm-up.ts never closes a window). Declared first, then set, they hold any number.
+    this.bandwidthBytesPerMs = 0;
+    this.mbps = 0;
+    this.pagesPerSecond = 0;
+    this.debtBytes = 0;
   }
 
   /**
@@ -25,7 +33,7 @@ export class RateWindow {
    * 500 kB per 100 ms): without the carry each window forgave it and 5M moved twice that.
    * QEMU forgives it (qemu_file_reset_rate_limit).
    */
-  private debtBytes = 0;
+  private debtBytes: number;
 
   /** True when the window has carried all `maxBandwidth` allows (bytes/s, 0 = unlimited), debts included. */
   overBudget(bytesNow: number, maxBandwidthBytesPerSecond: number): boolean {
