@@ -96,7 +96,6 @@ async function livemigRun(spec: ScenarioSpec): Promise<RunResult> {
   return childResult<RunResult>(spec.fill === 'disk' ? './disk.js' : './migrate-source.js', ['--spec', JSON.stringify(spec)], `livemig ${spec.id}`);
 }
 
-
 /**
  * The line of a failed run's message that says what went wrong: a child's
  * uncaught error prints its source line first and "Error: ..." further down

@@ -52,8 +52,8 @@ export const WARM_UP_RAM_BYTES = 4 << 20;
  * real migration still ran them unoptimized for its first ~100 ms and
  * compiled them meanwhile (up to 28 ms of compiler CPU each), and branches
  * taken only early (before V8 keeps type feedback for a function) had none.
- * After three, the page path is compiled before the real migration starts:
- * a-1g 545–580 ms against 610–649 with one, a destination loading a recorded
+ * After three, the page path is compiled before the real migration starts
+ * (measured through the memory pipe): a-1g 545–580 ms against 610–649 with one, a destination loading a recorded
  * 1 GiB stream 406–436 against 457–477 ms; six were no better than three.
  * Over loopback TCP rather than a memory pipe, the destination's socket reads
  * are warmed too: one deoptimization at the real load's start instead of
@@ -104,14 +104,13 @@ export async function rehearseMigrations(rounds: number, ramBytes: number, over:
   const machines = { source: new ScratchMachine(ramBytes, true), destination: new ScratchMachine(ramBytes, false) };
   let bytes = 0;
   for (let done = 0; done < rounds; done++) {
-    let round = over === 'tcp' ? await rehearse(machines, 'tcp') : undefined;
-    if (round?.listenError !== undefined) {
+    let round = await rehearse(machines, over);
+    if (round.listenError !== undefined) {
       // No loopback socket here (a browser, a sandbox): the memory pipe still warms all but the socket code.
       log('no loopback socket (%s): rehearsing through a memory pipe', round.listenError);
       over = 'memory';
-      round = undefined;
+      round = await rehearse(machines, over);
     }
-    round ??= await rehearse(machines, 'memory');
     bytes += round.bytes;
     if (round.error !== undefined) return { durationMs: Math.round(performance.now() - startedMs), bytes, rounds: done, over, error: round.error };
   }
@@ -136,7 +135,6 @@ async function rehearse(machines: { source: ScratchMachine; destination: Scratch
     try {
       uri = await incoming.listen('tcp:127.0.0.1:0');
     } catch (err) {
-      incoming.cancel();
       return { bytes: 0, listenError: err instanceof Error ? err.message : String(err) };
     }
     outgoing = new OutgoingMigration(source, new MigrationConfig(), { prestartThreads: false });

@@ -14,13 +14,10 @@
  */
 import type { ByteSource } from './channel.js';
 import { StreamError, UnexpectedEndError } from './errors.js';
-import { copyBytes } from './writer.js';
+import { ALIGNED_COPY_MIN_BYTES, copyBytes } from './writer.js';
 
 const EMPTY = new Uint8Array(0);
 const textDecoder = new TextDecoder('utf-8');
-
-/** Copies this large or larger tell the source their alignment (ByteSource.alignReads). */
-const ALIGNED_COPY_BYTES = 1024;
 
 export class StreamReader {
   private buffer: Uint8Array = EMPTY;
@@ -228,7 +225,7 @@ export class StreamReader {
     // Pages keep one stream alignment for long runs: say so when it changes, so a source
     // that can lays the next ones out aligned (ByteSource.alignReads).
     const mod8 = (this.consumedBefore + at) & 7;
-    if (mod8 !== this.copyOffsetMod8 && n >= ALIGNED_COPY_BYTES) {
+    if (mod8 !== this.copyOffsetMod8 && n >= ALIGNED_COPY_MIN_BYTES) {
       this.copyOffsetMod8 = mod8;
       this.source.alignReads?.(mod8);
     }

@@ -50,8 +50,12 @@ export function copyBytes(target: Uint8Array, targetOffset: number, source: Uint
   copyUnaligned(target, targetOffset, source);
 }
 
-/** Copies this large or larger decide where the next chunk starts (see StreamWriter.rotate). */
-const ALIGN_FOR_BYTES = 1024;
+/**
+ * Copies this large or larger are pages (or runs of them), whose alignment is
+ * worth keeping: the writer lays them out aligned after its next chunk
+ * boundary, the reader tells its source theirs (ByteSource.alignReads).
+ */
+export const ALIGNED_COPY_MIN_BYTES = 1024;
 
 /** Free slabs kept for reuse. */
 const SLAB_POOL = 4;
@@ -201,7 +205,7 @@ export class StreamWriter {
 
   bytes(data: Uint8Array): this {
     const n = data.length;
-    if (n >= ALIGN_FOR_BYTES) this.copySkew = (this.slab.byteOffset + this.position - data.byteOffset) & 7;
+    if (n >= ALIGNED_COPY_MIN_BYTES) this.copySkew = (this.slab.byteOffset + this.position - data.byteOffset) & 7;
     if (this.limit - this.position >= n) {
       // The common case (a page into a large chunk): one copy.
       copyBytes(this.slab, this.position, data);
