@@ -9,6 +9,7 @@ import { promisify } from 'node:util';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { connect, type Socket } from 'node:net';
 import { QmpClient } from '../src/monitor/qmp-client.js';
 import { LivemigProcess } from './helpers/livemig-process.js';
 import { cliPath } from './helpers/paths.js';
@@ -86,3 +87,66 @@ test('a chain A -> B -> C -> D through livemig migrate: every hop reports its ow
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+test('a QMP client that sends migrate-incoming the moment the socket exists still gets the destination\'s listening line', { timeout: 120_000 }, async () => {
+  // The bench's destination once hung here (2 runs in ~100): `livemig run` wired its 'listening' report
+  // only after the QMP server's listen() had resolved, and the socket takes clients a little before that
+  // (listen, then rename into place, then remove a private directory). A client quick enough had its
+  // migrate-incoming answered, and the line never came. This client connects as soon as the path
+  // appears and sends the whole conversation in one write; the race is narrow, so it runs a few times.
+  for (let attempt = 0; attempt < 4; attempt++) {
+    const dir = await mkdtemp(join(tmpdir(), 'livemig-early-qmp-'));
+    const qmpPath = join(dir, 'dst.qmp');
+    const dst = LivemigProcess.start(['--machine', 'test', '--ram', '16M', '--qmp', `unix:${qmpPath}`, '--incoming', 'defer']);
+    try {
+      const socket = await connectAsSoonAsItExists(qmpPath, 20_000);
+      const answers = collectLines(socket);
+      socket.write('{"execute":"qmp_capabilities"}\n{"execute":"migrate-incoming","arguments":{"uri":"tcp:127.0.0.1:0"}}\n');
+      // The greeting, then both answers.
+      await answers.count(3, 20_000);
+      assert.deepEqual(answers.lines.slice(1).map((l) => Object.keys(JSON.parse(l))), [['return'], ['return']], answers.lines.join(' | '));
+      const listening = await dst.waitFor('listening', () => true, 10_000);
+      assert.match(String(listening.address), /^tcp:127\.0\.0\.1:\d+$/);
+      socket.destroy();
+    } finally {
+      await dst.stop();
+      await rm(dir, { recursive: true, force: true });
+    }
+  }
+});
+
+/** A unix socket connected to `path` as soon as something listens there (polled every millisecond). */
+async function connectAsSoonAsItExists(path: string, timeoutMs: number): Promise<Socket> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const socket = await new Promise<Socket | undefined>((resolve) => {
+      const s = connect(path);
+      s.once('connect', () => resolve(s));
+      s.once('error', () => resolve(undefined));
+    });
+    if (socket) return socket;
+    if (Date.now() > deadline) throw new Error(`nothing listened on ${path} within ${timeoutMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 1));
+  }
+}
+
+function collectLines(socket: Socket): { lines: string[]; count(n: number, timeoutMs: number): Promise<void> } {
+  const lines: string[] = [];
+  let partial = '';
+  socket.setEncoding('utf8').on('data', (text: string) => {
+    partial += text;
+    const parts = partial.split('\n');
+    partial = parts.pop()!;
+    lines.push(...parts.filter((l) => l.trim() !== ''));
+  });
+  return {
+    lines,
+    async count(n, timeoutMs) {
+      const deadline = Date.now() + timeoutMs;
+      while (lines.length < n) {
+        if (Date.now() > deadline) throw new Error(`QMP answered ${lines.length} of ${n} lines: ${lines.join(' | ')}`);
+        await new Promise((resolve) => setTimeout(resolve, 5));
+      }
+    },
+  };
+}

@@ -191,6 +191,10 @@ export async function runCommand(options: RunOptions): Promise<number> {
   monitor.migration.on('status', (status) => {
     if (status === 'completed' && options.verify) emit('migrated', { ramHash: guest.ramHash() }, `source RAM at stop: sha256 ${guest.ramHash().slice(0, 16)}...`);
   });
+  // Everything a QMP command can set off is reported from here on: the monitor is wired before its
+  // socket accepts a client (a fast client's migrate-incoming once ran before the 'listening' report
+  // was wired, and its line never came).
+  const incoming = options.incoming !== undefined ? reportIncoming(guest, monitor, options.verify === true, emit, complain, stop) : undefined;
   try {
     if (options.qmp) {
       const qmpAddress = parseQmpAddress(options.qmp);
@@ -200,8 +204,11 @@ export async function runCommand(options: RunOptions): Promise<number> {
       });
       emit('qmp', { address }, `QMP monitor on ${address}`);
     }
-    if (options.incoming) {
-      return await runIncoming(guest, monitor, options.incoming, options.verify === true, emit, complain, stop);
+    if (options.incoming !== undefined && incoming) {
+      if (options.incoming !== 'defer') await monitor.startIncoming(options.incoming);
+      else emit('waiting', {}, 'waiting for migrate-incoming on the QMP monitor');
+      // QEMU 7.2 exits when an incoming migration fails; so do we. A quit or signal ends it too.
+      return await Promise.race([incoming, stop]);
     }
     if (options.migrateTo) return await runOutgoing(guest, monitor.migration, options, emit, complain, () => serialBytes, stop);
     // From the blocks, not guest.memory(): handing RAM out costs the test machine its never-written pages.
@@ -241,7 +248,13 @@ async function openSerialFile(path: string): Promise<WriteStream> {
   return stream;
 }
 
-async function runIncoming(guest: Guest, monitor: MachineMonitor, uri: string, verify: boolean, emit: Emit, complain: Complain, stop: Promise<number>): Promise<number> {
+/**
+ * Reports a destination's progress (listening, loaded, resumed, failures) as
+ * lines; resolves with the exit code once its incoming migration ended.
+ * Wired before anything can start the migration (--incoming URI, or QMP's
+ * migrate-incoming for defer).
+ */
+function reportIncoming(guest: Guest, monitor: MachineMonitor, verify: boolean, emit: Emit, complain: Complain, stop: Promise<number>): Promise<number> {
   // --verify: copy RAM as loaded into a buffer prepared in advance (a memcpy in
   // the downtime), and hash and check the copy once the guest runs again.
   const shadow = verify ? Buffer.alloc(guest.memory().length) : undefined;
@@ -268,7 +281,7 @@ async function runIncoming(guest: Guest, monitor: MachineMonitor, uri: string, v
   });
   monitor.on('recovering', (address) => emit('recovering', { address }, `waiting for the source to resume postcopy on ${address}`));
   monitor.on('rejected', (why) => emit('rejected', { reason: why }, `${why}; still waiting`));
-  const result = new Promise<number>((resolve) => {
+  return new Promise<number>((resolve) => {
     monitor.once('incoming', (r) => {
       if (r.status !== 'completed') {
         // The guest was not started here; the source keeps (or resumes) it.
@@ -281,10 +294,6 @@ async function runIncoming(guest: Guest, monitor: MachineMonitor, uri: string, v
       resolve(stop);
     });
   });
-  if (uri !== 'defer') await monitor.startIncoming(uri);
-  else emit('waiting', {}, 'waiting for migrate-incoming on the QMP monitor');
-  // QEMU 7.2 exits when an incoming migration fails; so do we. A quit or signal ends it too.
-  return Promise.race([result, stop]);
 }
 
 async function runOutgoing(guest: Guest, migration: OutgoingMigration, options: RunOptions, emit: Emit, complain: Complain, serialBytes: () => number, stop: Promise<number>): Promise<number> {
