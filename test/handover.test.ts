@@ -394,6 +394,35 @@ test('PeerWatchdog: pending operations, busy steps without progress, unanswered 
   a.check();
   assert.equal(stalls.length, 1, 'a watchdog stalls once');
 
+  // A gauge counts instead of timing each operation: progress is seen by the check after it.
+  nowMs = 0;
+  const g = make();
+  const reads = g.gauge('sent any data');
+  reads.begin();
+  nowMs = 600;
+  g.check(); // the read began since the last check: progress, seen at 600
+  nowMs = 1500;
+  g.check();
+  assert.equal(stalls.length, 1, 'a read pending 900 ms since it was seen is not yet a stall');
+  nowMs = 1601;
+  g.check();
+  assert.equal(stalls.length, 2);
+  assert.match(stalls[1]!.message, /has not sent any data for 1\.0 s/);
+  const h = make();
+  const writes = h.gauge('taken any data');
+  for (let t = 0; t <= 5000; t += 250) {
+    // Writes that keep completing are never a stall, however long the stream; an idle gauge neither.
+    nowMs = t;
+    writes.begin();
+    if (t < 4000) writes.end();
+    h.check();
+  }
+  nowMs = 5000 + 1001;
+  h.check();
+  assert.equal(stalls.length, 3, 'the last write, pending for over the timeout since it began, is a stall');
+  assert.match(stalls[2]!.message, /has not taken any data/);
+  stalls.splice(1, 2);
+
   nowMs = 0;
   const b = make();
   let release!: () => void;

@@ -40,6 +40,8 @@ export class PeerWatchdog {
   /** I/O operations waiting on the peer: when each started. */
   private readonly pendingSince = new Map<number, { startedMs: number; what: string }>();
   private nextPendingId = 1;
+  /** Streams of reads or writes tracked by counting (IoGauge): no clock read per operation. */
+  private readonly gauges: IoGauge[] = [];
   private busyDepth = 0;
   private busySinceMs = 0;
   private replyWantedSinceMs: number | undefined;
@@ -82,6 +84,19 @@ export class PeerWatchdog {
     };
   }
 
+  /**
+   * A gauge for one stream of I/O operations that wait on the peer (a
+   * channel's reads, or its writes), for hot paths: begin() and end() only
+   * count, and check() sees progress in the counts. An operation pending
+   * with no count changing for the timeout is a stall, as with begin(); it
+   * is seen up to one check interval later.
+   */
+  gauge(what: string): IoGauge {
+    const gauge = new IoGauge(what, this.now());
+    this.gauges.push(gauge);
+    return gauge;
+  }
+
   /** Run `step` (a part of the migration that does I/O) as busy: no progress for the timeout inside it is a stall. */
   async busy<T>(step: () => Promise<T>): Promise<T> {
     if (this.busyDepth++ === 0) {
@@ -119,11 +134,23 @@ export class PeerWatchdog {
     const seconds = (ms: number): string => `${(ms / 1000).toFixed(1)} s`;
     const since = (startedMs: number): number => now - Math.max(startedMs, this.lastProgressMs);
     let reason: string | undefined;
+    for (const gauge of this.gauges) {
+      if (gauge.count !== gauge.seenCount) {
+        // Operations began or ended since the last check: progress, seen now.
+        gauge.seenCount = gauge.count;
+        gauge.seenMs = now;
+        this.lastProgressMs = now;
+      }
+    }
     for (const { startedMs, what } of this.pendingSince.values()) {
       if (since(startedMs) > timeoutMs) {
         reason = `the ${this.options.peer} has not ${what} for ${seconds(since(startedMs))}`;
         break;
       }
+    }
+    for (const gauge of this.gauges) {
+      if (reason) break;
+      if (gauge.pending > 0 && since(gauge.seenMs) > timeoutMs) reason = `the ${this.options.peer} has not ${gauge.what} for ${seconds(since(gauge.seenMs))}`;
     }
     if (!reason && this.busyDepth > 0 && since(this.busySinceMs) > timeoutMs) {
       reason = `no data has moved to or from the ${this.options.peer} for ${seconds(since(this.busySinceMs))}`;
@@ -140,46 +167,86 @@ export class PeerWatchdog {
   }
 }
 
-/** A sink whose writes the watchdog tracks: a write the peer does not take within the timeout is a stall. */
+/** Counts one stream of operations for PeerWatchdog.gauge(). */
+export class IoGauge {
+  /** Operations begun plus operations ended: any change is progress. */
+  count = 0;
+  pending = 0;
+  /** What check() last saw, and when. */
+  seenCount = 0;
+  seenMs: number;
+  /** Ends an operation; made once, so tracking allocates nothing per operation. */
+  readonly end: () => void;
+
+  constructor(
+    readonly what: string,
+    nowMs: number,
+  ) {
+    this.seenMs = nowMs;
+    this.end = () => {
+      this.pending--;
+      this.count++;
+    };
+  }
+
+  begin(): void {
+    this.pending++;
+    this.count++;
+  }
+}
+
+/**
+ * A sink whose writes the watchdog tracks: a write the peer does not take
+ * within the timeout is a stall. Counted (IoGauge), not timed: a page-path
+ * write costs two increments, not two clock reads and a map entry.
+ */
 export function watchSink(sink: ByteSink, watchdog: PeerWatchdog): ByteSink {
+  const gauge = watchdog.gauge('taken any data');
   const watched: ByteSink = {
-    async write(chunk) {
-      const done = watchdog.begin('taken any data');
-      try {
-        await sink.write(chunk);
-      } finally {
-        done();
-      }
+    write(chunk) {
+      return tracked(gauge, () => sink.write(chunk));
     },
     close: () => sink.close(),
   };
   if (sink.writeLent) {
     const writeLent = sink.writeLent.bind(sink);
-    watched.writeLent = async (chunk, release) => {
-      const done = watchdog.begin('taken any data');
-      try {
-        await writeLent(chunk, release);
-      } finally {
-        done();
-      }
-    };
+    watched.writeLent = (chunk, release) => tracked(gauge, () => writeLent(chunk, release));
   }
   return watched;
 }
 
 /** A source whose reads the watchdog tracks (while `enabled`): a read the peer does not feed within the timeout is a stall. */
 export function watchSource(source: ByteSource, watchdog: PeerWatchdog, enabled: () => boolean = () => true): ByteSource {
+  const gauge = watchdog.gauge('sent any data');
   return {
-    async read() {
+    read() {
       if (!enabled()) return source.read();
-      const done = watchdog.begin('sent any data');
-      try {
-        return await source.read();
-      } finally {
-        done();
-      }
+      return tracked(gauge, () => source.read());
     },
     close: () => source.close(),
     alignReads: (streamOffsetMod8) => source.alignReads?.(streamOffsetMod8),
   };
+}
+
+/** `operation()`, counted on `gauge` until it settles either way (one promise, where finally() makes two). */
+function tracked<T>(gauge: IoGauge, operation: () => Promise<T>): Promise<T> {
+  gauge.begin();
+  let pending: Promise<T>;
+  try {
+    pending = operation();
+  } catch (err) {
+    gauge.end();
+    throw err;
+  }
+  const end = gauge.end;
+  return pending.then(
+    (value) => {
+      end();
+      return value;
+    },
+    (err: unknown) => {
+      end();
+      throw err;
+    },
+  );
 }
