@@ -12,6 +12,7 @@ import {
   StreamWriter,
   UnexpectedEndError,
 } from '../src/wire/index.js';
+import { sharedSlabCount } from '../src/wire/writer.js';
 import { FileSink, FileSource, ReadableSource, WritableSink } from '../src/wire/node-channels.js';
 import { Prng } from './helpers/prng.js';
 
@@ -191,6 +192,52 @@ test('writer: after a chunk boundary, pages copied from shared memory sit 8-byte
   assert.equal(streamAt, expected.length);
   assert.deepEqual(got, expected);
   assert.ok(alignedPages > pages * 0.8, `${alignedPages} of ${pages} pages checked in later chunks`);
+});
+
+test('writer: a cleanly closed writer leaves its slabs to the next one, a slab only once the sink released all its chunks, and refuses writes after close', async () => {
+  // Whatever earlier tests left in the process-wide pool is taken first.
+  const nullSink = { write: async (): Promise<void> => {}, close: async (): Promise<void> => {} };
+  while (sharedSlabCount() > 0) new StreamWriter(nullSink);
+  const held: Array<() => void> = [];
+  const lent: Uint8Array[] = [];
+  const holdingSink = {
+    write: async (): Promise<void> => assert.fail('lent chunks only'),
+    // Keeps every chunk until the test releases it, as a socket whose writes have not completed.
+    writeLent: async (chunk: Uint8Array, release: () => void): Promise<void> => {
+      lent.push(chunk);
+      held.push(release);
+    },
+    close: async (): Promise<void> => {},
+  };
+  const first = new StreamWriter(holdingSink);
+  first.bytes(new Uint8Array(100).fill(0xaa));
+  await first.close();
+  assert.equal(sharedSlabCount(), 0, 'a slab with a chunk still lent is not shared');
+  assert.throws(() => first.u8(1), /write after close/);
+  assert.throws(() => first.bytes(new Uint8Array(8)), /write after close/);
+  assert.deepEqual([...lent[0]!], new Array(100).fill(0xaa), 'the lent bytes were not touched by the refused writes');
+  for (const release of held.splice(0)) release();
+  assert.equal(sharedSlabCount(), 1, 'released: the slab is shared');
+
+  const second = new StreamWriter(holdingSink);
+  assert.equal(sharedSlabCount(), 0, 'the next writer took it');
+  second.bytes(new Uint8Array(100).fill(0xbb));
+  await second.flush();
+  assert.equal(lent[1]!.buffer, lent[0]!.buffer, 'the second writer writes into the first one\'s memory');
+  assert.deepEqual([...lent[1]!], new Array(100).fill(0xbb));
+  for (const release of held.splice(0)) release();
+  await second.close();
+  assert.equal(sharedSlabCount(), 1);
+
+  // A writer whose sink keeps chunks for good (plain write) never gives its slabs away.
+  const kept: Uint8Array[] = [];
+  const keepingSink = { write: async (chunk: Uint8Array): Promise<void> => void kept.push(chunk), close: async (): Promise<void> => {} };
+  const third = new StreamWriter(keepingSink);
+  third.bytes(new Uint8Array(100).fill(0xcc));
+  await third.close();
+  assert.equal(sharedSlabCount(), 0, 'its slab (taken from the pool) went to the sink for good');
+  new StreamWriter(holdingSink).bytes(new Uint8Array(100).fill(0xdd));
+  assert.deepEqual([...kept[0]!], new Array(100).fill(0xcc), 'what the sink kept is never written again');
 });
 
 test('file channel round trip', async () => {
