@@ -85,6 +85,14 @@ test('run --serial FILE and --serial none: stdout carries the status lines, and 
     assert.match(bad.stderr, /^livemig: --serial .*: no such directory\n$/);
     assert.equal(bad.stdout, '', 'refused before the guest starts');
 
+    // More RAM than one typed array holds (V8's own message named neither the size nor the limit).
+    for (const machine of ['test', 'none']) {
+      const big = await runCli(['--machine', machine, '--ram', '5G', '--exit-after-ms', '1500']);
+      assert.equal(big.code, 2, big.stderr);
+      assert.match(big.stderr, /^livemig: (test|none) machine: 5120 MiB of guest RAM (is more than this JavaScript engine holds in one typed array \(Node 20: 4 GiB\)|could not be allocated \(.*\)); give it less RAM\n$/);
+      assert.equal(big.stdout, '');
+    }
+
     // --json keeps serial as events on its one stream.
     const json = await runCli(['--machine', 'test', '--ram', '16M', '--dirty-rate', '20000', '--json', '--exit-after-ms', '1500']);
     const events = json.stdout.trim().split('\n').map((l) => JSON.parse(l) as { event: string; text?: string });

@@ -15,6 +15,7 @@ import { defineVmsd, field } from '../vmstate/index.js';
 import type { DirtyLogSink, Machine, PostcopyGuestAccess } from './machine.js';
 import { ramSha256 } from './memory-check.js';
 import { fillNoneRam, type NonePattern } from './ram-pattern.js';
+import { allocateSharedRam } from './guest-ram.js';
 
 // The RAM patterns live in a browser-safe module (the engine's warm-up fills its scratch RAM with them).
 export { fillNoneRam, parseNonePattern, type NonePattern } from './ram-pattern.js';
@@ -85,7 +86,7 @@ export class NoneMachine implements Machine {
     if (!Number.isSafeInteger(ramSizeBytes) || ramSizeBytes <= 0 || ramSizeBytes % PAGE_SIZE_BYTES !== 0) {
       throw new Error(`--ram: the none machine needs a whole number of 4096-byte pages, got ${ramSizeBytes} bytes`);
     }
-    this.memory = new Uint8Array(new SharedArrayBuffer(ramSizeBytes));
+    this.memory = allocateSharedRam(ramSizeBytes, 'none machine');
     if (!options.incoming && options.pattern) fillNoneRam(this.memory, options.pattern);
     this.block = new DenseRamBlock(RAM_IDSTR, this.memory);
     this.isRunning = !options.incoming;

@@ -15,6 +15,7 @@
 import { Readable } from 'node:stream';
 import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
 import { CHUNK_SIZE, formatSize, SECTOR_SIZE, type BlockDevice } from '../block/block-device.js';
+import { allocateSharedRam } from './guest-ram.js';
 import type { FileBlockDevice } from '../block/file-block-device.js';
 import { DenseRamBlock, type RamBlock } from '../ram/index.js';
 import type { SaveStateRegistry } from '../savevm/index.js';
@@ -435,11 +436,11 @@ export class TestMachine implements Machine {
     this.disk = disk;
     this.diskLayout = disk ? { diskSizeBytes: disk.sizeBytes, blockCount: diskBlocks, genTableAddress } : undefined;
 
-    const ramBuffer = new SharedArrayBuffer(ramSizeBytes);
+    this.ram = allocateSharedRam(ramSizeBytes, 'test machine');
+    const ramBuffer = this.ram.buffer as SharedArrayBuffer;
     const pageCount = ramSizeBytes / PAGE_SIZE_BYTES;
     const dirtyBuffer = new SharedArrayBuffer(Math.ceil(pageCount / 32) * 4);
     const ctrlBuffer = new SharedArrayBuffer(CTRL_WORDS * 4);
-    this.ram = new Uint8Array(ramBuffer);
     this.dirty = new Int32Array(dirtyBuffer);
     this.ctrl = new Int32Array(ctrlBuffer);
     this.everWritten = new Uint32Array(this.dirty.length);
