@@ -6,7 +6,12 @@ import { createHash } from 'node:crypto';
 
 export { checkMemory, type MemoryCheckResult } from './memory-consistency.js';
 
-/** SHA-256 of the bytes (hex): "RAM at resume equals RAM at stop" for any workload. */
+/** Bytes per Hash#update: Node refuses one input of 2 GiB or more ("data is too long"). */
+const HASH_SLICE_BYTES = 256 << 20;
+
+/** SHA-256 of the bytes (hex): "RAM at resume equals RAM at stop" for any workload, any size. */
 export function ramSha256(ram: Uint8Array): string {
-  return createHash('sha256').update(ram).digest('hex');
+  const hash = createHash('sha256');
+  for (let at = 0; at < ram.length; at += HASH_SLICE_BYTES) hash.update(ram.subarray(at, Math.min(ram.length, at + HASH_SLICE_BYTES)));
+  return hash.digest('hex');
 }
