@@ -155,8 +155,10 @@ async function destination() {
     atLoad = { counter: machine.cpu.counter, bad: badPage(machine) };
   });
   const address = await incoming.listen('tcp:127.0.0.1:0');
+  const loaded = incoming.run();
+  await incoming.ramPrepared; // guest RAM touched: no page fault of ours in the migration
   process.send({ listening: address });
-  const result = await incoming.run();
+  const result = await loaded;
   if (result.status !== 'completed') {
     report({ ok: false, why: `incoming migration ${result.status}: ${result.error?.message}` });
     return;

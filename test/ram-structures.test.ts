@@ -157,6 +157,14 @@ describe('RAM blocks', () => {
     memory[20 * PAGE] = 1; // and one in the second group
     const block = new DenseRamBlock('ram', memory);
     block.prepareForLoad({ trackZeroPages: true });
+    // Nothing is known zero until prepared: a ZERO record on an unprepared page writes.
+    memory[30 * PAGE + 1] = 3;
+    block.fillPage(30, 0);
+    assert.equal(memory[30 * PAGE + 1], 0, 'an unprepared page is zeroed');
+    const before = memory.slice();
+    block.preparePages(0, 16);
+    block.preparePages(16, 100); // past the end: stops at the last page
+    assert.deepEqual(memory, before, 'preparing changes no byte');
     block.fillPage(3, 0);
     assert.ok(memory.subarray(3 * PAGE, 4 * PAGE).every((b) => b === 0), 'a non-zero page is zeroed');
     block.fillPage(20, 0);

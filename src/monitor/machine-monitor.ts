@@ -195,6 +195,13 @@ export class MachineMonitor extends EventEmitter<{
       throw err;
     }
     this.incomingAddress = address;
+    // Loading starts now (a source that connects early is read at once); `listening` is said once guest RAM is
+    // prepared, so a source started then pays no page faults of ours (IncomingMigration.ramPrepared).
+    void incoming.run().then((result) => {
+      if (result.status === 'completed' && !result.started) this.runState = 'paused';
+      this.emit('incoming', result);
+    });
+    await incoming.ramPrepared;
     const parsed = parseMigrationUri(uri);
     if (!tls && (parsed.kind === 'tcp' || parsed.kind === 'ws') && !isLoopbackHost(parsed.host)) {
       this.emit(
@@ -204,10 +211,6 @@ export class MachineMonitor extends EventEmitter<{
       );
     }
     this.emit('listening', address);
-    void incoming.run().then((result) => {
-      if (result.status === 'completed' && !result.started) this.runState = 'paused';
-      this.emit('incoming', result);
-    });
     return address;
   }
 

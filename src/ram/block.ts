@@ -66,16 +66,24 @@ export interface RamBlock {
    */
   resize?(lengthBytes: number): string | undefined;
   /**
-   * A destination before the stream arrives: touch every page (the first
-   * write to a never-used page costs a page fault and zeroing by the kernel,
-   * which would otherwise land in the downtime). With `trackZeroPages`, also
-   * note which pages are all zero, while they are hot in the cache: until
-   * endLoad(), a zero fillPage() on a page still zero since then costs
-   * nothing. Only for loads where every write to the block's memory goes
-   * through this interface (not multifd: its worker threads write guest RAM
-   * directly).
+   * A destination, as a load begins: touch every page (the first write to a
+   * never-used page costs a page fault and zeroing by the kernel, which would
+   * otherwise land in the load, perhaps in the downtime). With
+   * `trackZeroPages`, also note which pages are all zero, while they are hot
+   * in the cache: until endLoad(), a zero fillPage() on a page still zero
+   * since then costs nothing. Only for loads where every write to the block's
+   * memory goes through this interface (not multifd: its worker threads write
+   * guest RAM directly). A block with preparePages() only begins here (no page
+   * is touched) and is prepared a slice at a time by it.
    */
   prepareForLoad?(options?: { trackZeroPages?: boolean }): void;
+  /**
+   * After prepareForLoad(): touch pages [firstPage, firstPage + count) and
+   * note the zero ones. The load may have written them already, or write them
+   * meanwhile from another thread (multifd): preparing changes no byte (the
+   * touch is an atomic or of 0).
+   */
+  preparePages?(firstPage: number, count: number): void;
   /** The load is over (whatever its outcome): forget what prepareForLoad() noted. */
   endLoad?(): void;
   /**
@@ -203,22 +211,24 @@ export class DenseRamBlock implements RamBlock {
 
   prepareForLoad(options: { trackZeroPages?: boolean } = {}): void {
     this.writtenThrough = true;
-    const pages = this.pageCount;
+    // Every page is unknown (0) until preparePages() has looked at it.
+    this.knownZero = options.trackZeroPages ? new Uint8Array(this.memory.length / TARGET_PAGE_SIZE) : undefined;
+  }
+
+  preparePages(firstPage: number, count: number): void {
     const memory = this.memory;
-    const knownZero = options.trackZeroPages ? new Uint8Array(memory.length / TARGET_PAGE_SIZE) : undefined;
-    for (let first = 0; first < pages; first += PREPARE_GROUP_PAGES) {
-      const end = Math.min(pages, first + PREPARE_GROUP_PAGES);
-      for (let page = first; page < end; page++) {
-        const at = page * TARGET_PAGE_SIZE;
-        memory[at] = memory[at]!;
-      }
+    const end = Math.min(this.pageCount, firstPage + count);
+    const knownZero = this.knownZero;
+    for (let first = firstPage; first < end; first += PREPARE_GROUP_PAGES) {
+      const groupEnd = Math.min(end, first + PREPARE_GROUP_PAGES);
+      // An atomic or of 0 is a write access (the fault allocates the page) that changes no byte, whoever writes it meanwhile.
+      for (let page = first; page < groupEnd; page++) Atomics.or(memory, page * TARGET_PAGE_SIZE, 0);
       if (knownZero === undefined) continue;
       const from = first * TARGET_PAGE_SIZE;
-      const to = end * TARGET_PAGE_SIZE;
-      if (rangesEqual(memory, from, ZERO_GROUP_BUFFER, 0, to - from)) knownZero.fill(1, first, end);
-      else for (let page = first; page < end; page++) if (this.isPageZero(page)) knownZero[page] = 1;
+      const to = groupEnd * TARGET_PAGE_SIZE;
+      if (rangesEqual(memory, from, ZERO_GROUP_BUFFER, 0, to - from)) knownZero.fill(1, first, groupEnd);
+      else for (let page = first; page < groupEnd; page++) if (this.isPageZero(page)) knownZero[page] = 1;
     }
-    this.knownZero = knownZero;
   }
 
   endLoad(): void {
