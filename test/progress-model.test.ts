@@ -163,6 +163,19 @@ test('a first pass that stops moving (the disks\' rewritten chunks take the band
   assert.doesNotMatch(report!.diagnosis!.levers.join('\n'), /^postcopy/m, 'no postcopy with disks');
 });
 
+test('a first pass with nothing going out is the destination\'s or the link\'s doing: the diagnosis says so and offers no guest-side lever', () => {
+  const model = new ProgressModel(() => ({ downtimeLimitMs: 300, capabilities: {}, peerTimeoutMs: 10_000 }));
+  let report: ProgressReport | undefined;
+  for (let t = 0; t <= 6000; t += 250) {
+    // 4 MiB went out, then nothing (a destination that stopped reading): 0 MB/s.
+    report = model.observe({ status: 'active', elapsedMs: t, ram: { totalBytes: 4096 * MiB, remainingBytes: 4092 * MiB, transferredBytes: 4 * MiB, dirtySyncCount: 1, mbps: 0 } });
+  }
+  assert.match(report!.diagnosis!.summary, /^no data has gone out for [\d.]+ s in the first pass \(0\.0 MB\/s\): the destination is not taking it/);
+  const levers = report!.diagnosis!.levers.join('\n');
+  assert.match(levers, /x-livemig-peer-timeout-ms: .*10000 ms/);
+  assert.doesNotMatch(levers, /auto-converge|xbzrle|postcopy|downtime-limit/);
+});
+
 test('postcopy: the rest of the bar follows what is still missing on the destination, with an ETA', () => {
   const model = new ProgressModel(() => ({ downtimeLimitMs: 300 }));
   const ram = (remainingBytes: number, sync: number) => ({ totalBytes: 64 * MiB, remainingBytes, transferredBytes: 64 * MiB - remainingBytes, dirtySyncCount: sync, mbps: 800 });

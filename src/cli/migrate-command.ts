@@ -309,6 +309,7 @@ class MigrationRun {
         ...(typeof params['max-bandwidth'] === 'number' && { maxBandwidthBytesPerSecond: params['max-bandwidth'] }),
         capabilities: { 'auto-converge': on('auto-converge'), xbzrle: on('xbzrle'), 'postcopy-ram': on('postcopy-ram') },
         copiesDisks: this.settings.blk || on('block'),
+        ...(typeof params['x-livemig-peer-timeout-ms'] === 'number' && { peerTimeoutMs: params['x-livemig-peer-timeout-ms'] }),
       };
     } catch (err) {
       if (!(err instanceof QmpError)) throw err;

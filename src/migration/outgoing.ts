@@ -356,6 +356,7 @@ export class OutgoingMigration extends TypedEmitter<OutgoingMigrationEvents> {
         maxBandwidthBytesPerSecond: this.parameters['max-bandwidth'],
         capabilities,
         copiesDisks: assembly.block !== undefined,
+        peerTimeoutMs: this.parameters['x-livemig-peer-timeout-ms'],
       })),
     };
     this.transition('setup');

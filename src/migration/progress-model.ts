@@ -106,7 +106,12 @@ export interface ProgressSettings {
   capabilities?: { 'auto-converge'?: boolean; xbzrle?: boolean; 'postcopy-ram'?: boolean };
   /** Disks are copied: postcopy is not possible with them. */
   copiesDisks?: boolean;
+  /** x-livemig-peer-timeout-ms (livemig sources): how long the destination may take no data before the source fails. */
+  peerTimeoutMs?: number;
 }
+
+/** A first pass that stalls with less than this going out is the link's or the destination's doing, not the guest's. */
+const LINK_STALLED_BYTES_PER_SECOND = 1_000_000;
 
 /** What the source knows at a sync (exact dirtied bytes); a client derives the same from snapshots. */
 export interface PassSample {
@@ -358,6 +363,21 @@ export class ProgressModel {
     const dirty = rates.dirty ?? 0;
     const throughput = rates.throughput ?? 0;
     const later = this.laterPasses().length;
+    if (stalledMs !== undefined && throughput < LINK_STALLED_BYTES_PER_SECOND && !(o.disk && o.disk.remainingBytes === 0)) {
+      // Nothing goes out: no setting of the guest's side helps (auto-converge, xbzrle and the rest would mislead).
+      const timeout = s.peerTimeoutMs;
+      return {
+        summary:
+          `no data has gone out for ${(stalledMs / 1000).toFixed(1)} s in the first pass (${mb(throughput)}): the destination is not taking it ` +
+          `(busy, stopped, or the link is down); RAM remaining ${mib(o.ram?.remainingBytes ?? 0)} of ${mib(o.ram?.totalBytes ?? 0)}`,
+        levers: [
+          'the destination: is it running and reading? Its query-migrate and its log say',
+          timeout !== undefined
+            ? `x-livemig-peer-timeout-ms: the source fails the migration (its guest keeps running here) once the destination has taken no data for ${timeout} ms; raise it with migrate-set-parameters if the destination is only slow`
+            : 'the source fails the migration (its guest keeps running here) once the destination has taken no data for its peer timeout',
+        ],
+      };
+    }
     const since = this.firstPassDoneMs !== undefined ? ` (${((o.elapsedMs - this.firstPassDoneMs) / 1000).toFixed(1)} s)` : '';
     const parts = [
       stalledMs !== undefined
