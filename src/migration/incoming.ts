@@ -27,8 +27,8 @@ import {
   UnexpectedEndError,
   unrefTimer,
   writeResumeAck,
-  yieldToEventLoop,
   writeShut,
+  yieldToEventLoop,
   type MigrationChannel,
 } from '../wire/index.js';
 import { defaultChannels, multifdUnavailable, OpenedChannelListener, type IncomingListener, type MigrationChannels } from './channels.js';

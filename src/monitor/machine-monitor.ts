@@ -210,7 +210,8 @@ export class MachineMonitor extends EventEmitter<{
           'crosses the network unencrypted and anyone may send a guest; use tls-creds (README: Security) or listen on 127.0.0.1',
       );
     }
-    this.emit('listening', address);
+    // A load that already ended (a quick source, or migrate_cancel while RAM was prepared) has said how it ended.
+    if (incoming.status !== 'completed' && incoming.status !== 'failed' && incoming.status !== 'cancelled') this.emit('listening', address);
     return address;
   }
 
