@@ -195,14 +195,15 @@ export class MachineMonitor extends EventEmitter<{
       throw err;
     }
     this.incomingAddress = address;
-    // Loading starts now (a source that connects early is read at once); `listening` is said once guest RAM is
-    // prepared, so a source started then pays no page faults of ours (IncomingMigration.ramPrepared).
+    // Loading starts now (a source that connects early is read at once). Where a source is told to start when we
+    // listen (sockets), `listening` is said once guest RAM is prepared, so that it pays no page faults of ours
+    // (IncomingMigration.ramPrepared); a file or a command's output is read at once, whatever is prepared.
     void incoming.run().then((result) => {
       if (result.status === 'completed' && !result.started) this.runState = 'paused';
       this.emit('incoming', result);
     });
-    await incoming.ramPrepared;
     const parsed = parseMigrationUri(uri);
+    if (parsed.kind === 'tcp' || parsed.kind === 'unix' || parsed.kind === 'ws') await incoming.ramPrepared;
     if (!tls && (parsed.kind === 'tcp' || parsed.kind === 'ws') && !isLoopbackHost(parsed.host)) {
       this.emit(
         'warning',
