@@ -72,7 +72,7 @@ const SLAB_POOL = 4;
 const sharedSlabs: Slab[] = [];
 const SHARED_SLAB_POOL = 2;
 
-/** Slabs in the process-wide pool (for tests). */
+/** Slabs in the process-wide pool (for tests). @internal */
 export function sharedSlabCount(): number {
   return sharedSlabs.length;
 }
