@@ -189,11 +189,18 @@ async function withProxiedPostcopy(body: (machine: TestMachine, d: Destination, 
 /** Postcopy through a proxy, cut once the destination runs the guest and pages are still missing: both sides pause. */
 async function cutAfterSwitch(machine: TestMachine, d: Destination, proxy: FaultProxy): Promise<OutgoingMigration> {
   const { migration } = postcopyMigration(machine);
-  // Slow the background stream so the cut lands while pages are still missing.
-  migration.setParameters({ 'max-postcopy-bandwidth': 20 * MiB });
+  // Slow the background stream so the cut lands while pages are still missing. Pre-copy must not complete by
+  // itself first (a loaded machine starves the guest's thread, and 50 ms can then be met; 1 ms only by a guest
+  // that wrote nothing): this test once waited 30 s here in a full suite run, its cause not seen. Should the
+  // migration end or pause before postcopy moved anything, it now says so at once, with the error.
+  migration.setParameters({ 'max-postcopy-bandwidth': 20 * MiB, 'downtime-limit': 1 });
   migration.start(proxy.uri);
   await startPostcopyAfterFirstPass(migration);
-  await waitUntil(() => migration.status === 'postcopy-active' && (migration.snapshot().ram?.postcopyBytes ?? 0) > MiB);
+  await waitUntil(() => {
+    const status = migration.status;
+    assert.ok(status !== 'completed' && status !== 'failed' && status !== 'postcopy-paused', `${status} before postcopy moved 1 MiB: ${migration.error?.message ?? 'no error'}`);
+    return migration.status === 'postcopy-active' && (migration.snapshot().ram?.postcopyBytes ?? 0) > MiB;
+  });
   // Cut once the destination runs the guest (before that, the destination fails and the guest stays here).
   await destinationRuns(d);
   proxy.cut();
