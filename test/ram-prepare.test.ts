@@ -70,3 +70,25 @@ for (const multifd of [false, true]) {
     }
   });
 }
+
+test('loadTimeMs counts from the source\'s connection, not from run(): the wait for a source is not the load', { timeout: 60_000 }, async () => {
+  const source = await createTestMachine({ ramSizeBytes: 16 << 20, dirtyRatePagesPerSecond: 1000 });
+  const destination = await createTestMachine({ ramSizeBytes: 16 << 20, incoming: true });
+  try {
+    const incoming = new IncomingMigration(destination);
+    const address = await incoming.listen('tcp:127.0.0.1:0');
+    const loaded = incoming.run();
+    const waitStartedMs = performance.now();
+    await new Promise((resolve) => setTimeout(resolve, 1000)); // nobody connects yet
+    const outgoing = new OutgoingMigration(source, new MigrationConfig());
+    outgoing.start(address);
+    const [status, result] = await Promise.all([outgoing.finished, loaded]);
+    const elapsedMs = performance.now() - waitStartedMs;
+    assert.equal(status, 'completed', outgoing.error?.message);
+    assert.equal(result.status, 'completed', result.error?.message);
+    assert.ok(elapsedMs - result.loadTimeMs >= 900, `loadTimeMs ${Math.round(result.loadTimeMs)} of ${Math.round(elapsedMs)} ms since run(), 1000 of them waiting for a source`);
+  } finally {
+    await source.destroy();
+    await destination.destroy();
+  }
+});

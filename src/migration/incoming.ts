@@ -271,6 +271,8 @@ export class IncomingMigration extends TypedEmitter<IncomingEvents> {
         this.receiver.onError = (err) => this.channel?.abort(err);
       }
       const main = await this.acceptSource(watchdog);
+      // loadTimeMs counts from here: the wait for a source (and, since listen(), for RAM to be prepared) is not the load's.
+      this.startedMs = performance.now();
       this.channel = main.channel;
       reader = main.reader;
       const input = reader;
