@@ -126,13 +126,7 @@ export class IncomingMigration extends TypedEmitter<IncomingEvents> {
   postcopy: DestinationPostcopy | undefined;
   /** Postcopy paused: hands the listener of `migrate-recover` to the waiting load. */
   private recoverWaiter: ((listener: IncomingListener) => void) | undefined;
-  /**
-   * Settles once every page of guest RAM was touched after listen() (see
-   * prepareRam), or the load ended first. Never rejects. Who tells the source
-   * to start (`livemig run` reports `listening` then) may wait for it, so
-   * that no page fault lands in the migration; the load does not need it.
-   */
-  ramPrepared: Promise<void> = Promise.resolve();
+  private preparing: Promise<void> = Promise.resolve();
   private ramLoadEnded = false;
 
   constructor(
@@ -150,6 +144,16 @@ export class IncomingMigration extends TypedEmitter<IncomingEvents> {
 
   private peerTimeoutMs(): number {
     return this.options.peerTimeoutMs?.() ?? DEFAULT_PARAMETERS['x-livemig-peer-timeout-ms'];
+  }
+
+  /**
+   * Settles once every page of guest RAM was touched after listen() (see
+   * prepareRam), or the load ended first. Never rejects. Who tells the source
+   * to start (`livemig run` reports `listening` then) may wait for it, so
+   * that no page fault lands in the migration; the load does not need it.
+   */
+  get ramPrepared(): Promise<void> {
+    return this.preparing;
   }
 
   /** Listen on `uri`; resolves with the actual address (tcp port 0 becomes a real port). */
@@ -216,7 +220,7 @@ export class IncomingMigration extends TypedEmitter<IncomingEvents> {
         block.pageUpdated(page);
       }
     }
-    this.ramPrepared = this.prepareInSlices(sliced).catch((err: unknown) => log('preparing guest RAM stopped: %s', (err as Error).message));
+    this.preparing = this.prepareInSlices(sliced).catch((err: unknown) => log('preparing guest RAM stopped: %s', (err as Error).message));
   }
 
   private async prepareInSlices(blocks: RamBlock[]): Promise<void> {

@@ -37,10 +37,7 @@ export class PeerWatchdog {
   private stalled = false;
   private lastProgressValue = -1;
   private lastProgressMs: number;
-  /** I/O operations waiting on the peer: when each started. */
-  private readonly pendingSince = new Map<number, { startedMs: number; what: string }>();
-  private nextPendingId = 1;
-  /** Streams of reads or writes tracked by counting (IoGauge): no clock read per operation. */
+  /** The channels' reads and writes, tracked by counting (IoGauge): no clock read per operation. */
   private readonly gauges: IoGauge[] = [];
   private busyDepth = 0;
   private busySinceMs = 0;
@@ -74,22 +71,12 @@ export class PeerWatchdog {
     this.lastProgressMs = this.now();
   }
 
-  /** Track one operation that waits on the peer; the returned function ends it. */
-  begin(what: string): () => void {
-    const id = this.nextPendingId++;
-    this.pendingSince.set(id, { startedMs: this.now(), what });
-    return () => {
-      this.pendingSince.delete(id);
-      this.noteProgress();
-    };
-  }
-
   /**
    * A gauge for one stream of I/O operations that wait on the peer (a
    * channel's reads, or its writes), for hot paths: begin() and end() only
    * count, and check() sees progress in the counts. An operation pending
-   * with no count changing for the timeout is a stall, as with begin(); it
-   * is seen up to one check interval later.
+   * with no count changing for the timeout is a stall, seen up to one check
+   * interval (at most 250 ms) late.
    */
   gauge(what: string): IoGauge {
     const gauge = new IoGauge(what, this.now());
@@ -142,15 +129,11 @@ export class PeerWatchdog {
         this.lastProgressMs = now;
       }
     }
-    for (const { startedMs, what } of this.pendingSince.values()) {
-      if (since(startedMs) > timeoutMs) {
-        reason = `the ${this.options.peer} has not ${what} for ${seconds(since(startedMs))}`;
+    for (const gauge of this.gauges) {
+      if (gauge.pending > 0 && since(gauge.seenMs) > timeoutMs) {
+        reason = `the ${this.options.peer} has not ${gauge.what} for ${seconds(since(gauge.seenMs))}`;
         break;
       }
-    }
-    for (const gauge of this.gauges) {
-      if (reason) break;
-      if (gauge.pending > 0 && since(gauge.seenMs) > timeoutMs) reason = `the ${this.options.peer} has not ${gauge.what} for ${seconds(since(gauge.seenMs))}`;
     }
     if (!reason && this.busyDepth > 0 && since(this.busySinceMs) > timeoutMs) {
       reason = `no data has moved to or from the ${this.options.peer} for ${seconds(since(this.busySinceMs))}`;

@@ -20,8 +20,9 @@
  * (was 35): ~19 MiB of garbage (its machines and receive rings) until V8's
  * next full garbage collection frees them, and two stream-writer slabs (8 MiB)
  * in the writers' shared pool, which the real migration then writes into
- * instead of fresh memory (writer.ts). Nothing outside this file sees it: its machines,
- * connections and migrations are its own and are dropped when it ends (a
+ * instead of fresh memory (writer.ts). Nothing else outside this file sees
+ * it: its machines, connections and migrations are its own and are dropped
+ * when it ends (a
  * stranger connecting to the loopback port meanwhile could only fail the
  * rehearsal).
  *

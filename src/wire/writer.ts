@@ -294,9 +294,10 @@ export class StreamWriter {
   }
 }
 
+/** A slab none of whose chunks is queued or lent (outstanding 0) goes to the pool, if it is of the pooled size and there is room. */
 function share(slab: Slab): void {
+  // The includes() guard is cheap (two entries) against the worst mistake here: two writers in one slab.
   if (slab.bytes.length === SLAB_BYTES && sharedSlabs.length < SHARED_SLAB_POOL && !sharedSlabs.includes(slab)) {
-    slab.outstanding = 0;
     slab.retired = false;
     sharedSlabs.push(slab);
   }
