@@ -279,3 +279,82 @@ test('socket channel round trip over loopback TCP, and a dropped peer', async ()
   await assert.rejects(r2.be64(), (err: unknown) => err instanceof UnexpectedEndError && err.offset === 0);
   server.close();
 });
+
+test('writer: bytes given in place reach a gathering sink as views of the caller\'s memory between the writer\'s own bytes, read when the sink sends them; other sinks get a copy', async () => {
+  const pageBytes = 4096;
+  const pages = 40;
+  const ram = new Uint8Array(new SharedArrayBuffer(pages * pageBytes));
+  ram.set(new Prng(9).bytes(ram.length));
+  const writeAll = (w: StreamWriter): void => {
+    w.u8(0x10);
+    for (let i = 0; i < pages; i++) w.be64(i * pageBytes + 8).bytesInPlace(ram.subarray(i * pageBytes, (i + 1) * pageBytes));
+    w.be32(0xfeedf00d);
+  };
+  const expectedBytes = (): Uint8Array => {
+    const out = new Uint8Array(1 + pages * (8 + pageBytes) + 4);
+    const v = new DataView(out.buffer);
+    out[0] = 0x10;
+    for (let i = 0; i < pages; i++) {
+      v.setUint32(1 + i * (8 + pageBytes) + 4, i * pageBytes + 8);
+      out.set(ram.subarray(i * pageBytes, (i + 1) * pageBytes), 1 + i * (8 + pageBytes) + 8);
+    }
+    v.setUint32(out.length - 4, 0xfeedf00d);
+    return out;
+  };
+  const concat = (parts: Uint8Array[]): Uint8Array => Buffer.concat(parts.map((p) => Buffer.from(p.buffer, p.byteOffset, p.length)));
+
+  // A gathering sink: it reads each piece when it takes it.
+  const gathered: Uint8Array[][] = [];
+  const sent: Uint8Array[] = [];
+  const gatherSink = {
+    write: async (): Promise<void> => assert.fail('a chunk holding in-place bytes is gathered'),
+    writeGather: async (pieces: readonly Uint8Array[]): Promise<void> => {
+      gathered.push([...pieces]);
+      sent.push(concat([...pieces]));
+    },
+    close: async (): Promise<void> => {},
+  };
+  const w = new StreamWriter(gatherSink, 64 * 1024);
+  writeAll(w);
+  assert.equal(w.bytesWritten, 1 + pages * (8 + pageBytes) + 4);
+  // The guest writes a page after it was queued and before the sink took it: the sink sends what is there then.
+  ram.fill(0xee, 39 * pageBytes, 39 * pageBytes + 16);
+  await w.flush();
+  assert.deepEqual(concat(sent), Buffer.from(expectedBytes()));
+  const pagePieces = gathered.flat().filter((p) => p.buffer === ram.buffer);
+  assert.equal(pagePieces.length, pages, 'every page went as a view of guest RAM, none copied');
+  assert.ok(pagePieces.every((p, i) => p.byteOffset === i * pageBytes && p.length === pageBytes));
+  assert.ok(gathered.length >= 3, `${gathered.length} gathered chunks of at most about 64 KiB`);
+  assert.equal(w.pendingBytes, 0);
+
+  // A sink that cannot gather gets the bytes as they were when written.
+  const copySink = new MemorySink();
+  const c = new StreamWriter(copySink, 64 * 1024);
+  writeAll(c);
+  const before = expectedBytes();
+  ram.fill(0x11, 0, pageBytes);
+  await c.flush();
+  assert.deepEqual(copySink.bytes(), before);
+});
+
+test('writer: a gathered chunk\'s slab is reused only after writeGather settles, also when it fails', async () => {
+  const nullSink = { write: async (): Promise<void> => {}, close: async (): Promise<void> => {} };
+  while (sharedSlabCount() > 0) new StreamWriter(nullSink);
+  const page = new Uint8Array(4096).fill(3);
+  let fail = true;
+  const sink = {
+    write: async (): Promise<void> => assert.fail('gathered only'),
+    writeGather: async (): Promise<void> => {
+      if (fail) throw new Error('link cut');
+    },
+    close: async (): Promise<void> => {},
+  };
+  const w = new StreamWriter(sink);
+  w.be64(8).bytesInPlace(page);
+  await assert.rejects(w.flush(), /link cut/);
+  fail = false;
+  w.be64(8).bytesInPlace(page);
+  await w.close();
+  assert.equal(sharedSlabCount(), 1, 'every chunk released: the slab went to the pool');
+  assert.throws(() => w.bytesInPlace(page), /write after close/);
+});

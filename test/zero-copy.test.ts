@@ -1,8 +1,10 @@
 /**
- * Zero-copy sending of guest RAM by the multifd worker threads (headers and
- * page runs in one writev): byte for byte what the copying main-thread path
- * sends, and livemig -> livemig migrations with a guest writing throughout
- * (one channel for comparison, multifd, multifd with compression).
+ * Zero-copy sending of guest RAM: by the multifd worker threads (headers and
+ * page runs in one writev), byte for byte what the copying main-thread path
+ * sends; by the main channel (ByteSink.writeGather over a socket: headers
+ * and pages in one writev); and livemig -> livemig migrations with a guest
+ * writing throughout (one channel, in place; multifd; multifd with
+ * compression, which copies).
  */
 import { queryMigrate } from '../src/monitor/query-migrate.js';
 import { describe, it, test } from 'node:test';
@@ -63,7 +65,58 @@ async function collectingServer(): Promise<{ port: number; connections: Array<Pr
   return { port: (server.address() as AddressInfo).port, connections, stop };
 }
 
-/** A socket to a collecting server, as a NodeWritableSink; `received` resolves with everything sent once the sink is closed. */
+describe('the main channel sends guest pages in place (writeGather)', () => {
+  it('over a real socket whose reader stalls: every byte in order after a plain write, settling only once the OS took the last piece', { timeout: 60_000 }, async () => {
+    // 16 MiB of "guest RAM" as 4 KiB views between 8-byte headers: far more than the socket buffers hold.
+    const { memory } = sharedRandom(16 * MiB, 11);
+    const first = Buffer.from('before the pages; ');
+    const pieces: Uint8Array[] = [];
+    const expected: Buffer[] = [first];
+    for (let at = 0; at < memory.length; at += PAGE) {
+      const header = Buffer.alloc(8);
+      header.writeUInt32BE(at | 8, 4);
+      pieces.push(header, memory.subarray(at, at + PAGE));
+      expected.push(header, Buffer.from(memory.buffer, at, PAGE));
+    }
+    let serverSocket: Socket | undefined;
+    const received = new Promise<Buffer>((resolve, reject) => {
+      const server = createServer((socket) => {
+        serverSocket = socket;
+        socket.pause(); // the reader stalls until the test resumes it
+        const parts: Buffer[] = [];
+        socket.on('data', (d: Buffer) => parts.push(d));
+        socket.on('end', () => {
+          resolve(Buffer.concat(parts));
+          server.close();
+        });
+        socket.on('error', reject);
+      });
+      server.listen(0, '127.0.0.1', () => {
+        const { port } = server.address() as AddressInfo;
+        void run(port).catch(reject);
+      });
+    });
+    let settled = false;
+    const run = async (port: number): Promise<void> => {
+      const channel = await connectOutgoing(`tcp:127.0.0.1:${port}`);
+      const output = channel.output!;
+      assert.ok(output.writeGather, 'a plain socket gathers');
+      await output.write(first);
+      const gathered = output.writeGather(pieces).then(() => (settled = true));
+      await waitUntil(() => serverSocket !== undefined);
+      await new Promise((r) => setTimeout(r, 300));
+      assert.equal(settled, false, 'with the reader stalled, the OS cannot have taken 16 MiB');
+      serverSocket!.resume();
+      await gathered;
+      await channel.close();
+    };
+    const got = await received;
+    assert.equal(settled, true);
+    assert.equal(got.length, first.length + 16 * MiB + (16 * MiB / PAGE) * 8);
+    assert.ok(got.equals(Buffer.concat(expected)), 'the reader got every byte in order');
+  });
+});
+
 describe('multifd worker channels send pages from guest RAM', () => {
   it('packets on the wire are byte for byte those of the copying main-thread channels', { timeout: 60_000 }, async () => {
     const a = sharedRandom(8 * MiB, 7);

@@ -88,7 +88,8 @@ export class NoneMachine implements Machine {
     }
     this.memory = allocateSharedRam(ramSizeBytes, 'none machine');
     if (!options.incoming && options.pattern) fillNoneRam(this.memory, options.pattern);
-    this.block = new DenseRamBlock(RAM_IDSTR, this.memory);
+    // Only the loader writes this RAM (never a source's): pages may go out in place.
+    this.block = new DenseRamBlock(RAM_IDSTR, this.memory, { logsEveryWrite: true });
     this.isRunning = !options.incoming;
     if (this.isRunning) this.runningSinceMs = performance.now();
     this.section = { machine: this, cpu_ticks_offset: 0n, cpu_clock_offset: 0n };

@@ -445,7 +445,11 @@ export class TestMachine implements Machine {
     this.ctrl = new Int32Array(ctrlBuffer);
     this.everWritten = new Uint32Array(this.dirty.length);
     this.ramUnaccounted = options.incoming === true;
-    this.block = new DenseRamBlock(TEST_RAM_BLOCK, this.ram, { pristinePages: () => this.pristinePages() });
+    this.block = new DenseRamBlock(TEST_RAM_BLOCK, this.ram, {
+      pristinePages: () => this.pristinePages(),
+      // The vCPU and load() set a page's dirty bit after every write: pages may go out in place.
+      logsEveryWrite: true,
+    });
 
     const c = this.ctrl;
     c[Ctrl.Pattern] = pattern === 'random' ? Pattern.Random : Pattern.Sequential;

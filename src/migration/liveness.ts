@@ -195,6 +195,10 @@ export function watchSink(sink: ByteSink, watchdog: PeerWatchdog): ByteSink {
     const writeLent = sink.writeLent.bind(sink);
     watched.writeLent = (chunk, release) => tracked(gauge, () => writeLent(chunk, release));
   }
+  if (sink.writeGather) {
+    const writeGather = sink.writeGather.bind(sink);
+    watched.writeGather = (pieces) => tracked(gauge, () => writeGather(pieces));
+  }
   return watched;
 }
 

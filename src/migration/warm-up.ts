@@ -191,7 +191,7 @@ class ScratchMachine implements Machine {
     this.memory = new Uint8Array(buffer);
     const pages = ramBytes / TARGET_PAGE_SIZE;
     this.writtenPages = isSource ? Math.floor((pages * 3) / 4) : 0;
-    this.block = new DenseRamBlock(SCRATCH_RAM_BLOCK, this.memory, { pristinePages: () => this.pristinePages() });
+    this.block = new DenseRamBlock(SCRATCH_RAM_BLOCK, this.memory, { pristinePages: () => this.pristinePages(), logsEveryWrite: true });
     this.isRunning = isSource;
     if (isSource) fillNoneRam(this.memory.subarray(0, this.writtenPages * TARGET_PAGE_SIZE), { kind: 'random', seed: 1 });
   }

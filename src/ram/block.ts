@@ -40,6 +40,17 @@ export interface RamBlock {
    * it as read-only and do not keep it across writes.
    */
   pageView(pageIndex: number): Uint8Array;
+  /**
+   * Optional: true when every write to the block's memory after pageView()
+   * returned a view shows in the next dirty sync (a log of writes, as the
+   * test machine's vCPU keeps). The source may then send a page's bytes as
+   * they are when the OS takes them, later than pageView(), without copying
+   * them first: a page written meanwhile is dirty again and goes out again.
+   * A log that compares RAM with what was read (v86's shadow copy) must not
+   * say so: a page written and written back before the next sync would keep
+   * the in-between bytes on the destination.
+   */
+  readonly logsEveryWrite?: boolean;
   /** Copy the page into `out` at `outOffset`. */
   readPage(pageIndex: number, out: Uint8Array, outOffset?: number): void;
   writePage(pageIndex: number, data: Uint8Array): void;
@@ -120,6 +131,8 @@ export interface DenseRamBlockOptions {
    * once anything wrote through it (a load).
    */
   pristinePages?: () => Uint32Array | undefined;
+  /** RamBlock.logsEveryWrite (default false). */
+  logsEveryWrite?: boolean;
 }
 
 /** A block over caller-owned memory; page views are windows into it. */
@@ -138,6 +151,7 @@ export class DenseRamBlock implements RamBlock {
   private knownZero: Uint8Array | undefined;
   /** Something wrote through this block (a load): the owner's pristine-page account no longer holds. */
   private writtenThrough = false;
+  readonly logsEveryWrite: boolean;
 
   constructor(readonly idstr: string, readonly memory: Uint8Array, private readonly options: DenseRamBlockOptions = {}) {
     checkIdstr(idstr);
@@ -145,6 +159,7 @@ export class DenseRamBlock implements RamBlock {
     this.usedBytes = options.lengthBytes ?? memory.length;
     checkLength(`RAM block '${idstr}'`, this.usedBytes);
     if (this.usedBytes > memory.length) throw new RangeError(`RAM block '${idstr}': length ${this.usedBytes} exceeds its memory (${memory.length})`);
+    this.logsEveryWrite = options.logsEveryWrite ?? false;
     this.words = memory.byteOffset % 8 === 0 ? new Float64Array(memory.buffer, memory.byteOffset, Math.floor(memory.length / 8)) : undefined;
   }
 

@@ -115,11 +115,16 @@ export class RamRecordWriter {
     return n + (count - 1) * (RAM_RECORD_HEADER_BYTES + 1);
   }
 
-  /** A raw page: header + 4096 bytes. */
-  writePage(out: StreamWriter, idstr: string, offsetBytes: number, page: Uint8Array): number {
+  /**
+   * A raw page: header + 4096 bytes. `inPlace`: the page is guest RAM whose
+   * later writes are logged (RamBlock.logsEveryWrite), which the writer may
+   * hand to the OS where it is (StreamWriter.bytesInPlace).
+   */
+  writePage(out: StreamWriter, idstr: string, offsetBytes: number, page: Uint8Array, inPlace = false): number {
     if (page.length !== TARGET_PAGE_SIZE) throw new RangeError(`page of ${page.length} bytes, expected ${TARGET_PAGE_SIZE}`);
     const n = this.header(out, idstr, offsetBytes, RAM_FLAG_PAGE);
-    out.bytes(page);
+    if (inPlace) out.bytesInPlace(page);
+    else out.bytes(page);
     return n + TARGET_PAGE_SIZE;
   }
 

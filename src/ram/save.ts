@@ -519,7 +519,8 @@ export class RamSaveHandler implements SaveVMHandlers {
       return TARGET_PAGE_SIZE;
     }
 
-    let data = block.pageView(page);
+    const view = block.pageView(page);
+    let data = view;
     if (this.xbzrleActive && this.cache) {
       const cached = this.cache.lookup(globalPage, generation);
       if (!cached) {
@@ -561,7 +562,8 @@ export class RamSaveHandler implements SaveVMHandlers {
       }
     }
 
-    const n = this.records.writePage(out, block.idstr, offsetBytes, data);
+    // Guest RAM itself (not a cache entry, which later pages change) may go out in place.
+    const n = this.records.writePage(out, block.idstr, offsetBytes, data, data === view && block.logsEveryWrite === true);
     c.normalPages++;
     c.normalBytes += TARGET_PAGE_SIZE;
     c.transferredBytes += n;

@@ -99,6 +99,16 @@ function takeHandle(socket: Socket, o: { needsFd: boolean }): NonNullable<Socket
 }
 
 /**
+ * The descriptor under a plain socket or pipe (Node 20's net.Socket._handle.fd),
+ * for writes that bypass Node's queue (NodeSinkOptions.descriptor); undefined
+ * once the socket has no handle (destroyed, detached) or Node keeps it elsewhere.
+ */
+export function descriptorOf(socket: Socket): number | undefined {
+  const fd = (socket as unknown as SocketInternals)._handle?.fd;
+  return typeof fd === 'number' && fd >= 0 && !socket.destroyed ? fd : undefined;
+}
+
+/**
  * Handles whose descriptors were given to another thread. Node closes a
  * handle's descriptor when the handle is closed, and the descriptor number
  * may by then belong to something else: these handles are kept here, out of
@@ -158,6 +168,7 @@ export function socketChannel(
   const output = new NodeWritableSink(socket, {
     what: uri,
     signal,
+    ...(socket instanceof TLSSocket ? {} : { descriptor: () => descriptorOf(socket) }),
     afterEnd: async () => {
       outputClosed = true;
       releaseIfDone();

@@ -10,7 +10,8 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { ChannelError } from '../wire/index.js';
-import { Channel, type MigrationChannel } from './channel.js';
+import { Socket } from 'node:net';
+import { Channel, descriptorOf, type MigrationChannel } from './channel.js';
 import { asChannelError, ExecExitError, TransportError } from './errors.js';
 import { NodeReadableSource, NodeWritableSink, withinMs } from './stream-io.js';
 
@@ -117,6 +118,8 @@ export function execOutgoingChannel(child: ExecChild, exitTimeoutMs = EXEC_EXIT_
   const output = new NodeWritableSink(stdin, {
     what: uri,
     signal,
+    // The child's stdin is a pipe: gathered writes go to it directly.
+    ...(stdin instanceof Socket ? { descriptor: () => descriptorOf(stdin) } : {}),
     explain: async (failure) => {
       const status = await withinMs(child.exited, EXEC_EXIT_EXPLAINS_MS);
       return (status && child.failureOf(status, failure)) || failure;

@@ -12,6 +12,7 @@
  * async iterator destroys the whole socket when the read side ends, and a write
  * after the stream closed waits for a 'close' event that already happened.
  */
+import { writevSync } from 'node:fs';
 import type { Readable, Writable } from 'node:stream';
 import { ChannelError, type ByteSink, type ByteSource } from '../wire/index.js';
 import { asChannelError } from './errors.js';
@@ -276,7 +277,16 @@ export interface NodeSinkOptions {
   afterEnd?: () => Promise<void>;
   /** Turns a write failure into a better one (an exec child's exit explains its EPIPE). */
   explain?: (failure: ChannelError) => Promise<ChannelError>;
+  /**
+   * The descriptor the stream writes to, when gathered writes may go to it
+   * directly (a plain socket or pipe; never a TLS socket, whose bytes must
+   * be encrypted): undefined when there is none, or none any more.
+   */
+  descriptor?: () => number | undefined;
 }
+
+/** Error codes of a non-blocking descriptor with no room. */
+const NO_ROOM = new Set(['EAGAIN', 'EWOULDBLOCK']);
 
 export class NodeWritableSink implements ByteSink {
   private failure: ChannelError | undefined;
@@ -344,6 +354,57 @@ export class NodeWritableSink implements ByteSink {
     }
   }
 
+  /**
+   * ByteSink.writeGather: the pieces go to the OS with writev, in place,
+   * while Node has nothing of this stream queued (else the order would
+   * break); what the OS has no room for yet goes on one piece at a time
+   * through Node, whose callback says the OS took it and has room again
+   * (Node has no public "writable" event for a socket that is not full of
+   * its own writes). Without a descriptor, the pieces are copied into one
+   * chunk and written as write() does.
+   */
+  async writeGather(pieces: readonly Uint8Array[]): Promise<void> {
+    await this.check();
+    if (this.closing) throw new ChannelError(`${this.options.what}: write after close`);
+    if (this.stream.destroyed) throw new ChannelError(`${this.options.what}: channel is closed`);
+    let index = 0; // the next byte to send is pieces[index][skip]
+    let skip = 0;
+    const advance = (n: number): void => {
+      for (; index < pieces.length && n >= pieces[index]!.length - skip; index++) {
+        n -= pieces[index]!.length - skip;
+        skip = 0;
+      }
+      skip += n;
+    };
+    const rest = (): Uint8Array[] => {
+      const left = pieces.slice(index);
+      if (skip > 0) left[0] = left[0]!.subarray(skip);
+      return left;
+    };
+    while (index < pieces.length) {
+      const fd = this.options.descriptor?.();
+      if (fd === undefined) return this.send(concatBytes(rest()), undefined);
+      if (this.stream.writableLength === 0) {
+        try {
+          advance(writevSync(fd, index === 0 && skip === 0 ? (pieces as Uint8Array[]) : rest()));
+        } catch (err) {
+          if (!NO_ROOM.has((err as NodeJS.ErrnoException).code ?? '')) {
+            this.failure ??= new ChannelError(`${this.options.what}: write failed: ${(err as Error).message}`, { cause: err });
+            this.stream.destroy();
+            await this.check();
+          }
+        }
+        if (index === pieces.length) return;
+      }
+      const piece = skip > 0 ? pieces[index]!.subarray(skip) : pieces[index]!;
+      advance(piece.length);
+      const failed = await new Promise<Error | null | undefined>((resolve) => this.stream.write(piece, resolve));
+      if (failed) this.failure ??= new ChannelError(`${this.options.what}: write failed: ${failed.message}`, { cause: failed });
+      await this.check();
+      if (this.stream.destroyed) throw new ChannelError(`${this.options.what}: channel closed while writing`);
+    }
+  }
+
   /** Flush, end this direction (half-close on a socket), then run afterEnd. Same promise on every call. */
   close(): Promise<void> {
     this.closing ??= this.finish();
@@ -360,6 +421,18 @@ export class NodeWritableSink implements ByteSink {
     }
     await this.options.afterEnd?.();
   }
+}
+
+function concatBytes(pieces: readonly Uint8Array[]): Uint8Array {
+  let length = 0;
+  for (const p of pieces) length += p.length;
+  const out = new Uint8Array(length);
+  let at = 0;
+  for (const p of pieces) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
 }
 
 /** Guards a source that has no abort of its own (a file): abort, closed state, ChannelError for every failure. */

@@ -30,6 +30,15 @@ export interface ByteSink {
    * caller may reuse it. Sinks that keep chunks (memory) do not offer it.
    */
   writeLent?(chunk: Uint8Array, release: () => void): Promise<void>;
+  /**
+   * Optional: write `pieces` in order, as if they were one chunk, without
+   * copying them first: the OS reads them where they are (views of guest RAM
+   * go out in place, as QEMU's iovecs). Settles once the sink holds none of
+   * them any more (all went to the OS, or the write failed), so the caller
+   * may then reuse their memory. A piece's bytes are read when the OS takes
+   * them, not when this is called.
+   */
+  writeGather?(pieces: readonly Uint8Array[]): Promise<void>;
   /** Flush and release the channel. */
   close(): Promise<void>;
 }

@@ -14,6 +14,12 @@
  * chunk (ByteSink.writeLent: sockets, pipes) gets slabs back for reuse, so the
  * steady state allocates nothing and writes into memory that is already mapped
  * (and warm in the cache).
+ *
+ * A sink that writes gathered pieces (ByteSink.writeGather: sockets) is also
+ * given large runs in place (bytesInPlace(): guest pages): the chunk becomes
+ * a list of pieces, this slab's bytes (record headers) between views of the
+ * caller's memory, and the OS copies each page once, straight from guest
+ * RAM, where the writer would otherwise copy it into a slab first.
  */
 import type { ByteSink } from './channel.js';
 import { allocateBytes, copyUnaligned } from './native-bytes.js';
@@ -87,7 +93,11 @@ interface Slab {
 }
 
 interface QueuedChunk {
-  bytes: Uint8Array;
+  /** The chunk's bytes in its slab, or undefined when it is gathered from `pieces`. */
+  bytes: Uint8Array | undefined;
+  /** Slab bytes and caller's views in order (bytesInPlace()), or undefined. */
+  pieces: Uint8Array[] | undefined;
+  length: number;
   slab: Slab;
 }
 
@@ -118,6 +128,17 @@ export class StreamWriter {
   private copySkew = 0;
   /** close() completed: the slabs went to the shared pool, and nothing may be written. */
   private closed = false;
+  /** The sink writes gathered pieces: bytesInPlace() does not copy. */
+  private readonly gathers: boolean;
+  /**
+   * The current chunk as pieces, once it holds views given to bytesInPlace():
+   * slab bytes up to segmentStart, and the views; undefined otherwise.
+   */
+  private pieces: Uint8Array[] | undefined;
+  /** First byte in the slab of the current chunk not yet in `pieces`. */
+  private segmentStart = 0;
+  /** Bytes of the views in the current chunk. */
+  private inPlaceBytes = 0;
 
   constructor(private readonly sink: ByteSink, private readonly chunkBytes = WRITER_CHUNK_BYTES) {
     if (!Number.isInteger(chunkBytes) || chunkBytes < 16) throw new RangeError(`StreamWriter: buffer size ${chunkBytes} is too small`);
@@ -126,24 +147,35 @@ export class StreamWriter {
     this.slab = this.current.bytes;
     this.view = this.current.view;
     this.limit = chunkBytes;
+    this.gathers = sink.writeGather !== undefined;
   }
 
   /** Bytes written so far, whether or not they reached the sink. */
   get bytesWritten(): number {
-    return this.flushedBytes + this.queuedLength + (this.position - this.start);
+    return this.flushedBytes + this.queuedLength + (this.position - this.start) + this.inPlaceBytes;
   }
 
   /** Bytes written but not yet handed to the sink. */
   get pendingBytes(): number {
-    return this.queuedLength + (this.position - this.start);
+    return this.queuedLength + (this.position - this.start) + this.inPlaceBytes;
   }
 
   /** Queue the current chunk (if not empty) and start the next one. */
   private rotate(): void {
-    if (this.position > this.start) {
-      this.queued.push({ bytes: this.slab.subarray(this.start, this.position), slab: this.current });
+    const pieces = this.pieces;
+    if (pieces !== undefined) {
+      if (this.position > this.segmentStart) pieces.push(this.slab.subarray(this.segmentStart, this.position));
+      const length = this.position - this.start + this.inPlaceBytes;
+      this.queued.push({ bytes: undefined, pieces, length, slab: this.current });
       this.current.outstanding++;
-      this.queuedLength += this.position - this.start;
+      this.queuedLength += length;
+      this.pieces = undefined;
+      this.inPlaceBytes = 0;
+    } else if (this.position > this.start) {
+      const length = this.position - this.start;
+      this.queued.push({ bytes: this.slab.subarray(this.start, this.position), pieces: undefined, length, slab: this.current });
+      this.current.outstanding++;
+      this.queuedLength += length;
     }
     if (this.closed) throw new RangeError('StreamWriter: write after close');
     if (this.slabBytes - this.position < 16) {
@@ -160,7 +192,7 @@ export class StreamWriter {
     // The bytes skipped here are in no chunk: the sink never sees them. Room for 9 bytes remains.
     this.position += (8 - this.copySkew) & 7;
     this.copySkew = 0;
-    this.start = this.position;
+    this.start = this.segmentStart = this.position;
     this.limit = Math.min(this.start + this.chunkBytes, this.slabBytes);
   }
 
@@ -248,6 +280,25 @@ export class StreamWriter {
     return this;
   }
 
+  /**
+   * The bytes of `data` as they are when the sink sends them: not copied
+   * now when the sink gathers (ByteSink.writeGather), copied as bytes() does
+   * otherwise. Only for memory whose changes from now on are accounted for
+   * (a guest page whose later writes are in the dirty log, RamBlock.logsEveryWrite):
+   * the sink may read it any time until the next drain() or flush() settles.
+   */
+  bytesInPlace(data: Uint8Array): this {
+    if (!this.gathers) return this.bytes(data);
+    if (this.closed) throw new RangeError('StreamWriter: write after close');
+    const pieces = (this.pieces ??= []);
+    if (this.position > this.segmentStart) pieces.push(this.slab.subarray(this.segmentStart, this.position));
+    pieces.push(data);
+    this.segmentStart = this.position;
+    this.inPlaceBytes += data.length;
+    if (this.inPlaceBytes + (this.position - this.start) >= this.chunkBytes) this.rotate();
+    return this;
+  }
+
   /** A counted string: u8 length then the UTF-8 bytes (at most 255). */
   countedString(s: string): this {
     const encoded = textEncoder.encode(s);
@@ -260,18 +311,25 @@ export class StreamWriter {
   async drain(): Promise<void> {
     const sink = this.sink;
     while (this.queued.length > 0) {
-      const { bytes, slab } = this.queued.shift()!;
-      this.queuedLength -= bytes.length;
+      const { bytes, pieces, length, slab } = this.queued.shift()!;
+      this.queuedLength -= length;
+      if (pieces !== undefined) {
+        // The sink holds no piece once this settles, either way.
+        try {
+          await sink.writeGather!(pieces);
+        } finally {
+          this.released(slab);
+        }
+      } else if (sink.writeLent) await sink.writeLent(bytes!, () => this.released(slab));
       // A chunk given to write() stays the sink's for good: its slab is never reused.
-      if (sink.writeLent) await sink.writeLent(bytes, () => this.released(slab));
-      else await sink.write(bytes);
-      this.flushedBytes += bytes.length;
+      else await sink.write(bytes!);
+      this.flushedBytes += length;
     }
   }
 
   /** Hand everything written so far to the sink. */
   async flush(): Promise<void> {
-    if (this.position > this.start) this.rotate();
+    if (this.position > this.start || this.pieces !== undefined) this.rotate();
     await this.drain();
   }
 
