@@ -56,7 +56,8 @@ class CounterMachine {
   memory = new Uint8Array(RAM_PAGES * TARGET_PAGE_SIZE);
   /** The registers: the object the VMState description reads and writes. */
   cpu = { ramPages: RAM_PAGES, counter: 0 };
-  block = new DenseRamBlock('counter.ram', this.memory);
+  // Every write below marks its page dirty, so the engine may send pages straight from this memory (no copy).
+  block = new DenseRamBlock('counter.ram', this.memory, { logsEveryWrite: true });
   dirty = new DirtyBitmap(RAM_PAGES);
   tracking = false;
   reportAll = false;
