@@ -10,12 +10,14 @@ import { queryMigrate } from '../src/monitor/query-migrate.js';
 import { describe, it, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomFillSync } from 'node:crypto';
-import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { createServer, Socket, type AddressInfo, type Server } from 'node:net';
 import { createTestMachine, type TestMachine } from '../src/machine/index.js';
 import { IncomingMigration, OutgoingMigration } from '../src/migration/index.js';
 import { DenseRamBlock } from '../src/ram/index.js';
 import { MultifdSender } from '../src/ram/multifd/index.js';
 import { connectOutgoing } from '../src/transport/index.js';
+import { socketChannel } from '../src/transport/channel.js';
+import { TLSSocket } from 'node:tls';
 import { Prng } from './helpers/prng.js';
 
 const PAGE = 4096;
@@ -66,6 +68,14 @@ async function collectingServer(): Promise<{ port: number; connections: Array<Pr
 }
 
 describe('the main channel sends guest pages in place (writeGather)', () => {
+  it('a TLS socket gets no gathered writes: its bytes are encrypted in Node, never written to the descriptor', () => {
+    const tls = new TLSSocket(new Socket());
+    const channel = socketChannel(tls, 'tcp:127.0.0.1:1', 'tcp');
+    assert.equal(channel.output!.writeGather, undefined);
+    channel.abort();
+    channel.closed.catch(() => {});
+  });
+
   it('over a real socket whose reader stalls: every byte in order after a plain write, settling only once the OS took the last piece', { timeout: 60_000 }, async () => {
     // 16 MiB of "guest RAM" as 4 KiB views between 8-byte headers: far more than the socket buffers hold.
     const { memory } = sharedRandom(16 * MiB, 11);

@@ -289,6 +289,8 @@ export interface NodeSinkOptions {
 const NO_ROOM = new Set(['EAGAIN', 'EWOULDBLOCK']);
 
 export class NodeWritableSink implements ByteSink {
+  /** Only over a descriptor (NodeSinkOptions.descriptor): other streams are written chunk by chunk. */
+  readonly writeGather: ((pieces: readonly Uint8Array[]) => Promise<void>) | undefined;
   private failure: ChannelError | undefined;
   private explained: Promise<ChannelError> | undefined;
   private closing: Promise<void> | undefined;
@@ -303,6 +305,7 @@ export class NodeWritableSink implements ByteSink {
       this.wake.notify();
     });
     options.signal.addEventListener('abort', this.wake.notify, { once: true });
+    this.writeGather = options.descriptor ? (pieces) => this.gather(pieces) : undefined;
   }
 
   /** Throws if aborted or failed. Synchronous when all is well (no await per chunk). */
@@ -361,9 +364,10 @@ export class NodeWritableSink implements ByteSink {
    * through Node, whose callback says the OS took it and has room again
    * (Node has no public "writable" event for a socket that is not full of
    * its own writes). Without a descriptor, the pieces are copied into one
-   * chunk and written as write() does.
+   * chunk and written as write() does (the socket lost it: destroyed, or
+   * handed to another thread).
    */
-  async writeGather(pieces: readonly Uint8Array[]): Promise<void> {
+  private async gather(pieces: readonly Uint8Array[]): Promise<void> {
     await this.check();
     if (this.closing) throw new ChannelError(`${this.options.what}: write after close`);
     if (this.stream.destroyed) throw new ChannelError(`${this.options.what}: channel is closed`);
