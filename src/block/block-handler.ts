@@ -96,7 +96,11 @@ export class BlockSaveHandler implements SaveVMHandlers {
     return this.bulkCompleted;
   }
 
-  /** Bytes sent so far by the bulk phase (QEMU's disk.transferred). */
+  /**
+   * Bytes sent so far by the bulk phase: QEMU's disk.transferred, which 7.2
+   * computes the same way (blk_mig_bytes_transferred sums each device's
+   * completed_sectors), so dirty chunks sent again are not counted.
+   */
   get bytesTransferred(): number {
     let sectors = 0;
     for (const s of this.states) sectors += Math.min(s.bulkCursor * SECTORS_PER_CHUNK, s.device.totalSectors);
