@@ -280,6 +280,13 @@ const refusals: Refusal[] = [
     error: /v86 media: the source has cdrom \(2 MiB, read-only\), this destination has no cdrom; give it one with --cdrom PATH/,
   },
   {
+    name: 'a source without media, to a destination with a CD-ROM',
+    source: () => [],
+    destination: (d) => ['--cdrom', join(d, 'cd.iso')],
+    blk: false,
+    error: /v86 media: this destination has cdrom \(2 MiB, read-only\), the source has no cdrom/,
+  },
+  {
     name: 'a shared disk on one side only',
     source: (d) => ['--hda', join(d, 'src.img'), '--disk-shared'],
     destination: (d) => ['--hda', join(d, 'dst.img')],

@@ -311,14 +311,16 @@ export const V86_MEDIA_VERSION = 1;
  * (before any RAM or disk data) so the destination refuses other media
  * before anything moved. START body: be32 count, then per medium a counted
  * string slot, be64 size in bytes and a byte mode (0 copied, 1 shared,
- * 2 read-only). Sent only by machines with media (a machine without them
- * sends the same sections as before); every incoming machine can load it.
+ * 2 read-only). Sent by every machine, one without media with a count of
+ * 0: a destination that has media then refuses a source without any in
+ * setup too, not only at the end (v86-config, in the device state), after
+ * all of RAM moved. Every incoming v86 machine loads it.
  */
 class V86MediaHandler implements SaveVMHandlers {
   constructor(private readonly machine: V86Machine) {}
 
   isActive(): boolean {
-    return this.machine.mediaInfo().length > 0;
+    return true;
   }
 
   async saveSetup(out: StreamWriter): Promise<void> {
@@ -810,11 +812,9 @@ export class V86Machine implements Machine {
     // Both required on load: without v86-state the CPU and devices would run from their boot state over migrated RAM.
     registry.register({ idstr: 'v86-config', instanceId: 0, vmsd: v86ConfigVmsd, opaque: this.configSection, required: true });
     registry.register({ idstr: 'v86-state', instanceId: 0, vmsd: v86StateVmsd, opaque: this.stateSection, required: true });
-    // Sent only with media: a source without them sends the same sections as before. Every incoming
-    // machine can load it, so a destination without media names what the source has; required with media.
-    if (this.hasMediaOptions() || this.options.incoming) {
-      registry.register({ idstr: V86_MEDIA_IDSTR, instanceId: 0, version: V86_MEDIA_VERSION, handlers: new V86MediaHandler(this), required: this.hasMediaOptions() });
-    }
+    // Sent by every source (without media: a count of 0), so either side's media are checked in setup.
+    // Required only by a destination with media: streams of sources that predate it still load elsewhere.
+    registry.register({ idstr: V86_MEDIA_IDSTR, instanceId: 0, version: V86_MEDIA_VERSION, handlers: new V86MediaHandler(this), required: this.hasMediaOptions() });
   }
 
   /** v86's save_state() without RAM (paused only). */
