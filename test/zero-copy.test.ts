@@ -17,6 +17,8 @@ import { DenseRamBlock } from '../src/ram/index.js';
 import { MultifdSender } from '../src/ram/multifd/index.js';
 import { connectOutgoing } from '../src/transport/index.js';
 import { socketChannel } from '../src/transport/channel.js';
+import { NodeWritableSink } from '../src/transport/stream-io.js';
+import { Writable } from 'node:stream';
 import { TLSSocket } from 'node:tls';
 import { Prng } from './helpers/prng.js';
 
@@ -74,6 +76,22 @@ describe('the main channel sends guest pages in place (writeGather)', () => {
     assert.equal(channel.output!.writeGather, undefined);
     channel.abort();
     channel.closed.catch(() => {});
+  });
+
+  it('a stream whose descriptor is gone (destroyed, handed to another thread) gets the pieces copied into one chunk, in order', async () => {
+    const chunks: Buffer[] = [];
+    const stream = new Writable({
+      write(chunk: Buffer, _encoding, callback) {
+        chunks.push(Buffer.from(chunk));
+        callback();
+      },
+    });
+    const sink = new NodeWritableSink(stream, { what: 'test', signal: new AbortController().signal, descriptor: () => undefined });
+    const { memory } = sharedRandom(64 * 1024, 12);
+    const pieces = [Buffer.from('head'), memory.subarray(0, 4096), Buffer.from('mid'), memory.subarray(8192, 65536)];
+    await sink.writeGather!(pieces);
+    assert.equal(chunks.length, 1, 'one write');
+    assert.ok(chunks[0]!.equals(Buffer.concat(pieces)));
   });
 
   it('over a real socket whose reader stalls: every byte in order after a plain write, settling only once the OS took the last piece', { timeout: 60_000 }, async () => {

@@ -387,7 +387,7 @@ export class NodeWritableSink implements ByteSink {
     };
     while (index < pieces.length) {
       const fd = this.options.descriptor?.();
-      if (fd === undefined) return this.send(concatBytes(rest()), undefined);
+      if (fd === undefined) return this.send(Buffer.concat(rest()), undefined);
       if (this.stream.writableLength === 0) {
         try {
           advance(writevSync(fd, index === 0 && skip === 0 ? (pieces as Uint8Array[]) : rest()));
@@ -425,18 +425,6 @@ export class NodeWritableSink implements ByteSink {
     }
     await this.options.afterEnd?.();
   }
-}
-
-function concatBytes(pieces: readonly Uint8Array[]): Uint8Array {
-  let length = 0;
-  for (const p of pieces) length += p.length;
-  const out = new Uint8Array(length);
-  let at = 0;
-  for (const p of pieces) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
 }
 
 /** Guards a source that has no abort of its own (a file): abort, closed state, ChannelError for every failure. */
