@@ -237,6 +237,8 @@ test('the test machine and v86 machine register their device sections as require
     assert.deepEqual(registry.entries().map((e) => [e.idstr, e.required]), [
       ['v86-config', true],
       ['v86-state', true],
+      // Sent by every v86 source (no medium in it here); required only by a destination with media.
+      ['v86-media', false],
     ]);
   } finally {
     await v.destroy();
