@@ -19,7 +19,9 @@
  * given large runs in place (bytesInPlace(): guest pages): the chunk becomes
  * a list of pieces, this slab's bytes (record headers) between views of the
  * caller's memory, and the OS copies each page once, straight from guest
- * RAM, where the writer would otherwise copy it into a slab first.
+ * RAM, where the writer would otherwise copy it into a slab first. The price
+ * is a view of the slab per run of headers in the chunk's list (the caller's
+ * views it made anyway); the slab bytes are still reused.
  */
 import type { ByteSink } from './channel.js';
 import { allocateBytes, copyUnaligned } from './native-bytes.js';
