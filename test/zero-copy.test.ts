@@ -43,8 +43,11 @@ function sharedRandom(bytes: number, seed: number): { sab: SharedArrayBuffer; me
   return { sab, memory };
 }
 
-/** A listening TCP server on 127.0.0.1 that keeps every connection's bytes until it ends; stop() closes everything. */
-async function collectingServer(): Promise<{ port: number; connections: Array<Promise<Buffer>>; stop(): void }> {
+/**
+ * A listening TCP server on 127.0.0.1 that keeps every connection's bytes until it ends; stop() closes everything.
+ * `paused`: each connection is accepted but not read until the test resumes its socket (a stalled reader).
+ */
+async function collectingServer(options: { paused?: boolean } = {}): Promise<{ port: number; connections: Array<Promise<Buffer>>; sockets: Socket[]; stop(): void }> {
   const connections: Array<Promise<Buffer>> = [];
   const sockets: Socket[] = [];
   const server: Server = createServer((socket) => {
@@ -58,6 +61,7 @@ async function collectingServer(): Promise<{ port: number; connections: Array<Pr
           socket.end();
         });
         socket.on('error', reject);
+        if (options.paused) socket.pause();
       }),
     );
   });
@@ -66,7 +70,7 @@ async function collectingServer(): Promise<{ port: number; connections: Array<Pr
     server.close();
     for (const socket of sockets) socket.destroy();
   };
-  return { port: (server.address() as AddressInfo).port, connections, stop };
+  return { port: (server.address() as AddressInfo).port, connections, sockets, stop };
 }
 
 describe('the main channel sends guest pages in place (writeGather)', () => {
@@ -106,40 +110,25 @@ describe('the main channel sends guest pages in place (writeGather)', () => {
       pieces.push(header, memory.subarray(at, at + PAGE));
       expected.push(header, Buffer.from(memory.buffer, at, PAGE));
     }
-    let serverSocket: Socket | undefined;
-    const received = new Promise<Buffer>((resolve, reject) => {
-      const server = createServer((socket) => {
-        serverSocket = socket;
-        socket.pause(); // the reader stalls until the test resumes it
-        const parts: Buffer[] = [];
-        socket.on('data', (d: Buffer) => parts.push(d));
-        socket.on('end', () => {
-          resolve(Buffer.concat(parts));
-          server.close();
-        });
-        socket.on('error', reject);
-      });
-      server.listen(0, '127.0.0.1', () => {
-        const { port } = server.address() as AddressInfo;
-        void run(port).catch(reject);
-      });
-    });
+    const { port, connections, sockets, stop } = await collectingServer({ paused: true });
+    let got: Buffer;
     let settled = false;
-    const run = async (port: number): Promise<void> => {
+    try {
       const channel = await connectOutgoing(`tcp:127.0.0.1:${port}`);
       const output = channel.output!;
       assert.ok(output.writeGather, 'a plain socket gathers');
       await output.write(first);
       const gathered = output.writeGather(pieces).then(() => (settled = true));
-      await waitUntil(() => serverSocket !== undefined);
+      await waitUntil(() => sockets.length === 1);
       await new Promise((r) => setTimeout(r, 300));
       assert.equal(settled, false, 'with the reader stalled, the OS cannot have taken 16 MiB');
-      serverSocket!.resume();
+      sockets[0]!.resume();
       await gathered;
       await channel.close();
-    };
-    const got = await received;
-    assert.equal(settled, true);
+      got = await connections[0]!;
+    } finally {
+      stop();
+    }
     assert.equal(got.length, first.length + 16 * MiB + (16 * MiB / PAGE) * 8);
     assert.ok(got.equals(Buffer.concat(expected)), 'the reader got every byte in order');
   });

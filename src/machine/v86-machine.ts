@@ -319,10 +319,6 @@ export const V86_MEDIA_VERSION = 1;
 class V86MediaHandler implements SaveVMHandlers {
   constructor(private readonly machine: V86Machine) {}
 
-  isActive(): boolean {
-    return true;
-  }
-
   async saveSetup(out: StreamWriter): Promise<void> {
     const media = this.machine.mediaInfo();
     out.be32(media.length);

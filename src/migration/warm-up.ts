@@ -22,9 +22,8 @@
  * in the writers' shared pool, which the real migration then writes into
  * instead of fresh memory (writer.ts). Nothing else outside this file sees
  * it: its machines, connections and migrations are its own and are dropped
- * when it ends (a
- * stranger connecting to the loopback port meanwhile could only fail the
- * rehearsal).
+ * when it ends (a stranger connecting to the loopback port meanwhile could
+ * only fail the rehearsal).
  *
  * Multifd's worker threads are separate isolates and are not warmed by this.
  */

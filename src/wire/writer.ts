@@ -95,10 +95,8 @@ interface Slab {
 }
 
 interface QueuedChunk {
-  /** The chunk's bytes in its slab, or undefined when it is gathered from `pieces`. */
-  bytes: Uint8Array | undefined;
-  /** Slab bytes and caller's views in order (bytesInPlace()), or undefined. */
-  pieces: Uint8Array[] | undefined;
+  /** The chunk's bytes in its slab, or (bytesInPlace()) slab bytes and the caller's views in order. */
+  data: Uint8Array | Uint8Array[];
   length: number;
   slab: Slab;
 }
@@ -168,14 +166,14 @@ export class StreamWriter {
     if (pieces !== undefined) {
       if (this.position > this.segmentStart) pieces.push(this.slab.subarray(this.segmentStart, this.position));
       const length = this.position - this.start + this.inPlaceBytes;
-      this.queued.push({ bytes: undefined, pieces, length, slab: this.current });
+      this.queued.push({ data: pieces, length, slab: this.current });
       this.current.outstanding++;
       this.queuedLength += length;
       this.pieces = undefined;
       this.inPlaceBytes = 0;
     } else if (this.position > this.start) {
       const length = this.position - this.start;
-      this.queued.push({ bytes: this.slab.subarray(this.start, this.position), pieces: undefined, length, slab: this.current });
+      this.queued.push({ data: this.slab.subarray(this.start, this.position), length, slab: this.current });
       this.current.outstanding++;
       this.queuedLength += length;
     }
@@ -313,18 +311,18 @@ export class StreamWriter {
   async drain(): Promise<void> {
     const sink = this.sink;
     while (this.queued.length > 0) {
-      const { bytes, pieces, length, slab } = this.queued.shift()!;
+      const { data, length, slab } = this.queued.shift()!;
       this.queuedLength -= length;
-      if (pieces !== undefined) {
+      if (Array.isArray(data)) {
         // The sink holds no piece once this settles, either way.
         try {
-          await sink.writeGather!(pieces);
+          await sink.writeGather!(data);
         } finally {
           this.released(slab);
         }
-      } else if (sink.writeLent) await sink.writeLent(bytes!, () => this.released(slab));
+      } else if (sink.writeLent) await sink.writeLent(data, () => this.released(slab));
       // A chunk given to write() stays the sink's for good: its slab is never reused.
-      else await sink.write(bytes!);
+      else await sink.write(data);
       this.flushedBytes += length;
     }
   }
