@@ -320,6 +320,13 @@ export class NodeWritableSink implements ByteSink {
     return undefined;
   }
 
+  /** Throws unless a write may begin: aborted, failed, closing or closed. */
+  private async checkWritable(): Promise<void> {
+    await this.check();
+    if (this.closing) throw new ChannelError(`${this.options.what}: write after close`);
+    if (this.stream.destroyed) throw new ChannelError(`${this.options.what}: channel is closed`);
+  }
+
   write(chunk: Uint8Array): Promise<void> {
     return this.send(chunk, undefined);
   }
@@ -330,9 +337,7 @@ export class NodeWritableSink implements ByteSink {
   }
 
   private async send(chunk: Uint8Array, release: (() => void) | undefined): Promise<void> {
-    await this.check();
-    if (this.closing) throw new ChannelError(`${this.options.what}: write after close`);
-    if (this.stream.destroyed) throw new ChannelError(`${this.options.what}: channel is closed`);
+    await this.checkWritable();
     // Node calls the callback when the chunk was written, or with the error that ended the stream.
     if (release) {
       let released = false;
@@ -368,9 +373,7 @@ export class NodeWritableSink implements ByteSink {
    * handed to another thread).
    */
   private async gather(pieces: readonly Uint8Array[]): Promise<void> {
-    await this.check();
-    if (this.closing) throw new ChannelError(`${this.options.what}: write after close`);
-    if (this.stream.destroyed) throw new ChannelError(`${this.options.what}: channel is closed`);
+    await this.checkWritable();
     let index = 0; // the next byte to send is pieces[index][skip]
     let skip = 0;
     const advance = (n: number): void => {
