@@ -5,9 +5,11 @@
  * kernel's). For each channel it takes over the connection's socket
  * descriptor (connected and detached by the main thread), sends the init
  * packet, then turns jobs (a block and up to 128 page offsets) into packets
- * and writes them to that socket. The main thread keeps the page choice,
- * packet numbering and accounting; this thread does the encoding and the
- * socket work, so another core is used.
+ * and writes them to that socket. The jobs come through the channel's job
+ * ring in shared memory (job-ring.ts), not as messages: no wake-up per
+ * packet on either side. The main thread keeps the page choice, packet
+ * numbering and accounting; this thread does the encoding and the socket
+ * work, so another core is used.
  *
  * Uncompressed packets are not copied: the header and, per run of
  * consecutive pages, a view of guest RAM (a SharedArrayBuffer) go out as one
@@ -17,26 +19,28 @@
  * it is sent again after the next sync. Compressed packets copy the pages
  * into the packet buffer for the encoder.
  *
+ * A job counts as written (JobRingConsumer.written) once the callback of
+ * its packet's last write says the OS took it; its slot is free from then.
+ *
  * Every message names its channel (`ch`).
  * Messages in:  { type: 'adopt', ch, fd, what } (threads start before their connections),
- *               { type: 'job', ch, seq, packetNum, flags, blockIndex, count, offsets },
- *               { type: 'jobs', ch, jobs } (several jobs queued at once),
- *               { type: 'finish', ch }, { type: 'drop', ch } (a channel that got no connection).
+ *               { type: 'finish', ch } (write what the ring holds, then end),
+ *               { type: 'drop', ch } (a channel that got no connection).
  * Messages out: { type: 'ready', ch } once the init packet is written,
- *               { type: 'done', ch, seq } once the packets of every job up to seq are
- *               handed to the OS (the callback of their last write; one message
- *               per turn of the event loop),
  *               { type: 'finished', ch }, { type: 'error', ch, message }.
  * The thread ends once every channel finished or was dropped.
  */
 import { Socket } from 'node:net';
 import { parentPort, workerData } from 'node:worker_threads';
 import { createSendCodec, ensureMultifdCodecs, type MultifdCompression, type MultifdSendCodec } from './codec.js';
+import { JobRingConsumer, type JobRingMemory, type TakenJob } from './job-ring.js';
 import { encodeInitPacket, MULTIFD_HEADER_BYTES, MULTIFD_PAGE_SIZE, MULTIFD_PAGES_PER_PACKET, pageRunLength, writePacketHeader } from './packet.js';
 
 export interface SendWorkerData {
   /** The channels this thread sends (each gets its descriptor later, in { type: 'adopt', ch, fd, what }). */
   channels: number[];
+  /** Each channel's job ring, by channel id. */
+  rings: Record<number, JobRingMemory>;
   uuid: Uint8Array;
   blocks: Array<{ idstr: string; buffer: SharedArrayBuffer; byteOffset: number; lengthBytes: number }>;
   compression: MultifdCompression;
@@ -45,21 +49,7 @@ export interface SendWorkerData {
   codecModule?: string;
 }
 
-export interface SendJob {
-  type: 'job';
-  /** The channel (one thread may send several). */
-  ch: number;
-  seq: number;
-  packetNum: number;
-  flags: number;
-  blockIndex: number;
-  count: number;
-  offsets: Float64Array;
-}
-
 type Incoming =
-  | SendJob
-  | { type: 'jobs'; ch: number; jobs: SendJob[] }
   | { type: 'adopt'; ch: number; fd: number; what: string }
   | { type: 'finish'; ch: number }
   | { type: 'drop'; ch: number };
@@ -75,34 +65,23 @@ class SendChannel {
   what = '';
   lastBlock: string | undefined;
   failed = false;
+  /** 'finish' came: end once the ring is empty. */
   finishing = false;
   /** Finished or dropped: the thread ends once every channel is. */
   over = false;
   /** Header (and compressed packet) buffers, reused. */
   readonly free: Buffer[] = [];
-  /** The last job handed to the OS and not yet reported; reported once per turn of the event loop (jobs complete in order). */
-  doneSeq = -1;
-  doneScheduled = false;
-  constructor(readonly id: number) {}
+  readonly ring: JobRingConsumer;
+  constructor(readonly id: number) {
+    this.ring = new JobRingConsumer(data.rings[id]!);
+  }
 
   fail(message: string): void {
     if (this.failed) return;
     this.failed = true;
     port.postMessage({ type: 'error', ch: this.id, message });
+    this.ring.wake();
   }
-
-  reportDone(seq: number): void {
-    this.doneSeq = seq;
-    if (this.doneScheduled) return;
-    this.doneScheduled = true;
-    setImmediate(this.flushDone);
-  }
-
-  readonly flushDone = (): void => {
-    if (!this.doneScheduled) return;
-    this.doneScheduled = false;
-    port.postMessage({ type: 'done', ch: this.id, seq: this.doneSeq });
-  };
 }
 
 const channels = new Map(data.channels.map((id) => [id, new SendChannel(id)]));
@@ -125,6 +104,31 @@ function adopt(ch: SendChannel, fd: number, what: string): void {
   socket.write(encodeInitPacket(data.uuid, ch.id), (err) => {
     if (!err) port.postMessage({ type: 'ready', ch: ch.id });
   });
+  void sendJobs(ch);
+}
+
+/** Send the channel's jobs as they come, until 'finish' and an empty ring (or a failure). */
+async function sendJobs(ch: SendChannel): Promise<void> {
+  const ring = ch.ring;
+  for (;;) {
+    if (ch.failed) return;
+    const job = ring.take();
+    if (job) {
+      try {
+        send(ch, job);
+      } catch (err) {
+        ch.fail(`${ch.what}: ${(err as Error).message}`);
+        return;
+      }
+      continue;
+    }
+    if (ch.finishing) break;
+    await ring.whenPushed();
+  }
+  ch.socket!.end(() => {
+    port.postMessage({ type: 'finished', ch: ch.id });
+    ended(ch);
+  });
 }
 
 async function main(): Promise<void> {
@@ -139,21 +143,7 @@ async function main(): Promise<void> {
     if (ch.failed || !ch.socket) return;
     if (msg.type === 'finish') {
       ch.finishing = true;
-      ch.socket.end(() => {
-        ch.flushDone();
-        port.postMessage({ type: 'finished', ch: ch.id });
-        ended(ch);
-      });
-      return;
-    }
-    const jobs = msg.type === 'jobs' ? msg.jobs : [msg];
-    for (const job of jobs) {
-      try {
-        send(ch, job);
-      } catch (err) {
-        ch.fail(`${ch.what}: ${(err as Error).message}`);
-        return;
-      }
+      ch.ring.wake();
     }
   };
   port.on('message', (msg: Incoming) => {
@@ -175,7 +165,7 @@ function packetBuffer(free: Buffer[], bytes: number): Buffer {
 }
 
 /** Calls `visit(byteOffset, lengthBytes)` for each run of consecutive pages of the job, in order. */
-function forEachRun(job: SendJob, visit: (byteOffset: number, lengthBytes: number) => void): void {
+function forEachRun(job: TakenJob, visit: (byteOffset: number, lengthBytes: number) => void): void {
   const count = job.count;
   for (let i = 0; i < count; ) {
     const first = job.offsets[i]!;
@@ -185,7 +175,7 @@ function forEachRun(job: SendJob, visit: (byteOffset: number, lengthBytes: numbe
   }
 }
 
-function send(ch: SendChannel, job: SendJob): void {
+function send(ch: SendChannel, job: TakenJob): void {
   const socket = ch.socket!;
   const count = job.count;
   const payloadBytes = count * MULTIFD_PAGE_SIZE;
@@ -195,9 +185,10 @@ function send(ch: SendChannel, job: SendJob): void {
   const packet = packetBuffer(ch.free, compressed ? MULTIFD_HEADER_BYTES + payloadBytes : MULTIFD_HEADER_BYTES);
   // The header buffer returns to the pool once its write is done; callbacks come in
   // order, so the last write's callback says the whole packet was handed to the OS.
+  const mark = job.mark;
   const done = (err?: Error | null): void => {
     ch.free.push(packet);
-    if (!err) ch.reportDone(job.seq);
+    if (!err) ch.ring.written(mark);
   };
   if (compressed) {
     const memory = memories[job.blockIndex]!;

@@ -32,10 +32,14 @@ import {
   writePacketHeader,
   ZERO_UUID,
 } from './packet.js';
-import type { SendJob, SendWorkerData } from './send-worker.js';
+import { createJobRingMemory, JOB_RING_DEPTH, JobRingProducer, type RingJob } from './job-ring.js';
+import type { SendWorkerData } from './send-worker.js';
 
-/** Packets a channel may have in hand at once (QEMU: 1; one more hides the thread round trip). */
-const DEFAULT_MAX_INFLIGHT = 2;
+/**
+ * Packets a main-thread channel may have in hand at once (QEMU: 1; one more
+ * hides the round trip). A thread's channel has its job ring's depth.
+ */
+const LOCAL_MAX_INFLIGHT = 2;
 
 /** Opens one more connection to the destination (tcp or unix), e.g. `() => connectOutgoing(uri)`. */
 export type MultifdConnect = () => Promise<MigrationChannel>;
@@ -54,7 +58,6 @@ export interface MultifdSenderOptions {
   level?: number;
   /** Worker threads: default when every block's memory is a SharedArrayBuffer. */
   useWorkers?: boolean;
-  maxInflight?: number;
   /** Worker threads for the channels (default: the number of cores; a thread may send several channels). */
   sendThreads?: number;
   /** A module (URL or path) that registers compression codecs, loaded in each worker. */
@@ -72,12 +75,30 @@ export interface MultifdSenderOptions {
   after?: Promise<unknown>;
 }
 
-type Job = Omit<SendJob, 'type' | 'seq' | 'ch'>;
+type Job = RingJob;
 
+/**
+ * One channel as the sender drives it: jobs go in without a round trip each;
+ * every job has a mark (the count of jobs pushed with it), and the channel
+ * says when its written count reaches a mark.
+ */
 interface SenderChannel {
   readonly id: number;
-  inflight: number;
-  submit(job: Job): Promise<void>;
+  /** Jobs pushed and not yet written. */
+  readonly inflight: number;
+  /** The most jobs it takes in flight. */
+  readonly depth: number;
+  /** Hand over a job (only while inflight < depth); returns its mark. */
+  push(job: Job): number;
+  /** The mark at which half of what is in flight now is written (where a producer with nothing else to do waits). */
+  readonly halfWrittenMark: number;
+  /**
+   * Resolves once `mark` jobs are written, when the channel fails, or on
+   * interrupt(): the caller checks again. undefined when they are written.
+   */
+  whenWritten(mark: number): Promise<unknown> | undefined;
+  /** Wake every whenWritten() wait now (failure, abort). */
+  interrupt(): void;
   finish(): Promise<void>;
   abort(reason: Error): void;
 }
@@ -107,7 +128,8 @@ function planThreads(options: ThreadOptions): SendWorkerData[] | undefined {
   for (let t = 0; t < threads; t++) {
     const ids: number[] = [];
     for (let id = t; id < n; id += threads) ids.push(id);
-    plan.push({ channels: ids, uuid: options.uuid ?? ZERO_UUID, blocks: shared, compression: options.compression ?? 'none', level: options.level ?? 1, ...(options.codecModule ? { codecModule: options.codecModule } : {}) });
+    const rings = Object.fromEntries(ids.map((id) => [id, createJobRingMemory(JOB_RING_DEPTH)]));
+    plan.push({ channels: ids, rings, uuid: options.uuid ?? ZERO_UUID, blocks: shared, compression: options.compression ?? 'none', level: options.level ?? 1, ...(options.codecModule ? { codecModule: options.codecModule } : {}) });
   }
   return plan;
 }
@@ -172,7 +194,6 @@ export class MultifdSender {
   private packetNum = 0;
   private nextChannel = 0;
   private failure: Error | undefined;
-  private waiters: Array<() => void> = [];
   // The batch being filled.
   private batchBlock = -1;
   private batchCount = 0;
@@ -184,7 +205,7 @@ export class MultifdSender {
   /** The channels' threads were started ahead (MultifdSenderOptions.prestarted). */
   prestarted = false;
 
-  private constructor(private readonly channels: SenderChannel[], private readonly maxInflight: number, workers: boolean) {
+  private constructor(private readonly channels: SenderChannel[], workers: boolean) {
     this.workers = workers;
   }
 
@@ -200,7 +221,7 @@ export class MultifdSender {
     const plan = planThreads(options);
     const useWorkers = plan !== undefined;
     const opened: SenderChannel[] = [];
-    const sender = new MultifdSender(opened, options.maxInflight ?? DEFAULT_MAX_INFLIGHT, useWorkers);
+    const sender = new MultifdSender(opened, useWorkers);
     let allWorkers = useWorkers;
     // Threads start before their connections (tens of milliseconds each; they get the descriptor later),
     // unless they were started ahead for these very options.
@@ -270,17 +291,7 @@ export class MultifdSender {
 
   private fail(err: Error): void {
     this.failure ??= err;
-    this.wake();
-  }
-
-  private wake(): void {
-    const w = this.waiters;
-    this.waiters = [];
-    for (const f of w) f();
-  }
-
-  private waitForChange(): Promise<void> {
-    return new Promise((resolve) => this.waiters.push(resolve));
+    for (const ch of this.channels) ch.interrupt();
   }
 
   private check(): void {
@@ -306,7 +317,9 @@ export class MultifdSender {
       this.check();
       this.pump();
       if (this.ready.length === 0) return;
-      await this.waitForChange();
+      // Every channel is full: wait for the next in turn to be half written, so one wake-up carries several packets.
+      const next = this.channels[this.nextChannel]!;
+      await next.whenWritten(next.halfWrittenMark);
     }
   }
 
@@ -332,32 +345,15 @@ export class MultifdSender {
       let chosen: SenderChannel | undefined;
       for (let k = 0; k < n; k++) {
         const ch = this.channels[(this.nextChannel + k) % n]!;
-        if (ch.inflight < this.maxInflight) {
+        if (ch.inflight < ch.depth) {
           chosen = ch;
           this.nextChannel = (ch.id + 1) % n;
           break;
         }
       }
       if (!chosen) return;
-      this.submit(chosen, this.ready.shift()!);
+      chosen.push(this.ready.shift()!);
     }
-  }
-
-  private submit(ch: SenderChannel, job: Job): Promise<void> {
-    ch.inflight++;
-    const written = ch.submit(job).then(
-      () => {
-        ch.inflight--;
-        this.pump();
-        this.wake();
-      },
-      (err: Error) => {
-        this.fail(err);
-        throw err;
-      },
-    );
-    written.catch(() => {});
-    return written;
   }
 
   /**
@@ -366,7 +362,7 @@ export class MultifdSender {
    * before it).
    */
   async sync(): Promise<void> {
-    await Promise.all(await this.queueSync());
+    await this.allWritten(await this.queueSync());
     this.check();
   }
 
@@ -376,26 +372,38 @@ export class MultifdSender {
    * thread, not two (the channel writes its SYNC before it ends).
    */
   async syncAndFinish(): Promise<void> {
-    const written = await this.queueSync();
-    await Promise.all([...written, this.finish()]);
+    const marks = await this.queueSync();
+    await Promise.all([this.allWritten(marks), this.finish()]);
     this.check();
   }
 
-  /** Queue one SYNC packet on every channel; the promises settle as each is written. */
-  private async queueSync(): Promise<Promise<void>[]> {
+  /** Queue one SYNC packet on every channel; returns each channel's mark for it. */
+  private async queueSync(): Promise<Array<[SenderChannel, number]>> {
     this.closeBatch();
     await this.waitForRoom();
-    const written: Promise<void>[] = [];
+    const marks: Array<[SenderChannel, number]> = [];
     for (const ch of this.channels) {
-      while (ch.inflight >= this.maxInflight) {
+      for (;;) {
         this.check();
-        await this.waitForChange();
+        if (ch.inflight < ch.depth) break;
+        await ch.whenWritten(ch.halfWrittenMark);
       }
-      this.check();
-      written.push(this.submit(ch, { packetNum: this.packetNum++, flags: MULTIFD_FLAG_SYNC, blockIndex: -1, count: 0, offsets: new Float64Array(0) }));
+      marks.push([ch, ch.push({ packetNum: this.packetNum++, flags: MULTIFD_FLAG_SYNC, blockIndex: -1, count: 0, offsets: [] })]);
       this.charge(MULTIFD_HEADER_BYTES, 0);
     }
-    return written;
+    return marks;
+  }
+
+  /** Until every channel has written its job at `mark` (or one failed: then throws). */
+  private async allWritten(marks: Array<[SenderChannel, number]>): Promise<void> {
+    for (const [ch, mark] of marks) {
+      for (;;) {
+        this.check();
+        const wait = ch.whenWritten(mark);
+        if (wait === undefined) break;
+        await wait;
+      }
+    }
   }
 
   /** After the last sync: end every channel cleanly (the destination sees EOF at a packet boundary). */
@@ -410,8 +418,10 @@ export class MultifdSender {
   abort(reason: Error): void {
     this.failure ??= reason;
     this.finished = true;
-    for (const ch of this.channels) ch.abort(reason);
-    this.wake();
+    for (const ch of this.channels) {
+      ch.abort(reason);
+      ch.interrupt();
+    }
   }
 }
 
@@ -441,6 +451,11 @@ class SendThread {
     this.channels.set(ch.id, ch);
   }
 
+  /** The job ring of channel `id` (shared with the thread since it started). */
+  ringOf(id: number): JobRingProducer {
+    return new JobRingProducer(this.data.rings[id]!);
+  }
+
   get hasExited(): boolean {
     return this.exited;
   }
@@ -468,12 +483,8 @@ class SendThread {
 }
 
 class WorkerSenderChannel implements SenderChannel {
-  inflight = 0;
   readonly ready: Promise<void>;
-  private seq = 0;
-  private resolvedUpTo = -1;
-  private outbox: SendJob[] = [];
-  private readonly pending = new Map<number, { resolve(): void; reject(err: Error): void }>();
+  private readonly ring: JobRingProducer;
   private failure: Error | undefined;
   private onFinished: (() => void) | undefined;
   private finishing = false;
@@ -486,25 +497,34 @@ class WorkerSenderChannel implements SenderChannel {
       this.rejectReady = reject;
     });
     this.ready.catch(() => {});
+    this.ring = thread.ringOf(id);
     thread.attach(this);
+  }
+
+  get inflight(): number {
+    return this.ring.inflight;
+  }
+
+  get depth(): number {
+    return this.ring.depth;
+  }
+
+  get halfWrittenMark(): number {
+    return (this.ring.pushed - (this.ring.inflight >> 1)) | 0;
   }
 
   private failWith(err: Error): void {
     if (this.failure) return;
     this.failure = err;
     this.rejectReady(err);
-    for (const p of this.pending.values()) p.reject(err);
-    this.pending.clear();
+    this.ring.interrupt();
     this.onFail(err);
   }
 
-  onMessage(msg: { type: string; seq?: number; message?: string }): void {
+  onMessage(msg: { type: string; message?: string }): void {
     switch (msg.type) {
       case 'ready':
         this.resolveReady();
-        break;
-      case 'done':
-        this.doneUpTo(msg.seq!);
         break;
       case 'finished':
         this.onFinished?.();
@@ -536,39 +556,25 @@ class WorkerSenderChannel implements SenderChannel {
     this.thread.drop(this.id);
   }
 
-  submit(job: Job): Promise<void> {
-    if (this.failure) return Promise.reject(this.failure);
-    const seq = this.seq++;
-    const message: SendJob = { type: 'job', ch: this.id, seq, ...job };
-    // Jobs queued in one run of the producer go to the thread as one message (a message costs a wake-up on both sides).
-    if (this.outbox.length === 0) queueMicrotask(this.flush);
-    this.outbox.push(message);
-    return new Promise<void>((resolve, reject) => {
-      this.pending.set(seq, { resolve, reject });
-    });
+  push(job: Job): number {
+    if (this.failure) throw this.failure;
+    return this.ring.push(job);
   }
 
-  private readonly flush = (): void => {
-    const jobs = this.outbox;
-    this.outbox = [];
-    if (this.failure || jobs.length === 0) return;
-    this.thread.post(jobs.length === 1 ? jobs[0] : { type: 'jobs', ch: this.id, jobs });
-  };
-
-  /** The thread handed every job up to `seq` to the OS (it reports several at once). */
-  private doneUpTo(seq: number): void {
-    for (; this.resolvedUpTo < seq; ) {
-      const s = ++this.resolvedUpTo;
-      const p = this.pending.get(s);
-      this.pending.delete(s);
-      p?.resolve();
-    }
+  whenWritten(mark: number): Promise<unknown> | undefined {
+    // A failed channel writes nothing more: the caller's check() throws its error.
+    if (this.failure) return Promise.resolve();
+    return this.ring.whenWritten(mark);
   }
 
+  interrupt(): void {
+    this.ring.interrupt();
+  }
+
+  /** The thread writes what the ring holds, then ends the connection. */
   finish(): Promise<void> {
     if (this.failure) return Promise.reject(this.failure);
     this.finishing = true;
-    this.flush();
     return new Promise<void>((resolve) => {
       this.onFinished = resolve;
       this.thread.post({ type: 'finish', ch: this.id });
@@ -578,8 +584,7 @@ class WorkerSenderChannel implements SenderChannel {
   abort(reason: Error): void {
     this.finishing = true;
     this.failure ??= reason;
-    for (const p of this.pending.values()) p.reject(reason);
-    this.pending.clear();
+    this.ring.interrupt();
     // The thread's other channels go with it: an abort is for the whole sender.
     this.thread.terminate();
   }
@@ -587,9 +592,13 @@ class WorkerSenderChannel implements SenderChannel {
 
 /** A channel on the main thread (RAM that worker threads cannot read). */
 class LocalSenderChannel implements SenderChannel {
-  inflight = 0;
+  readonly depth = LOCAL_MAX_INFLIGHT;
+  private pushed = 0;
+  private written = 0;
+  private failed = false;
   private tail: Promise<void> = Promise.resolve();
   private lastBlock: string | undefined;
+  private waiters: Array<{ mark: number; wake(): void }> = [];
 
   constructor(
     readonly id: number,
@@ -599,14 +608,30 @@ class LocalSenderChannel implements SenderChannel {
     private readonly onFail: (err: Error) => void,
   ) {
     // A channel that drops while idle must fail the migration too.
-    channel.closed.catch((err: Error) => onFail(new Error(`multifd channel ${id}: ${err.message}`, { cause: err })));
+    channel.closed.catch((err: Error) => this.failWith(new Error(`multifd channel ${id}: ${err.message}`, { cause: err })));
+  }
+
+  get inflight(): number {
+    return this.pushed - this.written;
+  }
+
+  get halfWrittenMark(): number {
+    return this.pushed - (this.inflight >> 1);
   }
 
   async start(uuid: Uint8Array): Promise<void> {
     await this.channel.output!.write(encodeInitPacket(uuid, this.id));
   }
 
-  submit(job: Job): Promise<void> {
+  private failWith(err: Error): void {
+    if (!this.failed) {
+      this.failed = true;
+      this.onFail(err);
+    }
+    this.interrupt();
+  }
+
+  push(job: Job): number {
     const count = job.count;
     const payloadBytes = count * MULTIFD_PAGE_SIZE;
     const packet = Buffer.allocUnsafe(MULTIFD_HEADER_BYTES + payloadBytes);
@@ -628,9 +653,30 @@ class LocalSenderChannel implements SenderChannel {
     const output = this.channel.output!;
     this.tail = this.tail.then(async () => {
       for (const c of chunks) await output.write(c);
+      this.written++;
+      this.wakeUpTo(this.written);
     });
-    this.tail.catch((err: Error) => this.onFail(new Error(`multifd channel ${this.id}: ${err.message}`, { cause: err })));
-    return this.tail;
+    this.tail.catch((err: Error) => this.failWith(new Error(`multifd channel ${this.id}: ${err.message}`, { cause: err })));
+    return ++this.pushed;
+  }
+
+  whenWritten(mark: number): Promise<unknown> | undefined {
+    if (this.failed) return Promise.resolve();
+    if (this.written >= mark) return undefined;
+    return new Promise<void>((wake) => this.waiters.push({ mark, wake }));
+  }
+
+  private wakeUpTo(written: number): void {
+    if (this.waiters.length === 0) return;
+    const waiting = this.waiters;
+    this.waiters = waiting.filter((w) => w.mark > written);
+    for (const w of waiting) if (w.mark <= written) w.wake();
+  }
+
+  interrupt(): void {
+    const waiting = this.waiters;
+    this.waiters = [];
+    for (const w of waiting) w.wake();
   }
 
   async finish(): Promise<void> {
@@ -642,5 +688,6 @@ class LocalSenderChannel implements SenderChannel {
   abort(reason: Error): void {
     this.codec?.close?.();
     this.channel.abort(reason);
+    this.interrupt();
   }
 }
