@@ -6,6 +6,7 @@
  */
 import { MultifdReceiver } from '../ram/multifd/receiver.js';
 import { MultifdSender, MultifdSendThreads } from '../ram/multifd/sender.js';
+import { SOCKET_ADOPTER } from '../transport/channel.js';
 import { listenIncoming } from '../transport/incoming.js';
 import { connectOutgoing } from '../transport/outgoing.js';
 import type { MigrationChannels } from './channels.js';
@@ -17,6 +18,7 @@ export const NODE_CHANNELS: MigrationChannels = {
   multifd: {
     openSender: (options) => MultifdSender.open(options),
     prestartSender: (options) => MultifdSendThreads.start(options),
-    createReceiver: (options) => new MultifdReceiver(options),
+    // Node's sockets are what its threads adopt: they load that module as they start.
+    createReceiver: (options) => new MultifdReceiver({ adopters: [SOCKET_ADOPTER], ...options }),
   },
 };

@@ -210,7 +210,7 @@ export function socketChannel(
       void input.close(); // stops listening for 'data': the reads below must not be queued twice
       for (let chunk = socket.read() as Buffer | null; chunk !== null; chunk = socket.read() as Buffer | null) received.push(chunk);
       socket.destroy(); // the Socket object only: it has no handle any more
-      return { fd, uri, kind, received: [...early, ...received], adopter: import.meta.url };
+      return { fd, uri, kind, received: [...early, ...received], adopter: SOCKET_ADOPTER };
     },
   });
 }
@@ -230,6 +230,8 @@ export function adoptDetachedSocket(detached: DetachedSocket, options: { ring?: 
 }
 // This module is what its DetachedSockets name as `adopter`: its export must fit the contract.
 adoptDetachedSocket satisfies AdoptDetachedSocket;
+/** The module sockets detached here name as their `adopter` (this one). */
+export const SOCKET_ADOPTER = import.meta.url;
 
 /**
  * The descriptor another thread detached, as a socket whose reads land where

@@ -42,6 +42,13 @@ export interface MultifdReceiverOptions {
   recvThreads?: number;
   /** Optional module that registers compression codecs in worker threads. */
   codecModule?: string;
+  /**
+   * The modules that will adopt this receiver's sockets (their
+   * DetachedSocket.adopter): each thread loads them as it starts, so taking
+   * over a connection does not pay for loading them (~30 ms of CPU per thread
+   * for Node's socket modules) while the source sends.
+   */
+  adopters?: string[];
 }
 
 export interface MultifdReceiverStats {
@@ -114,6 +121,7 @@ export class MultifdReceiver {
       compression: this.options.compression ?? 'none',
       blocks: this.shared!,
       ...(this.options.codecModule ? { codecModule: this.options.codecModule } : {}),
+      ...(this.options.adopters ? { adopters: this.options.adopters } : {}),
     };
     const worker = new Worker(new URL('./recv-worker.js', import.meta.url), { workerData: data });
     const thread: RecvThread = { worker, channels: new Map(), exited: false };

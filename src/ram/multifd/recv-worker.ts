@@ -43,6 +43,8 @@ export interface RecvWorkerData {
   blocks: Array<{ idstr: string; buffer: SharedArrayBuffer; byteOffset: number; lengthBytes: number; usedBytes: number }>;
   /** Optional module that registers compression codecs (loaded first). */
   codecModule?: string;
+  /** Modules that will adopt sockets here (DetachedSocket.adopter), loaded at start (MultifdReceiverOptions.adopters). */
+  adopters?: string[];
 }
 
 export type RecvWorkerMessage =
@@ -110,6 +112,10 @@ port.on('message', (message: RecvWorkerCommand) => {
     port.close();
   }
 });
+
+// Load what adopting a socket needs now, while no source sends (receive() awaits the same modules; a load that fails
+// fails there, with its channel).
+for (const adopter of data.adopters ?? []) import(adopter).catch(() => {});
 
 async function receive(slot: Slot, socket: DetachedSocket): Promise<void> {
   const key = slot.key;
