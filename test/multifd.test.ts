@@ -161,6 +161,43 @@ test('multifd: a dropped channel fails the migration on the source, whose guest 
   }
 });
 
+test('multifd: cancel while every channel is full (a destination that stopped reading) ends it at once, guest on the source', { timeout: 60_000 }, async () => {
+  const src = await createTestMachine({ ramSizeBytes: 64 * MiB, dirtyRatePagesPerSecond: 0 });
+  // Accepts every connection and reads a little of each, then nothing: the sockets fill, then the job rings.
+  const listener = await listenIncoming('tcp:127.0.0.1:0', { multiChannel: true });
+  const accepted: Array<{ abort(r?: unknown): void; input: { read(): Promise<Uint8Array | null> } | null }> = [];
+  void (async () => {
+    for (;;) {
+      const ch = await listener.accept();
+      accepted.push(ch);
+      void ch.input!.read().catch(() => {});
+    }
+  })().catch(() => {});
+  try {
+    const out = new OutgoingMigration(src);
+    out.setCapabilities({ multifd: true, 'return-path': false });
+    out.start(listener.address);
+    // Until the sender has stopped for room: its bytes stop growing while it is active.
+    let last = -1;
+    await waitUntil(() => {
+      const now = queryMigrate(out).ram?.transferred ?? 0;
+      const still = out.status === 'active' && now > 0 && now === last;
+      last = now;
+      return still;
+    });
+    assert.ok(last < 64 * MiB, `stuck before the end of RAM (${last} bytes)`);
+    const cancelledAt = Date.now();
+    out.cancel();
+    assert.equal(await out.finished, 'cancelled');
+    assert.ok(Date.now() - cancelledAt < 2_000, `cancelled within ${Date.now() - cancelledAt} ms`);
+    assert.equal(src.running, true, 'the source guest still runs');
+  } finally {
+    for (const ch of accepted) ch.abort();
+    await listener.close();
+    await src.destroy();
+  }
+});
+
 // ---- bad input on a multifd channel ----
 
 const BLOCK_BYTES = 1 * MiB;
