@@ -130,53 +130,57 @@ test('multifd over exec: fails as QEMU 7.2, guest keeps running', { timeout: 30_
   }
 });
 
-test('multifd: a dropped channel fails the migration on the source, whose guest keeps running', { timeout: 60_000 }, async () => {
+type AcceptedChannel = { abort(r?: unknown): void; input: { read(): Promise<Uint8Array | null> } | null };
+
+/**
+ * A source migrating 64 MiB with multifd (no return path) to a destination
+ * that is not livemig: `serve` gets every connection it accepts (the main one
+ * first), with how many came before it, and does what the test wants.
+ */
+async function migrateToRawDestination(serve: (ch: AcceptedChannel, index: number) => void, check: (out: OutgoingMigration, src: TestMachine) => Promise<void>): Promise<void> {
   const src = await createTestMachine({ ramSizeBytes: 64 * MiB, dirtyRatePagesPerSecond: 0 });
-  // A destination that accepts everything, reads slowly, and drops the second connection.
   const listener = await listenIncoming('tcp:127.0.0.1:0', { multiChannel: true });
-  const accepted: Array<{ abort(r?: unknown): void; input: { read(): Promise<Uint8Array | null> } | null }> = [];
+  const accepted: AcceptedChannel[] = [];
   void (async () => {
     for (;;) {
       const ch = await listener.accept();
       accepted.push(ch);
-      void (async () => {
-        while ((await ch.input!.read()) !== null) await new Promise((r) => setTimeout(r, 2));
-      })().catch(() => {});
-      if (accepted.length === 2) setTimeout(() => ch.abort(new Error('dropped')), 200);
+      serve(ch, accepted.length - 1);
     }
   })().catch(() => {});
   try {
     const out = new OutgoingMigration(src);
     out.setCapabilities({ multifd: true, 'return-path': false });
     out.start(listener.address);
-    assert.equal(await out.finished, 'failed');
-    assert.match(queryMigrate(out)['error-desc'] ?? '', /^multifd channel \d/);
-    assert.equal(src.running, true, 'the source guest still runs');
-    const before = src.stats().pagesWritten;
-    await waitUntil(() => src.stats().pagesWritten > before + 100, 10_000);
+    await check(out, src);
   } finally {
     for (const ch of accepted) ch.abort();
     await listener.close();
     await src.destroy();
   }
+}
+
+test('multifd: a dropped channel fails the migration on the source, whose guest keeps running', { timeout: 60_000 }, async () => {
+  // A destination that accepts everything, reads slowly, and drops the second connection.
+  const serve = (ch: AcceptedChannel, index: number): void => {
+    void (async () => {
+      while ((await ch.input!.read()) !== null) await new Promise((r) => setTimeout(r, 2));
+    })().catch(() => {});
+    if (index === 1) setTimeout(() => ch.abort(new Error('dropped')), 200);
+  };
+  await migrateToRawDestination(serve, async (out, src) => {
+    assert.equal(await out.finished, 'failed');
+    assert.match(queryMigrate(out)['error-desc'] ?? '', /^multifd channel \d/);
+    assert.equal(src.running, true, 'the source guest still runs');
+    const before = src.stats().pagesWritten;
+    await waitUntil(() => src.stats().pagesWritten > before + 100, 10_000);
+  });
 });
 
 test('multifd: cancel while every channel is full (a destination that stopped reading) ends it at once, guest on the source', { timeout: 60_000 }, async () => {
-  const src = await createTestMachine({ ramSizeBytes: 64 * MiB, dirtyRatePagesPerSecond: 0 });
-  // Accepts every connection and reads a little of each, then nothing: the sockets fill, then the job rings.
-  const listener = await listenIncoming('tcp:127.0.0.1:0', { multiChannel: true });
-  const accepted: Array<{ abort(r?: unknown): void; input: { read(): Promise<Uint8Array | null> } | null }> = [];
-  void (async () => {
-    for (;;) {
-      const ch = await listener.accept();
-      accepted.push(ch);
-      void ch.input!.read().catch(() => {});
-    }
-  })().catch(() => {});
-  try {
-    const out = new OutgoingMigration(src);
-    out.setCapabilities({ multifd: true, 'return-path': false });
-    out.start(listener.address);
+  // Reads a little of each connection, then nothing: the sockets fill, then the job rings.
+  const serve = (ch: AcceptedChannel): void => void ch.input!.read().catch(() => {});
+  await migrateToRawDestination(serve, async (out, src) => {
     // Until the sender has stopped for room: its bytes stop growing while it is active.
     let last = -1;
     await waitUntil(() => {
@@ -191,11 +195,7 @@ test('multifd: cancel while every channel is full (a destination that stopped re
     assert.equal(await out.finished, 'cancelled');
     assert.ok(Date.now() - cancelledAt < 2_000, `cancelled within ${Date.now() - cancelledAt} ms`);
     assert.equal(src.running, true, 'the source guest still runs');
-  } finally {
-    for (const ch of accepted) ch.abort();
-    await listener.close();
-    await src.destroy();
-  }
+  });
 });
 
 // ---- bad input on a multifd channel ----
