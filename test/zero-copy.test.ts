@@ -18,6 +18,9 @@ import { MultifdSender } from '../src/ram/multifd/index.js';
 import { connectOutgoing } from '../src/transport/index.js';
 import { socketChannel } from '../src/transport/channel.js';
 import { NodeWritableSink } from '../src/transport/stream-io.js';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { TLSSocket } from 'node:tls';
 import { Prng } from './helpers/prng.js';
@@ -80,6 +83,24 @@ describe('the main channel sends guest pages in place (writeGather)', () => {
     assert.equal(channel.output!.writeGather, undefined);
     channel.abort();
     channel.closed.catch(() => {});
+  });
+
+  it("exec: gathers too (the child's stdin is a pipe with a descriptor): 4 MiB of views reach the command in order", { timeout: 30_000 }, async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'livemig-exec-gather-'));
+    try {
+      const file = join(dir, 'out');
+      const { memory } = sharedRandom(4 * MiB, 13);
+      const pieces: Uint8Array[] = [];
+      for (let at = 0; at < memory.length; at += PAGE) pieces.push(Buffer.from([(at >>> 12) & 0xff, 0xee]), memory.subarray(at, at + PAGE));
+      const channel = await connectOutgoing(`exec:cat > '${file}'`);
+      const output = channel.output!;
+      assert.equal(typeof output.writeGather, 'function', 'an exec channel gathers');
+      await output.writeGather!(pieces);
+      await channel.close();
+      assert.ok((await readFile(file)).equals(Buffer.concat(pieces)), 'the command got every byte in order');
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   it('a stream whose descriptor is gone (destroyed, handed to another thread) gets the pieces copied into one chunk, in order', async () => {
