@@ -357,12 +357,18 @@ export class MultifdSender {
   }
 
   /**
-   * multifd_send_sync_main: flush the partial batch, one SYNC packet on every
-   * channel, and wait until every channel has written it (and so everything
-   * before it).
+   * multifd_send_sync_main: flush the partial batch and queue one SYNC packet
+   * on every channel. Unlike QEMU 7.2 it does not wait until the channels have
+   * written them. The destination keeps the passes in order by itself: a
+   * channel stops at its SYNC until the main stream's EOS, and that EOS waits
+   * for every channel's SYNC, so a page of the next pass, on any channel or the
+   * main stream, lands after this pass's copy. Waiting here emptied every
+   * channel once per iteration (every RAM_ITERATE_MAX_WAIT_MS) and left the
+   * threads idle while the main thread refilled them. The last sync waits
+   * (syncAndFinish).
    */
   async sync(): Promise<void> {
-    await this.allWritten(await this.queueSync());
+    await this.queueSync();
     this.check();
   }
 
