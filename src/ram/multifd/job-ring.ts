@@ -193,6 +193,9 @@ export class JobRingConsumer {
    */
   written(mark: number): void {
     const control = this.control;
+    // A mark behind the count changes nothing (a later job can be counted first: a write that went straight to the OS
+    // while an earlier one's callback was still to come).
+    if (distance(mark, Atomics.load(control, WRITTEN)) <= 0) return;
     Atomics.store(control, WRITTEN, mark);
     const want = Atomics.load(control, WANT_WRITTEN);
     if (distance(mark, want) >= 0) {

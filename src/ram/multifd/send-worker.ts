@@ -30,6 +30,7 @@
  *               { type: 'finished', ch }, { type: 'error', ch, message }.
  * The thread ends once every channel finished or was dropped.
  */
+import { writevSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { parentPort, workerData } from 'node:worker_threads';
 import { createSendCodec, ensureMultifdCodecs, type MultifdCompression, type MultifdSendCodec } from './codec.js';
@@ -62,6 +63,8 @@ let codec: MultifdSendCodec | undefined;
 /** One channel of this thread. */
 class SendChannel {
   socket: Socket | undefined;
+  /** The socket's descriptor: packets go straight to it with writevSync while Node has nothing queued. */
+  fd = -1;
   what = '';
   lastBlock: string | undefined;
   failed = false;
@@ -95,6 +98,7 @@ function adopt(ch: SendChannel, fd: number, what: string): void {
   ch.what = what;
   const socket = new Socket({ fd, readable: true, writable: true, allowHalfOpen: true });
   ch.socket = socket;
+  ch.fd = fd;
   socket.setNoDelay(true);
   socket.on('error', (err) => ch.fail(`${ch.what}: ${err.message}`));
   socket.on('close', () => {
@@ -212,15 +216,31 @@ function send(ch: SendChannel, job: TakenJob): void {
     socket.write(header, done);
     return;
   }
-  // Header then the pages where they are: corked, the writes go out as one writev.
+  // Header then the pages where they are, as one writev: straight to the descriptor while Node has nothing of this
+  // socket queued (no stream bookkeeping, and the slot is free at once), else (and for what the OS did not take)
+  // through Node, corked.
   const block = data.blocks[job.blockIndex]!;
-  const views: Buffer[] = [];
-  forEachRun(job, (first, lengthBytes) => views.push(Buffer.from(block.buffer, block.byteOffset + first, lengthBytes)));
+  const pieces: Uint8Array[] = [header];
+  forEachRun(job, (first, lengthBytes) => pieces.push(new Uint8Array(block.buffer, block.byteOffset + first, lengthBytes)));
+  let from = 0;
+  if (socket.writableLength === 0) {
+    let taken = 0;
+    try {
+      taken = writevSync(ch.fd, pieces);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') throw err;
+    }
+    while (from < pieces.length && taken >= pieces[from]!.length) taken -= pieces[from++]!.length;
+    if (from === pieces.length) {
+      done();
+      return;
+    }
+    if (taken > 0) pieces[from] = pieces[from]!.subarray(taken);
+  }
   socket.cork();
-  socket.write(header);
-  const last = views.length - 1;
-  for (let i = 0; i < last; i++) socket.write(views[i]!);
-  socket.write(views[last]!, done);
+  const last = pieces.length - 1;
+  for (let k = from; k < last; k++) socket.write(pieces[k]!);
+  socket.write(pieces[last]!, done);
   socket.uncork();
 }
 
