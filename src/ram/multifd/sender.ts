@@ -75,8 +75,6 @@ export interface MultifdSenderOptions {
   after?: Promise<unknown>;
 }
 
-type Job = RingJob;
-
 /**
  * One channel as the sender drives it: jobs go in without a round trip each;
  * every job has a mark (the count of jobs pushed with it), and the channel
@@ -88,10 +86,10 @@ interface SenderChannel {
   readonly inflight: number;
   /** The most jobs it takes in flight. */
   readonly depth: number;
-  /** Hand over a job (only while inflight < depth); returns its mark. */
-  push(job: Job): number;
-  /** The mark at which half of what is in flight now is written (where a producer with nothing else to do waits). */
-  readonly halfWrittenMark: number;
+  /** Jobs pushed so far: the mark of the last one. */
+  readonly pushed: number;
+  /** Hand over a job (only while inflight < depth); returns its mark. It copies what it needs of the job at once. */
+  push(job: RingJob): number;
   /**
    * Resolves once `mark` jobs are written, when the channel fails, or on
    * interrupt(): the caller checks again. undefined when they are written.
@@ -103,6 +101,9 @@ interface SenderChannel {
   abort(reason: Error): void;
 }
 
+
+/** The mark at which half of what `ch` has in flight now is written: where a producer with nothing else to do waits. */
+const halfWritten = (ch: SenderChannel): number => (ch.pushed - (ch.inflight >> 1)) | 0;
 
 /** Whether all blocks can be read by worker threads (dense blocks over SharedArrayBuffers). */
 export function sharedBlocks(blocks: readonly RamBlock[]): Array<{ idstr: string; buffer: SharedArrayBuffer; byteOffset: number; lengthBytes: number }> | undefined {
@@ -199,7 +200,7 @@ export class MultifdSender {
   private batchCount = 0;
   private batchOffsets = new Float64Array(MULTIFD_PAGES_PER_PACKET);
   /** Full batches waiting for a channel with room. */
-  private readonly ready: Job[] = [];
+  private readonly ready: RingJob[] = [];
   private finished = false;
 
   /** The channels' threads were started ahead (MultifdSenderOptions.prestarted). */
@@ -319,17 +320,20 @@ export class MultifdSender {
       if (this.ready.length === 0) return;
       // Every channel is full: wait for the next in turn to be half written, so one wake-up carries several packets.
       const next = this.channels[this.nextChannel]!;
-      await next.whenWritten(next.halfWrittenMark);
+      await next.whenWritten(halfWritten(next));
     }
   }
 
   private closeBatch(): void {
     const count = this.batchCount;
     if (count === 0) return;
-    this.ready.push({ packetNum: this.packetNum++, flags: 0, blockIndex: this.batchBlock, count, offsets: this.batchOffsets.slice(0, count) });
+    const job = { packetNum: this.packetNum++, flags: 0, blockIndex: this.batchBlock, count, offsets: this.batchOffsets.subarray(0, count) };
     this.batchCount = 0;
     this.charge(MULTIFD_HEADER_BYTES + count * MULTIFD_PAGE_SIZE, count);
-    this.pump();
+    // A channel with room copies the offsets as it takes the job; one that waits for room needs its own (the batch is refilled).
+    const channel = this.ready.length === 0 ? this.nextWithRoom() : undefined;
+    if (channel) channel.push(job);
+    else this.ready.push({ ...job, offsets: job.offsets.slice() });
   }
 
   private charge(bytes: number, pages: number): void {
@@ -338,21 +342,26 @@ export class MultifdSender {
     this.onCharge?.(bytes, pages);
   }
 
-  /** Hand ready batches to channels with room, round-robin. */
-  private pump(): void {
+  /** The next channel with room, round-robin (and the turn passes it), or undefined (all full, or failed). */
+  private nextWithRoom(): SenderChannel | undefined {
+    if (this.failure) return undefined;
     const n = this.channels.length;
-    while (this.ready.length > 0 && !this.failure) {
-      let chosen: SenderChannel | undefined;
-      for (let k = 0; k < n; k++) {
-        const ch = this.channels[(this.nextChannel + k) % n]!;
-        if (ch.inflight < ch.depth) {
-          chosen = ch;
-          this.nextChannel = (ch.id + 1) % n;
-          break;
-        }
+    for (let k = 0; k < n; k++) {
+      const ch = this.channels[(this.nextChannel + k) % n]!;
+      if (ch.inflight < ch.depth) {
+        this.nextChannel = (ch.id + 1) % n;
+        return ch;
       }
-      if (!chosen) return;
-      chosen.push(this.ready.shift()!);
+    }
+    return undefined;
+  }
+
+  /** Hand waiting batches to channels with room. */
+  private pump(): void {
+    while (this.ready.length > 0) {
+      const ch = this.nextWithRoom();
+      if (!ch) return;
+      ch.push(this.ready.shift()!);
     }
   }
 
@@ -392,7 +401,7 @@ export class MultifdSender {
       for (;;) {
         this.check();
         if (ch.inflight < ch.depth) break;
-        await ch.whenWritten(ch.halfWrittenMark);
+        await ch.whenWritten(halfWritten(ch));
       }
       marks.push([ch, ch.push({ packetNum: this.packetNum++, flags: MULTIFD_FLAG_SYNC, blockIndex: -1, count: 0, offsets: [] })]);
       this.charge(MULTIFD_HEADER_BYTES, 0);
@@ -515,8 +524,8 @@ class WorkerSenderChannel implements SenderChannel {
     return this.ring.depth;
   }
 
-  get halfWrittenMark(): number {
-    return (this.ring.pushed - (this.ring.inflight >> 1)) | 0;
+  get pushed(): number {
+    return this.ring.pushed;
   }
 
   private failWith(err: Error): void {
@@ -562,7 +571,7 @@ class WorkerSenderChannel implements SenderChannel {
     this.thread.drop(this.id);
   }
 
-  push(job: Job): number {
+  push(job: RingJob): number {
     if (this.failure) throw this.failure;
     return this.ring.push(job);
   }
@@ -599,7 +608,7 @@ class WorkerSenderChannel implements SenderChannel {
 /** A channel on the main thread (RAM that worker threads cannot read). */
 class LocalSenderChannel implements SenderChannel {
   readonly depth = LOCAL_MAX_INFLIGHT;
-  private pushed = 0;
+  pushed = 0;
   private written = 0;
   private failed = false;
   private tail: Promise<void> = Promise.resolve();
@@ -621,9 +630,6 @@ class LocalSenderChannel implements SenderChannel {
     return this.pushed - this.written;
   }
 
-  get halfWrittenMark(): number {
-    return this.pushed - (this.inflight >> 1);
-  }
 
   async start(uuid: Uint8Array): Promise<void> {
     await this.channel.output!.write(encodeInitPacket(uuid, this.id));
@@ -637,7 +643,7 @@ class LocalSenderChannel implements SenderChannel {
     this.interrupt();
   }
 
-  push(job: Job): number {
+  push(job: RingJob): number {
     const count = job.count;
     const payloadBytes = count * MULTIFD_PAGE_SIZE;
     const packet = Buffer.allocUnsafe(MULTIFD_HEADER_BYTES + payloadBytes);
