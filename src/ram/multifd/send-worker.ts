@@ -223,7 +223,8 @@ function send(ch: SendChannel, job: TakenJob): void {
   const pieces: Uint8Array[] = [header];
   forEachRun(job, (first, lengthBytes) => pieces.push(new Uint8Array(block.buffer, block.byteOffset + first, lengthBytes)));
   let from = 0;
-  if (socket.writableLength === 0) {
+  // Not once the socket is gone: its descriptor number may already name something else.
+  if (socket.writableLength === 0 && !socket.destroyed) {
     let taken = 0;
     try {
       taken = writevSync(ch.fd, pieces);
