@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { WebSocket } from 'ws';
 import { createTestMachine, type TestMachine } from '../src/machine/index.js';
-import { OutgoingMigration } from '../src/migration/index.js';
+import { OutgoingMigration, type MigrationParameters } from '../src/migration/index.js';
 import { QmpClient } from '../src/monitor/qmp-client.js';
 import { queryMigrate, socketAddress } from '../src/monitor/query-migrate.js';
 import { connectOutgoing, formatMigrationUri, listenIncoming, parseMigrationUri, TransportError, webSocketChannel, type MinimalWebSocket } from '../src/transport/index.js';
@@ -44,6 +44,15 @@ async function assertGuestRuns(machine: TestMachine): Promise<void> {
   assert.equal(machine.running, true, 'source guest running');
   const before = machine.stats().pagesWritten;
   await waitUntil(() => machine.stats().pagesWritten > before + 100, 10_000);
+}
+
+/** A migration to `uri` at 8 MB/s (about 4 s for 32 MiB: slow enough to be cut in the middle), once `afterBytes` are sent. */
+async function slowMigrationUnderWay(machine: TestMachine, uri: string, afterBytes: number, params: Partial<MigrationParameters> = {}): Promise<OutgoingMigration> {
+  const migration = new OutgoingMigration(machine);
+  migration.setParameters({ 'max-bandwidth': 8_000_000, ...params });
+  migration.start(uri);
+  await waitUntil(() => (queryMigrate(migration).ram?.transferred ?? 0) > afterBytes, 30_000);
+  return migration;
 }
 
 function refusal(uri: string, code: string, pattern: RegExp): void {
@@ -164,11 +173,7 @@ test('ws: the destination killed mid-stream: the source fails with a clear error
   const dst = LivemigProcess.start(['--machine', 'test', '--ram', RAM, '--incoming', 'ws://127.0.0.1:0/migrate']);
   try {
     const { address } = await dst.waitFor('listening');
-    const migration = new OutgoingMigration(machine);
-    // Slow enough (about 4 s for 32 MiB) to be cut in the middle.
-    migration.setParameters({ 'max-bandwidth': 8_000_000 });
-    migration.start(address);
-    await waitUntil(() => (queryMigrate(migration).ram?.transferred ?? 0) > 4 << 20, 30_000);
+    const migration = await slowMigrationUnderWay(machine, address, 4 << 20);
     dst.child.kill('SIGKILL');
     assert.equal(await migration.finished, 'failed');
     const why = queryMigrate(migration)['error-desc']!;
@@ -186,10 +191,7 @@ test('ws: the source aborts: the destination reports the peer closed the stream 
   const dst = LivemigProcess.start(['--machine', 'test', '--ram', RAM, '--incoming', 'ws://127.0.0.1:0/migrate']);
   try {
     const { address } = await dst.waitFor('listening');
-    const migration = new OutgoingMigration(machine);
-    migration.setParameters({ 'max-bandwidth': 8_000_000 });
-    migration.start(address);
-    await waitUntil(() => (queryMigrate(migration).ram?.transferred ?? 0) > 2 << 20, 30_000);
+    const migration = await slowMigrationUnderWay(machine, address, 2 << 20);
     migration.cancel('test cancels');
     assert.equal(await migration.finished, 'cancelled');
     const failed = await dst.waitFor('failed');
@@ -411,11 +413,7 @@ test('ws: a link that stalls mid-stream (a TCP proxy stops forwarding): the peer
   const { address } = await dst.waitFor('listening');
   const proxy = await FaultProxy.start({ targetPort: Number(new URL(address).port) });
   try {
-    const migration = new OutgoingMigration(machine);
-    migration.setParameters({ 'max-bandwidth': 8_000_000, 'x-livemig-peer-timeout-ms': 2000 });
-    const viaProxy = `ws://127.0.0.1:${proxy.port}/migrate`;
-    migration.start(viaProxy);
-    await waitUntil(() => (queryMigrate(migration).ram?.transferred ?? 0) > 2 << 20, 30_000);
+    const migration = await slowMigrationUnderWay(machine, `ws://127.0.0.1:${proxy.port}/migrate`, 2 << 20, { 'x-livemig-peer-timeout-ms': 2000 });
     proxy.stall();
     const startedMs = Date.now();
     assert.equal(await migration.finished, 'failed');
