@@ -21,7 +21,7 @@ import { INCOMING_SUFFIX } from '../src/block/incoming-image.js';
 import { MemoryBlockDevice } from '../src/block/memory-block-device.js';
 import { linuxImageExists } from '../src/images/linux-image.js';
 import { V86DiskBuffer } from '../src/machine/v86-disk.js';
-import { createV86Machine } from '../src/machine/v86-machine.js';
+import { createV86Machine, type V86Machine } from '../src/machine/v86-machine.js';
 import { QmpClient } from '../src/monitor/qmp-client.js';
 import { cliPath } from './helpers/paths.js';
 
@@ -166,6 +166,28 @@ test('a v86 machine with media: blockDevices are the writable ones by slot, v86-
     assert.equal(shared.mediaInfo()[0]!.mode, 'shared');
   } finally {
     await shared.destroy();
+  }
+  // A read-only floppy: not copied, and write-protected as the guest sees it (the FDC's SENSE DRIVE STATUS, ST3 bit 6).
+  const senseWriteProtect = (m: V86Machine): boolean => {
+    const io = (m as unknown as { cpu: { io: { port_write8(port: number, value: number): void; port_read8(port: number): number } } }).cpu.io;
+    io.port_write8(0x3f5, 0x04); // SENSE DRIVE STATUS
+    io.port_write8(0x3f5, 0x00); // drive 0, head 0
+    return (io.port_read8(0x3f5) & 0x40) !== 0;
+  };
+  const floppyOf = (readOnly: boolean): MemoryBlockDevice => new MemoryBlockDevice('fda', { sizeBytes: 1474560, readOnly });
+  for (const readOnly of [true, false]) {
+    const m = await createV86Machine({ ramSizeBytes: 32 * MiB, fda: floppyOf(readOnly), startPaused: true });
+    try {
+      assert.equal(senseWriteProtect(m), readOnly, `a ${readOnly ? 'read-only' : 'writable'} floppy is ${readOnly ? '' : 'not '}write-protected`);
+      assert.deepEqual(m.blockDevices().map((d) => d.name), readOnly ? [] : ['fda']);
+    } finally {
+      await m.destroy();
+    }
+  }
+  // A read-only hard disk would acknowledge and lose the guest's writes: refused.
+  for (const slot of ['hda', 'hdb'] as const) {
+    const disks = { hda: new MemoryBlockDevice('hda', { sizeBytes: MiB, readOnly: slot === 'hda' }), ...(slot === 'hdb' ? { hdb: new MemoryBlockDevice('hdb', { sizeBytes: MiB, readOnly: true }) } : {}) };
+    await assert.rejects(createV86Machine({ ramSizeBytes: 32 * MiB, ...disks }), new RegExp(`--${slot}: a read-only medium cannot be a hard disk`));
   }
   await assert.rejects(createV86Machine({ ramSizeBytes: 32 * MiB, fda: new MemoryBlockDevice('fda', { sizeBytes: MiB }) }), /--fda: 1048576 bytes is no floppy size v86 knows/);
   await assert.rejects(createV86Machine({ ramSizeBytes: 32 * MiB, hda: new MemoryBlockDevice('disk0', { sizeBytes: MiB }) }), /block device is named 'disk0'; name it 'hda'/);

@@ -71,7 +71,8 @@ export class V86DiskBuffer {
   set(start: number, data: Uint8Array, done: Done): void {
     this.checkRange(start, data.length);
     this.writes++;
-    // A read-only medium (a CD-ROM) ignores writes, as a write-protected one does.
+    // Read-only here: a CD-ROM, or a floppy the guest sees write-protected (the machine refuses read-only hard
+    // disks), so no guest write should come; a stray one is dropped, never written to the image.
     if (this.device.readOnly) {
       done();
       return;

@@ -212,6 +212,8 @@ interface V86Cpu {
   main_loop: () => number;
   pack_memory: () => unknown;
   unpack_memory: (bitmap: unknown, packed: unknown) => void;
+  /** src/floppy.js: the drives' write-protect switch (saved with v86's state). */
+  devices: { fdc?: { drives?: Array<{ read_only: boolean }> } };
 }
 interface V86Main {
   cpu: V86Cpu;
@@ -549,6 +551,13 @@ export class V86Machine implements Machine {
       });
     });
     this.cpu = emulator.v86.cpu;
+    // A read-only floppy is write-protected, as the guest sees it: its writes fail there rather than vanish here.
+    const floppy = this.media.get('fda');
+    const drive = this.cpu.devices.fdc?.drives?.[0];
+    if (floppy?.device.readOnly) {
+      if (!drive) throw new Error('--fda: v86 made no floppy drive to write-protect');
+      drive.read_only = true;
+    }
     if (this.cpu.memory_size[0] !== this.ramSizeBytes) {
       throw new Error(`v86 made ${this.cpu.memory_size[0]} bytes of RAM, not ${this.ramSizeBytes}`);
     }
@@ -604,6 +613,10 @@ export class V86Machine implements Machine {
         throw new Error(`--fda: ${device.sizeBytes} bytes is no floppy size v86 knows (e.g. 1474560 for 1.44 MB, 2949120 for 2.88 MB)`);
       }
       if ((slot === 'hda' || slot === 'hdb') && device.sizeBytes > 2 ** 48 * 512) throw new Error(`--${slot}: ${device.sizeBytes} bytes is beyond LBA48`);
+      // v86's IDE disk has no write protection: its writes would be acknowledged and lost (QEMU 7.2 refuses a read-only IDE disk too).
+      if ((slot === 'hda' || slot === 'hdb') && device.readOnly) {
+        throw new Error(`--${slot}: a read-only medium cannot be a hard disk (the guest's writes would be lost); give a writable image (a copy), or attach it as --cdrom`);
+      }
     }
     if (this.media.has('hdb') && !this.media.has('hda')) throw new Error('--hdb needs --hda (v86 attaches hdb as the slave of hda)');
   }
