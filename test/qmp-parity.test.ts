@@ -209,7 +209,15 @@ const SCRIPT_COMMANDS = [
 ];
 
 /** HMP commands the script sends, on both sides. */
-const HMP_COMMANDS = ['info status', 'info migrate', 'info migrate_parameters', 'info migrate_capabilities', 'info no-such-thing', 'no-such-command', 'info status extra'];
+const HMP_COMMANDS = [
+  'info status', 'info migrate', 'info migrate_parameters', 'info migrate_capabilities', 'info no-such-thing', 'no-such-command', 'info status extra',
+  // The commands that change something, with what they refuse (nothing here changes what the rest of the script does).
+  'migrate_set_capability events on', 'migrate_set_capability events maybe', 'migrate_set_capability events', 'migrate_set_capability', 'migrate_set_capability no-such on',
+  'migrate_set_parameter downtime-limit 1k', 'migrate_set_parameter downtime-limit abc', 'migrate_set_parameter downtime-limit 1 2', 'migrate_set_parameter max-bandwidth 1x',
+  'migrate_set_parameter multifd-channels 300', 'migrate_set_parameter multifd-channels abc', 'migrate_set_parameter cpu-throttle-tailslow maybe', 'migrate_set_parameter block-bitmap-mapping x',
+  'migrate_set_parameter no-such 1', 'migrate_set_parameter tls-hostname', 'info migrate_parameters', 'migrate_cancel now', 'stop now', 'migrate -x tcp:127.0.0.1:1', 'migrate -db tcp:127.0.0.1:1',
+  'migrate', 'migrate_continue', 'help migrate_set_parameter', 'help s', 'help no-such-command',
+];
 
 /**
  * The client script: what a management tool does with a fresh pair, one

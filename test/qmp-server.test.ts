@@ -116,11 +116,32 @@ test('QMP commands: status, stop/cont with events, capabilities, parameters, ver
     assert.deepEqual((await qmp.execute('migrate_cancel')).return, {}, 'cancel with nothing running is a no-op');
     // What qmp-shell -H sends when it starts (cpu-index 0), and how it reads the answers: words of each line.
     const hmp = async (line: string): Promise<string> => (await qmp.execute('human-monitor-command', { 'command-line': line, 'cpu-index': 0 })).return;
-    assert.deepEqual((await hmp('help')).split('\r\n').filter(Boolean).map((l) => l.split(/\s+/)[0]), ['help|?', 'info']);
+    assert.deepEqual(
+      (await hmp('help')).split('\r\n').filter((l) => /^\S/.test(l)).map((l) => l.split(/\s+/)[0]),
+      ['cont|c', 'help|?', 'info', 'migrate', 'migrate_cancel', 'migrate_continue', 'migrate_incoming', 'migrate_set_capability', 'migrate_set_parameter', 'stop|s'],
+    );
     assert.deepEqual((await hmp('info')).split('\r\n').filter(Boolean).map((l) => l.split(/\s+/)[1]), ['status', 'migrate', 'migrate_parameters', 'migrate_capabilities']);
     assert.equal(await hmp('info status'), 'VM status: running\r\n');
     assert.match(await hmp('info migrate_parameters'), /^announce-initial: 50 ms\r\n(.*\r\n)*downtime-limit: 123 ms\r\n/);
     assert.ok(isError(await qmp.execute('human-monitor-command', { 'command-line': 'info status', 'cpu-index': 1 }), 'GenericError', /'cpu-index' expects a CPU number/));
+    // HMP's setters parse as QEMU 7.2's do (sizes with suffixes, max-bandwidth in MiB/s), then run as the QMP commands.
+    assert.equal(await hmp('migrate_set_parameter downtime-limit 1k'), '');
+    assert.equal(await hmp('migrate_set_parameter max-bandwidth 2'), '');
+    assert.equal(await hmp('migrate_set_parameter multifd-channels 0x4'), '');
+    assert.equal(await hmp('migrate_set_capability xbzrle on'), '');
+    const viaHmp = (await qmp.execute('query-migrate-parameters')).return;
+    assert.deepEqual([viaHmp['downtime-limit'], viaHmp['max-bandwidth'], viaHmp['multifd-channels']], [1024, 2 << 20, 4]);
+    assert.ok(((await qmp.execute('query-migrate-capabilities')).return as Array<{ capability: string; state: boolean }>).some((c) => c.capability === 'xbzrle' && c.state));
+    assert.equal(await hmp('migrate_set_parameter downtime-limit abc'), "Error: Parameter 'downtime-limit' expects a non-negative number below 2^64\r\nOptional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\r\nand exabytes, respectively.\r\n");
+    assert.match(await hmp('migrate_set_parameter multifd-channels 0'), /^Error: Parameter 'multifd-channels' .*\r\n$/, 'the QMP check refuses it, in its words');
+    assert.equal(await hmp('migrate_set_capability xbzrle'), `Expected 'on' or 'off'\r\nTry "help migrate_set_capability" for more information\r\n`);
+    assert.equal(await hmp('migrate_set_parameter no-such 1'), 'Error: invalid parameter value: no-such\r\n');
+    assert.equal(await hmp('migrate -x tcp:127.0.0.1:1'), 'migrate: unsupported option -x\r\nTry "help migrate" for more information\r\n');
+    assert.equal(await hmp('s'), '');
+    assert.equal(await hmp('info status'), 'VM status: paused\r\n');
+    assert.equal(await hmp('c'), '');
+    assert.equal(await hmp('info status'), 'VM status: running\r\n');
+    assert.equal(await hmp('migrate_set_parameter downtime-limit 123'), '');
     assert.deepEqual((await qmp.execute('quit')).return, {});
     await proc.exited;
     assert.equal(proc.exitCode, 0);

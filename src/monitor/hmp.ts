@@ -1,10 +1,17 @@
 /**
- * `human-monitor-command`: the few HMP commands management tools and
- * `qmp-shell -H` send, answered with QEMU 7.2's text layout (monitor/hmp-cmds.c:
- * hmp_info_status, hmp_info_migrate, hmp_info_migrate_parameters,
- * hmp_info_migrate_capabilities), lines ending in "\r\n" as QEMU's monitor
- * writes them. Any other command gets QEMU's "unknown command" text (a
- * successful reply, as QEMU's: HMP reports its errors as output).
+ * `human-monitor-command`: the HMP commands management tools and
+ * `qmp-shell -H` send for migration, answered with QEMU 7.2's text layout
+ * (monitor/hmp-cmds.c), lines ending in "\r\n" as QEMU's monitor writes them:
+ * - `info status|migrate|migrate_parameters|migrate_capabilities`, from the
+ *   QMP queries' answers;
+ * - `migrate_set_capability`, `migrate_set_parameter`, `migrate`,
+ *   `migrate_cancel`, `migrate_incoming`, `migrate_continue`, `stop`, `cont`:
+ *   their arguments parsed as QEMU's HMP parses them (sizes with suffixes,
+ *   `max-bandwidth` in MiB/s without one, on/off), then run as the QMP
+ *   command they stand for, so both monitors check and do the same.
+ * Any other command gets QEMU's "unknown command" text. Errors are output (a
+ * successful reply, as QEMU's), in QEMU's words where the parsing fails and
+ * as "Error: " and the QMP error's text where the command does.
  */
 import type { MigrationInfo } from './query-migrate.js';
 
@@ -15,6 +22,8 @@ export interface HmpSource {
   parameters(): Record<string, unknown>;
   /** Every QEMU 7.2 capability, in QEMU's enum order. */
   capabilities(): Array<{ capability: string; state: boolean }>;
+  /** Run a QMP command as the monitor runs it; rejects with its error (the message is QMP's `desc`). */
+  execute(command: string, args: Record<string, unknown>): Promise<unknown>;
 }
 
 /** QEMU's migration globals (migration_global_dump): livemig writes its streams as QEMU 7.2's defaults say. */
@@ -151,21 +160,169 @@ const INFO_HELP: Record<string, string> = {
   migrate_capabilities: 'show current migration capabilities',
 };
 
-/** `help`: the commands livemig's HMP has, in QEMU's `name args -- text` layout. */
-const HELP = ['help|? [cmd] -- show the help', 'info [subcommand] -- show various information about the system state'];
+/** An HMP usage error: QEMU's text for a command line it could not parse (no "Error: " prefix). */
+class HmpUsageError extends Error {}
 
-/** Run one HMP command line; returns the monitor's output as QEMU's human-monitor-command does. */
-export function runHmpCommand(commandLine: string, source: HmpSource): string {
+/** QEMU's text when an argument is missing or one too many was given. */
+const usage = (name: string, what: string, typed = name): HmpUsageError => new HmpUsageError(`${name}: ${what}\r\nTry "help ${typed}" for more information`);
+
+/** QEMU 7.2's migrate_set_parameter conversions (hmp_migrate_set_parameter), by parameter. */
+const SIZE_PARAMETERS = new Set(['announce-initial', 'announce-max', 'announce-rounds', 'announce-step', 'downtime-limit', 'xbzrle-cache-size', 'max-postcopy-bandwidth']);
+const UINT8_PARAMETERS = new Set([
+  'compress-level', 'compress-threads', 'decompress-threads', 'throttle-trigger-threshold', 'cpu-throttle-initial', 'cpu-throttle-increment', 'max-cpu-throttle',
+  'multifd-channels', 'multifd-zlib-level', 'multifd-zstd-level',
+]);
+const UINT32_PARAMETERS = new Set(['x-checkpoint-delay', 'x-livemig-peer-timeout-ms']);
+const BOOL_PARAMETERS = new Set(['compress-wait-thread', 'cpu-throttle-tailslow', 'block-incremental', 'x-livemig-postcopy-auto']);
+const STRING_PARAMETERS = new Set(['tls-creds', 'tls-hostname', 'tls-authz', 'multifd-compression']);
+
+const SIZE_SUFFIXES: Record<string, number> = { '': 1, b: 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40, p: 2 ** 50, e: 2 ** 60 };
+
+/** qemu_strtosz: a number, a fraction only with a suffix, a binary suffix (k, M, G, T, P, E; `unit` without one). */
+function parseSize(text: string, unit: number): number | undefined {
+  const m = /^(\d+)(\.\d+)?([bBkKmMgGtTpPeE]?)$/.exec(text);
+  if (!m || (m[2] !== undefined && m[3] === '')) return undefined;
+  const value = Number(m[1]! + (m[2] ?? '')) * (m[3] === '' ? unit : SIZE_SUFFIXES[m[3]!.toLowerCase()]!);
+  return Number.isSafeInteger(Math.floor(value)) ? Math.floor(value) : undefined;
+}
+
+/** The string input visitor's unsigned integers: decimal or 0x hex. */
+function parseUint(text: string): number | undefined {
+  if (!/^(0x[0-9a-fA-F]+|\d+)$/.test(text)) return undefined;
+  const value = Number(text);
+  return Number.isSafeInteger(value) ? value : undefined;
+}
+
+/** migrate_set_parameter's value for `name`, as QEMU 7.2's HMP converts it (throws its error texts). */
+function parameterValue(name: string, text: string): unknown {
+  const fail = (what: string): Error => new Error(`Parameter '${name}' expects ${what}`);
+  if (name === 'max-bandwidth') {
+    const bytes = parseSize(text, 2 ** 20);
+    if (bytes === undefined) throw new Error(`Invalid size ${text}`);
+    return bytes;
+  }
+  if (SIZE_PARAMETERS.has(name)) {
+    const bytes = parseSize(text, 1);
+    if (bytes === undefined) throw fail('a non-negative number below 2^64\r\nOptional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\r\nand exabytes, respectively.');
+    return bytes;
+  }
+  if (UINT8_PARAMETERS.has(name) || UINT32_PARAMETERS.has(name)) {
+    const value = parseUint(text);
+    if (value === undefined) throw fail('uint64');
+    if (UINT8_PARAMETERS.has(name) && value > 0xff) throw fail('uint8_t');
+    if (value > 0xffffffff) throw fail('uint32_t');
+    return value;
+  }
+  if (BOOL_PARAMETERS.has(name)) {
+    if (text !== 'on' && text !== 'off') throw fail("'on' or 'off'");
+    return text === 'on';
+  }
+  if (STRING_PARAMETERS.has(name)) return text;
+  if (name === 'block-bitmap-mapping') throw new Error('The block-bitmap-mapping parameter can only be set through QMP');
+  throw new Error(`invalid parameter value: ${name}`);
+}
+
+interface HmpCommand {
+  /** QEMU's `name args -- text` help line(s). */
+  help: string;
+  /** QEMU's name in its parse errors (`stop|s`). */
+  shown?: string;
+  /** The positional arguments after the flags, all strings. */
+  args: number;
+  /** Single-letter flags (`-d`) taken before the arguments. */
+  flags?: string;
+  run(args: string[], flags: Set<string>, s: HmpSource): Promise<string[]>;
+}
+
+const runQmp = async (s: HmpSource, command: string, args: Record<string, unknown> = {}): Promise<string[]> => {
+  await s.execute(command, args);
+  return [];
+};
+
+/** The commands besides `info` and `help`, as QEMU 7.2's hmp-commands.hx describes them. */
+const COMMANDS: Record<string, HmpCommand> = {
+  migrate: {
+    help: 'migrate [-d] [-b] [-i] [-r] uri -- migrate to URI (using -d to not wait for completion)\r\n\t\t\t -b for migration without shared storage with full copy of disk\r\n\t\t\t -i for migration without shared storage with incremental copy of disk (base image shared between src and destination)\r\n\t\t\t -r to resume a paused migration',
+    args: 1,
+    flags: 'dbir',
+    run: async ([uri], flags, s) => {
+      await s.execute('migrate', { uri: uri!, ...(flags.has('b') && { blk: true }), ...(flags.has('i') && { inc: true }), ...(flags.has('r') && { resume: true }) });
+      // A monitor reached through QMP cannot wait for the end (QEMU: monitor_suspend fails), so it says so.
+      return flags.has('d') ? [] : ['terminal does not allow synchronous migration, continuing detached'];
+    },
+  },
+  migrate_cancel: { help: 'migrate_cancel  -- cancel the current VM migration', args: 0, run: (_a, _f, s) => runQmp(s, 'migrate_cancel') },
+  migrate_continue: { help: 'migrate_continue state -- Continue migration from the given paused state', args: 1, run: ([state], _f, s) => runQmp(s, 'migrate-continue', { state: state! }) },
+  migrate_incoming: { help: 'migrate_incoming uri -- Continue an incoming migration from an -incoming defer', args: 1, run: ([uri], _f, s) => runQmp(s, 'migrate-incoming', { uri: uri! }) },
+  migrate_set_capability: {
+    help: 'migrate_set_capability capability state -- Enable/Disable the usage of a capability for migration',
+    args: 2,
+    run: async ([capability, state], _f, s) => {
+      if (!s.capabilities().some((c) => c.capability === capability)) throw new Error(`invalid parameter value: ${capability!}`);
+      return runQmp(s, 'migrate-set-capabilities', { capabilities: [{ capability: capability!, state: state === 'on' }] });
+    },
+  },
+  migrate_set_parameter: {
+    help: 'migrate_set_parameter parameter value -- Set the parameter for migration',
+    args: 2,
+    run: ([name, text], _f, s) => runQmp(s, 'migrate-set-parameters', { [name!]: parameterValue(name!, text!) }),
+  },
+  stop: { help: 'stop|s  -- stop emulation', shown: 'stop|s', args: 0, run: (_a, _f, s) => runQmp(s, 'stop') },
+  cont: { help: 'cont|c  -- resume emulation', shown: 'cont|c', args: 0, run: (_a, _f, s) => runQmp(s, 'cont') },
+};
+const ALIASES: Record<string, string> = { s: 'stop', c: 'cont' };
+
+/** `help`: the commands livemig's HMP has, in QEMU's `name args -- text` layout. */
+const HELP = [
+  'help|? [cmd] -- show the help',
+  'info [subcommand] -- show various information about the system state',
+  ...Object.values(COMMANDS).map((c) => c.help),
+].sort();
+
+/** Run one HMP command line; resolves to the monitor's output as QEMU's human-monitor-command returns it. */
+export async function runHmpCommand(commandLine: string, source: HmpSource): Promise<string> {
   const words = commandLine.trim().split(/\s+/).filter((w) => w !== '');
   if (words.length === 0) return '';
+  const lines = (out: readonly string[]): string => out.map((line) => `${line}\r\n`).join('');
   // qmp-shell -H reads `help` and `info` at start for its completions (the first and second word of each line).
-  if (words[0] === 'help' || words[0] === '?') return HELP.map((line) => `${line}\r\n`).join('');
-  if (words[0] !== 'info') return `unknown command: '${words[0]}'\r\n`;
-  if (words.length === 1) return Object.keys(INFO).map((name) => `info ${name}  -- ${INFO_HELP[name]}\r\n`).join('');
-  const sub = words[1]!;
-  const info = Object.hasOwn(INFO, sub) ? INFO[sub] : undefined;
-  if (!info) return `unknown command: 'info ${sub}'\r\n`;
-  // These subcommands take no argument; QEMU's parser says so in these words.
-  if (words.length > 2) return `${sub}: extraneous characters at the end of line\r\nTry "help info ${sub}" for more information\r\n`;
-  return info(source).map((line) => `${line}\r\n`).join('');
+  if (words[0] === 'help' || words[0] === '?') {
+    if (words.length === 1) return lines(HELP);
+    const name = ALIASES[words[1]!] ?? words[1]!;
+    if (name === 'info') return lines(Object.keys(INFO).map((sub) => `info ${sub}  -- ${INFO_HELP[sub]}`));
+    const command = Object.hasOwn(COMMANDS, name) ? COMMANDS[name] : undefined;
+    return command ? lines([command.help]) : `unknown command: '${words[1]}'\r\n`;
+  }
+  if (words[0] === 'info') {
+    if (words.length === 1) return lines(Object.keys(INFO).map((name) => `info ${name}  -- ${INFO_HELP[name]}`));
+    const sub = words[1]!;
+    const info = Object.hasOwn(INFO, sub) ? INFO[sub] : undefined;
+    if (!info) return `unknown command: 'info ${sub}'\r\n`;
+    // These subcommands take no argument; QEMU's parser says so in these words.
+    if (words.length > 2) return `${sub}: extraneous characters at the end of line\r\nTry "help info ${sub}" for more information\r\n`;
+    return lines(info(source));
+  }
+  const typed = words[0]!;
+  const name = ALIASES[typed] ?? typed;
+  const command = Object.hasOwn(COMMANDS, name) ? COMMANDS[name]! : undefined;
+  if (!command) return `unknown command: '${typed}'\r\n`;
+  const shown = command.shown ?? name;
+  try {
+    const flags = new Set<string>();
+    let at = 1;
+    for (; command.flags && at < words.length && words[at]!.startsWith('-'); at++) {
+      const flag = words[at]!.slice(1, 2);
+      if (!command.flags.includes(flag) || flag === '') throw usage(shown, `unsupported option -${flag}`, name);
+      if (words[at]!.length > 2) throw usage(shown, 'extraneous characters at the end of line', name);
+      flags.add(flag);
+    }
+    const args = words.slice(at);
+    if (name === 'migrate_set_capability' && args.length === 1) throw new HmpUsageError(`Expected 'on' or 'off'\r\nTry "help ${name}" for more information`);
+    if (args.length < command.args) throw usage(shown, 'string expected', name);
+    if (args.length > command.args) throw usage(shown, 'extraneous characters at the end of line', name);
+    if (name === 'migrate_set_capability' && args[1] !== 'on' && args[1] !== 'off') throw new HmpUsageError(`Expected 'on' or 'off'\r\nTry "help ${name}" for more information`);
+    return lines(await command.run(args, flags, source));
+  } catch (err) {
+    if (err instanceof HmpUsageError) return `${err.message}\r\n`;
+    return `Error: ${(err as Error).message}\r\n`;
+  }
 }

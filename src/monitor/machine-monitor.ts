@@ -216,13 +216,17 @@ export class MachineMonitor extends EventEmitter<{
     return address;
   }
 
-  /** What human-monitor-command's `info` reads: the QMP queries' answers. */
+  /** What human-monitor-command reads (the QMP queries' answers) and runs (the QMP commands, checked as the server checks them). */
   private hmpSource(): HmpSource {
     return {
       status: () => this.runQuery('query-status'),
       migrate: () => this.runQuery('query-migrate'),
       parameters: () => this.runQuery('query-migrate-parameters'),
       capabilities: () => this.runQuery('query-migrate-capabilities'),
+      execute: async (name, args) => {
+        const command = this.commandTable[name]!;
+        return command.run(checkArguments(args, command.args), { id: 0, negotiated: true });
+      },
     };
   }
 
