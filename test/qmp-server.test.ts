@@ -137,6 +137,7 @@ test('QMP commands: status, stop/cont with events, capabilities, parameters, ver
     assert.equal(await hmp('migrate_set_capability xbzrle'), `Expected 'on' or 'off'\r\nTry "help migrate_set_capability" for more information\r\n`);
     assert.equal(await hmp('migrate_set_parameter no-such 1'), 'Error: invalid parameter value: no-such\r\n');
     assert.equal(await hmp('migrate -x tcp:127.0.0.1:1'), 'migrate: unsupported option -x\r\nTry "help migrate" for more information\r\n');
+    assert.equal(await hmp('migrate_set_parameter no\x1b[2Jsuch 1'), 'Error: invalid parameter value: no\\x1b[2Jsuch\r\n', "an operator's terminal gets the escape sequence inert");
     assert.equal(await hmp('s'), '');
     assert.equal(await hmp('info status'), 'VM status: paused\r\n');
     assert.equal(await hmp('c'), '');

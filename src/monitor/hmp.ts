@@ -13,6 +13,7 @@
  * successful reply, as QEMU's), in QEMU's words where the parsing fails and
  * as "Error: " and the QMP error's text where the command does.
  */
+import { printable } from '../wire/printable.js';
 import type { MigrationInfo } from './query-migrate.js';
 
 /** What the HMP commands read: the same figures QMP's query-* commands return. */
@@ -198,7 +199,7 @@ function parameterValue(name: string, text: string): unknown {
   const fail = (what: string): Error => new Error(`Parameter '${name}' expects ${what}`);
   if (name === 'max-bandwidth') {
     const bytes = parseSize(text, 2 ** 20);
-    if (bytes === undefined) throw new Error(`Invalid size ${text}`);
+    if (bytes === undefined) throw new Error(`Invalid size ${printable(text)}`);
     return bytes;
   }
   if (SIZE_PARAMETERS.has(name)) {
@@ -219,7 +220,7 @@ function parameterValue(name: string, text: string): unknown {
   }
   if (STRING_PARAMETERS.has(name)) return text;
   if (name === 'block-bitmap-mapping') throw new Error('The block-bitmap-mapping parameter can only be set through QMP');
-  throw new Error(`invalid parameter value: ${name}`);
+  throw new Error(`invalid parameter value: ${printable(name)}`);
 }
 
 interface HmpCommand {
@@ -258,7 +259,7 @@ const COMMANDS: Record<string, HmpCommand> = {
     help: 'migrate_set_capability capability state -- Enable/Disable the usage of a capability for migration',
     args: 2,
     run: async ([capability, state], _f, s) => {
-      if (!s.capabilities().some((c) => c.capability === capability)) throw new Error(`invalid parameter value: ${capability!}`);
+      if (!s.capabilities().some((c) => c.capability === capability)) throw new Error(`invalid parameter value: ${printable(capability!)}`);
       return runQmp(s, 'migrate-set-capabilities', { capabilities: [{ capability: capability!, state: state === 'on' }] });
     },
   },
@@ -290,13 +291,13 @@ export async function runHmpCommand(commandLine: string, source: HmpSource): Pro
     const name = ALIASES[words[1]!] ?? words[1]!;
     if (name === 'info') return lines(Object.keys(INFO).map((sub) => `info ${sub}  -- ${INFO_HELP[sub]}`));
     const command = Object.hasOwn(COMMANDS, name) ? COMMANDS[name] : undefined;
-    return command ? lines([command.help]) : `unknown command: '${words[1]}'\r\n`;
+    return command ? lines([command.help]) : `unknown command: '${printable(words[1]!)}'\r\n`;
   }
   if (words[0] === 'info') {
     if (words.length === 1) return lines(Object.keys(INFO).map((name) => `info ${name}  -- ${INFO_HELP[name]}`));
     const sub = words[1]!;
     const info = Object.hasOwn(INFO, sub) ? INFO[sub] : undefined;
-    if (!info) return `unknown command: 'info ${sub}'\r\n`;
+    if (!info) return `unknown command: 'info ${printable(sub)}'\r\n`;
     // These subcommands take no argument; QEMU's parser says so in these words.
     if (words.length > 2) return `${sub}: extraneous characters at the end of line\r\nTry "help info ${sub}" for more information\r\n`;
     return lines(info(source));
@@ -304,14 +305,14 @@ export async function runHmpCommand(commandLine: string, source: HmpSource): Pro
   const typed = words[0]!;
   const name = ALIASES[typed] ?? typed;
   const command = Object.hasOwn(COMMANDS, name) ? COMMANDS[name]! : undefined;
-  if (!command) return `unknown command: '${typed}'\r\n`;
+  if (!command) return `unknown command: '${printable(typed)}'\r\n`;
   const shown = command.shown ?? name;
   try {
     const flags = new Set<string>();
     let at = 1;
     for (; command.flags && at < words.length && words[at]!.startsWith('-'); at++) {
       const flag = words[at]!.slice(1, 2);
-      if (!command.flags.includes(flag) || flag === '') throw usage(shown, `unsupported option -${flag}`, name);
+      if (!command.flags.includes(flag) || flag === '') throw usage(shown, `unsupported option -${printable(flag)}`, name);
       if (words[at]!.length > 2) throw usage(shown, 'extraneous characters at the end of line', name);
       flags.add(flag);
     }
