@@ -228,11 +228,11 @@ interface HmpCommand {
   help: string;
   /** QEMU's name in its parse errors (`stop|s`). */
   shown?: string;
-  /** The positional arguments after the flags, all strings. */
-  args: number;
+  /** The arguments after the flags, in order: a string (`s`) or on/off (`b`), as hmp-commands.hx types them. */
+  args: ReadonlyArray<'s' | 'b'>;
   /** Single-letter flags (`-d`) taken before the arguments. */
   flags?: string;
-  run(args: string[], flags: Set<string>, s: HmpSource): Promise<string[]>;
+  run(args: readonly string[], flags: Set<string>, s: HmpSource): Promise<string[]>;
 }
 
 const runQmp = async (s: HmpSource, command: string, args: Record<string, unknown> = {}): Promise<string[]> => {
@@ -244,7 +244,7 @@ const runQmp = async (s: HmpSource, command: string, args: Record<string, unknow
 const COMMANDS: Record<string, HmpCommand> = {
   migrate: {
     help: 'migrate [-d] [-b] [-i] [-r] uri -- migrate to URI (using -d to not wait for completion)\r\n\t\t\t -b for migration without shared storage with full copy of disk\r\n\t\t\t -i for migration without shared storage with incremental copy of disk (base image shared between src and destination)\r\n\t\t\t -r to resume a paused migration',
-    args: 1,
+    args: ['s'],
     flags: 'dbir',
     run: async ([uri], flags, s) => {
       await s.execute('migrate', { uri: uri!, ...(flags.has('b') && { blk: true }), ...(flags.has('i') && { inc: true }), ...(flags.has('r') && { resume: true }) });
@@ -252,12 +252,12 @@ const COMMANDS: Record<string, HmpCommand> = {
       return flags.has('d') ? [] : ['terminal does not allow synchronous migration, continuing detached'];
     },
   },
-  migrate_cancel: { help: 'migrate_cancel  -- cancel the current VM migration', args: 0, run: (_a, _f, s) => runQmp(s, 'migrate_cancel') },
-  migrate_continue: { help: 'migrate_continue state -- Continue migration from the given paused state', args: 1, run: ([state], _f, s) => runQmp(s, 'migrate-continue', { state: state! }) },
-  migrate_incoming: { help: 'migrate_incoming uri -- Continue an incoming migration from an -incoming defer', args: 1, run: ([uri], _f, s) => runQmp(s, 'migrate-incoming', { uri: uri! }) },
+  migrate_cancel: { help: 'migrate_cancel  -- cancel the current VM migration', args: [], run: (_a, _f, s) => runQmp(s, 'migrate_cancel') },
+  migrate_continue: { help: 'migrate_continue state -- Continue migration from the given paused state', args: ['s'], run: ([state], _f, s) => runQmp(s, 'migrate-continue', { state: state! }) },
+  migrate_incoming: { help: 'migrate_incoming uri -- Continue an incoming migration from an -incoming defer', args: ['s'], run: ([uri], _f, s) => runQmp(s, 'migrate-incoming', { uri: uri! }) },
   migrate_set_capability: {
     help: 'migrate_set_capability capability state -- Enable/Disable the usage of a capability for migration',
-    args: 2,
+    args: ['s', 'b'],
     run: async ([capability, state], _f, s) => {
       if (!s.capabilities().some((c) => c.capability === capability)) throw new Error(`invalid parameter value: ${printable(capability!)}`);
       return runQmp(s, 'migrate-set-capabilities', { capabilities: [{ capability: capability!, state: state === 'on' }] });
@@ -265,11 +265,11 @@ const COMMANDS: Record<string, HmpCommand> = {
   },
   migrate_set_parameter: {
     help: 'migrate_set_parameter parameter value -- Set the parameter for migration',
-    args: 2,
+    args: ['s', 's'],
     run: ([name, text], _f, s) => runQmp(s, 'migrate-set-parameters', { [name!]: parameterValue(name!, text!) }),
   },
-  stop: { help: 'stop|s  -- stop emulation', shown: 'stop|s', args: 0, run: (_a, _f, s) => runQmp(s, 'stop') },
-  cont: { help: 'cont|c  -- resume emulation', shown: 'cont|c', args: 0, run: (_a, _f, s) => runQmp(s, 'cont') },
+  stop: { help: 'stop|s  -- stop emulation', shown: 'stop|s', args: [], run: (_a, _f, s) => runQmp(s, 'stop') },
+  cont: { help: 'cont|c  -- resume emulation', shown: 'cont|c', args: [], run: (_a, _f, s) => runQmp(s, 'cont') },
 };
 const ALIASES: Record<string, string> = { s: 'stop', c: 'cont' };
 
@@ -316,11 +316,13 @@ export async function runHmpCommand(commandLine: string, source: HmpSource): Pro
       if (words[at]!.length > 2) throw usage(shown, 'extraneous characters at the end of line', name);
       flags.add(flag);
     }
-    const args = words.slice(at);
-    if (name === 'migrate_set_capability' && args.length === 1) throw new HmpUsageError(`Expected 'on' or 'off'\r\nTry "help ${name}" for more information`);
-    if (args.length < command.args) throw usage(shown, 'string expected', name);
-    if (args.length > command.args) throw usage(shown, 'extraneous characters at the end of line', name);
-    if (name === 'migrate_set_capability' && args[1] !== 'on' && args[1] !== 'off') throw new HmpUsageError(`Expected 'on' or 'off'\r\nTry "help ${name}" for more information`);
+    // Each argument in turn, then nothing more: QEMU's parser reports the first that does not fit.
+    const args = words.slice(at, at + command.args.length);
+    command.args.forEach((type, i) => {
+      if (type === 'b' && args[i] !== 'on' && args[i] !== 'off') throw new HmpUsageError(`Expected 'on' or 'off'\r\nTry "help ${name}" for more information`);
+      if (args[i] === undefined) throw usage(shown, 'string expected', name);
+    });
+    if (words.length > at + command.args.length) throw usage(shown, 'extraneous characters at the end of line', name);
     return lines(await command.run(args, flags, source));
   } catch (err) {
     if (err instanceof HmpUsageError) return `${err.message}\r\n`;
