@@ -119,6 +119,22 @@ test('livemig migrate --json from a QEMU source: passes derived from successive 
   assert.match(html, /No downtime phases in this file/);
 });
 
+test("QEMU's total-time at completion (a snapshot polled meanwhile reads more, the completed one may read 0): the passes still add up to what was sent", () => {
+  for (const completedAtMs of [250, 0]) {
+    const text = lines(
+      {},
+      qemuInfo('active', 100, 1, 100 * MiB, 20 * MiB, 0, 4000),
+      // Polled while QEMU completed: the running total-time is past the total it then reports.
+      qemuInfo('active', 260, 2, 118 * MiB, 2 * MiB, 0, 4000),
+      qemuInfo('completed', completedAtMs, 3, 120 * MiB, 0, 0, 4000),
+      { final: true, status: 'completed', 'total-time': 250, downtime: 30, transferred: 120 * MiB, passes: 3, 'wall-time': 300 },
+    );
+    const m = parseMigrationEvents(text);
+    assert.equal(m.passes.reduce((n, p) => n + p.sentBytes, 0), 120 * MiB, `completed at ${completedAtMs} ms: every byte sent is in one pass`);
+    assert.ok(m.passes.every((p) => p.durationMs >= 0 && p.startMs >= 0), JSON.stringify(m.passes));
+  }
+});
+
 test('a failed migration is drawn as failed, with its reason, escaped', () => {
   const reason = 'cannot connect to tcp:127.0.0.1:1: <script>alert(1)</script> & more';
   const m = parseMigrationEvents(lines({ event: 'status', status: 'setup' }, { event: 'failed', info: { status: 'failed', 'total-time': 7, ram: { transferred: 0, remaining: 0, total: 128 * MiB, 'dirty-sync-count': 0 }, 'error-desc': reason, 'x-livemig-error-code': 'transport' } }));

@@ -249,8 +249,18 @@ interface Sample {
   throughputBytesPerSecond?: number;
 }
 
+/**
+ * The snapshots with figures, in time order; a completed one last, whatever
+ * its total-time says. QEMU 7.2 reports the running total (now − start) until
+ * the status is completed, then the total it computes after that (0 until
+ * then): a snapshot polled during the completion can read more than the
+ * final total, and one polled at completion can read 0. Sorted by time
+ * alone, the completed figures would not be the last, and the passes would
+ * not add up to what was sent.
+ */
 function samplesOf(infos: Json[]): Sample[] {
   const samples: Sample[] = [];
+  const completed: Sample[] = [];
   for (const info of infos) {
     const ram = info.ram;
     const t = num(info['total-time']);
@@ -263,9 +273,11 @@ function samplesOf(infos: Json[]): Sample[] {
     if (rate !== undefined) sample.dirtyBytesPerSecond = rate * pageSize;
     const mbps = num(ram.mbps);
     if (mbps !== undefined) sample.throughputBytesPerSecond = (mbps * 1e6) / 8;
-    samples.push(sample);
+    (info.status === 'completed' ? completed : samples).push(sample);
   }
-  return samples.sort((a, b) => a.timeMs - b.timeMs);
+  samples.sort((a, b) => a.timeMs - b.timeMs);
+  const lastMs = samples.at(-1)?.timeMs ?? 0;
+  return [...samples, ...completed.map((c) => ({ ...c, timeMs: Math.max(c.timeMs, lastMs) })).sort((a, b) => a.transferred - b.transferred)];
 }
 
 /**
