@@ -213,6 +213,11 @@ test("applyParameters / applyCapabilities: QEMU's messages, all or nothing", () 
   throwsConfig(() => applyParameters(current, { 'max-bandwidth': '100M' }), 'invalid-value', "Parameter 'max-bandwidth' expects an integer", 'bytes/second');
   throwsConfig(() => applyParameters(current, { 'cpu-throttle-tailslow': 1 }), 'invalid-value', "Parameter 'cpu-throttle-tailslow' expects a boolean");
   throwsConfig(() => applyParameters(current, { 'multifd-compression': 'lz4' }), 'invalid-value', "Parameter 'multifd-compression' does not accept value 'lz4'");
+  // Names and values from outside reach an operator's terminal inert.
+  throwsConfig(() => applyParameters(current, { 'multifd-compression': 'z\x1b]0;owned\x07' }), 'invalid-value', "does not accept value 'z\\x1b]0;owned\\x07'");
+  throwsConfig(() => applyParameters(current, { 'no\x1b[2Jsuch': 1 }), 'unknown-parameter', "Parameter 'no\\x1b[2Jsuch' is unexpected");
+  throwsConfig(() => applyCapabilities(DEFAULT_CAPABILITIES, { 'no\x1b[2Jsuch': true }), 'unknown-capability', "Capability 'no\\x1b[2Jsuch' is not supported");
+  throwsConfig(() => parseCapabilityText('x\x1b[2J=maybe'), 'syntax', "--cap 'x\\x1b[2J=maybe'");
   throwsConfig(() => applyParameters(current, { 'no-such': 1 }), 'unknown-parameter', "Parameter 'no-such' is unexpected");
   throwsConfig(() => applyParameters(current, { 'cpu-throttle-initial': 90, 'max-cpu-throttle': 80 }), 'conflict', 'must not exceed');
   throwsConfig(() => applyParameters(current, { 'downtime-limit': 100, 'multifd-channels': 0 }), 'invalid-value', 'multifd-channels');

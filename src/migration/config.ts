@@ -20,6 +20,7 @@
  * Where livemig's default differs from QEMU 7.2's, the reason is given.
  */
 import { TypedEmitter } from '../wire/emitter.js';
+import { printable } from '../wire/printable.js';
 import { parseSize } from './size.js';
 import { MULTIFD_COMPRESSION_FLAGS, MULTIFD_DEFAULT_LEVEL, multifdLevelRange, type MultifdCompression } from '../ram/multifd/codec.js';
 import { DEFAULT_MULTIFD_CHANNELS } from '../ram/multifd/packet.js';
@@ -384,7 +385,7 @@ function checkParameterValue(name: keyof MigrationParameters, value: unknown): u
   }
   if ('oneOf' in accepted) {
     if (typeof value !== 'string' || !accepted.oneOf.includes(value)) {
-      throw new ConfigError('invalid-value', `Parameter '${name}' does not accept value '${String(value)}'`);
+      throw new ConfigError('invalid-value', `Parameter '${name}' does not accept value '${printable(String(value))}'`);
     }
     return value;
   }
@@ -404,7 +405,7 @@ function checkParameterValue(name: keyof MigrationParameters, value: unknown): u
 export function applyParameters(current: Readonly<MigrationParameters>, update: Partial<Record<string, unknown>>): MigrationParameters {
   const next: MigrationParameters = { ...current };
   for (const [name, value] of Object.entries(update)) {
-    if (!isAcceptedParameter(name)) throw new ConfigError('unknown-parameter', `Parameter '${name}' is unexpected`);
+    if (!isAcceptedParameter(name)) throw new ConfigError('unknown-parameter', `Parameter '${printable(name)}' is unexpected`);
     (next as unknown as Record<string, unknown>)[name] = checkParameterValue(name, value);
   }
   if (next['cpu-throttle-initial'] > next['max-cpu-throttle']) {
@@ -418,7 +419,7 @@ export function applyCapabilities(current: Readonly<MigrationCapabilities>, upda
   const next: MigrationCapabilities = { ...current };
   for (const [name, value] of Object.entries(update)) {
     const implemented = Object.hasOwn(DEFAULT_CAPABILITIES, name);
-    if (!implemented && !QEMU_CAPABILITIES.includes(name)) throw new ConfigError('unknown-capability', `Capability '${name}' is not supported`);
+    if (!implemented && !QEMU_CAPABILITIES.includes(name)) throw new ConfigError('unknown-capability', `Capability '${printable(name)}' is not supported`);
     if (typeof value !== 'boolean') throw new ConfigError('invalid-value', `Capability '${name}' expects a boolean`);
     if (!implemented) {
       // Management tools set every capability QEMU lists, mostly off: off is what livemig does anyway.
@@ -491,7 +492,7 @@ function guessType(text: string): ParameterType {
  */
 export function parseParameterText(name: string, text: string, scope: ConfigScope = 'livemig'): unknown {
   const argument = `--param ${name}`;
-  if (!NAME_TEXT.test(name)) throw new ConfigError('syntax', `--param '${name}=${text}': '${name}' is not a parameter name`);
+  if (!NAME_TEXT.test(name)) throw new ConfigError('syntax', `--param '${printable(name)}=${printable(text)}': '${printable(name)}' is not a parameter name`);
   const spec = parameterSpec(name);
   if (scope === 'qmp') return readText(spec?.type ?? guessType(text), text, argument);
   if (!spec) throw new ConfigError('unknown-parameter', `${argument}: there is no migration parameter '${name}' (livemig implements: ${IMPLEMENTED_PARAMETERS.join(', ')})`);
@@ -500,7 +501,7 @@ export function parseParameterText(name: string, text: string, scope: ConfigScop
   try {
     return checkParameterValue(name, value);
   } catch (err) {
-    throw err instanceof ConfigError ? new ConfigError(err.code, `${argument}: ${err.message} (got '${text}')`) : err;
+    throw err instanceof ConfigError ? new ConfigError(err.code, `${argument}: ${err.message} (got '${printable(text)}')`) : err;
   }
 }
 
@@ -516,7 +517,7 @@ export interface CapabilitySetting {
  * any name (the monitor checks). Throws ConfigError naming the argument.
  */
 export function parseCapabilityText(text: string, scope: ConfigScope = 'livemig'): CapabilitySetting {
-  const argument = `--cap '${text}'`;
+  const argument = `--cap '${printable(text)}'`;
   const eq = text.indexOf('=');
   const name = (eq < 0 ? text : text.slice(0, eq)).trim();
   if (!NAME_TEXT.test(name)) throw new ConfigError('syntax', `${argument}: expected NAME or NAME=on|off`);
