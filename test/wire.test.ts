@@ -11,6 +11,7 @@ import {
   StreamReader,
   StreamWriter,
   UnexpectedEndError,
+  unwrittenPieces,
 } from '../src/wire/index.js';
 import { sharedSlabCount } from '../src/wire/writer.js';
 import { FileSink, FileSource, ReadableSource, WritableSink } from '../src/wire/node-channels.js';
@@ -357,4 +358,14 @@ test('writer: a gathered chunk\'s slab is reused only after writeGather settles,
   await w.close();
   assert.equal(sharedSlabCount(), 1, 'every chunk released: the slab went to the pool');
   assert.throws(() => w.bytesInPlace(page), /write after close/);
+});
+
+test('unwrittenPieces: what a gathered write still holds after the OS took a prefix', () => {
+  const pieces = [Uint8Array.of(1, 2, 3), new Uint8Array(0), Uint8Array.of(4, 5), Uint8Array.of(6)];
+  const flat = (left: readonly Uint8Array[]): number[] => left.flatMap((p) => [...p]);
+  assert.equal(unwrittenPieces(pieces, 0), pieces, 'nothing taken: the same pieces');
+  for (let n = 1; n <= 6; n++) assert.deepEqual(flat(unwrittenPieces(pieces, n)), [1, 2, 3, 4, 5, 6].slice(n), `${n} bytes taken`);
+  assert.equal(unwrittenPieces(pieces, 3)[0]![0], 4, 'the empty piece after a taken one is skipped');
+  assert.deepEqual(unwrittenPieces(pieces, 6), []);
+  assert.equal(pieces[0]!.length, 3, 'the caller\'s pieces are not changed');
 });

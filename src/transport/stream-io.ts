@@ -14,7 +14,7 @@
  */
 import { writevSync } from 'node:fs';
 import type { Readable, Writable } from 'node:stream';
-import { ChannelError, type ByteSink, type ByteSource } from '../wire/index.js';
+import { ChannelError, unwrittenPieces, type ByteSink, type ByteSource } from '../wire/index.js';
 import { asChannelError } from './errors.js';
 import { Wakeup } from './waiting.js';
 
@@ -374,26 +374,14 @@ export class NodeWritableSink implements ByteSink {
    */
   private async gather(pieces: readonly Uint8Array[]): Promise<void> {
     await this.checkWritable();
-    let index = 0; // the next byte to send is pieces[index][skip]
-    let skip = 0;
-    const advance = (n: number): void => {
-      for (; index < pieces.length && n >= pieces[index]!.length - skip; index++) {
-        n -= pieces[index]!.length - skip;
-        skip = 0;
-      }
-      skip += n;
-    };
-    const rest = (): Uint8Array[] => {
-      const left = pieces.slice(index);
-      if (skip > 0) left[0] = left[0]!.subarray(skip);
-      return left;
-    };
-    while (index < pieces.length) {
+    let left = pieces;
+    while (left.length > 0) {
       const fd = this.options.descriptor?.();
-      if (fd === undefined) return this.send(Buffer.concat(rest()), undefined);
+      if (fd === undefined) return this.send(Buffer.concat(left), undefined);
+      let taken = 0;
       if (this.stream.writableLength === 0) {
         try {
-          advance(writevSync(fd, index === 0 && skip === 0 ? (pieces as Uint8Array[]) : rest()));
+          taken = writevSync(fd, left as Uint8Array[]);
         } catch (err) {
           if (!NO_ROOM.has((err as NodeJS.ErrnoException).code ?? '')) {
             this.failure ??= new ChannelError(`${this.options.what}: write failed: ${(err as Error).message}`, { cause: err });
@@ -401,14 +389,15 @@ export class NodeWritableSink implements ByteSink {
             await this.check();
           }
         }
-        if (index === pieces.length) return;
+        left = unwrittenPieces(left, taken);
+        if (left.length === 0) return;
       }
-      const piece = skip > 0 ? pieces[index]!.subarray(skip) : pieces[index]!;
-      advance(piece.length);
+      const piece = left[0]!;
       const failed = await new Promise<Error | null | undefined>((resolve) => this.stream.write(piece, resolve));
       if (failed) this.failure ??= new ChannelError(`${this.options.what}: write failed: ${failed.message}`, { cause: failed });
       await this.check();
       if (this.stream.destroyed) throw new ChannelError(`${this.options.what}: channel closed while writing`);
+      left = unwrittenPieces(left, piece.length);
     }
   }
 

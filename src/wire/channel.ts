@@ -43,6 +43,23 @@ export interface ByteSink {
   close(): Promise<void>;
 }
 
+const NO_PIECES: readonly Uint8Array[] = [];
+
+/**
+ * What gathered `pieces` still hold once the OS took the first `n` bytes of
+ * them (a writev takes a prefix): the pieces it did not reach, the first one
+ * trimmed. `pieces` itself when n is 0; no allocation when all were taken.
+ */
+export function unwrittenPieces(pieces: readonly Uint8Array[], n: number): readonly Uint8Array[] {
+  if (n === 0) return pieces;
+  let i = 0;
+  while (i < pieces.length && n >= pieces[i]!.length) n -= pieces[i++]!.length;
+  if (i === pieces.length) return NO_PIECES;
+  const left = pieces.slice(i);
+  if (n > 0) left[0] = left[0]!.subarray(n);
+  return left;
+}
+
 /** A source over bytes in memory, cut into chunks of `chunkBytes` (to exercise chunk boundaries). */
 export class MemorySource implements ByteSource {
   private position = 0;

@@ -34,6 +34,7 @@ import { writevSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { parentPort, workerData } from 'node:worker_threads';
 import { createSendCodec, ensureMultifdCodecs, type MultifdCompression, type MultifdSendCodec } from './codec.js';
+import { unwrittenPieces } from '../../wire/channel.js';
 import { JobRingConsumer, type JobRingMemory, type TakenJob } from './job-ring.js';
 import { encodeInitPacket, MULTIFD_HEADER_BYTES, MULTIFD_PAGE_SIZE, MULTIFD_PAGES_PER_PACKET, pageRunLength, writePacketHeader } from './packet.js';
 
@@ -222,7 +223,7 @@ function send(ch: SendChannel, job: TakenJob): void {
   const block = data.blocks[job.blockIndex]!;
   const pieces: Uint8Array[] = [header];
   forEachRun(job, (first, lengthBytes) => pieces.push(new Uint8Array(block.buffer, block.byteOffset + first, lengthBytes)));
-  let from = 0;
+  let left: readonly Uint8Array[] = pieces;
   // Not once the socket is gone: its descriptor number may already name something else.
   if (socket.writableLength === 0 && !socket.destroyed) {
     let taken = 0;
@@ -231,17 +232,16 @@ function send(ch: SendChannel, job: TakenJob): void {
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') throw err;
     }
-    while (from < pieces.length && taken >= pieces[from]!.length) taken -= pieces[from++]!.length;
-    if (from === pieces.length) {
+    left = unwrittenPieces(pieces, taken);
+    if (left.length === 0) {
       done();
       return;
     }
-    if (taken > 0) pieces[from] = pieces[from]!.subarray(taken);
   }
   socket.cork();
-  const last = pieces.length - 1;
-  for (let k = from; k < last; k++) socket.write(pieces[k]!);
-  socket.write(pieces[last]!, done);
+  const last = left.length - 1;
+  for (let k = 0; k < last; k++) socket.write(left[k]!);
+  socket.write(left[last]!, done);
   socket.uncork();
 }
 

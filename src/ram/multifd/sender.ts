@@ -98,6 +98,7 @@ interface SenderChannel {
   /** Wake every whenWritten() wait now (failure, abort). */
   interrupt(): void;
   finish(): Promise<void>;
+  /** Tear the channel down now; wakes every whenWritten() wait too. */
   abort(reason: Error): void;
 }
 
@@ -433,10 +434,8 @@ export class MultifdSender {
   abort(reason: Error): void {
     this.failure ??= reason;
     this.finished = true;
-    for (const ch of this.channels) {
-      ch.abort(reason);
-      ch.interrupt();
-    }
+    // Each channel's abort also wakes its waits.
+    for (const ch of this.channels) ch.abort(reason);
   }
 }
 
@@ -629,7 +628,6 @@ class LocalSenderChannel implements SenderChannel {
   get inflight(): number {
     return this.pushed - this.written;
   }
-
 
   async start(uuid: Uint8Array): Promise<void> {
     await this.channel.output!.write(encodeInitPacket(uuid, this.id));
