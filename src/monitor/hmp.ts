@@ -13,6 +13,7 @@
  * successful reply, as QEMU's), in QEMU's words where the parsing fails and
  * as "Error: " and the QMP error's text where the command does.
  */
+import { parameterSpec } from '../migration/config.js';
 import { printable } from '../wire/printable.js';
 import type { MigrationInfo } from './query-migrate.js';
 
@@ -167,15 +168,15 @@ class HmpUsageError extends Error {}
 /** QEMU's text when an argument is missing or one too many was given. */
 const usage = (name: string, what: string, typed = name): HmpUsageError => new HmpUsageError(`${name}: ${what}\r\nTry "help ${typed}" for more information`);
 
-/** QEMU 7.2's migrate_set_parameter conversions (hmp_migrate_set_parameter), by parameter. */
-const SIZE_PARAMETERS = new Set(['announce-initial', 'announce-max', 'announce-rounds', 'announce-step', 'downtime-limit', 'xbzrle-cache-size', 'max-postcopy-bandwidth']);
-const UINT8_PARAMETERS = new Set([
+/**
+ * How QEMU 7.2's HMP reads integer parameters (hmp_migrate_set_parameter): these as sizes (with suffixes), these
+ * as uint8; any other as uint32. The parameters' types themselves are the configuration's (PARAMETER_TABLE).
+ */
+const INTEGERS_AS_SIZE = new Set(['announce-initial', 'announce-max', 'announce-rounds', 'announce-step', 'downtime-limit']);
+const INTEGERS_AS_UINT8 = new Set([
   'compress-level', 'compress-threads', 'decompress-threads', 'throttle-trigger-threshold', 'cpu-throttle-initial', 'cpu-throttle-increment', 'max-cpu-throttle',
   'multifd-channels', 'multifd-zlib-level', 'multifd-zstd-level',
 ]);
-const UINT32_PARAMETERS = new Set(['x-checkpoint-delay', 'x-livemig-peer-timeout-ms']);
-const BOOL_PARAMETERS = new Set(['compress-wait-thread', 'cpu-throttle-tailslow', 'block-incremental', 'x-livemig-postcopy-auto']);
-const STRING_PARAMETERS = new Set(['tls-creds', 'tls-hostname', 'tls-authz', 'multifd-compression']);
 
 const SIZE_SUFFIXES: Record<string, number> = { '': 1, b: 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40, p: 2 ** 50, e: 2 ** 60 };
 
@@ -196,31 +197,36 @@ function parseUint(text: string): number | undefined {
 
 /** migrate_set_parameter's value for `name`, as QEMU 7.2's HMP converts it (throws its error texts). */
 function parameterValue(name: string, text: string): unknown {
+  const spec = parameterSpec(name);
+  // QEMU 7.2 knows none of the later QEMUs' parameters.
+  if (!spec || spec.since !== undefined) throw new Error(`invalid parameter value: ${printable(name)}`);
   const fail = (what: string): Error => new Error(`Parameter '${name}' expects ${what}`);
-  if (name === 'max-bandwidth') {
-    const bytes = parseSize(text, 2 ** 20);
-    if (bytes === undefined) throw new Error(`Invalid size ${printable(text)}`);
-    return bytes;
+  const size = (unit: number): number => {
+    const bytes = parseSize(text, unit);
+    if (bytes !== undefined) return bytes;
+    // max-bandwidth goes through qemu_strtosz_MiB, the others through the size visitor: each says it its way.
+    if (name === 'max-bandwidth') throw new Error(`Invalid size ${printable(text)}`);
+    throw fail('a non-negative number below 2^64\r\nOptional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\r\nand exabytes, respectively.');
+  };
+  switch (spec.type) {
+    case 'size':
+      return size(name === 'max-bandwidth' ? 2 ** 20 : 1);
+    case 'integer': {
+      if (INTEGERS_AS_SIZE.has(name)) return size(1);
+      const value = parseUint(text);
+      if (value === undefined) throw fail('uint64');
+      if (INTEGERS_AS_UINT8.has(name) && value > 0xff) throw fail('uint8_t');
+      if (value > 0xffffffff) throw fail('uint32_t');
+      return value;
+    }
+    case 'boolean':
+      if (text !== 'on' && text !== 'off') throw fail("'on' or 'off'");
+      return text === 'on';
+    case 'string':
+      return text;
+    case 'json':
+      throw new Error(`The ${name} parameter can only be set through QMP`);
   }
-  if (SIZE_PARAMETERS.has(name)) {
-    const bytes = parseSize(text, 1);
-    if (bytes === undefined) throw fail('a non-negative number below 2^64\r\nOptional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\r\nand exabytes, respectively.');
-    return bytes;
-  }
-  if (UINT8_PARAMETERS.has(name) || UINT32_PARAMETERS.has(name)) {
-    const value = parseUint(text);
-    if (value === undefined) throw fail('uint64');
-    if (UINT8_PARAMETERS.has(name) && value > 0xff) throw fail('uint8_t');
-    if (value > 0xffffffff) throw fail('uint32_t');
-    return value;
-  }
-  if (BOOL_PARAMETERS.has(name)) {
-    if (text !== 'on' && text !== 'off') throw fail("'on' or 'off'");
-    return text === 'on';
-  }
-  if (STRING_PARAMETERS.has(name)) return text;
-  if (name === 'block-bitmap-mapping') throw new Error('The block-bitmap-mapping parameter can only be set through QMP');
-  throw new Error(`invalid parameter value: ${printable(name)}`);
 }
 
 interface HmpCommand {
