@@ -98,13 +98,18 @@ test("QEMU 7.2's parameters: all accepted at their defaults, the unimplemented r
   for (const [name, value, only] of refused) {
     throwsConfig(() => applyParameters(DEFAULT_PARAMETERS, { [name]: value }), 'not-implemented', `livemig does not implement '${name}'; only its default ${only} is accepted`);
   }
-  throwsConfig(() => applyParameters(DEFAULT_PARAMETERS, { 'compress-level': 'high' }), 'invalid-value', "Parameter 'compress-level' expects a non-negative integer");
-  throwsConfig(() => applyParameters(DEFAULT_PARAMETERS, { 'block-incremental': 0 }), 'invalid-value', "Parameter 'block-incremental' expects a boolean");
+  // A value QEMU 7.2 refuses gets QEMU's refusal first (its visitor's words, then its checks').
+  throwsConfig(() => applyParameters(DEFAULT_PARAMETERS, { 'compress-level': 'high' }), 'invalid-value', "Parameter 'compress-level' expects uint64");
+  throwsConfig(() => applyParameters(DEFAULT_PARAMETERS, { 'compress-level': 256 }), 'invalid-value', "Parameter 'compress-level' expects uint8_t");
+  throwsConfig(() => applyParameters(DEFAULT_PARAMETERS, { 'compress-level': 10 }), 'invalid-value', "Parameter 'compress_level' expects a value between 0 and 9");
+  throwsConfig(() => applyParameters(DEFAULT_PARAMETERS, { 'announce-step': 0 }), 'invalid-value', "Parameter 'announce_step' expects a value between 0 and 10000");
+  throwsConfig(() => applyParameters(DEFAULT_PARAMETERS, { 'x-checkpoint-delay': 2 ** 32 }), 'invalid-value', "Parameter 'x-checkpoint-delay' expects uint32_t");
+  throwsConfig(() => applyParameters(DEFAULT_PARAMETERS, { 'block-incremental': 0 }), 'invalid-value', "Invalid parameter type for 'block-incremental', expected: boolean");
   // block-bitmap-mapping: listed once set, as QEMU; only the empty mapping (livemig migrates no bitmaps).
   assert.equal('block-bitmap-mapping' in DEFAULT_PARAMETERS, false);
   assert.deepEqual(applyParameters(DEFAULT_PARAMETERS, { 'block-bitmap-mapping': [] })['block-bitmap-mapping'], []);
   throwsConfig(() => applyParameters(DEFAULT_PARAMETERS, { 'block-bitmap-mapping': [{ 'node-name': 'a', alias: 'b', bitmaps: [] }] }), 'not-implemented', "only its default [] is accepted");
-  throwsConfig(() => applyParameters(DEFAULT_PARAMETERS, { 'block-bitmap-mapping': {} }), 'invalid-value', 'expects an array');
+  throwsConfig(() => applyParameters(DEFAULT_PARAMETERS, { 'block-bitmap-mapping': {} }), 'invalid-value', "Invalid parameter type for 'block-bitmap-mapping', expected: array");
   // Newer QEMUs' parameters are unknown to a 7.2 monitor, as to QEMU 7.2.
   throwsConfig(() => applyParameters(DEFAULT_PARAMETERS, { 'vcpu-dirty-limit': 1 }), 'unknown-parameter', "Parameter 'vcpu-dirty-limit' is unexpected");
 });
@@ -114,7 +119,7 @@ test('tls-creds, tls-hostname, tls-authz: strings, empty by default; null is emp
   assert.deepEqual([set['tls-creds'], set['tls-hostname'], set['tls-authz']], ['tls0', 'dest.example', 'authz0']);
   const cleared = applyParameters(set, { 'tls-creds': null, 'tls-hostname': null, 'tls-authz': null });
   assert.deepEqual([cleared['tls-creds'], cleared['tls-hostname'], cleared['tls-authz']], ['', '', '']);
-  throwsConfig(() => applyParameters(DEFAULT_PARAMETERS, { 'tls-creds': 5 }), 'invalid-value', "Parameter 'tls-creds' expects a string");
+  throwsConfig(() => applyParameters(DEFAULT_PARAMETERS, { 'tls-creds': 5 }), 'invalid-value', "Invalid parameter type for 'tls-creds', expected: StrOrNull");
   assert.deepEqual(parseParameterArgs(['tls-creds=tls0', 'tls-hostname=', 'tls-authz=authz0'], 'livemig'), { 'tls-creds': 'tls0', 'tls-hostname': '', 'tls-authz': 'authz0' });
 });
 
@@ -143,10 +148,14 @@ test('bad values: a ConfigError naming the argument and what was wrong', () => {
   }
   throwsConfig(() => parseParameterText('block-bitmap-mapping', '[oops', 'qmp'), 'bad-text', "--param block-bitmap-mapping: '[oops' is not JSON");
   // Scope 'livemig' also refuses values livemig would refuse, with QEMU's message after the argument.
-  throwsConfig(() => parseParameterText('downtime-limit', '-1'), 'invalid-value', '--param downtime-limit: ', 'range of 0 to 2000000 milliseconds', "(got '-1')");
-  throwsConfig(() => parseParameterText('multifd-channels', '0'), 'invalid-value', '--param multifd-channels: ', 'range of 1 to 255');
-  throwsConfig(() => parseParameterText('multifd-zstd-level', '21'), 'invalid-value', 'range of 0 to 20');
-  throwsConfig(() => parseParameterText('multifd-zlib-level', '10'), 'invalid-value', 'range of 0 to 9');
+  throwsConfig(() => parseParameterText('downtime-limit', '-1'), 'invalid-value', '--param downtime-limit: ', "Parameter 'downtime_limit' expects an integer in the range of 0 to (2000 * 1000) ms", "(got '-1')");
+  throwsConfig(() => parseParameterText('multifd-channels', '0'), 'invalid-value', '--param multifd-channels: ', "'multifd_channels' expects a value between 1 and 255");
+  throwsConfig(() => parseParameterText('multifd-channels', '256'), 'invalid-value', "'multifd-channels' expects uint8_t");
+  throwsConfig(() => parseParameterText('multifd-zstd-level', '21'), 'invalid-value', 'a value between 0 and 20');
+  throwsConfig(() => parseParameterText('multifd-zlib-level', '10'), 'invalid-value', 'a value between 0 and 9');
+  // Each argument alone: max-cpu-throttle is held against cpu-throttle-initial once the arguments are merged.
+  assert.equal(parseParameterText('max-cpu-throttle', '10'), 10);
+  throwsConfig(() => parseParameterText('max-cpu-throttle', '100'), 'invalid-value', "'max_cpu_throttle' expects an integer in the range of cpu_throttle_initial to 99");
   throwsConfig(() => parseParameterText('multifd-compression', 'lz4'), 'invalid-value', '--param multifd-compression: ', "does not accept value 'lz4'");
   throwsConfig(() => parseParameterText('xbzrle-cache-size', '3M'), 'invalid-value', '--param xbzrle-cache-size: ', 'power of two');
   // Scope 'qmp' leaves ranges to the monitor (QEMU's differ from livemig's for some).
@@ -182,7 +191,8 @@ test('the run side (scope livemig) takes multifd-compression=zstd and any parame
   assert.equal(config.parameters['multifd-compression'], 'zstd');
   assert.equal(config.parameters['multifd-channels'], 4);
   assert.equal(config.capabilities.multifd, true);
-  throwsConfig(() => MigrationConfig.fromArgs(['cpu-throttle-initial=60', 'max-cpu-throttle=50'], []), 'conflict', '--param', "'cpu-throttle-initial' must not exceed 'max-cpu-throttle'");
+  throwsConfig(() => MigrationConfig.fromArgs(['cpu-throttle-initial=60', 'max-cpu-throttle=50'], []), 'conflict', '--param', "Parameter 'max_cpu_throttle' expects an integer in the range of cpu_throttle_initial to 99");
+  assert.equal(MigrationConfig.fromArgs(['cpu-throttle-initial=5', 'max-cpu-throttle=10'], []).parameters['max-cpu-throttle'], 10);
 });
 
 test('capabilities: NAME alone is on; on/off, true/false, yes/no, 1/0 in any case', () => {
@@ -209,9 +219,27 @@ test('capabilities: NAME alone is on; on/off, true/false, yes/no, 1/0 in any cas
 
 test("applyParameters / applyCapabilities: QEMU's messages, all or nothing", () => {
   const current = { ...DEFAULT_PARAMETERS };
-  throwsConfig(() => applyParameters(current, { 'downtime-limit': 2_000_001 }), 'invalid-value', "Parameter 'downtime-limit' expects an integer in the range of 0 to 2000000 milliseconds");
-  throwsConfig(() => applyParameters(current, { 'max-bandwidth': '100M' }), 'invalid-value', "Parameter 'max-bandwidth' expects an integer", 'bytes/second');
-  throwsConfig(() => applyParameters(current, { 'cpu-throttle-tailslow': 1 }), 'invalid-value', "Parameter 'cpu-throttle-tailslow' expects a boolean");
+  // QEMU 7.2's words (from real QEMU over QMP): its visitor's name the parameter with dashes, its checks with underscores.
+  throwsConfig(() => applyParameters(current, { 'downtime-limit': 2_000_001 }), 'invalid-value', "Parameter 'downtime_limit' expects an integer in the range of 0 to (2000 * 1000) ms");
+  throwsConfig(() => applyParameters(current, { 'downtime-limit': -1 }), 'invalid-value', "Parameter 'downtime_limit' expects an integer in the range of 0 to (2000 * 1000) ms");
+  throwsConfig(() => applyParameters(current, { 'downtime-limit': 1.5 }), 'invalid-value', "Parameter 'downtime-limit' expects uint64");
+  throwsConfig(() => applyParameters(current, { 'max-bandwidth': '100M' }), 'invalid-value', "Parameter 'max-bandwidth' expects uint64");
+  throwsConfig(() => applyParameters(current, { 'cpu-throttle-tailslow': 1 }), 'invalid-value', "Invalid parameter type for 'cpu-throttle-tailslow', expected: boolean");
+  throwsConfig(() => applyParameters(current, { 'multifd-compression': 5 }), 'invalid-value', "Invalid parameter type for 'multifd-compression', expected: string");
+  throwsConfig(() => applyParameters(current, { 'xbzrle-cache-size': 12288 }), 'invalid-value', "Parameter 'xbzrle_cache_size' expects a power of two no less than the target page size");
+  throwsConfig(() => applyParameters(current, { 'xbzrle-cache-size': 2 ** 41 }), 'invalid-value', "Parameter 'xbzrle-cache-size' expects an integer in the range of 0 to 1099511627776 bytes (livemig's limit)");
+  // Two refused: the first in QEMU's order of checks is named (throttle_trigger_threshold before cpu_throttle_initial).
+  throwsConfig(() => applyParameters(current, { 'cpu-throttle-initial': 0, 'throttle-trigger-threshold': 0 }), 'invalid-value', "'throttle_trigger_threshold'");
+  // Rates as QEMU 7.2's visitor reads a uint64: libvirt's "unlimited" (2^63 - 2^20 bytes/s), and -1 as 2^64 - 1,
+  // kept as the largest double below 2^64 (a client reading it back as a uint64 can).
+  assert.equal(applyParameters(current, { 'max-bandwidth': 9223372036853727232 })['max-bandwidth'], 9223372036853727232);
+  for (const huge of [-1, 2 ** 64]) {
+    const kept = applyParameters(current, { 'max-bandwidth': huge, 'max-postcopy-bandwidth': huge });
+    assert.equal(kept['max-bandwidth'], 2 ** 64 - 2048);
+    assert.equal(kept['max-postcopy-bandwidth'], 2 ** 64 - 2048);
+  }
+  throwsConfig(() => applyParameters(current, { 'max-bandwidth': 2 ** 65 }), 'invalid-value', "Parameter 'max-bandwidth' expects uint64");
+  throwsConfig(() => applyParameters(current, { 'multifd-channels': -1 }), 'invalid-value', "Parameter 'multifd-channels' expects uint8_t");
   throwsConfig(() => applyParameters(current, { 'multifd-compression': 'lz4' }), 'invalid-value', "Parameter 'multifd-compression' does not accept value 'lz4'");
   // Names and values from outside reach an operator's terminal inert.
   throwsConfig(() => applyParameters(current, { 'multifd-compression': 'z\x1b]0;owned\x07' }), 'invalid-value', "does not accept value 'z\\x1b]0;owned\\x07'");
@@ -219,8 +247,9 @@ test("applyParameters / applyCapabilities: QEMU's messages, all or nothing", () 
   throwsConfig(() => applyCapabilities(DEFAULT_CAPABILITIES, { 'no\x1b[2Jsuch': true }), 'unknown-capability', "Capability 'no\\x1b[2Jsuch' is not supported");
   throwsConfig(() => parseCapabilityText('x\x1b[2J=maybe'), 'syntax', "--cap 'x\\x1b[2J=maybe'");
   throwsConfig(() => applyParameters(current, { 'no-such': 1 }), 'unknown-parameter', "Parameter 'no-such' is unexpected");
-  throwsConfig(() => applyParameters(current, { 'cpu-throttle-initial': 90, 'max-cpu-throttle': 80 }), 'conflict', 'must not exceed');
-  throwsConfig(() => applyParameters(current, { 'downtime-limit': 100, 'multifd-channels': 0 }), 'invalid-value', 'multifd-channels');
+  throwsConfig(() => applyParameters(current, { 'cpu-throttle-initial': 90, 'max-cpu-throttle': 80 }), 'conflict', "'max_cpu_throttle' expects an integer in the range of cpu_throttle_initial to 99");
+  throwsConfig(() => applyParameters(current, { 'max-cpu-throttle': 10 }), 'conflict', 'cpu_throttle_initial to 99');
+  throwsConfig(() => applyParameters(current, { 'downtime-limit': 100, 'multifd-channels': 0 }), 'invalid-value', 'multifd_channels');
   assert.deepEqual(current, DEFAULT_PARAMETERS, 'nothing merged, the input untouched');
   assert.equal(applyParameters(current, { 'downtime-limit': 100 })['downtime-limit'], 100);
   throwsConfig(() => applyCapabilities(DEFAULT_CAPABILITIES, { nope: true }), 'unknown-capability', "Capability 'nope' is not supported");
@@ -257,7 +286,7 @@ test('MigrationConfig: checked merges, frozen snapshots, change events', () => {
   assert.deepEqual(seen, [['max-bandwidth']]);
   assert.equal(atStart.parameters['max-bandwidth'], 0, 'a snapshot does not follow later changes');
 
-  throwsConfig(() => config.setParameters({ 'downtime-limit': 1, 'multifd-channels': 999 }), 'invalid-value', 'multifd-channels');
+  throwsConfig(() => config.setParameters({ 'downtime-limit': 1, 'multifd-channels': 999 }), 'invalid-value', "'multifd-channels' expects uint8_t");
   assert.equal(config.parameters['downtime-limit'], 300, 'a refused update changes nothing');
   assert.equal(seen.length, 1, 'and tells nobody');
 
@@ -266,7 +295,7 @@ test('MigrationConfig: checked merges, frozen snapshots, change events', () => {
   assert.throws(() => {
     (config.parameters as { 'downtime-limit': number })['downtime-limit'] = 5;
   }, TypeError, 'the current parameters are read-only');
-  throwsConfig(() => new MigrationConfig({ parameters: { 'downtime-limit': -1 } }), 'invalid-value', 'downtime-limit');
+  throwsConfig(() => new MigrationConfig({ parameters: { 'downtime-limit': -1 } }), 'invalid-value', 'downtime_limit');
 });
 
 /** `livemig run` with `args`; resolves with its exit code and stderr. */

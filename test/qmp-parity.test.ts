@@ -145,7 +145,51 @@ async function parametersLikeQemu(qemu: RawQmp, ours: RawQmp): Promise<void> {
   assert.equal(refused.error?.class, 'GenericError');
   assert.match(refused.error?.desc, /livemig does not implement 'compress-level'; only its default 1 is accepted/);
   assert.deepEqual((await qemu.execute('migrate-set-parameters', { 'compress-level': 9 })).return, {}, 'QEMU takes it (it implements compression)');
+
+  // What QEMU 7.2 refuses, livemig refuses in the same words (its input visitor's, then migrate_params_check's, in
+  // that order), and what it takes, livemig takes: libvirt's "unlimited" rate among them.
+  for (const args of SAME_ANSWERS) {
+    const q = await qemu.execute('migrate-set-parameters', args);
+    const l = await ours.execute('migrate-set-parameters', args);
+    assert.deepEqual(l.error ?? l.return, q.error ?? q.return, `migrate-set-parameters ${JSON.stringify(args)}`);
+  }
+  // HMP reads libvirt's rate in MiB/s, and both print it in full.
+  const maxBandwidthLine = async (p: RawQmp): Promise<string | undefined> => {
+    await p.execute('human-monitor-command', { 'command-line': 'migrate_set_parameter max-bandwidth 8796093022207' });
+    const text = (await p.execute('human-monitor-command', { 'command-line': 'info migrate_parameters' })).return as string;
+    return text.split('\r\n').find((line) => line.startsWith('max-bandwidth:'));
+  };
+  assert.equal(await maxBandwidthLine(ours), await maxBandwidthLine(qemu));
+  assert.equal(await maxBandwidthLine(ours), 'max-bandwidth: 9223372036853727232 bytes/second');
+  // Where livemig differs on purpose: QEMU 7.2 skips its own multifd level checks (and fails at the first
+  // compressed packet); livemig's XBZRLE cache is bounded.
+  for (const [args, desc] of DIFFERENT_ANSWERS) {
+    assert.deepEqual((await qemu.execute('migrate-set-parameters', args)).return, {}, `QEMU 7.2 takes ${JSON.stringify(args)}`);
+    assert.equal((await ours.execute('migrate-set-parameters', args)).error?.desc, desc);
+  }
 }
+
+/** migrate-set-parameters arguments QEMU 7.2 and livemig answer alike. */
+const SAME_ANSWERS: Array<Record<string, unknown>> = [
+  { 'downtime-limit': 2_000_001 }, { 'downtime-limit': -1 }, { 'downtime-limit': 'x' }, { 'downtime-limit': 1.5 }, { 'downtime-limit': true },
+  { 'max-bandwidth': 'x' }, { 'max-bandwidth': -1 }, { 'max-bandwidth': 9223372036853727232 }, { 'max-postcopy-bandwidth': -1 },
+  { 'xbzrle-cache-size': 1000 }, { 'xbzrle-cache-size': 12288 },
+  { 'cpu-throttle-initial': 0 }, { 'cpu-throttle-initial': 100 }, { 'cpu-throttle-increment': 100 }, { 'max-cpu-throttle': 100 }, { 'max-cpu-throttle': 10 },
+  { 'throttle-trigger-threshold': 101 }, { 'cpu-throttle-initial': 0, 'throttle-trigger-threshold': 0 }, { 'max-cpu-throttle': 50, 'cpu-throttle-initial': 60 },
+  { 'multifd-channels': 0 }, { 'multifd-channels': 256 }, { 'multifd-channels': -1 }, { 'downtime-limit': -1, 'multifd-channels': 0 },
+  { 'multifd-zlib-level': 256 }, { 'multifd-compression': 'lz4' }, { 'multifd-compression': 5 },
+  { 'cpu-throttle-tailslow': 1 }, { 'tls-creds': 5 }, { 'block-bitmap-mapping': 5 },
+  { 'compress-level': 10 }, { 'compress-level': 256 }, { 'compress-threads': 0 }, { 'decompress-threads': 0 },
+  { 'announce-initial': 100_001 }, { 'announce-rounds': 1001 }, { 'announce-step': 0 }, { 'x-checkpoint-delay': 2 ** 32 }, { 'x-checkpoint-delay': 'x' },
+  { 'no-such-parameter': 1 },
+];
+
+/** migrate-set-parameters arguments QEMU 7.2 takes and livemig refuses, with livemig's words. */
+const DIFFERENT_ANSWERS: Array<[Record<string, unknown>, string]> = [
+  [{ 'multifd-zlib-level': 10 }, "Parameter 'multifd_zlib_level' expects a value between 0 and 9"],
+  [{ 'multifd-zstd-level': 21 }, "Parameter 'multifd_zstd_level' expects a value between 0 and 20"],
+  [{ 'xbzrle-cache-size': 2 ** 41 }, "Parameter 'xbzrle-cache-size' expects an integer in the range of 0 to 1099511627776 bytes (livemig's limit)"],
+];
 
 test('query-migrate, capabilities and parameters: same names and types as QEMU 7.2', { skip: qemuSkipReason(), timeout: 180_000 }, async () => {
   const dir = await mkdtemp(join(tmpdir(), 'livemig-parity-'));

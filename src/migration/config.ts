@@ -177,19 +177,31 @@ export const DEFAULT_PARAMETERS: Readonly<MigrationParameters> = Object.freeze({
  */
 export type ParameterType = 'integer' | 'size' | 'boolean' | 'string' | 'json';
 
-/** The values livemig accepts for a parameter it implements. */
+/**
+ * The values livemig accepts for a parameter it implements. QEMU 7.2's
+ * parameters first pass QEMU's own reading and checks (their `qapi` type,
+ * QEMU_CHECKS); these bounds come after.
+ */
 export type AcceptedValues =
   /** integer and size: an inclusive range; `unit` only completes the message. */
-  | { readonly min: number; readonly max: number; readonly unit?: string; readonly powerOfTwo?: boolean }
+  | { readonly min: number; readonly max: number; readonly unit?: string }
   /** string: one of these. */
   | { readonly oneOf: readonly string[] }
-  /** string: any (QMP's null reads as ''). */
-  | { readonly anyString: true }
-  /** boolean: either. */
+  /** QEMU 7.2's: whatever QEMU 7.2 takes. */
+  | 'qemu'
+  /** livemig's own boolean: either. */
   | 'any';
+
+/**
+ * QEMU 7.2's QAPI type of a parameter (MigrateSetParameters): how QEMU's QMP
+ * input visitor reads the JSON value, and its words when it cannot.
+ */
+export type QapiType = 'size' | 'uint64' | 'uint32' | 'uint8' | 'bool' | 'StrOrNull' | 'enum' | 'array';
 
 export interface ParameterSpec {
   readonly type: ParameterType;
+  /** QEMU 7.2's parameters: their QAPI type (absent for newer QEMUs' and livemig's own). */
+  readonly qapi?: QapiType;
   /** For parameters added after QEMU 7.2: the version that added them (so `livemig migrate` types them for a newer QEMU). */
   readonly since?: string;
   /** Present if livemig implements the parameter: what it accepts. */
@@ -209,33 +221,34 @@ const MILLISECONDS = 'milliseconds';
  * StrOrNull are strings), a few newer QEMU parameters, and livemig's own.
  */
 export const PARAMETER_TABLE = {
-  'announce-initial': { type: 'integer', onlyDefault: true },
-  'announce-max': { type: 'integer', onlyDefault: true },
-  'announce-rounds': { type: 'integer', onlyDefault: true },
-  'announce-step': { type: 'integer', onlyDefault: true },
-  'compress-level': { type: 'integer', onlyDefault: true },
-  'compress-threads': { type: 'integer', onlyDefault: true },
-  'compress-wait-thread': { type: 'boolean', onlyDefault: true },
-  'decompress-threads': { type: 'integer', onlyDefault: true },
-  'throttle-trigger-threshold': { type: 'integer', implemented: { min: 1, max: 100 } },
-  'cpu-throttle-initial': { type: 'integer', implemented: { min: 1, max: 99 } },
-  'cpu-throttle-increment': { type: 'integer', implemented: { min: 1, max: 99 } },
-  'cpu-throttle-tailslow': { type: 'boolean', implemented: 'any' },
-  'tls-creds': { type: 'string', implemented: { anyString: true } },
-  'tls-hostname': { type: 'string', implemented: { anyString: true } },
-  'tls-authz': { type: 'string', implemented: { anyString: true } },
-  'max-bandwidth': { type: 'size', implemented: { min: 0, max: Number.MAX_SAFE_INTEGER, unit: 'bytes/second' } },
-  'downtime-limit': { type: 'integer', implemented: { min: 0, max: 2_000_000, unit: MILLISECONDS } },
-  'x-checkpoint-delay': { type: 'integer', onlyDefault: true },
-  'block-incremental': { type: 'boolean', onlyDefault: true },
-  'multifd-channels': { type: 'integer', implemented: { min: 1, max: 255 } },
-  'xbzrle-cache-size': { type: 'size', implemented: { min: 4096, max: 2 ** 40, powerOfTwo: true } },
-  'max-postcopy-bandwidth': { type: 'size', implemented: { min: 0, max: Number.MAX_SAFE_INTEGER, unit: 'bytes/second' } },
-  'max-cpu-throttle': { type: 'integer', implemented: { min: 1, max: 99 } },
-  'multifd-compression': { type: 'string', implemented: { oneOf: Object.keys(MULTIFD_COMPRESSION_FLAGS) } },
-  'multifd-zlib-level': { type: 'integer', implemented: levels('zlib') },
-  'multifd-zstd-level': { type: 'integer', implemented: levels('zstd') },
-  'block-bitmap-mapping': { type: 'json', onlyDefault: true },
+  'announce-initial': { type: 'integer', qapi: 'size', onlyDefault: true },
+  'announce-max': { type: 'integer', qapi: 'size', onlyDefault: true },
+  'announce-rounds': { type: 'integer', qapi: 'size', onlyDefault: true },
+  'announce-step': { type: 'integer', qapi: 'size', onlyDefault: true },
+  'compress-level': { type: 'integer', qapi: 'uint8', onlyDefault: true },
+  'compress-threads': { type: 'integer', qapi: 'uint8', onlyDefault: true },
+  'compress-wait-thread': { type: 'boolean', qapi: 'bool', onlyDefault: true },
+  'decompress-threads': { type: 'integer', qapi: 'uint8', onlyDefault: true },
+  'throttle-trigger-threshold': { type: 'integer', qapi: 'uint8', implemented: 'qemu' },
+  'cpu-throttle-initial': { type: 'integer', qapi: 'uint8', implemented: 'qemu' },
+  'cpu-throttle-increment': { type: 'integer', qapi: 'uint8', implemented: 'qemu' },
+  'cpu-throttle-tailslow': { type: 'boolean', qapi: 'bool', implemented: 'qemu' },
+  'tls-creds': { type: 'string', qapi: 'StrOrNull', implemented: 'qemu' },
+  'tls-hostname': { type: 'string', qapi: 'StrOrNull', implemented: 'qemu' },
+  'tls-authz': { type: 'string', qapi: 'StrOrNull', implemented: 'qemu' },
+  'max-bandwidth': { type: 'size', qapi: 'size', implemented: 'qemu' },
+  'downtime-limit': { type: 'integer', qapi: 'uint64', implemented: 'qemu' },
+  'x-checkpoint-delay': { type: 'integer', qapi: 'uint32', onlyDefault: true },
+  'block-incremental': { type: 'boolean', qapi: 'bool', onlyDefault: true },
+  'multifd-channels': { type: 'integer', qapi: 'uint8', implemented: 'qemu' },
+  // QEMU 7.2 takes caches up to what it can allocate; livemig's cache is an ArrayBuffer.
+  'xbzrle-cache-size': { type: 'size', qapi: 'size', implemented: { min: 0, max: 2 ** 40, unit: "bytes (livemig's limit)" } },
+  'max-postcopy-bandwidth': { type: 'size', qapi: 'size', implemented: 'qemu' },
+  'max-cpu-throttle': { type: 'integer', qapi: 'uint8', implemented: 'qemu' },
+  'multifd-compression': { type: 'string', qapi: 'enum', implemented: { oneOf: Object.keys(MULTIFD_COMPRESSION_FLAGS) } },
+  'multifd-zlib-level': { type: 'integer', qapi: 'uint8', implemented: 'qemu' },
+  'multifd-zstd-level': { type: 'integer', qapi: 'uint8', implemented: 'qemu' },
+  'block-bitmap-mapping': { type: 'json', qapi: 'array', onlyDefault: true },
   // Newer QEMUs' (livemig migrate may drive one).
   'x-vcpu-dirty-limit-period': { type: 'integer', since: '8.1' },
   'vcpu-dirty-limit': { type: 'integer', since: '8.1' },
@@ -246,11 +259,6 @@ export const PARAMETER_TABLE = {
   'x-livemig-peer-timeout-ms': { type: 'integer', implemented: { min: 100, max: 3_600_000, unit: MILLISECONDS } },
   'x-livemig-postcopy-auto': { type: 'boolean', implemented: 'any' },
 } as const satisfies Record<string, ParameterSpec>;
-
-function levels(method: MultifdCompression): AcceptedValues {
-  const [min, max] = multifdLevelRange(method);
-  return { min, max };
-}
 
 export type ParameterName = keyof typeof PARAMETER_TABLE;
 
@@ -346,27 +354,92 @@ const isAcceptedParameter = (name: string): name is keyof MigrationParameters =>
 
 const sameJson = (a: unknown, b: unknown): boolean => JSON.stringify(a) === JSON.stringify(b);
 
-/** What a JSON value must be for `type`, as an error names it; undefined if `value` is one. */
-function typeProblem(type: ParameterType, value: unknown): string | undefined {
-  switch (type) {
-    case 'integer':
+const TWO_POW_64 = 2 ** 64;
+/**
+ * Where uint64 values are kept: JSON numbers from 2^53 on are doubles in
+ * JavaScript, and 2^64 - 1 reads as 2^64, which a client would then read back
+ * out of range. The largest double below 2^64 is kept instead.
+ */
+const MAX_UINT64_DOUBLE = TWO_POW_64 - 2048;
+
+/**
+ * A JSON value as QEMU 7.2's QMP input visitor reads a parameter of `qapi`
+ * type, in its words when it cannot (QERR_INVALID_PARAMETER_VALUE and _TYPE,
+ * which name the parameter with dashes). Unsigned integers take -2^63..2^64-1,
+ * negatives wrapping (the visitor's "backward compatibility"), so
+ * `max-bandwidth: -1` is 2^64 - 1, as libvirt's "unlimited" 2^63 - 2^20 is
+ * taken too; then uint8 and uint32 are bounded.
+ */
+function visitQapi(name: string, qapi: QapiType, value: unknown, enumValues: readonly string[] = []): unknown {
+  const invalidType = (expected: string): ConfigError => new ConfigError('invalid-value', `Invalid parameter type for '${name}', expected: ${expected}`);
+  switch (qapi) {
     case 'size':
-      return typeof value === 'number' && Number.isSafeInteger(value) && value >= 0 ? undefined : 'a non-negative integer';
-    case 'boolean':
-      return typeof value === 'boolean' ? undefined : 'a boolean';
-    case 'string':
-      return typeof value === 'string' ? undefined : 'a string';
-    case 'json':
-      return Array.isArray(value) ? undefined : 'an array';
+    case 'uint64':
+    case 'uint32':
+    case 'uint8': {
+      if (typeof value !== 'number' || !Number.isInteger(value) || value < -(2 ** 63) || value > TWO_POW_64) {
+        throw new ConfigError('invalid-value', `Parameter '${name}' expects uint64`);
+      }
+      const n = Math.min(value < 0 ? TWO_POW_64 + value : value, MAX_UINT64_DOUBLE);
+      if (qapi === 'uint8' && n > 0xff) throw new ConfigError('invalid-value', `Parameter '${name}' expects uint8_t`);
+      if (qapi === 'uint32' && n > 0xffffffff) throw new ConfigError('invalid-value', `Parameter '${name}' expects uint32_t`);
+      return n;
+    }
+    case 'bool':
+      if (typeof value !== 'boolean') throw invalidType('boolean');
+      return value;
+    case 'StrOrNull':
+      if (value === null) return ''; // null is ''
+      if (typeof value !== 'string') throw invalidType('StrOrNull');
+      return value;
+    case 'enum':
+      if (typeof value !== 'string') throw invalidType('string');
+      if (!enumValues.includes(value)) throw new ConfigError('invalid-value', `Parameter '${name}' does not accept value '${printable(value)}'`);
+      return value;
+    case 'array':
+      if (!Array.isArray(value)) throw invalidType('array');
+      return value;
   }
 }
 
-/** Check one typed value of a parameter livemig accepts; QEMU's messages where QEMU has them. */
-function checkParameterValue(name: keyof MigrationParameters, value: unknown): unknown {
+type Merged = Readonly<MigrationParameters>;
+
+/**
+ * QEMU 7.2's migrate_params_check, in its order and words: it checks the
+ * parameters as they would be after the update, and names them with
+ * underscores. (max_bandwidth's bound, SIZE_MAX, is 2^64 - 1 on the hosts
+ * livemig runs on: no check.) QEMU 7.2 itself skips its two multifd level
+ * checks (real QEMU takes levels up to 255; zlib then refuses 10 and above
+ * when the channels start); livemig applies them, in QEMU's words.
+ */
+const QEMU_CHECKS: ReadonlyArray<readonly [qemuName: string, ok: (p: Merged) => boolean, expects: string]> = [
+  ['compress_level', (p) => p['compress-level'] <= 9, 'a value between 0 and 9'],
+  ['compress_threads', (p) => p['compress-threads'] >= 1, 'a value between 1 and 255'],
+  ['decompress_threads', (p) => p['decompress-threads'] >= 1, 'a value between 1 and 255'],
+  ['throttle_trigger_threshold', (p) => p['throttle-trigger-threshold'] >= 1 && p['throttle-trigger-threshold'] <= 100, 'an integer in the range of 1 to 100'],
+  ['cpu_throttle_initial', (p) => p['cpu-throttle-initial'] >= 1 && p['cpu-throttle-initial'] <= 99, 'an integer in the range of 1 to 99'],
+  ['cpu_throttle_increment', (p) => p['cpu-throttle-increment'] >= 1 && p['cpu-throttle-increment'] <= 99, 'an integer in the range of 1 to 99'],
+  ['downtime_limit', (p) => p['downtime-limit'] <= MAX_DOWNTIME_LIMIT_MS, 'an integer in the range of 0 to (2000 * 1000) ms'],
+  ['multifd_channels', (p) => p['multifd-channels'] >= 1, 'a value between 1 and 255'],
+  ['multifd_zlib_level', (p) => p['multifd-zlib-level'] <= multifdLevelRange('zlib')[1], 'a value between 0 and 9'],
+  ['multifd_zstd_level', (p) => p['multifd-zstd-level'] <= multifdLevelRange('zstd')[1], 'a value between 0 and 20'],
+  ['xbzrle_cache_size', (p) => p['xbzrle-cache-size'] >= TARGET_PAGE_BYTES && Number.isInteger(Math.log2(p['xbzrle-cache-size'])), 'a power of two no less than the target page size'],
+  ['max_cpu_throttle', (p) => p['max-cpu-throttle'] >= p['cpu-throttle-initial'] && p['max-cpu-throttle'] <= 99, 'an integer in the range of cpu_throttle_initial to 99'],
+  ['announce_initial', (p) => p['announce-initial'] <= 100_000, 'a value between 0 and 100000'],
+  ['announce_max', (p) => p['announce-max'] <= 100_000, 'a value between 0 and 100000'],
+  ['announce_rounds', (p) => p['announce-rounds'] <= 1000, 'a value between 0 and 1000'],
+  ['announce_step', (p) => p['announce-step'] >= 1 && p['announce-step'] <= 10_000, 'a value between 0 and 10000'],
+];
+
+/** QEMU 7.2's MAX_MIGRATE_DOWNTIME (ms). */
+const MAX_DOWNTIME_LIMIT_MS = 2000 * 1000;
+/** migrate_params_check's "target page size" (x86). */
+const TARGET_PAGE_BYTES = 4096;
+
+/** livemig's bounds on a value QEMU's reading and checks let through, and the default-only rule; undefined-safe for livemig's own parameters. */
+function checkLivemigValue(name: keyof MigrationParameters, value: unknown): unknown {
   const spec: ParameterSpec = PARAMETER_TABLE[name];
   if (!spec.implemented) {
-    const problem = typeProblem(spec.type, value);
-    if (problem) throw new ConfigError('invalid-value', `Parameter '${name}' expects ${problem}`);
     const only = ONLY_DEFAULT[name];
     if (!sameJson(value, only)) {
       throw new ConfigError('not-implemented', `livemig does not implement '${name}'; only its default ${JSON.stringify(only)} is accepted`);
@@ -374,13 +447,9 @@ function checkParameterValue(name: keyof MigrationParameters, value: unknown): u
     return value;
   }
   const accepted = spec.implemented;
+  if (accepted === 'qemu') return value;
   if (accepted === 'any') {
     if (typeof value !== 'boolean') throw new ConfigError('invalid-value', `Parameter '${name}' expects a boolean`);
-    return value;
-  }
-  if ('anyString' in accepted) {
-    if (value === null) return ''; // QEMU 7.2's StrOrNull: null is ''
-    if (typeof value !== 'string') throw new ConfigError('invalid-value', `Parameter '${name}' expects a string`);
     return value;
   }
   if ('oneOf' in accepted) {
@@ -393,25 +462,61 @@ function checkParameterValue(name: keyof MigrationParameters, value: unknown): u
   if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min || value > max) {
     throw new ConfigError('invalid-value', `Parameter '${name}' expects an integer in the range of ${min} to ${max}${unit ? ` ${unit}` : ''}`);
   }
-  if (accepted.powerOfTwo && !Number.isInteger(Math.log2(value))) throw new ConfigError('invalid-value', `Parameter '${name}' expects a power of two`);
   return value;
 }
 
 /**
- * Check a partial update (QMP `migrate-set-parameters` arguments) against
- * QEMU's ranges; returns the merged parameters. All or nothing: `current` is
- * not changed, and nothing is merged if any value is refused.
+ * Check a partial update (QMP `migrate-set-parameters` arguments, the API's
+ * setParameters) as QEMU 7.2 does, then livemig's own bounds; returns the
+ * merged parameters. QEMU's order: every value read by its type (in the
+ * table's order, QEMU's), then its checks over the merged parameters. All or
+ * nothing: `current` is not changed, and nothing is merged if any value is refused.
  */
 export function applyParameters(current: Readonly<MigrationParameters>, update: Partial<Record<string, unknown>>): MigrationParameters {
-  const next: MigrationParameters = { ...current };
-  for (const [name, value] of Object.entries(update)) {
+  for (const name of Object.keys(update)) {
     if (!isAcceptedParameter(name)) throw new ConfigError('unknown-parameter', `Parameter '${printable(name)}' is unexpected`);
-    (next as unknown as Record<string, unknown>)[name] = checkParameterValue(name, value);
   }
-  if (next['cpu-throttle-initial'] > next['max-cpu-throttle']) {
-    throw new ConfigError('conflict', "Parameter 'cpu-throttle-initial' must not exceed 'max-cpu-throttle'");
+  const next: MigrationParameters = { ...current };
+  const assign = (name: keyof MigrationParameters, value: unknown): void => {
+    (next as unknown as Record<string, unknown>)[name] = value;
+  };
+  const given = (Object.keys(PARAMETER_TABLE) as ParameterName[]).filter((name): name is keyof MigrationParameters => Object.hasOwn(update, name));
+  for (const name of given) {
+    const spec: ParameterSpec = PARAMETER_TABLE[name];
+    if (spec.qapi) assign(name, visitQapi(name, spec.qapi, update[name], enumValues(spec)));
+    else assign(name, update[name]);
   }
+  runQemuChecks(next);
+  for (const name of given) assign(name, checkLivemigValue(name, next[name]));
   return next;
+}
+
+function runQemuChecks(p: Merged, only?: string): void {
+  for (const [qemuName, ok, expects] of QEMU_CHECKS) {
+    if (only !== undefined && qemuName !== only.replaceAll('-', '_')) continue;
+    if (!ok(p)) {
+      // max_cpu_throttle's range starts at cpu_throttle_initial: within 1..99 it is the two that disagree.
+      const code = qemuName === 'max_cpu_throttle' && p['max-cpu-throttle'] >= 1 && p['max-cpu-throttle'] <= 99 ? 'conflict' : 'invalid-value';
+      throw new ConfigError(code, `Parameter '${qemuName}' expects ${expects}`);
+    }
+  }
+}
+
+/**
+ * One value alone, as applyParameters checks it (`--param NAME=VALUE`, before
+ * the arguments are merged); the relation of max-cpu-throttle to
+ * cpu-throttle-initial is checked once they are.
+ */
+function checkParameterValue(name: keyof MigrationParameters, value: unknown): unknown {
+  const spec: ParameterSpec = PARAMETER_TABLE[name];
+  const read = spec.qapi ? visitQapi(name, spec.qapi, value, enumValues(spec)) : value;
+  runQemuChecks({ ...DEFAULT_PARAMETERS, 'cpu-throttle-initial': 1, [name]: read }, name);
+  return checkLivemigValue(name, read);
+}
+
+/** An enum parameter's values (multifd-compression: QEMU 7.2's MultifdCompression, all of which livemig implements). */
+function enumValues(spec: ParameterSpec): readonly string[] {
+  return typeof spec.implemented === 'object' && 'oneOf' in spec.implemented ? spec.implemented.oneOf : [];
 }
 
 /** Check a partial update of capabilities (name → state); returns the merged capabilities, all or nothing. */

@@ -13,7 +13,7 @@
  * successful reply, as QEMU's), in QEMU's words where the parsing fails and
  * as "Error: " and the QMP error's text where the command does.
  */
-import { parameterSpec } from '../migration/config.js';
+import { parameterSpec, type ParameterSpec } from '../migration/config.js';
 import { printable } from '../wire/printable.js';
 import type { MigrationInfo } from './query-migrate.js';
 
@@ -109,8 +109,10 @@ function socketUri(a: Record<string, unknown>): string {
 
 /** hmp_info_migrate_parameters: QEMU 7.2's order and units (it prints neither multifd-z*-level nor livemig's own). */
 function infoMigrateParameters(p: Record<string, unknown>): string[] {
-  const ms = (name: string): string => `${name}: ${String(p[name])} ms`;
-  const plain = (name: string): string => `${name}: ${String(p[name])}`;
+  // Integers in full, as QEMU's PRIu64 (a rate of 2^63 - 2^20 is no 9223372036853727000).
+  const num = (v: unknown): string => (typeof v === 'number' && Number.isInteger(v) ? BigInt(v).toString() : String(v));
+  const ms = (name: string): string => `${name}: ${num(p[name])} ms`;
+  const plain = (name: string): string => `${name}: ${num(p[name])}`;
   const str = (name: string): string => `${name}: '${String(p[name] ?? '')}'`;
   const lines = [
     ms('announce-initial'),
@@ -128,13 +130,13 @@ function infoMigrateParameters(p: Record<string, unknown>): string[] {
     plain('max-cpu-throttle'),
     str('tls-creds'),
     str('tls-hostname'),
-    `max-bandwidth: ${String(p['max-bandwidth'])} bytes/second`,
+    `max-bandwidth: ${num(p['max-bandwidth'])} bytes/second`,
     ms('downtime-limit'),
     ms('x-checkpoint-delay'),
     `block-incremental: ${onOff(p['block-incremental'])}`,
     plain('multifd-channels'),
     plain('multifd-compression'),
-    `xbzrle-cache-size: ${String(p['xbzrle-cache-size'])} bytes`,
+    `xbzrle-cache-size: ${num(p['xbzrle-cache-size'])} bytes`,
     plain('max-postcopy-bandwidth'),
     str('tls-authz'),
   ];
@@ -169,14 +171,10 @@ class HmpUsageError extends Error {}
 const usage = (name: string, what: string, typed = name): HmpUsageError => new HmpUsageError(`${name}: ${what}\r\nTry "help ${typed}" for more information`);
 
 /**
- * How QEMU 7.2's HMP reads integer parameters (hmp_migrate_set_parameter): these as sizes (with suffixes), these
- * as uint8; any other as uint32. The parameters' types themselves are the configuration's (PARAMETER_TABLE).
+ * How QEMU 7.2's HMP reads integer parameters (hmp_migrate_set_parameter): QAPI sizes and downtime-limit as sizes
+ * (with suffixes), uint8 as uint8, any other as uint32. The types themselves are the configuration's (PARAMETER_TABLE).
  */
-const INTEGERS_AS_SIZE = new Set(['announce-initial', 'announce-max', 'announce-rounds', 'announce-step', 'downtime-limit']);
-const INTEGERS_AS_UINT8 = new Set([
-  'compress-level', 'compress-threads', 'decompress-threads', 'throttle-trigger-threshold', 'cpu-throttle-initial', 'cpu-throttle-increment', 'max-cpu-throttle',
-  'multifd-channels', 'multifd-zlib-level', 'multifd-zstd-level',
-]);
+const readsAsSize = (name: string, spec: ParameterSpec): boolean => spec.qapi === 'size' || name === 'downtime-limit';
 
 const SIZE_SUFFIXES: Record<string, number> = { '': 1, b: 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40, p: 2 ** 50, e: 2 ** 60 };
 
@@ -185,14 +183,14 @@ function parseSize(text: string, unit: number): number | undefined {
   const m = /^(\d+)(\.\d+)?([bBkKmMgGtTpPeE]?)$/.exec(text);
   if (!m || (m[2] !== undefined && m[3] === '')) return undefined;
   const value = Number(m[1]! + (m[2] ?? '')) * (m[3] === '' ? unit : SIZE_SUFFIXES[m[3]!.toLowerCase()]!);
-  return Number.isSafeInteger(Math.floor(value)) ? Math.floor(value) : undefined;
+  return value < 2 ** 64 ? Math.floor(value) : undefined;
 }
 
 /** The string input visitor's unsigned integers: decimal or 0x hex. */
 function parseUint(text: string): number | undefined {
   if (!/^(0x[0-9a-fA-F]+|\d+)$/.test(text)) return undefined;
   const value = Number(text);
-  return Number.isSafeInteger(value) ? value : undefined;
+  return value < 2 ** 64 ? value : undefined;
 }
 
 /** migrate_set_parameter's value for `name`, as QEMU 7.2's HMP converts it (throws its error texts). */
@@ -212,10 +210,10 @@ function parameterValue(name: string, text: string): unknown {
     case 'size':
       return size(name === 'max-bandwidth' ? 2 ** 20 : 1);
     case 'integer': {
-      if (INTEGERS_AS_SIZE.has(name)) return size(1);
+      if (readsAsSize(name, spec)) return size(1);
       const value = parseUint(text);
       if (value === undefined) throw fail('uint64');
-      if (INTEGERS_AS_UINT8.has(name) && value > 0xff) throw fail('uint8_t');
+      if (spec.qapi === 'uint8' && value > 0xff) throw fail('uint8_t');
       if (value > 0xffffffff) throw fail('uint32_t');
       return value;
     }
