@@ -313,7 +313,8 @@ async function clientScript(pair: Pair, dir: string): Promise<Transcript> {
   await run('dst', 'human-monitor-command', { 'command-line': 'info status' }, "hmp 'info status'");
 
   for (const side of ['src', 'dst'] as const) {
-    const on = [{ capability: 'events', state: true }, { capability: 'pause-before-switchover', state: side === 'src' }, { capability: 'xbzrle', state: true }];
+    // As libvirt sets them: pause-before-switchover on a source, late-block-activate on a destination.
+    const on = [{ capability: 'events', state: true }, { capability: 'pause-before-switchover', state: side === 'src' }, { capability: 'xbzrle', state: true }, { capability: 'late-block-activate', state: side === 'dst' }];
     await run(side, 'migrate-set-capabilities', { capabilities: on });
   }
   // A destination that is not there.

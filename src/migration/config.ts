@@ -310,6 +310,15 @@ export interface MigrationCapabilities {
   'postcopy-ram': boolean;
   /** Destination: measure the time the guest waits for pages (query-migrate `postcopy-blocktime`, `postcopy-vcpu-blocktime`). */
   'postcopy-blocktime': boolean;
+  /**
+   * Destination: QEMU takes its disk images' locks and rereads their metadata
+   * only once the guest starts (not when the stream ends under `-S`), so the
+   * source keeps its images until `cont`. libvirt sets it on every destination
+   * that lists it. A livemig destination takes no image locks and caches no
+   * image metadata, and uses a disk only once the guest runs: it behaves so
+   * whatever the setting, which is kept and reported.
+   */
+  'late-block-activate': boolean;
 }
 
 /** In the order of QEMU's MigrationCapability enum, which query-migrate-capabilities follows. */
@@ -324,6 +333,7 @@ export const DEFAULT_CAPABILITIES: Readonly<MigrationCapabilities> = Object.free
   'pause-before-switchover': false,
   multifd: false,
   'postcopy-blocktime': false,
+  'late-block-activate': false,
 });
 
 /** QEMU 7.2's MigrationCapability enum, for telling "not implemented" from "no such capability". */
