@@ -547,6 +547,24 @@ test("a machine with a vCPU and a disk: query-block (a raw image on virtio-blk),
     const l = (await ourQmp.execute('query-block')).return;
     const cpus = { qemu: (await qemuQmp.execute('query-cpus-fast')).return, ours: (await ourQmp.execute('query-cpus-fast')).return };
     const machines = { qemu: (await qemuQmp.execute('query-machines')).return, ours: (await ourQmp.execute('query-machines')).return };
+    // HMP's info subcommands over the same queries: QEMU's layouts, each side's values.
+    const hmp = async (p: RawQmp, line: string): Promise<string> => (await p.execute('human-monitor-command', { 'command-line': line })).return as string;
+    const layouts: Record<string, RegExp> = {
+      'info cpus': /^\* CPU #0: thread_id=\d+\r\n$/,
+      'info version': /^7\.2\.\d+\S.*\r\n$/,
+      'info kvm': /^kvm support: (enabled|disabled|not compiled)\r\n$/,
+      'info uuid': /^00000000-0000-0000-0000-000000000000\r\n$/,
+      'info name': /^$/,
+      'info uuid extra': /^uuid: extraneous characters at the end of line\r\nTry "help info uuid" for more information\r\n$/,
+    };
+    for (const [line, layout] of Object.entries(layouts)) {
+      assert.match(await hmp(qemuQmp, line), layout, `QEMU's ${line}`);
+      assert.match(await hmp(ourQmp, line), layout, `livemig's ${line}`);
+    }
+    assert.equal(await hmp(ourQmp, 'info kvm'), 'kvm support: not compiled\r\n', 'no KVM in livemig (query-kvm: not present)');
+    const helpOf = async (p: RawQmp): Promise<string[]> => (await hmp(p, 'info')).split('\r\n').filter((l) => l !== '');
+    const qemuHelp = await helpOf(qemuQmp);
+    for (const line of await helpOf(ourQmp)) assert.ok(qemuHelp.includes(line), `QEMU's 'info' lists ${JSON.stringify(line)} too`);
     qemuQmp.close();
     ourQmp.close();
     assert.equal(cpus.ours.length, 1, "the test machine's one vCPU");

@@ -2,8 +2,8 @@
  * `human-monitor-command`: the HMP commands management tools and
  * `qmp-shell -H` send for migration, answered with QEMU 7.2's text layout
  * (monitor/hmp-cmds.c), lines ending in "\r\n" as QEMU's monitor writes them:
- * - `info status|migrate|migrate_parameters|migrate_capabilities`, from the
- *   QMP queries' answers;
+ * - `info status|migrate|migrate_parameters|migrate_capabilities|version|
+ *   name|uuid|kvm|cpus`, from the QMP queries' answers;
  * - `migrate_set_capability`, `migrate_set_parameter`, `migrate`,
  *   `migrate_cancel`, `migrate_incoming`, `migrate_continue`, `stop`, `cont`:
  *   their arguments parsed as QEMU's HMP parses them (sizes with suffixes,
@@ -24,6 +24,8 @@ export interface HmpSource {
   parameters(): Record<string, unknown>;
   /** Every QEMU 7.2 capability, in QEMU's enum order. */
   capabilities(): Array<{ capability: string; state: boolean }>;
+  /** Another QMP query's answer (query-version, query-name, query-uuid, query-kvm, query-cpus-fast). */
+  query(command: string): unknown;
   /** Run a QMP command as the monitor runs it; rejects with its error (the message is QMP's `desc`). */
   execute(command: string, args: Record<string, unknown>): Promise<unknown>;
 }
@@ -148,20 +150,45 @@ function infoMigrateParameters(p: Record<string, unknown>): string[] {
   return lines;
 }
 
-/** The `info` subcommands livemig answers. */
+/** hmp_info_cpus: the monitor's current CPU (the first, as QEMU's default) starred. */
+function infoCpus(cpus: ReadonlyArray<{ 'cpu-index': number; 'thread-id': number }>): string[] {
+  return cpus.map((cpu, i) => `${i === 0 ? '*' : ' '} CPU #${cpu['cpu-index']}: thread_id=${cpu['thread-id']}`);
+}
+
+/** The `info` subcommands livemig answers (QEMU's formats, from the QMP queries' answers), in QEMU's order (by name). */
 const INFO: Record<string, (s: HmpSource) => string[]> = {
-  status: (s) => infoStatus(s.status()),
+  cpus: (s) => infoCpus(s.query('query-cpus-fast') as Array<{ 'cpu-index': number; 'thread-id': number }>),
+  kvm: (s) => {
+    const kvm = s.query('query-kvm') as { enabled: boolean; present: boolean };
+    return [`kvm support: ${kvm.present ? (kvm.enabled ? 'enabled' : 'disabled') : 'not compiled'}`];
+  },
   migrate: (s) => infoMigrate(s.migrate()),
-  migrate_parameters: (s) => infoMigrateParameters(s.parameters()),
   migrate_capabilities: (s) => s.capabilities().map((c) => `${c.capability}: ${onOff(c.state)}`),
+  migrate_parameters: (s) => infoMigrateParameters(s.parameters()),
+  name: (s) => {
+    const { name } = s.query('query-name') as { name?: string };
+    return name === undefined ? [] : [name];
+  },
+  status: (s) => infoStatus(s.status()),
+  uuid: (s) => [(s.query('query-uuid') as { UUID: string }).UUID],
+  // QEMU prints the package right after the version ("7.2.22Debian 1:7.2+dfsg-7").
+  version: (s) => {
+    const v = s.query('query-version') as { qemu: { major: number; minor: number; micro: number }; package: string };
+    return [`${v.qemu.major}.${v.qemu.minor}.${v.qemu.micro}${v.package}`];
+  },
 };
 
 /** `info` alone lists the subcommands, with QEMU's help texts. */
 const INFO_HELP: Record<string, string> = {
-  status: 'show the current VM status (running|paused)',
+  cpus: 'show infos for each CPU',
+  kvm: 'show KVM information',
   migrate: 'show migration status',
-  migrate_parameters: 'show current migration parameters',
   migrate_capabilities: 'show current migration capabilities',
+  migrate_parameters: 'show current migration parameters',
+  name: 'show the current VM name',
+  status: 'show the current VM status (running|paused)',
+  uuid: 'show the current VM UUID',
+  version: 'show the version of QEMU',
 };
 
 /** An HMP usage error: QEMU's text for a command line it could not parse (no "Error: " prefix). */

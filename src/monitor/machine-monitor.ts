@@ -223,6 +223,7 @@ export class MachineMonitor extends EventEmitter<{
       migrate: () => this.runQuery('query-migrate'),
       parameters: () => this.runQuery('query-migrate-parameters'),
       capabilities: () => this.runQuery('query-migrate-capabilities'),
+      query: (name) => this.runQuery(name),
       execute: async (name, args) => {
         const command = this.commandTable[name]!;
         return command.run(checkArguments(args, command.args), { id: 0, negotiated: true });
