@@ -55,6 +55,17 @@ interface Pair {
   stop: () => Promise<void>;
 }
 
+/** Close every pair's monitors, stop their processes, and remove their directory. */
+async function closePairs(pairs: readonly Pair[], dir: string): Promise<void> {
+  for (const p of pairs) {
+    p.src.close();
+    p.dst.close();
+    p.spare?.close();
+    await p.stop();
+  }
+  await rm(dir, { recursive: true, force: true });
+}
+
 async function qemuPair(dir: string, withSpare = false): Promise<Pair> {
   const args = (name: string, extra: string[] = []): string[] => ['-M', 'none', '-m', '64M', '-nodefaults', '-display', 'none', '-qmp', `unix:${join(dir, name)},server=on,wait=off`, ...extra];
   const procs: ChildProcess[] = [spawn(QEMU_BINARY, args('qsrc')), spawn(QEMU_BINARY, args('qdst', ['-incoming', 'defer']))];
@@ -229,13 +240,7 @@ test('query-migrate, capabilities and parameters: same names and types as QEMU 7
     }
     assert.equal(await settledRunState(ours.src), await settledRunState(qemu.src), 'both sources end in postmigrate');
   } finally {
-    for (const p of pairs) {
-      p.src.close();
-      p.dst.close();
-      p.spare?.close();
-      await p.stop();
-    }
-    await rm(dir, { recursive: true, force: true });
+    await closePairs(pairs, dir);
   }
 });
 
@@ -521,13 +526,7 @@ test('the same client script against QEMU 7.2 and livemig: every reply and event
     const shutdown = ours.eventMessages.find((m) => m.event === 'SHUTDOWN')!;
     assert.deepEqual(shutdown.data, { guest: false, reason: 'host-qmp-quit' });
   } finally {
-    for (const p of pairs) {
-      p.src.close();
-      p.dst.close();
-      p.spare?.close();
-      await p.stop();
-    }
-    await rm(root, { recursive: true, force: true });
+    await closePairs(pairs, root);
   }
 });
 
