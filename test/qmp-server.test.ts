@@ -138,6 +138,10 @@ test('QMP commands: status, stop/cont with events, capabilities, parameters, ver
     assert.equal(await hmp('migrate_set_parameter no-such 1'), 'Error: invalid parameter value: no-such\r\n');
     assert.equal(await hmp('migrate -x tcp:127.0.0.1:1'), 'migrate: unsupported option -x\r\nTry "help migrate" for more information\r\n');
     assert.equal(await hmp('migrate_set_parameter no\x1b[2Jsuch 1'), 'Error: invalid parameter value: no\\x1b[2Jsuch\r\n', "an operator's terminal gets the escape sequence inert");
+    // A string a QMP client set is shown inert by info migrate_parameters.
+    assert.deepEqual((await qmp.execute('migrate-set-parameters', { 'tls-hostname': 'h\x1b[2Jost' })).return, {});
+    assert.match(await hmp('info migrate_parameters'), /\r\ntls-hostname: 'h\\x1b\[2Jost'\r\n/);
+    assert.deepEqual((await qmp.execute('migrate-set-parameters', { 'tls-hostname': '' })).return, {});
     assert.equal(await hmp('s'), '');
     assert.equal(await hmp('info status'), 'VM status: paused\r\n');
     assert.equal(await hmp('c'), '');

@@ -446,7 +446,7 @@ const MAX_DOWNTIME_LIMIT_MS = 2000 * 1000;
 /** migrate_params_check's "target page size" (x86). */
 const TARGET_PAGE_BYTES = 4096;
 
-/** livemig's bounds on a value QEMU's reading and checks let through, and the default-only rule; undefined-safe for livemig's own parameters. */
+/** livemig's own bounds and the default-only rule: after QEMU's reading and checks, or alone for livemig's own parameters. */
 function checkLivemigValue(name: keyof MigrationParameters, value: unknown): unknown {
   const spec: ParameterSpec = PARAMETER_TABLE[name];
   if (!spec.implemented) {

@@ -115,7 +115,8 @@ function infoMigrateParameters(p: Record<string, unknown>): string[] {
   const num = (v: unknown): string => (typeof v === 'number' && Number.isInteger(v) ? BigInt(v).toString() : String(v));
   const ms = (name: string): string => `${name}: ${num(p[name])} ms`;
   const plain = (name: string): string => `${name}: ${num(p[name])}`;
-  const str = (name: string): string => `${name}: '${String(p[name] ?? '')}'`;
+  // A QMP client set these strings: inert here, whoever prints the reply.
+  const str = (name: string): string => `${name}: '${printable(String(p[name] ?? ''))}'`;
   const lines = [
     ms('announce-initial'),
     ms('announce-max'),
