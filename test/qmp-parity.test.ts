@@ -561,6 +561,29 @@ test("a machine with a vCPU and a disk: query-block (a raw image on virtio-blk),
       assert.match(await hmp(ourQmp, line), layout, `livemig's ${line}`);
     }
     assert.equal(await hmp(ourQmp, 'info kvm'), 'kvm support: not compiled\r\n', 'no KVM in livemig (query-kvm: not present)');
+    // calc-dirty-rate / query-dirty-rate (page sampling): the same refusals word for word, the same shapes and HMP layouts.
+    for (const args of [{ 'calc-time': 0 }, { 'calc-time': 61 }, { 'calc-time': 1, 'sample-pages': 127 }, { 'calc-time': 1, 'sample-pages': 16385 }, { 'calc-time': 'x' }, {}, { 'calc-time': 1, mode: 'nope' }]) {
+      const qe = await qemuQmp.execute('calc-dirty-rate', args);
+      const le = await ourQmp.execute('calc-dirty-rate', args);
+      assert.deepEqual(le.error, qe.error, `calc-dirty-rate ${JSON.stringify(args)}`);
+    }
+    for (const line of ['calc_dirty_rate', 'calc_dirty_rate x', 'calc_dirty_rate -r -b 1', 'calc_dirty_rate 1 5', 'calc_dirty_rate 1 200 3', 'calc_dirty_rate -x 1', 'help calc_dirty_rate']) {
+      assert.equal(await hmp(ourQmp, line), await hmp(qemuQmp, line), line);
+    }
+    const dirtyRate = async (p: RawQmp): Promise<{ unstarted: unknown; measured: Record<string, unknown>; text: string }> => {
+      const unstarted = (await p.execute('query-dirty-rate')).return;
+      assert.deepEqual((await p.execute('calc-dirty-rate', { 'calc-time': 1, 'sample-pages': 256 })).return, {});
+      for (;;) {
+        await new Promise((r) => setTimeout(r, 200));
+        const measured = (await p.execute('query-dirty-rate')).return;
+        if (measured.status === 'measured') return { unstarted, measured, text: await hmp(p, 'info dirty_rate') };
+      }
+    };
+    const [qRate, lRate] = [await dirtyRate(qemuQmp), await dirtyRate(ourQmp)];
+    assert.deepEqual(lRate.unstarted, qRate.unstarted, 'before any measurement');
+    assert.deepEqual(Object.keys(lRate.measured), Object.keys(qRate.measured), 'measured: the same fields in the same order');
+    assert.deepEqual({ ...lRate.measured, 'dirty-rate': 'R', 'start-time': 'T' }, { ...qRate.measured, 'dirty-rate': 'R', 'start-time': 'T' });
+    assert.deepEqual(hmpLayout(lRate.text), hmpLayout(qRate.text), 'info dirty_rate');
     const helpOf = async (p: RawQmp): Promise<string[]> => (await hmp(p, 'info')).split('\r\n').filter((l) => l !== '');
     const qemuHelp = await helpOf(qemuQmp);
     for (const line of await helpOf(ourQmp)) assert.ok(qemuHelp.includes(line), `QEMU's 'info' lists ${JSON.stringify(line)} too`);

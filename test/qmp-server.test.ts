@@ -118,9 +118,9 @@ test('QMP commands: status, stop/cont with events, capabilities, parameters, ver
     const hmp = async (line: string): Promise<string> => (await qmp.execute('human-monitor-command', { 'command-line': line, 'cpu-index': 0 })).return;
     assert.deepEqual(
       (await hmp('help')).split('\r\n').filter((l) => /^\S/.test(l)).map((l) => l.split(/\s+/)[0]),
-      ['cont|c', 'help|?', 'info', 'migrate', 'migrate_cancel', 'migrate_continue', 'migrate_incoming', 'migrate_set_capability', 'migrate_set_parameter', 'stop|s'],
+      ['calc_dirty_rate', 'cont|c', 'help|?', 'info', 'migrate', 'migrate_cancel', 'migrate_continue', 'migrate_incoming', 'migrate_set_capability', 'migrate_set_parameter', 'stop|s'],
     );
-    assert.deepEqual((await hmp('info')).split('\r\n').filter(Boolean).map((l) => l.split(/\s+/)[1]), ['cpus', 'kvm', 'migrate', 'migrate_capabilities', 'migrate_parameters', 'name', 'status', 'uuid', 'version'], 'by name, as QEMU lists them');
+    assert.deepEqual((await hmp('info')).split('\r\n').filter(Boolean).map((l) => l.split(/\s+/)[1]), ['cpus', 'dirty_rate', 'kvm', 'migrate', 'migrate_capabilities', 'migrate_parameters', 'name', 'status', 'uuid', 'version'], 'by name, as QEMU lists them');
     assert.equal(await hmp('info status'), 'VM status: running\r\n');
     assert.match(await hmp('info migrate_parameters'), /^announce-initial: 50 ms\r\n(.*\r\n)*downtime-limit: 123 ms\r\n/);
     assert.ok(isError(await qmp.execute('human-monitor-command', { 'command-line': 'info status', 'cpu-index': 1 }), 'GenericError', /'cpu-index' expects a CPU number/));

@@ -15,6 +15,7 @@
  */
 import { parameterSpec, type ParameterSpec } from '../migration/config.js';
 import { printable } from '../wire/printable.js';
+import type { DirtyRateInfo } from './dirty-rate.js';
 import type { MigrationInfo } from './query-migrate.js';
 
 /** What the HMP commands read: the same figures QMP's query-* commands return. */
@@ -151,18 +152,32 @@ function infoMigrateParameters(p: Record<string, unknown>): string[] {
   return lines;
 }
 
+/** hmp_info_dirty_rate (page sampling: no per-vCPU rates). */
+function infoDirtyRate(info: DirtyRateInfo): string[] {
+  return [
+    `Status: ${info.status}`,
+    // QEMU's label says ms; the figure is its clock's seconds.
+    `Start Time: ${info['start-time']} (ms)`,
+    ...(info.mode === 'page-sampling' ? [`Sample Pages: ${info['sample-pages']} (per GB)`] : []),
+    `Period: ${info['calc-time']} (sec)`,
+    `Mode: ${info.mode}`,
+    `Dirty rate: ${info['dirty-rate'] === undefined ? '(not ready)' : `${info['dirty-rate']} (MB/s)`}`,
+  ];
+}
+
 /** hmp_info_cpus: the monitor's current CPU (the first, as QEMU's default) starred. */
 function infoCpus(cpus: ReadonlyArray<{ 'cpu-index': number; 'thread-id': number }>): string[] {
   return cpus.map((cpu, i) => `${i === 0 ? '*' : ' '} CPU #${cpu['cpu-index']}: thread_id=${cpu['thread-id']}`);
 }
 
-/** The `info` subcommands livemig answers (QEMU's formats, from the QMP queries' answers), in QEMU's order (by name). */
+/** The `info` subcommands livemig answers (QEMU's formats, from the QMP queries' answers); listed by name, as QEMU lists them. */
 const INFO: Record<string, (s: HmpSource) => string[]> = {
   cpus: (s) => infoCpus(s.query('query-cpus-fast') as Array<{ 'cpu-index': number; 'thread-id': number }>),
   kvm: (s) => {
     const kvm = s.query('query-kvm') as { enabled: boolean; present: boolean };
     return [`kvm support: ${kvm.present ? (kvm.enabled ? 'enabled' : 'disabled') : 'not compiled'}`];
   },
+  dirty_rate: (s) => infoDirtyRate(s.query('query-dirty-rate') as DirtyRateInfo),
   migrate: (s) => infoMigrate(s.migrate()),
   migrate_capabilities: (s) => s.capabilities().map((c) => `${c.capability}: ${onOff(c.state)}`),
   migrate_parameters: (s) => infoMigrateParameters(s.parameters()),
@@ -182,6 +197,7 @@ const INFO: Record<string, (s: HmpSource) => string[]> = {
 /** `info` alone lists the subcommands, with QEMU's help texts. */
 const INFO_HELP: Record<string, string> = {
   cpus: 'show infos for each CPU',
+  dirty_rate: 'show dirty rate information',
   kvm: 'show KVM information',
   migrate: 'show migration status',
   migrate_capabilities: 'show current migration capabilities',
@@ -260,8 +276,11 @@ interface HmpCommand {
   help: string;
   /** QEMU's name in its parse errors (`stop|s`). */
   shown?: string;
-  /** The arguments after the flags, in order: a string (`s`) or on/off (`b`), as hmp-commands.hx types them. */
-  args: ReadonlyArray<'s' | 'b'>;
+  /**
+   * The arguments after the flags, in order, as hmp-commands.hx types them: a string (`s`), on/off (`b`), an
+   * integer (`l`), an optional integer (`l?`).
+   */
+  args: ReadonlyArray<'s' | 'b' | 'l' | 'l?'>;
   /** Single-letter flags (`-d`) taken before the arguments. */
   flags?: string;
   run(args: readonly string[], flags: Set<string>, s: HmpSource): Promise<string[]>;
@@ -300,6 +319,18 @@ const COMMANDS: Record<string, HmpCommand> = {
     args: ['s', 's'],
     run: ([name, text], _f, s) => runQmp(s, 'migrate-set-parameters', { [name!]: parameterValue(name!, text!) }),
   },
+  calc_dirty_rate: {
+    help: 'calc_dirty_rate [-r] [-b] second [sample_pages_per_GB] -- start a round of guest dirty rate measurement (using -r to\r\n\t\t\t specify dirty ring as the method of calculation and\r\n\t\t\t -b to specify dirty bitmap as method of calculation)',
+    args: ['l', 'l?'],
+    flags: 'rb',
+    run: async ([seconds, samplePages], flags, s) => {
+      if (flags.has('r') && flags.has('b')) return ['Either dirty ring or dirty bitmap can be specified!'];
+      const mode = flags.has('b') ? 'dirty-bitmap' : flags.has('r') ? 'dirty-ring' : 'page-sampling';
+      const calcTime = parseUint(seconds!)!;
+      await s.execute('calc-dirty-rate', { 'calc-time': calcTime, ...(samplePages !== undefined && { 'sample-pages': parseUint(samplePages)! }), mode });
+      return [`Starting dirty rate measurement with period ${calcTime} seconds`, "[Please use 'info dirty_rate' to check results]"];
+    },
+  },
   stop: { help: 'stop|s  -- stop emulation', shown: 'stop|s', args: [], run: (_a, _f, s) => runQmp(s, 'stop') },
   cont: { help: 'cont|c  -- resume emulation', shown: 'cont|c', args: [], run: (_a, _f, s) => runQmp(s, 'cont') },
 };
@@ -321,12 +352,12 @@ export async function runHmpCommand(commandLine: string, source: HmpSource): Pro
   if (words[0] === 'help' || words[0] === '?') {
     if (words.length === 1) return lines(HELP);
     const name = ALIASES[words[1]!] ?? words[1]!;
-    if (name === 'info') return lines(Object.keys(INFO).map((sub) => `info ${sub}  -- ${INFO_HELP[sub]}`));
+    if (name === 'info') return lines(Object.keys(INFO).sort().map((sub) => `info ${sub}  -- ${INFO_HELP[sub]}`));
     const command = Object.hasOwn(COMMANDS, name) ? COMMANDS[name] : undefined;
     return command ? lines([command.help]) : `unknown command: '${printable(words[1]!)}'\r\n`;
   }
   if (words[0] === 'info') {
-    if (words.length === 1) return lines(Object.keys(INFO).map((name) => `info ${name}  -- ${INFO_HELP[name]}`));
+    if (words.length === 1) return lines(Object.keys(INFO).sort().map((name) => `info ${name}  -- ${INFO_HELP[name]}`));
     const sub = words[1]!;
     const info = Object.hasOwn(INFO, sub) ? INFO[sub] : undefined;
     if (!info) return `unknown command: 'info ${printable(sub)}'\r\n`;
@@ -350,8 +381,19 @@ export async function runHmpCommand(commandLine: string, source: HmpSource): Pro
     }
     // Each argument in turn, then nothing more: QEMU's parser reports the first that does not fit.
     const args = words.slice(at, at + command.args.length);
+    const tryHelp = `\r\nTry "help ${name}" for more information`;
     command.args.forEach((type, i) => {
-      if (type === 'b' && args[i] !== 'on' && args[i] !== 'off') throw new HmpUsageError(`Expected 'on' or 'off'\r\nTry "help ${name}" for more information`);
+      if (type === 'b' && args[i] !== 'on' && args[i] !== 'off') throw new HmpUsageError(`Expected 'on' or 'off'${tryHelp}`);
+      if (type === 'l' || type === 'l?') {
+        // QEMU reads an expression; livemig a decimal or 0x hex integer, and says what QEMU says of anything else.
+        if (args[i] === undefined) {
+          if (type === 'l') throw new HmpUsageError(`unexpected end of expression${tryHelp}`);
+        } else if (parseUint(args[i]!) === undefined) {
+          const bad = /^0x/i.test(args[i]!) ? args[i]!.slice(2).replace(/^[0-9a-f]*/i, '') : args[i]!.replace(/^\d*/, '');
+          throw new HmpUsageError(`invalid char '${printable(bad.charAt(0) || args[i]!.charAt(0))}' in expression${tryHelp}`);
+        }
+        return;
+      }
       if (args[i] === undefined) throw usage(shown, 'string expected', name);
     });
     if (words.length > at + command.args.length) throw usage(shown, 'extraneous characters at the end of line', name);

@@ -24,6 +24,7 @@ import {
 } from '../migration/index.js';
 import { runHmpCommand, type HmpSource } from './hmp.js';
 import { machineCommands, type MachineTypeInfo } from './machine-info.js';
+import { dirtyRateCommands, DirtyRateMeter } from './dirty-rate.js';
 import { serverTlsFor } from '../migration/security.js';
 import { OBJECT_PROPERTY_NAMES, ObjectError, ObjectRegistry } from '../security/index.js';
 import { checkArguments } from './arguments.js';
@@ -427,6 +428,7 @@ export class MachineMonitor extends EventEmitter<{
         },
       },
       ...machineCommands(this.machine, this.options.machineTypes),
+      ...dirtyRateCommands(new DirtyRateMeter(this.machine)),
       'query-commands': { args: {}, run: () => this.server.commandNames().map((name) => ({ name })) },
     };
   }

@@ -1,0 +1,112 @@
+/**
+ * The guest's dirty rate by page sampling (src/ram/dirty-rate.ts), and QMP's
+ * calc-dirty-rate / query-dirty-rate on a real `livemig run` process whose
+ * guest writes, then is stopped. (Parity of texts and shapes with real QEMU 7.2:
+ * test/qmp-parity.test.ts.)
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DenseRamBlock } from '../src/ram/index.js';
+import { dirtyRateMiBps, MIN_SAMPLED_BLOCK_BYTES, PageSampler, pageHash } from '../src/ram/dirty-rate.js';
+import { TARGET_PAGE_SIZE } from '../src/wire/constants.js';
+import { LivemigProcess } from './helpers/livemig-process.js';
+import { Prng } from './helpers/prng.js';
+import { RawQmp } from './helpers/raw-qmp.js';
+
+const MiB = 1 << 20;
+
+test('pageHash: any one byte changed changes the hash, aligned or not', () => {
+  const prng = new Prng(7);
+  const memory = new Uint8Array(3 * TARGET_PAGE_SIZE + 1);
+  for (let i = 0; i < memory.length; i++) memory[i] = prng.int(256);
+  for (const offset of [0, 1]) {
+    const page = memory.subarray(offset, offset + TARGET_PAGE_SIZE);
+    const before = pageHash(page);
+    for (const at of [0, 1, 2047, 4094, 4095]) {
+      page[at] = (page[at]! + 1) & 0xff;
+      assert.notEqual(pageHash(page), before, `offset ${offset}, byte ${at}`);
+      page[at] = (page[at]! - 1) & 0xff;
+      assert.equal(pageHash(page), before);
+    }
+  }
+});
+
+test('PageSampler: samples per GiB of each block, QEMU\'s rate from the pages that changed', () => {
+  const memory = new Uint8Array(8 * MiB);
+  const block = new DenseRamBlock('pc.ram', memory);
+  const small = new DenseRamBlock('rom', new Uint8Array(MIN_SAMPLED_BLOCK_BYTES - TARGET_PAGE_SIZE));
+  // 16384 per GiB of 8 MiB: 128 samples; the small block is skipped, as QEMU's MIN_RAMBLOCK_SIZE.
+  const pick = new Prng(1);
+  const quiet = new PageSampler([block, small], 16384, () => pick.next());
+  assert.deepEqual(quiet.count(), { dirtySamples: 0, totalSamples: 128, totalBlockMiB: 8 });
+
+  // Every page written: all samples dirty, the whole 8 MiB per elapsed second.
+  const prng = new Prng(2);
+  const all = new PageSampler([block], 16384, () => prng.next());
+  for (let page = 0; page < block.pageCount; page++) memory[page * TARGET_PAGE_SIZE + 100] = memory[page * TARGET_PAGE_SIZE + 100]! ^ 0xff;
+  const counted = all.count();
+  assert.deepEqual(counted, { dirtySamples: 128, totalSamples: 128, totalBlockMiB: 8 });
+  assert.equal(dirtyRateMiBps(counted, 1000), 8);
+  assert.equal(dirtyRateMiBps(counted, 250), 32);
+
+  // Even pages written: exactly the samples that fell on even pages are dirty (the same seeded choice).
+  const choose = new Prng(3);
+  const picked: number[] = [];
+  const half = new PageSampler([block], 16384, () => {
+    const x = choose.next();
+    picked.push(Math.floor(x * block.pageCount));
+    return x;
+  });
+  for (let page = 0; page < block.pageCount; page += 2) memory[page * TARGET_PAGE_SIZE] = memory[page * TARGET_PAGE_SIZE]! ^ 1;
+  const evens = picked.filter((p) => p % 2 === 0).length;
+  assert.ok(evens > 0 && evens < 128);
+  assert.equal(half.count().dirtySamples, evens);
+
+  // Nothing sampled (no block large enough): 0, as an idle guest.
+  assert.equal(dirtyRateMiBps(new PageSampler([small], 512).count(), 1000), 0);
+});
+
+test('calc-dirty-rate on a running test guest measures its writes; stopped, it measures 0', { timeout: 60_000 }, async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'livemig-dirty-rate-'));
+  const path = join(dir, 'm.qmp');
+  const proc = LivemigProcess.start(['--machine', 'test', '--ram', '64M', '--qmp', `unix:${path}`]);
+  let qmp: RawQmp | undefined;
+  try {
+    await proc.waitFor('qmp');
+    qmp = await RawQmp.open(path);
+    await qmp.next((m) => 'QMP' in m);
+    await qmp.execute('qmp_capabilities');
+    const measure = async (): Promise<Record<string, unknown>> => {
+      assert.deepEqual((await qmp!.execute('calc-dirty-rate', { 'calc-time': 1, 'sample-pages': 16384 })).return, {});
+      const measuring = (await qmp!.execute('query-dirty-rate')).return;
+      assert.equal(measuring.status, 'measuring');
+      assert.equal('dirty-rate' in measuring, false, 'no figure while measuring');
+      const again = await qmp!.execute('calc-dirty-rate', { 'calc-time': 1 });
+      assert.equal(again.error?.desc, 'the dirty rate is already being measured.');
+      for (;;) {
+        const info = (await qmp!.execute('query-dirty-rate')).return;
+        if (info.status === 'measured') return info;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    };
+    const running = await measure();
+    assert.deepEqual(Object.keys(running), ['status', 'sample-pages', 'dirty-rate', 'mode', 'start-time', 'calc-time']);
+    assert.equal(running['sample-pages'], 16384);
+    assert.equal(running.mode, 'page-sampling');
+    assert.ok((running['dirty-rate'] as number) > 0, `a writing guest dirties pages: ${running['dirty-rate']} MB/s`);
+    assert.ok((running['dirty-rate'] as number) <= 64 * 1.1, 'at most the whole RAM per second');
+    const hmp = (await qmp.execute('human-monitor-command', { 'command-line': 'info dirty_rate' })).return as string;
+    assert.match(hmp, new RegExp(`^Status: measured\\r\\nStart Time: \\d+ \\(ms\\)\\r\\nSample Pages: 16384 \\(per GB\\)\\r\\nPeriod: 1 \\(sec\\)\\r\\nMode: page-sampling\\r\\nDirty rate: ${running['dirty-rate']} \\(MB/s\\)\\r\\n$`));
+
+    await qmp.execute('stop');
+    const stopped = await measure();
+    assert.equal(stopped['dirty-rate'], 0, 'a stopped guest writes nothing');
+  } finally {
+    qmp?.close();
+    await proc.stop();
+    await rm(dir, { recursive: true, force: true });
+  }
+});
