@@ -4,8 +4,8 @@
  * how fast the guest dirties its RAM, the figure that says whether a
  * migration can converge at a given bandwidth and downtime-limit. One
  * measurement at a time, in the background; it reads guest RAM only, so it
- * may run beside a migration. QEMU 7.2's other modes need KVM's dirty ring or
- * its dirty bitmap; livemig refuses them in QEMU's words.
+ * may run beside a migration. QEMU 7.2's other modes, KVM's dirty ring and
+ * the dirty bitmap, livemig does not have: it refuses them in QEMU's words.
  */
 import { uptime } from 'node:os';
 import type { Machine } from '../machine/machine.js';
@@ -50,7 +50,7 @@ export class DirtyRateMeter {
     if (samplePages !== undefined && (samplePages < SAMPLE_PAGES_RANGE[0] || samplePages > SAMPLE_PAGES_RANGE[1])) {
       throw new QmpCommandError('GenericError', `sample-pages is out of range[${SAMPLE_PAGES_RANGE[0]}, ${SAMPLE_PAGES_RANGE[1]}].`);
     }
-    // No KVM here: neither its dirty ring nor the dirty-bitmap mode that stands in for it.
+    // No KVM dirty ring here, and no dirty-bitmap mode (the dirty log belongs to migrations).
     if (mode !== 'page-sampling') throw new QmpCommandError('GenericError', `mode ${mode} is not enabled, use other method instead.`);
     const pages = samplePages ?? DEFAULT_SAMPLE_PAGES;
     const sampler = new PageSampler(this.machine.ramBlocks(), pages);
