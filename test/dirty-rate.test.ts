@@ -16,6 +16,8 @@ import { LivemigProcess } from './helpers/livemig-process.js';
 import { Prng } from './helpers/prng.js';
 import { RawQmp } from './helpers/raw-qmp.js';
 import { QmpClient } from '../src/monitor/qmp-client.js';
+import { DirtyRateMeter } from '../src/monitor/dirty-rate.js';
+import type { Machine } from '../src/machine/index.js';
 
 const MiB = 1 << 20;
 
@@ -68,6 +70,20 @@ test('PageSampler: samples per GiB of each block, QEMU\'s rate from the pages th
 
   // Nothing sampled (no block large enough): 0, as an idle guest.
   assert.equal(dirtyRateMiBps(new PageSampler([small], 512).count(), 1000), 0);
+});
+
+test('a measurement whose RAM goes away meanwhile ends without a figure, and throws nowhere', { timeout: 10_000 }, async () => {
+  const memory = new Uint8Array(1 * MiB);
+  const block = new DenseRamBlock('pc.ram', memory);
+  // Only what the meter reads of a machine: its RAM blocks.
+  const meter = new DirtyRateMeter({ ramBlocks: () => [block] } as unknown as Machine);
+  meter.start(1, 16384, 'page-sampling');
+  assert.equal(meter.query().status, 'measuring');
+  // The RAM's buffer handed away (detached): reading a page now throws.
+  structuredClone(memory.buffer, { transfer: [memory.buffer] });
+  assert.throws(() => block.pageView(0));
+  await new Promise((r) => setTimeout(r, 1200));
+  assert.deepEqual(meter.query(), { status: 'unstarted', 'sample-pages': 0, mode: 'page-sampling', 'start-time': 0, 'calc-time': 0 });
 });
 
 test('calc-dirty-rate measures the rate a test guest is set to write at; stopped, 0', { timeout: 60_000 }, async () => {

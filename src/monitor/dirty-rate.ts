@@ -58,8 +58,13 @@ export class DirtyRateMeter {
     const measuring: DirtyRateInfo = { status: 'measuring', 'sample-pages': pages, mode, 'start-time': Math.floor(uptime()), 'calc-time': calcTimeS };
     this.info = measuring;
     setTimeout(() => {
-      const rate = dirtyRateMiBps(sampler.count(), performance.now() - startedMs);
-      this.info = { status: 'measured', 'sample-pages': pages, 'dirty-rate': rate, mode, 'start-time': measuring['start-time'], 'calc-time': calcTimeS };
+      try {
+        const rate = dirtyRateMiBps(sampler.count(), performance.now() - startedMs);
+        this.info = { status: 'measured', 'sample-pages': pages, 'dirty-rate': rate, mode, 'start-time': measuring['start-time'], 'calc-time': calcTimeS };
+      } catch {
+        // The guest's RAM went away meanwhile (the machine was torn down): no figure, and never a crash of the VM's process.
+        this.info = { status: 'unstarted', 'sample-pages': 0, mode: 'page-sampling', 'start-time': 0, 'calc-time': 0 };
+      }
     }, calcTimeS * 1000).unref();
   }
 
