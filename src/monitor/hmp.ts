@@ -20,12 +20,7 @@ import type { MigrationInfo } from './query-migrate.js';
 
 /** What the HMP commands read: the same figures QMP's query-* commands return. */
 export interface HmpSource {
-  status(): { status: string; running: boolean; singlestep: boolean };
-  migrate(): MigrationInfo;
-  parameters(): Record<string, unknown>;
-  /** Every QEMU 7.2 capability, in QEMU's enum order. */
-  capabilities(): Array<{ capability: string; state: boolean }>;
-  /** Another QMP query's answer (query-version, query-name, query-uuid, query-kvm, query-cpus-fast). */
+  /** A QMP query's answer (query-status, query-migrate, query-migrate-parameters, ...), as the monitor gives it. */
   query(command: string): unknown;
   /** Run a QMP command as the monitor runs it; rejects with its error (the message is QMP's `desc`). */
   execute(command: string, args: Record<string, unknown>): Promise<unknown>;
@@ -45,7 +40,10 @@ const GLOBALS = [
 const kib = (bytes: number): string => `${Math.floor(bytes / 1024)} kbytes`;
 const onOff = (v: unknown): string => (v ? 'on' : 'off');
 
-function infoStatus(s: ReturnType<HmpSource['status']>): string[] {
+type StatusInfo = { status: string; running: boolean; singlestep: boolean };
+type CapabilityInfo = Array<{ capability: string; state: boolean }>;
+
+function infoStatus(s: StatusInfo): string[] {
   let line = `VM status: ${s.running ? 'running' : 'paused'}${s.singlestep ? ' (single step mode)' : ''}`;
   if (!s.running && s.status !== 'paused') line += ` (${s.status})`;
   return [line];
@@ -170,43 +168,47 @@ function infoCpus(cpus: ReadonlyArray<{ 'cpu-index': number; 'thread-id': number
   return cpus.map((cpu, i) => `${i === 0 ? '*' : ' '} CPU #${cpu['cpu-index']}: thread_id=${cpu['thread-id']}`);
 }
 
-/** The `info` subcommands livemig answers (QEMU's formats, from the QMP queries' answers); listed by name, as QEMU lists them. */
-const INFO: Record<string, (s: HmpSource) => string[]> = {
-  cpus: (s) => infoCpus(s.query('query-cpus-fast') as Array<{ 'cpu-index': number; 'thread-id': number }>),
-  kvm: (s) => {
-    const kvm = s.query('query-kvm') as { enabled: boolean; present: boolean };
-    return [`kvm support: ${kvm.present ? (kvm.enabled ? 'enabled' : 'disabled') : 'not compiled'}`];
+/**
+ * The `info` subcommands livemig answers, by name as QEMU lists them: QEMU's help text, and the lines, in QEMU's
+ * formats, from the QMP queries' answers.
+ */
+const INFO: Record<string, { help: string; run: (s: HmpSource) => string[] }> = {
+  cpus: { help: 'show infos for each CPU', run: (s) => infoCpus(s.query('query-cpus-fast') as Array<{ 'cpu-index': number; 'thread-id': number }>) },
+  dirty_rate: { help: 'show dirty rate information', run: (s) => infoDirtyRate(s.query('query-dirty-rate') as DirtyRateInfo) },
+  kvm: {
+    help: 'show KVM information',
+    run: (s) => {
+      const kvm = s.query('query-kvm') as { enabled: boolean; present: boolean };
+      return [`kvm support: ${kvm.present ? (kvm.enabled ? 'enabled' : 'disabled') : 'not compiled'}`];
+    },
   },
-  dirty_rate: (s) => infoDirtyRate(s.query('query-dirty-rate') as DirtyRateInfo),
-  migrate: (s) => infoMigrate(s.migrate()),
-  migrate_capabilities: (s) => s.capabilities().map((c) => `${c.capability}: ${onOff(c.state)}`),
-  migrate_parameters: (s) => infoMigrateParameters(s.parameters()),
-  name: (s) => {
-    const { name } = s.query('query-name') as { name?: string };
-    return name === undefined ? [] : [name];
+  migrate: { help: 'show migration status', run: (s) => infoMigrate(s.query('query-migrate') as MigrationInfo) },
+  migrate_capabilities: {
+    help: 'show current migration capabilities',
+    run: (s) => (s.query('query-migrate-capabilities') as CapabilityInfo).map((c) => `${c.capability}: ${onOff(c.state)}`),
   },
-  status: (s) => infoStatus(s.status()),
-  uuid: (s) => [(s.query('query-uuid') as { UUID: string }).UUID],
-  // QEMU prints the package right after the version ("7.2.22Debian 1:7.2+dfsg-7").
-  version: (s) => {
-    const v = s.query('query-version') as { qemu: { major: number; minor: number; micro: number }; package: string };
-    return [`${v.qemu.major}.${v.qemu.minor}.${v.qemu.micro}${v.package}`];
+  migrate_parameters: { help: 'show current migration parameters', run: (s) => infoMigrateParameters(s.query('query-migrate-parameters') as Record<string, unknown>) },
+  name: {
+    help: 'show the current VM name',
+    run: (s) => {
+      const { name } = s.query('query-name') as { name?: string };
+      return name === undefined ? [] : [name];
+    },
+  },
+  status: { help: 'show the current VM status (running|paused)', run: (s) => infoStatus(s.query('query-status') as StatusInfo) },
+  uuid: { help: 'show the current VM UUID', run: (s) => [(s.query('query-uuid') as { UUID: string }).UUID] },
+  version: {
+    help: 'show the version of QEMU',
+    // QEMU prints the package right after the version ("7.2.22Debian 1:7.2+dfsg-7").
+    run: (s) => {
+      const v = s.query('query-version') as { qemu: { major: number; minor: number; micro: number }; package: string };
+      return [`${v.qemu.major}.${v.qemu.minor}.${v.qemu.micro}${v.package}`];
+    },
   },
 };
 
-/** `info` alone lists the subcommands, with QEMU's help texts. */
-const INFO_HELP: Record<string, string> = {
-  cpus: 'show infos for each CPU',
-  dirty_rate: 'show dirty rate information',
-  kvm: 'show KVM information',
-  migrate: 'show migration status',
-  migrate_capabilities: 'show current migration capabilities',
-  migrate_parameters: 'show current migration parameters',
-  name: 'show the current VM name',
-  status: 'show the current VM status (running|paused)',
-  uuid: 'show the current VM UUID',
-  version: 'show the version of QEMU',
-};
+/** `info` alone and `help info`: the subcommands with their help. */
+const INFO_LIST = Object.entries(INFO).map(([name, { help }]) => `info ${name}  -- ${help}`);
 
 /** An HMP usage error: QEMU's text for a command line it could not parse (no "Error: " prefix). */
 class HmpUsageError extends Error {}
@@ -310,7 +312,7 @@ const COMMANDS: Record<string, HmpCommand> = {
     help: 'migrate_set_capability capability state -- Enable/Disable the usage of a capability for migration',
     args: ['s', 'b'],
     run: async ([capability, state], _f, s) => {
-      if (!s.capabilities().some((c) => c.capability === capability)) throw new Error(`invalid parameter value: ${printable(capability!)}`);
+      if (!(s.query('query-migrate-capabilities') as CapabilityInfo).some((c) => c.capability === capability)) throw new Error(`invalid parameter value: ${printable(capability!)}`);
       return runQmp(s, 'migrate-set-capabilities', { capabilities: [{ capability: capability!, state: state === 'on' }] });
     },
   },
@@ -352,18 +354,18 @@ export async function runHmpCommand(commandLine: string, source: HmpSource): Pro
   if (words[0] === 'help' || words[0] === '?') {
     if (words.length === 1) return lines(HELP);
     const name = ALIASES[words[1]!] ?? words[1]!;
-    if (name === 'info') return lines(Object.keys(INFO).sort().map((sub) => `info ${sub}  -- ${INFO_HELP[sub]}`));
+    if (name === 'info') return lines(INFO_LIST);
     const command = Object.hasOwn(COMMANDS, name) ? COMMANDS[name] : undefined;
     return command ? lines([command.help]) : `unknown command: '${printable(words[1]!)}'\r\n`;
   }
   if (words[0] === 'info') {
-    if (words.length === 1) return lines(Object.keys(INFO).sort().map((name) => `info ${name}  -- ${INFO_HELP[name]}`));
+    if (words.length === 1) return lines(INFO_LIST);
     const sub = words[1]!;
     const info = Object.hasOwn(INFO, sub) ? INFO[sub] : undefined;
     if (!info) return `unknown command: 'info ${printable(sub)}'\r\n`;
     // These subcommands take no argument; QEMU's parser says so in these words.
     if (words.length > 2) return `${sub}: extraneous characters at the end of line\r\nTry "help info ${sub}" for more information\r\n`;
-    return lines(info(source));
+    return lines(info.run(source));
   }
   const typed = words[0]!;
   const name = ALIASES[typed] ?? typed;

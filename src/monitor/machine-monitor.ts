@@ -220,10 +220,6 @@ export class MachineMonitor extends EventEmitter<{
   /** What human-monitor-command reads (the QMP queries' answers) and runs (the QMP commands, checked as the server checks them). */
   private hmpSource(): HmpSource {
     return {
-      status: () => this.runQuery('query-status'),
-      migrate: () => this.runQuery('query-migrate'),
-      parameters: () => this.runQuery('query-migrate-parameters'),
-      capabilities: () => this.runQuery('query-migrate-capabilities'),
       query: (name) => this.runQuery(name),
       execute: async (name, args) => {
         const command = this.commandTable[name]!;
