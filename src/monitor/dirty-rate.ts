@@ -34,8 +34,11 @@ export interface DirtyRateInfo {
   'calc-time': number;
 }
 
+/** QEMU's answer before any measurement. */
+const UNSTARTED: Readonly<DirtyRateInfo> = Object.freeze({ status: 'unstarted', 'sample-pages': 0, mode: 'page-sampling', 'start-time': 0, 'calc-time': 0 });
+
 export class DirtyRateMeter {
-  private info: DirtyRateInfo = { status: 'unstarted', 'sample-pages': 0, mode: 'page-sampling', 'start-time': 0, 'calc-time': 0 };
+  private info: DirtyRateInfo = UNSTARTED;
 
   constructor(private readonly machine: Machine) {}
 
@@ -63,7 +66,7 @@ export class DirtyRateMeter {
         this.info = { status: 'measured', 'sample-pages': pages, 'dirty-rate': rate, mode, 'start-time': measuring['start-time'], 'calc-time': calcTimeS };
       } catch {
         // The guest's RAM went away meanwhile (the machine was torn down): no figure, and never a crash of the VM's process.
-        this.info = { status: 'unstarted', 'sample-pages': 0, mode: 'page-sampling', 'start-time': 0, 'calc-time': 0 };
+        this.info = UNSTARTED;
       }
     }, calcTimeS * 1000).unref();
   }
