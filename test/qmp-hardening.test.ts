@@ -18,6 +18,7 @@ import { LivemigProcess } from './helpers/livemig-process.js';
 import { RawQmp, type QmpMessage } from './helpers/raw-qmp.js';
 import { cliPath } from './helpers/paths.js';
 import { QmpServer } from '../src/monitor/qmp-server.js';
+import { qmpJson } from '../src/monitor/qmp-json.js';
 import { printable } from '../src/wire/index.js';
 
 const execFile = promisify(execFileCb);
@@ -419,4 +420,23 @@ test('QMP echoes a hostile command name escaped', { timeout: 60_000 }, async () 
     const reply = await qmp.execute('\x1b[2J\x1b]0;x\x07');
     assert.deepEqual(reply.error, { class: 'CommandNotFound', desc: 'The command \\x1b[2J\\x1b]0;x\\x07 has not been found' });
   });
+});
+
+test('QMP JSON: integers beyond 2^53 print in full (uint64 sizes read back as set); the rest as JSON.stringify', () => {
+  // libvirt's "unlimited" max-bandwidth, the largest size QAPI keeps, and its negative.
+  assert.equal(qmpJson({ 'max-bandwidth': 9223372036853727232 }), '{"max-bandwidth":9223372036853727232}');
+  assert.equal(qmpJson([18446744073709549568, -9223372036854775808, 2n ** 64n - 1n]), '[18446744073709549568,-9223372036854775808,18446744073709551615]');
+  assert.notEqual(JSON.stringify(9223372036853727232), '9223372036853727232', 'the case this exists for');
+  const ordinary = {
+    return: { status: 'active', ram: { total: 1073741824, mbps: 1234.5, neg: -3, zero: -0 }, list: [1, 'a', null, undefined, true], none: undefined },
+    s: 'quote " backslash \\ control \u0001 line\nend \u2028 é',
+    nan: Number.NaN,
+    inf: Number.POSITIVE_INFINITY,
+    date: new Date(0),
+    id: { a: [1, 2] },
+  };
+  assert.equal(qmpJson(ordinary), JSON.stringify(ordinary));
+  assert.equal(qmpJson(undefined), 'null');
+  assert.equal(qmpJson(Number.MAX_SAFE_INTEGER), JSON.stringify(Number.MAX_SAFE_INTEGER));
+  assert.equal(qmpJson(1e300), BigInt(1e300).toString(), 'a huge integer-valued double prints as an integer');
 });

@@ -172,6 +172,10 @@ async function parametersLikeQemu(qemu: RawQmp, ours: RawQmp): Promise<void> {
   };
   assert.equal(await maxBandwidthLine(ours), await maxBandwidthLine(qemu));
   assert.equal(await maxBandwidthLine(ours), 'max-bandwidth: 9223372036853727232 bytes/second');
+  // QMP prints it in full too (JSON.stringify would print the double's shortest form, ...727000, another integer to libvirt).
+  const maxBandwidthJson = async (p: RawQmp): Promise<string | undefined> => /"max-bandwidth": ?(\d+)/.exec((await p.executeRaw('query-migrate-parameters')).text)?.[1];
+  assert.equal(await maxBandwidthJson(ours), await maxBandwidthJson(qemu));
+  assert.equal(await maxBandwidthJson(ours), '9223372036853727232');
   // Where livemig differs on purpose: QEMU 7.2 skips its own multifd level checks (and fails at the first
   // compressed packet); livemig's XBZRLE cache is bounded.
   for (const [args, desc] of DIFFERENT_ANSWERS) {

@@ -18,6 +18,7 @@ import { isLoopbackHost, parseMigrationUri, UNIX_PATH_MAX_BYTES } from '../trans
 import { printable } from '../wire/printable.js';
 import { checkArguments, QmpArgumentError, type ArgumentSchema } from './arguments.js';
 import { JsonSplitter, type SplitItem } from './json-splitter.js';
+import { qmpJson } from './qmp-json.js';
 import createDebug from 'debug';
 
 // DEBUG=livemig:qmp: each command as received, cut short (a query-migrate poll is a line, not a page).
@@ -199,7 +200,7 @@ export class QmpServer {
   }
 
   private send(session: Session, message: unknown): void {
-    if (!session.socket.destroyed) session.socket.write(JSON.stringify(message) + '\r\n');
+    if (!session.socket.destroyed) session.socket.write(qmpJson(message) + '\r\n');
   }
 
   private async handle(session: Session, text: string): Promise<void> {

@@ -6,6 +6,8 @@ export type QmpMessage = Record<string, any>;
 
 export class RawQmp {
   readonly messages: QmpMessage[] = [];
+  /** Each message's text as received (messages[i] is lines[i] parsed): what a C client reads, digits and all. */
+  readonly lines: string[] = [];
   private buffered = '';
   private waiters: Array<() => void> = [];
   closed = false;
@@ -18,7 +20,9 @@ export class RawQmp {
       while ((nl = this.buffered.indexOf('\n')) >= 0) {
         const line = this.buffered.slice(0, nl).trim();
         this.buffered = this.buffered.slice(nl + 1);
-        if (line) this.messages.push(JSON.parse(line));
+        if (!line) continue;
+        this.messages.push(JSON.parse(line));
+        this.lines.push(line);
       }
       this.wake();
     });
@@ -63,9 +67,15 @@ export class RawQmp {
   private nextId = 1;
   /** Execute and return the reply (`return` or `error` object). */
   async execute(command: string, args?: Record<string, unknown>): Promise<QmpMessage> {
+    return (await this.executeRaw(command, args)).message;
+  }
+
+  /** execute(), with the reply's text as received. */
+  async executeRaw(command: string, args?: Record<string, unknown>): Promise<{ message: QmpMessage; text: string }> {
     const id = `t${this.nextId++}`;
     this.send(JSON.stringify(args ? { execute: command, arguments: args, id } : { execute: command, id }) + '\n');
-    return (await this.next((m) => m.id === id)).message;
+    const { message, index } = await this.next((m) => m.id === id);
+    return { message, text: this.lines[index]! };
   }
 
   /** Events so far, by name. */
