@@ -88,7 +88,7 @@ test('a destination with the devices of QEMU -M none loads the fixture', async (
   registry.register({ idstr: RAM_IDSTR, version: RAM_SECTION_VERSION, handlers: ram });
   const gs = createGlobalState();
   registry.register({ idstr: 'globalstate', vmsd: globalStateVmsd, opaque: gs });
-  const input = new StreamReader(await FileSource.open(FIXTURE, 4093));
+  const input = new StreamReader(await FileSource.open(FIXTURE, { chunkBytes: 4093 }));
   const result = await loadVmState(input, registry, { machineName: 'none' });
   await input.close();
   assert.equal(result.totalBytes, 37645);

@@ -45,6 +45,9 @@ export interface ListenOptions {
 /** Connections in their TLS handshake at once; more are dropped at once (a flood must not pile up). */
 export const MAX_PENDING_HANDSHAKES = 16;
 
+/** `file:` reads 1 MiB at a time into this many reused buffers (FileSource's ring): 4 MiB, as long a lag as the socket ring allows its consumer. */
+const FILE_RING_CHUNKS = 4;
+
 export interface IncomingListener {
   /** The URI as given. */
   readonly uri: string;
@@ -78,7 +81,8 @@ export async function listenIncoming(uri: string, options: ListenOptions = {}): 
     case 'file': {
       let source: FileSource;
       try {
-        source = await FileSource.open(address.path);
+        // The loader copies each chunk's pages out at once, as it does a socket's ring: the file's chunks may be reused too.
+        source = await FileSource.open(address.path, { ringChunks: FILE_RING_CHUNKS });
       } catch (err) {
         throw new TransportError('open-failed', uri, `${uri}: ${(err as Error).message}`, { cause: err });
       }

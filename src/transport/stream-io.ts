@@ -432,6 +432,9 @@ export class GuardedSource implements ByteSource {
       throw asChannelError(err, `${this.what}: read failed`);
     }
   }
+  alignReads(streamOffsetMod8: number): void {
+    this.inner.alignReads?.(streamOffsetMod8);
+  }
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
