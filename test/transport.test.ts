@@ -304,6 +304,24 @@ test('file: write, then read back', async () => {
   await assert.rejects(listenIncoming(`file:${join(dir, 'missing')}`), (err: unknown) => err instanceof TransportError && err.code === 'open-failed');
 });
 
+test('file: the output lends and gathers (slabs reused, pages in place); after an abort each is refused, a lent chunk handed back', async () => {
+  const path = join(dir, 'gathered.mig');
+  const source = await connectOutgoing(`file:${path}`);
+  const output = source.output!;
+  assert.ok(output.writeLent && output.writeGather, 'a file sink offers both');
+  const pageRun = randomBytes(3 * 4096);
+  let released = 0;
+  await output.writeGather([Buffer.from('head'), pageRun.subarray(0, 4096), pageRun.subarray(4096)]);
+  await output.writeLent(Buffer.from('tail'), () => released++);
+  assert.equal(released, 1);
+  source.abort(new Error('operator cancelled'));
+  await assert.rejects(output.writeLent(Buffer.from('late'), () => released++), /operator cancelled/);
+  assert.equal(released, 2, 'a chunk the sink never took is handed back at once');
+  await assert.rejects(output.writeGather([Buffer.from('late')]), /operator cancelled/);
+  await source.closed.catch(() => {});
+  assert.ok(readFileSync(path).equals(Buffer.concat([Buffer.from('head'), pageRun, Buffer.from('tail')])));
+});
+
 test('tcp: the source dies mid-stream -> the destination gets an end or a ChannelError', async () => {
   const listener = await listenIncoming('tcp:127.0.0.1:0');
   const [source, destination] = await Promise.all([connectOutgoing(listener.address), listener.accept()]);

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, connect, type Socket } from 'node:net';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
@@ -294,6 +294,31 @@ test('file source with a ring: the same bytes from reused buffers, runs placed 8
     assert.equal(new Set(chunks.map((c) => c.buffer)).size, chunks.length);
     assert.deepEqual(Buffer.concat(chunks), Buffer.from(data));
     await fresh.close();
+  } finally {
+    await rm(dir, { recursive: true });
+  }
+});
+
+test('file sink: gathered pieces (more than IOV_MAX in one call) and lent chunks land in order; a lent chunk is released once written', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'livemig-wire-'));
+  try {
+    const path = join(dir, 'out.bin');
+    const sink = await FileSink.create(path);
+    const prng = new Prng(11);
+    const pieces = Array.from({ length: 3000 }, () => {
+      const piece = new Uint8Array(prng.range(1, 40));
+      for (let i = 0; i < piece.length; i++) piece[i] = prng.int(256);
+      return piece;
+    });
+    await sink.writeGather(pieces.slice(0, 2500));
+    const lent = new Uint8Array(5000).fill(0x5a);
+    let released = 0;
+    await sink.writeLent(lent, () => released++);
+    assert.equal(released, 1, 'released once, after the write');
+    await sink.writeGather(pieces.slice(2500));
+    await sink.close();
+    const expected = Buffer.concat([...pieces.slice(0, 2500), lent, ...pieces.slice(2500)]);
+    assert.deepEqual(await readFile(path), expected);
   } finally {
     await rm(dir, { recursive: true });
   }

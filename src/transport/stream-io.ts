@@ -444,16 +444,39 @@ export class GuardedSource implements ByteSource {
 
 export class GuardedSink implements ByteSink {
   private closing: Promise<void> | undefined;
-  constructor(private readonly inner: ByteSink, private readonly what: string, private readonly signal: AbortSignal) {}
-  async write(chunk: Uint8Array): Promise<void> {
-    if (this.signal.aborted) throw asChannelError(this.signal.reason, this.what);
-    if (this.closing) throw new ChannelError(`${this.what}: write after close`);
+  /** Offered when the inner sink offers it (a file: its slabs come back for reuse). */
+  readonly writeLent?: (chunk: Uint8Array, release: () => void) => Promise<void>;
+  /** Offered when the inner sink offers it (a file: guest pages written in place). */
+  readonly writeGather?: (pieces: readonly Uint8Array[]) => Promise<void>;
+
+  constructor(private readonly inner: ByteSink, private readonly what: string, private readonly signal: AbortSignal) {
+    if (inner.writeLent) {
+      const writeLent = inner.writeLent.bind(inner);
+      this.writeLent = (chunk, release) => this.guarded(() => writeLent(chunk, release), release);
+    }
+    if (inner.writeGather) {
+      const writeGather = inner.writeGather.bind(inner);
+      this.writeGather = (pieces) => this.guarded(() => writeGather(pieces));
+    }
+  }
+
+  write(chunk: Uint8Array): Promise<void> {
+    return this.guarded(() => this.inner.write(chunk));
+  }
+
+  /** `operation` under the abort signal, any failure a ChannelError; `notStarted` runs when it is refused before it starts. */
+  private async guarded(operation: () => Promise<void>, notStarted?: () => void): Promise<void> {
+    if (this.signal.aborted || this.closing) {
+      notStarted?.();
+      throw this.signal.aborted ? asChannelError(this.signal.reason, this.what) : new ChannelError(`${this.what}: write after close`);
+    }
     try {
-      await abortable(this.inner.write(chunk), this.signal, this.what);
+      await abortable(operation(), this.signal, this.what);
     } catch (err) {
       throw asChannelError(err, `${this.what}: write failed`);
     }
   }
+
   close(): Promise<void> {
     this.closing ??= (async () => {
       if (this.signal.aborted) throw asChannelError(this.signal.reason, this.what);

@@ -5,7 +5,7 @@
  */
 import { open, type FileHandle } from 'node:fs/promises';
 import type { Readable, Writable } from 'node:stream';
-import type { ByteSink, ByteSource } from './channel.js';
+import { unwrittenPieces, type ByteSink, type ByteSource } from './channel.js';
 import { ChannelError } from './errors.js';
 import { allocateBytes } from './native-bytes.js';
 
@@ -82,6 +82,23 @@ export class FileSink implements ByteSink {
     while (done < chunk.length) {
       const { bytesWritten } = await this.handle.write(chunk, done, chunk.length - done);
       done += bytesWritten;
+    }
+  }
+  /** ByteSink.writeLent: the chunk is the writer's again once the write settled (its slab is reused, not garbage). */
+  async writeLent(chunk: Uint8Array, release: () => void): Promise<void> {
+    try {
+      await this.write(chunk);
+    } finally {
+      release();
+    }
+  }
+  /** ByteSink.writeGather: one writev per call (guest pages in place, as on a socket); a short write goes on from where it stopped. */
+  async writeGather(pieces: readonly Uint8Array[]): Promise<void> {
+    let left = pieces;
+    while (left.length > 0) {
+      const { bytesWritten } = await this.handle.writev(left as Uint8Array[]);
+      if (bytesWritten === 0) throw new ChannelError('the file took no bytes (writev wrote 0)');
+      left = unwrittenPieces(left, bytesWritten);
     }
   }
   async close(): Promise<void> {
