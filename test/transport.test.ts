@@ -248,6 +248,26 @@ test('exec: `cat > FILE` out, `cat FILE` in', async () => {
   await listener.close();
 });
 
+test("exec: the command's stdout is read into reused buffers (the socket ring), the bytes unchanged", async () => {
+  const path = join(dir, 'exec-ring.mig');
+  const data = randomBytes(8 << 20);
+  writeFileSync(path, data);
+  const listener = await listenIncoming(`exec:cat '${path}'`);
+  const destination = await listener.accept();
+  const input = destination.input!;
+  const chunks: Buffer[] = [];
+  const buffers = new Set<ArrayBufferLike>();
+  for (let chunk = await input.read(); chunk !== null; chunk = await input.read()) {
+    chunks.push(Buffer.from(chunk)); // a copy: the ring reuses the memory
+    buffers.add(chunk.buffer);
+  }
+  assert.ok(Buffer.concat(chunks).equals(data));
+  assert.ok(chunks.length > 32, `${chunks.length} reads`);
+  assert.ok(buffers.size <= 16, `${chunks.length} reads through ${buffers.size} buffers`);
+  await destination.close();
+  await listener.close();
+});
+
 const exitCode = (code: number) => (err: unknown) => err instanceof ExecExitError && err.exitCode === code && err.message.includes(`code ${code}`);
 
 test('exec: a command that fails is reported with its exit status', async () => {

@@ -279,20 +279,32 @@ export const ACCEPTED_SOCKET_RING: RingReads = { chunkBytes: 256 * 1024, chunks:
 /**
  * The channel over a socket a server just accepted (called from its
  * 'connection' event, before any byte was read), reading into a ring of
- * reused buffers (ringReads): `onread` can only be given when a Socket is
- * built, so the accepted socket's handle moves into a new Socket that has it.
- * Consumers must not keep views into chunks for long (RingReads); every
- * reader of a destination's stream copies what it keeps. A TLS socket, or a
- * socket without the expected handle, keeps the ordinary reads.
+ * reused buffers (ringReads). Consumers must not keep views into chunks for
+ * long (RingReads); every reader of a destination's stream copies what it
+ * keeps. A TLS socket, or a socket without the expected handle, keeps the
+ * ordinary reads.
  */
 export function acceptedSocketChannel(socket: Socket, uri: string, kind: 'tcp' | 'unix', ring: RingReads = ACCEPTED_SOCKET_RING): MigrationChannel {
   // Nothing was read yet: the connection's reads start in a later turn of the event loop.
+  const moved = withRingReads(socket, ring, { writable: true });
+  return moved ? socketChannel(moved.socket, uri, kind, [], moved) : socketChannel(socket, uri, kind);
+}
+
+/**
+ * The connection or pipe under `socket` moved into a new Socket that reads
+ * into a ring (ringReads): `onread` can only be given when a Socket is built.
+ * The old Socket is destroyed (it no longer owns the connection). Undefined,
+ * and `socket` left as it is, for a TLS socket, a handle Node keeps
+ * elsewhere, or a socket that already read bytes (they are in its buffer).
+ */
+export function withRingReads(socket: Socket, ring: RingReads, o: { writable: boolean }): { socket: Socket; ring: RingReads; deliver: RingLink } | undefined {
+  if (socket.readableLength > 0) return undefined;
   const handle = takeHandle(socket, { needsFd: false });
-  if (!handle) return socketChannel(socket, uri, kind);
-  socket.destroy(); // the Socket object only (it has no handle any more); the server forgets it
+  if (!handle) return undefined;
+  socket.destroy(); // the Socket object only (it has no handle any more)
   const { onread, deliver } = ringReads(ring);
-  const adopted = new Socket({ handle, readable: true, writable: true, allowHalfOpen: true, onread } as unknown as ConstructorParameters<typeof Socket>[0]);
-  return socketChannel(adopted, uri, kind, [], { ring, deliver });
+  const adopted = new Socket({ handle, readable: true, writable: o.writable, allowHalfOpen: true, onread } as unknown as ConstructorParameters<typeof Socket>[0]);
+  return { socket: adopted, ring, deliver };
 }
 
 /** A file: written by the source, read by the destination; no return path. */

@@ -11,7 +11,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { ChannelError } from '../wire/index.js';
 import { Socket } from 'node:net';
-import { Channel, descriptorOf, type MigrationChannel } from './channel.js';
+import { ACCEPTED_SOCKET_RING, Channel, descriptorOf, withRingReads, type MigrationChannel } from './channel.js';
 import { asChannelError, ExecExitError, TransportError } from './errors.js';
 import { NodeReadableSource, NodeWritableSink, withinMs } from './stream-io.js';
 
@@ -153,10 +153,13 @@ export function execIncomingChannel(child: ExecChild): MigrationChannel {
   const controller = new AbortController();
   const signal = controller.signal;
   const uri = child.uri;
-  const stdout = child.proc.stdout!;
+  // Read into reused buffers, as an accepted socket is: the command has not run long enough to have been read from.
+  const moved = child.proc.stdout instanceof Socket ? withRingReads(child.proc.stdout, ACCEPTED_SOCKET_RING, { writable: false }) : undefined;
+  const stdout = moved?.socket ?? child.proc.stdout!;
   const input = new NodeReadableSource(stdout, {
     what: uri,
     signal,
+    ...(moved ? { ring: moved.ring, alignReads: moved.deliver.alignReads } : {}),
     // A command that fails (`exec:cat MISSING`) ends its stdout like one that succeeds:
     // only the exit status tells a truncated stream from a complete one.
     atEnd: async () => {
@@ -165,6 +168,7 @@ export function execIncomingChannel(child: ExecChild): MigrationChannel {
       if (failure) throw failure;
     },
   });
+  if (moved) moved.deliver.to = (chunk) => input.deliver(chunk);
   return new Channel({
     uri,
     kind: 'exec',
