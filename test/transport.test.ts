@@ -16,7 +16,8 @@ import {
   UNIX_PATH_MAX_BYTES,
   type MigrationChannel,
 } from '../src/transport/index.js';
-import { adoptDetachedSocket } from '../src/transport/channel.js';
+import { ACCEPTED_SOCKET_RING, adoptDetachedSocket } from '../src/transport/channel.js';
+import { spareRingChunkCount } from '../src/transport/stream-io.js';
 import { ChannelError, StreamError, StreamReader, StreamWriter } from '../src/wire/index.js';
 import { freePort } from './helpers/ports.js';
 
@@ -166,6 +167,41 @@ test('tcp: an accepted connection lays out the pages its reader copies 8-byte al
     destination.abort(new Error('test over'));
     await listener.close();
   }
+});
+
+test("tcp: an accepted connection's ring goes to the next connection once it is over, not while it is in use", async () => {
+  const chunkBytes = ACCEPTED_SOCKET_RING.chunkBytes;
+  const listener = await listenIncoming('tcp:127.0.0.1:0', { multiChannel: true });
+  // Rings of earlier tests may be spare already: count from here.
+  const spareBefore = spareRingChunkCount(chunkBytes);
+  const buffersOf = async (destination: MigrationChannel, source: MigrationChannel): Promise<Set<ArrayBufferLike>> => {
+    const writer = new StreamWriter(source.output!);
+    const data = randomBytes(STREAM_BYTES);
+    const sending = writer.bytes(data).close();
+    const seen = new Set<ArrayBufferLike>();
+    const got: Buffer[] = [];
+    for (let chunk = await destination.input!.read(); chunk !== null; chunk = await destination.input!.read()) {
+      seen.add(chunk.buffer);
+      got.push(Buffer.from(chunk));
+    }
+    await sending;
+    assert.ok(Buffer.concat(got).equals(data));
+    return seen;
+  };
+  const [s1, d1] = await Promise.all([connectOutgoing(listener.address), listener.accept()]);
+  const first = await buffersOf(d1, s1);
+  assert.equal(spareRingChunkCount(chunkBytes), Math.max(0, spareBefore - ACCEPTED_SOCKET_RING.chunks), 'in use: not spare');
+  await Promise.all([s1.close(), d1.close()]);
+  await Promise.all([s1.closed, d1.closed]);
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(spareRingChunkCount(chunkBytes), ACCEPTED_SOCKET_RING.chunks, 'over: its ring is spare');
+
+  const [s2, d2] = await Promise.all([connectOutgoing(listener.address), listener.accept()]);
+  assert.equal(spareRingChunkCount(chunkBytes), 0, 'the next connection took it');
+  const second = await buffersOf(d2, s2);
+  assert.ok([...second].every((b) => first.has(b)), 'and reads into the same memory');
+  await Promise.all([s2.close(), d2.close()]);
+  await listener.close();
 });
 
 test('tcp over IPv6 loopback', async (t) => {

@@ -8,6 +8,8 @@ import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { rehearseMigrations, warmUpMigrations, WARM_UP_RAM_BYTES, WARM_UP_ROUNDS } from '../src/migration/warm-up.js';
 import { cliPath } from './helpers/paths.js';
+import { ACCEPTED_SOCKET_RING } from '../src/transport/channel.js';
+import { spareRingChunkCount } from '../src/transport/stream-io.js';
 
 test('the rehearsal completes every round: the written pages and a second pass travel, once per process', async () => {
   const first = warmUpMigrations();
@@ -22,6 +24,9 @@ test('the rehearsal completes every round: the written pages and a second pass t
   const perRound = result.bytes / WARM_UP_ROUNDS;
   assert.ok(perRound > WARM_UP_RAM_BYTES * 0.7, `bytes per round ${perRound}`);
   assert.ok(perRound < WARM_UP_RAM_BYTES * 0.9, `bytes per round ${perRound}`);
+  // The ring the rounds' connections read into is spare now, for the real migration's connection.
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  assert.equal(spareRingChunkCount(ACCEPTED_SOCKET_RING.chunkBytes), ACCEPTED_SOCKET_RING.chunks);
 });
 
 test('where there is no loopback socket, the rehearsal runs through a memory pipe and moves the same bytes', async () => {

@@ -16,11 +16,13 @@
  * real migration runs, three times over: in Node over a loopback TCP
  * connection (the engine's own channels, so the socket code is warmed too),
  * elsewhere or without a loopback port through an in-memory pipe. Once per
- * process; 150–300 ms in the background. It leaves ~27 MiB of array buffers
- * (was 35): ~19 MiB of garbage (its machines and receive rings) until V8's
- * next full garbage collection frees them, and two stream-writer slabs (8 MiB)
- * in the writers' shared pool, which the real migration then writes into
- * instead of fresh memory (writer.ts). Nothing else outside this file sees
+ * process; 150–300 ms in the background. It leaves its two scratch machines
+ * (8 MiB) as garbage until V8's next full garbage collection frees them; its
+ * one receive ring (4 MiB: the three rounds' connections take it in turn) in
+ * the spare ring chunks that the next accepted connection reads into
+ * (stream-io.ts), and two stream-writer slabs (8 MiB) in the writers' shared
+ * pool, which the real migration then writes into instead of fresh memory
+ * (writer.ts). Nothing else outside this file sees
  * it: its machines, connections and migrations are its own and are dropped
  * when it ends (a stranger connecting to the loopback port meanwhile could
  * only fail the rehearsal).

@@ -6,7 +6,7 @@ import { Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
 import { ChannelError, type AdoptDetachedSocket, type AdoptDetachedSocketReads, type ByteSink, type ByteSource, type DetachedSocket, type MigrationChannel, type PlacedReads, type PlacedReadSocket } from '../wire/index.js';
 import { asChannelError } from './errors.js';
-import { GuardedSink, GuardedSource, NodeReadableSource, NodeWritableSink, ringReads, type RingLink, type RingReads } from './stream-io.js';
+import { GuardedSink, GuardedSource, NodeReadableSource, NodeWritableSink, releaseRingAfter, ringReads, type RingLink, type RingReads } from './stream-io.js';
 import type { TransportKind } from './uri.js';
 
 // The interfaces live in src/wire/channel.ts, where the core may see them; re-exported here for existing importers.
@@ -126,7 +126,7 @@ export function socketChannel(
   uri: string,
   kind: 'tcp' | 'unix',
   received: readonly Uint8Array[] = [],
-  ringReading?: { ring: RingReads; deliver: RingLink },
+  ringReading?: { ring: RingReads; deliver: RingLink; release?: () => void },
 ): MigrationChannel {
   const controller = new AbortController();
   const signal = controller.signal;
@@ -153,6 +153,8 @@ export function socketChannel(
   const releaseIfDone = (): void => {
     if (inputClosed && outputClosed) socket.destroy();
   };
+  // A ring's buffers go to the next connection once this socket reads no more and the consumer let go of them.
+  const ringConsumerClosed = ringReading?.release ? releaseRingAfter(socket, ringReading.release) : undefined;
   // Bytes read from this socket by another thread before it was handed over (detach()).
   const early = received.filter((c) => c.length > 0);
   const input = new NodeReadableSource(socket, {
@@ -162,6 +164,7 @@ export function socketChannel(
     onClose: () => {
       inputClosed = true;
       releaseIfDone();
+      ringConsumerClosed?.();
     },
   });
   if (ringReading) ringReading.deliver.to = (chunk) => input.deliver(chunk);
@@ -224,9 +227,9 @@ export function adoptDetachedSocket(detached: DetachedSocket, options: { ring?: 
     const socket = new Socket({ fd: detached.fd, readable: true, writable: true, allowHalfOpen: true });
     return socketChannel(socket, detached.uri, detached.kind, detached.received);
   }
-  const { onread, deliver } = ringReads(options.ring, detached.received.reduce((sum, c) => sum + c.length, 0));
+  const { onread, deliver, release } = ringReads(options.ring, detached.received.reduce((sum, c) => sum + c.length, 0));
   const socket = new Socket({ fd: detached.fd, readable: true, writable: true, allowHalfOpen: true, onread } as ConstructorParameters<typeof Socket>[0]);
-  return socketChannel(socket, detached.uri, detached.kind, detached.received, { ring: options.ring, deliver });
+  return socketChannel(socket, detached.uri, detached.kind, detached.received, { ring: options.ring, deliver, release });
 }
 // This module is what its DetachedSockets name as `adopter`: its export must fit the contract.
 adoptDetachedSocket satisfies AdoptDetachedSocket;
@@ -297,14 +300,14 @@ export function acceptedSocketChannel(socket: Socket, uri: string, kind: 'tcp' |
  * and `socket` left as it is, for a TLS socket, a handle Node keeps
  * elsewhere, or a socket that already read bytes (they are in its buffer).
  */
-export function withRingReads(socket: Socket, ring: RingReads, o: { writable: boolean }): { socket: Socket; ring: RingReads; deliver: RingLink } | undefined {
+export function withRingReads(socket: Socket, ring: RingReads, o: { writable: boolean }): { socket: Socket; ring: RingReads; deliver: RingLink; release: () => void } | undefined {
   if (socket.readableLength > 0) return undefined;
   const handle = takeHandle(socket, { needsFd: false });
   if (!handle) return undefined;
   socket.destroy(); // the Socket object only (it has no handle any more)
-  const { onread, deliver } = ringReads(ring);
+  const { onread, deliver, release } = ringReads(ring);
   const adopted = new Socket({ handle, readable: true, writable: o.writable, allowHalfOpen: true, onread } as unknown as ConstructorParameters<typeof Socket>[0]);
-  return { socket: adopted, ring, deliver };
+  return { socket: adopted, ring, deliver, release };
 }
 
 /** A file: written by the source, read by the destination; no return path. */

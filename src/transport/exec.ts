@@ -13,7 +13,7 @@ import { ChannelError } from '../wire/index.js';
 import { Socket } from 'node:net';
 import { ACCEPTED_SOCKET_RING, Channel, descriptorOf, withRingReads, type MigrationChannel } from './channel.js';
 import { asChannelError, ExecExitError, TransportError } from './errors.js';
-import { NodeReadableSource, NodeWritableSink, withinMs } from './stream-io.js';
+import { NodeReadableSource, NodeWritableSink, releaseRingAfter, withinMs } from './stream-io.js';
 
 /** Default time the source gives the command to exit after the end of the stream. */
 export const EXEC_EXIT_TIMEOUT_MS = 30_000;
@@ -159,7 +159,7 @@ export function execIncomingChannel(child: ExecChild): MigrationChannel {
   const input = new NodeReadableSource(stdout, {
     what: uri,
     signal,
-    ...(moved ? { ring: moved.ring, alignReads: moved.deliver.alignReads } : {}),
+    ...(moved ? { ring: moved.ring, alignReads: moved.deliver.alignReads, onClose: releaseRingAfter(moved.socket, moved.release) } : {}),
     // A command that fails (`exec:cat MISSING`) ends its stdout like one that succeeds:
     // only the exit status tells a truncated stream from a complete one.
     atEnd: async () => {

@@ -101,6 +101,67 @@ export interface RingLink {
 }
 
 /**
+ * Buffers of rings whose connections are over (RingReadsUse.release), kept
+ * for the next ring of the same chunk size in this thread, up to one ring's
+ * worth each: a process's successive migrations (the warm-up's three
+ * rehearsals, then the real one) read into memory already mapped, where each
+ * ring used to be left as 4 MiB of garbage until V8's next full collection.
+ */
+const spareRingChunks = new Map<number, Uint8Array[]>();
+
+function takeRingChunks(ring: RingReads): Uint8Array[] {
+  const spare = spareRingChunks.get(ring.chunkBytes) ?? [];
+  const taken = spare.splice(0, ring.chunks);
+  while (taken.length < ring.chunks) taken.push(Buffer.allocUnsafeSlow(ring.chunkBytes));
+  return taken;
+}
+
+function giveBackRingChunks(ring: RingReads, chunks: Uint8Array[]): void {
+  let spare = spareRingChunks.get(ring.chunkBytes);
+  if (!spare) spareRingChunks.set(ring.chunkBytes, (spare = []));
+  spare.push(...chunks.slice(0, Math.max(0, ring.chunks - spare.length)));
+}
+
+/** @internal How many spare ring chunks of `chunkBytes` this thread keeps (tests). */
+export function spareRingChunkCount(chunkBytes: number): number {
+  return spareRingChunks.get(chunkBytes)?.length ?? 0;
+}
+
+/** A ring's socket-side parts (ringReads). */
+export interface RingReadsUse {
+  onread: { buffer: () => Uint8Array; callback: (n: number, buf: Uint8Array) => boolean };
+  deliver: RingLink;
+  /**
+   * The ring's buffers are free for another connection's ring: call once
+   * the socket can read no more (its 'close') and the consumer let go of its
+   * chunks (it closed the source). Never calling it is safe: they become garbage.
+   */
+  release: () => void;
+}
+
+/**
+ * Runs `release` (RingReadsUse.release) once `stream` closed (it reads no
+ * more) and the returned function was called (the consumer closed its source).
+ */
+export function releaseRingAfter(stream: Readable, release: () => void): () => void {
+  let streamGone = stream.destroyed && stream.closed;
+  let consumerDone = false;
+  const releaseIfBoth = (): void => {
+    if (streamGone && consumerDone) release();
+  };
+  if (!streamGone) {
+    stream.once('close', () => {
+      streamGone = true;
+      releaseIfBoth();
+    });
+  }
+  return () => {
+    consumerDone = true;
+    releaseIfBoth();
+  };
+}
+
+/**
  * The `onread` option for a net.Socket reading into a ring; `deliver.to` is
  * set by the source. `receivedBeforeBytes`: the stream's bytes read before
  * this ring's first (the stream offset of its first byte).
@@ -110,8 +171,9 @@ export interface RingLink {
  * into guest RAM (shared memory) they then go word by word, not byte by byte
  * (see copyBytes). The consumer sees the same bytes either way.
  */
-export function ringReads(ring: RingReads, receivedBeforeBytes = 0): { onread: { buffer: () => Uint8Array; callback: (n: number, buf: Uint8Array) => boolean }; deliver: RingLink } {
-  const pool = Array.from({ length: ring.chunks }, () => Buffer.allocUnsafeSlow(ring.chunkBytes));
+export function ringReads(ring: RingReads, receivedBeforeBytes = 0): RingReadsUse {
+  const pool = takeRingChunks(ring);
+  let released = false;
   let next = 0;
   let receivedBytes = receivedBeforeBytes;
   let pageOffsetMod8 = 0;
@@ -135,6 +197,11 @@ export function ringReads(ring: RingReads, receivedBeforeBytes = 0): { onread: {
       },
     },
     deliver,
+    release: () => {
+      if (released) return;
+      released = true;
+      giveBackRingChunks(ring, pool);
+    },
   };
 }
 
@@ -247,9 +314,14 @@ export class NodeReadableSource implements ByteSource {
     }
   }
 
-  /** The chunks received and not yet read, taken out of this source (a socket handed to another thread). */
+  /**
+   * The chunks received and not yet read, taken out of this source (a socket
+   * handed to another thread): copies when they are in a ring, whose buffers
+   * go to the next connection once this one is over.
+   */
   takeQueued(): Uint8Array[] {
-    const chunks = this.queue.slice(this.queueHead);
+    const queued = this.queue.slice(this.queueHead);
+    const chunks = this.options.ring ? queued.map((chunk) => chunk.slice()) : queued;
     this.queue.length = 0;
     this.queueHead = 0;
     this.queuedBytes = 0;
