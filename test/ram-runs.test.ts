@@ -133,6 +133,27 @@ describe('RAM loader: buffered runs', () => {
     }
   });
 
+  it('tells its source where page copies start, so reads can land them 8-byte aligned (alignReads), once per change', async () => {
+    // Page data at stream offset 15 (header and block name first): ≡ 7 (mod 8); 4104-byte PAGE records keep that;
+    // a 9-byte ZERO record moves the pages after it to ≡ 0.
+    const bytes = await written((w) => {
+      w.be64(0 + RAW).countedString('pc.ram').bytes(new Uint8Array(PAGE).fill(1));
+      for (let p = 1; p < 8; p++) w.be64(p * PAGE + RAW + CONT).bytes(new Uint8Array(PAGE).fill(p));
+      w.be64(8 * PAGE + ZERO + CONT).u8(0);
+      for (let p = 9; p < 16; p++) w.be64(p * PAGE + RAW + CONT).bytes(new Uint8Array(PAGE).fill(p));
+      w.be64(EOS);
+    });
+    for (const chunkBytes of [65536, 1 << 30]) {
+      const hints: number[] = [];
+      const inner = new MemorySource(bytes, chunkBytes);
+      const source = { read: () => inner.read(), close: () => inner.close(), alignReads: (mod8: number) => void hints.push(mod8) };
+      const ram = new Uint8Array(16 * PAGE);
+      await new RamLoadHandler(new FixedRamBlockTable([new DenseRamBlock('pc.ram', ram)])).loadState(new StreamReader(source), ctx());
+      assert.deepEqual(hints, [7, 0], `chunks of ${chunkBytes}`);
+      for (let p = 0; p < 16; p++) assert.equal(ram[p * PAGE + PAGE - 1], p === 8 ? 0 : p === 0 ? 1 : p, `page ${p}`);
+    }
+  });
+
   it('an offset past the block inside a run fails at that record, after loading the ones before it', async () => {
     const bad = 30;
     const bytes = await written((w) => {

@@ -6,7 +6,7 @@
  * Every error carries the stream offset of the record or field at fault.
  */
 import type { LoadSectionContext, SaveVMHandlers } from '../savevm/handlers.js';
-import { IncompleteStreamError, StreamError, TARGET_PAGE_SIZE, yieldToEventLoop, type StreamErrorCode, type StreamLocation, type StreamReader } from '../wire/index.js';
+import { copyBytes, IncompleteStreamError, StreamError, TARGET_PAGE_SIZE, yieldToEventLoop, type StreamErrorCode, type StreamLocation, type StreamReader } from '../wire/index.js';
 import type { RamBlock } from './block.js';
 import type { RamBlockTable } from './block-table.js';
 import {
@@ -419,31 +419,46 @@ export class RamLoadHandler implements SaveVMHandlers {
     const memory = block.memory;
     const lengthBytes = block.lengthBytes;
     const maxRecords = YIELD_EVERY_RECORDS - 1 - (c.records % YIELD_EVERY_RECORDS);
-    const firstAt = input.offset;
+    // Straight over the reader's buffer: no call per header field, one skipSync for the run.
+    const { bytes, view, start } = input.window();
+    const end = bytes.length;
+    const base = input.offset - start; // the stream offset of bytes[0]
+    let at = start;
+    let copyMod8 = -1;
     let firstPageAt = -1;
     let firstZeroAt = -1;
     let pages = 0;
     let zeros = 0;
-    while (pages + zeros < maxRecords && input.buffered >= RAM_RECORD_HEADER_BYTES + 1) {
-      const high = input.peekBe32Sync(0);
-      const low = input.peekBe32Sync(4);
-      const offsetBytes = high * 0x100000000 + ((low & ~RAM_FLAG_MASK) >>> 0);
-      if (offsetBytes >= lengthBytes) break;
-      const flags = low & RAM_FLAG_MASK;
-      if (flags === (RAM_FLAG_PAGE | RAM_FLAG_CONTINUE)) {
-        if (memory === undefined || input.buffered < RAM_RECORD_HEADER_BYTES + TARGET_PAGE_SIZE) break;
-        if (firstPageAt < 0) firstPageAt = firstAt + pages * (RAM_RECORD_HEADER_BYTES + TARGET_PAGE_SIZE) + zeros * (RAM_RECORD_HEADER_BYTES + 1);
-        input.skipSync(RAM_RECORD_HEADER_BYTES);
-        input.readIntoSync(memory, block.pageOffsetForUpdate!(offsetBytes / TARGET_PAGE_SIZE), TARGET_PAGE_SIZE);
-        pages++;
-      } else if (flags === (RAM_FLAG_ZERO | RAM_FLAG_CONTINUE) && input.peekU8Sync(RAM_RECORD_HEADER_BYTES) === 0) {
-        if (firstZeroAt < 0) firstZeroAt = firstAt + pages * (RAM_RECORD_HEADER_BYTES + TARGET_PAGE_SIZE) + zeros * (RAM_RECORD_HEADER_BYTES + 1);
-        input.skipSync(RAM_RECORD_HEADER_BYTES + 1);
-        block.fillPage(offsetBytes / TARGET_PAGE_SIZE, 0);
-        zeros++;
-      } else {
-        break;
+    try {
+      while (pages + zeros < maxRecords && end - at >= RAM_RECORD_HEADER_BYTES + 1) {
+        const high = view.getUint32(at);
+        const low = view.getUint32(at + 4);
+        const offsetBytes = high * 0x100000000 + ((low & ~RAM_FLAG_MASK) >>> 0);
+        if (offsetBytes >= lengthBytes) break;
+        const flags = low & RAM_FLAG_MASK;
+        if (flags === (RAM_FLAG_PAGE | RAM_FLAG_CONTINUE)) {
+          if (memory === undefined || end - at < RAM_RECORD_HEADER_BYTES + TARGET_PAGE_SIZE) break;
+          if (firstPageAt < 0) firstPageAt = base + at;
+          const dataAt = at + RAM_RECORD_HEADER_BYTES;
+          if (((base + dataAt) & 7) !== copyMod8) {
+            copyMod8 = (base + dataAt) & 7;
+            input.copiesFrom(base + dataAt);
+          }
+          // A plain Uint8Array view: a Buffer's subarray() builds its view through the species constructor.
+          copyBytes(memory, block.pageOffsetForUpdate!(offsetBytes / TARGET_PAGE_SIZE), new Uint8Array(bytes.buffer, bytes.byteOffset + dataAt, TARGET_PAGE_SIZE));
+          at = dataAt + TARGET_PAGE_SIZE;
+          pages++;
+        } else if (flags === (RAM_FLAG_ZERO | RAM_FLAG_CONTINUE) && bytes[at + RAM_RECORD_HEADER_BYTES] === 0) {
+          if (firstZeroAt < 0) firstZeroAt = base + at;
+          block.fillPage(offsetBytes / TARGET_PAGE_SIZE, 0);
+          at += RAM_RECORD_HEADER_BYTES + 1;
+          zeros++;
+        } else {
+          break;
+        }
       }
+    } finally {
+      input.skipSync(at - start);
     }
     if (pages + zeros === 0) return;
     c.records += pages + zeros;

@@ -222,17 +222,35 @@ export class StreamReader {
     const at = this.position;
     const buffer = this.buffer;
     if (buffer.length - at < n) throw new RangeError('readIntoSync past the buffered bytes');
-    // Pages keep one stream alignment for long runs: say so when it changes, so a source
-    // that can lays the next ones out aligned (ByteSource.alignReads).
-    const mod8 = (this.consumedBefore + at) & 7;
-    if (mod8 !== this.copyOffsetMod8 && n >= ALIGNED_COPY_MIN_BYTES) {
-      this.copyOffsetMod8 = mod8;
-      this.source.alignReads?.(mod8);
-    }
+    if (n >= ALIGNED_COPY_MIN_BYTES) this.copiesFrom(this.consumedBefore + at);
     // A plain Uint8Array view: a Buffer's subarray() builds its view through the
     // species constructor, which costs more than the 4 KiB page copy's setup.
     copyBytes(target, targetOffset, new Uint8Array(buffer.buffer, buffer.byteOffset + at, n));
     this.position = at + n;
+  }
+
+  /**
+   * The buffered bytes, for a caller that parses a run of small records
+   * without a call per field (the RAM loader's pages): `bytes[start..]` is
+   * readable now, `view` reads the same memory, and `bytes[0]` is at stream
+   * offset `offset - start`. Consume what was parsed with skipSync(); valid
+   * until the next call that reads. A caller that copies page-sized runs out
+   * of it says where they start (copiesFrom).
+   */
+  window(): { bytes: Uint8Array; view: DataView; start: number } {
+    return { bytes: this.buffer, view: this.view, start: this.position };
+  }
+
+  /**
+   * Large copies out of the stream (pages) start at `streamOffset` from here
+   * on: when its alignment changes, tell the source, so one that can lays
+   * the next ones out 8-byte aligned (ByteSource.alignReads).
+   */
+  copiesFrom(streamOffset: number): void {
+    const mod8 = streamOffset & 7;
+    if (mod8 === this.copyOffsetMod8) return;
+    this.copyOffsetMod8 = mod8;
+    this.source.alignReads?.(mod8);
   }
 
   async u8(): Promise<number> {
