@@ -241,9 +241,18 @@ test('writer: a cleanly closed writer leaves its slabs to the next one, a slab o
   assert.deepEqual([...kept[0]!], new Array(100).fill(0xcc), 'what the sink kept is never written again');
 });
 
-test('file channel round trip', async () => {
+/** Runs `body` with a fresh temporary directory, removed afterwards whatever happens. */
+async function inTempDir(body: (dir: string) => Promise<void>): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'livemig-wire-'));
   try {
+    await body(dir);
+  } finally {
+    await rm(dir, { recursive: true });
+  }
+}
+
+test('file channel round trip', () =>
+  inTempDir(async (dir) => {
     const path = join(dir, 'stream.bin');
     const w = new StreamWriter(await FileSink.create(path));
     sample(w);
@@ -252,14 +261,10 @@ test('file channel round trip', async () => {
     await readSample(r);
     await r.close();
     await assert.rejects(FileSource.open(join(dir, 'missing')), /cannot open .*missing/);
-  } finally {
-    await rm(dir, { recursive: true });
-  }
-});
+  }));
 
-test('file source with a ring: the same bytes from reused buffers, runs placed 8-byte aligned on request', async () => {
-  const dir = await mkdtemp(join(tmpdir(), 'livemig-wire-'));
-  try {
+test('file source with a ring: the same bytes from reused buffers, runs placed 8-byte aligned on request', () =>
+  inTempDir(async (dir) => {
     const path = join(dir, 'bytes.bin');
     const data = new Uint8Array(10_000);
     const prng = new Prng(7);
@@ -294,14 +299,10 @@ test('file source with a ring: the same bytes from reused buffers, runs placed 8
     assert.equal(new Set(chunks.map((c) => c.buffer)).size, chunks.length);
     assert.deepEqual(Buffer.concat(chunks), Buffer.from(data));
     await fresh.close();
-  } finally {
-    await rm(dir, { recursive: true });
-  }
-});
+  }));
 
-test('file sink: gathered pieces (more than IOV_MAX in one call) and lent chunks land in order; a lent chunk is released once written', async () => {
-  const dir = await mkdtemp(join(tmpdir(), 'livemig-wire-'));
-  try {
+test('file sink: gathered pieces (more than IOV_MAX in one call) and lent chunks land in order; a lent chunk is released once written', () =>
+  inTempDir(async (dir) => {
     const path = join(dir, 'out.bin');
     const sink = await FileSink.create(path);
     const prng = new Prng(11);
@@ -319,10 +320,7 @@ test('file sink: gathered pieces (more than IOV_MAX in one call) and lent chunks
     await sink.close();
     const expected = Buffer.concat([...pieces.slice(0, 2500), lent, ...pieces.slice(2500)]);
     assert.deepEqual(await readFile(path), expected);
-  } finally {
-    await rm(dir, { recursive: true });
-  }
-});
+  }));
 
 test('socket channel round trip over loopback TCP, and a dropped peer', async () => {
   const server = createServer();
