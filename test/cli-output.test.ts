@@ -237,3 +237,14 @@ test('--json text: C1 controls, DEL and bidi controls from outside are escaped, 
   assert.deepEqual(JSON.parse(line), { event: 'serial', text: fromGuest });
   assert.equal(jsonText({ a: [1, 'é'] }, 2), JSON.stringify({ a: [1, 'é'] }, null, 2), 'ordinary text unchanged');
 });
+
+test('run --guest-share: a bad percentage or the wrong machine is refused at once, naming the flag', () => {
+  const refuse = (args: string[], message: RegExp): void => {
+    const r = spawnSync(process.execPath, [cliPath, 'run', ...args], { env: cleanEnv(), encoding: 'utf8', timeout: 30_000 });
+    assert.notEqual(r.status, 0);
+    assert.match(r.stderr, message);
+  };
+  refuse(['--machine', 'v86', '--guest-share', '120'], /--guest-share: expects a whole percentage from 1 to 95, got '120'/);
+  refuse(['--machine', 'v86', '--guest-share', '8\u001b[2J'], /got '8\\x1b\[2J'|got '8\\u001b\[2J'/);
+  refuse(['--machine', 'test', '--guest-share', '80'], /--guest-share: only for --machine v86/);
+});

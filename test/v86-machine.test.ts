@@ -223,10 +223,10 @@ test('v86: dirty log pass cost over 128 MiB (informational)', async () => {
   });
 });
 
-test('v86: fair share: while the dirty log is on, a thread hog (10 ms a turn) still leaves the guest about half of the thread', async () => {
-  const shareWithHog = async (fairShare: boolean): Promise<number> => {
+test('v86: fair share: while the dirty log is on, a thread hog (10 ms a turn) still leaves the guest about half of the thread, or the share asked', async () => {
+  const shareWithHog = async (fairShare: boolean, guestSharePercent?: number): Promise<number> => {
     let share = 0;
-    await withMachine({ ramSizeBytes: 32 * MiB, fairShare }, async (m) => {
+    await withMachine({ ramSizeBytes: 32 * MiB, fairShare, ...(guestSharePercent !== undefined ? { guestSharePercent } : {}) }, async (m) => {
       await sleep(100);
       m.startDirtyLog();
       let stop = false;
@@ -248,9 +248,14 @@ test('v86: fair share: while the dirty log is on, a thread hog (10 ms a turn) st
   };
   const off = await shareWithHog(false);
   const on = await shareWithHog(true);
-  console.log(`# v86 guest share of the thread beside a 10 ms hog: fair share on ${on.toFixed(2)}, off ${off.toFixed(2)}`);
+  const eighty = await shareWithHog(true, 80);
+  console.log(`# v86 guest share of the thread beside a 10 ms hog: fair share on ${on.toFixed(2)}, at 80% ${eighty.toFixed(2)}, off ${off.toFixed(2)}`);
   assert.ok(on >= 0.4, `the guest ran ${on.toFixed(2)} of the time with the fair share`);
   assert.ok(on > off + 0.08, `more than without it (${off.toFixed(2)})`);
+  assert.ok(eighty >= 0.65 && eighty > on + 0.1, `asked for 80%, the guest ran ${eighty.toFixed(2)} of the time (${on.toFixed(2)} at the default)`);
+  for (const bad of [0, 96, Number.NaN]) {
+    await assert.rejects(createV86Machine({ ramSizeBytes: 32 * MiB, guestSharePercent: bad }), /v86 guest share: .* is not a percentage from 1 to 95/);
+  }
 });
 
 test('v86: device state save → restore into an incoming machine with RAM copied: the guest continues there', async () => {

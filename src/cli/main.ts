@@ -84,6 +84,7 @@ program
   .option('--disk-shared', 'v86: both sides open the same disk images (shared storage): nothing is copied, the source flushes them before the switchover')
   .option('--bios <path>', 'v86: BIOS image, e.g. /usr/share/seabios/bios.bin (boots from the media unless a kernel is given)')
   .option('--vga-bios <path>', 'v86: VGA BIOS image, e.g. /usr/share/seabios/vgabios-stdvga.bin')
+  .option('--guest-share <percent>', 'v86: the guest\'s share of its thread while a migration shares it, 1 to 95 (default 50): more keeps the guest faster and the migration slower')
   .option('-S, --no-autostart', 'incoming: leave the guest paused after the migration until QMP cont (as QEMU -S)')
   .option('--param <name=value>', 'migration parameter, e.g. downtime-limit=300 (repeatable)', collect, [])
   .option('--cap <name[=on|off]>', 'migration capability, e.g. xbzrle (repeatable)', collect, [])

@@ -15,6 +15,7 @@ import { ObjectRegistry } from '../security/index.js';
 import { parseQmpAddress, qmpServerTls } from './qmp-address.js';
 import { formatBytes, jsonText } from './format.js';
 import { parseDiskSpec } from './disk-spec.js';
+import { printable } from '../wire/printable.js';
 import { parseSize } from '../migration/size.js';
 import { MigrationMetrics, parseMetricsAddress, serveMetrics, type MetricsEndpoint } from '../monitor/metrics.js';
 import { createWriteStream, type WriteStream } from 'node:fs';
@@ -49,6 +50,8 @@ export interface RunOptions {
   diskShared?: boolean;
   bios?: string;
   vgaBios?: string;
+  /** `--guest-share PERCENT` (v86). */
+  guestShare?: string;
   diskRate: string;
   diskPattern: string;
   /** With --migrate-to: switch to postcopy this long after the migration started (needs --cap postcopy-ram). */
@@ -224,7 +227,7 @@ export async function runCommand(options: RunOptions): Promise<number> {
   }
 }
 
-/** --hda/--hdb/--fda/--cdrom/--disk-shared/--bios/--vga-bios as guest options (only those given). */
+/** --hda/--hdb/--fda/--cdrom/--disk-shared/--bios/--vga-bios/--guest-share as guest options (only those given). */
 function mediaOptions(o: RunOptions): Partial<GuestOptions> {
   const media = Object.fromEntries((['hda', 'hdb', 'fda', 'cdrom'] as const).filter((slot) => o[slot] !== undefined).map((slot) => [slot, o[slot]!]));
   return {
@@ -232,7 +235,15 @@ function mediaOptions(o: RunOptions): Partial<GuestOptions> {
     ...(o.diskShared ? { diskShared: true } : {}),
     ...(o.bios !== undefined ? { bios: o.bios } : {}),
     ...(o.vgaBios !== undefined ? { vgaBios: o.vgaBios } : {}),
+    ...(o.guestShare !== undefined ? { guestSharePercent: parseGuestShare(o.guestShare) } : {}),
   };
+}
+
+/** `--guest-share`: a whole percentage from 1 to 95. */
+function parseGuestShare(text: string): number {
+  const percent = /^\d{1,2}$/.test(text) ? Number(text) : Number.NaN;
+  if (!(percent >= 1 && percent <= 95)) throw new Error(`--guest-share: expects a whole percentage from 1 to 95, got '${printable(text)}'`);
+  return percent;
 }
 
 type Emit = (event: string, data: Record<string, unknown>, human: string) => void;

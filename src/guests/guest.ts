@@ -33,6 +33,8 @@ export interface GuestOptions {
   /** `--bios`, `--vga-bios`: firmware images (e.g. /usr/share/seabios/bios.bin) for guests that boot from their disks. */
   bios?: string;
   vgaBios?: string;
+  /** `--guest-share`: the v86 guest's share of its thread while a migration shares it (V86MachineOptions.guestSharePercent). */
+  guestSharePercent?: number;
 }
 
 export interface Guest {

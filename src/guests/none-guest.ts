@@ -11,7 +11,7 @@ export const noneGuestType: GuestType = {
   name: 'none',
   description: "RAM only, as QEMU's -M none",
   async create(o) {
-    if (o.media || o.diskShared || o.bios !== undefined || o.vgaBios !== undefined) throw new Error('--hda, --hdb, --fda, --cdrom, --disk-shared, --bios, --vga-bios: only for --machine v86');
+    if (o.media || o.diskShared || o.bios !== undefined || o.vgaBios !== undefined || o.guestSharePercent !== undefined) throw new Error('--hda, --hdb, --fda, --cdrom, --disk-shared, --bios, --vga-bios, --guest-share: only for --machine v86');
     if (o.disk) throw new Error('--disk: the none machine has no disks (as QEMU -M none)');
     if (o.guest !== undefined) throw new Error(`--guest: the none machine has no variants, got '${o.guest}'`);
     const pattern = parseNonePattern(o.pattern);

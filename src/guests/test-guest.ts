@@ -8,7 +8,7 @@ export const testGuestType: GuestType = {
   name: 'test',
   description: 'built-in',
   async create(o) {
-    if (o.media || o.diskShared || o.bios !== undefined || o.vgaBios !== undefined) throw new Error('--hda, --hdb, --fda, --cdrom, --disk-shared, --bios, --vga-bios: only for --machine v86 (this machine takes --disk PATH)');
+    if (o.media || o.diskShared || o.bios !== undefined || o.vgaBios !== undefined || o.guestSharePercent !== undefined) throw new Error('--hda, --hdb, --fda, --cdrom, --disk-shared, --bios, --vga-bios, --guest-share: only for --machine v86 (this machine takes --disk PATH)');
     const pattern = o.pattern as TestPattern;
     if (pattern !== 'sequential' && pattern !== 'random') throw new Error(`--pattern: sequential or random, got '${o.pattern}'`);
     const diskPattern = (o.diskPattern ?? 'random') as TestPattern;

@@ -55,7 +55,14 @@ export const v86GuestType: GuestType = {
     const { media, incomingDisks } = await openMedia(o);
     let machine: V86Machine;
     try {
-      machine = await createV86Machine({ ramSizeBytes: o.ramSizeBytes, incoming: o.incoming, ...extra, ...media, ...(o.diskShared ? { sharedDisks: true } : {}) });
+      machine = await createV86Machine({
+        ramSizeBytes: o.ramSizeBytes,
+        incoming: o.incoming,
+        ...extra,
+        ...media,
+        ...(o.diskShared ? { sharedDisks: true } : {}),
+        ...(o.guestSharePercent !== undefined ? { guestSharePercent: o.guestSharePercent } : {}),
+      });
     } catch (err) {
       for (const image of incomingDisks) await image.discard();
       throw err;

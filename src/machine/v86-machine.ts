@@ -63,8 +63,11 @@ const V86_RAM_GRANULE = 128 * KiB;
 const DEFAULT_SYNC_SLICE_MS = 8;
 const SYNC_UNIT_BYTES = 1 * MiB;
 const THROTTLE_SLICE_MS = 10;
-/** The longest turn the fair share gives the guest. */
+/** The longest turn the fair share gives the guest at its default half of the thread (longer for a larger share, in proportion). */
 const MAX_FAIR_TURN_MS = 20;
+/** The guest's share of this thread while a migration shares it (V86MachineOptions.guestSharePercent). */
+export const DEFAULT_GUEST_SHARE_PERCENT = 50;
+export const MAX_GUEST_SHARE_PERCENT = 95;
 const LOAD_TIMEOUT_MS = 30_000;
 
 /** v86's media slots; a medium's BlockDevice carries the slot as its name (the name on the wire). */
@@ -124,11 +127,19 @@ export interface V86MachineOptions {
   syncSliceMs?: number;
   /**
    * While dirty tracking is on and the guest is not throttled, give it at
-   * least half of this thread: a turn lasts as long as the other work (the
-   * migration's sending, the sync's slices) ran since the previous one, up
-   * to 20 ms (default true).
+   * least guestSharePercent of this thread: a turn lasts as long as the
+   * other work (the migration's sending, the sync's slices) ran since the
+   * previous one, times share / (100 − share), up to 20 ms times the same
+   * (default true).
    */
   fairShare?: boolean;
+  /**
+   * With fairShare: the guest's share of the thread, 1 to 95 (default 50).
+   * One thread runs both the guest and the migration's work here, so a
+   * larger share keeps the guest faster and makes the migration slower
+   * (docs/benchmarks.md measures 50, 80 and 90 on a 256 MiB guest).
+   */
+  guestSharePercent?: number;
 }
 
 export interface V86MachineStats {
@@ -447,7 +458,8 @@ export class V86Machine implements Machine {
   private shadowStale = false;
   private readonly syncChunkBytes: number;
   private readonly syncSliceMs: number;
-  private readonly fairShare: boolean;
+  /** Guest ms per ms of other work while a migration shares the thread (0: no fair share). */
+  private readonly guestTurnPerOtherMs: number;
   private wantRunning = false;
   private pausing = false;
   private throttle = 0;
@@ -502,7 +514,11 @@ export class V86Machine implements Machine {
     this.diskSizeBytes = disk;
     this.syncChunkBytes = chunk;
     this.syncSliceMs = sliceMs;
-    this.fairShare = options.fairShare ?? true;
+    const sharePercent = options.guestSharePercent ?? DEFAULT_GUEST_SHARE_PERCENT;
+    if (!Number.isFinite(sharePercent) || sharePercent < 1 || sharePercent > MAX_GUEST_SHARE_PERCENT) {
+      throw new RangeError(`v86 guest share: ${sharePercent} is not a percentage from 1 to ${MAX_GUEST_SHARE_PERCENT}`);
+    }
+    this.guestTurnPerOtherMs = options.fairShare === false ? 0 : sharePercent / (100 - sharePercent);
     this.workloadRange = { startBytes: MiB, endBytes: Math.min(ram, 100 * MiB) };
     this.block = new V86RamBlock(this);
     this.serial = platform.serial.output;
@@ -569,10 +585,11 @@ export class V86Machine implements Machine {
       const t = performance.now();
       try {
         let next = mainLoop();
-        // While a migration shares this thread (dirty log on, no throttle), the guest runs at least as
-        // long as the other work ran since its last turn, up to MAX_FAIR_TURN_MS; not while it idles (next >= 1).
-        if (this.fairShare && this.shadow && this.throttle === 0) {
-          const budget = Math.min(MAX_FAIR_TURN_MS, t - lastTurnEnd);
+        // While a migration shares this thread (dirty log on, no throttle), the guest runs in proportion to
+        // the other work since its last turn (as long at the default share), up to a bound; not while it idles (next >= 1).
+        const perOtherMs = this.guestTurnPerOtherMs;
+        if (perOtherMs > 0 && this.shadow && this.throttle === 0) {
+          const budget = perOtherMs * Math.min(MAX_FAIR_TURN_MS, t - lastTurnEnd);
           while (next < 1 && performance.now() - t < budget && this.wantRunning) next = mainLoop();
         }
         return next;
