@@ -438,15 +438,19 @@ function targetsTable(summaries: Summary[], tcp: number): Table {
   return rows;
 }
 
-function v86Table(r: V86BenchResult, tcp: number): Table {
-  const total = r.info['total-time'] ?? NaN;
-  const wire = r.info.ram?.transferred ?? NaN;
-  const wireRate = wire / (total / 1000);
+/** The v86 guest's share of the source's thread while the migration shares it, one row each: the default, then what buys guest speed with migration time. */
+const V86_GUEST_SHARES = [50, 80, 90];
+
+function v86Table(results: readonly (V86BenchResult | string)[], tcp: number): Table {
   const mips = (ips: number): string => (ips / 1e6).toFixed(0);
   const mib = (b: number | undefined): string => (b === undefined ? '?' : `${Math.round(b / MiB)}`);
-  return [
-    ['migration (v86, 256 MiB over 127.0.0.1)', 'status', 'sync ms', 'total ms', 'setup ms', 'downtime ms', 'wire MB', 'MB/s', '× TCP', 'passes', 'max throttle %', 'MIPS before', 'MIPS during', 'src peak RSS MiB', 'dst peak RSS MiB', 'src CPU s', 'dst CPU s'],
-    [
+  const header = ['migration (v86, 256 MiB over 127.0.0.1)', 'status', 'sync ms', 'total ms', 'setup ms', 'downtime ms', 'wire MB', 'MB/s', '× TCP', 'passes', 'max throttle %', 'MIPS before', 'MIPS during', 'src peak RSS MiB', 'dst peak RSS MiB', 'src CPU s', 'dst CPU s'];
+  const row = (r: V86BenchResult | string): string[] => {
+    if (typeof r === 'string') return [r, 'failed', ...header.slice(2).map(() => '–')];
+    const total = r.info['total-time'] ?? NaN;
+    const wire = r.info.ram?.transferred ?? NaN;
+    const wireRate = wire / (total / 1000);
+    return [
       r.what,
       r.status,
       r.syncMs.join('/'),
@@ -464,8 +468,9 @@ function v86Table(r: V86BenchResult, tcp: number): Table {
       mib(r.destPeakRssBytes),
       r.sourceCpu,
       r.destCpu,
-    ],
-  ];
+    ];
+  };
+  return [header, ...results.map(row)];
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -570,12 +575,14 @@ async function main(): Promise<void> {
     }
   }
 
-  let v86: V86BenchResult | string | undefined;
+  const v86: (V86BenchResult | string)[] = [];
   if (withV86) {
-    try {
-      v86 = await childResult<V86BenchResult>('./v86.js', [], 'v86 migration');
-    } catch (err) {
-      v86 = `v86 migration failed: ${err instanceof Error ? err.message : String(err)}`;
+    for (const share of V86_GUEST_SHARES) {
+      try {
+        v86.push(await childResult<V86BenchResult>('./v86.js', ['--guest-share', String(share)], `v86 migration, guest share ${share}%`));
+      } catch (err) {
+        v86.push(`v86 migration, guest share ${share}%: ${err instanceof Error ? err.message : String(err)}`);
+      }
     }
   }
 
@@ -603,10 +610,10 @@ async function main(): Promise<void> {
   }
   console.log('\ntargets (issues 7 and 15), as figures of this run');
   printTable(targets);
-  if (typeof v86 === 'object') {
+  if (v86.length > 0) {
     console.log('');
     printTable(v86Table(v86, tcp));
-  } else if (v86) console.log(`\n${v86}`);
+  }
   const notes = [
     `median (min–max) over ${runs} run${runs > 1 ? 's' : ''}; total ms and downtime ms over the runs that completed; "did not converge" = cancelled after ${boundMs / 1000} s (workload) or 120 s (idle); MB = 10^6 bytes.`,
     'wire = ram.transferred (+ disk.transferred for d); MB/s = wire / total-time (for a cancelled run, / time until the cancel); × TCP = MB/s / the Node loopback limit above.',
@@ -639,7 +646,7 @@ async function main(): Promise<void> {
       '',
       markdownTable(targets, 2),
       '',
-      ...(typeof v86 === 'object' ? [markdownTable(v86Table(v86, tcp), 2), ''] : v86 ? [v86, ''] : []),
+      ...(v86.length > 0 ? [markdownTable(v86Table(v86, tcp), 2), ''] : []),
       ...notes.map((n) => `- ${n}`),
       '',
       BENCH_CHARTS_MARKDOWN,

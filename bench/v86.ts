@@ -5,7 +5,10 @@
  * downtime-limit (300 ms). In its own process, like migrate-source.ts; prints
  * one JSON line (a V86BenchResult). Run by bench/run.ts; by hand:
  *
- *   node dist/bench/v86.js [--ram-mib N]
+ *   node dist/bench/v86.js [--ram-mib N] [--guest-share PERCENT]
+ *
+ * --guest-share: the guest's share of the source's thread while the migration
+ * shares it (V86MachineOptions.guestSharePercent; default 50).
  *
  * Measures, on the source: the guest's instructions/s over 2 s before the
  * migration; the cost of one dirty-log pass (V86Machine.syncDirtyLog, a
@@ -17,7 +20,7 @@
  * before and during it, and the migration's own syncs.
  */
 import { queryMigrate } from '../src/monitor/query-migrate.js';
-import { createV86Machine } from '../src/machine/v86-machine.js';
+import { createV86Machine, DEFAULT_GUEST_SHARE_PERCENT } from '../src/machine/v86-machine.js';
 import { OutgoingMigration } from '../src/migration/index.js';
 import type { MigrationInfo } from '../src/monitor/query-migrate.js';
 import { cpuDelta, cpuSeconds, jsonEvent, LineChild, LIVEMIG_MAIN, MiB, peakRssBytes } from './util.js';
@@ -56,9 +59,11 @@ async function main(): Promise<void> {
   const args = process.argv.slice(2);
   const mibIndex = args.indexOf('--ram-mib');
   const ramBytes = (mibIndex >= 0 ? Number(args[mibIndex + 1]) : 256) * MiB;
+  const shareIndex = args.indexOf('--guest-share');
+  const guestSharePercent = shareIndex >= 0 ? Number(args[shareIndex + 1]) : DEFAULT_GUEST_SHARE_PERCENT;
 
   const dest = new LineChild(process.execPath, [...process.execArgv, LIVEMIG_MAIN, 'run', '--json', '--machine', 'v86', '--ram', `${ramBytes / MiB}M`, '--incoming', 'tcp:127.0.0.1:0']);
-  const machine = await createV86Machine({ ramSizeBytes: ramBytes });
+  const machine = await createV86Machine({ ramSizeBytes: ramBytes, guestSharePercent });
   try {
     const { address } = (await dest.waitFor(jsonEvent('listening'), 'destination')) as { address: string };
     await sleep(1000); // boot and reach the write loop
@@ -115,7 +120,7 @@ async function main(): Promise<void> {
     if (status === 'completed') await dest.waitFor(jsonEvent('resumed'), 'destination');
 
     const result: V86BenchResult = {
-      what: `livemig v86 ${ramBytes / MiB} MiB, running guest, auto-converge`,
+      what: `livemig v86 ${ramBytes / MiB} MiB, running guest, auto-converge, guest share ${guestSharePercent}%`,
       status,
       info,
       ramBytes,
