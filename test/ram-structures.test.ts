@@ -187,6 +187,20 @@ describe('RAM blocks', () => {
     assert.equal(memory[9 * PAGE], 0, 'after endLoad every ZERO page is checked again');
   });
 
+  it('dense: a page prepared while a record is read into it in pieces is not taken for zero afterwards', () => {
+    // The loader's page record split over socket reads: pageForUpdate(), an await (the preparation's
+    // slice runs meanwhile and finds the page still zero), the rest of the bytes, pageUpdated().
+    const memory = new Uint8Array(4 * PAGE);
+    const block = new DenseRamBlock('ram', memory);
+    block.prepareForLoad({ trackZeroPages: true });
+    const view = block.pageForUpdate(2);
+    block.preparePages(0, 4);
+    view[4000] = 7;
+    block.pageUpdated(2);
+    block.fillPage(2, 0); // a later ZERO record for the page
+    assert.equal(memory[2 * PAGE + 4000], 0, 'the ZERO record is applied');
+  });
+
   it('dense over an unaligned view still works', () => {
     const backing = new Uint8Array(2 * PAGE + 1);
     const block = new DenseRamBlock('ram', backing.subarray(1));

@@ -217,7 +217,10 @@ export class DenseRamBlock implements RamBlock {
     return this.pageView(pageIndex);
   }
 
-  pageUpdated(_pageIndex: number): void {}
+  pageUpdated(pageIndex: number): void {
+    // Also after the change: a page prepared (found zero) while it was being read in pieces is not zero now.
+    if (this.knownZero !== undefined) this.knownZero[pageIndex] = 0;
+  }
 
   pageOffsetForUpdate(pageIndex: number): number {
     this.writtenThrough = true;
