@@ -19,6 +19,7 @@ import { RawQmp, type QmpMessage } from './helpers/raw-qmp.js';
 import { cliPath } from './helpers/paths.js';
 import { QmpServer } from '../src/monitor/qmp-server.js';
 import { qmpJson } from '../src/monitor/qmp-json.js';
+import { isJsonObject, parseQmpRequest, QmpFloat } from '../src/monitor/qmp-parse.js';
 import { printable } from '../src/wire/index.js';
 
 const execFile = promisify(execFileCb);
@@ -56,6 +57,31 @@ async function messagesAfter(qmp: RawQmp, from: number, count: number): Promise<
   await qmp.next((_m) => qmp.messages.length >= from + count, from);
   return qmp.messages.slice(from);
 }
+
+test('QMP numbers keep the type the client wrote: 1.0, 1e3 and integers beyond int64/uint64 are doubles (QmpFloat), as QEMU reads them', () => {
+  assert.deepEqual(parseQmpRequest('{"a": 1, "b": -0, "c": "1.0", "d": "x\\"1.5"}'), { a: 1, b: -0, c: '1.0', d: 'x"1.5' });
+  const parsed = parseQmpRequest('{"a": 1.0, "b": [1e3, -0.5, 2], "c": {"d": 2E-1}}') as { a: unknown; b: unknown[]; c: { d: unknown } };
+  assert.deepEqual(parsed, { a: new QmpFloat(1), b: [new QmpFloat(1000), new QmpFloat(-0.5), 2], c: { d: new QmpFloat(0.2) } });
+  assert.equal(qmpJson(parsed), '{"a":1,"b":[1000,-0.5,2],"c":{"d":0.2}}', 'printed (an echoed id) as numbers');
+  // QEMU: int64, else uint64, else a double.
+  assert.equal(parseQmpRequest('[18446744073709551615]') instanceof Array && (parseQmpRequest('[18446744073709551615]') as unknown[])[0], 18446744073709551615);
+  assert.ok((parseQmpRequest('[18446744073709551616]') as unknown[])[0] instanceof QmpFloat);
+  assert.equal((parseQmpRequest('[-9223372036854775808]') as unknown[])[0], -9223372036854775808);
+  assert.ok((parseQmpRequest('[-9223372036854775809]') as unknown[])[0] instanceof QmpFloat);
+  assert.ok((parseQmpRequest(`[${'9'.repeat(400)}]`) as unknown[])[0] instanceof QmpFloat);
+  // Text that is not JSON stays refused, in JSON.parse's words for the client's text.
+  for (const text of ['{1.5: 2}', '{"a": 01}', '{"a": 1.}', '{"a": -}', '{"a": 1.5.5}', '[1.0', '"abc']) {
+    assert.throws(() => parseQmpRequest(text), (err: Error) => {
+      assert.ok(err instanceof SyntaxError, text);
+      assert.throws(() => JSON.parse(text), { message: err.message });
+      return true;
+    });
+  }
+  // A client's string never passes for a double.
+  const forged = parseQmpRequest('{"a": "\\u0000livemig-float-00000000-0000-0000-0000-000000000000:1.5"}') as { a: unknown };
+  assert.equal(typeof forged.a, 'string');
+  assert.equal(isJsonObject(new QmpFloat(1)), false);
+});
 
 test('printable escapes controls, DEL, C1, lone surrogates, bidi controls and backslash; keeps the rest', () => {
   assert.equal(printable('plain ram0 ü 😀'), 'plain ram0 ü 😀');

@@ -164,6 +164,13 @@ async function parametersLikeQemu(qemu: RawQmp, ours: RawQmp): Promise<void> {
     const l = await ours.execute('migrate-set-parameters', args);
     assert.deepEqual(l.error ?? l.return, q.error ?? q.return, `migrate-set-parameters ${JSON.stringify(args)}`);
   }
+  // Numbers as the client wrote them: QEMU's parser takes 1.0, 1e3, -0.0 and integers beyond int64 and uint64 for
+  // doubles, which its visitor refuses where an integer is wanted (JSON.parse alone cannot tell 1.0 from 1).
+  for (const text of SAME_ANSWERS_AS_WRITTEN) {
+    const q = await qemu.executeText('migrate-set-parameters', text);
+    const l = await ours.executeText('migrate-set-parameters', text);
+    assert.deepEqual(l.error ?? l.return, q.error ?? q.return, `migrate-set-parameters ${text}`);
+  }
   // HMP reads libvirt's rate in MiB/s, and both print it in full.
   const maxBandwidthLine = async (p: RawQmp): Promise<string | undefined> => {
     await p.execute('human-monitor-command', { 'command-line': 'migrate_set_parameter max-bandwidth 8796093022207' });
@@ -197,6 +204,14 @@ const SAME_ANSWERS: Array<Record<string, unknown>> = [
   { 'compress-level': 10 }, { 'compress-level': 256 }, { 'compress-threads': 0 }, { 'decompress-threads': 0 },
   { 'announce-initial': 100_001 }, { 'announce-rounds': 1001 }, { 'announce-step': 0 }, { 'x-checkpoint-delay': 2 ** 32 }, { 'x-checkpoint-delay': 'x' },
   { 'no-such-parameter': 1 },
+];
+
+/** The same, written as text: numbers QEMU reads as doubles, and their integer neighbours. */
+const SAME_ANSWERS_AS_WRITTEN: string[] = [
+  '{"downtime-limit": 1.0}', '{"downtime-limit": 0.0}', '{"downtime-limit": -0.0}', '{"downtime-limit": -0}', '{"downtime-limit": 1e3}',
+  '{"max-bandwidth": 1E3}', '{"max-bandwidth": 18446744073709551615}', '{"max-bandwidth": 18446744073709551616}',
+  '{"max-bandwidth": -9223372036854775808}', '{"max-bandwidth": -9223372036854775809}', '{"multifd-channels": 2.0}',
+  '{"compress-wait-thread": 1.0}', '{"tls-creds": 1.5}', '{"multifd-compression": 1e0}',
 ];
 
 /** migrate-set-parameters arguments QEMU 7.2 takes and livemig refuses, with livemig's words. */

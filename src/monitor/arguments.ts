@@ -8,6 +8,7 @@
  * `constructor` or `__proto__` is no argument of anything.
  */
 import { printable } from '../wire/printable.js';
+import { isJsonObject, QmpFloat } from './qmp-parse.js';
 
 /** Thrown for arguments that do not match the schema; the server replies GenericError with its message. */
 export class QmpArgumentError extends Error {}
@@ -27,13 +28,14 @@ function matches(kind: ArgumentKind, v: unknown): boolean {
     case 'bool':
       return typeof v === 'boolean';
     case 'int':
+      // Not a QmpFloat: QEMU's visitor refuses a number written as a double (1.0) where it wants an integer.
       return typeof v === 'number' && Number.isSafeInteger(v);
     case 'number':
-      return typeof v === 'number' && Number.isFinite(v);
+      return (typeof v === 'number' && Number.isFinite(v)) || v instanceof QmpFloat;
     case 'array':
       return Array.isArray(v);
     case 'object':
-      return typeof v === 'object' && v !== null && !Array.isArray(v);
+      return isJsonObject(v);
     case 'any':
       return true;
   }
@@ -41,7 +43,8 @@ function matches(kind: ArgumentKind, v: unknown): boolean {
 
 /**
  * Check `args` against `schema`; throws QmpArgumentError. Returns the
- * arguments typed loosely for the caller to pick.
+ * arguments typed loosely for the caller to pick; a `number` argument
+ * written as a double (QmpFloat) is then a plain number.
  */
 export function checkArguments(args: Readonly<Record<string, unknown>>, schema: ArgumentSchema): Record<string, unknown> {
   for (const key of Object.keys(args)) {
@@ -56,5 +59,7 @@ export function checkArguments(args: Readonly<Record<string, unknown>>, schema: 
     }
     if (!matches(kind, args[name])) throw new QmpArgumentError(`Invalid parameter type for '${name}', expected: ${TYPE_NAMES[kind]}`);
   }
-  return args as Record<string, unknown>;
+  const floats = Object.entries(args).filter(([k, v]) => v instanceof QmpFloat && schema[k]?.replace('?', '') === 'number');
+  if (floats.length === 0) return args as Record<string, unknown>;
+  return { ...args, ...Object.fromEntries(floats.map(([k, v]) => [k, (v as QmpFloat).value])) };
 }

@@ -19,6 +19,7 @@ import { printable } from '../wire/printable.js';
 import { checkArguments, QmpArgumentError, type ArgumentSchema } from './arguments.js';
 import { JsonSplitter, type SplitItem } from './json-splitter.js';
 import { qmpJson } from './qmp-json.js';
+import { isJsonObject, parseQmpRequest } from './qmp-parse.js';
 import createDebug from 'debug';
 
 // DEBUG=livemig:qmp: each command as received, cut short (a query-migrate poll is a line, not a page).
@@ -206,12 +207,12 @@ export class QmpServer {
   private async handle(session: Session, text: string): Promise<void> {
     let request: unknown;
     try {
-      request = JSON.parse(text);
+      request = parseQmpRequest(text);
     } catch (err) {
       this.send(session, { error: { class: 'GenericError', desc: `JSON parse error, ${printable((err as Error).message)}` } });
       return;
     }
-    if (typeof request !== 'object' || request === null || Array.isArray(request)) {
+    if (!isJsonObject(request)) {
       this.send(session, { error: { class: 'GenericError', desc: 'QMP input must be a JSON object' } });
       return;
     }
@@ -224,7 +225,7 @@ export class QmpServer {
     }
     if (!Object.hasOwn(r, 'execute')) return fail('GenericError', "QMP input lacks member 'execute'");
     if (typeof r.execute !== 'string') return fail('GenericError', "QMP input member 'execute' must be a string");
-    if (Object.hasOwn(r, 'arguments') && (typeof r.arguments !== 'object' || r.arguments === null || Array.isArray(r.arguments))) {
+    if (Object.hasOwn(r, 'arguments') && !isJsonObject(r.arguments)) {
       return fail('GenericError', "QMP input member 'arguments' must be an object");
     }
     const name = r.execute;
@@ -247,8 +248,7 @@ export class QmpServer {
     const command = this.commands.get(name);
     if (!command) return fail('CommandNotFound', `The command ${printable(name)} has not been found`);
     try {
-      checkArguments(args, command.args);
-      const result = await command.run(args, session);
+      const result = await command.run(checkArguments(args, command.args), session);
       reply({ return: result ?? {} });
     } catch (err) {
       if (err instanceof QmpCommandError) fail(err.errorClass, err.message);

@@ -78,6 +78,13 @@ export class RawQmp {
     return { message, text: this.lines[index]! };
   }
 
+  /** execute() with the arguments object written as given (numbers as the client spells them: `1.0`, `1e3`). */
+  async executeText(command: string, argumentsText: string): Promise<QmpMessage> {
+    const id = `t${this.nextId++}`;
+    this.send(`{"execute": ${JSON.stringify(command)}, "arguments": ${argumentsText}, "id": ${JSON.stringify(id)}}\n`);
+    return (await this.next((m) => m.id === id)).message;
+  }
+
   /** Events so far, by name. */
   events(name?: string): QmpMessage[] {
     return this.messages.filter((m) => 'event' in m && (name === undefined || m.event === name));
