@@ -20,7 +20,8 @@
  * before and during it, and the migration's own syncs.
  */
 import { queryMigrate } from '../src/monitor/query-migrate.js';
-import { createV86Machine, DEFAULT_GUEST_SHARE_PERCENT } from '../src/machine/v86-machine.js';
+import { createV86Machine } from '../src/machine/v86-machine.js';
+import { DEFAULT_GUEST_SHARE_PERCENT } from '../src/machine/guest-share.js';
 import { OutgoingMigration } from '../src/migration/index.js';
 import type { MigrationInfo } from '../src/monitor/query-migrate.js';
 import { cpuDelta, cpuSeconds, jsonEvent, LineChild, LIVEMIG_MAIN, MiB, peakRssBytes } from './util.js';

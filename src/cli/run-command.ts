@@ -21,6 +21,7 @@ import { MigrationMetrics, parseMetricsAddress, serveMetrics, type MetricsEndpoi
 import { createWriteStream, type WriteStream } from 'node:fs';
 import { figuresOf, formatDiagnosis, formatProgressLine, reachedText } from './progress.js';
 import { explainDowntime } from '../migration/progress-model.js';
+import { MAX_GUEST_SHARE_PERCENT, MIN_GUEST_SHARE_PERCENT } from '../machine/guest-share.js';
 
 export interface RunOptions {
   machine: string;
@@ -239,10 +240,12 @@ function mediaOptions(o: RunOptions): Partial<GuestOptions> {
   };
 }
 
-/** `--guest-share`: a whole percentage from 1 to 95. */
+/** `--guest-share`: a whole percentage from MIN_GUEST_SHARE_PERCENT to MAX_GUEST_SHARE_PERCENT. */
 function parseGuestShare(text: string): number {
-  const percent = /^\d{1,2}$/.test(text) ? Number(text) : Number.NaN;
-  if (!(percent >= 1 && percent <= 95)) throw new Error(`--guest-share: expects a whole percentage from 1 to 95, got '${printable(text)}'`);
+  const percent = /^\d{1,3}$/.test(text) ? Number(text) : Number.NaN;
+  if (!(percent >= MIN_GUEST_SHARE_PERCENT && percent <= MAX_GUEST_SHARE_PERCENT)) {
+    throw new Error(`--guest-share: expects a whole percentage from ${MIN_GUEST_SHARE_PERCENT} to ${MAX_GUEST_SHARE_PERCENT}, got '${printable(text)}'`);
+  }
   return percent;
 }
 

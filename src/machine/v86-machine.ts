@@ -43,6 +43,7 @@ import { StreamError, type StreamReader, type StreamWriter } from '../wire/index
 import { defineVmsd, field } from '../vmstate/index.js';
 import { yieldToEventLoop as nextTurn } from '../wire/native-bytes.js';
 import type { DirtyLogSink, Machine, SerialOutput } from './machine.js';
+import { DEFAULT_GUEST_SHARE_PERCENT, MAX_GUEST_SHARE_PERCENT, MIN_GUEST_SHARE_PERCENT } from './guest-share.js';
 import { checkMemory, type MemoryCheckResult } from './memory-consistency.js';
 import { SHADOW_GROUP_BYTES, ShadowCopy } from './shadow-copy.js';
 import { V86DiskBuffer } from './v86-disk.js';
@@ -65,9 +66,6 @@ const SYNC_UNIT_BYTES = 1 * MiB;
 const THROTTLE_SLICE_MS = 10;
 /** The longest turn the fair share gives the guest at its default half of the thread (longer for a larger share, in proportion). */
 const MAX_FAIR_TURN_MS = 20;
-/** The guest's share of this thread while a migration shares it (V86MachineOptions.guestSharePercent). */
-export const DEFAULT_GUEST_SHARE_PERCENT = 50;
-export const MAX_GUEST_SHARE_PERCENT = 95;
 const LOAD_TIMEOUT_MS = 30_000;
 
 /** v86's media slots; a medium's BlockDevice carries the slot as its name (the name on the wire). */
@@ -515,8 +513,8 @@ export class V86Machine implements Machine {
     this.syncChunkBytes = chunk;
     this.syncSliceMs = sliceMs;
     const sharePercent = options.guestSharePercent ?? DEFAULT_GUEST_SHARE_PERCENT;
-    if (!Number.isFinite(sharePercent) || sharePercent < 1 || sharePercent > MAX_GUEST_SHARE_PERCENT) {
-      throw new RangeError(`v86 guest share: ${sharePercent} is not a percentage from 1 to ${MAX_GUEST_SHARE_PERCENT}`);
+    if (!Number.isFinite(sharePercent) || sharePercent < MIN_GUEST_SHARE_PERCENT || sharePercent > MAX_GUEST_SHARE_PERCENT) {
+      throw new RangeError(`v86 guest share: ${sharePercent} is not a percentage from ${MIN_GUEST_SHARE_PERCENT} to ${MAX_GUEST_SHARE_PERCENT}`);
     }
     this.guestTurnPerOtherMs = options.fairShare === false ? 0 : sharePercent / (100 - sharePercent);
     this.workloadRange = { startBytes: MiB, endBytes: Math.min(ram, 100 * MiB) };
