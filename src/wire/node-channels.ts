@@ -24,7 +24,8 @@ export interface FileSourceOptions {
 }
 
 export class FileSource implements ByteSource {
-  private readonly ring: Uint8Array[] | undefined;
+  /** The ring's buffers, each allocated at its first use (a short file needs one or two of them). */
+  private readonly ring: Array<Uint8Array | undefined> | undefined;
   private nextInRing = 0;
   /** Stream bytes read so far (the offset of the next one). */
   private position = 0;
@@ -33,7 +34,7 @@ export class FileSource implements ByteSource {
   private closed = false;
 
   private constructor(private readonly handle: FileHandle, private readonly chunkBytes: number, ringChunks: number | undefined) {
-    this.ring = ringChunks ? Array.from({ length: ringChunks }, () => allocateBytes(chunkBytes + 8)) : undefined;
+    this.ring = ringChunks ? new Array<Uint8Array | undefined>(ringChunks).fill(undefined) : undefined;
   }
 
   static async open(path: string, options: FileSourceOptions = {}): Promise<FileSource> {
@@ -53,7 +54,7 @@ export class FileSource implements ByteSource {
     if (this.closed) return null;
     // Each buffer starts 8-aligned (its own allocation): a byte at offset S lands at skip + S - position.
     const skip = (this.position - this.pageOffsetMod8) & 7;
-    const chunk = this.ring ? this.ring[this.nextInRing++ % this.ring.length]! : allocateBytes(this.chunkBytes + skip);
+    const chunk = this.ring ? (this.ring[this.nextInRing++ % this.ring.length] ??= allocateBytes(this.chunkBytes + 8)) : allocateBytes(this.chunkBytes + skip);
     const { bytesRead } = await this.handle.read(chunk, skip, this.chunkBytes, null);
     if (bytesRead === 0) return null;
     this.position += bytesRead;
