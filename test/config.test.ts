@@ -110,6 +110,13 @@ test("QEMU 7.2's parameters: all accepted at their defaults, the unimplemented r
   assert.deepEqual(applyParameters(DEFAULT_PARAMETERS, { 'block-bitmap-mapping': [] })['block-bitmap-mapping'], []);
   throwsConfig(() => applyParameters(DEFAULT_PARAMETERS, { 'block-bitmap-mapping': [{ 'node-name': 'a', alias: 'b', bitmaps: [] }] }), 'not-implemented', "only its default [] is accepted");
   throwsConfig(() => applyParameters(DEFAULT_PARAMETERS, { 'block-bitmap-mapping': {} }), 'invalid-value', "Invalid parameter type for 'block-bitmap-mapping', expected: array");
+  // A malformed mapping gets QEMU's answer (its visitor, then its alias map check) before livemig's own refusal.
+  const mapping = (value: unknown): (() => unknown) => () => applyParameters(DEFAULT_PARAMETERS, { 'block-bitmap-mapping': value });
+  throwsConfig(mapping([{ 'node-name': 'a' }]), 'invalid-value', "Parameter 'block-bitmap-mapping[0].alias' is missing");
+  throwsConfig(mapping([{ 'node-name': 'a', alias: 'b', bitmaps: [{ name: 'n', alias: 'm', transform: { persistent: 1 } }] }]), 'invalid-value', "Invalid parameter type for 'block-bitmap-mapping[0].bitmaps[0].transform.persistent', expected: boolean");
+  throwsConfig(mapping([{ 'node-name': 'a', alias: 'b', bitmaps: [], x: 1 }]), 'invalid-value', "Parameter 'block-bitmap-mapping[0].x' is unexpected");
+  throwsConfig(mapping([{ 'node-name': 'a', alias: 'b', bitmaps: [] }, { 'node-name': 'c', alias: 'b', bitmaps: [] }]), 'invalid-value', "Invalid mapping given for block-bitmap-mapping: The node alias 'b' is used twice");
+  throwsConfig(mapping([{ 'node-name': 'a', alias: 'b\u001b[2J', bitmaps: [] }]), 'invalid-value', "The node alias 'b\\x1b[2J' is not well-formed");
   // Newer QEMUs' parameters are unknown to a 7.2 monitor, as to QEMU 7.2.
   throwsConfig(() => applyParameters(DEFAULT_PARAMETERS, { 'vcpu-dirty-limit': 1 }), 'unknown-parameter', "Parameter 'vcpu-dirty-limit' is unexpected");
 });

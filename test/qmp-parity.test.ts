@@ -206,12 +206,25 @@ const SAME_ANSWERS: Array<Record<string, unknown>> = [
   { 'no-such-parameter': 1 },
 ];
 
-/** The same, written as text: numbers QEMU reads as doubles, and their integer neighbours. */
+/** The same, written as text: numbers QEMU reads as doubles, and their integer neighbours; malformed bitmap mappings. */
 const SAME_ANSWERS_AS_WRITTEN: string[] = [
   '{"downtime-limit": 1.0}', '{"downtime-limit": 0.0}', '{"downtime-limit": -0.0}', '{"downtime-limit": -0}', '{"downtime-limit": 1e3}',
   '{"max-bandwidth": 1E3}', '{"max-bandwidth": 18446744073709551615}', '{"max-bandwidth": 18446744073709551616}',
   '{"max-bandwidth": -9223372036854775808}', '{"max-bandwidth": -9223372036854775809}', '{"multifd-channels": 2.0}',
   '{"compress-wait-thread": 1.0}', '{"tls-creds": 1.5}', '{"multifd-compression": 1e0}',
+  // block-bitmap-mapping: QEMU's visitor names the member at fault, then its alias map check says what is wrong.
+  ...[
+    '[1.5]', '{"a": 1}', '[{}]', '[{"x": 1, "node-name": "a"}]', '[{"node-name": 1, "alias": "b", "bitmaps": []}]',
+    '[{"node-name": "a", "alias": "b", "bitmaps": [], "x": 1}]', '[{"node-name": "a", "alias": "b", "bitmaps": {}}]',
+    '[{"node-name": "a", "alias": "b", "bitmaps": [{"name": "n", "alias": "m", "transform": {"persistent": 1}}]}]',
+    '[{"node-name": "a", "alias": "b", "bitmaps": [{"name": "n", "alias": "m", "transform": null}]}]',
+    '[{"node-name": "a", "alias": "b", "bitmaps": [{"name": "n", "alias": "m", "y": 2}]}]',
+    '[{"node-name": "a", "alias": "1b", "bitmaps": []}]', `[{"node-name": "${'x'.repeat(32)}", "alias": "b", "bitmaps": []}]`,
+    '[{"node-name": "a", "alias": "b", "bitmaps": []}, {"node-name": "a", "alias": "c", "bitmaps": []}]',
+    '[{"node-name": "a", "alias": "b", "bitmaps": []}, {"node-name": "c", "alias": "b", "bitmaps": []}]',
+    '[{"node-name": "a", "alias": "b", "bitmaps": [{"name": "n", "alias": "m"}, {"name": "n", "alias": "k"}]}]',
+    '[{"node-name": "a", "alias": "b", "bitmaps": [{"name": "n", "alias": "m"}, {"name": "o", "alias": "m"}]}]',
+  ].map((mapping) => `{"block-bitmap-mapping": ${mapping}}`),
 ];
 
 /** migrate-set-parameters arguments QEMU 7.2 takes and livemig refuses, with livemig's words. */

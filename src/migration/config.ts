@@ -22,6 +22,7 @@
 import { TypedEmitter } from '../wire/emitter.js';
 import { printable } from '../wire/printable.js';
 import { parseSize } from './size.js';
+import { BitmapMappingError, bitmapMappingFault, visitBitmapMapping, type BitmapMigrationNodeAlias } from './bitmap-mapping.js';
 import { MULTIFD_COMPRESSION_FLAGS, MULTIFD_DEFAULT_LEVEL, multifdLevelRange, type MultifdCompression } from '../ram/multifd/codec.js';
 import { DEFAULT_MULTIFD_CHANNELS } from '../ram/multifd/packet.js';
 import { DEFAULT_XBZRLE_CACHE_BYTES } from '../ram/page-cache.js';
@@ -407,8 +408,12 @@ function visitQapi(name: string, qapi: QapiType, value: unknown, enumValues: rea
       if (!enumValues.includes(value)) throw new ConfigError('invalid-value', `Parameter '${name}' does not accept value '${printable(value)}'`);
       return value;
     case 'array':
-      if (!Array.isArray(value)) throw invalidType('array');
-      return value;
+      // The only array parameter (QEMU 7.2's BitmapMigrationNodeAliasList), visited member by member.
+      try {
+        return visitBitmapMapping(name, value);
+      } catch (err) {
+        throw err instanceof BitmapMappingError ? new ConfigError('invalid-value', err.message) : err;
+      }
   }
 }
 
@@ -509,6 +514,11 @@ function runQemuChecks(p: Merged, only?: string): void {
       const code = qemuName === 'max_cpu_throttle' && p['max-cpu-throttle'] >= 1 && p['max-cpu-throttle'] <= 99 ? 'conflict' : 'invalid-value';
       throw new ConfigError(code, `Parameter '${qemuName}' expects ${expects}`);
     }
+  }
+  // migrate_params_check's last: check_dirty_bitmap_mig_alias_map.
+  if (only === undefined || only === 'block-bitmap-mapping') {
+    const fault = bitmapMappingFault((p['block-bitmap-mapping'] ?? []) as readonly BitmapMigrationNodeAlias[]);
+    if (fault !== undefined) throw new ConfigError('invalid-value', `Invalid mapping given for block-bitmap-mapping: ${fault}`);
   }
 }
 
