@@ -20,6 +20,7 @@ import { cliPath } from './helpers/paths.js';
 import { QmpServer } from '../src/monitor/qmp-server.js';
 import { qmpJson } from '../src/monitor/qmp-json.js';
 import { isJsonObject, parseQmpRequest, QmpFloat } from '../src/monitor/qmp-parse.js';
+import { Prng } from './helpers/prng.js';
 import { printable } from '../src/wire/index.js';
 
 const execFile = promisify(execFileCb);
@@ -81,6 +82,45 @@ test('QMP numbers keep the type the client wrote: 1.0, 1e3 and integers beyond i
   const forged = parseQmpRequest('{"a": "\\u0000livemig-float-00000000-0000-0000-0000-000000000000:1.5"}') as { a: unknown };
   assert.equal(typeof forged.a, 'string');
   assert.equal(isJsonObject(new QmpFloat(1)), false);
+});
+
+test('QMP parser against JSON.parse: random JSON values read back the same (doubles boxed), and random mutations of their text are refused exactly when JSON.parse refuses them', () => {
+  const seed = 20261204;
+  const prng = new Prng(seed);
+  const chars = ['"', '\\', '.', 'e', 'E', '-', '+', '0', '1', '9', ':', ',', '{', '}', '[', ']', ' ', 'a', '\u0000', '\u00e9'];
+  const value = (depth: number): unknown => {
+    switch (prng.int(depth > 3 ? 5 : 7)) {
+      case 0: return prng.range(-1e6, 1e6);
+      case 1: return (prng.next() - 0.5) * 10 ** prng.range(-5, 30);
+      case 2: return Array.from({ length: prng.int(6) }, () => chars[prng.int(chars.length)]).join('');
+      case 3: return prng.chance(0.5);
+      case 4: return null;
+      case 5: return Array.from({ length: prng.int(4) }, () => value(depth + 1));
+      default: return Object.fromEntries(Array.from({ length: prng.int(4) }, (_, i) => [`k${i}${chars[prng.int(chars.length)]}`, value(depth + 1)]));
+    }
+  };
+  const unbox = (v: unknown): unknown =>
+    v instanceof QmpFloat ? v.value : Array.isArray(v) ? v.map(unbox) : v !== null && typeof v === 'object' ? Object.fromEntries(Object.entries(v).map(([k, x]) => [k, unbox(x)])) : v;
+  for (let i = 0; i < 2000; i++) {
+    const text = JSON.stringify(value(0));
+    assert.deepEqual(unbox(parseQmpRequest(text)), JSON.parse(text), `seed ${seed}, value ${i}: ${text}`);
+    // One character changed, inserted or removed: valid for one parser exactly when valid for the other.
+    const at = prng.int(text.length + 1);
+    const mutated = [
+      text.slice(0, at) + chars[prng.int(chars.length)] + text.slice(at + 1),
+      text.slice(0, at) + chars[prng.int(chars.length)] + text.slice(at),
+      text.slice(0, at) + text.slice(at + 1),
+    ][prng.int(3)]!;
+    let expected: unknown;
+    let refused = false;
+    try {
+      expected = JSON.parse(mutated);
+    } catch {
+      refused = true;
+    }
+    if (refused) assert.throws(() => parseQmpRequest(mutated), SyntaxError, `seed ${seed}, mutation ${i}: ${mutated}`);
+    else assert.deepEqual(unbox(parseQmpRequest(mutated)), expected, `seed ${seed}, mutation ${i}: ${mutated}`);
+  }
 });
 
 test('printable escapes controls, DEL, C1, lone surrogates, bidi controls and backslash; keeps the rest', () => {
