@@ -33,8 +33,10 @@ const TRANSFORM_MEMBERS: readonly Member[] = [['persistent', 'boolean', 'optiona
 export class BitmapMappingError extends Error {}
 
 function isObject(value: unknown): value is Record<string, unknown> {
-  // A plain JSON object (not an array, null, or a number boxed by the QMP parser).
-  return typeof value === 'object' && value !== null && !Array.isArray(value) && Object.getPrototypeOf(value) === Object.prototype;
+  // A plain object (not an array, null, or a number the QMP parser boxed: a class instance).
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return false;
+  const prototype: unknown = Object.getPrototypeOf(value);
+  return prototype === Object.prototype || prototype === null;
 }
 
 function typeError(path: string, expected: string): BitmapMappingError {
