@@ -171,6 +171,18 @@ async function parametersLikeQemu(qemu: RawQmp, ours: RawQmp): Promise<void> {
     const l = await ours.executeText('migrate-set-parameters', text);
     assert.deepEqual(l.error ?? l.return, q.error ?? q.return, `migrate-set-parameters ${text}`);
   }
+  // HMP reads sizes with qemu_strtosz: fractions only with a scale, hex (with a warning if suffixed), rounding half up,
+  // 2^64 out of range; max-bandwidth in MiB and below 2^63. Same answer, and the same value read back.
+  for (const [name, values] of HMP_SIZES_AS_QEMU) {
+    for (const value of values) {
+      const answers = await Promise.all([qemu, ours].map(async (p) => {
+        const reply = await p.execute('human-monitor-command', { 'command-line': `migrate_set_parameter ${name} ${value}` });
+        const info = (await p.execute('human-monitor-command', { 'command-line': 'info migrate_parameters' })).return as string;
+        return [reply.return, info.split('\r\n').find((line) => line.startsWith(`${name}:`))];
+      }));
+      assert.deepEqual(answers[1], answers[0], `HMP migrate_set_parameter ${name} ${value}`);
+    }
+  }
   // HMP reads libvirt's rate in MiB/s, and both print it in full.
   const maxBandwidthLine = async (p: RawQmp): Promise<string | undefined> => {
     await p.execute('human-monitor-command', { 'command-line': 'migrate_set_parameter max-bandwidth 8796093022207' });
@@ -225,6 +237,13 @@ const SAME_ANSWERS_AS_WRITTEN: string[] = [
     '[{"node-name": "a", "alias": "b", "bitmaps": [{"name": "n", "alias": "m"}, {"name": "n", "alias": "k"}]}]',
     '[{"node-name": "a", "alias": "b", "bitmaps": [{"name": "n", "alias": "m"}, {"name": "o", "alias": "m"}]}]',
   ].map((mapping) => `{"block-bitmap-mapping": ${mapping}}`),
+];
+
+/** HMP migrate_set_parameter values, read by qemu_strtosz (downtime-limit through the size visitor, max-bandwidth in MiB). */
+const HMP_SIZES_AS_QEMU: Array<[string, string[]]> = [
+  ['downtime-limit', ['1.0', '1.5', '0x10', '0x10k', '0x1.5', '0X10', '1.k', '.5k', '1e3', '5x', '-1', '+5', '1.00', '1.', '1..5', '1.5b', '1kB',
+    '0.001k', '0.0001k', '1.25k', '18446744073709551615', '18446744073709551616', '99999999999999999999x', '16E', '15.9E', '1.5e', '0x', '0xg', '1k5']],
+  ['max-bandwidth', ['1.5', '1.0000001', '0.5', '0x10', '0x10k', '0x1.5', '+5', '-1', '1e3', '1..5', '1.5b', '8796093022207', '8796093022208', '15E', '16E']],
 ];
 
 /** migrate-set-parameters arguments QEMU 7.2 takes and livemig refuses, with livemig's words. */

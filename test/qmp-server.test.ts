@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { LivemigProcess } from './helpers/livemig-process.js';
 import { RawQmp, type QmpMessage } from './helpers/raw-qmp.js';
 import { DEFAULT_CAPABILITIES, QEMU_CAPABILITIES } from '../src/migration/config.js';
+import { qemuStrtosz } from '../src/monitor/hmp.js';
 
 async function machine(dir: string, name: string, extra: string[] = []): Promise<{ proc: LivemigProcess; qmp: RawQmp }> {
   const path = join(dir, `${name}.qmp`);
@@ -23,6 +24,25 @@ async function machine(dir: string, name: string, extra: string[] = []): Promise
 
 const isError = (reply: QmpMessage, errorClass: string, desc: RegExp): boolean =>
   reply.error?.class === errorClass && desc.test(reply.error.desc);
+
+test("HMP sizes as QEMU 7.2's qemu_strtosz reads them (test/qmp-parity checks them against real QEMU)", () => {
+  const bytes = (text: string, suffix: 'B' | 'M' = 'B'): bigint | string => {
+    const read = qemuStrtosz(text, suffix);
+    return 'bytes' in read ? read.bytes : read.error;
+  };
+  assert.equal(bytes('1.5k'), 1536n);
+  assert.equal(bytes('0.001k'), 1n, 'rounded half up');
+  assert.equal(bytes('0.0001k'), 0n);
+  assert.equal(bytes('1.0'), 1n, 'a zero fraction needs no scale');
+  assert.equal(bytes('1.5'), 'EINVAL', 'a fraction needs a scale');
+  assert.equal(bytes('1.5', 'M'), 1572864n);
+  assert.equal(bytes('+0x10'), 16n);
+  assert.deepEqual(qemuStrtosz('0x10k', 'B'), { bytes: 16384n, hexSuffix: true });
+  assert.equal(bytes('18446744073709551615'), 18446744073709551615n);
+  assert.equal(bytes('18446744073709551616'), 'ERANGE');
+  assert.equal(bytes('16E'), 'ERANGE');
+  for (const bad of ['', '-1', '.5k', '1e3', '1..5', '1kB', '0x', '0x1.5', '1k5', ' 5']) assert.equal(bytes(bad), 'EINVAL', bad);
+});
 
 test('QMP protocol: greeting, negotiation, ids, malformed input, unknown commands, argument errors', { timeout: 60_000 }, async () => {
   const dir = await mkdtemp(join(tmpdir(), 'livemig-qmp-'));

@@ -213,6 +213,13 @@ const INFO_LIST = Object.entries(INFO).map(([name, { help }]) => `info ${name}  
 /** An HMP usage error: QEMU's text for a command line it could not parse (no "Error: " prefix). */
 class HmpUsageError extends Error {}
 
+/** A command's error after the warnings QEMU printed before it. */
+class HmpWarnedError extends Error {
+  constructor(readonly warnings: readonly string[], readonly failure: Error) {
+    super(failure.message);
+  }
+}
+
 /** QEMU's text when an argument is missing or one too many was given. */
 const usage = (name: string, what: string, typed = name): HmpUsageError => new HmpUsageError(`${name}: ${what}\r\nTry "help ${typed}" for more information`);
 
@@ -222,14 +229,62 @@ const usage = (name: string, what: string, typed = name): HmpUsageError => new H
  */
 const readsAsSize = (name: string, spec: ParameterSpec): boolean => spec.qapi === 'size' || name === 'downtime-limit';
 
-const SIZE_SUFFIXES: Record<string, number> = { '': 1, b: 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40, p: 2 ** 50, e: 2 ** 60 };
+/** qemu_strtosz's suffixes: powers of its unit (1024). */
+const SIZE_SUFFIX_POWERS: Record<string, number> = { B: 0, K: 1, M: 2, G: 3, T: 4, P: 5, E: 6 };
+const TWO_POW_64 = 1n << 64n;
 
-/** qemu_strtosz: a number, a fraction only with a suffix, a binary suffix (k, M, G, T, P, E; `unit` without one). */
-function parseSize(text: string, unit: number): number | undefined {
-  const m = /^(\d+)(\.\d+)?([bBkKmMgGtTpPeE]?)$/.exec(text);
-  if (!m || (m[2] !== undefined && m[3] === '')) return undefined;
-  const value = Number(m[1]! + (m[2] ?? '')) * (m[3] === '' ? unit : SIZE_SUFFIXES[m[3]!.toLowerCase()]!);
-  return value < 2 ** 64 ? Math.floor(value) : undefined;
+/** What qemu_strtosz made of a size: the value, or its error (EINVAL, ERANGE); `hexSuffix`: QEMU warns of it. */
+type SizeReading = { bytes: bigint; hexSuffix: boolean } | { error: 'EINVAL' | 'ERANGE' };
+
+/**
+ * QEMU 7.2's qemu_strtosz (util/cutils.c do_strtosz), to the byte: a decimal
+ * integer (an optional '+', never '-') or 0x hex; then, for a decimal, an
+ * optional fraction ("1.", "1.5"; no exponent); then one suffix B, K, M, G,
+ * T, P or E (any case, powers of 1024; `defaultSuffix` when there is none),
+ * and nothing after it. A fraction needs a scale above bytes; the result is
+ * rounded half up; 2^64 and above is ERANGE. Hex with a suffix is taken, with
+ * a deprecation warning.
+ */
+export function qemuStrtosz(text: string, defaultSuffix: 'B' | 'M'): SizeReading {
+  const integral = /^\+?(\d+)/.exec(text);
+  if (!integral) return { error: 'EINVAL' };
+  let at = integral[0].length;
+  let value = BigInt(integral[1]!);
+  // qemu_strtou64's ERANGE, unless something follows the digits (then the whole input is invalid).
+  if (value >= TWO_POW_64) return { error: at === text.length ? 'ERANGE' : 'EINVAL' };
+  let fraction = 0n; // 64.64 fixed point: the fraction's bits
+  let hex = false;
+  if (value === 0n && (text[at] === 'x' || text[at] === 'X')) {
+    const digits = /^\+?0[xX]([0-9a-fA-F]+)/.exec(text);
+    if (!digits) return { error: 'EINVAL' };
+    at = digits[0].length;
+    value = BigInt(`0x${digits[1]}`);
+    if (text[at] === '.') return { error: 'EINVAL' };
+    hex = true;
+  } else if (text[at] === '.') {
+    // strtod over ".digits": an exponent makes the whole input invalid; no digits at all is a fraction of 0.
+    const decimals = /^\.(\d*)([eE][+-]?\d+)?/.exec(text.slice(at))!;
+    if (decimals[2] !== undefined && decimals[1] !== '') return { error: 'EINVAL' };
+    if (decimals[1] === '') at += 1;
+    else {
+      at += 1 + decimals[1]!.length;
+      fraction = BigInt(Math.min(Math.floor(Number(`0.${decimals[1]}`) * 2 ** 64), 2 ** 64 - 2 ** 11));
+    }
+  }
+  if (value >= TWO_POW_64) return { error: at === text.length ? 'ERANGE' : 'EINVAL' }; // hex
+  const suffix = text[at]?.toUpperCase();
+  const power = suffix !== undefined && Object.hasOwn(SIZE_SUFFIX_POWERS, suffix) ? SIZE_SUFFIX_POWERS[suffix]! : undefined;
+  if (power !== undefined) at += 1;
+  if (at !== text.length) return { error: 'EINVAL' };
+  const multiplier = 1024n ** BigInt(power ?? SIZE_SUFFIX_POWERS[defaultSuffix]!);
+  if (multiplier === 1n) {
+    if (fraction !== 0n) return { error: 'EINVAL' };
+    return { bytes: value, hexSuffix: false };
+  }
+  const scaledFraction = fraction * multiplier;
+  const bytes = value * multiplier + (scaledFraction >> 64n) + ((scaledFraction >> 63n) & 1n);
+  if (bytes >= TWO_POW_64) return { error: 'ERANGE' };
+  return { bytes, hexSuffix: hex && power !== undefined };
 }
 
 /** The string input visitor's unsigned integers: decimal or 0x hex. */
@@ -239,24 +294,32 @@ function parseUint(text: string): number | undefined {
   return value < 2 ** 64 ? value : undefined;
 }
 
-/** migrate_set_parameter's value for `name`, as QEMU 7.2's HMP converts it (throws its error texts). */
-function parameterValue(name: string, text: string): unknown {
+const INT64_MAX = (1n << 63n) - 1n;
+
+/** migrate_set_parameter's value for `name`, as QEMU 7.2's HMP converts it (throws its error texts); `warn` gets its warnings. */
+function parameterValue(name: string, text: string, warn: (text: string) => void): unknown {
   const spec = parameterSpec(name);
   // QEMU 7.2 knows none of the later QEMUs' parameters.
   if (!spec || spec.since !== undefined) throw new Error(`invalid parameter value: ${printable(name)}`);
   const fail = (what: string): Error => new Error(`Parameter '${name}' expects ${what}`);
-  const size = (unit: number): number => {
-    const bytes = parseSize(text, unit);
-    if (bytes !== undefined) return bytes;
-    // max-bandwidth goes through qemu_strtosz_MiB, the others through the size visitor: each says it its way.
-    if (name === 'max-bandwidth') throw new Error(`Invalid size ${printable(text)}`);
+  const size = (defaultSuffix: 'B' | 'M'): number => {
+    const read = qemuStrtosz(text, defaultSuffix);
+    // QEMU warns as it reads, before anything can refuse the value.
+    if ('bytes' in read && read.hexSuffix) warn(`Using a multiplier suffix on hex numbers is deprecated: ${printable(text)}`);
+    // max-bandwidth goes through qemu_strtosz_MiB (and must fit an int64), the others through the size visitor: each says it its way.
+    if (name === 'max-bandwidth') {
+      if ('error' in read || read.bytes > INT64_MAX) throw new Error(`Invalid size ${printable(text)}`);
+      return Number(read.bytes);
+    }
+    if ('bytes' in read) return Number(read.bytes);
+    if (read.error === 'ERANGE') throw new Error(`Value '${printable(text)}' is out of range for parameter '${name}'`);
     throw fail('a non-negative number below 2^64\r\nOptional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\r\nand exabytes, respectively.');
   };
   switch (spec.type) {
     case 'size':
-      return size(name === 'max-bandwidth' ? 2 ** 20 : 1);
+      return size(name === 'max-bandwidth' ? 'M' : 'B');
     case 'integer': {
-      if (readsAsSize(name, spec)) return size(1);
+      if (readsAsSize(name, spec)) return size('B');
       const value = parseUint(text);
       if (value === undefined) throw fail('uint64');
       if (spec.qapi === 'uint8' && value > 0xff) throw fail('uint8_t');
@@ -319,7 +382,16 @@ const COMMANDS: Record<string, HmpCommand> = {
   migrate_set_parameter: {
     help: 'migrate_set_parameter parameter value -- Set the parameter for migration',
     args: ['s', 's'],
-    run: ([name, text], _f, s) => runQmp(s, 'migrate-set-parameters', { [name!]: parameterValue(name!, text!) }),
+    run: async ([name, text], _f, s) => {
+      // QEMU's warn_report lines come first, whether or not the value is then taken.
+      const warnings: string[] = [];
+      try {
+        await runQmp(s, 'migrate-set-parameters', { [name!]: parameterValue(name!, text!, (w) => warnings.push(`warning: ${w}`)) });
+      } catch (err) {
+        throw warnings.length > 0 ? new HmpWarnedError(warnings, err as Error) : err;
+      }
+      return warnings;
+    },
   },
   calc_dirty_rate: {
     help: 'calc_dirty_rate [-r] [-b] second [sample_pages_per_GB] -- start a round of guest dirty rate measurement (using -r to\r\n\t\t\t specify dirty ring as the method of calculation and\r\n\t\t\t -b to specify dirty bitmap as method of calculation)',
@@ -402,6 +474,7 @@ export async function runHmpCommand(commandLine: string, source: HmpSource): Pro
     return lines(await command.run(args, flags, source));
   } catch (err) {
     if (err instanceof HmpUsageError) return `${err.message}\r\n`;
+    if (err instanceof HmpWarnedError) return `${err.warnings.map((w) => `${w}\r\n`).join('')}Error: ${err.message}\r\n`;
     return `Error: ${(err as Error).message}\r\n`;
   }
 }
