@@ -183,6 +183,21 @@ async function parametersLikeQemu(qemu: RawQmp, ours: RawQmp): Promise<void> {
       assert.deepEqual(answers[1], answers[0], `HMP migrate_set_parameter ${name} ${value}`);
     }
   }
+  // HMP's string arguments may be double-quoted, with QEMU's escapes (get_str); anything else after them is extraneous.
+  for (const commandLine of HMP_LINES_AS_QEMU) {
+    const answers = await Promise.all([qemu, ours].map(async (p) => {
+      const reply = await p.execute('human-monitor-command', { 'command-line': commandLine });
+      // Read back over QMP: HMP's `info` lines would differ where livemig escapes what it prints (a backslash).
+      const parameters = (await p.execute('query-migrate-parameters')).return as Record<string, unknown>;
+      const capabilities = (await p.execute('query-migrate-capabilities')).return as Array<{ capability: string; state: boolean }>;
+      return [reply.return, parameters['tls-hostname'], parameters['downtime-limit'], capabilities.find((c) => c.capability === 'xbzrle')?.state];
+    }));
+    assert.deepEqual(answers[1], answers[0], `HMP ${commandLine}`);
+  }
+  for (const p of [qemu, ours]) {
+    await p.execute('migrate-set-capabilities', { capabilities: [{ capability: 'xbzrle', state: false }] });
+    await p.execute('migrate-set-parameters', { 'tls-hostname': '', 'downtime-limit': 300 });
+  }
   // HMP reads libvirt's rate in MiB/s, and both print it in full.
   const maxBandwidthLine = async (p: RawQmp): Promise<string | undefined> => {
     await p.execute('human-monitor-command', { 'command-line': 'migrate_set_parameter max-bandwidth 8796093022207' });
@@ -244,6 +259,14 @@ const HMP_SIZES_AS_QEMU: Array<[string, string[]]> = [
   ['downtime-limit', ['1.0', '1.5', '0x10', '0x10k', '0x1.5', '0X10', '1.k', '.5k', '1e3', '5x', '-1', '+5', '1.00', '1.', '1..5', '1.5b', '1kB',
     '0.001k', '0.0001k', '1.25k', '18446744073709551615', '18446744073709551616', '99999999999999999999x', '16E', '15.9E', '1.5e', '0x', '0xg', '1k5']],
   ['max-bandwidth', ['1.5', '1.0000001', '0.5', '0x10', '0x10k', '0x1.5', '+5', '-1', '1e3', '1..5', '1.5b', '8796093022207', '8796093022208', '15E', '16E']],
+];
+
+/** HMP command lines with quoted (or badly quoted) string arguments. */
+const HMP_LINES_AS_QEMU: string[] = [
+  'migrate_set_parameter tls-hostname "a b"', 'migrate_set_parameter tls-hostname "x\\"y"', "migrate_set_parameter tls-hostname \"it\\'s\"",
+  'migrate_set_parameter tls-hostname "back\\\\slash"', 'migrate_set_parameter tls-hostname "unterminated', 'migrate_set_parameter tls-hostname "bad\\qescape"',
+  'migrate_set_parameter "tls-hostname" h2', 'migrate_set_parameter tls-hostname ""', 'migrate_set_parameter tls-hostname "a"b',
+  'migrate_set_parameter downtime-limit "5"', 'migrate_set_parameter downtime-limit "5 "', 'migrate_set_capability "xbzrle" on', 'migrate_set_capability xbzrle "on"',
 ];
 
 /** migrate-set-parameters arguments QEMU 7.2 takes and livemig refuses, with livemig's words. */

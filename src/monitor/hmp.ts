@@ -356,6 +356,59 @@ const runQmp = async (s: HmpSource, command: string, args: Record<string, unknow
   return [];
 };
 
+/** A command line read from left to right, as QEMU's monitor reads a command's arguments. */
+class HmpLine {
+  constructor(private readonly text: string, private at: number) {}
+
+  private skipSpaces(): void {
+    while (this.at < this.text.length && /\s/.test(this.text[this.at]!)) this.at++;
+  }
+
+  /** The next word is a flag (`-d`). */
+  peekFlag(): boolean {
+    this.skipSpaces();
+    return this.text[this.at] === '-';
+  }
+
+  /** The next run of non-space characters ('' at the end). */
+  word(): string {
+    this.skipSpaces();
+    const from = this.at;
+    while (this.at < this.text.length && !/\s/.test(this.text[this.at]!)) this.at++;
+    return this.text.slice(from, this.at);
+  }
+
+  /**
+   * QEMU's get_str(): a word, or a double-quoted string with its escapes
+   * (\n, \r, \\, \' and \"); undefined at the end of the line, for an
+   * unterminated string or another escape (QEMU then says "string expected").
+   */
+  string(): string | undefined {
+    this.skipSpaces();
+    if (this.at >= this.text.length) return undefined;
+    if (this.text[this.at] !== '"') return this.word();
+    let out = '';
+    for (this.at++; this.at < this.text.length && this.text[this.at] !== '"'; this.at++) {
+      let c = this.text[this.at]!;
+      if (c === '\\') {
+        c = this.text[++this.at] ?? '';
+        const escaped = ({ n: '\n', r: '\r', '\\': '\\', "'": "'", '"': '"' } as Record<string, string>)[c];
+        if (escaped === undefined) return undefined;
+        c = escaped;
+      }
+      out += c;
+    }
+    if (this.at >= this.text.length) return undefined;
+    this.at++;
+    return out;
+  }
+
+  atEnd(): boolean {
+    this.skipSpaces();
+    return this.at >= this.text.length;
+  }
+}
+
 /** The commands besides `info` and `help`, as QEMU 7.2's hmp-commands.hx describes them. */
 const COMMANDS: Record<string, HmpCommand> = {
   migrate: {
@@ -445,32 +498,44 @@ export async function runHmpCommand(commandLine: string, source: HmpSource): Pro
   if (!command) return `unknown command: '${printable(typed)}'\r\n`;
   const shown = command.shown ?? name;
   try {
+    // What follows the command's name, read as QEMU's monitor_parse_arguments does: flags, then each argument
+    // by its type (a string may be double-quoted), then nothing more.
+    const line = new HmpLine(commandLine, commandLine.indexOf(typed) + typed.length);
     const flags = new Set<string>();
-    let at = 1;
-    for (; command.flags && at < words.length && words[at]!.startsWith('-'); at++) {
-      const flag = words[at]!.slice(1, 2);
+    while (command.flags && line.peekFlag()) {
+      const word = line.word();
+      const flag = word.slice(1, 2);
       if (!command.flags.includes(flag) || flag === '') throw usage(shown, `unsupported option -${printable(flag)}`, name);
-      if (words[at]!.length > 2) throw usage(shown, 'extraneous characters at the end of line', name);
+      if (word.length > 2) throw usage(shown, 'extraneous characters at the end of line', name);
       flags.add(flag);
     }
-    // Each argument in turn, then nothing more: QEMU's parser reports the first that does not fit.
-    const args = words.slice(at, at + command.args.length);
     const tryHelp = `\r\nTry "help ${name}" for more information`;
-    command.args.forEach((type, i) => {
-      if (type === 'b' && args[i] !== 'on' && args[i] !== 'off') throw new HmpUsageError(`Expected 'on' or 'off'${tryHelp}`);
-      if (type === 'l' || type === 'l?') {
-        // QEMU reads an expression; livemig a decimal or 0x hex integer, and says what QEMU says of anything else.
-        if (args[i] === undefined) {
-          if (type === 'l') throw new HmpUsageError(`unexpected end of expression${tryHelp}`);
-        } else if (parseUint(args[i]!) === undefined) {
-          const bad = /^0x/i.test(args[i]!) ? args[i]!.slice(2).replace(/^[0-9a-f]*/i, '') : args[i]!.replace(/^\d*/, '');
-          throw new HmpUsageError(`invalid char '${printable(bad.charAt(0) || args[i]!.charAt(0))}' in expression${tryHelp}`);
-        }
-        return;
+    const args: string[] = [];
+    for (const type of command.args) {
+      if (type === 's') {
+        const text = line.string();
+        if (text === undefined) throw usage(shown, 'string expected', name);
+        args.push(text);
+        continue;
       }
-      if (args[i] === undefined) throw usage(shown, 'string expected', name);
-    });
-    if (words.length > at + command.args.length) throw usage(shown, 'extraneous characters at the end of line', name);
+      const word = line.word();
+      if (type === 'b') {
+        if (word !== 'on' && word !== 'off') throw new HmpUsageError(`Expected 'on' or 'off'${tryHelp}`);
+        args.push(word);
+        continue;
+      }
+      // QEMU reads an expression; livemig a decimal or 0x hex integer, and says what QEMU says of anything else.
+      if (word === '') {
+        if (type === 'l') throw new HmpUsageError(`unexpected end of expression${tryHelp}`);
+        continue;
+      }
+      if (parseUint(word) === undefined) {
+        const bad = /^0x/i.test(word) ? word.slice(2).replace(/^[0-9a-f]*/i, '') : word.replace(/^\d*/, '');
+        throw new HmpUsageError(`invalid char '${printable(bad.charAt(0) || word.charAt(0))}' in expression${tryHelp}`);
+      }
+      args.push(word);
+    }
+    if (!line.atEnd()) throw usage(shown, 'extraneous characters at the end of line', name);
     return lines(await command.run(args, flags, source));
   } catch (err) {
     if (err instanceof HmpUsageError) return `${err.message}\r\n`;
