@@ -65,7 +65,7 @@ test('QMP numbers keep the type the client wrote: 1.0, 1e3 and integers beyond i
   assert.deepEqual(parsed, { a: new QmpFloat(1), b: [new QmpFloat(1000), new QmpFloat(-0.5), 2], c: { d: new QmpFloat(0.2) } });
   assert.equal(qmpJson(parsed), '{"a":1,"b":[1000,-0.5,2],"c":{"d":0.2}}', 'printed (an echoed id) as numbers');
   // QEMU: int64, else uint64, else a double.
-  assert.equal(parseQmpRequest('[18446744073709551615]') instanceof Array && (parseQmpRequest('[18446744073709551615]') as unknown[])[0], 18446744073709551615);
+  assert.equal((parseQmpRequest('[18446744073709551615]') as unknown[])[0], 18446744073709551615);
   assert.ok((parseQmpRequest('[18446744073709551616]') as unknown[])[0] instanceof QmpFloat);
   assert.equal((parseQmpRequest('[-9223372036854775808]') as unknown[])[0], -9223372036854775808);
   assert.ok((parseQmpRequest('[-9223372036854775809]') as unknown[])[0] instanceof QmpFloat);

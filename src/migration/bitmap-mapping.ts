@@ -22,12 +22,29 @@ export interface BitmapMigrationNodeAlias {
   bitmaps: BitmapMigrationBitmapAlias[];
 }
 
-/** A member's kind: what QEMU's visitor names when the value is not one. */
-type Member = readonly [name: string, kind: 'string' | 'boolean' | 'object' | 'array', optional?: 'optional'];
+/**
+ * A struct member: its name, its kind (what QEMU's visitor names when the
+ * value is not one), whether it may be left out, and for a struct or a list
+ * of structs the members of those.
+ */
+interface Member {
+  name: string;
+  kind: 'string' | 'boolean' | 'struct' | 'list of structs';
+  optional?: true;
+  members?: readonly Member[];
+}
 
-const NODE_MEMBERS: readonly Member[] = [['node-name', 'string'], ['alias', 'string'], ['bitmaps', 'array']];
-const BITMAP_MEMBERS: readonly Member[] = [['name', 'string'], ['alias', 'string'], ['transform', 'object', 'optional']];
-const TRANSFORM_MEMBERS: readonly Member[] = [['persistent', 'boolean', 'optional']];
+const TRANSFORM_MEMBERS: readonly Member[] = [{ name: 'persistent', kind: 'boolean', optional: true }];
+const BITMAP_MEMBERS: readonly Member[] = [
+  { name: 'name', kind: 'string' },
+  { name: 'alias', kind: 'string' },
+  { name: 'transform', kind: 'struct', optional: true, members: TRANSFORM_MEMBERS },
+];
+const NODE_MEMBERS: readonly Member[] = [
+  { name: 'node-name', kind: 'string' },
+  { name: 'alias', kind: 'string' },
+  { name: 'bitmaps', kind: 'list of structs', members: BITMAP_MEMBERS },
+];
 
 /** Thrown with QEMU's text (a GenericError over QMP). */
 export class BitmapMappingError extends Error {}
@@ -43,34 +60,34 @@ function typeError(path: string, expected: string): BitmapMappingError {
   return new BitmapMappingError(`Invalid parameter type for '${printable(path)}', expected: ${expected}`);
 }
 
+/** A list of structs: each element in turn, named by its index. */
+function visitList(path: string, value: unknown, members: readonly Member[]): void {
+  if (!Array.isArray(value)) throw typeError(path, 'array');
+  value.forEach((item, i) => visitStruct(`${path}[${i}]`, item, members));
+}
+
 /** A struct's members in QAPI order, then any member it does not have (QEMU's visit_check_struct). */
-function visitStruct(path: string, value: unknown, members: readonly Member[], visitArray?: (path: string, items: unknown[]) => void): void {
+function visitStruct(path: string, value: unknown, members: readonly Member[]): void {
   if (!isObject(value)) throw typeError(path, 'object');
-  for (const [name, kind, optional] of members) {
-    const memberPath = `${path}.${name}`;
-    if (!Object.hasOwn(value, name)) {
-      if (optional) continue;
+  for (const member of members) {
+    const memberPath = `${path}.${member.name}`;
+    if (!Object.hasOwn(value, member.name)) {
+      if (member.optional) continue;
       throw new BitmapMappingError(`Parameter '${printable(memberPath)}' is missing`);
     }
-    const member = value[name];
-    if (kind === 'string' && typeof member !== 'string') throw typeError(memberPath, 'string');
-    if (kind === 'boolean' && typeof member !== 'boolean') throw typeError(memberPath, 'boolean');
-    if (kind === 'array') {
-      if (!Array.isArray(member)) throw typeError(memberPath, 'array');
-      visitArray?.(memberPath, member);
-    }
-    if (kind === 'object') visitStruct(memberPath, member, TRANSFORM_MEMBERS);
+    const item = value[member.name];
+    if (member.kind === 'string' && typeof item !== 'string') throw typeError(memberPath, 'string');
+    if (member.kind === 'boolean' && typeof item !== 'boolean') throw typeError(memberPath, 'boolean');
+    if (member.kind === 'struct') visitStruct(memberPath, item, member.members!);
+    if (member.kind === 'list of structs') visitList(memberPath, item, member.members!);
   }
-  const unexpected = Object.keys(value).find((key) => !members.some(([name]) => name === key));
+  const unexpected = Object.keys(value).find((key) => !members.some((member) => member.name === key));
   if (unexpected !== undefined) throw new BitmapMappingError(`Parameter '${printable(`${path}.${unexpected}`)}' is unexpected`);
 }
 
 /** QEMU's QMP visitor over the value of `name` (block-bitmap-mapping): the mapping, or BitmapMappingError. */
 export function visitBitmapMapping(name: string, value: unknown): BitmapMigrationNodeAlias[] {
-  if (!Array.isArray(value)) throw typeError(name, 'array');
-  value.forEach((node, i) =>
-    visitStruct(`${name}[${i}]`, node, NODE_MEMBERS, (bitmapsPath, bitmaps) => bitmaps.forEach((bitmap, j) => visitStruct(`${bitmapsPath}[${j}]`, bitmap, BITMAP_MEMBERS))),
-  );
+  visitList(name, value, NODE_MEMBERS);
   return value as BitmapMigrationNodeAlias[];
 }
 
@@ -79,7 +96,8 @@ function idWellFormed(id: string): boolean {
   return /^[A-Za-z][A-Za-z0-9._-]*$/.test(id);
 }
 
-const utf8Bytes = (text: string): number => new TextEncoder().encode(text).length;
+const encoder = new TextEncoder();
+const utf8Bytes = (text: string): number => encoder.encode(text).length;
 /** QEMU's bounds: a node name fits BlockDriverState.node_name (32 bytes with its NUL), aliases a counted string. */
 const MAX_NODE_NAME_BYTES = 31;
 const MAX_ALIAS_BYTES = 255;
@@ -94,20 +112,19 @@ export function bitmapMappingFault(mapping: readonly BitmapMigrationNodeAlias[])
   for (const nameToAlias of [true, false]) {
     const nodes = new Set<string>();
     for (const node of mapping) {
-      const show = (text: string): string => printable(text);
-      if (!idWellFormed(node.alias)) return `The node alias '${show(node.alias)}' is not well-formed`;
-      if (utf8Bytes(node.alias) > MAX_ALIAS_BYTES) return `The node alias '${show(node.alias)}' is longer than ${MAX_ALIAS_BYTES} bytes`;
-      if (utf8Bytes(node['node-name']) > MAX_NODE_NAME_BYTES) return `The node name '${show(node['node-name'])}' is longer than ${MAX_NODE_NAME_BYTES} bytes`;
+      if (!idWellFormed(node.alias)) return `The node alias '${printable(node.alias)}' is not well-formed`;
+      if (utf8Bytes(node.alias) > MAX_ALIAS_BYTES) return `The node alias '${printable(node.alias)}' is longer than ${MAX_ALIAS_BYTES} bytes`;
+      if (utf8Bytes(node['node-name']) > MAX_NODE_NAME_BYTES) return `The node name '${printable(node['node-name'])}' is longer than ${MAX_NODE_NAME_BYTES} bytes`;
       const nodeFrom = nameToAlias ? node['node-name'] : node.alias;
-      if (nodes.has(nodeFrom)) return nameToAlias ? `The node name '${show(nodeFrom)}' is mapped twice` : `The node alias '${show(nodeFrom)}' is used twice`;
+      if (nodes.has(nodeFrom)) return nameToAlias ? `The node name '${printable(nodeFrom)}' is mapped twice` : `The node alias '${printable(nodeFrom)}' is used twice`;
       nodes.add(nodeFrom);
       const bitmaps = new Set<string>();
       for (const bitmap of node.bitmaps) {
-        if (utf8Bytes(bitmap.alias) > MAX_ALIAS_BYTES) return `The bitmap alias '${show(bitmap.alias)}' is longer than ${MAX_ALIAS_BYTES} bytes`;
-        if (utf8Bytes(bitmap.name) > MAX_BITMAP_NAME_BYTES) return `The bitmap name '${show(bitmap.name)}' is longer than ${MAX_BITMAP_NAME_BYTES} bytes`;
+        if (utf8Bytes(bitmap.alias) > MAX_ALIAS_BYTES) return `The bitmap alias '${printable(bitmap.alias)}' is longer than ${MAX_ALIAS_BYTES} bytes`;
+        if (utf8Bytes(bitmap.name) > MAX_BITMAP_NAME_BYTES) return `The bitmap name '${printable(bitmap.name)}' is longer than ${MAX_BITMAP_NAME_BYTES} bytes`;
         const bitmapFrom = nameToAlias ? bitmap.name : bitmap.alias;
         if (bitmaps.has(bitmapFrom)) {
-          return nameToAlias ? `The bitmap '${show(node['node-name'])}'/'${show(bitmapFrom)}' is mapped twice` : `The bitmap alias '${show(node.alias)}'/'${show(bitmapFrom)}' is used twice`;
+          return nameToAlias ? `The bitmap '${printable(node['node-name'])}'/'${printable(bitmapFrom)}' is mapped twice` : `The bitmap alias '${printable(node.alias)}'/'${printable(bitmapFrom)}' is used twice`;
         }
         bitmaps.add(bitmapFrom);
       }

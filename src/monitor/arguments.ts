@@ -8,17 +8,17 @@
  * `constructor` or `__proto__` is no argument of anything.
  */
 import { printable } from '../wire/printable.js';
-import { isJsonObject, QmpFloat } from './qmp-parse.js';
+import { isJsonObject } from './qmp-parse.js';
 
 /** Thrown for arguments that do not match the schema; the server replies GenericError with its message. */
 export class QmpArgumentError extends Error {}
 
-export type ArgumentKind = 'string' | 'bool' | 'int' | 'array' | 'object' | 'number' | 'any';
+export type ArgumentKind = 'string' | 'bool' | 'int' | 'array' | 'object' | 'any';
 /** Argument name → kind; a trailing '?' makes it optional. */
 export type ArgumentSchema = Readonly<Record<string, ArgumentKind | `${ArgumentKind}?`>>;
 
 const TYPE_NAMES: Record<ArgumentKind, string> = {
-  string: 'string', bool: 'boolean', int: 'integer', array: 'array', object: 'object', number: 'number', any: 'any',
+  string: 'string', bool: 'boolean', int: 'integer', array: 'array', object: 'object', any: 'any',
 };
 
 function matches(kind: ArgumentKind, v: unknown): boolean {
@@ -28,10 +28,8 @@ function matches(kind: ArgumentKind, v: unknown): boolean {
     case 'bool':
       return typeof v === 'boolean';
     case 'int':
-      // Not a QmpFloat: QEMU's visitor refuses a number written as a double (1.0) where it wants an integer.
+      // Not a QmpFloat (qmp-parse.ts): QEMU's visitor refuses a number written as a double (1.0) where it wants an integer.
       return typeof v === 'number' && Number.isSafeInteger(v);
-    case 'number':
-      return (typeof v === 'number' && Number.isFinite(v)) || v instanceof QmpFloat;
     case 'array':
       return Array.isArray(v);
     case 'object':
@@ -43,8 +41,7 @@ function matches(kind: ArgumentKind, v: unknown): boolean {
 
 /**
  * Check `args` against `schema`; throws QmpArgumentError. Returns the
- * arguments typed loosely for the caller to pick; a `number` argument
- * written as a double (QmpFloat) is then a plain number.
+ * arguments typed loosely for the caller to pick.
  */
 export function checkArguments(args: Readonly<Record<string, unknown>>, schema: ArgumentSchema): Record<string, unknown> {
   for (const key of Object.keys(args)) {
@@ -59,7 +56,5 @@ export function checkArguments(args: Readonly<Record<string, unknown>>, schema: 
     }
     if (!matches(kind, args[name])) throw new QmpArgumentError(`Invalid parameter type for '${name}', expected: ${TYPE_NAMES[kind]}`);
   }
-  const floats = Object.entries(args).filter(([k, v]) => v instanceof QmpFloat && schema[k]?.replace('?', '') === 'number');
-  if (floats.length === 0) return args as Record<string, unknown>;
-  return { ...args, ...Object.fromEntries(floats.map(([k, v]) => [k, (v as QmpFloat).value])) };
+  return args as Record<string, unknown>;
 }

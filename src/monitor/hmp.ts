@@ -356,6 +356,9 @@ const runQmp = async (s: HmpSource, command: string, args: Record<string, unknow
   return [];
 };
 
+/** The escapes of a quoted HMP string (QEMU's get_str): the character after the backslash, what it stands for. */
+const HMP_STRING_ESCAPES: Readonly<Record<string, string>> = { n: '\n', r: '\r', '\\': '\\', "'": "'", '"': '"' };
+
 /** A command line read from left to right, as QEMU's monitor reads a command's arguments. */
 class HmpLine {
   constructor(private readonly text: string, private at: number) {}
@@ -392,7 +395,7 @@ class HmpLine {
       let c = this.text[this.at]!;
       if (c === '\\') {
         c = this.text[++this.at] ?? '';
-        const escaped = ({ n: '\n', r: '\r', '\\': '\\', "'": "'", '"': '"' } as Record<string, string>)[c];
+        const escaped = Object.hasOwn(HMP_STRING_ESCAPES, c) ? HMP_STRING_ESCAPES[c] : undefined;
         if (escaped === undefined) return undefined;
         c = escaped;
       }
