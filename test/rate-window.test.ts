@@ -37,3 +37,16 @@ test('small records fill the limit as before, and no limit means no debt', () =>
   // A limit set after a fast window: no debt from the time it was unlimited.
   assert.equal(window.overBudget(10 << 20, 1_000_000), false);
 });
+
+test('the estimate the switchover goes by: the last closed window, else the running first window once it has run half a window', () => {
+  const window = new RateWindow(1000, 0, 0);
+  // Nothing is known yet: a first pass that ended 20 ms in says little.
+  assert.equal(window.estimateBytesPerMs(1020, 30 << 20), 0);
+  // 150 MiB in 99 ms, before the first window closed: that rate, not 0 (which made the sync's budget 0
+  // and sent a whole second pass for nothing).
+  assert.equal(window.estimateBytesPerMs(1099, 150 << 20), (150 << 20) / 99);
+  assert.equal(window.bandwidthBytesPerMs, 0, 'the estimate does not close the window');
+  // Once a window closed, its figure, whatever the running window does.
+  assert.ok(window.maybeClose(1100, 150 << 20, 0));
+  assert.equal(window.estimateBytesPerMs(1160, 151 << 20), (150 << 20) / 100);
+});

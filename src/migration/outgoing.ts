@@ -669,7 +669,7 @@ export class OutgoingMigration extends TypedEmitter<OutgoingMigrationEvents> {
       }
       // When to stop the guest is switchover.ts's pure decision; here are its inputs and its I/O.
       const downtimeLimitMs = params()['downtime-limit'];
-      const link = { deviceStateBytes, bandwidthBytesPerMs: window.bandwidthBytesPerMs, downtimeLimitMs, lastSyncCostMs: run.lastSyncMs };
+      const link = { deviceStateBytes, bandwidthBytesPerMs: window.estimateBytesPerMs(now(), sentBytes()), downtimeLimitMs, lastSyncCostMs: run.lastSyncMs };
       let step = decideSwitchover({ ...link, ramPendingBytes: await save.pendingBytes(false), exact: false, nowMs: now() }, policy);
       if (step.decision === 'sync-and-check') {
         // What the destination has not loaded yet (records still in socket buffers: for
@@ -694,8 +694,8 @@ export class OutgoingMigration extends TypedEmitter<OutgoingMigrationEvents> {
       policy = step.state;
       run.pendingBytes = step.pendingBytes;
       if (step.decision === 'switchover') {
-        this.switchover = { pendingBytes: step.pendingBytes, ramPendingBytes: step.ramPendingBytes, deviceStateBytes, bandwidthBytesPerMs: window.bandwidthBytesPerMs, downtimeLimitMs, thresholdBytes: step.thresholdBytes, reason: step.reason };
-        log('switchover (%s): %d bytes pending (RAM %d, devices %d) <= threshold %d = %d bytes/ms x downtime-limit %d ms', step.reason, step.pendingBytes, step.ramPendingBytes, deviceStateBytes, step.thresholdBytes, Math.round(window.bandwidthBytesPerMs), downtimeLimitMs);
+        this.switchover = { pendingBytes: step.pendingBytes, ramPendingBytes: step.ramPendingBytes, deviceStateBytes, bandwidthBytesPerMs: link.bandwidthBytesPerMs, downtimeLimitMs, thresholdBytes: step.thresholdBytes, reason: step.reason };
+        log('switchover (%s): %d bytes pending (RAM %d, devices %d) <= threshold %d = %d bytes/ms x downtime-limit %d ms', step.reason, step.pendingBytes, step.ramPendingBytes, deviceStateBytes, step.thresholdBytes, Math.round(link.bandwidthBytesPerMs), downtimeLimitMs);
         return 'complete';
       }
       const pendingBytes = step.pendingBytes;

@@ -40,6 +40,21 @@ export class RateWindow {
     return maxBandwidthBytesPerSecond > 0 && bytesNow - this.startBytes + this.debtBytes >= maxBandwidthBytesPerSecond / (1000 / WINDOW_MS);
   }
 
+  /**
+   * The bandwidth the switchover policy goes by: the last closed window's, or
+   * while no closed window has measured any, the rate of the one running if it
+   * has run at least half a window. A first pass that ends before the first window closes
+   * (150 MiB at 1.5 GB/s takes ~100 ms) otherwise met a budget of 0 at its sync
+   * and sent a whole second pass for nothing. Bytes still in socket buffers
+   * inflate an early rate; the policy's PING before the exact check lets them
+   * drain while the guest runs. 0 while nothing is known.
+   */
+  estimateBytesPerMs(nowMs: number, bytesNow: number): number {
+    if (this.bandwidthBytesPerMs > 0) return this.bandwidthBytesPerMs;
+    const elapsedMs = nowMs - this.startMs;
+    return elapsedMs >= WINDOW_MS / 2 ? (bytesNow - this.startBytes) / elapsedMs : 0;
+  }
+
   msUntilEnd(nowMs: number): number {
     return Math.max(0, this.startMs + WINDOW_MS - nowMs);
   }
