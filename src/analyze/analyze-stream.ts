@@ -14,7 +14,7 @@ import { AnalysisRamBlockTable, RAM_IDSTR, RAM_SECTION_VERSION, RamLoadHandler, 
 import { loadVmState, SaveStateRegistry, type SaveVMHandlers } from '../savevm/index.js';
 import { decodeWithVmdesc, parseVmdescTrailer, type AnalyzedSection, type VmdescDevice } from '../vmstate/index.js';
 import { FileSource } from '../wire/node-channels.js';
-import { MemorySource, StreamError, StreamReader, TARGET_PAGE_SIZE, type ByteSource, type StreamConfiguration } from '../wire/index.js';
+import { MemorySource, StreamError, StreamReader, TARGET_PAGE_SIZE, utf8ByteLength, type ByteSource, type StreamConfiguration } from '../wire/index.js';
 import { findVmdescTrailer, TRAILER_SEARCH_BYTES } from './trailer.js';
 
 export interface AnalyzedDevice {
@@ -191,7 +191,7 @@ export async function analyzeStream(
     });
     analysis.eofOffset = result.eofOffset;
     if (result.vmdesc) {
-      analysis.vmdesc = { offset: result.vmdesc.offset, lengthBytes: new TextEncoder().encode(result.vmdesc.json).length, devices: trailer ? JSON.parse(trailer.json).devices.length : 0 };
+      analysis.vmdesc = { offset: result.vmdesc.offset, lengthBytes: utf8ByteLength(result.vmdesc.json), devices: trailer ? JSON.parse(trailer.json).devices.length : 0 };
     }
     if (result.totalBytes !== sizeBytes) {
       throw new StreamError('bad-vmdesc', `${sizeBytes - result.totalBytes} unexpected byte(s) after the end of the stream`, { offset: result.totalBytes });

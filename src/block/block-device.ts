@@ -6,6 +6,7 @@
  * Node-side: file-block-device.ts) and MemoryBlockDevice (an ArrayBuffer).
  */
 import { DirtyBitmap } from '../ram/index.js';
+import { utf8ByteLength } from '../wire/writer.js';
 import { CHUNK_SIZE, SECTOR_SIZE, SECTORS_PER_CHUNK } from './geometry.js';
 // Sector and chunk sizes live in geometry.ts; re-exported for existing importers.
 export { CHUNK_SIZE, formatSize, SECTOR_BITS, SECTOR_SIZE, SECTORS_PER_CHUNK } from './geometry.js';
@@ -48,7 +49,7 @@ export interface BlockDevice {
 
 /** Check a device name and size (shared by the backends' constructors). */
 export function checkBlockDeviceGeometry(name: string, sizeBytes: number): void {
-  if (name.length === 0 || new TextEncoder().encode(name).length > 255) throw new RangeError(`bad block device name '${name}'`);
+  if (name.length === 0 || utf8ByteLength(name) > 255) throw new RangeError(`bad block device name '${name}'`);
   if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0 || sizeBytes % SECTOR_SIZE !== 0) {
     throw new RangeError(`block device ${name}: size ${sizeBytes} is not a positive multiple of ${SECTOR_SIZE}`);
   }

@@ -9,6 +9,7 @@
  * passes is then refused unless empty (config.ts, the default-only rule).
  */
 import { printable } from '../wire/printable.js';
+import { utf8ByteLength } from '../wire/writer.js';
 
 export interface BitmapMigrationBitmapAlias {
   name: string;
@@ -96,8 +97,6 @@ function idWellFormed(id: string): boolean {
   return /^[A-Za-z][A-Za-z0-9._-]*$/.test(id);
 }
 
-const encoder = new TextEncoder();
-const utf8Bytes = (text: string): number => encoder.encode(text).length;
 /** QEMU's bounds: a node name fits BlockDriverState.node_name (32 bytes with its NUL), aliases a counted string. */
 const MAX_NODE_NAME_BYTES = 31;
 const MAX_ALIAS_BYTES = 255;
@@ -113,15 +112,15 @@ export function bitmapMappingFault(mapping: readonly BitmapMigrationNodeAlias[])
     const nodes = new Set<string>();
     for (const node of mapping) {
       if (!idWellFormed(node.alias)) return `The node alias '${printable(node.alias)}' is not well-formed`;
-      if (utf8Bytes(node.alias) > MAX_ALIAS_BYTES) return `The node alias '${printable(node.alias)}' is longer than ${MAX_ALIAS_BYTES} bytes`;
-      if (utf8Bytes(node['node-name']) > MAX_NODE_NAME_BYTES) return `The node name '${printable(node['node-name'])}' is longer than ${MAX_NODE_NAME_BYTES} bytes`;
+      if (utf8ByteLength(node.alias) > MAX_ALIAS_BYTES) return `The node alias '${printable(node.alias)}' is longer than ${MAX_ALIAS_BYTES} bytes`;
+      if (utf8ByteLength(node['node-name']) > MAX_NODE_NAME_BYTES) return `The node name '${printable(node['node-name'])}' is longer than ${MAX_NODE_NAME_BYTES} bytes`;
       const nodeFrom = nameToAlias ? node['node-name'] : node.alias;
       if (nodes.has(nodeFrom)) return nameToAlias ? `The node name '${printable(nodeFrom)}' is mapped twice` : `The node alias '${printable(nodeFrom)}' is used twice`;
       nodes.add(nodeFrom);
       const bitmaps = new Set<string>();
       for (const bitmap of node.bitmaps) {
-        if (utf8Bytes(bitmap.alias) > MAX_ALIAS_BYTES) return `The bitmap alias '${printable(bitmap.alias)}' is longer than ${MAX_ALIAS_BYTES} bytes`;
-        if (utf8Bytes(bitmap.name) > MAX_BITMAP_NAME_BYTES) return `The bitmap name '${printable(bitmap.name)}' is longer than ${MAX_BITMAP_NAME_BYTES} bytes`;
+        if (utf8ByteLength(bitmap.alias) > MAX_ALIAS_BYTES) return `The bitmap alias '${printable(bitmap.alias)}' is longer than ${MAX_ALIAS_BYTES} bytes`;
+        if (utf8ByteLength(bitmap.name) > MAX_BITMAP_NAME_BYTES) return `The bitmap name '${printable(bitmap.name)}' is longer than ${MAX_BITMAP_NAME_BYTES} bytes`;
         const bitmapFrom = nameToAlias ? bitmap.name : bitmap.alias;
         if (bitmaps.has(bitmapFrom)) {
           return nameToAlias ? `The bitmap '${printable(node['node-name'])}'/'${printable(bitmapFrom)}' is mapped twice` : `The bitmap alias '${printable(node.alias)}'/'${printable(bitmapFrom)}' is used twice`;

@@ -7,6 +7,7 @@
  * descending priority, registration order within a priority.
  */
 import type { VMStateDescription } from '../vmstate/index.js';
+import { utf8ByteLength } from '../wire/writer.js';
 import type { SaveVMHandlers } from './handlers.js';
 
 /** Pass as `instanceId` to take the next free instance for the idstr (QEMU's VMSTATE_INSTANCE_ID_ANY). */
@@ -70,7 +71,7 @@ export class SaveStateRegistry {
   private nextSectionId = 1;
 
   register<T extends object>(options: VmstateEntryOptions<T> | HandlerEntryOptions): SaveStateEntry {
-    const idstrBytes = new TextEncoder().encode(options.idstr).length;
+    const idstrBytes = utf8ByteLength(options.idstr);
     if (idstrBytes === 0 || idstrBytes > MAX_IDSTR_BYTES) {
       throw new RangeError(`idstr '${options.idstr}' must be 1..${MAX_IDSTR_BYTES} bytes`);
     }

@@ -18,6 +18,7 @@ import {
   writeSectionFooter,
   writeShortSectionHeader,
   writeVmdesc,
+  utf8ByteLength,
   type StreamConfiguration,
   type StreamWriter,
 } from '../wire/index.js';
@@ -61,7 +62,7 @@ export class SaveVmState {
     let bytes = 1 + (this.sendVmdesc ? 5 + 1024 : 0); // EOF, trailer header and a typical trailer
     for (const entry of this.registry.entries()) {
       if (entry.isIterative) continue;
-      const header = 1 + 4 + 1 + new TextEncoder().encode(entry.idstr).length + 4 + 4 + 5;
+      const header = 1 + 4 + 1 + utf8ByteLength(entry.idstr) + 4 + 4 + 5;
       if (entry.vmsd) bytes += header + vmstateFixedSizeBytes(entry.vmsd);
       else if (entry.handlers?.saveState) bytes += header;
     }

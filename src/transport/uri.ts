@@ -7,6 +7,7 @@
  *   ws://HOST:PORT/PATH  (livemig only: a WebSocket, so a browser can be either end;
  *                   HOST may be [IPV6]; PATH defaults to /; no query, fragment or user)
  */
+import { utf8ByteLength } from '../wire/writer.js';
 import { TransportError } from './errors.js';
 
 export type MigrationAddress =
@@ -46,8 +47,6 @@ export function isIPv6Address(text: string): boolean {
   }
 }
 
-const utf8Length = (text: string): number => new TextEncoder().encode(text).length;
-
 function bad(uri: string, why: string): TransportError {
   return new TransportError('bad-uri', uri, `bad migration URI '${uri}': ${why}`);
 }
@@ -61,8 +60,8 @@ export function parseMigrationUri(uri: string): MigrationAddress {
       return parseTcp(uri, rest);
     case 'unix':
       if (rest === '') throw bad(uri, 'empty socket path');
-      if (utf8Length(rest) > UNIX_PATH_MAX_BYTES) {
-        throw bad(uri, `unix socket path is ${utf8Length(rest)} bytes, at most ${UNIX_PATH_MAX_BYTES} fit`);
+      if (utf8ByteLength(rest) > UNIX_PATH_MAX_BYTES) {
+        throw bad(uri, `unix socket path is ${utf8ByteLength(rest)} bytes, at most ${UNIX_PATH_MAX_BYTES} fit`);
       }
       return { kind: 'unix', uri, path: rest };
     case 'exec':

@@ -4,6 +4,7 @@
  * the values may need the guest stopped). Variable-length parts count 0;
  * subsections count fully, as if all were needed (an upper bound).
  */
+import { utf8ByteLength } from '../wire/writer.js';
 import { SCALAR_INFO, type VMStateDescription } from './types.js';
 
 export function vmstateFixedSizeBytes(vmsd: VMStateDescription<any>): number {
@@ -33,7 +34,7 @@ export function vmstateFixedSizeBytes(vmsd: VMStateDescription<any>): number {
   }
   for (const sub of vmsd.subsections ?? []) {
     // 0x05, counted name, be32 version, body.
-    bytes += 1 + 1 + new TextEncoder().encode(sub.name).length + 4 + vmstateFixedSizeBytes(sub);
+    bytes += 1 + 1 + utf8ByteLength(sub.name) + 4 + vmstateFixedSizeBytes(sub);
   }
   return bytes;
 }

@@ -28,6 +28,11 @@ import { allocateBytes, copyUnaligned } from './native-bytes.js';
 
 const textEncoder = new TextEncoder();
 
+/** How many bytes `text` takes in UTF-8, as countedString() and the stream's other strings write it. */
+export function utf8ByteLength(text: string): number {
+  return textEncoder.encode(text).length;
+}
+
 /** Default chunk size: large writes (a syscall per MiB on a socket, as the loopback limit is measured). */
 export const WRITER_CHUNK_BYTES = 1 << 20;
 /** Slabs hold several chunks, up to this size. */
@@ -299,7 +304,7 @@ export class StreamWriter {
     return this;
   }
 
-  /** A counted string: u8 length then the UTF-8 bytes (at most 255). */
+  /** A counted string: u8 length then the UTF-8 bytes (at most 255: see utf8ByteLength). */
   countedString(s: string): this {
     const encoded = textEncoder.encode(s);
     if (encoded.length > 255) throw new RangeError(`counted string too long (${encoded.length} bytes): ${s.slice(0, 40)}...`);
