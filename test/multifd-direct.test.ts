@@ -8,7 +8,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { DenseRamBlock, FixedRamBlockTable } from '../src/ram/index.js';
-import { DirectMultifdReceiver } from '../src/ram/multifd/recv-direct.js';
+import { DirectMultifdReceiver, rehearseDirectReceive } from '../src/ram/multifd/recv-direct.js';
 import { encodeInitPacket, MULTIFD_FLAG_SYNC, MULTIFD_HEADER_BYTES, receiveMultifdChannel, writePacketHeader, ZERO_UUID, type MultifdError } from '../src/ram/multifd/index.js';
 import { MemorySource, StreamReader } from '../src/wire/index.js';
 
@@ -141,3 +141,8 @@ for (const [name, stream] of bad) {
     }
   });
 }
+
+test('a receive thread\'s rehearsal runs the parser over whole packets, one run and 128 runs alternately, without a fault', () => {
+  const counters = rehearseDirectReceive(6);
+  assert.deepEqual(counters, { packets: 6, pages: 6 * 128, bytes: 6 * (MULTIFD_HEADER_BYTES + 128 * 4096) });
+});

@@ -15,10 +15,21 @@
  *
  * Pure: no I/O here (recv-worker.ts drives it from a net.Socket's `onread`).
  */
-import type { RamBlock } from '../block.js';
-import type { RamBlockTable } from '../block-table.js';
+import { DenseRamBlock, type RamBlock } from '../block.js';
+import { FixedRamBlockTable, type RamBlockTable } from '../block-table.js';
 import { UnexpectedEndError } from '../../wire/index.js';
-import { MULTIFD_FLAG_SYNC, MULTIFD_HEADER_BYTES, MULTIFD_INIT_BYTES, MULTIFD_PAGE_SIZE, MULTIFD_PAGES_PER_PACKET, MultifdError, pageRunLength, parseInitPacket } from './packet.js';
+import {
+  encodeInitPacket,
+  MULTIFD_FLAG_SYNC,
+  MULTIFD_HEADER_BYTES,
+  MULTIFD_INIT_BYTES,
+  MULTIFD_PAGE_SIZE,
+  MULTIFD_PAGES_PER_PACKET,
+  MultifdError,
+  pageRunLength,
+  parseInitPacket,
+  writePacketHeader,
+} from './packet.js';
 import { asMultifdError, checkPacket, type RecvChannelCounters } from './recv-channel.js';
 
 export interface DirectRecvContext {
@@ -210,4 +221,50 @@ export class DirectMultifdReceiver {
       this.ctx.onSync();
     }
   }
+}
+
+/**
+ * Packets a receive thread rehearses at start-up: after 1024 its per-packet
+ * code (header parse and checks, the run loop) is compiled; each one costs
+ * well under a microsecond then.
+ */
+export const RECEIVE_REHEARSAL_PACKETS = 1024;
+
+/**
+ * Runs the parser over `packets` made-up packets into a scratch block of
+ * shared memory (no page bytes are written: where the kernel would put them,
+ * only the parser's bookkeeping runs). A receive thread is a fresh V8 isolate
+ * that the process's warm-up (migration/warm-up.ts) never reaches, so without
+ * this its first thousand packets ran in V8's slower tiers, ~15 µs of header
+ * parsing and checks each instead of ~2, inside the migration (docs/benchmarks.md,
+ * issue 15's thirteenth session). Threads start when the receiver is created,
+ * before the source connects, so this is paid before the first packet.
+ * Alternate packets are one run of 128 pages and 128 runs of one page.
+ * Returns the parser's counters (what it took as received).
+ */
+export function rehearseDirectReceive(packets = RECEIVE_REHEARSAL_PACKETS): RecvChannelCounters {
+  const pages = MULTIFD_PAGES_PER_PACKET;
+  const idstr = 'livemig-rehearsal';
+  const memory = new Uint8Array(typeof SharedArrayBuffer === 'function' ? new SharedArrayBuffer(2 * pages * MULTIFD_PAGE_SIZE) : new ArrayBuffer(2 * pages * MULTIFD_PAGE_SIZE));
+  const table = new FixedRamBlockTable([new DenseRamBlock(idstr, memory, { lengthBytes: memory.length })]);
+  const uuid = new Uint8Array(16);
+  const counters: RecvChannelCounters = { packets: 0, pages: 0, bytes: 0 };
+  const receiver = new DirectMultifdReceiver({ uuid, channels: 1, table, counters, onInit: () => {}, onSync: () => {} });
+  receiver.feed(encodeInitPacket(uuid, 0));
+  const header = new Uint8Array(MULTIFD_HEADER_BYTES);
+  const runs = [new Float64Array(pages), new Float64Array(pages)];
+  for (let i = 0; i < pages; i++) {
+    runs[0]![i] = i * MULTIFD_PAGE_SIZE;
+    runs[1]![i] = 2 * i * MULTIFD_PAGE_SIZE;
+  }
+  for (let p = 0; p < packets; p++) {
+    writePacketHeader(header, 0, { flags: 0, normalPages: pages, nextPacketSize: pages * MULTIFD_PAGE_SIZE, packetNum: p, ramblock: idstr, offsets: runs[p & 1]! });
+    receiver.feed(header);
+    for (let landed = 0; landed < pages * MULTIFD_PAGE_SIZE; ) {
+      const into = receiver.next();
+      receiver.filled(into.length);
+      landed += into.length;
+    }
+  }
+  return counters;
 }

@@ -30,7 +30,7 @@ import { DenseRamBlock } from '../block.js';
 import { FixedRamBlockTable } from '../block-table.js';
 import type { MultifdCompression } from './codec.js';
 import { asMultifdError, receiveMultifdChannel, type RecvChannelCounters } from './recv-channel.js';
-import { DirectMultifdReceiver } from './recv-direct.js';
+import { DirectMultifdReceiver, rehearseDirectReceive } from './recv-direct.js';
 
 export interface RecvWorkerData {
   uuid: Uint8Array;
@@ -116,6 +116,8 @@ port.on('message', (message: RecvWorkerCommand) => {
 // Load what adopting a socket needs now, while no source sends (receive() awaits the same modules; a load that fails
 // fails there, with its channel).
 for (const adopter of data.adopters ?? []) import(adopter).catch(() => {});
+// And get the per-packet code compiled in this fresh isolate before the first packet (an 'adopt' meanwhile waits).
+if (data.compression === 'none') rehearseDirectReceive();
 
 async function receive(slot: Slot, socket: DetachedSocket): Promise<void> {
   const key = slot.key;
