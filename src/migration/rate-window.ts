@@ -43,9 +43,9 @@ export class RateWindow {
   /**
    * The bandwidth the switchover policy goes by: the last closed window's, or
    * while no closed window has measured any, the rate of the one running if it
-   * has run at least half a window. A first pass that ends before the first window closes
-   * (150 MiB at 1.5 GB/s takes ~100 ms) otherwise met a budget of 0 at its sync
-   * and sent a whole second pass for nothing. Bytes still in socket buffers
+   * has run at least half a window. A first pass that ends before the first
+   * window closes (150 MiB at 1.5 GB/s takes ~100 ms) otherwise met a budget
+   * of 0 at its sync and sent a whole second pass for nothing. Bytes still in socket buffers
    * inflate an early rate; the policy's PING before the exact check lets them
    * drain while the guest runs. 0 while nothing is known.
    */

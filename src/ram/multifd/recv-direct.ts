@@ -225,8 +225,8 @@ export class DirectMultifdReceiver {
 
 /**
  * Packets a receive thread rehearses at start-up: after 1024 its per-packet
- * code (header parse and checks, the run loop) is compiled; each one costs
- * well under a microsecond then.
+ * code (header parse and checks, the run loop) is compiled (a fresh process:
+ * 1024 packets written and parsed in 28–29 ms cold, 3–4 ms after).
  */
 export const RECEIVE_REHEARSAL_PACKETS = 1024;
 
