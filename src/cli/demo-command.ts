@@ -148,7 +148,7 @@ export async function demoCommand(options: DemoOptions): Promise<number> {
     }
     // Until the first progress line, ask often: a small guest's migration may be over in ~100 ms, and a demo
     // that is watched should show it running at least once.
-    let drawnLines = 0;
+    let drewProgress = false;
     for (;;) {
       info = await src.execute('query-migrate');
       const r = info.ram;
@@ -160,10 +160,10 @@ export async function demoCommand(options: DemoOptions): Promise<number> {
           ? `  ${String(info.status).padEnd(15)} ${Math.round(r.remaining / r['page-size'])} pages still missing on the destination, ${r['postcopy-requests']} requested by its guest, ${formatBytes(r['postcopy-bytes'])} sent since the switch`
           : `  ${formatProgressLine(figuresOf(info, 0, info['total-time'] ?? 0))}`;
         process.stdout.write(tty ? `\r${line}\x1b[K` : line + '\n');
-        drawnLines++;
+        drewProgress = true;
       }
       if (['completed', 'failed', 'cancelled'].includes(info.status)) break;
-      await new Promise((r) => setTimeout(r, drawnLines > 0 ? 150 : 10));
+      await new Promise((r) => setTimeout(r, drewProgress ? 150 : 10));
     }
     if (tty) process.stdout.write('\n');
     // A short postcopy phase may fall between two polls: the bytes sent after the switch tell.

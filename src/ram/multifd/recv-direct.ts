@@ -235,9 +235,10 @@ export const RECEIVE_REHEARSAL_PACKETS = 1024;
  * shared memory (no page bytes are written: where the kernel would put them,
  * only the parser's bookkeeping runs). A receive thread is a fresh V8 isolate
  * that the process's warm-up (migration/warm-up.ts) never reaches, so without
- * this its first thousand packets ran in V8's slower tiers, ~15 µs of header
- * parsing and checks each instead of ~2, inside the migration (docs/benchmarks.md,
- * issue 15's thirteenth session). Threads start when the receiver is created,
+ * this its first thousand packets ran in V8's slower tiers inside the
+ * migration (profiles of a-1g-multifd's destination: the header parsing and
+ * checks took ~35–50 ms per thread, ~5–7 ms with the rehearsal;
+ * docs/benchmarks.md, issue 15's thirteenth session). Threads start when the receiver is created,
  * before the source connects, so this is paid before the first packet.
  * Alternate packets are one run of 128 pages and 128 runs of one page.
  * Returns the parser's counters (what it took as received).

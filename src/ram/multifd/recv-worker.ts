@@ -116,7 +116,8 @@ port.on('message', (message: RecvWorkerCommand) => {
 // Load what adopting a socket needs now, while no source sends (receive() awaits the same modules; a load that fails
 // fails there, with its channel).
 for (const adopter of data.adopters ?? []) import(adopter).catch(() => {});
-// And get the per-packet code compiled in this fresh isolate before the first packet (an 'adopt' meanwhile waits).
+// And get the plain channel's per-packet code compiled in this fresh isolate before the first packet (an 'adopt'
+// meanwhile waits). Compressed channels take the pull loop (recv-channel.ts), which this does not rehearse.
 if (data.compression === 'none') rehearseDirectReceive();
 
 async function receive(slot: Slot, socket: DetachedSocket): Promise<void> {
